@@ -1,0 +1,74 @@
+"""``beo``: the umbrella command of beokit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from beokit import __version__
+from beokit.errors import EXIT_USAGE
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in SIZE_UNITS else ""
+    try:
+        value = int(float(t[: len(t) - len(unit)]) * SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 64M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: must be positive")
+    return value
+
+
+def node_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad node count {text!r}") from None
+    if not 1 <= n <= 250:
+        raise argparse.ArgumentTypeError(f"bad node count {text!r}: 1-250 (127.0.0.2-251)")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="beo",
+        description="beokit: feed and drive a cluster. The classic single-dash network tee "
+        "is its own command: see `nettee -h`.",
+    )
+    p.add_argument("--version", action="version", version=f"beokit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    d = sub.add_parser(
+        "demo",
+        help="distribute a generated file through a local nettee chain and verify every node",
+        description="Start N nettee receivers on 127.0.0.2..N+1 and a root on 127.0.0.1, stream "
+        "a generated file through the chain with a fresh shared secret, and print each node's "
+        "result (bytes, sha256 check, time, rate).",
+    )
+    d.add_argument("-n", "--nodes", type=node_count, default=4, help="receivers (default 4)")
+    d.add_argument("--size", type=parse_size, default=parse_size("256M"),
+                   help="bytes to send, e.g. 64M, 1G (default 256M)")  # fmt: skip
+    d.add_argument("--keep", metavar="DIR", help="keep the source and outputs in DIR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command == "demo":
+        from beokit.nettee.demo import run_demo
+
+        return run_demo(args.nodes, args.size, args.keep, Console())
+    return EXIT_USAGE  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Errors shared by every pillar.
+
+A :class:`UsageError` is bad input from the user: the command prints its
+message as one line on stderr and exits with status 2, before anything has
+been started.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class BeokitError(Exception):
+    """A runtime failure that ends a command with a clear message."""
+
+    exit_status = EXIT_FAILURE
+
+
+class UsageError(BeokitError):
+    """Bad input from the user (exit status 2)."""
+
+    exit_status = EXIT_USAGE

@@ -1,0 +1,799 @@
+"""A nettee node: joins the tree, relays the stream, verifies, reports.
+
+Life of a node (push flow)::
+
+    non-root: listen on PORT (data) and PORT+1 (control); accept one parent
+              (handshake, HMAC when a secret is set); the control listener
+              stays open only to turn later callers away ("busy").
+    all:      connect to each child hostlist (failover with -connf), wait
+              until every child reports its subtree formed ("ready"), tell
+              the parent ("ready" with the names of the whole subtree).
+    all:      relay input -> children + local output (splice/tee).
+    non-root: check the parent's "end" byte count against what arrived.
+    all:      end each child's stream (shutdown + "end" with the count sent),
+              wait for each child's report, compare counts (BBC), send the
+              merged report up; the root prints the man page's lines.
+
+A severe error collapses the tree: the node sends "fail" up and "abort"
+down and exits 1 at once (the whole tree is down within a heartbeat).
+``-colrf -colwf -conrf -conwf -connf`` turn the matching failures into
+reported, handled ones.  Every wait is bounded: heartbeats every 0.5 s on
+each control connection, and a peer silent for ``-stall`` seconds is dead.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from beokit.nettee import protocol as P
+from beokit.nettee.hostlists import Endpoint, Hostlist
+from beokit.nettee.log import NetteeLog
+from beokit.nettee.options import Config, Role
+from beokit.nettee.relay import Relay, RelayResult, Sink
+
+HANDSHAKE_TIMEOUT = 10.0
+HEARTBEAT = 0.5
+CONNECT_RETRY = 0.2
+END_WAIT = 10.0
+UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT,
+               errno.EADDRNOTAVAIL}  # fmt: skip
+
+
+class Fatal(Exception):
+    """An unhandled failure: the node collapses the tree."""
+
+    def __init__(self, code: P.Code | str, node: str, why: str) -> None:
+        super().__init__(why)
+        self.code = str(code)
+        self.node = node
+        self.why = why
+
+
+class _Retry(Exception):
+    pass
+
+
+class _Unreachable(Exception):
+    pass
+
+
+class Peer:
+    """A control connection: framed JSON both ways, sends serialized."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.name = name
+        self.dec = P.FrameDecoder()
+        self.lock = threading.Lock()
+        self.last = time.monotonic()
+        self.queue: list[dict] = []
+
+    def send(self, msg: dict) -> bool:
+        try:
+            with self.lock:
+                self.sock.sendall(P.encode(msg))
+            return True
+        except OSError:
+            return False
+
+    def recv(self, timeout: float) -> dict:
+        """Next message, within ``timeout`` seconds (handshake only)."""
+        deadline = time.monotonic() + timeout
+        while not self.queue:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise P.ProtocolError("timed out waiting for the peer")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise P.ProtocolError("timed out waiting for the peer") from None
+            if not data:
+                raise P.ProtocolError("connection closed during the handshake")
+            self.queue.extend(self.dec.feed(data))
+        self.sock.settimeout(None)
+        return self.queue.pop(0)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@dataclass
+class ChildLink:
+    index: int
+    hostlist: Hostlist
+    endpoint: Endpoint | None = None
+    name: str = ""
+    peer: Peer | None = None
+    data: socket.socket | None = None
+    sink: Sink | None = None
+    subtree: list[str] = field(default_factory=list)
+    results: list[P.NodeResult] | None = None
+    codes: list[str] = field(default_factory=list)
+    failure: tuple[str, str, str] | None = None  # (node, code, why) when the branch failed
+    ready: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    dead: bool = False
+    progress: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.name or (str(self.hostlist[0]) if self.hostlist else "?")
+
+
+def node_name(cfg: Config) -> str:
+    return cfg.name or os.environ.get("MYHOSTNAME") or os.environ.get("HOSTNAME") or (
+        socket.gethostname())  # fmt: skip
+
+
+class Node:
+    def __init__(self, cfg: Config, log: NetteeLog, secret: bytes | None, *,
+                 in_fd: int | None, out_fd: int | None, out_is_file: bool) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.log = log
+        self.secret = secret
+        self.name = node_name(cfg)
+        self.node_id = uuid.uuid4().hex
+        self.session = uuid.uuid4().hex if cfg.role is Role.ROOT else ""
+        self.path: list[str] = []
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.out_is_file = out_is_file
+        self.lock = threading.Lock()
+        self.links: list[ChildLink] = []
+        self.parent: Peer | None = None
+        self.parent_name = ""
+        self.data_in: socket.socket | None = None
+        self.relay: Relay | None = None
+        self.codes: list[str] = []
+        self.fatal = False
+        self.detail = ""
+        self.end_event = threading.Event()
+        self.end_bytes = -1
+        self.upstream_gone = threading.Event()  # parent failed and -conrf handled it
+        self.report_sent = False
+        self.collapsing = False
+        self.started = time.monotonic()
+        self.stream_start = 0.0
+        self._ctrl_listener: socket.socket | None = None
+        self._data_listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self.local: Sink | None = None
+        self.stream_seconds = 0.0
+
+    # ------------------------------------------------------------ entry
+
+    def run(self) -> int:
+        self._signals()
+        try:
+            if self.cfg.role is Role.ROOT:
+                return self._run_root()
+            return self._run_child()
+        except Fatal as f:
+            self.collapse(f.code, f.node, f.why)
+        return 1  # not reached
+
+    def _signals(self) -> None:
+        def ignored(signum: int, _frame: object) -> None:
+            if not self.cfg.quiet:
+                self.log.message(f"ignored signal {signal.Signals(signum).name}")
+
+        def stop(signum: int, _frame: object) -> None:
+            self.collapse(P.Code.SIG, self.name, f"stopped by {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGHUP, ignored)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+    # ------------------------------------------------------------ roles
+
+    def _run_root(self) -> int:
+        self.path = [self.node_id]
+        self._start_heartbeat()
+        self._form_children()
+        assert self.in_fd is not None
+        result = self._stream(self.in_fd, idle_timeout=0.0)
+        if result.read_error is not None:
+            self._local_read_failed(result.read_error)
+        self._end_children()
+        nodes = self._collect()
+        return self._root_summary(nodes)
+
+    def _run_child(self) -> int:
+        self._listen()
+        self._accept_parent()
+        self._start_heartbeat()
+        self._form_children()
+        assert self.parent is not None and self.data_in is not None
+        self.parent.send({"t": "ready", "nodes": self._subtree_names()})
+        result = self._stream(self.data_in.fileno(), idle_timeout=self.cfg.timeout)
+        if result.timed_out:
+            self._parent_failed(f"no data from parent for {self.cfg.timeout:g} s (-t)")
+        elif result.read_error is not None:
+            self._parent_failed(f"read from parent: {result.read_error.strerror}")
+        else:
+            self._check_end(result.bytes_in)
+        self._end_children()
+        nodes = self._collect()
+        if self.parent is not None and not self.upstream_gone.is_set():
+            self.report_sent = True
+            self.parent.send(P.report(nodes))
+        self._stop.set()
+        self.log.message(
+            f"done: {nodes[0].bytes_in} bytes received, {P.format_codes(self._all_codes(nodes))}"
+        )
+        return 1 if any(n.fatal for n in nodes) else 0
+
+    # ------------------------------------------------------------ parent side (accept)
+
+    def _listen(self) -> None:
+        cfg = self.cfg
+        try:
+            self._ctrl_listener = _listener(cfg.bind, cfg.port + 1)
+            self._data_listener = _listener(cfg.bind, cfg.port)
+        except OSError as exc:
+            raise Fatal(P.Code.NRF, self.name,
+                        f"cannot listen on {cfg.bind}:{cfg.port}/{cfg.port + 1}: {exc.strerror}") from None  # fmt: skip
+        self.log.message(f"waiting for a parent on {cfg.bind}:{cfg.port} (+1 control)")
+
+    def _accept_parent(self) -> None:
+        assert self._ctrl_listener is not None
+        deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout > 0 else None
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Fatal(P.Code.NRF, self.name,
+                            f"no parent connected within {self.cfg.timeout:g} s (-t)")  # fmt: skip
+            ready, _, _ = select.select([self._ctrl_listener], [], [], left)
+            if not ready:
+                continue
+            conn, addr = self._ctrl_listener.accept()
+            peer = Peer(conn, f"{addr[0]}:{addr[1]}")
+            try:
+                self._handshake_parent(peer)
+            except P.AuthError as exc:
+                self.log.error(f"authentication failed: parent at {peer.name}: {exc}")
+                peer.send({"t": "refuse", "why": f"authentication failed: {exc}"})
+                peer.close()
+                continue
+            except (P.ProtocolError, OSError) as exc:
+                self.log.error(f"rejected connection from {peer.name}: {exc}")
+                peer.close()
+                continue
+            self._data_listener.close() if self._data_listener else None
+            threading.Thread(target=self._turn_away, name="busy", daemon=True).start()
+            threading.Thread(target=self._read_parent, name="parent", daemon=True).start()
+            self.log.message(f"parent {self.parent_name} joined from {peer.name}")
+            return
+
+    def _handshake_parent(self, peer: Peer) -> None:
+        nonce_c = os.urandom(16)
+        peer.sock.settimeout(HANDSHAKE_TIMEOUT)
+        peer.sock.sendall(P.encode(P.hello(nonce_c, self.secret, self.name)))
+        msg = peer.recv(HANDSHAKE_TIMEOUT)
+        if msg.get("t") == "refuse":
+            raise P.AuthError(f"parent refused: {msg.get('why')}")
+        nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
+        peer.sock.sendall(P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name)))
+        token = P.data_token(self.secret, nonce_c, nonce_p)
+        data = self._accept_data(token)
+        peer.sock.settimeout(None)
+        peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer.last = time.monotonic()
+        self.parent = peer
+        self.parent_name = str(msg.get("name") or peer.name)
+        self.session = str(msg.get("session") or "")
+        self.path = [str(x) for x in msg["path"]] + [self.node_id]
+        self.data_in = data
+
+    def _accept_data(self, token: bytes) -> socket.socket:
+        assert self._data_listener is not None
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise P.ProtocolError("parent never opened its data connection")
+            ready, _, _ = select.select([self._data_listener], [], [], left)
+            if not ready:
+                continue
+            conn, addr = self._data_listener.accept()
+            try:
+                conn.settimeout(max(left, 0.1))
+                raw = _recv_exact(conn, P.DATA_HEADER.size)
+                P.parse_data_header(raw, token)
+            except (OSError, P.ProtocolError) as exc:
+                self.log.error(f"rejected data connection from {addr[0]}: {exc}")
+                conn.close()
+                continue
+            conn.settimeout(None)
+            return conn
+
+    def _turn_away(self) -> None:
+        lst = self._ctrl_listener
+        if lst is None:
+            return
+        while not self._stop.is_set():
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(P.encode({"t": "refuse", "busy": self.session,
+                                       "why": f"{self.name} is already in a chain under "
+                                              f"{self.parent_name}"}))  # fmt: skip
+            except OSError:
+                pass
+            conn.close()
+
+    def _read_parent(self) -> None:
+        peer = self.parent
+        assert peer is not None
+        why = "parent connection closed"
+        try:
+            while True:
+                data = peer.sock.recv(65536)
+                if not data:
+                    break
+                for msg in peer.dec.feed(data):
+                    peer.last = time.monotonic()
+                    kind = msg.get("t")
+                    if kind == "end":
+                        self.end_bytes = int(msg.get("bytes", -1))
+                        self.end_event.set()
+                    elif kind == "abort":
+                        why = f"aborted by parent: {msg.get('why', '?')}"
+                        self._parent_failed(why, aborted=True)
+                        return
+        except (OSError, P.ProtocolError, ValueError) as exc:
+            why = f"parent connection lost: {exc}"
+        if not self.report_sent:
+            self._parent_failed(why)
+
+    def _parent_failed(self, why: str, aborted: bool = False) -> None:
+        """The parent is gone (crash, stall, abort): NRF, fatal unless -conrf."""
+        if self.report_sent or self.upstream_gone.is_set():
+            return
+        if self.end_event.is_set() and not aborted:
+            # the whole stream and its count arrived: nothing is lost here
+            self.log.message(f"parent left after the end of the stream ({why})")
+            self.upstream_gone.set()
+            return
+        if not self.cfg.conrf:
+            self.collapse(P.Code.NRF, self.name, why, tell_parent=not aborted)
+            return
+        with self.lock:
+            self.codes.append(P.Code.NRF.value)
+            self.detail = why
+        self.log.error(f"network read failure ({why}); -conrf: finishing locally")
+        self.upstream_gone.set()
+        if self.data_in is not None:
+            try:
+                self.data_in.shutdown(socket.SHUT_RDWR)  # ends the relay at what arrived
+            except OSError:
+                pass
+
+    def _check_end(self, received: int) -> None:
+        deadline = time.monotonic() + END_WAIT
+        while not (self.end_event.is_set() or self.upstream_gone.is_set()):
+            if time.monotonic() > deadline:
+                self._parent_failed("stream ended without the parent's byte count")
+                return
+            self.end_event.wait(0.1)
+        if self.end_event.is_set() and self.end_bytes != received:
+            with self.lock:
+                self.codes.append(P.Code.NRF.value)
+                self.fatal = True
+                self.detail = f"received {received} of {self.end_bytes} bytes"
+            self.log.error(f"short stream: received {received} of {self.end_bytes} bytes")
+
+    # ------------------------------------------------------------ child side (connect)
+
+    def _form_children(self) -> None:
+        if not self.cfg.next:
+            return
+        self.links = [ChildLink(i, hl) for i, hl in enumerate(self.cfg.next)]
+        errors: list[Fatal] = []
+
+        def join(link: ChildLink) -> None:
+            try:
+                self._join_child(link)
+            except Fatal as f:
+                errors.append(f)
+
+        threads = [threading.Thread(target=join, args=(lk,), daemon=True) for lk in self.links]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        for link in self.links:
+            while link.peer is not None and not link.ready.wait(0.2):
+                pass
+        joined = [lk for lk in self.links if lk.peer is not None and not lk.dead]
+        self.log.message(
+            f"tree formed below {self.name}: {len(self._subtree_names()) - 1} node(s) in "
+            f"{len(joined)} branch(es)"
+        )
+
+    def _join_child(self, link: ChildLink) -> None:
+        cfg = self.cfg
+        for k, ep in enumerate(link.hostlist):
+            if k > 0 and cfg.connf <= 0:
+                break  # without -connf the first host is waited for forever
+            deadline = time.monotonic() + cfg.connf if cfg.connf > 0 else None
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    self.log.message(f"child {ep} did not join within {cfg.connf:g} s")
+                    break
+                try:
+                    self._try_join(link, ep, deadline)
+                    return
+                except _Retry:
+                    time.sleep(CONNECT_RETRY)
+                except _Unreachable as exc:
+                    if not cfg.wait_boot:
+                        raise Fatal(P.Code.NNF, str(ep),
+                                    f"child {ep} is not reachable ({exc}); -w waits for it") from None  # fmt: skip
+                    time.sleep(1.0)
+        # no candidate joined: the branch is dropped (only possible with -connf)
+        names = ",".join(str(e) for e in link.hostlist)
+        link.name = str(link.hostlist[0])
+        link.dead = True
+        link.codes.append(P.Code.NNF.value)
+        link.failure = (link.name, P.Code.NNF.value, f"none of [{names}] joined")
+        link.done.set()
+        self.log.error(f"could not connect to child {link.index} [{names}]: NNF")
+
+    def _try_join(self, link: ChildLink, ep: Endpoint, deadline: float | None) -> None:
+        host, port = ep.with_default(self.cfg.port)
+        left = 3.0 if deadline is None else max(0.1, min(3.0, deadline - time.monotonic()))
+        try:
+            ctrl = socket.create_connection((host, port + 1), timeout=left)
+        except ConnectionRefusedError:
+            raise _Retry() from None
+        except socket.gaierror as exc:
+            raise _Unreachable(f"cannot resolve {host}: {exc.strerror}") from None
+        except TimeoutError:
+            raise _Unreachable("connection timed out") from None
+        except OSError as exc:
+            if exc.errno in UNREACHABLE:
+                raise _Unreachable(exc.strerror) from None
+            raise _Retry() from None
+        peer = Peer(ctrl, str(ep))
+        try:
+            msg = peer.recv(HANDSHAKE_TIMEOUT)
+            if msg.get("t") == "refuse" and "busy" in msg:
+                peer.close()
+                if msg["busy"] and msg["busy"] == self.session:
+                    raise Fatal(P.Code.NNF, str(ep), f"loop: {msg.get('why')}")
+                raise _Retry()
+            nonce_p = os.urandom(16)
+            try:
+                join, nonce_c = P.answer_hello(msg, nonce_p, self.secret, self.name,
+                                               self.session, self.path)  # fmt: skip
+            except P.AuthError as exc:
+                peer.send({"t": "refuse", "why": f"the parent says: {exc.args[0].replace('it ', 'the child ', 1)}"})  # fmt: skip
+                raise
+            ctrl.sendall(P.encode(join))
+            name = P.check_welcome(peer.recv(HANDSHAKE_TIMEOUT), nonce_c, nonce_p, self.secret)
+            data = socket.create_connection((host, port), timeout=HANDSHAKE_TIMEOUT)
+            data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p)))
+        except P.AuthError as exc:
+            peer.close()
+            raise Fatal(P.Code.NNF, str(ep), f"child {ep}: authentication failed: {exc}") from None
+        except (P.ProtocolError, OSError) as exc:
+            peer.close()
+            self.log.message(f"child {ep}: handshake failed ({exc}); retrying")
+            raise _Retry() from None
+        data.settimeout(None)
+        ctrl.settimeout(None)
+        ctrl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer.name = name
+        peer.last = time.monotonic()
+        link.endpoint, link.name, link.peer, link.data = ep, name, peer, data
+        self.log.message(f"child {link.index} [{name}] joined at {ep}")
+        threading.Thread(target=self._read_child, args=(link,), name=f"child{link.index}",
+                         daemon=True).start()  # fmt: skip
+
+    def _read_child(self, link: ChildLink) -> None:
+        peer = link.peer
+        assert peer is not None
+        why = "connection lost"
+        try:
+            while True:
+                data = peer.sock.recv(65536)
+                if not data:
+                    break
+                for msg in peer.dec.feed(data):
+                    peer.last = time.monotonic()
+                    kind = msg.get("t")
+                    if kind == "ping":
+                        link.progress = int(msg.get("bytes", 0))
+                    elif kind == "ready":
+                        link.subtree = [str(n) for n in msg.get("nodes", [])] or [link.name]
+                        link.ready.set()
+                    elif kind == "fail":
+                        self._child_failed(link, str(msg.get("code", "BSTAT")),
+                                           str(msg.get("node", link.name)),
+                                           str(msg.get("why", "")))  # fmt: skip
+                        return
+                    elif kind == "report":
+                        try:
+                            link.results = P.parse_report(msg)
+                        except P.ProtocolError as exc:
+                            link.codes.append(P.Code.BSTAT.value)
+                            link.failure = (link.name, P.Code.BSTAT.value, str(exc))
+                        link.done.set()
+                        return
+        except (OSError, P.ProtocolError, ValueError) as exc:
+            why = f"connection lost: {exc}"
+        self._child_failed(link, P.Code.NWF.value, link.name, why)
+
+    def _child_failed(self, link: ChildLink, code: str, node: str, why: str) -> None:
+        """A branch failed (write error, crash, stall, or a failure below it)."""
+        with self.lock:
+            if link.dead or link.done.is_set():
+                return
+            link.dead = True
+            if node == link.name:
+                link.codes.append(code)
+            link.failure = (node, code, why)
+        if not self.cfg.conwf:
+            self.collapse(code, node, why, link=link)
+            return
+        self.log.error(f"{P.child_line(link.index, link.label, link.codes or [code])} ({node}: {why});"
+                       " -conwf: carrying on without it")  # fmt: skip
+        if link.sink is not None:
+            link.sink.kill()
+        for s in (link.data, link.peer.sock if link.peer else None):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        link.ready.set()
+        link.done.set()
+
+    def _subtree_names(self) -> list[str]:
+        names = [self.name]
+        for link in self.links:
+            names.extend(link.subtree if link.subtree else ([link.label] if link.peer else []))
+        return names
+
+    # ------------------------------------------------------------ streaming
+
+    def _stream(self, in_fd: int, idle_timeout: float) -> RelayResult:
+        cfg = self.cfg
+        sinks: list[Sink] = []
+        for link in self.links:
+            if link.data is None or link.dead:
+                continue
+            link.sink = Sink(f"child{link.index}", link.data.fileno(), "child",
+                             maxwrite=cfg.buf_maxwrite,
+                             on_error=lambda s, e, lk=link: self._child_failed(
+                                 lk, P.Code.NWF.value, lk.name, f"write: {e.strerror}"))  # fmt: skip
+            sinks.append(link.sink)
+        if self.out_fd is not None:
+            if self.out_is_file:
+                try:
+                    os.ftruncate(self.out_fd, 0)
+                except OSError:
+                    pass  # a device or a pipe
+            self.local = Sink("local", self.out_fd, "local", maxwrite=cfg.buf_maxwrite,
+                              on_error=self._local_write_failed)  # fmt: skip
+            sinks.append(self.local)
+        self.relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
+                           minwrite=cfg.buf_minwrite, maxread=cfg.buf_maxread,
+                           maxwrite=cfg.buf_maxwrite, idle_timeout=idle_timeout)  # fmt: skip
+        self.stream_start = time.monotonic()
+        self.log.message(f"streaming to {len(sinks)} output(s)"
+                         f" ({'splice/tee' if self.relay.zero_copy else 'copy loop'})")  # fmt: skip
+        result = self.relay.run()
+        if self.local is not None:
+            self.local.finish()
+        self.stream_seconds = time.monotonic() - self.stream_start
+        return result
+
+    def _local_write_failed(self, sink: Sink, exc: OSError) -> None:
+        why = f"write to {self.cfg.out}: {exc.strerror}"
+        if not self.cfg.colwf:
+            self.collapse(P.Code.LWF, self.name, why)
+            return
+        with self.lock:
+            self.codes.append(P.Code.LWF.value)
+            self.detail = why
+        self.log.error(f"local write failure ({why}); -colwf: relaying on")
+
+    def _local_read_failed(self, exc: OSError) -> None:
+        why = f"read from {','.join(self.cfg.inputs)}: {exc.strerror}"
+        if not self.cfg.colrf:
+            self.collapse(P.Code.LRF, self.name, why)
+            return
+        with self.lock:
+            self.codes.append(P.Code.LRF.value)
+            self.detail = why
+        self.log.error(f"local read failure ({why}); -colrf: ending the stream here")
+
+    def _end_children(self) -> None:
+        for link in self.links:
+            if link.data is None or link.dead or link.peer is None:
+                continue
+            try:
+                link.data.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            sent = link.sink.sent if link.sink else 0
+            link.peer.send({"t": "end", "bytes": sent})
+
+    def _collect(self) -> list[P.NodeResult]:
+        """Wait for every child's report; merge them under this node's own result."""
+        for link in self.links:
+            while not link.done.wait(0.2):
+                pass
+        out_bytes = self.local.sent if self.local is not None else 0
+        me = P.NodeResult(name=self.name, depth=0, bytes_in=self.relay.bytes_in if self.relay else 0,
+                          bytes_out=out_bytes, codes=P.sort_codes(self.codes),
+                          seconds=round(self.stream_seconds, 3),
+                          detail=self.detail, local_out=self.out_fd is not None,
+                          fatal=self.fatal)  # fmt: skip
+        nodes = [me]
+        for link in self.links:
+            sent = link.sink.sent if link.sink else 0
+            if link.results is not None:
+                sub = link.results
+                head = sub[0]
+                if head.bytes_in != sent:
+                    head.codes = P.sort_codes(head.codes + [P.Code.BBC.value])
+                    head.fatal = True
+                    head.detail = f"received {head.bytes_in} bytes, {sent} were sent"
+                    link.codes.append(P.Code.BBC.value)
+                for n in sub:
+                    n.depth += 1
+                nodes.extend(sub)
+            else:
+                nodes.extend(self._lost_branch(link))
+        return nodes
+
+    def _lost_branch(self, link: ChildLink) -> list[P.NodeResult]:
+        """Results for a branch that sent no report: name every node in it."""
+        node, code, why = link.failure or (link.label, P.Code.BSTAT.value, "no report")
+        names = link.subtree or [link.label]
+        out = []
+        for i, name in enumerate(names):
+            if name == node:
+                out.append(P.NodeResult(name=name, depth=1 if i == 0 else 2, codes=[code],
+                                        detail=why, fatal=True))  # fmt: skip
+            else:
+                out.append(P.NodeResult(name=name, depth=1 if i == 0 else 2,
+                                        codes=[P.Code.BSTAT.value], fatal=True,
+                                        detail=f"no report: branch lost at {node} ({code})"))  # fmt: skip
+        if node not in names:
+            out.insert(0, P.NodeResult(name=node, depth=2, codes=[code], detail=why, fatal=True))
+        return out
+
+    @staticmethod
+    def _all_codes(nodes: list[P.NodeResult]) -> list[str]:
+        return [c for n in nodes for c in n.codes]
+
+    # ------------------------------------------------------------ root summary
+
+    def _root_summary(self, nodes: list[P.NodeResult]) -> int:
+        total = nodes[0].bytes_in
+        secs = max(self.stream_seconds, 1e-9)
+        failed = any(n.codes for n in nodes)
+        say = self.log.error if failed else self.log.message
+        for link in self.links:
+            own = list(link.codes) + (link.results[0].codes if link.results else [])
+            say(P.child_line(link.index, link.label, own))
+        say(P.chain_line(self._all_codes(nodes[1:])))
+        for n in nodes[1:]:
+            if n.codes:
+                self.log.error(f"node {n.name}: {P.format_codes(n.codes)} ({n.detail})")
+        for n in nodes:
+            self.log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
+                             f"{n.seconds:.2f} s, {P.format_codes(n.codes)}")  # fmt: skip
+        self.log.message(f"sent {total} bytes to {len(nodes) - 1} node(s) in {secs:.2f} s "
+                         f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
+        status = 1 if any(n.fatal for n in nodes) else 0
+        self._write_report(nodes, "ok" if status == 0 else "failed", secs)
+        return status
+
+    def _write_report(self, nodes: list[P.NodeResult], status: str, secs: float) -> None:
+        if not self.cfg.report:
+            return
+        doc = {"status": status, "bytes": nodes[0].bytes_in if nodes else 0,
+               "seconds": round(secs, 3), "session": self.session,
+               "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
+        tmp = f"{self.cfg.report}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(doc, fh, indent=1)
+            os.replace(tmp, self.cfg.report)
+        except OSError as exc:
+            self.log.error(f"cannot write report {self.cfg.report}: {exc.strerror}")
+
+    # ------------------------------------------------------------ heartbeat
+
+    def _start_heartbeat(self) -> None:
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        last_status = time.monotonic()
+        last_bytes = 0
+        while not self._stop.wait(HEARTBEAT):
+            now = time.monotonic()
+            received = self.relay.bytes_in if self.relay else 0
+            if self.parent is not None and not self.report_sent:
+                self.parent.send({"t": "ping", "bytes": received})
+                stalled = self.cfg.stall > 0 and now - self.parent.last > self.cfg.stall
+                if stalled and not self.upstream_gone.is_set() and not self.end_event.is_set():
+                    self._parent_failed(f"parent silent for {self.cfg.stall:g} s (stalled?)")
+            for link in list(self.links):
+                if link.peer is None or link.dead or link.done.is_set():
+                    continue
+                link.peer.send({"t": "ping"})
+                if self.cfg.stall > 0 and now - link.peer.last > self.cfg.stall:
+                    self._child_failed(link, P.Code.NWF.value, link.name,
+                                       f"silent for {self.cfg.stall:g} s (stalled?)")  # fmt: skip
+            if self.log.on(8) and self.relay is not None and now - last_status >= 2.0:
+                rate = (received - last_bytes) / (now - last_status) / 1e6
+                self.log.status(f"status: {received} bytes, {rate:.1f} MB/s")
+                last_status, last_bytes = now, received
+
+    # ------------------------------------------------------------ collapse
+
+    def collapse(self, code: str, node: str, why: str, link: ChildLink | None = None,
+                 tell_parent: bool = True) -> None:  # fmt: skip
+        """Unhandled failure: tell the parent and the children, exit 1 now."""
+        with self.lock:
+            if self.collapsing:
+                return
+            self.collapsing = True
+        code = str(code)
+        if link is not None:
+            self.log.error(P.child_line(link.index, link.label, link.codes or [code]))
+        self.log.error(f"{node}: {P.CODE_TEXT.get(code, code)} ({code}): {why}")
+        self.log.error(P.chain_line([code]))
+        self.log.error(f"collapsing the tree at {self.name}")
+        if self.parent is not None and tell_parent:
+            self.parent.send({"t": "fail", "code": code, "node": node, "why": why})
+        for lk in self.links:
+            if lk.peer is not None and lk is not link:
+                lk.peer.send({"t": "abort", "why": f"{node}: {code}: {why}"})
+        if self.cfg.role is Role.ROOT:
+            self._write_report([P.NodeResult(name=node, depth=0, codes=[code], detail=why,
+                                              fatal=True)], "collapsed", 0.0)  # fmt: skip
+        self.log.flush()
+        os._exit(1)
+
+
+def _listener(addr: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(16)
+    return s
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise P.ProtocolError("connection closed")
+        buf += chunk
+    return bytes(buf)

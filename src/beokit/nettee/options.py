@@ -1,0 +1,272 @@
+"""nettee 0.2 command line: parsing and validation (pure logic, no I/O).
+
+Every option of the man page is accepted exactly as spelled there (single
+dash).  Our extensions, also single dash so they read like the rest:
+
+``-bind ADDR``         address this node listens on (default: all)
+``-secret_file PATH``  file holding the shared secret (or ``NETTEE_SECRET``)
+``-stall SECONDS``     declare a silent peer dead after this long (default 5, 0 = never)
+``-report FILE``       write the root's per-node results as JSON
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from beokit.errors import UsageError
+from beokit.nettee.hostlists import Hostlist, parse_next, parse_port
+
+DEFAULT_PORT = 9997
+DEFAULT_BUF_SIZE = 1048576
+DEFAULT_BUF_MINREAD = 128
+DEFAULT_BUF_MINWRITE = 1
+DEFAULT_BUF_MAXREAD = 65536
+DEFAULT_BUF_MAXWRITE = 65536
+DEFAULT_STALL = 5.0
+MAX_NAME = 127
+
+# Options that take a value, and flags.  Aliases map to the canonical name.
+VALUE_OPTIONS = {
+    "-next", "-in", "-out", "-flow", "-port", "-t", "-v", "-log", "-name",
+    "-buf_size", "-buf_minread", "-buf_minwrite", "-buf_maxread", "-buf_maxwrite",
+    "-connf", "-cmd", "-process", "-stm",
+    "-bind", "-secret_file", "-stall", "-report",
+}  # fmt: skip
+FLAG_OPTIONS = {
+    "-root", "-w", "-q", "-colrf", "-colwf", "-conrf", "-conwf",
+    "-h", "-hexamples", "-herrors", "-hprocess", "-i",
+}  # fmt: skip
+ALIASES = {"-p": "-port", "-conlrf": "-colrf"}  # -conlrf: the man page's spelling slip
+
+
+class Role(Enum):
+    ROOT = "root"
+    INTERNAL = "internal"
+    TIP = "tip"
+
+
+class Help(Enum):
+    MAIN = "-h"
+    EXAMPLES = "-hexamples"
+    ERRORS = "-herrors"
+    PROCESS = "-hprocess"
+    VERSION = "-i"
+
+
+@dataclass
+class Config:
+    next: tuple[Hostlist, ...] = ()
+    root: bool = False
+    inputs: tuple[str, ...] = ()
+    out: str = "none"
+    flow: str = "push"
+    port: int = DEFAULT_PORT
+    timeout: float = 0.0
+    wait_boot: bool = False
+    verbose: int = 1
+    log: str = "-"
+    name: str = ""
+    quiet: bool = False
+    buf_size: int = DEFAULT_BUF_SIZE
+    buf_minread: int = DEFAULT_BUF_MINREAD
+    buf_minwrite: int = DEFAULT_BUF_MINWRITE
+    buf_maxread: int = DEFAULT_BUF_MAXREAD
+    buf_maxwrite: int = DEFAULT_BUF_MAXWRITE
+    connf: float = 0.0
+    colrf: bool = False
+    colwf: bool = False
+    conrf: bool = False
+    conwf: bool = False
+    cmd: str | None = None
+    process: str | None = None
+    stm: str | None = None
+    bind: str = "0.0.0.0"
+    secret_file: str | None = None
+    stall: float = DEFAULT_STALL
+    report: str | None = None
+    help: Help | None = None
+    given: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def role(self) -> Role:
+        if self.root:
+            return Role.ROOT
+        return Role.INTERNAL if self.next else Role.TIP
+
+
+def _number(opt: str, text: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise UsageError(f"bad {opt} {text!r}: not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        hi = "" if maximum is None else f" and at most {maximum}"
+        raise UsageError(f"bad {opt} {text!r}: must be at least {minimum}{hi}")
+    return value
+
+
+def _seconds(opt: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"bad {opt} {text!r}: not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"bad {opt} {text!r}: must be a finite number >= 0")
+    return value
+
+
+def tokenize(argv: list[str]) -> dict[str, str]:
+    """argv -> {canonical option: value ('' for flags)}; unknown or repeated options fail."""
+    given: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        raw = argv[i]
+        opt = ALIASES.get(raw, raw)
+        if opt in FLAG_OPTIONS:
+            value = ""
+        elif opt in VALUE_OPTIONS:
+            if i + 1 >= len(argv):
+                raise UsageError(f"option {raw} needs a value")
+            value = argv[i + 1]
+            i += 1
+        elif raw.startswith("--") and ALIASES.get(raw[1:], raw[1:]) in VALUE_OPTIONS | FLAG_OPTIONS:
+            raise UsageError(f"unknown option {raw!r}: nettee options take one dash ({raw[1:]})")
+        else:
+            raise UsageError(f"unknown option {raw!r} (nettee -h lists the options)")
+        if opt in given:
+            raise UsageError(f"option {raw} given twice")
+        given[opt] = value
+        i += 1
+    return given
+
+
+def parse_args(argv: list[str]) -> Config:
+    """Parse and validate a nettee command line; raise UsageError on bad input."""
+    given = tokenize(argv)
+    cfg = Config(given=given)
+    for h in Help:
+        if h.value in given:
+            cfg.help = h
+            return cfg
+
+    cfg.root = "-root" in given
+    cfg.wait_boot = "-w" in given
+    cfg.quiet = "-q" in given
+    cfg.colrf, cfg.colwf = "-colrf" in given, "-colwf" in given
+    cfg.conrf, cfg.conwf = "-conrf" in given, "-conwf" in given
+
+    if "-next" in given:
+        cfg.next = parse_next(given["-next"])
+    if "-port" in given:
+        cfg.port = parse_port(given["-port"], "-port")
+    if "-t" in given:
+        cfg.timeout = _seconds("-t", given["-t"])
+    if "-connf" in given:
+        cfg.connf = _seconds("-connf", given["-connf"])
+    if "-stall" in given:
+        cfg.stall = _seconds("-stall", given["-stall"])
+    if "-v" in given:
+        cfg.verbose = _number("-v", given["-v"], minimum=0, maximum=31)
+    if "-log" in given:
+        if given["-log"] == "":
+            raise UsageError("bad -log '': give - (stderr) or a file name")
+        cfg.log = given["-log"]
+    if "-name" in given:
+        name = given["-name"]
+        if not name or len(name) > MAX_NAME or any(c in name for c in "\n\r\0"):
+            raise UsageError(f"bad -name {name!r}: 1-{MAX_NAME} printable characters")
+        cfg.name = name
+    for opt, lo in (("-buf_size", 4096), ("-buf_minread", 1), ("-buf_minwrite", 1),
+                    ("-buf_maxread", 1), ("-buf_maxwrite", 1)):  # fmt: skip
+        if opt in given:
+            setattr(cfg, opt[1:], _number(opt, given[opt], minimum=lo, maximum=1 << 30))
+    if cfg.buf_minread > cfg.buf_size:
+        raise UsageError(f"bad -buf_minread {cfg.buf_minread}: larger than -buf_size {cfg.buf_size}")
+    if cfg.buf_minwrite > cfg.buf_size:
+        raise UsageError(
+            f"bad -buf_minwrite {cfg.buf_minwrite}: larger than -buf_size {cfg.buf_size}"
+        )
+    if "-bind" in given:
+        if not given["-bind"]:
+            raise UsageError("bad -bind '': give an address")
+        cfg.bind = given["-bind"]
+    if "-secret_file" in given:
+        cfg.secret_file = given["-secret_file"]
+    if "-report" in given:
+        cfg.report = given["-report"]
+
+    flow = given.get("-flow", "push")
+    if flow not in ("push", "pull"):
+        raise UsageError(f"bad -flow {flow!r}: must be push or pull")
+    cfg.flow = flow
+    cfg.cmd = given.get("-cmd")
+    cfg.process = given.get("-process")
+    cfg.stm = given.get("-stm")
+    if cfg.cmd is not None and cfg.process is not None:
+        raise UsageError("-cmd and -process may not be used together")
+    if cfg.cmd == "" or cfg.process == "":
+        raise UsageError("bad -cmd/-process '': give a command")
+    if cfg.stm == "":
+        raise UsageError("bad -stm '': give the End Of Stream string")
+    if flow == "pull" and cfg.process is None:
+        raise UsageError("-flow pull may only be used with -process")
+    if cfg.root and not cfg.next:
+        raise UsageError("-root needs -next: the root node has at least one child")
+
+    _inputs_outputs(cfg, given)
+    return cfg
+
+
+def _defaults(flow: str, role: Role) -> tuple[str, str]:
+    """Default (-in, -out) per flow and role, as the man page lists them."""
+    if flow == "push":
+        return ("-", "none") if role is Role.ROOT else ("none", "-")
+    return ("-", "none") if role is Role.TIP else ("none", "-")
+
+
+def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
+    d_in, d_out = _defaults(cfg.flow, cfg.role)
+    in_text = given.get("-in", d_in)
+    sources = tuple(s.strip() for s in in_text.split(","))
+    if any(not s for s in sources):
+        raise UsageError(f"bad -in {in_text!r}: empty source")
+    if len(sources) > 1:
+        if cfg.process is None:
+            raise UsageError(f"bad -in {in_text!r}: more than one source needs -process")
+        if sources.count("-") > 1:
+            raise UsageError(f"bad -in {in_text!r}: only one source may be stdin (-)")
+        for s in ("none", "socket"):
+            if s in sources:
+                raise UsageError(f"bad -in {in_text!r}: {s} cannot be one of several sources")
+    cfg.inputs = () if sources == ("none",) else sources
+    cfg.out = given.get("-out", d_out)
+    if cfg.out == "":
+        raise UsageError("bad -out '': give none, -, socket or a file name")
+
+    sock_in, sock_out = "socket" in cfg.inputs, cfg.out == "socket"
+    if sock_in and sock_out:
+        raise UsageError("socket may not be used for both -in and -out (only one -cmd)")
+    if (sock_in or sock_out) and cfg.cmd is None:
+        raise UsageError(f"-{'in' if sock_in else 'out'} socket needs -cmd COMMAND")
+    if cfg.cmd is not None and not (sock_in or sock_out):
+        raise UsageError("-cmd needs -in socket or -out socket")
+    if cfg.flow == "push" and cfg.role is not Role.ROOT and cfg.inputs and cfg.process is None:
+        raise UsageError(
+            f"bad -in {in_text!r}: a non-root node takes local input only with -process"
+        )
+    if cfg.flow == "push" and cfg.role is Role.ROOT and not cfg.inputs and cfg.process is None:
+        raise UsageError("the root node needs an input (-in - or -in FILE)")
+
+
+def not_yet_supported(cfg: Config) -> str | None:
+    """Name the first option whose behaviour is not built yet, if any."""
+    if cfg.stm is not None:
+        return "-stm"
+    if cfg.process is not None:
+        return "-process"
+    if cfg.cmd is not None:
+        return "-cmd (with -in/-out socket)"
+    if cfg.flow == "pull":
+        return "-flow pull"
+    return None
