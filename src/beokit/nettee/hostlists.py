@@ -47,7 +47,7 @@ Hostlist = tuple[Endpoint, ...]
 
 def parse_port(text: str, what: str = "port") -> int:
     """A nettee port: it and the next one must be valid TCP ports."""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise UsageError(f"bad {what} {text!r}: not a number")
     port = int(text)
     if not 1 <= port <= 65534:
@@ -59,7 +59,7 @@ def parse_endpoint(text: str) -> Endpoint:
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, ""
-    if not host or not _HOST_RE.match(host) or host.endswith((".-", "-")):
+    if not host or not _HOST_RE.fullmatch(host) or host.endswith((".-", "-")):
         raise UsageError(f"bad host {text!r} in -next")
     return Endpoint(host, parse_port(port, f"port in -next entry {text!r}") if sep else None)
 

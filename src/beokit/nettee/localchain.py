@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 def nettee_command() -> list[str]:
@@ -79,7 +80,8 @@ class Chain:
 def start_chain(src: str | Path, receivers: int, workdir: str | Path, *, port: int | None = None,
                 secret: str | None = None, root_args: list[str] | None = None,
                 node_args: list[str] | None = None, outputs: list[str] | None = None,
-                verbose: int = 1, env: dict[str, str] | None = None) -> Chain:  # fmt: skip
+                verbose: int = 1, env: dict[str, str] | None = None,
+                stdin: int | IO[bytes] | None = None) -> Chain:  # fmt: skip
     """Start ``receivers`` receivers (tip first) and the root; returns at once."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -102,5 +104,6 @@ def start_chain(src: str | Path, receivers: int, workdir: str | Path, *, port: i
     report = work / "report.json"
     args = cmd + ["-root", "-next", addrs[0], "-port", str(port), "-in", str(src), "-name",
                   "127.0.0.1", "-report", str(report), "-v", str(verbose), "-log", str(logs[0])]  # fmt: skip
-    root = subprocess.Popen(args + (root_args or []), env=penv, stdin=subprocess.DEVNULL)
+    root = subprocess.Popen(args + (root_args or []), env=penv,
+                            stdin=subprocess.DEVNULL if stdin is None else stdin)  # fmt: skip
     return Chain(root, procs, outs, addrs, report, logs)

@@ -284,7 +284,7 @@ class Node:
         peer.sock.sendall(P.encode(P.hello(nonce_c, self.secret, self.name)))
         msg = peer.recv(HANDSHAKE_TIMEOUT)
         if msg.get("t") == "refuse":
-            raise P.AuthError(f"parent refused: {msg.get('why')}")
+            raise P.AuthError(str(msg.get("why")))
         nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
         peer.sock.sendall(P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name)))
         token = P.data_token(self.secret, nonce_c, nonce_p)
@@ -486,7 +486,7 @@ class Node:
                 join, nonce_c = P.answer_hello(msg, nonce_p, self.secret, self.name,
                                                self.session, self.path)  # fmt: skip
             except P.AuthError as exc:
-                peer.send({"t": "refuse", "why": f"the parent says: {exc.args[0].replace('it ', 'the child ', 1)}"})  # fmt: skip
+                peer.send({"t": "refuse", "why": exc.for_peer})
                 raise
             ctrl.sendall(P.encode(join))
             name = P.check_welcome(peer.recv(HANDSHAKE_TIMEOUT), nonce_c, nonce_p, self.secret)
@@ -671,18 +671,21 @@ class Node:
     def _lost_branch(self, link: ChildLink) -> list[P.NodeResult]:
         """Results for a branch that sent no report: name every node in it."""
         node, code, why = link.failure or (link.label, P.Code.BSTAT.value, "no report")
+        # we are still running, so -conwf/-connf handled the loss; a bad report was not handled
+        fatal = code == P.Code.BSTAT.value
         names = link.subtree or [link.label]
         out = []
         for i, name in enumerate(names):
+            depth = 1 if i == 0 else 2
             if name == node:
-                out.append(P.NodeResult(name=name, depth=1 if i == 0 else 2, codes=[code],
-                                        detail=why, fatal=True))  # fmt: skip
+                out.append(P.NodeResult(name=name, depth=depth, codes=[code], detail=why,
+                                        fatal=fatal))  # fmt: skip
             else:
-                out.append(P.NodeResult(name=name, depth=1 if i == 0 else 2,
-                                        codes=[P.Code.BSTAT.value], fatal=True,
+                out.append(P.NodeResult(name=name, depth=depth, codes=[P.Code.BSTAT.value],
+                                        fatal=fatal,
                                         detail=f"no report: branch lost at {node} ({code})"))  # fmt: skip
         if node not in names:
-            out.insert(0, P.NodeResult(name=node, depth=2, codes=[code], detail=why, fatal=True))
+            out.insert(0, P.NodeResult(name=node, depth=2, codes=[code], detail=why, fatal=fatal))
         return out
 
     @staticmethod

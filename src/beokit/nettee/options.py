@@ -11,6 +11,7 @@ dash).  Our extensions, also single dash so they read like the rest:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -97,6 +98,8 @@ class Config:
 
 def _number(opt: str, text: str, *, minimum: int = 0, maximum: int | None = None) -> int:
     try:
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise ValueError
         value = int(text, 10)
     except ValueError:
         raise UsageError(f"bad {opt} {text!r}: not an integer") from None
@@ -108,6 +111,8 @@ def _number(opt: str, text: str, *, minimum: int = 0, maximum: int | None = None
 
 def _seconds(opt: str, text: str) -> float:
     try:
+        if not re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text):
+            raise ValueError
         value = float(text)
     except ValueError:
         raise UsageError(f"bad {opt} {text!r}: not a number of seconds") from None
@@ -117,7 +122,7 @@ def _seconds(opt: str, text: str) -> float:
 
 
 def tokenize(argv: list[str]) -> dict[str, str]:
-    """argv -> {canonical option: value ('' for flags)}; unknown or repeated options fail."""
+    """argv -> {canonical option: value ('' for flags)}; unknown options fail."""
     given: dict[str, str] = {}
     i = 0
     while i < len(argv):
@@ -134,9 +139,7 @@ def tokenize(argv: list[str]) -> dict[str, str]:
             raise UsageError(f"unknown option {raw!r}: nettee options take one dash ({raw[1:]})")
         else:
             raise UsageError(f"unknown option {raw!r} (nettee -h lists the options)")
-        if opt in given:
-            raise UsageError(f"option {raw} given twice")
-        given[opt] = value
+        given[opt] = value  # repeated: the last one wins, as with getopt
         i += 1
     return given
 

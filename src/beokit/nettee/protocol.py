@@ -47,7 +47,14 @@ class ProtocolError(Exception):
 
 
 class AuthError(ProtocolError):
-    """The shared-secret challenge failed; the message says which side lacks what."""
+    """The shared-secret challenge failed; the message says which side lacks what.
+
+    ``for_peer`` is the same fact worded for the other side, sent in a refuse.
+    """
+
+    def __init__(self, message: str, for_peer: str = "") -> None:
+        super().__init__(message)
+        self.for_peer = for_peer or message
 
 
 class Code(StrEnum):
@@ -107,8 +114,8 @@ class FrameDecoder:
             del self._buf[: FRAME.size + size]
             try:
                 msg = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ProtocolError(f"undecodable message: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting
+                raise ProtocolError(f"undecodable message: {str(exc)[:80]}") from None
             if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
                 raise ProtocolError("message without a type")
             out.append(msg)
@@ -156,9 +163,12 @@ def answer_hello(msg: dict, nonce_p: bytes, secret: bytes | None, name: str, ses
         raise ProtocolError(f"protocol version {msg.get('v')!r}, this nettee speaks {VERSION}")
     nonce_c = _nonce(msg)
     if msg.get("auth") and secret is None:
-        raise AuthError("it requires a shared secret and this node has none (set NETTEE_SECRET)")
+        raise AuthError("it requires a shared secret and this node has none (set NETTEE_SECRET)",
+                        "the parent has no shared secret and this node requires one")
     if not msg.get("auth") and secret is not None:
-        raise AuthError("it has no shared secret and this node requires one")
+        raise AuthError("it has no shared secret and this node requires one",
+                        "this node has no shared secret and the parent requires one "
+                        "(set NETTEE_SECRET)")
     mac = _mac(secret, b"nettee-parent", nonce_c, nonce_p).hex() if secret else None
     join = {"t": "join", "v": VERSION, "nonce": nonce_p.hex(), "mac": mac, "name": name,
             "session": session, "path": path}  # fmt: skip
@@ -255,13 +265,15 @@ class NodeResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> NodeResult:
+        if not isinstance(d, dict) or not isinstance(d.get("codes"), list):
+            raise ProtocolError("bad node result: not an object with a list of codes")
         try:
             return cls(name=str(d["name"]), depth=int(d["depth"]), bytes_in=int(d["bytes_in"]),
                        bytes_out=int(d["bytes_out"]), codes=[str(c) for c in d["codes"]],
                        seconds=float(d["seconds"]), detail=str(d.get("detail", "")),
                        local_out=bool(d.get("local_out", True)),
                        fatal=bool(d.get("fatal", False)))  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad node result: {exc}") from None
 
 
