@@ -38,7 +38,7 @@ from beokit.nettee import protocol as P
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.options import Config, Role
-from beokit.nettee.relay import Relay, RelayResult, Sink
+from beokit.nettee.relay import Relay, RelayResult, Sink, zero_copy_available
 
 HANDSHAKE_TIMEOUT = 10.0
 HEARTBEAT = 0.5
@@ -576,14 +576,29 @@ class Node:
 
     # ------------------------------------------------------------ streaming
 
+    def _io_caps(self) -> tuple[int, int]:
+        """Per-call read/write caps.
+
+        The man page's -buf_maxread/-buf_maxwrite (default 64 KiB) exist so one
+        select() loop interleaves its inputs and outputs.  Here every output has
+        its own thread, so on the zero-copy path the default is a whole buffer
+        per call; values given on the command line are always honoured.
+        """
+        cfg = self.cfg
+        wide = zero_copy_available()
+        rd = cfg.buf_maxread if "-buf_maxread" in cfg.given or not wide else cfg.buf_size
+        wr = cfg.buf_maxwrite if "-buf_maxwrite" in cfg.given or not wide else cfg.buf_size
+        return rd, wr
+
     def _stream(self, in_fd: int, idle_timeout: float) -> RelayResult:
         cfg = self.cfg
+        maxread, maxwrite = self._io_caps()
         sinks: list[Sink] = []
         for link in self.links:
             if link.data is None or link.dead:
                 continue
             link.sink = Sink(f"child{link.index}", link.data.fileno(), "child",
-                             maxwrite=cfg.buf_maxwrite,
+                             maxwrite=maxwrite,
                              on_error=lambda s, e, lk=link: self._child_failed(
                                  lk, P.Code.NWF.value, lk.name, f"write: {e.strerror}"))  # fmt: skip
             sinks.append(link.sink)
@@ -593,12 +608,12 @@ class Node:
                     os.ftruncate(self.out_fd, 0)
                 except OSError:
                     pass  # a device or a pipe
-            self.local = Sink("local", self.out_fd, "local", maxwrite=cfg.buf_maxwrite,
+            self.local = Sink("local", self.out_fd, "local", maxwrite=maxwrite,
                               on_error=self._local_write_failed)  # fmt: skip
             sinks.append(self.local)
         self.relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
-                           minwrite=cfg.buf_minwrite, maxread=cfg.buf_maxread,
-                           maxwrite=cfg.buf_maxwrite, idle_timeout=idle_timeout)  # fmt: skip
+                           minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
+                           idle_timeout=idle_timeout)  # fmt: skip
         self.stream_start = time.monotonic()
         self.log.message(f"streaming to {len(sinks)} output(s)"
                          f" ({'splice/tee' if self.relay.zero_copy else 'copy loop'})")  # fmt: skip
