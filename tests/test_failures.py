@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,3 +195,30 @@ def spawn_cmd() -> list[str]:
     from conftest import NETTEE
 
     return list(NETTEE)
+
+
+@pytest.mark.parametrize("colwf", [False, True])
+def test_local_write_failure_on_the_tip(tmp_path: Path, source: Path, colwf: bool) -> None:
+    """The tip writes to /dev/full: LWF collapses the chain, or with -colwf is reported."""
+    port = free_port(["127.0.0.2", "127.0.0.3"])
+    extra = ["-colwf"] if colwf else []
+    tip = spawn("-bind", "127.0.0.3", "-port", str(port), "-out", "/dev/full", "-name", "tip",
+                "-t", "20", *extra, env=child_env())  # fmt: skip
+    mid = spawn("-bind", "127.0.0.2", "-port", str(port), "-next", "127.0.0.3", "-out",
+                str(tmp_path / "mid"), "-name", "mid", "-t", "20", env=child_env())  # fmt: skip
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2", "-in", str(source), "-name",
+                 "root", "-report", str(tmp_path / "r.json"), env=child_env(),
+                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+    codes = wait_all([root, mid, tip], timeout=30)
+    err = root.stderr.read()
+    assert "Failures detected in chain: LWF" in err
+    assert "Failures detected in child 0 [mid]: NONE" in err  # mid itself is fine
+    if colwf:
+        assert codes == [0, 0, 0]  # handled: EXIT_SUCCESS, as the man page says
+        assert sha256(tmp_path / "mid") == sha256(source)
+        report = json.loads((tmp_path / "r.json").read_text())
+        tip_result = [n for n in report["nodes"] if n["name"] == "tip"][0]
+        assert tip_result["codes"] == ["LWF"] and tip_result["bytes_in"] == source.stat().st_size
+    else:
+        assert codes == [1, 1, 1]
+        assert "tip: local write failure (LWF)" in err

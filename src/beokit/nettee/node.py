@@ -555,7 +555,7 @@ class Node:
         if not self.cfg.conwf:
             self.collapse(code, node, why, link=link)
             return
-        self.log.error(f"{P.child_line(link.index, link.label, link.codes or [code])} ({node}: {why});"
+        self.log.error(f"{P.child_line(link.index, link.label, link.codes)} ({node}: {why});"
                        " -conwf: carrying on without it")  # fmt: skip
         if link.sink is not None:
             link.sink.kill()
@@ -783,7 +783,7 @@ class Node:
             self.collapsing = True
         code = str(code)
         if link is not None:
-            self.log.error(P.child_line(link.index, link.label, link.codes or [code]))
+            self.log.error(P.child_line(link.index, link.label, link.codes))
         self.log.error(f"{node}: {P.CODE_TEXT.get(code, code)} ({code}): {why}")
         self.log.error(P.chain_line([code]))
         self.log.error(f"collapsing the tree at {self.name}")

@@ -106,7 +106,7 @@ class Sink:
         self._pending = 0
         self._notify = -1
         self._buf: memoryview | None = None
-        self._done = 0
+        self._done = self._taken = 0
         self._thread: threading.Thread | None = None
 
     def open(self, size: int, notify_fd: int) -> int:
@@ -146,7 +146,7 @@ class Sink:
                 except OSError as exc:
                     self.alive = False
                     self.error = exc
-                    self._discard(n - self._done)
+                    self._discard(n - self._taken)
                     if self.on_error is not None:
                         self.on_error(self, exc)
             else:
@@ -154,7 +154,8 @@ class Sink:
             os.write(self._notify, (1).to_bytes(8, "little"))
 
     def _write(self, n: int) -> None:
-        self._done = 0
+        self._done = 0  # bytes of this chunk written to the output
+        self._taken = 0  # bytes of this chunk taken out of the pipe
         while self._done < n:
             want = min(n - self._done, self.maxwrite)
             if not self.copy_mode:
@@ -170,19 +171,24 @@ class Sink:
                 if self._buf is None:
                     self._buf = memoryview(bytearray(min(self.maxwrite, 1 << 20)))
                 got = os.readv(self.pipe_r, [self._buf[: min(want, len(self._buf))]])
+                self._taken += got
                 k = _write_all(self.fd, self._buf[:got])
             if k == 0:
                 raise OSError(errno.EIO, "output accepted no data")
+            if not self.copy_mode:
+                self._taken += k
             self._done += k
             self.sent += k
             if not self.alive:
                 raise OSError(errno.ECONNABORTED, "output abandoned")
 
     def _discard(self, n: int) -> None:
+        """Empty the rest of a chunk from the pipe (never blocks)."""
+        os.set_blocking(self.pipe_r, False)
         while n > 0:
             try:
                 chunk = os.read(self.pipe_r, min(n, 1 << 16))
-            except OSError:
+            except OSError:  # EAGAIN: nothing more is there
                 return
             if not chunk:
                 return
