@@ -377,7 +377,7 @@ class Node:
         with self.lock:
             self.codes.append(P.Code.NRF.value)
             self.detail = why
-        self.log.error(f"network read failure ({why}); -conrf: finishing locally")
+        self.log.error(f"network read failure (NRF): {why}; -conrf: finishing locally")
         self.upstream_gone.set()
         if self.data_in is not None:
             try:
@@ -631,7 +631,7 @@ class Node:
         with self.lock:
             self.codes.append(P.Code.LWF.value)
             self.detail = why
-        self.log.error(f"local write failure ({why}); -colwf: relaying on")
+        self.log.error(f"local write failure (LWF): {why}; -colwf: relaying on")
 
     def _local_read_failed(self, exc: OSError) -> None:
         why = f"read from {','.join(self.cfg.inputs)}: {exc.strerror}"
@@ -641,7 +641,7 @@ class Node:
         with self.lock:
             self.codes.append(P.Code.LRF.value)
             self.detail = why
-        self.log.error(f"local read failure ({why}); -colrf: ending the stream here")
+        self.log.error(f"local read failure (LRF): {why}; -colrf: ending the stream here")
 
     def _end_children(self) -> None:
         for link in self.links:
@@ -718,7 +718,7 @@ class Node:
             own = list(link.codes) + (link.results[0].codes if link.results else [])
             say(P.child_line(link.index, link.label, own))
         say(P.chain_line(self._all_codes(nodes[1:])))
-        for n in nodes[1:]:
+        for n in nodes:
             if n.codes:
                 self.log.error(f"node {n.name}: {P.format_codes(n.codes)} ({n.detail})")
         for n in nodes:
