@@ -85,6 +85,11 @@ class Peer:
         except OSError:
             return False
 
+    def drain(self, data: bytes) -> list[dict]:
+        """Messages left over from the handshake, then those in ``data``."""
+        msgs, self.queue = self.queue, []
+        return msgs + self.dec.feed(data)
+
     def recv(self, timeout: float) -> dict:
         """Next message, within ``timeout`` seconds (handshake only)."""
         deadline = time.monotonic() + timeout
@@ -343,11 +348,9 @@ class Node:
         assert peer is not None
         why = "parent connection closed"
         try:
+            data = b""
             while True:
-                data = peer.sock.recv(65536)
-                if not data:
-                    break
-                for msg in peer.dec.feed(data):
+                for msg in peer.drain(data):
                     peer.last = time.monotonic()
                     kind = msg.get("t")
                     if kind == "end":
@@ -357,6 +360,9 @@ class Node:
                         why = f"aborted by parent: {msg.get('why', '?')}"
                         self._parent_failed(why, aborted=True)
                         return
+                data = peer.sock.recv(65536)
+                if not data:
+                    break
         except (OSError, P.ProtocolError, ValueError) as exc:
             why = f"parent connection lost: {exc}"
         if not self.report_sent:
@@ -514,11 +520,9 @@ class Node:
         assert peer is not None
         why = "connection lost"
         try:
+            data = b""
             while True:
-                data = peer.sock.recv(65536)
-                if not data:
-                    break
-                for msg in peer.dec.feed(data):
+                for msg in peer.drain(data):
                     peer.last = time.monotonic()
                     kind = msg.get("t")
                     if kind == "ping":
@@ -539,6 +543,9 @@ class Node:
                             link.failure = (link.name, P.Code.BSTAT.value, str(exc))
                         link.done.set()
                         return
+                data = peer.sock.recv(65536)
+                if not data:
+                    break
         except (OSError, P.ProtocolError, ValueError) as exc:
             why = f"connection lost: {exc}"
         self._child_failed(link, P.Code.NWF.value, link.name, why)
