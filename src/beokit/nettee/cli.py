@@ -44,6 +44,8 @@ def open_input(cfg: Config) -> int | None:
     if cfg.role is not Role.ROOT:
         return None
     src = cfg.inputs[0]
+    if src == "socket":
+        return None  # the -cmd COMMAND is started once the tree has formed
     if src == "-":
         return sys.stdin.fileno()
     try:
@@ -58,7 +60,7 @@ def open_input(cfg: Config) -> int | None:
 
 def open_output(cfg: Config) -> tuple[int | None, bool]:
     """Open -out before anything starts; returns (fd, is_regular_file)."""
-    if cfg.out == "none":
+    if cfg.out in ("none", "socket"):
         return None, False
     if cfg.out == "-":
         return sys.stdout.fileno(), False

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from beokit.nettee import protocol as P
+from beokit.nettee.command import SocketCommand
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.options import Config, Role
@@ -177,6 +178,8 @@ class Node:
         self._stop = threading.Event()
         self.local: Sink | None = None
         self.stream_seconds = 0.0
+        self.in_cmd: SocketCommand | None = None
+        self.out_cmd: SocketCommand | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -208,10 +211,17 @@ class Node:
         self.path = [self.node_id]
         self._start_heartbeat()
         self._form_children()
+        if self.cfg.inputs == ("socket",):
+            self.in_cmd = SocketCommand(self.cfg.cmd or "", "in", self.cfg.buf_size)
+            self.in_fd = self.in_cmd.fd
         assert self.in_fd is not None
         result = self._stream(self.in_fd, idle_timeout=0.0)
         if result.read_error is not None:
             self._local_read_failed(result.read_error)
+        if self.in_cmd is not None:
+            failed = self.in_cmd.wait()
+            if failed and P.Code.LRF.value not in self.codes:
+                self._local_read_failed(OSError(0, failed))
         self._end_children()
         nodes = self._collect()
         return self._root_summary(nodes)
@@ -600,6 +610,9 @@ class Node:
     def _stream(self, in_fd: int, idle_timeout: float) -> RelayResult:
         cfg = self.cfg
         maxread, maxwrite = self._io_caps()
+        if cfg.out == "socket":  # start COMMAND only once the tree has formed
+            self.out_cmd = SocketCommand(cfg.cmd or "", "out", cfg.buf_size)
+            self.out_fd, self.out_is_file = self.out_cmd.fd, False
         sinks: list[Sink] = []
         for link in self.links:
             if link.data is None or link.dead:
@@ -627,11 +640,18 @@ class Node:
         result = self.relay.run()
         if self.local is not None:
             self.local.finish()
+        if self.out_cmd is not None:
+            self.out_cmd.end_input()
+            failed = self.out_cmd.wait()
+            if failed and self.local is not None and self.local.alive:
+                self.local.alive = False
+                self._local_write_failed(self.local, OSError(0, failed))
         self.stream_seconds = time.monotonic() - self.stream_start
         return result
 
     def _local_write_failed(self, sink: Sink, exc: OSError) -> None:
-        why = f"write to {self.cfg.out}: {exc.strerror}"
+        dest = f"-cmd {self.cfg.cmd!r}" if self.out_cmd is not None else self.cfg.out
+        why = exc.strerror if exc.errno == 0 else f"write to {dest}: {exc.strerror}"
         if not self.cfg.colwf:
             self.collapse(P.Code.LWF, self.name, why)
             return
@@ -641,7 +661,8 @@ class Node:
         self.log.error(f"local write failure (LWF): {why}; -colwf: relaying on")
 
     def _local_read_failed(self, exc: OSError) -> None:
-        why = f"read from {','.join(self.cfg.inputs)}: {exc.strerror}"
+        src = f"-cmd {self.cfg.cmd!r}" if self.in_cmd is not None else ",".join(self.cfg.inputs)
+        why = exc.strerror if exc.errno == 0 else f"read from {src}: {exc.strerror}"
         if not self.cfg.colrf:
             self.collapse(P.Code.LRF, self.name, why)
             return
@@ -802,6 +823,9 @@ class Node:
         if self.cfg.role is Role.ROOT:
             self._write_report([P.NodeResult(name=node, depth=0, codes=[code], detail=why,
                                               fatal=True)], "collapsed", 0.0)  # fmt: skip
+        for cmd in (self.in_cmd, self.out_cmd):
+            if cmd is not None:
+                cmd.kill()
         self.log.flush()
         os._exit(1)
 

@@ -268,8 +268,6 @@ def not_yet_supported(cfg: Config) -> str | None:
         return "-stm"
     if cfg.process is not None:
         return "-process"
-    if cfg.cmd is not None:
-        return "-cmd (with -in/-out socket)"
     if cfg.flow == "pull":
         return "-flow pull"
     return None
