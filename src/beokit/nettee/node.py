@@ -215,6 +215,8 @@ class Node:
             self.in_cmd = SocketCommand(self.cfg.cmd or "", "in", self.cfg.buf_size)
             self.in_fd = self.in_cmd.fd
         assert self.in_fd is not None
+        if self.cfg.stm is not None:
+            self.in_fd = self._stm_filter(self.in_fd, self.cfg.stm.encode())
         result = self._stream(self.in_fd, idle_timeout=0.0)
         if result.read_error is not None:
             self._local_read_failed(result.read_error)
@@ -592,6 +594,47 @@ class Node:
         return names
 
     # ------------------------------------------------------------ streaming
+
+    def _stm_filter(self, src: int, eos: bytes) -> int:
+        """-stm at the root: pass each line on at once, end at the line EOS.
+
+        A thread reads the input, forwards every complete line into a pipe the
+        relay reads (so a line never waits for a buffer to fill), and closes
+        the pipe at the EOS line, which is not passed on, or at end of input.
+        """
+        r, w = os.pipe()
+
+        def pump() -> None:
+            pending = b""
+            try:
+                while True:
+                    try:
+                        data = os.read(src, 65536)
+                    except BlockingIOError:
+                        select.select([src], [], [])
+                        continue
+                    if not data:
+                        break
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    out = []
+                    for line in lines:
+                        if line.rstrip(b"\r") == eos:
+                            os.write(w, b"".join(out)) if out else None
+                            return
+                        out.append(line + b"\n")
+                    if out:
+                        os.write(w, b"".join(out))
+                if pending and pending.rstrip(b"\r") != eos:
+                    os.write(w, pending)
+            except OSError as exc:
+                self.stm_error = exc
+            finally:
+                os.close(w)
+
+        self.stm_error: OSError | None = None
+        threading.Thread(target=pump, name="stm", daemon=True).start()
+        return r
 
     def _io_caps(self) -> tuple[int, int]:
         """Per-call read/write caps.

@@ -212,6 +212,8 @@ def parse_args(argv: list[str]) -> Config:
         raise UsageError("bad -cmd/-process '': give a command")
     if cfg.stm == "":
         raise UsageError("bad -stm '': give the End Of Stream string")
+    if cfg.stm is not None and cfg.buf_minwrite > 1:
+        raise UsageError(f"-stm with -buf_minwrite {cfg.buf_minwrite}: lines would wait in the buffer")
     if flow == "pull" and cfg.process is None:
         raise UsageError("-flow pull may only be used with -process")
     if cfg.root and not cfg.next:
@@ -264,8 +266,6 @@ def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
 
 def not_yet_supported(cfg: Config) -> str | None:
     """Name the first option whose behaviour is not built yet, if any."""
-    if cfg.stm is not None:
-        return "-stm"
     if cfg.process is not None:
         return "-process"
     if cfg.flow == "pull":
