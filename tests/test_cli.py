@@ -35,7 +35,7 @@ BAD = [
     (["-root", "-in", "/etc/hostname"], "-root needs -next"),
     (["-next", "a", "-in", "/etc/hostname"], "non-root node takes local input only with -process"),
     (["-secret_file", "/nonexistent/secret"], "'/nonexistent/secret'"),
-    (["-stm", "EOS"], "-stm is not yet supported"),
+    (["-stm", "EOS", "-buf_minwrite", "2"], "-buf_minwrite 2"),
     (["-next", "a", "-process", "sort"], "-process is not yet supported"),
 ]  # fmt: skip
 

@@ -473,7 +473,6 @@ def test_not_yet_supported_plain_copy_is_supported():
 @pytest.mark.parametrize(
     "argv, named",
     [
-        (["-stm", "EOS"], "-stm"),
         (["-process", "merge"], "-process"),
         (PULL, "-process"),
     ],
@@ -492,8 +491,9 @@ def test_not_yet_supported_names_flow_pull():
     assert not_yet_supported(Config(flow="pull")) == "-flow pull"
 
 
-def test_not_yet_supported_stm_first():
-    assert not_yet_supported(Config(stm="EOS", process="p", flow="pull")) == "-stm"
+def test_stm_and_cmd_are_supported():
+    assert not_yet_supported(parse_args(["-stm", "EOS"])) is None
+    assert not_yet_supported(Config(stm="EOS", process="p", flow="pull")) == "-process"
 
 
 # ---------------------------------------------------------------- properties

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=parse_size, default=parse_size("256M"),
                    help="bytes to send, e.g. 64M, 1G (default 256M)")  # fmt: skip
     d.add_argument("--keep", metavar="DIR", help="keep the source and outputs in DIR")
+    from beokit.nettee.execute import add_parser as add_exec_parser
+
+    add_exec_parser(sub)
+    from beokit.vcluster.cli import add_parser as add_vcluster_parser
+
+    add_vcluster_parser(sub)
     return p
 
 
@@ -67,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         from beokit.nettee.demo import run_demo
 
         return run_demo(args.nodes, args.size, args.keep, Console())
+    if args.command == "exec":
+        from beokit.nettee.execute import run as run_exec
+
+        return run_exec(args)
+    if args.command == "vcluster":
+        from beokit.vcluster.cli import run as run_vcluster
+
+        return run_vcluster(args)
     return EXIT_USAGE  # pragma: no cover
 
 

@@ -676,7 +676,7 @@ class Node:
             sinks.append(self.local)
         self.relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
                            minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
-                           idle_timeout=idle_timeout)  # fmt: skip
+                           idle_timeout=idle_timeout, low_latency=cfg.stm is not None)  # fmt: skip
         self.stream_start = time.monotonic()
         self.log.message(f"streaming to {len(sinks)} output(s)"
                          f" ({'splice/tee' if self.relay.zero_copy else 'copy loop'})")  # fmt: skip

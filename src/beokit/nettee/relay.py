@@ -36,6 +36,7 @@ F_GETPIPE_SZ = 1032
 SPLICE_F_MOVE = 1
 SPLICE_F_NONBLOCK = 2
 SPLICE_F_MORE = 4
+INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 
 _tee: Callable[..., int] | None = None
 try:
@@ -134,24 +135,32 @@ class Sink:
         """Stop writing to this output (used when a peer is declared dead)."""
         self.alive = False
 
+    def write_inline(self, n: int) -> None:
+        """Write a chunk from the caller's thread (low-latency mode)."""
+        self._drain(n)
+
     def _run(self) -> None:
         while True:
             self._work.acquire()
             n = self._pending
             if n < 0:
                 return
-            if self.alive:
-                try:
-                    self._write(n)
-                except OSError as exc:
-                    self.alive = False
-                    self.error = exc
-                    self._discard(n - self._taken)
-                    if self.on_error is not None:
-                        self.on_error(self, exc)
-            else:
-                self._discard(n)
+            self._drain(n)
             os.write(self._notify, (1).to_bytes(8, "little"))
+
+    def _drain(self, n: int) -> None:
+        """Move a chunk of ``n`` bytes from the pipe to the output (or drop it)."""
+        if not self.alive:
+            self._discard(n)
+            return
+        try:
+            self._write(n)
+        except OSError as exc:
+            self.alive = False
+            self.error = exc
+            self._discard(n - self._taken)
+            if self.on_error is not None:
+                self.on_error(self, exc)
 
     def _write(self, n: int) -> None:
         self._done = 0  # bytes of this chunk written to the output
@@ -231,8 +240,9 @@ class Relay:
 
     def __init__(self, in_fd: int, sinks: list[Sink], *, buf_size: int, minread: int,
                  minwrite: int, maxread: int, maxwrite: int,
-                 idle_timeout: float = 0.0) -> None:  # fmt: skip
+                 idle_timeout: float = 0.0, low_latency: bool = False) -> None:  # fmt: skip
         self.in_fd = in_fd
+        self.low_latency = low_latency  # -stm: write small chunks inline, no thread wake-ups
         self.sinks = list(sinks)
         self.buf_size = buf_size
         self.minread = minread
@@ -375,6 +385,10 @@ class Relay:
                 data += os.read(r0, n - len(data))
             for s in live:
                 _write_all(s.pipe_w, memoryview(data))
+        if self.low_latency and n <= INLINE_MAX:
+            for s in live:
+                s.write_inline(n)
+            return 0
         for s in live:
             s.give(n)
         return len(live)
