@@ -36,7 +36,7 @@ BAD = [
     (["-next", "a", "-in", "/etc/hostname"], "non-root node takes local input only with -process"),
     (["-secret_file", "/nonexistent/secret"], "'/nonexistent/secret'"),
     (["-stm", "EOS", "-buf_minwrite", "2"], "-buf_minwrite 2"),
-    (["-next", "a", "-process", "sort"], "-process is not yet supported"),
+    (["-flow", "pull", "-next", "a"], "-flow pull may only be used with -process"),
 ]  # fmt: skip
 
 

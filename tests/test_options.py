@@ -20,7 +20,6 @@ from beokit.nettee.options import (
     Config,
     Help,
     Role,
-    not_yet_supported,
     parse_args,
     tokenize,
 )
@@ -459,41 +458,6 @@ def test_repeated_option_bad_last_value_fails():
 
 def test_repeated_help_flag():
     assert parse_args(["-h", "-h"]).help is Help.MAIN
-
-
-# ---------------------------------------------------------------- not_yet_supported
-
-
-def test_not_yet_supported_plain_copy_is_supported():
-    assert not_yet_supported(parse_args([])) is None
-    assert not_yet_supported(parse_args(ROOT)) is None
-    assert not_yet_supported(parse_args(["-next", "a,b", "-out", "f", "-connf", "3"])) is None
-
-
-@pytest.mark.parametrize(
-    "argv, named",
-    [
-        (["-process", "merge"], "-process"),
-        (PULL, "-process"),
-    ],
-)
-def test_not_yet_supported_names_the_option(argv, named):
-    assert named in not_yet_supported(parse_args(argv))
-
-
-def test_cmd_with_socket_is_supported():
-    assert not_yet_supported(parse_args(ROOT + ["-in", "socket", "-cmd", "tar"])) is None
-    assert not_yet_supported(parse_args(["-out", "socket", "-cmd", "tar"])) is None
-
-
-def test_not_yet_supported_names_flow_pull():
-    # parse_args never lets pull through without -process, so build the Config directly
-    assert not_yet_supported(Config(flow="pull")) == "-flow pull"
-
-
-def test_stm_and_cmd_are_supported():
-    assert not_yet_supported(parse_args(["-stm", "EOS"])) is None
-    assert not_yet_supported(Config(stm="EOS", process="p", flow="pull")) == "-process"
 
 
 # ---------------------------------------------------------------- properties

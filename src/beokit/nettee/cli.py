@@ -10,7 +10,7 @@ from beokit.errors import EXIT_USAGE, UsageError
 from beokit.nettee import helptext
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.node import Node, node_name
-from beokit.nettee.options import Config, Help, Role, not_yet_supported, parse_args
+from beokit.nettee.options import Config, Help, Role, parse_args
 
 HELP_TEXT = {
     Help.MAIN: helptext.USAGE,
@@ -40,12 +40,7 @@ def read_secret(cfg: Config) -> bytes | None:
     return None
 
 
-def open_input(cfg: Config) -> int | None:
-    if cfg.role is not Role.ROOT:
-        return None
-    src = cfg.inputs[0]
-    if src == "socket":
-        return None  # the -cmd COMMAND is started once the tree has formed
+def open_source(src: str) -> int:
     if src == "-":
         return sys.stdin.fileno()
     try:
@@ -56,6 +51,11 @@ def open_input(cfg: Config) -> int | None:
         os.close(fd)
         raise UsageError(f"cannot read -in {src!r}: is a directory")
     return fd
+
+
+def open_inputs(cfg: Config) -> list[int]:
+    """Open every -in source before anything starts ("socket": started later by -cmd)."""
+    return [open_source(src) for src in cfg.inputs if src != "socket"]
 
 
 def open_output(cfg: Config) -> tuple[int | None, bool]:
@@ -85,11 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.help is not None:
             sys.stdout.write(HELP_TEXT[cfg.help])
             return 0
-        missing = not_yet_supported(cfg)
-        if missing:
-            raise UsageError(f"{missing} is not yet supported by this version")
         secret = read_secret(cfg)
-        in_fd = open_input(cfg)
+        local_fds = open_inputs(cfg)
+        in_fd = local_fds[0] if cfg.role is Role.ROOT and local_fds else None
         out_fd, out_is_file = open_output(cfg)
         try:
             log = NetteeLog(cfg.verbose, cfg.log, node_name(cfg))
@@ -99,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nettee: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _settings(cfg, log, node_name(cfg))
-    node = Node(cfg, log, secret, in_fd=in_fd, out_fd=out_fd, out_is_file=out_is_file)
+    node = Node(cfg, log, secret, in_fd=in_fd, out_fd=out_fd, out_is_file=out_is_file,
+                local_fds=local_fds)
     status = node.run()
     log.flush()
     sys.stdout.flush()

@@ -119,13 +119,33 @@ trusted (BBC, short stream); 2 for bad command line input.
 """
 
 PROCESS = """\
-nettee -process CMD
+nettee -process CMD: the node's stream is what CMD makes of its inputs
 
-Not available in this version: -process answers "not yet supported" with
-exit status 2.  The interface that is planned: CMD is started on each node
-with the stream(s) on file descriptors it can open by path
-(/dev/fd/N), so that standard tools (sort -m, awk, tar) work unchanged; its
-stdout becomes the node's outgoing stream.
+CMD runs under /bin/sh -c on every node that has -process.
+  inputs   Each input of the node is a pipe CMD can open by path.  '{}' in
+           CMD is replaced by the paths (/dev/fd/N /dev/fd/M ...), which are
+           also in $NETTEE_INPUTS ($NETTEE_NINPUTS counts them).  The first
+           input is also CMD's stdin.
+  order    The tree's streams first (push: the parent's stream; pull: each
+           child's stream, in -next order), then the local -in sources.
+  output   CMD's stdout is the node's stream: to the children (push) or to
+           the parent (pull), and to the local -out.
+  failure  CMD exiting non-zero is a local read failure (LRF) of the node.
+Every input is fed and counted by nettee, so byte counts are checked as in
+the plain tee.  No special command language is needed: standard tools work.
+
+-flow pull: data flows toward the root (the tree still forms from the root
+down).  Defaults: root -in none -out -; internal -in none -out -; tip -in -
+-out none.  Pull needs -process on every node.
+
+Examples
+  merge presorted files held by every node into one sorted stream at the root:
+    tip  $ nettee -flow pull -process 'sort -m {}' -in part.sorted
+    mid  $ nettee -flow pull -process 'sort -m {}' -next tipA,tipB -in part.sorted -out none
+    root $ nettee -root -flow pull -process 'sort -m {}' -next mid -in part.sorted -out all.sorted
+  transform the stream on every node of a push chain:
+    node $ nettee -process 'tr a-z A-Z' -out copy.txt
+    root $ nettee -root -next node -process 'tr a-z A-Z' -in text.txt
 """
 
 VERSION = f"""\

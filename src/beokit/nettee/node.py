@@ -29,6 +29,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from beokit.nettee.command import SocketCommand
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.options import Config, Role
+from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import Relay, RelayResult, Sink, zero_copy_available
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -125,6 +127,7 @@ class ChildLink:
     peer: Peer | None = None
     data: socket.socket | None = None
     sink: Sink | None = None
+    feeder: Feeder | None = None
     subtree: list[str] = field(default_factory=list)
     results: list[P.NodeResult] | None = None
     codes: list[str] = field(default_factory=list)
@@ -146,7 +149,8 @@ def node_name(cfg: Config) -> str:
 
 class Node:
     def __init__(self, cfg: Config, log: NetteeLog, secret: bytes | None, *,
-                 in_fd: int | None, out_fd: int | None, out_is_file: bool) -> None:  # fmt: skip
+                 in_fd: int | None, out_fd: int | None, out_is_file: bool,
+                 local_fds: list[int] | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.log = log
         self.secret = secret
@@ -155,6 +159,7 @@ class Node:
         self.session = uuid.uuid4().hex if cfg.role is Role.ROOT else ""
         self.path: list[str] = []
         self.in_fd = in_fd
+        self.local_fds = local_fds or []  # every -in source, for -process
         self.out_fd = out_fd
         self.out_is_file = out_is_file
         self.lock = threading.Lock()
@@ -178,6 +183,10 @@ class Node:
         self._stop = threading.Event()
         self.local: Sink | None = None
         self.stream_seconds = 0.0
+        self.pull = cfg.flow == "pull"
+        self.bytes_received: int | None = None  # set when the stream is not the relay's input
+        self.up_sink: Sink | None = None
+        self.proc: subprocess.Popen | None = None  # -process CMD
         self.in_cmd: SocketCommand | None = None
         self.out_cmd: SocketCommand | None = None
 
@@ -186,6 +195,8 @@ class Node:
     def run(self) -> int:
         self._signals()
         try:
+            if self.cfg.process is not None:
+                return self._run_process()
             if self.cfg.role is Role.ROOT:
                 return self._run_root()
             return self._run_child()
@@ -251,6 +262,75 @@ class Node:
         self.log.message(
             f"done: {nodes[0].bytes_in} bytes received, {P.format_codes(self._all_codes(nodes))}"
         )
+        return 1 if any(n.fatal for n in nodes) else 0
+
+    def _run_process(self) -> int:
+        """-process CMD (push or pull): CMD makes the stream from all inputs."""
+        cfg = self.cfg
+        root = cfg.role is Role.ROOT
+        if root:
+            self.path = [self.node_id]
+        else:
+            self._listen()
+            self._accept_parent()
+        self._start_heartbeat()
+        self._form_children()
+        if self.parent is not None:
+            self.parent.send({"t": "ready", "nodes": self._subtree_names()})
+        maxread, maxwrite = self._io_caps()
+        sizes = {"buf_size": cfg.buf_size, "maxread": maxread, "maxwrite": maxwrite}
+        feeders: list[Feeder] = []
+        parent_feed: Feeder | None = None
+        if self.pull:
+            for link in self.links:
+                if link.data is not None and not link.dead:
+                    link.feeder = Feeder(f"child{link.index}", link.data.fileno(), **sizes)
+                    feeders.append(link.feeder)
+        elif self.data_in is not None:
+            parent_feed = Feeder("parent", self.data_in.fileno(), idle_timeout=cfg.timeout,
+                                 **sizes)  # fmt: skip
+            feeders.append(parent_feed)
+        for src, fd in zip(cfg.inputs, self.local_fds, strict=True):
+            feeders.append(Feeder(f"-in {src}", fd, **sizes))
+        for f in feeders:
+            f.start()
+        proc = start_process(cfg.process or "", feeders)
+        assert proc.stdout is not None
+        self.proc = proc
+        if self.pull and self.data_in is not None:
+            self.up_sink = Sink("parent", self.data_in.fileno(), "child", maxwrite=maxwrite,
+                                on_error=lambda s, e: self._parent_failed(
+                                    f"write to parent: {e.strerror}", P.Code.NWF))  # fmt: skip
+        result = self._stream(proc.stdout.fileno(), idle_timeout=0.0)
+        status = proc.wait()
+        if result.read_error is not None or status != 0:
+            why = (f"-process {cfg.process!r} exited with status {status}" if status
+                   else f"reading -process output: {result.read_error}")  # fmt: skip
+            self._local_read_failed(OSError(0, why))
+        for f in feeders:
+            r = f.join()
+            if f is parent_feed and (r.timed_out or r.read_error is not None):
+                self._parent_failed(f"no data from parent for {cfg.timeout:g} s (-t)"
+                                    if r.timed_out else f"read from parent: {r.read_error}")  # fmt: skip
+            elif r.read_error is not None and f.label.startswith("-in"):
+                self._local_read_failed(r.read_error)
+        if parent_feed is not None:
+            self.bytes_received = parent_feed.received
+            self._check_end(parent_feed.received)
+        if self.up_sink is not None and self.data_in is not None:
+            try:
+                self.data_in.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if not self.pull:
+            self._end_children()
+        nodes = self._collect()
+        if root:
+            return self._root_summary(nodes)
+        if self.parent is not None and not self.upstream_gone.is_set():
+            self.report_sent = True
+            self.parent.send(P.report(nodes))
+        self._stop.set()
         return 1 if any(n.fatal for n in nodes) else 0
 
     # ------------------------------------------------------------ parent side (accept)
@@ -380,8 +460,8 @@ class Node:
         if not self.report_sent:
             self._parent_failed(why)
 
-    def _parent_failed(self, why: str, aborted: bool = False) -> None:
-        """The parent is gone (crash, stall, abort): NRF, fatal unless -conrf."""
+    def _parent_failed(self, why: str, code: P.Code = P.Code.NRF, aborted: bool = False) -> None:
+        """The parent is gone (crash, stall, abort): NRF (NWF in pull), fatal unless -conrf."""
         if self.report_sent or self.upstream_gone.is_set():
             return
         if self.end_event.is_set() and not aborted:
@@ -389,11 +469,13 @@ class Node:
             self.log.message(f"parent left after the end of the stream ({why})")
             self.upstream_gone.set()
             return
-        if not self.cfg.conrf:
-            self.collapse(P.Code.NRF, self.name, why, tell_parent=not aborted)
+        if self.pull:
+            code = P.Code.NWF
+        if not (self.cfg.conwf if self.pull else self.cfg.conrf):
+            self.collapse(code, self.name, why, tell_parent=not aborted)
             return
         with self.lock:
-            self.codes.append(P.Code.NRF.value)
+            self.codes.append(code.value)
             self.detail = why
         self.log.error(f"network read failure (NRF): {why}; -conrf: finishing locally")
         self.upstream_gone.set()
@@ -560,7 +642,7 @@ class Node:
                     break
         except (OSError, P.ProtocolError, ValueError) as exc:
             why = f"connection lost: {exc}"
-        self._child_failed(link, P.Code.NWF.value, link.name, why)
+        self._child_failed(link, (P.Code.NRF if self.pull else P.Code.NWF).value, link.name, why)
 
     def _child_failed(self, link: ChildLink, code: str, node: str, why: str) -> None:
         """A branch failed (write error, crash, stall, or a failure below it)."""
@@ -571,11 +653,12 @@ class Node:
             if node == link.name:
                 link.codes.append(code)
             link.failure = (node, code, why)
-        if not self.cfg.conwf:
+        carry_on = self.cfg.conrf if self.pull else self.cfg.conwf
+        if not carry_on:
             self.collapse(code, node, why, link=link)
             return
         self.log.error(f"{P.child_line(link.index, link.label, link.codes)} ({node}: {why});"
-                       " -conwf: carrying on without it")  # fmt: skip
+                       f" {'-conrf' if self.pull else '-conwf'}: carrying on without it")  # fmt: skip
         if link.sink is not None:
             link.sink.kill()
         for s in (link.data, link.peer.sock if link.peer else None):
@@ -656,9 +739,9 @@ class Node:
         if cfg.out == "socket":  # start COMMAND only once the tree has formed
             self.out_cmd = SocketCommand(cfg.cmd or "", "out", cfg.buf_size)
             self.out_fd, self.out_is_file = self.out_cmd.fd, False
-        sinks: list[Sink] = []
+        sinks: list[Sink] = [self.up_sink] if self.up_sink is not None else []
         for link in self.links:
-            if link.data is None or link.dead:
+            if link.data is None or link.dead or self.pull:
                 continue
             link.sink = Sink(f"child{link.index}", link.data.fileno(), "child",
                              maxwrite=maxwrite,
@@ -731,21 +814,31 @@ class Node:
             while not link.done.wait(0.2):
                 pass
         out_bytes = self.local.sent if self.local is not None else 0
-        me = P.NodeResult(name=self.name, depth=0, bytes_in=self.relay.bytes_in if self.relay else 0,
+        produced = self.relay.bytes_in if self.relay else 0
+        me = P.NodeResult(name=self.name, depth=0,
+                          bytes_in=produced if self.bytes_received is None else self.bytes_received,
+                          bytes_up=self.up_sink.sent if self.up_sink is not None else 0,
                           bytes_out=out_bytes, codes=P.sort_codes(self.codes),
                           seconds=round(self.stream_seconds, 3),
                           detail=self.detail, local_out=self.out_fd is not None,
                           fatal=self.fatal)  # fmt: skip
         nodes = [me]
         for link in self.links:
+            if link.feeder is not None:
+                link.feeder.join()
             sent = link.sink.sent if link.sink else 0
             if link.results is not None:
                 sub = link.results
                 head = sub[0]
-                if head.bytes_in != sent:
+                if self.pull:  # the child sent, we received
+                    got = link.feeder.received if link.feeder else 0
+                    bad, detail = head.bytes_up != got, f"sent {head.bytes_up} bytes, {got} arrived"
+                else:
+                    bad, detail = head.bytes_in != sent, f"received {head.bytes_in} bytes, {sent} were sent"
+                if bad:
                     head.codes = P.sort_codes(head.codes + [P.Code.BBC.value])
                     head.fatal = True
-                    head.detail = f"received {head.bytes_in} bytes, {sent} were sent"
+                    head.detail = detail
                     link.codes.append(P.Code.BBC.value)
                 for n in sub:
                     n.depth += 1
@@ -795,7 +888,8 @@ class Node:
         for n in nodes:
             self.log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
                              f"{n.seconds:.2f} s, {P.format_codes(n.codes)}")  # fmt: skip
-        self.log.message(f"sent {total} bytes to {len(nodes) - 1} node(s) in {secs:.2f} s "
+        verb = f"received {total} bytes from" if self.pull else f"sent {total} bytes to"
+        self.log.message(f"{verb} {len(nodes) - 1} node(s) in {secs:.2f} s "
                          f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
         status = 1 if any(n.fatal for n in nodes) else 0
         self._write_report(nodes, "ok" if status == 0 else "failed", secs)
@@ -869,6 +963,8 @@ class Node:
         for cmd in (self.in_cmd, self.out_cmd):
             if cmd is not None:
                 cmd.kill()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
         self.log.flush()
         os._exit(1)
 

@@ -262,12 +262,3 @@ def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
         )
     if cfg.flow == "push" and cfg.role is Role.ROOT and not cfg.inputs and cfg.process is None:
         raise UsageError("the root node needs an input (-in - or -in FILE)")
-
-
-def not_yet_supported(cfg: Config) -> str | None:
-    """Name the first option whose behaviour is not built yet, if any."""
-    if cfg.process is not None:
-        return "-process"
-    if cfg.flow == "pull":
-        return "-flow pull"
-    return None

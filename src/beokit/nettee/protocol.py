@@ -251,6 +251,7 @@ class NodeResult:
     depth: int
     bytes_in: int = 0  # bytes of the stream this node received (or read, at the root)
     bytes_out: int = 0  # bytes written to its local -out
+    bytes_up: int = 0  # -flow pull: bytes sent to its parent
     codes: list[str] = field(default_factory=list)  # failures of this node
     seconds: float = 0.0
     detail: str = ""
@@ -259,7 +260,8 @@ class NodeResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "depth": self.depth, "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "codes": self.codes, "seconds": self.seconds,
+                "bytes_out": self.bytes_out, "bytes_up": self.bytes_up, "codes": self.codes,
+                "seconds": self.seconds,
                 "detail": self.detail, "local_out": self.local_out,
                 "fatal": self.fatal}  # fmt: skip
 
@@ -269,7 +271,8 @@ class NodeResult:
             raise ProtocolError("bad node result: not an object with a list of codes")
         try:
             return cls(name=str(d["name"]), depth=int(d["depth"]), bytes_in=int(d["bytes_in"]),
-                       bytes_out=int(d["bytes_out"]), codes=[str(c) for c in d["codes"]],
+                       bytes_out=int(d["bytes_out"]), bytes_up=int(d.get("bytes_up", 0)),
+                       codes=[str(c) for c in d["codes"]],
                        seconds=float(d["seconds"]), detail=str(d.get("detail", "")),
                        local_out=bool(d.get("local_out", True)),
                        fatal=bool(d.get("fatal", False)))  # fmt: skip
