@@ -154,7 +154,8 @@ def test_second_parent_is_turned_away(tmp_path: Path, source: Path, port: int) -
     codes = wait_all([first, tip, second], timeout=20)
     feeder.wait()
     assert codes[0] == 0 and codes[1] == 0
-    assert codes[2] == 0  # -connf: the branch was dropped and reported, the error was handled
-    assert "NNF" in second.stderr.read()
+    assert codes[2] == 1  # -connf dropped its only branch: nothing was delivered
+    err = second.stderr.read()
+    assert "NNF" in err and "no child joined: nothing was delivered" in err
     assert (tmp_path / "o").read_bytes() == b"a" * 1000
     assert os.path.exists(tmp_path / "o")

@@ -162,3 +162,47 @@ def test_colrf_ends_the_stream_at_a_read_failure(tmp_path: Path) -> None:
             assert report["nodes"][0]["codes"] == ["LRF"]
         else:
             assert codes == [1, 1]
+
+
+def test_t_bounds_the_wait_for_a_child(tmp_path: Path) -> None:
+    """A node with -t whose child never starts gives up (NNF) and the tree collapses."""
+    port = free_port(["127.0.0.2", "127.0.0.3"])
+    mid = spawn("-bind", "127.0.0.2", "-port", str(port), "-next", "127.0.0.3", "-t", "1",
+                "-out", "none", "-name", "mid", env=child_env())  # fmt: skip
+    t0 = time.monotonic()
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2", "-in", "/etc/services",
+                 env=child_env(), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert wait_all([root, mid], timeout=20) == [1, 1]
+    assert time.monotonic() - t0 < 8
+    err = root.stderr.read()
+    assert "127.0.0.3" in err and "NNF" in err and "did not join within 1 s (-t)" in err
+
+
+def test_conrf_below_a_dead_node_names_the_cut(tmp_path: Path) -> None:
+    """root -> b -> c -> d, b dies: c (-conrf) ends the stream below it marked as cut;
+    d learns its data is short (NRF) and c's failure report names both."""
+    port = free_port(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+    d = spawn("-bind", "127.0.0.4", "-port", str(port), "-out", str(tmp_path / "d"),
+              "-name", "d", env=child_env(), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    c = spawn("-bind", "127.0.0.3", "-port", str(port), "-next", "127.0.0.4", "-out",
+              str(tmp_path / "c"), "-conrf", "-name", "c", env=child_env(),
+              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    b = spawn("-bind", "127.0.0.2", "-port", str(port), "-next", "127.0.0.3", "-out",
+              str(tmp_path / "b"), "-name", "b", env=child_env())  # fmt: skip
+    feeder = _slow_feeder()
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2", "-in", "-",
+                 stdin=feeder.stdout, env=child_env(), stderr=subprocess.DEVNULL)  # fmt: skip
+    feeder.stdout.close()
+    _wait_size(tmp_path / "d", 2 << 20)
+    b.send_signal(signal.SIGKILL)
+    codes = wait_all([root, c, d], timeout=30)
+    b.wait()
+    feeder.kill()
+    feeder.wait()
+    # d did not ask to carry on: its short file is an unhandled failure (exit 1), and c,
+    # which sums up the tree below it, exits 1 for it too; nothing ends silently short
+    assert codes == [1, 1, 1]
+    c_err, d_err = c.stderr.read(), d.stderr.read()
+    assert "the stream was cut upstream" in d_err
+    assert "Failures detected in child 0 [d]: NRF" in c_err
+    assert "node d: NRF (stream cut upstream" in c_err

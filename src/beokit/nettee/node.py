@@ -173,6 +173,7 @@ class Node:
         self.detail = ""
         self.end_event = threading.Event()
         self.end_bytes = -1
+        self.end_short = ""  # set when the parent's stream was cut above it (-conrf)
         self.upstream_gone = threading.Event()  # parent failed and -conrf handled it
         self.report_sent = False
         self.collapsing = False
@@ -258,6 +259,9 @@ class Node:
         if self.parent is not None and not self.upstream_gone.is_set():
             self.report_sent = True
             self.parent.send(P.report(nodes))
+        else:  # cut off from the root (-conrf): this node sums up its part of the tree
+            self.log.error(f"cut off from the root: the failure report of the tree below {self.name}")
+            self._print_summary(nodes)
         self._stop.set()
         self.log.message(
             f"done: {nodes[0].bytes_in} bytes received, {P.format_codes(self._all_codes(nodes))}"
@@ -447,6 +451,7 @@ class Node:
                     kind = msg.get("t")
                     if kind == "end":
                         self.end_bytes = int(msg.get("bytes", -1))
+                        self.end_short = str(msg["short"]) if msg.get("short") else ""
                         self.end_event.set()
                     elif kind == "abort":
                         why = f"aborted by parent: {msg.get('why', '?')}"
@@ -492,6 +497,13 @@ class Node:
                 self._parent_failed("stream ended without the parent's byte count")
                 return
             self.end_event.wait(0.1)
+        if self.end_event.is_set() and self.end_short:
+            with self.lock:  # our parent finished with -conrf: the stream was cut above it
+                self.codes.append(P.Code.NRF.value)
+                self.fatal = self.fatal or not self.cfg.conrf
+                self.detail = f"stream cut upstream ({self.end_short}), {received} bytes received"
+            self.log.error(f"network read failure (NRF): the stream was cut upstream "
+                           f"({self.end_short}); {received} bytes received")  # fmt: skip
         if self.end_event.is_set() and self.end_bytes != received:
             with self.lock:
                 self.codes.append(P.Code.NRF.value)
@@ -533,10 +545,15 @@ class Node:
         cfg = self.cfg
         for k, ep in enumerate(link.hostlist):
             if k > 0 and cfg.connf <= 0:
-                break  # without -connf the first host is waited for forever
-            deadline = time.monotonic() + cfg.connf if cfg.connf > 0 else None
+                break  # without -connf only the first host is tried
+            # -connf: each candidate's time to join; else -t bounds it too (0: forever)
+            wait = cfg.connf if cfg.connf > 0 else cfg.timeout
+            deadline = time.monotonic() + wait if wait > 0 else None
             while True:
                 if deadline is not None and time.monotonic() > deadline:
+                    if cfg.connf <= 0:
+                        raise Fatal(P.Code.NNF, str(ep),
+                                    f"child {ep} did not join within {cfg.timeout:g} s (-t)")  # fmt: skip
                     self.log.message(f"child {ep} did not join within {cfg.connf:g} s")
                     break
                 try:
@@ -806,7 +823,12 @@ class Node:
             except OSError:
                 pass
             sent = link.sink.sent if link.sink else 0
-            link.peer.send({"t": "end", "bytes": sent})
+            end: dict = {"t": "end", "bytes": sent}
+            if self.upstream_gone.is_set() and not self.end_event.is_set():
+                end["short"] = f"{self.name}: {self.detail}"  # -conrf: we finished early
+            elif self.end_short:
+                end["short"] = self.end_short
+            link.peer.send(end)
 
     def _collect(self) -> list[P.NodeResult]:
         """Wait for every child's report; merge them under this node's own result."""
@@ -874,6 +896,16 @@ class Node:
     # ------------------------------------------------------------ root summary
 
     def _root_summary(self, nodes: list[P.NodeResult]) -> int:
+        self._print_summary(nodes)
+        joined = [n for n in nodes[1:] if P.Code.NNF.value not in n.codes]
+        status = 1 if any(n.fatal for n in nodes) else 0
+        if self.links and not joined:
+            self.log.error("no child joined: nothing was delivered")
+            status = 1
+        self._write_report(nodes, "ok" if status == 0 else "failed", self.stream_seconds)
+        return status
+
+    def _print_summary(self, nodes: list[P.NodeResult]) -> None:
         total = nodes[0].bytes_in
         secs = max(self.stream_seconds, 1e-9)
         failed = any(n.codes for n in nodes)
@@ -889,11 +921,9 @@ class Node:
             self.log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
                              f"{n.seconds:.2f} s, {P.format_codes(n.codes)}")  # fmt: skip
         verb = f"received {total} bytes from" if self.pull else f"sent {total} bytes to"
-        self.log.message(f"{verb} {len(nodes) - 1} node(s) in {secs:.2f} s "
+        joined = sum(1 for n in nodes[1:] if P.Code.NNF.value not in n.codes)
+        self.log.message(f"{verb} {joined} node(s) in {secs:.2f} s "
                          f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
-        status = 1 if any(n.fatal for n in nodes) else 0
-        self._write_report(nodes, "ok" if status == 0 else "failed", secs)
-        return status
 
     def _write_report(self, nodes: list[P.NodeResult], status: str, secs: float) -> None:
         if not self.cfg.report:
