@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from beokit.vcluster.cli import add_parser as add_vcluster_parser
 
     add_vcluster_parser(sub)
+    from beokit.launch.cli import add_parser as add_run_parser
+
+    add_run_parser(sub)
     return p
 
 
@@ -81,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from beokit.vcluster.cli import run as run_vcluster
 
         return run_vcluster(args)
+    if args.command == "run":
+        from beokit.launch.cli import run as run_launch
+
+        return run_launch(args)
     return EXIT_USAGE  # pragma: no cover
 
 

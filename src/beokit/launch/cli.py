@@ -1,0 +1,233 @@
+"""``beo run``: start a command on many nodes through a launch tree."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from beokit.launch import plan
+from beokit.launch.agent import Node
+from beokit.launch.backends import Backend, make_backend, start_fork_server
+
+DEFAULT_FANOUT = {"tree": 3, "flat": 32, "sequential": 1, "ring": 1}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="run a command on many nodes through a launch tree (scaleboot), gather output",
+        description="Start COMMAND on every node of NODESET in O(log N) rsh/ssh hops: the "
+        "root launches k agents, each connects back, receives its share of the hosts and "
+        "launches its own k, and so on. Exit codes and output come back to the root; "
+        "options go before NODESET.",
+        epilog="examples:  beo run -k 4 node[001-128] -- uname -r\n"
+        "           beo run -R exec --launch-delay 0.1 -b n[1-147] -- echo hi",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-k", "--fanout", type=int, metavar="K",
+                   help="children per node (tree, default 3) or launch window (flat, "
+                   "default 32)")  # fmt: skip
+    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
+                   help="remote command: ssh (default), rsh, exec (local, for tests) or a "
+                   "template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
+    p.add_argument("--launch-delay", type=float, default=0.0, metavar="S",
+                   help="sleep S seconds per launch (stands for an rsh/ssh handshake)")
+    mode = p.add_mutually_exclusive_group()
+    for name, text in (("tree", "k-ary launch tree (default)"),
+                       ("flat", "all from the root, K launches at a time (like pdsh)"),
+                       ("sequential", "all from the root, one after the other (lamboot)"),
+                       ("ring", "a chain: each node launches the next")):  # fmt: skip
+        mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=text)
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("-b", "--gather", action="store_true",
+                   help="gather identical outputs under the node set that printed them")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="S",
+                   help="kill the command on a node after S seconds (default: no limit)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="a launched node must connect back within S seconds (default 10)")
+    p.add_argument("-f", "--hostfile", metavar="FILE", help="hosts, one a line (or NodeSets)")
+    p.add_argument("--ssh-args", default="", metavar="ARGS",
+                   help="extra ssh client arguments, e.g. '-F ssh_config -p 2222'")
+    p.add_argument("--remote-python", metavar="CMD",
+                   help="python on the nodes (default python3). With -R exec, agents are "
+                   "forked from a preloaded fork server unless CMD is given")  # fmt: skip
+    p.add_argument("--listen", metavar="ADDR",
+                   help="address the root listens on for its children (default "
+                   "127.0.0.1 for exec, else all)")  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NODESET -- COMMAND")
+    p.set_defaults(mode="tree")
+    return p
+
+
+def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
+    from beokit.hostlist import expand
+
+    rest = list(args.rest)
+    patterns: list[str] = []
+    if args.hostfile:
+        try:
+            with open(args.hostfile) as fh:
+                patterns += [w for line in fh for w in line.split("#")[0].split()]
+        except OSError as exc:
+            raise UsageError(f"cannot read host file {args.hostfile!r}: {exc}") from None
+    elif rest and rest[0] != "--":
+        patterns.append(rest.pop(0))
+    if rest and rest[0] == "--":
+        rest.pop(0)
+    if not patterns:
+        raise UsageError("no hosts: give a NODESET or -f FILE")
+    if not rest:
+        raise UsageError("no command: beo run NODESET -- COMMAND")
+    hosts: list[str] = []
+    for pat in patterns:
+        hosts += [h for h in expand(pat) if h not in hosts]
+    command = rest[0] if len(rest) == 1 else shlex.join(rest)
+    return hosts, command
+
+
+class Collector:
+    """The root's end of the tree: results, progress counts, live display."""
+
+    def __init__(self, hosts: list[str], live: bool) -> None:
+        self.results: dict[str, dict[str, Any]] = {}
+        self.tally = plan.Tally(len(hosts))
+        self.progress = None
+        self.task = None
+        if live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"),
+                                     TimeElapsedColumn(),
+                                     console=Console(stderr=True), transient=True)  # fmt: skip
+            self.task = self.progress.add_task("starting", total=len(hosts))
+            self.progress.start()
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        self.tally.apply(msg)
+        if msg["t"] == "res":
+            self.results[msg["h"]] = msg
+        if self.progress is not None and self.task is not None:
+            c = self.tally.counts()
+            self.progress.update(self.task, completed=self.tally.finished,
+                                 description=f"launched {c['launched']} running {c['running']} "
+                                 f"done {c['done']} failed {c['failed']}")  # fmt: skip
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"beo run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    hosts, command = _hosts_and_command(args)
+    mode = args.mode
+    k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[mode]
+    if k < 1:
+        raise UsageError(f"bad fanout {k}: must be >= 1")
+    if args.connect_timeout <= 0 or args.timeout < 0:
+        raise UsageError("timeouts must be positive")
+    try:
+        backend: Backend = make_backend(args.rcmd, ssh_args=shlex.split(args.ssh_args),
+                                        delay=args.launch_delay,
+                                        connect_timeout=args.connect_timeout,
+                                        python=args.remote_python)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    listen = args.listen or ("127.0.0.1" if backend.kind == "exec" else "0.0.0.0")
+    if listen not in ("0.0.0.0", "::"):
+        advertise = listen
+    elif backend.kind == "ssh":
+        advertise = "@ssh"  # the agent takes our address from SSH_CONNECTION
+    else:
+        advertise = socket.gethostname()
+    the_plan = plan.root_plan(mode, hosts, k)
+    cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
+           "connect_timeout": args.connect_timeout, "backend": backend.spec(),
+           "agent_bind": "127.0.0.1" if backend.kind == "exec" else listen}  # fmt: skip
+    forks = None
+    tmp = None
+    if backend.kind == "exec" and not args.remote_python:
+        tmp = tempfile.TemporaryDirectory(prefix="beo-run-")
+        cfg["forkserver"] = os.path.join(tmp.name, "forks")
+        try:
+            forks = start_fork_server(cfg["forkserver"])
+        except OSError as exc:
+            tmp.cleanup()
+            print(f"beo run: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
+    node = Node(None, the_plan.groups, the_plan.window, cfg, collector, listen, advertise)
+    start = time.monotonic()
+    try:
+        worker = threading.Thread(target=node.run, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        node.close()
+        collector.stop()
+        print("beo run: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        collector.stop()
+        if forks is not None:
+            forks.kill()
+            forks.wait()
+        if tmp is not None:
+            tmp.cleanup()
+    elapsed = time.monotonic() - start
+    results = collector.results
+    for h in hosts:  # nothing is lost silently
+        results.setdefault(h, plan.result(h, None, error="no result"))
+    nfail = sum(plan.failed(r) for r in results.values())
+    steps = plan.depth(mode, len(hosts), k)
+    if args.json:
+        doc = {"mode": mode, "fanout": k, "hosts": len(hosts), "elapsed": round(elapsed, 4),
+               "depth": steps, "failed": nfail,
+               "results": {h: {"rc": r["rc"], "stdout": r["out"], "stderr": r["err"],
+                               "error": r["error"]} for h, r in results.items()},
+               "gathered": [{"nodes": ns, "count": n, "stdout": text}
+                            for ns, n, text in plan.gather({h: r["out"] for h, r in results.items()})]}  # fmt: skip
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        _print_outputs(hosts, results, args.gather)
+        for nodes, reason in plan.gather_codes(results):
+            print(f"beo run: {nodes}: {reason}", file=sys.stderr)
+        print(f"beo run: {len(hosts)} hosts, {len(hosts) - nfail} ok, {nfail} failed in "
+              f"{elapsed:.2f} s ({mode}, k={k}, {steps} launch steps)", file=sys.stderr)  # fmt: skip
+    return EXIT_FAILURE if nfail else EXIT_OK
+
+
+def _print_outputs(hosts: list[str], results: dict[str, dict[str, Any]], gathered: bool) -> None:
+    if gathered:
+        for nodes, n, text in plan.gather({h: r["out"] for h, r in results.items()}):
+            sys.stdout.write(f"{'-' * 15}\n{nodes} ({n})\n{'-' * 15}\n{text}")
+            if not text.endswith("\n"):
+                sys.stdout.write("\n")
+    else:
+        for h in hosts:
+            for line in results[h]["out"].splitlines():
+                sys.stdout.write(f"{h}: {line}\n")
+    sys.stdout.flush()
+    for h in hosts:
+        for line in results[h]["err"].splitlines():
+            sys.stderr.write(f"{h}: {line}\n")

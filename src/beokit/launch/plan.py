@@ -1,0 +1,294 @@
+"""Pure logic of the tree launcher: no sockets, no processes.
+
+* splitting a host list among k children and the schedules of the four
+  modes (tree, flat, sequential, ring);
+* the wire messages of the launcher protocol (JSON lines) as encode/decode
+  functions and an incremental :class:`Decoder`;
+* progress counting (:class:`Tally`) and output gathering (:func:`gather`),
+  which folds identical outputs into one block with the NodeSet that
+  printed them, like ``clush -b``.
+
+This module is shipped to nodes where beokit is not installed, so it imports
+only the standard library at module level (ClusterShell lazily, at the root).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any
+
+MODES = ("tree", "flat", "sequential", "ring")
+PROTOCOL = 1
+MAX_LINE = 64 << 20  # one message (a host's output) is at most 64 MiB of JSON
+SHIP_MARKER = b"BEOKIT-SHIP"
+
+
+class ProtocolError(Exception):
+    """A peer sent something that is not a launcher message."""
+
+
+# --------------------------------------------------------------- schedules
+
+
+def split(hosts: list[str], k: int) -> list[list[str]]:
+    """Split ``hosts`` into at most ``k`` contiguous, balanced, non-empty groups.
+
+    The first host of each group is the child that gets launched; the rest of
+    the group is that child's share, which it splits again.  Balanced groups
+    give the shallowest k-ary launch tree.
+
+    >>> split(["a", "b", "c", "d", "e"], 2)
+    [['a', 'b', 'c'], ['d', 'e']]
+    """
+    if k < 1:
+        raise ValueError(f"fanout must be >= 1, not {k}")
+    n = len(hosts)
+    parts = min(k, n)
+    groups = []
+    start = 0
+    for i in range(parts):
+        size = n // parts + (1 if i < n % parts else 0)
+        groups.append(hosts[start : start + size])
+        start += size
+    return groups
+
+
+def reach(depth: int, k: int) -> int:
+    """How many hosts a k-ary launch tree reaches in ``depth`` launch steps."""
+    return sum(k**i for i in range(1, depth + 1))
+
+
+def tree_depth(n: int, k: int) -> int:
+    """Launch steps (rsh/ssh hops in sequence) a k-ary tree needs for n hosts."""
+    if n <= 0:
+        return 0
+    if k == 1:
+        return n
+    d = 1
+    while reach(d, k) < n:
+        d += 1
+    return d
+
+
+def depth(mode: str, n: int, k: int) -> int:
+    """Launch steps in sequence for ``mode``: time is about depth x launch cost."""
+    if mode == "tree":
+        return tree_depth(n, k)
+    if mode == "flat":
+        return -(-n // k)
+    if mode in ("sequential", "ring"):
+        return n
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+class Plan(NamedTuple):
+    """What the root does: launch ``groups`` (head + share), ``window`` at a time.
+
+    ``child_fanout`` is the k every launched agent uses to split its share
+    (0: agents get no share and launch nobody).
+    """
+
+    groups: list[list[str]]
+    window: int
+    child_fanout: int
+
+
+def root_plan(mode: str, hosts: list[str], k: int) -> Plan:
+    """The root's schedule for each mode.
+
+    * tree: k groups launched at once; every agent splits its share in k.
+    * flat: every host launched from the root, at most k launches in flight
+      (pdsh's fanout window).
+    * sequential: every host from the root, one launch after the other
+      (lamboot).
+    * ring: one chain; every agent launches the next host, results travel
+      back along the chain to the root.
+    """
+    if k < 1:
+        raise ValueError(f"fanout must be >= 1, not {k}")
+    if mode == "tree":
+        groups = split(hosts, k)
+        return Plan(groups, max(1, len(groups)), k)
+    if mode == "flat":
+        return Plan([[h] for h in hosts], k, 0)
+    if mode == "sequential":
+        return Plan([[h] for h in hosts], 1, 0)
+    if mode == "ring":
+        return Plan([list(hosts)] if hosts else [], 1, 1)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def child_groups(share: list[str], fanout: int) -> list[list[str]]:
+    """The groups an agent launches for its ``share`` (``fanout`` 0: none)."""
+    if not share or fanout < 1:
+        return []
+    return split(share, fanout)
+
+
+# ------------------------------------------------------------ wire messages
+#
+# Every message is one line of JSON with a type "t":
+#   child -> parent: hello {token, h}    first message: authenticates the child
+#                    st {h, s}           host h is "launched" or "running"
+#                    res {h, rc, out, err, error}
+#                    hb {}               heartbeat, every second
+#                    done {}             the whole subtree has finished (seed's -1)
+#   parent -> child: work {hosts, cfg}   the child's share and the run config
+# The child's stdin carries one header line {v, token, parent, h} before that:
+# the token is fresh per launch and never appears on a command line.
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One message as a JSON line."""
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one JSON line into a message; :class:`ProtocolError` if it is not one."""
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"bad message: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError(f"bad message: {line[:80]!r}")
+    return msg
+
+
+class Decoder:
+    """Incremental decoder: feed bytes as they arrive, get whole messages."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._buf = bytearray()
+        self._max = max_line
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buf += data
+        out = []
+        while (i := self._buf.find(b"\n")) >= 0:
+            line = bytes(self._buf[:i])
+            del self._buf[: i + 1]
+            if line.strip():
+                out.append(decode(line))
+        if len(self._buf) > self._max:
+            raise ProtocolError(f"message longer than {self._max} bytes")
+        return out
+
+
+def header(token: str, parent: str, host: str) -> bytes:
+    return encode({"t": "header", "v": PROTOCOL, "token": token, "parent": parent, "h": host})
+
+
+def parse_header(line: bytes) -> dict[str, Any]:
+    msg = decode(line)
+    if msg["t"] != "header" or msg.get("v") != PROTOCOL:
+        raise ProtocolError(f"bad header (protocol {msg.get('v')!r}, want {PROTOCOL})")
+    for key in ("token", "parent", "h"):
+        if not isinstance(msg.get(key), str):
+            raise ProtocolError(f"header lacks {key!r}")
+    return msg
+
+
+def hello(token: str, host: str) -> dict[str, Any]:
+    return {"t": "hello", "token": token, "h": host}
+
+
+def work(hosts: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
+    return {"t": "work", "hosts": hosts, "cfg": cfg}
+
+
+def state(host: str, s: str) -> dict[str, Any]:
+    return {"t": "st", "h": host, "s": s}
+
+
+def result(host: str, rc: int | None, out: str = "", err: str = "",
+           error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A host's outcome: exit code (None if the command never ran to an end)."""
+    return {"t": "res", "h": host, "rc": rc, "out": out, "err": err, "error": error}
+
+
+HEARTBEAT = {"t": "hb"}
+DONE = {"t": "done"}
+
+
+def split_parent(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) into its parts."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ProtocolError(f"bad parent address {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# ------------------------------------------------------ progress, gathering
+
+
+def failed(res: dict[str, Any]) -> bool:
+    return res.get("rc") != 0 or res.get("error") is not None
+
+
+class Tally:
+    """Progress counts at the root, fed with every message that comes up."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.launched: set[str] = set()
+        self.running: set[str] = set()
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        host = msg.get("h")
+        if not isinstance(host, str):
+            return
+        if msg["t"] == "st":
+            (self.running if msg.get("s") == "running" else self.launched).add(host)
+        elif msg["t"] == "res":
+            self.running.discard(host)
+            (self.failed if failed(msg) else self.done).add(host)
+
+    @property
+    def finished(self) -> int:
+        return len(self.done) + len(self.failed)
+
+    def counts(self) -> dict[str, int]:
+        return {"total": self.total, "launched": len(self.launched | self.done | self.failed),
+                "running": len(self.running), "done": len(self.done),
+                "failed": len(self.failed)}  # fmt: skip
+
+
+def fold(hosts: list[str]) -> str:
+    """Hosts as the shortest NodeSet pattern (ClusterShell, imported lazily)."""
+    from ClusterShell.NodeSet import NodeSet
+
+    return str(NodeSet.fromlist(hosts)) if hosts else ""
+
+
+def gather(outputs: dict[str, str]) -> list[tuple[str, int, str]]:
+    """Fold identical outputs: ``[(nodeset, count, text)]``, like ``clush -b``.
+
+    Blocks come in the order of their first host's name; hosts with empty
+    output are left out.
+    """
+    by_text: dict[str, list[str]] = {}
+    for host in sorted(outputs):
+        text = outputs[host]
+        if text:
+            by_text.setdefault(text, []).append(host)
+    blocks = [(fold(hosts), len(hosts), text) for text, hosts in by_text.items()]
+    return sorted(blocks, key=lambda b: by_text[b[2]][0])
+
+
+def gather_codes(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """Failed hosts folded by reason: ``[(nodeset, "exited with exit code 3")]``."""
+    by_reason: dict[str, list[str]] = {}
+    for host, res in sorted(results.items()):
+        if res.get("error"):
+            reason = str(res["error"])
+        elif res.get("rc") != 0:
+            reason = f"exited with exit code {res.get('rc')}"
+        else:
+            continue
+        by_reason.setdefault(reason, []).append(host)
+    return [(fold(hosts), reason) for reason, hosts in by_reason.items()]

@@ -1,0 +1,225 @@
+"""beo run with real processes: the exec backend, and OpenSSH against a private sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BEO = [sys.executable, "-m", "beokit.cli"]
+FAKE = ("sh -c 'case $0 in down*) echo \"connect to host $0: Connection refused\" >&2; "
+        "exit 255;; hang*) exec sleep 60;; esac; exec sh -c \"$1\"' {host} {cmd}")
+
+
+def beo_run(*args: str, timeout: float = 40) -> subprocess.CompletedProcess:
+    return subprocess.run([*BEO, "run", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def as_json(cp: subprocess.CompletedProcess) -> dict:
+    return json.loads(cp.stdout)
+
+
+# ------------------------------------------------------------------ exec
+
+
+def test_tree_runs_everywhere_and_reports_json() -> None:
+    cp = beo_run("-R", "exec", "-k", "3", "--json", "n[1-20]", "--", "echo hi from $BEO_HOST")
+    assert cp.returncode == 0, cp.stderr
+    doc = as_json(cp)
+    assert doc["hosts"] == 20 and doc["failed"] == 0 and doc["depth"] == 3
+    assert {h: r["stdout"] for h, r in doc["results"].items()} == {
+        f"n{i}": f"hi from n{i}\n" for i in range(1, 21)}
+    assert all(r["rc"] == 0 and r["error"] is None for r in doc["results"].values())
+
+
+def test_gathering_and_exit_codes() -> None:
+    cmd = "case $BEO_HOST in n3|n7) echo other; echo oops >&2; exit 3;; *) echo same;; esac"
+    cp = beo_run("-R", "exec", "-b", "-k", "2", "n[1-9]", "--", cmd)
+    assert cp.returncode == 1
+    assert cp.stdout == ("---------------\nn[1-2,4-6,8-9] (7)\n---------------\nsame\n"
+                         "---------------\nn[3,7] (2)\n---------------\nother\n")  # fmt: skip
+    assert "n3: oops" in cp.stderr and "n[3,7]: exited with exit code 3" in cp.stderr
+    assert "9 hosts, 7 ok, 2 failed" in cp.stderr
+
+
+def test_not_gathered_output_is_prefixed_per_host() -> None:
+    cp = beo_run("-R", "exec", "n[1-3]", "--", "printf 'a\\nb\\n'")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines() == ["n1: a", "n1: b", "n2: a", "n2: b", "n3: a", "n3: b"]
+
+
+@pytest.mark.parametrize("mode", ["--flat", "--sequential", "--ring", "--tree"])
+def test_every_mode_reaches_every_host(mode: str) -> None:
+    cp = beo_run("-R", "exec", mode, "--json", "n[1-7]", "--", "echo $BEO_HOST")
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(r["stdout"] for r in as_json(cp)["results"].values()) == sorted(
+        f"n{i}\n" for i in range(1, 8))
+
+
+def test_down_and_hanging_heads_are_reparented_and_named() -> None:
+    # k=2: down1 and hang1 head the two subtrees; their hosts must still run.
+    hosts = "down1,n[1-5],hang1,n[6-9]"
+    t0 = time.monotonic()
+    cp = beo_run("-R", FAKE, "--listen", "127.0.0.1", "--connect-timeout", "2", "-k", "2",
+                 "--json", hosts, "--", "echo ok")  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert cp.returncode == 1
+    res = as_json(cp)["results"]
+    assert "Connection refused" in res["down1"]["error"]
+    assert res["hang1"]["error"] == "no contact within 2 s"
+    assert {h for h, r in res.items() if r["stdout"] == "ok\n"} == {f"n{i}" for i in range(1, 10)}
+    assert elapsed < 15
+
+
+@pytest.mark.parametrize("mode", ["--ring", "--flat"])
+def test_down_and_hanging_hosts_in_other_modes(mode: str) -> None:
+    cp = beo_run("-R", FAKE, "--listen", "127.0.0.1", "--connect-timeout", "2", mode, "-b",
+                 "n[1-3],down1,n[4-5],hang1,n6", "--", "echo ok")  # fmt: skip
+    assert cp.returncode == 1
+    assert cp.stdout == "---------------\nn[1-6] (6)\n---------------\nok\n"
+    assert "down1: launch failed (exit 255)" in cp.stderr
+    assert "hang1: no contact within 2 s" in cp.stderr
+
+
+def test_agent_killed_mid_run_never_hangs() -> None:
+    # n1 heads a subtree and dies (SIGKILL from its own command) as soon as it runs.
+    cmd = "if [ $BEO_HOST = n1 ]; then kill -9 $PPID; sleep 5; fi; echo ok"
+    t0 = time.monotonic()
+    cp = beo_run("-R", "exec", "--launch-delay", "0.3", "-k", "2", "--json", "n[1-9]", "--", cmd)
+    assert time.monotonic() - t0 < 20
+    assert cp.returncode == 1
+    res = as_json(cp)["results"]
+    assert set(res) == {f"n{i}" for i in range(1, 10)}
+    assert res["n1"]["error"] and "n1" in res["n1"]["error"]
+    assert all(r["stdout"] == "ok\n" for h, r in res.items() if r["error"] is None)
+    assert res["n9"]["stdout"] == "ok\n"  # other subtree unaffected
+
+
+def test_command_timeout() -> None:
+    cp = beo_run("-R", "exec", "--timeout", "1", "--json", "n[1-2]", "--",
+                 "[ $BEO_HOST = n2 ] && sleep 30; echo done")  # fmt: skip
+    assert cp.returncode == 1
+    res = as_json(cp)["results"]
+    assert res["n1"]["rc"] == 0 and res["n2"]["error"] == "command timed out after 1 s"
+
+
+def test_tree_is_faster_than_sequential_with_launch_cost() -> None:
+    cp = beo_run("-R", "exec", "--launch-delay", "0.3", "-k", "3", "--json", "n[1-12]", "--",
+                 "true")  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    doc = as_json(cp)
+    assert doc["depth"] == 2
+    assert doc["elapsed"] < 0.5 * 12 * 0.3  # sequential would take 3.6 s at least
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-R", "bogus", "n1", "--", "true"], "bad -R"),
+    (["-R", "exec", "n1"], "no command"),
+    (["-R", "exec", "n[1-", "--", "true"], "bad node set"),
+    (["-R", "exec", "-k", "0", "n1", "--", "true"], "bad fanout"),
+    (["-R", "exec", "--", "true"], "no hosts"),
+])  # fmt: skip
+def test_usage_errors(args: list[str], message: str) -> None:
+    cp = beo_run(*args)
+    assert cp.returncode == 2 and message in cp.stderr and cp.stdout == ""
+
+
+def test_hostfile(tmp_path: Path) -> None:
+    f = tmp_path / "hosts"
+    f.write_text("n1\nn[2-3]  # comment\n\nn4\n")
+    cp = beo_run("-R", "exec", "-f", str(f), "--json", "--", "echo x")
+    assert cp.returncode == 0 and len(as_json(cp)["results"]) == 4
+
+
+# ------------------------------------------------------------------- ssh
+
+SSH_HOSTS = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4", "n4": "127.0.0.5"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A private sshd on 127.0.0.2-5; yields the ``--ssh-args`` for beo run."""
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd_bin) or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
+        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the private sshd logs in as the current user only as root here")
+    d = tmp_path_factory.mktemp("sshd")
+    port = _free_port()
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)  # fmt: skip
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    listen = "".join(f"ListenAddress {a}:{port}\n" for a in SSH_HOSTS.values())
+    (d / "sshd_config").write_text(
+        f"{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+        f"PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\n"
+        "LogLevel ERROR\n")  # fmt: skip
+    hosts = "".join(f"Host {n}\n  HostName {a}\n" for n, a in SSH_HOSTS.items())
+    (d / "ssh_config").write_text(
+        f"{hosts}Host down1\n  HostName 127.0.0.9\nHost *\n  Port {port}\n  User root\n"
+        f"  IdentityFile {d}/user_key\n  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n")  # fmt: skip
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    args = ["-F", str(d / "ssh_config")]
+    try:
+        for _ in range(50):
+            if proc.poll() is not None:
+                pytest.skip(f"sshd did not start: {proc.stderr.read().decode()[-300:]}")
+            ok = subprocess.run(["ssh", *args, "n1", "true"], capture_output=True, timeout=10)
+            if ok.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.skip(f"cannot ssh to the private sshd: {ok.stderr.decode()[-300:]}")
+        yield args
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:
+    cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",
+                 "--remote-python", sys.executable, "-k", "2", "--json", "n[1-4]", "--",
+                 "echo $BEO_HOST; echo $SSH_CONNECTION | cut -d' ' -f3")  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    res = as_json(cp)["results"]
+    # every host ran over its own sshd address: n1 on 127.0.0.2, ...
+    assert {h: r["stdout"] for h, r in res.items()} == {
+        h: f"{h}\n{a}\n" for h, a in SSH_HOSTS.items()}
+
+
+def test_ssh_self_ships_where_beokit_is_missing(sshd: list[str]) -> None:
+    # "python3 -I -S": a clean python with no site-packages, so no beokit there
+    probe = subprocess.run(["ssh", *sshd, "n1", "python3 -I -S -c 'import beokit'"],
+                           capture_output=True, timeout=20)  # fmt: skip
+    assert probe.returncode != 0, "beokit importable by the clean remote python?"
+    cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",
+                 "--remote-python", "python3 -I -S", "-k", "2", "-b", "n[1-4],down1", "--",
+                 "python3 -I -S -c 'import sys; print(sys.flags.isolated)'")  # fmt: skip
+    assert cp.returncode == 1  # down1
+    assert cp.stdout == "---------------\nn[1-4] (4)\n---------------\n1\n", cp.stderr
+    assert "down1: launch failed (exit 255)" in cp.stderr
+    assert "5 hosts, 4 ok, 1 failed" in cp.stderr

@@ -1,0 +1,111 @@
+"""Pure logic of beo run: splitting, schedules, wire messages, gathering."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from beokit.launch import plan
+
+
+@given(st.integers(0, 300), st.integers(1, 8))
+def test_split_is_balanced_partition(n: int, k: int) -> None:
+    hosts = [f"n{i}" for i in range(n)]
+    groups = plan.split(hosts, k)
+    assert [h for g in groups for h in g] == hosts
+    assert len(groups) == min(n, k)
+    assert all(groups) and (not groups or max(map(len, groups)) - min(map(len, groups)) <= 1)
+
+
+def _tree_depth(hosts: list[str], k: int) -> int:
+    """Depth of the tree the launcher really builds (root plan, then child_groups)."""
+    groups = plan.root_plan("tree", hosts, k).groups
+    return max((1 + _sub(g[1:], k) for g in groups), default=0)
+
+
+def _sub(share: list[str], k: int) -> int:
+    return max((1 + _sub(g[1:], k) for g in plan.child_groups(share, k)), default=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 32, 147, 1000])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_built_tree_has_optimal_depth(n: int, k: int) -> None:
+    assert _tree_depth([f"n{i}" for i in range(n)], k) == plan.tree_depth(n, k)
+
+
+def test_depth_of_modes() -> None:
+    assert plan.tree_depth(147, 2) == 7 and plan.tree_depth(147, 3) == 5
+    assert plan.tree_depth(147, 4) == 4 and plan.tree_depth(32, 3) == 3
+    assert plan.depth("flat", 147, 32) == 5
+    assert plan.depth("sequential", 147, 1) == plan.depth("ring", 147, 1) == 147
+
+
+def test_root_plans() -> None:
+    hosts = ["a", "b", "c", "d"]
+    assert plan.root_plan("flat", hosts, 2) == plan.Plan([["a"], ["b"], ["c"], ["d"]], 2, 0)
+    assert plan.root_plan("sequential", hosts, 9).window == 1
+    assert plan.root_plan("ring", hosts, 3) == plan.Plan([hosts], 1, 1)
+    assert plan.child_groups(["x", "y"], 0) == []
+    with pytest.raises(ValueError):
+        plan.root_plan("star", hosts, 2)
+    with pytest.raises(ValueError):
+        plan.split(hosts, 0)
+
+
+messages = st.one_of(
+    st.builds(plan.hello, st.text(), st.text()),
+    st.builds(plan.state, st.text(), st.sampled_from(["launched", "running"])),
+    st.builds(plan.result, st.text(), st.one_of(st.none(), st.integers(-255, 255)),
+              st.text(), st.text(), st.one_of(st.none(), st.text())),  # fmt: skip
+    st.builds(plan.work, st.lists(st.text()), st.fixed_dictionaries({"command": st.text()})),
+)
+
+
+@given(st.lists(messages), st.integers(1, 50))
+def test_decoder_reassembles_any_chunking(msgs: list[dict], chunk: int) -> None:
+    wire = b"".join(plan.encode(m) for m in msgs)
+    dec = plan.Decoder()
+    out = []
+    for i in range(0, len(wire), chunk):
+        out += dec.feed(wire[i : i + chunk])
+    assert out == msgs
+
+
+@given(st.binary())
+def test_decoder_never_crashes_on_garbage(data: bytes) -> None:
+    try:
+        plan.Decoder(max_line=1000).feed(data)
+    except plan.ProtocolError:
+        pass
+
+
+def test_header_round_trip_and_errors() -> None:
+    hdr = plan.parse_header(plan.header("t0k", "127.0.0.1:99", "n1"))
+    assert (hdr["token"], hdr["parent"], hdr["h"]) == ("t0k", "127.0.0.1:99", "n1")
+    assert plan.split_parent(hdr["parent"]) == ("127.0.0.1", 99)
+    with pytest.raises(plan.ProtocolError):
+        plan.parse_header(plan.encode({"t": "header", "v": 99}))
+    with pytest.raises(plan.ProtocolError):
+        plan.split_parent("nohost")
+    with pytest.raises(plan.ProtocolError):
+        plan.Decoder(max_line=10).feed(b"x" * 20)
+
+
+def test_gather_folds_identical_outputs_like_clush() -> None:
+    outs = {"n1": "a\n", "n2": "a\n", "n3": "b\n", "n10": "a\n", "n4": ""}
+    assert plan.gather(outs) == [("n[1-2,10]", 3, "a\n"), ("n3", 1, "b\n")]
+    res = {"n1": plan.result("n1", 0), "n2": plan.result("n2", 3), "n3": plan.result("n3", 3),
+           "n4": plan.result("n4", None, error="no contact within 2 s")}  # fmt: skip
+    assert plan.gather_codes(res) == [("n[2-3]", "exited with exit code 3"),
+                                      ("n4", "no contact within 2 s")]  # fmt: skip
+
+
+def test_tally_counts() -> None:
+    t = plan.Tally(3)
+    for m in (plan.state("a", "launched"), plan.state("a", "running"), plan.state("b", "launched")):
+        t.apply(m)
+    assert t.counts() == {"total": 3, "launched": 2, "running": 1, "done": 0, "failed": 0}
+    t.apply(plan.result("a", 0))
+    t.apply(plan.result("b", None, error="down"))
+    assert t.counts()["done"] == 1 and t.counts()["failed"] == 1 and t.finished == 2
