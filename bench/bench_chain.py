@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from beokit.cli import parse_size  # the same size syntax as `beo demo --size`
+
 LISTEN_TIMEOUT = 20.0  # seconds for the receivers to start listening
 POLL = 0.002  # seconds between waitpid polls (timing resolution)
 # Peak RSS comes from GNU time (%M).  rusage from our own wait4 is useless: a child
@@ -69,23 +71,6 @@ class BenchError(RuntimeError):
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def parse_size(text: str) -> int:
-    """``2G`` -> 2 GiB; K, M, G, T are binary multiples; a plain number is bytes."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = 1
-    for i, suffix in enumerate("KMGT", start=1):
-        if t.endswith(suffix):
-            mult, t = 1024**i, t[:-1]
-            break
-    try:
-        value = int(float(t) * mult)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return value
 
 
 def human(n: int) -> str:

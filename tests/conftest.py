@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -11,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from beokit.nettee.demo import sha256_file
 from beokit.nettee.localchain import free_port, nettee_command
 
 NETTEE = nettee_command()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file  # one digest helper for the demo and the tests
 
 
 def run_nettee(*args: str, timeout: float = 30, env: dict | None = None,
