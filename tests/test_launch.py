@@ -90,6 +90,49 @@ def test_down_and_hanging_hosts_in_other_modes(mode: str) -> None:
     assert "hang1: no contact within 2 s" in cp.stderr
 
 
+def test_leaves_run_without_agent_and_report_failures() -> None:
+    # k=2, pack: [n1 n2 n3] [n4 hang1 down1]: n2, n3, hang1, down1 are leaves, run
+    # through the backend directly (marker line, then the command)
+    cmd = "echo out $BEO_HOST; echo err $BEO_HOST >&2; [ $BEO_HOST = n3 ] && exit 4; true"
+    t0 = time.monotonic()
+    cp = beo_run("-R", FAKE, "--listen", "127.0.0.1", "--connect-timeout", "2", "-k", "2",
+                 "--json", "n[1-4],hang1,down1", "--", cmd)  # fmt: skip
+    assert time.monotonic() - t0 < 15
+    assert cp.returncode == 1
+    res = as_json(cp)["results"]
+    for i in range(1, 5):
+        assert res[f"n{i}"]["stdout"] == f"out n{i}\n" and res[f"n{i}"]["stderr"] == f"err n{i}\n"
+        assert res[f"n{i}"]["rc"] == (4 if i == 3 else 0) and res[f"n{i}"]["error"] is None
+    assert res["hang1"]["error"] == "no contact within 2 s"
+    assert res["down1"]["error"].startswith("launch failed (exit 255): connect to host down1")
+
+
+def test_leaf_timeout_and_leaf_agents_option() -> None:
+    cmd = "[ $BEO_HOST = n4 ] && sleep 30; echo done $BEO_HOST"
+    for extra in ([], ["--leaf-agents"]):
+        cp = beo_run("-R", FAKE, "--listen", "127.0.0.1", "--timeout", "1", "-k", "2", *extra,
+                     "--json", "n[1-5]", "--", cmd)  # fmt: skip
+        assert cp.returncode == 1, extra
+        res = as_json(cp)["results"]
+        assert res["n4"]["error"] == "command timed out after 1 s" and res["n4"]["rc"] is None
+        assert all(res[f"n{i}"]["stdout"] == f"done n{i}\n" for i in (1, 2, 3, 5)), extra
+
+
+@pytest.mark.parametrize("backend", ["exec", FAKE])
+def test_barrier_starts_every_command_at_once(backend: str) -> None:
+    # k=2, 0.3 s per launch: 3 launch steps, hosts come up over >= 0.6 s; with the
+    # barrier every command starts after the last one is up (hang1 given up after 1 s)
+    cmd = "date +%s.%N"
+    cp = beo_run("-R", backend, "--listen", "127.0.0.1", "--connect-timeout", "1",
+                 "--launch-delay", "0.3", "--barrier", "-k", "2", "--json",
+                 "n[1-5],hang1,n[6-9]", "--", cmd)  # fmt: skip
+    assert cp.returncode == (1 if backend == FAKE else 0), cp.stderr
+    res = as_json(cp)["results"]
+    starts = [float(r["stdout"]) for h, r in res.items() if h != "hang1"]
+    assert len(starts) == 9 and all(res[f"n{i}"]["rc"] == 0 for i in range(1, 10))
+    assert max(starts) - min(starts) < 0.25, starts
+
+
 def test_agent_killed_mid_run_never_hangs() -> None:
     # n1 heads a subtree and dies (SIGKILL from its own command) as soon as it runs.
     cmd = "if [ $BEO_HOST = n1 ]; then kill -9 $PPID; sleep 5; fi; echo ok"

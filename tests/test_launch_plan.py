@@ -18,6 +18,21 @@ def test_split_is_balanced_partition(n: int, k: int) -> None:
     assert all(groups) and (not groups or max(map(len, groups)) - min(map(len, groups)) <= 1)
 
 
+@given(st.integers(0, 300), st.integers(1, 8))
+def test_pack_is_partition_with_few_agents(n: int, k: int) -> None:
+    hosts = [f"n{i}" for i in range(n)]
+    groups = plan.pack(hosts, k)
+    assert [h for g in groups for h in g] == hosts
+    assert len(groups) == min(n, k) and all(groups)
+
+    def agents(share: list[str], f) -> int:  # hosts that get a share: run an agent
+        return sum(bool(g[1:]) + agents(g[1:], f) for g in f(share, k)) if share else 0
+
+    assert agents(hosts, plan.pack) <= agents(hosts, plan.split)
+    if k > 1:
+        assert agents(hosts, plan.pack) <= -(-n // k) + plan.tree_depth(n, k)
+
+
 def _tree_depth(hosts: list[str], k: int) -> int:
     """Depth of the tree the launcher really builds (root plan, then child_groups)."""
     groups = plan.root_plan("tree", hosts, k).groups

@@ -7,6 +7,9 @@ The root (``beo run``) and every agent run the same :class:`Node`:
    connects back and says hello with that token, send it its share;
 2. relay what comes up from that child (progress, results, heartbeats) to
    its own parent, until the child says ``done``;
+   a head with no share (a *leaf*) gets no agent: the backend process runs
+   the command itself and this node reads its output and exit status
+   (:meth:`Node._leaf`), as pdsh does;
 3. if a head cannot be launched (down, refused, hanging), report it by name
    and launch the next host of its group in its place: the subtree is
    re-parented to this node.  If a child is lost later, the hosts of its
@@ -83,6 +86,11 @@ class Node:
         self.listener: socket.socket | None = None
         self.closing = False
         self.command: subprocess.Popen | None = None
+        # --barrier: commands wait for release() (root: all hosts up; agents: go)
+        self.barrier = bool(cfg.get("barrier"))
+        self.released = threading.Event()
+        self.released_at = 0.0
+        self.waiting: list[Callable[[], None]] = []  # what release() starts
 
     def emit(self, msg: dict[str, Any]) -> None:
         with self.emit_lock:
@@ -97,10 +105,11 @@ class Node:
             self.listener = socket.create_server((self.bind, 0), backlog=128)
             self.parent_addr = f"{self.advertise}:{self.listener.getsockname()[1]}"
             threading.Thread(target=self._accept, daemon=True).start()
-        if self.host is not None:
-            threads.append(threading.Thread(target=self._run_command, daemon=True))
+        # children first: their launches are on the critical path, our command is not
         threads += [threading.Thread(target=self._subtree, args=(g,), daemon=True)
                     for g in self.groups]  # fmt: skip
+        if self.host is not None:
+            threads.append(threading.Thread(target=self._run_command, daemon=True))
         for t in threads:
             t.start()
         try:
@@ -122,11 +131,33 @@ class Node:
             if p.poll() is None:
                 _killpg(p)
 
+    def release(self) -> None:
+        """--barrier: start the command here and pass go to every child (once)."""
+        with self.lock:
+            if self.released.is_set():
+                return
+            self.released_at = time.monotonic()
+            self.released.set()
+            waiting, self.waiting = self.waiting, []
+        for start in waiting:
+            start()
+
+    def _on_release(self, start: Callable[[], None]) -> None:
+        """Call ``start`` at release (at once if released already)."""
+        with self.lock:
+            if not self.released.is_set():
+                self.waiting.append(start)
+                return
+        start()
+
     # --------------------------------------------------------- command
 
     def _run_command(self) -> None:
         assert self.host is not None
         timeout = self.cfg.get("timeout") or None
+        while self.barrier and not self.released.wait(1.0):
+            if self.closing:
+                return
         try:
             self.command = subprocess.Popen(
                 ["/bin/sh", "-c", self.cfg["command"]], stdin=subprocess.DEVNULL,
@@ -179,6 +210,7 @@ class Node:
             if slot is None:
                 conn.close()  # wrong or replayed token: not one of ours
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             slot.conn = conn
             slot.ready.set()
         except (OSError, plan.ProtocolError):
@@ -190,6 +222,9 @@ class Node:
         """Launch ``group``'s head, give it the rest; re-parent on failure."""
         while group and not self.closing:
             head, rest = group[0], group[1:]
+            if not rest and not self.cfg.get("leaf_agents"):
+                self.emit(self._leaf(head))
+                return
             with self.window:
                 conn, proc, error = self._launch(head)
             if conn is None:
@@ -208,6 +243,153 @@ class Node:
                     proc.wait()
                 with self.lock:
                     self.procs.discard(proc)
+
+    # ----------------------------------------------------------- leaves
+
+    def _leaf(self, host: str) -> dict[str, Any]:
+        """Run the command on a leaf host through the backend itself, as pdsh does.
+
+        A host with no share needs no agent: the backend process runs the
+        command (see :meth:`Backend.leaf_command`) and this node reads its
+        output and exit status.  The marker line ends the connect timeout
+        (down: the backend exits first; hanging: no marker in time).
+        Returns the host's result message.
+        """
+        self.window.acquire()
+        held = True
+        try:
+            self.emit(plan.state(host, "launched"))
+            if self.backend.delay:
+                time.sleep(self.backend.delay)  # the simulated rsh/ssh handshake
+            if self.closing:
+                return plan.result(host, None, error="launch cancelled")
+            local = self.backend.kind == "exec"  # a local process: up once it exists
+            command = self.cfg["command"]
+            if local:
+                argv, env = ["/bin/sh", "-c", command], environ(host)
+                if self.barrier:  # wait for the go line, then run the command
+                    argv = ["/bin/sh", "-c", 'read _go || exit 125; exec /bin/sh -c "$0" '
+                            "</dev/null", command]  # fmt: skip
+            else:
+                argv = self.backend.argv(
+                    host, self.backend.leaf_command(host, command, self.barrier)
+                )
+                env = None
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        stdin=subprocess.PIPE if self.barrier else subprocess.DEVNULL,
+                                        env=env, start_new_session=True)  # fmt: skip
+            except OSError as exc:
+                return plan.result(host, None, error=f"cannot launch: {exc}")
+            with self.lock:
+                self.procs.add(proc)
+            try:
+                res, held = self._leaf_io(host, proc, up=local)
+                return res
+            finally:
+                if proc.poll() is None:
+                    _killpg(proc)
+                proc.wait()
+                with self.lock:
+                    self.procs.discard(proc)
+        finally:
+            if held:
+                self.window.release()
+
+    def _leaf_io(self, host: str, proc: subprocess.Popen,
+                 up: bool = False) -> tuple[dict[str, Any], bool]:  # fmt: skip
+        """Read a leaf's stdout/stderr to the end with bounded waits.
+
+        ``up``: the command runs already (no marker to wait for: exec backend).
+        Returns (result, whether the launch window slot is still held).
+        """
+        import selectors
+
+        assert proc.stdout is not None and proc.stderr is not None
+        connect_timeout = float(self.cfg.get("connect_timeout", 10))
+        timeout = float(self.cfg.get("timeout") or 0)
+        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        out_fd = proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        for fd in bufs:
+            sel.register(fd, selectors.EVENT_READ)
+        held = True
+        start = 0
+        deadline = time.monotonic() + connect_timeout
+        go = threading.Event()  # --barrier: the go line was written to the leaf
+
+        def running() -> float:
+            """The leaf is up: free the window slot; the new deadline."""
+            nonlocal held
+            self.window.release()
+            held = False
+            self.emit(plan.state(host, "running"))
+            if self.barrier:
+                self._on_release(lambda: self._go_leaf(proc, go))
+            return time.monotonic() + timeout if timeout else float("inf")
+
+        if up:
+            deadline = running()
+        error = None
+        try:
+            while sel.get_map() and error is None:
+                if self.closing:
+                    error = "launch cancelled" if not up else "cancelled"
+                    break
+                if self.barrier and up and not go.is_set():
+                    deadline = float("inf")  # --timeout counts from the release
+                elif self.barrier and up and deadline == float("inf") and timeout:
+                    deadline = self.released_at + timeout
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    error = (f"command timed out after {timeout:g} s" if up
+                             else f"no contact within {connect_timeout:g} s")  # fmt: skip
+                    break
+                for key, _ in sel.select(min(wait, 1.0)):
+                    data = os.read(key.fd, 1 << 16)
+                    if not data:
+                        sel.unregister(key.fd)
+                        continue
+                    bufs[key.fd] += data
+                    if key.fd == out_fd and not up:
+                        i = bufs[out_fd].find(plan.LEAF_MARKER + b"\n")
+                        if i >= 0 and (i == 0 or bufs[out_fd][i - 1 : i] == b"\n"):
+                            up = True
+                            start = i + len(plan.LEAF_MARKER) + 1
+                            deadline = running()
+        finally:
+            sel.close()
+        if error is not None:
+            _killpg(proc)
+            if not up:
+                return plan.result(host, None, error=error), held
+        else:
+            try:
+                proc.wait(timeout=EXIT_GRACE)  # the pipes are closed: it is ending
+            except subprocess.TimeoutExpired:
+                _killpg(proc)
+        proc.wait()
+        out = bytes(bufs[out_fd][start:]).decode(errors="replace")
+        err = bufs[proc.stderr.fileno()].decode(errors="replace")
+        if not up:
+            lines = [ln.strip() for ln in (bytes(bufs[out_fd]).decode(errors="replace")
+                                           + "\n" + err).splitlines() if ln.strip()]  # fmt: skip
+            why = " ".join(lines[-3:]) or "no message"
+            error = f"launch failed (exit {proc.returncode}): {why}"
+            return plan.result(host, None, error=error), held
+        rc = proc.returncode if error is None else None
+        return plan.result(host, rc, out, err, error), held
+
+    @staticmethod
+    def _go_leaf(proc: subprocess.Popen, go: threading.Event) -> None:
+        """--barrier: write the go line to a waiting leaf (its command starts)."""
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # it ended already: its reader sees that
+        go.set()
 
     def _launch(self, head: str) -> tuple[socket.socket | None, subprocess.Popen | None, str]:
         token = os.urandom(16).hex()
@@ -292,6 +474,15 @@ class Node:
         except OSError as exc:
             self.emit(plan.result(head, None, error=f"lost after launch: {exc}"))
             return rest
+        if self.barrier:
+
+            def go() -> None:
+                try:
+                    conn.sendall(plan.encode(plan.GO))
+                except OSError:
+                    pass  # lost: the relay loop below sees it
+
+            self._on_release(go)
         missing = {head, *rest}
         launched: set[str] = {head}
         decoder = plan.Decoder()
@@ -366,6 +557,9 @@ def main(header_line: bytes | None = None) -> int:
         phost = ssh_client or "127.0.0.1"
     try:
         up = socket.create_connection((phost, pport), timeout=10)
+        # small messages, relayed at once: no Nagle (with delayed ACKs it held
+        # a second message ~40 ms at every level)
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         up.sendall(plan.encode(plan.hello(hdr["token"], hdr["h"])))
         up.settimeout(30)
         decoder = plan.Decoder()
@@ -406,6 +600,8 @@ def main(header_line: bytes | None = None) -> int:
             send(plan.HEARTBEAT)
 
     def watch_parent() -> None:
+        if any(m["t"] == "go" for m in msgs[1:]):
+            node.release()
         while True:
             try:
                 data = up.recv(4096)
@@ -417,6 +613,11 @@ def main(header_line: bytes | None = None) -> int:
                 abort("parent closed the connection")
             if not data:
                 return
+            try:
+                if any(m["t"] == "go" for m in decoder.feed(data)):
+                    node.release()
+            except plan.ProtocolError as exc:
+                abort(f"parent: {exc}")
 
     advertise = hdr["h"] if bind in ("0.0.0.0", "::") else bind
     node = Node(hdr["h"], groups, len(groups), cfg, send, bind, advertise)

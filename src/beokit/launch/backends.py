@@ -16,6 +16,8 @@ import shlex
 import sys
 from typing import TYPE_CHECKING
 
+from beokit.launch.plan import LEAF_MARKER
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -79,6 +81,19 @@ class Backend:
             src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             path = f";sys.path.insert(0,{src!r})"
         return f"{self.python} -c {shlex.quote(BOOTSTRAP.format(path=path))}"
+
+    def leaf_command(self, host: str, command: str, barrier: bool = False) -> str:
+        """The remote shell command that runs ``command`` on a leaf host, no agent.
+
+        It prints the marker line first (the host is up: the parent's connect
+        timeout ends there), then execs ``/bin/sh -c COMMAND`` with BEO_HOST set,
+        as the agent would run it; its stdout, stderr and exit status are the
+        command's.
+        """
+        marker = LEAF_MARKER.decode()
+        wait = "read _go || exit 125; " if barrier else ""  # the parent's go line, stdin
+        return (f"BEO_HOST={shlex.quote(host)}; export BEO_HOST; echo {marker}; {wait}"
+                f"exec /bin/sh -c {shlex.quote(command)} </dev/null")  # fmt: skip
 
     def spec(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -233,6 +248,7 @@ def fork_agent(path: str, header_line: bytes, timeout: float = 10) -> ForkedAgen
 
 def serve_forks(path: str) -> None:
     """The fork server: fork an agent per request; exit when our parent is gone."""
+    import gc
     import signal
     import socket
 
@@ -240,6 +256,17 @@ def serve_forks(path: str) -> None:
 
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the agents
+    # what is imported now is shared by every agent: keep the collector off it, so
+    # forked agents do not copy those pages (copy-on-write) by touching them
+    # ... and resolve once: getaddrinfo loads glibc's NSS modules, ~2-3 ms in
+    # every agent otherwise
+    for name in ("127.0.0.1", "localhost"):
+        try:
+            socket.getaddrinfo(name, 1, 0, socket.SOCK_STREAM)
+        except OSError:
+            pass
+    gc.collect()
+    gc.freeze()
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
     srv.listen(4096)
@@ -264,6 +291,11 @@ def serve_forks(path: str) -> None:
                     srv.close()
                     conn.close()
                     os.setsid()
+                    try:  # "beo-agent" in ps/top rather than "python"
+                        with open("/proc/self/comm", "w") as fh:
+                            fh.write("beo-agent")
+                    except OSError:
+                        pass
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     null = os.open(os.devnull, os.O_RDWR)
                     os.dup2(null, 0)

@@ -63,6 +63,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ADDR",
                    help="address the root listens on for its children (default "
                    "127.0.0.1 for exec, else all)")  # fmt: skip
+    p.add_argument("--barrier", action="store_true",
+                   help="start the command on every node at once, when all nodes are up "
+                   "(released by the root through the tree)")
+    p.add_argument("--leaf-agents", action="store_true",
+                   help="start an agent on leaf hosts too (default: a host that launches "
+                   "nobody runs the command directly through the backend, like pdsh)")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NODESET -- COMMAND")
     p.set_defaults(mode="tree")
     return p
@@ -100,6 +106,7 @@ class Collector:
     def __init__(self, hosts: list[str], live: bool) -> None:
         self.results: dict[str, dict[str, Any]] = {}
         self.tally = plan.Tally(len(hosts))
+        self.on_all_up: Any = None  # --barrier: called once when every host is up
         self.progress = None
         self.task = None
         if live:
@@ -115,6 +122,12 @@ class Collector:
 
     def __call__(self, msg: dict[str, Any]) -> None:
         self.tally.apply(msg)
+        if self.on_all_up is not None:
+            c = self.tally.counts()
+            if c["running"] + c["done"] + c["failed"] >= c["total"]:
+                # every host is up (or failed): release the barrier, off the relay thread
+                threading.Thread(target=self.on_all_up, daemon=True).start()
+                self.on_all_up = None
         if msg["t"] == "res":
             self.results[msg["h"]] = msg
         if self.progress is not None and self.task is not None:
@@ -161,7 +174,8 @@ def _run(args: argparse.Namespace) -> int:
     the_plan = plan.root_plan(mode, hosts, k)
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
-           "agent_bind": "127.0.0.1" if backend.kind == "exec" else listen}  # fmt: skip
+           "agent_bind": "127.0.0.1" if backend.kind == "exec" else listen,
+           "leaf_agents": args.leaf_agents, "barrier": args.barrier}  # fmt: skip
     forks = None
     tmp = None
     if backend.kind == "exec" and not args.remote_python:
@@ -175,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
     node = Node(None, the_plan.groups, the_plan.window, cfg, collector, listen, advertise)
+    if args.barrier:
+        collector.on_all_up = node.release
     start = time.monotonic()
     try:
         worker = threading.Thread(target=node.run, daemon=True)

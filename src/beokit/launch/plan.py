@@ -24,6 +24,7 @@ MODES = ("tree", "flat", "sequential", "ring")
 PROTOCOL = 1
 MAX_LINE = 64 << 20  # one message (a host's output) is at most 64 MiB of JSON
 SHIP_MARKER = b"BEOKIT-SHIP"
+LEAF_MARKER = b"BEOKIT-UP"  # a leaf host's first stdout line: it is up, its command starts
 
 
 class ProtocolError(Exception):
@@ -51,6 +52,34 @@ def split(hosts: list[str], k: int) -> list[list[str]]:
     start = 0
     for i in range(parts):
         size = n // parts + (1 if i < n % parts else 0)
+        groups.append(hosts[start : start + size])
+        start += size
+    return groups
+
+
+def pack(hosts: list[str], k: int) -> list[list[str]]:
+    """Split ``hosts`` into at most ``k`` contiguous groups: fewest agents, same depth.
+
+    Like :func:`split`, the tree stays as shallow as possible (every group's
+    share fits in one launch step less), but groups are filled up to a full
+    subtree first and the last slots get single hosts: a host with no share
+    is a *leaf* that runs the command without an agent (cheap), so the tree
+    has about N/k agents instead of up to N - N/k with balanced groups
+    (147 hosts, k=4: 36 agents, not 84).
+
+    >>> [len(g) for g in pack([f"n{i}" for i in range(147)], 4)]
+    [85, 60, 1, 1]
+    """
+    if k < 1:
+        raise ValueError(f"fanout must be >= 1, not {k}")
+    n = len(hosts)
+    if n == 0:
+        return []
+    full = 1 + reach(tree_depth(n, k) - 1, k)  # a head and a share one step shallower
+    groups = []
+    start = 0
+    for slot in range(min(k, n), 0, -1):
+        size = min(full, n - start - (slot - 1))  # leave one host for every slot after
         groups.append(hosts[start : start + size])
         start += size
     return groups
@@ -110,7 +139,7 @@ def root_plan(mode: str, hosts: list[str], k: int) -> Plan:
     if k < 1:
         raise ValueError(f"fanout must be >= 1, not {k}")
     if mode == "tree":
-        groups = split(hosts, k)
+        groups = pack(hosts, k)
         return Plan(groups, max(1, len(groups)), k)
     if mode == "flat":
         return Plan([[h] for h in hosts], k, 0)
@@ -125,7 +154,7 @@ def child_groups(share: list[str], fanout: int) -> list[list[str]]:
     """The groups an agent launches for its ``share`` (``fanout`` 0: none)."""
     if not share or fanout < 1:
         return []
-    return split(share, fanout)
+    return pack(share, fanout)
 
 
 # ------------------------------------------------------------ wire messages
@@ -137,6 +166,7 @@ def child_groups(share: list[str], fanout: int) -> list[list[str]]:
 #                    hb {}               heartbeat, every second
 #                    done {}             the whole subtree has finished (seed's -1)
 #   parent -> child: work {hosts, cfg}   the child's share and the run config
+#                    go {}               --barrier: all hosts are up, run the command now
 # The child's stdin carries one header line {v, token, parent, h} before that:
 # the token is fresh per launch and never appears on a command line.
 
@@ -211,6 +241,7 @@ def result(host: str, rc: int | None, out: str = "", err: str = "",
 
 HEARTBEAT = {"t": "hb"}
 DONE = {"t": "done"}
+GO = {"t": "go"}  # parent -> child, with --barrier: every host is up, start the command
 
 
 def split_parent(text: str) -> tuple[str, int]:
