@@ -89,7 +89,6 @@ def test_beo_help_lists_commands() -> None:
 
 
 def test_verbose_bits_and_log_file(tmp_path: Path, source: Path) -> None:
-    log = tmp_path / "root.log"
     chain = start_chain(source, 1, tmp_path, root_args=["-v", str(2 | 4 | 16)], verbose=0,
                         env=child_env())  # fmt: skip
     assert chain.wait() == [0, 0]
@@ -98,7 +97,6 @@ def test_verbose_bits_and_log_file(tmp_path: Path, source: Path) -> None:
     assert "Failures detected in chain: NONE" in text  # bit 4: messages
     assert all(line.startswith("[127.0.0.1] nettee: ") for line in text.splitlines())  # bit 16
     assert chain.log_paths[1].read_text() == ""  # -v 0 on the receiver
-    del log
 
 
 def test_periodic_status_bit_8(tmp_path: Path) -> None:

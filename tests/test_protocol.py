@@ -686,3 +686,6 @@ def test_check_counts():
     assert check_counts(100, [node(bytes_in=101), node(bytes_in=100)]) == ["BBC"]
     assert check_counts(0, []) == ["BBC"]
     assert check_counts(0, [node()]) == []
+    # -flow pull: the child's report says what it sent up
+    assert check_counts(50, [node(bytes_up=50)], pull=True) == []
+    assert check_counts(50, [node(bytes_up=49)], pull=True) == ["BBC"]

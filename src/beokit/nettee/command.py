@@ -9,7 +9,6 @@ the relay splices to and from the socket like any other fd.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -60,6 +59,3 @@ class SocketCommand:
             self.proc.kill()
             self.proc.wait()
 
-
-def shell_available() -> bool:
-    return os.access("/bin/sh", os.X_OK)

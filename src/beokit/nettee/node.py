@@ -187,6 +187,7 @@ class Node:
         self.pull = cfg.flow == "pull"
         self.bytes_received: int | None = None  # set when the stream is not the relay's input
         self.up_sink: Sink | None = None
+        self.stm_error: OSError | None = None  # set by the -stm input pump
         self.proc: subprocess.Popen | None = None  # -process CMD
         self.in_cmd: SocketCommand | None = None
         self.out_cmd: SocketCommand | None = None
@@ -232,6 +233,8 @@ class Node:
         result = self._stream(self.in_fd, idle_timeout=0.0)
         if result.read_error is not None:
             self._local_read_failed(result.read_error)
+        elif self.stm_error is not None:  # the -stm pump could not read the input
+            self._local_read_failed(self.stm_error)
         if self.in_cmd is not None:
             failed = self.in_cmd.wait()
             if failed and P.Code.LRF.value not in self.codes:
@@ -373,7 +376,8 @@ class Node:
                 self.log.error(f"rejected connection from {peer.name}: {exc}")
                 peer.close()
                 continue
-            self._data_listener.close() if self._data_listener else None
+            if self._data_listener is not None:
+                self._data_listener.close()
             threading.Thread(target=self._turn_away, name="busy", daemon=True).start()
             threading.Thread(target=self._read_parent, name="parent", daemon=True).start()
             self.log.message(f"parent {self.parent_name} joined from {peer.name}")
@@ -720,7 +724,8 @@ class Node:
                     out = []
                     for line in lines:
                         if line.rstrip(b"\r") == eos:
-                            os.write(w, b"".join(out)) if out else None
+                            if out:
+                                os.write(w, b"".join(out))
                             return
                         out.append(line + b"\n")
                     if out:
@@ -732,7 +737,6 @@ class Node:
             finally:
                 os.close(w)
 
-        self.stm_error: OSError | None = None
         threading.Thread(target=pump, name="stm", daemon=True).start()
         return r
 
@@ -853,11 +857,11 @@ class Node:
                 sub = link.results
                 head = sub[0]
                 if self.pull:  # the child sent, we received
-                    got = link.feeder.received if link.feeder else 0
-                    bad, detail = head.bytes_up != got, f"sent {head.bytes_up} bytes, {got} arrived"
+                    moved = link.feeder.received if link.feeder else 0
+                    detail = f"sent {head.bytes_up} bytes, {moved} arrived"
                 else:
-                    bad, detail = head.bytes_in != sent, f"received {head.bytes_in} bytes, {sent} were sent"
-                if bad:
+                    moved, detail = sent, f"received {head.bytes_in} bytes, {sent} were sent"
+                if P.check_counts(moved, sub, self.pull):
                     head.codes = P.sort_codes(head.codes + [P.Code.BBC.value])
                     head.fatal = True
                     head.detail = detail

@@ -311,6 +311,13 @@ def report(nodes: list[NodeResult]) -> dict:
     return {"t": "report", "nodes": [n.to_dict() for n in nodes]}
 
 
-def check_counts(sent: int, results: list[NodeResult]) -> list[str]:
-    """Codes the parent assigns its child after comparing byte counts."""
-    return [] if results and results[0].bytes_in == sent else [Code.BBC.value]
+def check_counts(moved: int, results: list[NodeResult], pull: bool = False) -> list[str]:
+    """Codes the parent assigns its child after comparing byte counts.
+
+    ``moved``: bytes the parent sent to the child (push) or received from it
+    (pull); the child's report says what it received (push) or sent (pull).
+    """
+    if not results:
+        return [Code.BBC.value]
+    head = results[0]
+    return [] if (head.bytes_up if pull else head.bytes_in) == moved else [Code.BBC.value]

@@ -135,21 +135,20 @@ class Sink:
         """Stop writing to this output (used when a peer is declared dead)."""
         self.alive = False
 
-    def write_inline(self, n: int) -> None:
-        """Write a chunk from the caller's thread (low-latency mode)."""
-        self._drain(n)
-
     def _run(self) -> None:
         while True:
             self._work.acquire()
             n = self._pending
             if n < 0:
                 return
-            self._drain(n)
+            self.drain(n)
             os.write(self._notify, (1).to_bytes(8, "little"))
 
-    def _drain(self, n: int) -> None:
-        """Move a chunk of ``n`` bytes from the pipe to the output (or drop it)."""
+    def drain(self, n: int) -> None:
+        """Move a chunk of ``n`` bytes from the pipe to the output (or drop it).
+
+        The writer thread calls it; so does the relay itself in low-latency mode.
+        """
         if not self.alive:
             self._discard(n)
             return
@@ -387,7 +386,7 @@ class Relay:
                 _write_all(s.pipe_w, memoryview(data))
         if self.low_latency and n <= INLINE_MAX:
             for s in live:
-                s.write_inline(n)
+                s.drain(n)
             return 0
         for s in live:
             s.give(n)
