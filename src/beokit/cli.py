@@ -35,6 +35,18 @@ def node_count(text: str) -> int:
     return n
 
 
+# Subcommands whose pillar lives in its own package: command -> module with
+# ``add_parser(subparsers)`` (registers the command, possibly several) and
+# ``run(args) -> int``.
+PILLARS: dict[str, str] = {
+    "cast": "beokit.cast.cli",
+    "dshd": "beokit.dsh.cli",
+    "dsh": "beokit.dsh.cli",
+    "top": "beokit.dsh.cli",
+    "boot": "beokit.boot.cli",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="beo",
@@ -63,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     from beokit.launch.cli import add_parser as add_run_parser
 
     add_run_parser(sub)
+    # Pillars register themselves: each module has add_parser(sub) and run(args).
+    for module in dict.fromkeys(PILLARS.values()):
+        try:
+            pillar = __import__(module, fromlist=["add_parser"])
+        except ModuleNotFoundError as e:  # a pillar not built in this tree
+            if e.name != module:
+                raise
+            continue
+        pillar.add_parser(sub)
     return p
 
 
@@ -88,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         from beokit.launch.cli import run as run_launch
 
         return run_launch(args)
+    if args.command in PILLARS:
+        return int(__import__(PILLARS[args.command], fromlist=["run"]).run(args))
     return EXIT_USAGE  # pragma: no cover
 
 

@@ -1,0 +1,1 @@
+"""beokit cast pillar."""

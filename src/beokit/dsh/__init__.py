@@ -1,0 +1,1 @@
+"""beokit dsh pillar."""
