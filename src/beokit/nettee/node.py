@@ -29,24 +29,37 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from beokit.nettee import protocol as P
 from beokit.nettee.command import SocketCommand
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
-from beokit.nettee.options import Config, Role
+from beokit.nettee.options import HEAL_SOCKBUF, Config, Role
 from beokit.nettee.process import Feeder, start_process
-from beokit.nettee.relay import Relay, RelayResult, Sink, zero_copy_available
+from beokit.nettee.relay import (
+    Adoption,
+    Relay,
+    RelayResult,
+    Ring,
+    Sink,
+    Tap,
+    zero_copy_available,
+)
 
 HANDSHAKE_TIMEOUT = 10.0
 HEARTBEAT = 0.5
 CONNECT_RETRY = 0.2
 END_WAIT = 10.0
+HEAL_WAIT = 10.0  # -heal: how long an orphan waits for an ancestor to adopt it
+ADOPT_TRY = 3.0  # -heal: how long a parent tries to reach one grandchild
+DIGEST = "xxh3_128"
 UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT,
                errno.EADDRNOTAVAIL}  # fmt: skip
 
@@ -136,6 +149,9 @@ class ChildLink:
     done: threading.Event = field(default_factory=threading.Event)
     dead: bool = False
     progress: int = 0
+    kids: list[dict] = field(default_factory=list)  # -heal: the child's own children
+    base: int = 0  # stream offset where this link's sink started (adopted links)
+    adopted: bool = False
 
     @property
     def label(self) -> str:
@@ -191,6 +207,12 @@ class Node:
         self.proc: subprocess.Popen | None = None  # -process CMD
         self.in_cmd: SocketCommand | None = None
         self.out_cmd: SocketCommand | None = None
+        # -heal
+        self.orphaned = threading.Event()  # parent lost mid-stream, waiting for an adopter
+        self.gave_up = False  # nobody adopted this orphan in time
+        self._adopt_lock = threading.Lock()
+        self.heals: list[dict] = []  # what this node healed, for the report
+        self.tap: Tap | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -249,7 +271,7 @@ class Node:
         self._start_heartbeat()
         self._form_children()
         assert self.parent is not None and self.data_in is not None
-        self.parent.send({"t": "ready", "nodes": self._subtree_names()})
+        self.parent.send(self._ready())
         result = self._stream(self.data_in.fileno(), idle_timeout=self.cfg.timeout)
         if result.timed_out:
             self._parent_failed(f"no data from parent for {self.cfg.timeout:g} s (-t)")
@@ -261,7 +283,7 @@ class Node:
         nodes = self._collect()
         if self.parent is not None and not self.upstream_gone.is_set():
             self.report_sent = True
-            self.parent.send(P.report(nodes))
+            self.parent.send(self._report_msg(nodes))
         else:  # cut off from the root (-conrf): this node sums up its part of the tree
             self.log.error(f"cut off from the root: the failure report of the tree below {self.name}")
             self._print_summary(nodes)
@@ -283,7 +305,7 @@ class Node:
         self._start_heartbeat()
         self._form_children()
         if self.parent is not None:
-            self.parent.send({"t": "ready", "nodes": self._subtree_names()})
+            self.parent.send(self._ready())
         maxread, maxwrite = self._io_caps()
         sizes = {"buf_size": cfg.buf_size, "maxread": maxread, "maxwrite": maxwrite}
         feeders: list[Feeder] = []
@@ -336,7 +358,7 @@ class Node:
             return self._root_summary(nodes)
         if self.parent is not None and not self.upstream_gone.is_set():
             self.report_sent = True
-            self.parent.send(P.report(nodes))
+            self.parent.send(self._report_msg(nodes))
         self._stop.set()
         return 1 if any(n.fatal for n in nodes) else 0
 
@@ -346,7 +368,7 @@ class Node:
         cfg = self.cfg
         try:
             self._ctrl_listener = _listener(cfg.bind, cfg.port + 1)
-            self._data_listener = _listener(cfg.bind, cfg.port)
+            self._data_listener = _listener(cfg.bind, cfg.port, HEAL_SOCKBUF if cfg.heal else 0)
         except OSError as exc:
             raise Fatal(P.Code.NRF, self.name,
                         f"cannot listen on {cfg.bind}:{cfg.port}/{cfg.port + 1}: {exc.strerror}") from None  # fmt: skip
@@ -376,10 +398,11 @@ class Node:
                 self.log.error(f"rejected connection from {peer.name}: {exc}")
                 peer.close()
                 continue
-            if self._data_listener is not None:
-                self._data_listener.close()
+            if self._data_listener is not None and not self.cfg.heal:
+                self._data_listener.close()  # with -heal an adopter connects here later
             threading.Thread(target=self._turn_away, name="busy", daemon=True).start()
-            threading.Thread(target=self._read_parent, name="parent", daemon=True).start()
+            threading.Thread(target=self._read_parent, args=(self.parent,), name="parent",
+                             daemon=True).start()  # fmt: skip
             self.log.message(f"parent {self.parent_name} joined from {peer.name}")
             return
 
@@ -403,7 +426,7 @@ class Node:
         self.path = [str(x) for x in msg["path"]] + [self.node_id]
         self.data_in = data
 
-    def _accept_data(self, token: bytes) -> socket.socket:
+    def _accept_data(self, token: bytes, offset: int = 0) -> socket.socket:
         assert self._data_listener is not None
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         while True:
@@ -417,7 +440,8 @@ class Node:
             try:
                 conn.settimeout(max(left, 0.1))
                 raw = _recv_exact(conn, P.DATA_HEADER.size)
-                P.parse_data_header(raw, token)
+                if P.parse_data_header(raw, token) != offset:
+                    raise P.ProtocolError(f"data connection at the wrong offset (want {offset})")
             except (OSError, P.ProtocolError) as exc:
                 self.log.error(f"rejected data connection from {addr[0]}: {exc}")
                 conn.close()
@@ -431,9 +455,13 @@ class Node:
             return
         while not self._stop.is_set():
             try:
-                conn, _ = lst.accept()
+                conn, addr = lst.accept()
             except OSError:
                 return
+            if self.cfg.heal:
+                threading.Thread(target=self._adopted, args=(conn, f"{addr[0]}:{addr[1]}"),
+                                 name="adopt", daemon=True).start()  # fmt: skip
+                continue
             try:
                 conn.settimeout(1.0)
                 conn.sendall(P.encode({"t": "refuse", "busy": self.session,
@@ -443,14 +471,14 @@ class Node:
                 pass
             conn.close()
 
-    def _read_parent(self) -> None:
-        peer = self.parent
-        assert peer is not None
+    def _read_parent(self, peer: Peer) -> None:
         why = "parent connection closed"
         try:
             data = b""
             while True:
                 for msg in peer.drain(data):
+                    if peer is not self.parent:
+                        return  # replaced by an adopter (-heal)
                     peer.last = time.monotonic()
                     kind = msg.get("t")
                     if kind == "end":
@@ -458,6 +486,8 @@ class Node:
                         self.end_short = str(msg["short"]) if msg.get("short") else ""
                         self.end_event.set()
                     elif kind == "abort":
+                        if peer is not self.parent:
+                            return  # a replaced parent (-heal)
                         why = f"aborted by parent: {msg.get('why', '?')}"
                         self._parent_failed(why, aborted=True)
                         return
@@ -466,7 +496,7 @@ class Node:
                     break
         except (OSError, P.ProtocolError, ValueError) as exc:
             why = f"parent connection lost: {exc}"
-        if not self.report_sent:
+        if not self.report_sent and peer is self.parent:
             self._parent_failed(why)
 
     def _parent_failed(self, why: str, code: P.Code = P.Code.NRF, aborted: bool = False) -> None:
@@ -477,6 +507,9 @@ class Node:
             # the whole stream and its count arrived: nothing is lost here
             self.log.message(f"parent left after the end of the stream ({why})")
             self.upstream_gone.set()
+            return
+        if self.cfg.heal and not aborted and not self.gave_up and self.relay is not None:
+            self._orphan(why)
             return
         if self.pull:
             code = P.Code.NWF
@@ -493,6 +526,98 @@ class Node:
                 self.data_in.shutdown(socket.SHUT_RDWR)  # ends the relay at what arrived
             except OSError:
                 pass
+
+    # ------------------------------------------------------------ -heal, child side
+
+    def _orphan(self, why: str) -> None:
+        """The parent died mid-stream: wait, bounded, for an ancestor to adopt us."""
+        with self.lock:
+            if self.orphaned.is_set():
+                return
+            self.orphaned.set()
+        self.log.error(f"parent {self.parent_name} lost ({why}); -heal: waiting up to "
+                       f"{HEAL_WAIT:g} s for an ancestor to adopt {self.name}")  # fmt: skip
+        old = self.parent
+        if self.data_in is not None:
+            try:
+                self.data_in.shutdown(socket.SHUT_RDWR)  # the relay reads to the end of it
+            except OSError:
+                pass
+        if old is not None:
+            old.close()
+
+        def give_up() -> None:
+            deadline = time.monotonic() + HEAL_WAIT
+            while self.orphaned.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with self._adopt_lock:
+                if not self.orphaned.is_set():
+                    return  # adopted
+                self.gave_up = True
+            if self.relay is not None:
+                self.relay.replace_input(None)
+            self._parent_failed(f"{why}; no ancestor adopted this node within {HEAL_WAIT:g} s")
+
+        threading.Thread(target=give_up, name="orphan", daemon=True).start()
+
+    def _input_ended(self, _error: OSError | None) -> bool:
+        """Relay callback at the end of the parent's data: wait for an adopter?"""
+        deadline = time.monotonic() + END_WAIT
+        while not (self.end_event.is_set() or self.orphaned.is_set()):
+            if time.monotonic() > deadline:
+                return False
+            self.end_event.wait(0.02)
+        return self.orphaned.is_set() and not self.gave_up
+
+    def _adopted(self, conn: socket.socket, addr: str) -> None:
+        """A control connection to a busy -heal node: an ancestor adopting it, or a refusal."""
+        peer = Peer(conn, addr)
+        try:
+            nonce_c = os.urandom(16)
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            hello = P.hello(nonce_c, self.secret, self.name)
+            hello["busy"] = self.session
+            hello["why"] = f"{self.name} is already in a chain under {self.parent_name}"
+            conn.sendall(P.encode(hello))
+            msg = peer.recv(HANDSHAKE_TIMEOUT)
+            if not msg.get("adopt"):
+                peer.close()
+                return
+            nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
+            path = [str(x) for x in msg["path"]]
+            if msg.get("session") != self.session or self.path[: len(path)] != path:
+                raise P.ProtocolError("adoption by a node that is not an ancestor in this chain")
+            with self._adopt_lock:
+                if self.gave_up or self.relay is None:
+                    raise P.ProtocolError("too late to adopt this node")
+                self._orphan(f"adopted by {msg.get('name')}")
+                deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+                while not self.relay.waiting_input.wait(0.05):
+                    if time.monotonic() > deadline:
+                        raise P.ProtocolError("the stream from the old parent did not end")
+                have = self.relay.bytes_in
+                welcome = P.welcome(nonce_c, nonce_p, self.secret, self.name)
+                welcome["have"] = have
+                conn.sendall(P.encode(welcome))
+                token = P.data_token(self.secret, nonce_c, nonce_p)
+                data = self._accept_data(token, offset=have)
+                conn.settimeout(None)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer.last = time.monotonic()
+                self.parent = peer
+                self.parent_name = str(msg.get("name") or addr)
+                self.path = path + [self.node_id]
+                self.data_in = data
+                self.orphaned.clear()
+                self.relay.replace_input(data.fileno())
+            self.log.message(f"adopted by {self.parent_name}: resuming at byte {have}")
+            threading.Thread(target=self._read_parent, args=(peer,), name="parent",
+                             daemon=True).start()  # fmt: skip
+            peer.send(self._ready())
+        except (P.ProtocolError, OSError, KeyError, TypeError) as exc:
+            self.log.error(f"refused an adoption from {addr}: {exc}")
+            peer.send({"t": "refuse", "why": str(exc)})
+            peer.close()
 
     def _check_end(self, received: int) -> None:
         deadline = time.monotonic() + END_WAIT
@@ -579,7 +704,9 @@ class Node:
         link.done.set()
         self.log.error(f"could not connect to child {link.index} [{names}]: NNF")
 
-    def _try_join(self, link: ChildLink, ep: Endpoint, deadline: float | None) -> None:
+    def _try_join(self, link: ChildLink, ep: Endpoint, deadline: float | None,
+                  adopt: bool = False) -> int:  # fmt: skip
+        """Join (or, with ``adopt``, take over) a child; returns the bytes it holds."""
         host, port = ep.with_default(self.cfg.port)
         left = 3.0 if deadline is None else max(0.1, min(3.0, deadline - time.monotonic()))
         try:
@@ -597,6 +724,8 @@ class Node:
         peer = Peer(ctrl, str(ep))
         try:
             msg = peer.recv(HANDSHAKE_TIMEOUT)
+            if not adopt and msg.get("t") == "hello" and "busy" in msg:
+                msg = {"t": "refuse", "busy": msg["busy"], "why": msg.get("why")}  # -heal node
             if msg.get("t") == "refuse" and "busy" in msg:
                 peer.close()
                 if msg["busy"] and msg["busy"] == self.session:
@@ -609,14 +738,19 @@ class Node:
             except P.AuthError as exc:
                 peer.send({"t": "refuse", "why": exc.for_peer})
                 raise
+            if adopt:
+                join["adopt"] = True
             ctrl.sendall(P.encode(join))
-            name = P.check_welcome(peer.recv(HANDSHAKE_TIMEOUT), nonce_c, nonce_p, self.secret)
-            data = socket.create_connection((host, port), timeout=HANDSHAKE_TIMEOUT)
-            data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p)))
+            welcome = peer.recv(HANDSHAKE_TIMEOUT)
+            name = P.check_welcome(welcome, nonce_c, nonce_p, self.secret)
+            have = int(welcome.get("have", 0)) if adopt else 0
+            data = _connect(host, port, HANDSHAKE_TIMEOUT,
+                            HEAL_SOCKBUF if self.cfg.heal else 0)  # fmt: skip
+            data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p), have))
         except P.AuthError as exc:
             peer.close()
             raise Fatal(P.Code.NNF, str(ep), f"child {ep}: authentication failed: {exc}") from None
-        except (P.ProtocolError, OSError) as exc:
+        except (P.ProtocolError, OSError, ValueError, TypeError) as exc:
             peer.close()
             self.log.message(f"child {ep}: handshake failed ({exc}); retrying")
             raise _Retry() from None
@@ -626,9 +760,11 @@ class Node:
         peer.name = name
         peer.last = time.monotonic()
         link.endpoint, link.name, link.peer, link.data = ep, name, peer, data
-        self.log.message(f"child {link.index} [{name}] joined at {ep}")
+        self.log.message(f"child {link.index} [{name}] {'adopted' if adopt else 'joined'} at {ep}"
+                         + (f", holding {have} bytes" if adopt else ""))  # fmt: skip
         threading.Thread(target=self._read_child, args=(link,), name=f"child{link.index}",
                          daemon=True).start()  # fmt: skip
+        return have
 
     def _read_child(self, link: ChildLink) -> None:
         peer = link.peer
@@ -644,6 +780,9 @@ class Node:
                         link.progress = int(msg.get("bytes", 0))
                     elif kind == "ready":
                         link.subtree = [str(n) for n in msg.get("nodes", [])] or [link.name]
+                        kids = msg.get("kids")
+                        if isinstance(kids, list):
+                            link.kids = [k for k in kids if isinstance(k, dict)]
                         link.ready.set()
                     elif kind == "fail":
                         self._child_failed(link, str(msg.get("code", "BSTAT")),
@@ -653,6 +792,10 @@ class Node:
                     elif kind == "report":
                         try:
                             link.results = P.parse_report(msg)
+                            heals = msg.get("heals")
+                            if isinstance(heals, list):
+                                with self.lock:
+                                    self.heals.extend(h for h in heals if isinstance(h, dict))
                         except P.ProtocolError as exc:
                             link.codes.append(P.Code.BSTAT.value)
                             link.failure = (link.name, P.Code.BSTAT.value, str(exc))
@@ -674,12 +817,18 @@ class Node:
             if node == link.name:
                 link.codes.append(code)
             link.failure = (node, code, why)
-        carry_on = self.cfg.conrf if self.pull else self.cfg.conwf
+        healing = (self.cfg.heal and not self.pull and node == link.name
+                   and self.relay is not None)  # fmt: skip
+        if healing:
+            assert self.relay is not None
+            self.relay.hold()  # read nothing more until the grandchildren are adopted
+        carry_on = healing or (self.cfg.conrf if self.pull else self.cfg.conwf)
         if not carry_on:
             self.collapse(code, node, why, link=link)
             return
+        how = "-heal" if healing else "-conrf" if self.pull else "-conwf"
         self.log.error(f"{P.child_line(link.index, link.label, link.codes)} ({node}: {why});"
-                       f" {'-conrf' if self.pull else '-conwf'}: carrying on without it")  # fmt: skip
+                       f" {how}: carrying on without it")  # fmt: skip
         if link.sink is not None:
             link.sink.kill()
         for s in (link.data, link.peer.sock if link.peer else None):
@@ -689,7 +838,140 @@ class Node:
                 except OSError:
                     pass
         link.ready.set()
+        if healing:
+            threading.Thread(target=self._heal, args=(link, time.time()), name="heal",
+                             daemon=True).start()  # fmt: skip
         link.done.set()
+
+    # ------------------------------------------------------------ -heal, parent side
+
+    def _report_msg(self, nodes: list[P.NodeResult]) -> dict:
+        msg = P.report(nodes)
+        if self.heals:  # what was healed in this subtree travels up to the root's -report
+            msg["heals"] = self.heals
+        return msg
+
+    def _heal(self, dead: ChildLink, detected: float) -> None:
+        """Adopt the dead child's children (or theirs, if they are dead too)."""
+        relay = self.relay
+        assert relay is not None
+        event: dict = {"dead": dead.name, "by": self.name, "detected": detected, "adopted": [],
+                       "lost": []}  # fmt: skip
+        try:
+            todo = list(dead.kids)
+            while todo:
+                kid = todo.pop(0)
+                name = str(kid.get("name", "?"))
+                try:
+                    at = self._adopt(kid)
+                except Fatal as f:
+                    self.log.error(f"-heal: could not adopt {name}: {f.why}")
+                    event["lost"].append(name)
+                    todo.extend(k for k in kid.get("kids", []) if isinstance(k, dict))
+                    continue
+                event["adopted"].append({"name": name, "offset": at})
+        finally:
+            event["resumed"] = time.time()
+            with self.lock:
+                dead.subtree = [dead.name]  # the others report for themselves
+                self.heals.append(event)
+            relay.release()
+        took = event["resumed"] - detected
+        self.log.error(f"-heal: {dead.name} is lost; adopted "
+                       f"{', '.join(a['name'] for a in event['adopted']) or 'nobody'}"
+                       f" in {took * 1000:.0f} ms")  # fmt: skip
+
+    def _adopt(self, kid: dict) -> int:
+        """Take over one grandchild: handshake, replay what it lacks, add its output."""
+        with self.lock:
+            link = ChildLink(len(self.links), (), name=str(kid.get("name", "?")), adopted=True)
+            self.links.append(link)
+
+        def lost(why: str) -> Fatal:
+            link.dead = True
+            link.failure = (link.name, P.Code.NNF.value, why)
+            link.codes.append(P.Code.NNF.value)
+            link.done.set()
+            return Fatal(P.Code.NNF, link.name, why)
+
+        try:
+            ep = Endpoint(str(kid["host"]), int(kid["port"]))
+        except (KeyError, TypeError, ValueError):
+            raise lost(f"bad child location {kid!r}") from None
+        link.hostlist = (ep,)
+        deadline = time.monotonic() + ADOPT_TRY
+        have = -1
+        while have < 0:
+            if time.monotonic() > deadline:
+                raise lost(f"not adopted: no answer within {ADOPT_TRY:g} s")
+            try:
+                have = self._try_join(link, ep, deadline, adopt=True)
+            except (_Retry, _Unreachable):
+                time.sleep(CONNECT_RETRY)
+            except Fatal as f:
+                raise lost(f"not adopted: {f.why}") from None
+        assert link.data is not None and self.relay is not None
+        data = link.data
+        _, maxwrite = self._io_caps()
+        link.sink = Sink(f"child{link.index}", data.fileno(), "child", maxwrite=maxwrite,
+                         on_error=lambda s, e, lk=link: self._child_failed(
+                             lk, P.Code.NWF.value, lk.name, f"write: {e.strerror}"))  # fmt: skip
+
+        def replay(segments: list[memoryview]) -> None:
+            data.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                for seg in segments:
+                    data.sendall(seg)
+            finally:
+                data.settimeout(None)
+
+        add = Adoption(link.sink, have, replay, self._reread(data))
+        self.relay.adopt(add)
+        if not add.done.wait(HANDSHAKE_TIMEOUT + 5) or not add.ok:
+            why = add.why or "the relay did not take the output"
+            self._child_failed(link, P.Code.NWF.value, link.name, f"replay failed: {why}")
+            raise Fatal(P.Code.NWF, link.name, why)
+        link.base = add.position
+        self.log.message(f"-heal: {link.name} resumed at byte {have}, "
+                         f"{add.position - have} bytes replayed")  # fmt: skip
+        return have
+
+    def _reread(self, data: socket.socket) -> Callable[[int, int], None] | None:
+        """At the root, a regular-file input covers offsets older than the window."""
+        if self.cfg.role is not Role.ROOT or self.in_fd is None:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(self.in_fd).st_mode):
+                return None
+        except OSError:
+            return None
+        fd = self.in_fd
+
+        def reread(start: int, stop: int) -> None:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    data.sendfile(fh, start, stop - start)
+                finally:
+                    data.settimeout(None)
+
+        return reread
+
+    def _ready(self) -> dict:
+        msg: dict = {"t": "ready", "nodes": self._subtree_names()}
+        if self.cfg.heal:
+            msg["kids"] = self._kids()
+        return msg
+
+    def _kids(self) -> list[dict]:
+        """Where this node's children are, for an ancestor that must adopt them."""
+        out = []
+        for lk in self.links:
+            if lk.peer is None or lk.dead or lk.endpoint is None:
+                continue
+            host, port = lk.endpoint.with_default(self.cfg.port)
+            out.append({"name": lk.name, "host": host, "port": port, "kids": lk.kids})
+        return out
 
     def _subtree_names(self) -> list[str]:
         names = [self.name]
@@ -778,9 +1060,18 @@ class Node:
             self.local = Sink("local", self.out_fd, "local", maxwrite=maxwrite,
                               on_error=self._local_write_failed)  # fmt: skip
             sinks.append(self.local)
-        self.relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
-                           minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
-                           idle_timeout=idle_timeout, low_latency=cfg.stm is not None)  # fmt: skip
+        relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
+                      minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
+                      idle_timeout=idle_timeout, low_latency=cfg.stm is not None)  # fmt: skip
+        window = cfg.heal and bool(self.links)  # a parent keeps a replay window
+        if window or cfg.digest:
+            import xxhash  # a dependency of beokit; imported only when asked for
+
+            size = cfg.window if window else max(cfg.buf_size, 1 << 20)
+            self.tap = relay.tap = Tap(Ring(size), xxhash.xxh3_128() if cfg.digest else None)
+        if cfg.heal and self.cfg.role is not Role.ROOT:
+            relay.on_input_end = self._input_ended
+        self.relay = relay
         self.stream_start = time.monotonic()
         self.log.message(f"streaming to {len(sinks)} output(s)"
                          f" ({'splice/tee' if self.relay.zero_copy else 'copy loop'})")  # fmt: skip
@@ -826,7 +1117,7 @@ class Node:
                 link.data.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            sent = link.sink.sent if link.sink else 0
+            sent = link.base + (link.sink.sent if link.sink else 0)
             end: dict = {"t": "end", "bytes": sent}
             if self.upstream_gone.is_set() and not self.end_event.is_set():
                 end["short"] = f"{self.name}: {self.detail}"  # -conrf: we finished early
@@ -848,11 +1139,13 @@ class Node:
                           seconds=round(self.stream_seconds, 3),
                           detail=self.detail, local_out=self.out_fd is not None,
                           fatal=self.fatal)  # fmt: skip
+        if self.tap is not None and self.tap.hasher is not None:
+            me.digest = f"{DIGEST}:{self.tap.hasher.hexdigest()}"  # type: ignore[attr-defined]
         nodes = [me]
         for link in self.links:
             if link.feeder is not None:
                 link.feeder.join()
-            sent = link.sink.sent if link.sink else 0
+            sent = link.base + (link.sink.sent if link.sink else 0)
             if link.results is not None:
                 sub = link.results
                 head = sub[0]
@@ -900,6 +1193,13 @@ class Node:
     # ------------------------------------------------------------ root summary
 
     def _root_summary(self, nodes: list[P.NodeResult]) -> int:
+        for n in P.check_digests(nodes):
+            n.codes = P.sort_codes(n.codes + [P.Code.BDG.value])
+            n.fatal = True
+            n.detail = f"digest {n.digest} differs from the root's {nodes[0].digest}"
+            for link in self.links:  # the child line of the branch that holds it
+                if link.results and n in link.results:
+                    link.codes.append(P.Code.BDG.value)
         self._print_summary(nodes)
         joined = [n for n in nodes[1:] if P.Code.NNF.value not in n.codes]
         status = 1 if any(n.fatal for n in nodes) else 0
@@ -935,6 +1235,8 @@ class Node:
         doc = {"status": status, "bytes": nodes[0].bytes_in if nodes else 0,
                "seconds": round(secs, 3), "session": self.session,
                "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
+        if self.heals:
+            doc["heals"] = self.heals
         tmp = f"{self.cfg.report}.tmp{os.getpid()}"
         try:
             with open(tmp, "w") as fh:
@@ -1003,9 +1305,29 @@ class Node:
         os._exit(1)
 
 
-def _listener(addr: str, port: int) -> socket.socket:
+def _connect(host: str, port: int, timeout: float, bufsize: int = 0) -> socket.socket:
+    """A TCP connection; ``bufsize`` fixes SO_SNDBUF before connecting (-heal)."""
+    if not bufsize:
+        return socket.create_connection((host, port), timeout=timeout)
+    err: OSError | None = None
+    for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        s = socket.socket(family, kind, proto)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+            s.settimeout(timeout)
+            s.connect(addr)
+            return s
+        except OSError as exc:
+            err = exc
+            s.close()
+    raise err or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+
+
+def _listener(addr: str, port: int, rcvbuf: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:  # inherited by accepted sockets, before the window is negotiated
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.bind((addr, port))
     s.listen(16)
     return s

@@ -7,6 +7,10 @@ dash).  Our extensions, also single dash so they read like the rest:
 ``-secret_file PATH``  file holding the shared secret (or ``NETTEE_SECRET``)
 ``-stall SECONDS``     declare a silent peer dead after this long (default 5, 0 = never)
 ``-report FILE``       write the root's per-node results as JSON
+``-heal``              self-healing: a parent whose child dies mid-stream adopts the
+                       grandchildren and resumes each from the bytes it holds
+``-digest``            every node hashes what it wrote (xxh3-128); the root compares
+``-window BYTES``      -heal replay window per node (default 16 MiB)
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ DEFAULT_BUF_MINWRITE = 1
 DEFAULT_BUF_MAXREAD = 65536
 DEFAULT_BUF_MAXWRITE = 65536
 DEFAULT_STALL = 5.0
+# -heal: the replay window must cover what can be in flight across one hop;
+# see docs/nettee-heal.md for the arithmetic (3 pipes + 4 socket buffers).
+HEAL_SOCKBUF = 1 << 20  # SO_SNDBUF/SO_RCVBUF asked for on data sockets (kernel doubles)
+DEFAULT_WINDOW = 16 << 20
 MAX_NAME = 127
 
 # Options that take a value, and flags.  Aliases map to the canonical name.
@@ -32,11 +40,11 @@ VALUE_OPTIONS = {
     "-next", "-in", "-out", "-flow", "-port", "-t", "-v", "-log", "-name",
     "-buf_size", "-buf_minread", "-buf_minwrite", "-buf_maxread", "-buf_maxwrite",
     "-connf", "-cmd", "-process", "-stm",
-    "-bind", "-secret_file", "-stall", "-report",
+    "-bind", "-secret_file", "-stall", "-report", "-window",
 }  # fmt: skip
 FLAG_OPTIONS = {
     "-root", "-w", "-q", "-colrf", "-colwf", "-conrf", "-conwf",
-    "-h", "-hexamples", "-herrors", "-hprocess", "-i",
+    "-h", "-hexamples", "-herrors", "-hprocess", "-i", "-heal", "-digest",
 }  # fmt: skip
 ALIASES = {"-p": "-port", "-conlrf": "-colrf"}  # -conlrf: the man page's spelling slip
 
@@ -86,6 +94,9 @@ class Config:
     secret_file: str | None = None
     stall: float = DEFAULT_STALL
     report: str | None = None
+    heal: bool = False
+    digest: bool = False
+    window: int = DEFAULT_WINDOW
     help: Help | None = None
     given: dict[str, str] = field(default_factory=dict)
 
@@ -198,6 +209,9 @@ def parse_args(argv: list[str]) -> Config:
         cfg.secret_file = given["-secret_file"]
     if "-report" in given:
         cfg.report = given["-report"]
+    cfg.heal, cfg.digest = "-heal" in given, "-digest" in given
+    if "-window" in given:
+        cfg.window = _number("-window", given["-window"], minimum=1 << 20, maximum=1 << 34)
 
     flow = given.get("-flow", "push")
     if flow not in ("push", "pull"):
@@ -216,6 +230,13 @@ def parse_args(argv: list[str]) -> Config:
         raise UsageError(f"-stm with -buf_minwrite {cfg.buf_minwrite}: lines would wait in the buffer")
     if flow == "pull" and cfg.process is None:
         raise UsageError("-flow pull may only be used with -process")
+    if cfg.heal and (flow == "pull" or cfg.process is not None or cfg.stm is not None):
+        what = "-flow pull" if flow == "pull" else "-process" if cfg.process else "-stm"
+        raise UsageError(f"-heal with {what}: healing needs one stream pushed from the root")
+    if cfg.digest and cfg.process is not None:
+        raise UsageError("-digest with -process: each node's stream differs, nothing to compare")
+    if cfg.window < cfg.buf_size:
+        raise UsageError(f"bad -window {cfg.window}: smaller than -buf_size {cfg.buf_size}")
     if cfg.root and not cfg.next:
         raise UsageError("-root needs -next: the root node has at least one child")
 

@@ -69,6 +69,7 @@ class Code(StrEnum):
     BSTAT = "BSTAT"  # child returned unknown or bad status
     NNF = "NNF"  # could not connect to (one or more) child nodes
     SIG = "SIG"  # beokit: the node was stopped by SIGINT/SIGTERM
+    BDG = "BDG"  # beokit: the node's digest differs from the root's (-digest)
 
 
 CODE_TEXT = {
@@ -81,6 +82,7 @@ CODE_TEXT = {
     Code.BSTAT: "child returned unknown or bad status",
     Code.NNF: "could not connect to (one or more) child nodes",
     Code.SIG: "stopped by a signal",
+    Code.BDG: "child wrote data whose digest differs from the root's",
 }
 _ORDER = list(Code)
 
@@ -257,13 +259,14 @@ class NodeResult:
     detail: str = ""
     local_out: bool = True
     fatal: bool = False  # an unhandled failure: this node's output cannot be trusted
+    digest: str = ""  # -digest: "xxh3_128:<hex>" of what the node wrote (root: read)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "depth": self.depth, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "bytes_up": self.bytes_up, "codes": self.codes,
                 "seconds": self.seconds,
                 "detail": self.detail, "local_out": self.local_out,
-                "fatal": self.fatal}  # fmt: skip
+                "fatal": self.fatal, "digest": self.digest}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> NodeResult:
@@ -275,7 +278,8 @@ class NodeResult:
                        codes=[str(c) for c in d["codes"]],
                        seconds=float(d["seconds"]), detail=str(d.get("detail", "")),
                        local_out=bool(d.get("local_out", True)),
-                       fatal=bool(d.get("fatal", False)))  # fmt: skip
+                       fatal=bool(d.get("fatal", False)),
+                       digest=str(d.get("digest", "")))  # fmt: skip
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad node result: {exc}") from None
 
@@ -321,3 +325,22 @@ def check_counts(moved: int, results: list[NodeResult], pull: bool = False) -> l
         return [Code.BBC.value]
     head = results[0]
     return [] if (head.bytes_up if pull else head.bytes_in) == moved else [Code.BBC.value]
+
+
+def check_digests(nodes: list[NodeResult]) -> list[NodeResult]:
+    """Root side of -digest: the nodes whose digest differs from the root's.
+
+    ``nodes[0]`` is the root.  A node is compared when it wrote a local
+    output, reported a digest, holds the whole stream (same byte count) and
+    has no local write failure (whose output is known to be short anyway).
+    """
+    if not nodes or not nodes[0].digest:
+        return []
+    root = nodes[0]
+    bad = []
+    for n in nodes[1:]:
+        if not (n.local_out and n.digest) or Code.LWF.value in n.codes:
+            continue
+        if n.bytes_in == root.bytes_in and n.digest != root.digest:
+            bad.append(n)
+    return bad

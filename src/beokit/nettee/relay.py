@@ -29,7 +29,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -222,6 +222,93 @@ def _write_all(fd: int, data: memoryview) -> int:
     return done
 
 
+class Ring:
+    """The last ``size`` bytes of the stream, addressed by absolute offset.
+
+    The replay window of ``-heal``: a parent re-sends from it what an adopted
+    grandchild lost with its dead parent.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = memoryview(bytearray(size))
+        self.end = 0  # absolute offset just past the newest byte
+
+    @property
+    def start(self) -> int:
+        return max(0, self.end - self.size)
+
+    def free(self, n: int) -> list[memoryview]:
+        """Where the next ``n`` (<= size) bytes go: one or two slices of the buffer."""
+        at = self.end % self.size
+        first = min(n, self.size - at)
+        return [self.buf[at : at + first]] + ([self.buf[: n - first]] if n > first else [])
+
+    def segments(self, start: int, stop: int) -> list[memoryview]:
+        """Slices holding the bytes [start, stop); they must lie within the window."""
+        if not self.start <= start <= stop <= self.end:
+            raise ValueError(f"[{start}, {stop}) is outside the window [{self.start}, {self.end})")
+        out, pos = [], start
+        while pos < stop:
+            at = pos % self.size
+            k = min(stop - pos, self.size - at)
+            out.append(self.buf[at : at + k])
+            pos += k
+        return out
+
+
+class Tap(Sink):
+    """An output that keeps the stream in user space: digest and replay window.
+
+    It is the one place where the stream is copied into Python's memory
+    (one ``readv`` per chunk from its pipe into the ring); the digest is
+    computed over the ring in place, no second copy.
+    """
+
+    def __init__(self, ring: Ring, hasher: object | None) -> None:
+        super().__init__("tap", -1, "tap", maxwrite=ring.size)
+        self.ring = ring
+        self.hasher = hasher
+
+    def _write(self, n: int) -> None:
+        self._done = self._taken = 0
+        while self._done < n:
+            want = min(n - self._done, self.ring.size)
+            got = os.readv(self.pipe_r, self.ring.free(want))
+            if got == 0:
+                raise OSError(errno.EIO, "tap pipe ended early")
+            if self.hasher is not None:
+                for seg in self.ring.free(got):
+                    self.hasher.update(seg)  # type: ignore[attr-defined]
+            self.ring.end += got
+            self._done += got
+            self._taken += got
+            self.sent += got
+
+    def finish(self) -> None:  # nothing to flush
+        return
+
+
+@dataclass
+class Adoption:
+    """A sink to add to a running relay at a chunk boundary, after a replay.
+
+    ``replay(segments)`` sends the stream from ``offset`` up to the relay's
+    position (the bytes the new output missed); ``reread(offset, stop)``
+    (root, seekable input) covers bytes older than the window.  ``done``
+    is set with ``ok`` and ``why`` once the relay has decided.
+    """
+
+    sink: Sink
+    offset: int
+    replay: Callable[[list[memoryview]], None]
+    reread: Callable[[int, int], None] | None = None
+    position: int = -1
+    ok: bool = False
+    why: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass
 class RelayResult:
     bytes_in: int
@@ -254,6 +341,69 @@ class Relay:
         self._copy_in = not self.zero_copy
         self._discard: Sink | None = None
         self._evfd = -1
+        # -heal and -digest
+        self.tap: Tap | None = None
+        self.on_input_end: Callable[[OSError | None], bool] | None = None
+        self.waiting_input = threading.Event()  # input lost, a replacement may come
+        self._lock = threading.Lock()
+        self._holds = 0
+        self._adds: list[Adoption] = []
+        self._inputs: list[int | None] = []
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    # ---- called from other threads (-heal)
+
+    def hold(self) -> None:
+        """Stop reading new input until :meth:`release` (a heal is under way)."""
+        with self._lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+        self._poke()
+
+    def adopt(self, add: Adoption) -> None:
+        """Add an output at the next chunk boundary, after replaying what it lacks."""
+        with self._lock:
+            self._adds.append(add)
+        self._poke()
+
+    def replace_input(self, fd: int | None) -> None:
+        """Go on reading from ``fd`` (or end, with None) after ``on_input_end``."""
+        with self._lock:
+            self._inputs.append(fd)
+        self._poke()
+
+    def _poke(self) -> None:
+        with self._lock:
+            if self._wake >= 0:  # -1: the relay has finished
+                os.eventfd_write(self._wake, 1)
+
+    def _apply_adds(self) -> None:
+        with self._lock:
+            adds, self._adds = self._adds, []
+        for add in adds:
+            add.position = pos = self.bytes_in
+            try:
+                if add.offset > pos:
+                    raise ValueError(f"the output has {add.offset} bytes, more than the "
+                                     f"{pos} read here")  # fmt: skip
+                ring = self.tap.ring if self.tap is not None else None
+                if ring is not None and add.offset >= ring.start:
+                    add.replay(ring.segments(add.offset, pos))
+                elif add.reread is not None:
+                    add.reread(add.offset, pos)
+                else:
+                    have = f"[{ring.start}, {ring.end})" if ring else "none"
+                    raise ValueError(f"offset {add.offset} is older than the replay window "
+                                     f"{have}")  # fmt: skip
+                add.sink.open(self.buf_size, self._evfd)
+                self.sinks.append(add.sink)
+                add.ok = True
+            except (OSError, ValueError) as exc:
+                add.why = str(exc)
+            add.done.set()
 
     @property
     def bytes_per_sink(self) -> dict[str, int]:
@@ -272,6 +422,8 @@ class Relay:
     def run(self) -> RelayResult:
         self._evfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         r0, w0, cap = make_pipe(self.buf_size)
+        if self.tap is not None:
+            self.sinks.append(self.tap)
         for s in self.sinks:
             cap = min(cap, s.open(self.buf_size, self._evfd))
         if not self.zero_copy:
@@ -285,20 +437,52 @@ class Relay:
         poller.register(self.in_fd, select.POLLIN)
         in_mask = select.POLLIN
         poller.register(self._evfd, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
         filled = busy = 0
-        eof = p0_full = False
+        eof = p0_full = asked = False
         result = RelayResult(0, False)
         last_data = time.monotonic()
         try:
             while True:
+                if busy == 0 and self._adds:
+                    if filled:  # hand out what P0 holds first: adds start at a boundary
+                        busy = self._distribute(r0, filled)
+                        filled, p0_full = 0, False
+                        continue
+                    self._apply_adds()
+                if self.waiting_input.is_set():
+                    with self._lock:
+                        new = self._inputs.pop(0) if self._inputs else -1
+                    if new is None:  # no replacement: end here
+                        self.waiting_input.clear()
+                    elif new >= 0:  # a new parent took over: read on from it
+                        self.waiting_input.clear()
+                        poller.unregister(self.in_fd)
+                        self.in_fd = new
+                        os.set_blocking(new, False)
+                        poller.register(new, select.POLLIN)
+                        in_mask = select.POLLIN
+                        eof, asked, result.read_error = False, False, None
+                        last_data = time.monotonic()
+                        continue
+                    else:
+                        busy -= self._wait(poller, -1)
+                        continue
                 if eof and filled == 0 and busy == 0:
-                    break
+                    if not asked and self.on_input_end is not None:
+                        asked = True
+                        if self.on_input_end(result.read_error):
+                            self.waiting_input.set()  # wait for a replacement input
+                            continue
+                    if self._holds == 0 and not self._adds:
+                        break
                 if filled and busy == 0 and (filled >= self.minwrite or eof or p0_full
                                              or cap - filled < self.minread):  # fmt: skip
                     busy = self._distribute(r0, filled)
                     filled, p0_full = 0, False
                     continue
-                can_read = not eof and not p0_full and cap - filled >= self.minread
+                can_read = (not eof and not p0_full and cap - filled >= self.minread
+                            and self._holds == 0)  # fmt: skip
                 if can_read:
                     want = min(self.maxread, cap - filled)
                     try:
@@ -332,10 +516,7 @@ class Relay:
                         result.timed_out = True
                         break
                     timeout_ms = int(left * 1000) + 1
-                events = poller.poll(timeout_ms)
-                for fd, _ev in events:
-                    if fd == self._evfd:
-                        busy -= int.from_bytes(os.read(self._evfd, 8), "little")
+                busy -= self._wait(poller, timeout_ms)
                 if busy:
                     last_data = time.monotonic()  # waiting on outputs is not idleness
         finally:
@@ -347,9 +528,29 @@ class Relay:
             os.close(r0)
             os.close(w0)
             os.close(self._evfd)
+            with self._lock:
+                adds, self._adds = self._adds, []
+                os.close(self._wake)
+                self._wake = -1
+            for add in adds:  # never leave an adopter waiting
+                add.why = "the stream has ended"
+                add.done.set()
         result.bytes_in = self.bytes_in
         result.eof = eof and result.read_error is None
         return result
+
+    def _wait(self, poller: select.poll, timeout_ms: int) -> int:
+        """Poll; returns how many outputs finished their chunk."""
+        done = 0
+        for fd, _ev in poller.poll(timeout_ms):
+            if fd == self._evfd:
+                done += int.from_bytes(os.read(self._evfd, 8), "little")
+            elif fd == self._wake:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+        return done
 
     def _in_ready(self, poller: select.poll) -> bool:
         return any(fd == self.in_fd and ev & select.POLLIN for fd, ev in poller.poll(0))
