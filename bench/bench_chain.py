@@ -22,6 +22,10 @@ One invocation does everything::
    and ``socat -u OPEN:SRC TCP:127.0.0.2:P`` at the root.  ``--socat-block N``
    adds ``-b N`` to every socat (its default block is 8 KiB).
 4. nettee again with ``BEOKIT_NO_SPLICE=1`` (the portable copy loop).
+5. On request (``--tools nettee,digest,heal``): nettee with ``-digest`` and a
+   shared secret (every node hashes its stream with xxh3-128, the root
+   compares), and with ``-heal -digest`` and a secret (plus the replay
+   window); their cost is printed against plain nettee from the same run.
 
 Each tool runs ``--runs`` times (interleaved); the median is reported with the
 end-to-end rate (GB/s, 1 GB = 1e9 bytes), the throughput ratio against socat
@@ -62,8 +66,12 @@ POLL = 0.002  # seconds between waitpid polls (timing resolution)
 # Peak RSS comes from GNU time (%M).  rusage from our own wait4 is useless: a child
 # forked from this Python keeps the parent's RSS as a floor for ru_maxrss across exec.
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
-TOOLS = ("nettee", "socat", "copy")
-LABELS = {"nettee": "nettee (splice)", "socat": "socat+tee+socat", "copy": "nettee (copy loop)"}
+TOOLS = ("nettee", "socat", "copy", "digest", "heal")
+DEFAULT_TOOLS = ("nettee", "socat", "copy")
+LABELS = {"nettee": "nettee (splice)", "socat": "socat+tee+socat", "copy": "nettee (copy loop)",
+          "digest": "nettee -digest +secret", "heal": "nettee -heal -digest +secret"}  # fmt: skip
+# extra options of the verified variants; they run with a shared secret in NETTEE_SECRET
+VARIANTS = {"digest": ["-digest"], "heal": ["-heal", "-digest"]}
 
 
 class BenchError(RuntimeError):
@@ -334,11 +342,14 @@ class Run:
 
 
 def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Path,
-               timeout: float, splice: bool) -> Run:  # fmt: skip
+               timeout: float, splice: bool, extra: Sequence[str] = ()) -> Run:  # fmt: skip
     env = dict(os.environ)
     env.pop("BEOKIT_NO_SPLICE", None)
+    env.pop("NETTEE_SECRET", None)
     if not splice:
         env["BEOKIT_NO_SPLICE"] = "1"
+    if extra:
+        env["NETTEE_SECRET"] = os.urandom(16).hex()
     report = logdir / "report.json"
     with group(logdir) as g:
         receivers = []
@@ -346,12 +357,12 @@ def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Pa
             argv = [exe, "-bind", addr(i), "-port", str(port)]
             if i < nodes:
                 argv += ["-next", addr(i + 1)]
-            argv += ["-out", "/dev/null", "-name", f"node{i}"]
+            argv += ["-out", "/dev/null", "-name", f"node{i}", *extra]
             receivers.append(g.start(f"node{i}", argv, env))
         for i, proc in zip(range(nodes, 1, -1), receivers, strict=True):
             g.wait_listening(proc, addr(i), (port, port + 1))
         argv = [exe, "-root", "-port", str(port), "-next", addr(2), "-in", str(src),
-                "-v", "5", "-report", str(report), "-name", "node1"]  # fmt: skip
+                "-v", "5", "-report", str(report), "-name", "node1", *extra]  # fmt: skip
         t0 = time.monotonic()
         root = g.start("node1", argv, env)
         g.wait_all(timeout)
@@ -366,6 +377,8 @@ def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Pa
     got = [(n.get("name"), n.get("bytes_in")) for n in doc.get("nodes", [])]
     if len(got) != nodes or any(b != size for _, b in got):
         raise BenchError(f"report byte counts {got}, expected {nodes} nodes x {size}")
+    if "-digest" in extra and len({n.get("digest") for n in doc["nodes"]}) != 1:
+        raise BenchError(f"digests differ: {[n.get('digest') for n in doc['nodes']]}")
     return Run(seconds, max(p.maxrss_kib for p in receivers), root.maxrss_kib)
 
 
@@ -494,8 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write all run times here as JSON")
     ap.add_argument("--src", type=Path, help="source file (default /dev/shm/beokit-bench-SIZE.bin)")
     ap.add_argument("--keep", action="store_true", help="keep the source file afterwards")
-    ap.add_argument("--tools", default=",".join(TOOLS),
-                    help=f"comma list of {','.join(TOOLS)} (default all)")  # fmt: skip
+    ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                    help=f"comma list of {','.join(TOOLS)} (default "
+                         f"{','.join(DEFAULT_TOOLS)})")  # fmt: skip
     ap.add_argument("--socat-tip", choices=("wc", "devnull"), default="wc",
                     help="socat tip: count bytes with wc -c (checked) or write to /dev/null")  # fmt: skip
     ap.add_argument("--socat-block", type=parse_size, metavar="N",
@@ -512,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = [t for t in args.tools.split(",") if t]
     if not tools or any(t not in TOOLS for t in tools):
         ap.error(f"--tools takes a comma list of {', '.join(TOOLS)}")
-    if any(t in ("nettee", "copy") for t in tools) and not args.nettee:
+    if any(t != "socat" for t in tools) and not args.nettee:
         ap.error("nettee is not on PATH (pip install -e .) - or give --nettee")
     if "socat" in tools and not args.socat:
         ap.error("socat is not on PATH (apt-get install socat) - or give --socat")
@@ -544,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       args.socat_tip, args.socat_block)  # fmt: skip
                     else:
                         r = run_nettee(args.nettee, src, size, nodes, port, logdir, timeout,
-                                       splice=row.tool == "nettee")  # fmt: skip
+                                       splice=row.tool != "copy",
+                                       extra=VARIANTS.get(row.tool, ()))  # fmt: skip
                     row.runs.append(r)
                     print(f"run {k}/{args.runs} {LABELS[row.tool]:<{width}} {r.seconds:7.3f} s "
                           f"{size / r.seconds / 1e9:6.3f} GB/s  ok", flush=True)  # fmt: skip
@@ -564,6 +579,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"median of {args.runs}, {dt.datetime.now():%Y-%m-%d %H:%M}, "
         f"load avg {load0:.2f} before / {os.getloadavg()[0]:.2f} after")  # fmt: skip
     print(table(rows, nodes, size))
+    base = next((r for r in rows if r.tool == "nettee"), None)
+    for r in rows:
+        if r.tool in VARIANTS and base is not None:
+            cost = r.median / base.median - 1
+            print(f"cost of {LABELS[r.tool]} against plain nettee, same run: "
+                  f"{cost * 100:+.1f} % time (median {r.median:.3f} s vs {base.median:.3f} s)")
     if args.json:
         args.json.write_text(json.dumps({
             "date": dt.datetime.now().isoformat(timespec="seconds"), "nodes": nodes,

@@ -43,10 +43,16 @@ Failures (default: any severe error collapses the whole tree)
   -colrf -colwf       continue on local read / local write failure
   -conrf -conwf       continue on network read / network write failure
   -stall SECONDS      a peer silent this long is dead (default 5, 0 = never) [beokit]
+  -heal               self-healing: when a node dies or stalls mid-stream, its
+                      parent adopts its children and resumes each from the
+                      bytes it holds; the dead node is reported      [beokit]
+  -window BYTES       -heal replay window kept by each parent (default 16 MiB)
 
 Security                                                               [beokit]
   NETTEE_SECRET=...   shared secret (environment): peers must prove it (HMAC)
   -secret_file PATH   read the shared secret from PATH instead (never on argv)
+  -digest             every node hashes what it wrote (xxh3-128); the root
+                      compares each to its own (BDG on a mismatch)   [beokit]
 
 Messages
   -v VERBOSE          bit mask: 1 errors, 2 settings, 4 messages, 8 periodic
@@ -104,6 +110,8 @@ nettee error status codes
   BSTAT  child returned unknown or bad status (no report from that node)
   NNF    could not connect to (one or more) child nodes
   SIG    the node was stopped by SIGINT/SIGTERM              [beokit]
+  BDG    the node's -digest differs from the root's: it wrote other
+         bytes than were sent, with the right count          [beokit]
 
 Messages at the node above a failure (and always at the root):
   Failures detected in child 0 [node34]: NWF

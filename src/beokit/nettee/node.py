@@ -585,7 +585,9 @@ class Node:
                 return
             nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
             path = [str(x) for x in msg["path"]]
-            if msg.get("session") != self.session or self.path[: len(path)] != path:
+            # the adopter must be one of our ancestors (it may itself have been
+            # re-parented meanwhile, so compare its own id, not its whole path)
+            if msg.get("session") != self.session or not path or path[-1] not in self.path[:-1]:
                 raise P.ProtocolError("adoption by a node that is not an ancestor in this chain")
             with self._adopt_lock:
                 if self.gave_up or self.relay is None:

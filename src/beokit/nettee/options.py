@@ -212,6 +212,8 @@ def parse_args(argv: list[str]) -> Config:
     cfg.heal, cfg.digest = "-heal" in given, "-digest" in given
     if "-window" in given:
         cfg.window = _number("-window", given["-window"], minimum=1 << 20, maximum=1 << 34)
+    else:  # cover 3 pipes and 4 (doubled) socket buffers in flight across one hop
+        cfg.window = max(DEFAULT_WINDOW, 4 * cfg.buf_size + 8 * HEAL_SOCKBUF)
 
     flow = given.get("-flow", "push")
     if flow not in ("push", "pull"):
