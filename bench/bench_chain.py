@@ -342,7 +342,8 @@ class Run:
 
 
 def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Path,
-               timeout: float, splice: bool, extra: Sequence[str] = ()) -> Run:  # fmt: skip
+               timeout: float, splice: bool, extra: Sequence[str] = (),
+               out_dir: Path | None = None) -> Run:  # fmt: skip
     env = dict(os.environ)
     env.pop("BEOKIT_NO_SPLICE", None)
     env.pop("NETTEE_SECRET", None)
@@ -357,7 +358,8 @@ def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Pa
             argv = [exe, "-bind", addr(i), "-port", str(port)]
             if i < nodes:
                 argv += ["-next", addr(i + 1)]
-            argv += ["-out", "/dev/null", "-name", f"node{i}", *extra]
+            out = str(out_dir / f"node{i}.out") if out_dir else "/dev/null"
+            argv += ["-out", out, "-name", f"node{i}", *extra]
             receivers.append(g.start(f"node{i}", argv, env))
         for i, proc in zip(range(nodes, 1, -1), receivers, strict=True):
             g.wait_listening(proc, addr(i), (port, port + 1))
@@ -514,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="socat tip: count bytes with wc -c (checked) or write to /dev/null")  # fmt: skip
     ap.add_argument("--socat-block", type=parse_size, metavar="N",
                     help="socat -b N (transfer block; socat's default is 8192)")  # fmt: skip
+    ap.add_argument("--out-dir", type=Path, metavar="DIR",
+                    help="nettee receivers write files here (e.g. /dev/shm) instead of "
+                         "/dev/null; removed after each run")  # fmt: skip
     ap.add_argument("--timeout", type=float, help="per run (default 60 s + 20 s per GiB)")
     ap.add_argument("--nettee", default=shutil.which("nettee"), help="nettee executable")
     ap.add_argument("--socat", default=shutil.which("socat"), help="socat executable")
@@ -559,7 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else:
                         r = run_nettee(args.nettee, src, size, nodes, port, logdir, timeout,
                                        splice=row.tool != "copy",
-                                       extra=VARIANTS.get(row.tool, ()))  # fmt: skip
+                                       extra=VARIANTS.get(row.tool, ()),
+                                       out_dir=args.out_dir)  # fmt: skip
+                        for f in args.out_dir.glob("node*.out") if args.out_dir else ():
+                            f.unlink()
                     row.runs.append(r)
                     print(f"run {k}/{args.runs} {LABELS[row.tool]:<{width}} {r.seconds:7.3f} s "
                           f"{size / r.seconds / 1e9:6.3f} GB/s  ok", flush=True)  # fmt: skip
@@ -574,7 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             src.unlink(missing_ok=True)
 
     print()
-    print(f"{nodes}-node chain (root + {nodes - 1} receivers -> /dev/null) on loopback, "
+    dest = f"files in {args.out_dir}" if args.out_dir else "/dev/null"
+    print(f"{nodes}-node chain (root + {nodes - 1} receivers -> {dest}) on loopback, "
           f"{human(size)} source in {src.parent}, {os.cpu_count()} CPUs, "
           f"median of {args.runs}, {dt.datetime.now():%Y-%m-%d %H:%M}, "
         f"load avg {load0:.2f} before / {os.getloadavg()[0]:.2f} after")  # fmt: skip

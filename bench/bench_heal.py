@@ -8,7 +8,7 @@ One invocation::
 A chain of N nodes on loopback (root 127.0.0.1, receivers 127.0.0.2..N, each
 ``-out /dev/null``), a source file in /dev/shm, a shared secret and
 ``-heal -digest`` on every node.  ``--kill-after`` seconds after the root
-starts, node 3 (the second receiver) is killed with SIGKILL; with ``--double``
+starts streaming (the tree is formed), node 3 (the second receiver) is killed with SIGKILL; with ``--double``
 node 5 is killed at the same moment too (two non-adjacent failures).
 
 Measured, per run, from the root's ``-report`` (``heals``: when the parent
@@ -70,6 +70,15 @@ def chain(exe: str, g, hosts: list[int], port: int, src: Path, report: Path,
     return root, [procs[i] for i in hosts]
 
 
+def streaming(root, timeout: float) -> None:
+    """Wait until the root logs that the stream has started (the tree is formed)."""
+    deadline = time.monotonic() + timeout
+    while b"streaming to" not in root.err.read_bytes():
+        if time.monotonic() > deadline:
+            raise BenchError("the root did not start streaming\n" + tail(root))
+        time.sleep(0.005)
+
+
 def run_heal(exe: str, src: Path, size: int, nodes: int, victims: list[int], kill_after: float,
              port: int, logdir: Path, env: dict) -> dict:  # fmt: skip
     report = logdir / "report.json"
@@ -78,6 +87,7 @@ def run_heal(exe: str, src: Path, size: int, nodes: int, victims: list[int], kil
         root, recv = chain(exe, g, list(range(2, nodes + 1)), port, src, report,
                            ["-heal", "-digest"], env)  # fmt: skip
         start = time.monotonic()
+        streaming(root, 30)
         time.sleep(kill_after)
         killed_at = time.time()
         for v in victims:
@@ -119,6 +129,7 @@ def run_classic(exe: str, src: Path, size: int, nodes: int, victims: list[int],
         root, recv = chain(exe, g, list(range(2, nodes + 1)), port, src, logdir / "a.json",
                            ["-digest"], env)  # fmt: skip
         start = time.monotonic()
+        streaming(root, 30)
         time.sleep(kill_after)
         for v in victims:
             os.killpg(recv[v - 2].pid, signal.SIGKILL)  # the group: GNU time and nettee
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=parse_size, default=parse_size("1G"), help="default 1G")
     ap.add_argument("--runs", type=int, default=5, help="repetitions (default 5)")
     ap.add_argument("--kill-after", type=float, default=0.5,
-                    help="seconds after the root starts (default 0.5)")  # fmt: skip
+                    help="seconds after the stream starts (default 0.5)")  # fmt: skip
     ap.add_argument("--double", action="store_true",
                     help="also kill node 5 at the same time (needs --nodes >= 7)")  # fmt: skip
     ap.add_argument("--nettee", default="nettee", help="nettee executable")

@@ -25,13 +25,19 @@ TOOLS = Path(__file__).parent / "tools"
 MIB = 1 << 20
 
 
-def _chain(tmp_path: Path, n: int, port: int, *extra: str, net: str = "127.0.0") -> list:
-    """Start n receivers on {net}.2..n+1 (the tip first), each -heal; returns the Popens."""
+def _chain(tmp_path: Path, n: int, port: int, *extra: str, net: str = "127.0.0",
+           devnull: bool = False) -> list:  # fmt: skip
+    """Start n receivers on {net}.2..n+1 (the tip first); returns the Popens, n2 first.
+
+    ``devnull``: every node writes /dev/null, so replay and digest go through
+    the tap (the in-memory window) instead of the node's output file.
+    """
     procs = []
     for i in range(n + 1, 1, -1):
         nxt = ["-next", f"{net}.{i + 1}"] if i <= n else []
-        procs.append(spawn("-bind", f"{net}.{i}", "-port", str(port), *nxt, "-out",
-                           str(tmp_path / f"n{i}"), "-name", f"n{i}", "-v", "5", "-t", "30",
+        out = "/dev/null" if devnull else str(tmp_path / f"n{i}")
+        procs.append(spawn("-bind", f"{net}.{i}", "-port", str(port), *nxt, "-out", out,
+                           "-name", f"n{i}", "-v", "5", "-t", "30",
                            *extra, env=child_env(), stderr=subprocess.PIPE, text=True))  # fmt: skip
     return procs[::-1]  # n2 first
 
@@ -57,18 +63,34 @@ def _feed(root: subprocess.Popen, data: bytes) -> None:
     root.stdin.flush()
 
 
+def _diff(path: Path, data: bytes, procs: list) -> str:
+    """Where an output first differs from what was sent, and the nodes' logs."""
+    got = path.read_bytes()
+    at = next((i for i, (a, b) in enumerate(zip(got, data, strict=False)) if a != b), None)
+    logs = "\n".join(p.stderr.read() if p.stderr else "" for p in procs)
+    return f"{path.name}: {len(got)} of {len(data)} bytes, first difference at {at}\n{logs}"
+
+
 def _report(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "r.json").read_text())
 
 
-def test_heal_a_node_killed_mid_stream(tmp_path: Path) -> None:
-    """root -> n2 -> n3 -> n4 -> n5; n3 is killed after 16 MiB: n4 and n5 still end complete."""
+@pytest.mark.parametrize("outputs", ["files", "devnull"])
+def test_heal_a_node_killed_mid_stream(tmp_path: Path, outputs: str) -> None:
+    """root -> n2 -> n3 -> n4 -> n5; n3 is killed after 16 MiB: n4 and n5 still end complete.
+
+    With files, n2 replays from its output file; with /dev/null, from its window.
+    """
     port = free_port([f"127.0.0.{i}" for i in range(1, 7)])
     data = os.urandom(48 * MIB + 777)
-    nodes = _chain(tmp_path, 4, port, "-heal", "-digest")
+    devnull = outputs == "devnull"
+    nodes = _chain(tmp_path, 4, port, "-heal", "-digest", devnull=devnull)
     root = _root(tmp_path, port, "-heal", "-digest")
     _feed(root, data[: 16 * MIB])
-    _wait_size(tmp_path / "n5", 8 * MIB)
+    if devnull:
+        time.sleep(1.0)  # nothing to watch: give the chain time to move some data
+    else:
+        _wait_size(tmp_path / "n5", 8 * MIB)
     nodes[1].kill()  # n3
     _feed(root, data[16 * MIB :])
     root.stdin.close()
@@ -77,21 +99,46 @@ def test_heal_a_node_killed_mid_stream(tmp_path: Path) -> None:
     assert codes[0] == 0, err  # handled: reported, every other node complete
     assert codes[2] == -signal.SIGKILL
     want = hashlib.sha256(data).hexdigest()
-    for i in (2, 4, 5):
-        assert sha256(tmp_path / f"n{i}") == want, f"n{i}"
+    for i in (2, 4, 5) if not devnull else ():
+        assert sha256(tmp_path / f"n{i}") == want, _diff(tmp_path / f"n{i}", data, nodes)
     assert "node n3: NWF" in err
     rep = _report(tmp_path)
     by = {n["name"]: n for n in rep["nodes"]}
     assert by["n3"]["codes"] == ["NWF"]
     assert all(by[f"n{i}"]["codes"] == [] for i in (2, 4, 5))
+    import xxhash
+
+    assert by["root"]["digest"] == "xxh3_128:" + xxhash.xxh3_128(data).hexdigest()
     assert all(by[f"n{i}"]["digest"] == by["root"]["digest"] for i in (2, 4, 5))
+    assert all(by[f"n{i}"]["bytes_in"] == len(data) for i in (2, 4, 5))
     (heal,) = rep["heals"]
     assert heal["dead"] == "n3" and heal["by"] == "n2"
     assert [a["name"] for a in heal["adopted"]] == ["n4"]
-    assert 0 < heal["adopted"][0]["offset"] <= 16 * MIB
+    assert 0 <= heal["adopted"][0]["offset"] <= 16 * MIB
     assert heal["resumed"] - heal["detected"] < 5
     n4_log = nodes[2].stderr.read()
     assert "adopted by n2: resuming at byte" in n4_log
+
+
+def test_heal_when_nothing_is_in_flight(tmp_path: Path) -> None:
+    """The chain is idle when n3 dies: n4 holds all that was sent, nothing to replay."""
+    port = free_port([f"127.0.0.{i}" for i in range(1, 6)])
+    data = os.urandom(12 * MIB)
+    nodes = _chain(tmp_path, 3, port, "-heal")
+    root = _root(tmp_path, port, "-heal")
+    _feed(root, data[: 4 * MIB])
+    _wait_size(tmp_path / "n4", 4 * MIB)
+    time.sleep(0.2)
+    nodes[1].kill()  # n3
+    time.sleep(0.5)  # healed while idle
+    _feed(root, data[4 * MIB :])
+    root.stdin.close()
+    codes = wait_all([root, *nodes])
+    assert codes[0] == 0 and codes[1] == 0 and codes[3] == 0
+    want = hashlib.sha256(data).hexdigest()
+    assert sha256(tmp_path / "n4") == want, _diff(tmp_path / "n4", data, nodes)
+    (heal,) = _report(tmp_path)["heals"]
+    assert heal["adopted"] == [{"name": "n4", "offset": 4 * MIB}]
 
 
 def test_heal_two_non_adjacent_failures(tmp_path: Path) -> None:
@@ -263,3 +310,47 @@ def test_heal_digest_usage_errors(argv: list[str], bad: str) -> None:
     assert r.returncode == 2
     err = r.stderr.decode()
     assert bad in err and err.count("\n") == 1, err
+
+
+def test_ring_segments_wrap_and_bounds() -> None:
+    from beokit.nettee.relay import Ring
+
+    ring = Ring(10)
+    for chunk in (b"abcdef", b"ghijkl"):  # the second write wraps
+        segs = ring.free(len(chunk))
+        k = 0
+        for seg in segs:
+            seg[:] = chunk[k : k + len(seg)]
+            k += len(seg)
+        ring.end += len(chunk)
+    assert ring.start == 2
+    assert b"".join(bytes(s) for s in ring.segments(2, 12)) == b"cdefghijkl"
+    assert b"".join(bytes(s) for s in ring.segments(5, 9)) == b"fghi"
+    with pytest.raises(ValueError):
+        ring.segments(1, 5)  # older than the window
+
+
+def test_file_hasher_follows_a_growing_file(tmp_path: Path) -> None:
+    """FileHasher hashes a file while it is written, across mmap windows."""
+    import xxhash
+
+    from beokit.nettee.relay import FileHasher
+
+    FileHasher.WINDOW = 1 << 20  # several windows for a small file
+    path = tmp_path / "f"
+    data = os.urandom(5 * MIB + 4097)
+    written = 0
+    with open(path, "wb") as out:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fh = FileHasher(fd, lambda: written, xxhash.xxh3_128())
+            for i in range(0, len(data), 777_777):
+                out.write(data[i : i + 777_777])
+                out.flush()
+                written = min(len(data), i + 777_777)
+                time.sleep(0.002)
+            fh.finish(len(data))
+        finally:
+            os.close(fd)
+    assert fh.error is None
+    assert fh.hasher.hexdigest() == xxhash.xxh3_128(data).hexdigest()

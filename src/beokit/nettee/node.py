@@ -45,6 +45,7 @@ from beokit.nettee.options import HEAL_SOCKBUF, Config, Role
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import (
     Adoption,
+    FileHasher,
     Relay,
     RelayResult,
     Ring,
@@ -213,6 +214,8 @@ class Node:
         self._adopt_lock = threading.Lock()
         self.heals: list[dict] = []  # what this node healed, for the report
         self.tap: Tap | None = None
+        self.stream_fd = -1  # a regular file holding the stream (-heal replay, -digest)
+        self.file_hasher: FileHasher | None = None
 
     # ------------------------------------------------------------ entry
 
@@ -930,32 +933,64 @@ class Node:
         add = Adoption(link.sink, have, replay, self._reread(data))
         self.relay.adopt(add)
         if not add.done.wait(HANDSHAKE_TIMEOUT + 5) or not add.ok:
-            why = add.why or "the relay did not take the output"
-            self._child_failed(link, P.Code.NWF.value, link.name, f"replay failed: {why}")
+            why = f"replay failed: {add.why or 'the relay did not take the output'}"
+            with self.lock:
+                link.dead = True
+                link.codes.append(P.Code.NWF.value)
+                link.failure = (link.name, P.Code.NWF.value, why)
+            link.sink.kill()
+            for sock in (data, link.peer.sock if link.peer else None):
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            link.ready.set()
+            link.done.set()
             raise Fatal(P.Code.NWF, link.name, why)
         link.base = add.position
         self.log.message(f"-heal: {link.name} resumed at byte {have}, "
                          f"{add.position - have} bytes replayed")  # fmt: skip
         return have
 
-    def _reread(self, data: socket.socket) -> Callable[[int, int], None] | None:
-        """At the root, a regular-file input covers offsets older than the window."""
-        if self.cfg.role is not Role.ROOT or self.in_fd is None:
-            return None
+    def _stream_file(self) -> int:
+        """A read-only fd on a regular file that holds the stream, or -1.
+
+        The root's ``-in FILE``; a node's ``-out FILE``.  Opened anew through
+        /proc so that reading it never moves the relay's own file offset.
+        """
+        if self.cfg.role is Role.ROOT:
+            fd = self.in_fd if self.cfg.stm is None and self.in_cmd is None else None
+        else:
+            fd = self.out_fd if self.out_is_file and self.out_cmd is None else None
+        if fd is None:
+            return -1
         try:
-            if not stat.S_ISREG(os.fstat(self.in_fd).st_mode):
-                return None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return -1
+            return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
+            return -1
+
+    def _reread(self, data: socket.socket) -> Callable[[int, int], None] | None:
+        """Replay from the stream's file (no window needed, no copy): sendfile."""
+        if self.stream_fd < 0:
             return None
-        fd = self.in_fd
+        fd = self.stream_fd
 
         def reread(start: int, stop: int) -> None:
+            if stop == start:
+                return  # the child holds everything sent so far
+            # socket.sendfile waits (bounded by the timeout) when the socket is full;
+            # it moves the offset of this private file description only
             with os.fdopen(os.dup(fd), "rb") as fh:
                 data.settimeout(HANDSHAKE_TIMEOUT)
                 try:
-                    data.sendfile(fh, start, stop - start)
+                    sent = data.sendfile(fh, start, stop - start)
                 finally:
                     data.settimeout(None)
+            if sent != stop - start:
+                raise OSError(errno.EIO, f"replay: the file held {start + sent} bytes, not {stop}")
 
         return reread
 
@@ -1065,12 +1100,21 @@ class Node:
         relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
                       minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
                       idle_timeout=idle_timeout, low_latency=cfg.stm is not None)  # fmt: skip
+        # -heal and -digest need the stream again: from a regular file that holds
+        # it (the root's input, a node's output) at no copy, or else from a tap
         window = cfg.heal and bool(self.links)  # a parent keeps a replay window
         if window or cfg.digest:
             import xxhash  # a dependency of beokit; imported only when asked for
 
-            size = cfg.window if window else max(cfg.buf_size, 1 << 20)
-            self.tap = relay.tap = Tap(Ring(size), xxhash.xxh3_128() if cfg.digest else None)
+            self.stream_fd = self._stream_file()
+            if self.stream_fd < 0:
+                size = cfg.window if window else max(cfg.buf_size, 1 << 20)
+                self.tap = relay.tap = Tap(Ring(size), xxhash.xxh3_128() if cfg.digest else None)
+            elif cfg.digest:
+                local = self.local
+                progress = ((lambda: relay.bytes_in) if cfg.role is Role.ROOT
+                            else (lambda: local.sent if local is not None else 0))  # fmt: skip
+                self.file_hasher = FileHasher(self.stream_fd, progress, xxhash.xxh3_128())
         if cfg.heal and self.cfg.role is not Role.ROOT:
             relay.on_input_end = self._input_ended
         self.relay = relay
@@ -1141,8 +1185,15 @@ class Node:
                           seconds=round(self.stream_seconds, 3),
                           detail=self.detail, local_out=self.out_fd is not None,
                           fatal=self.fatal)  # fmt: skip
-        if self.tap is not None and self.tap.hasher is not None:
-            me.digest = f"{DIGEST}:{self.tap.hasher.hexdigest()}"  # type: ignore[attr-defined]
+        hasher = None
+        if self.file_hasher is not None:
+            self.file_hasher.finish(self.relay.bytes_in if self.cfg.role is Role.ROOT
+                                    else self.local.sent if self.local else 0)  # fmt: skip
+            hasher = self.file_hasher.hasher if self.file_hasher.error is None else None
+        elif self.tap is not None:
+            hasher = self.tap.hasher
+        if hasher is not None:
+            me.digest = f"{DIGEST}:{hasher.hexdigest()}"  # type: ignore[attr-defined]
         nodes = [me]
         for link in self.links:
             if link.feeder is not None:
