@@ -39,7 +39,8 @@ Faults, each one real:
 
 Option sets: ``default`` (no continue option), ``conwf``/``conrf``/``colwf`` on
 every node, ``colrf`` on the root, ``connf`` (``-connf 1`` on every node) and
-``all`` (``-conwf -conrf -colwf -colrf`` on every node).
+``all`` (``-conwf -conrf -colwf -colrf`` on every node), ``heal`` (``-heal`` on
+every node: the kills during and at the end of the stream, and the stop).
 
 Recorded per case: each node's exit status, whether it exited within
 ``--bound`` seconds of the fault (otherwise it is killed and flagged hung),
@@ -98,6 +99,7 @@ OPTION_SETS: dict[str, tuple[list[str], list[str]]] = {  # (root args, receiver 
     "colrf": (["-colrf"], []),
     "connf": (["-connf", "1"], ["-connf", "1"]),
     "all": (ALL, ALL),
+    "heal": (["-heal"], ["-heal"]),
 }
 
 # The feeder: writes SRC to fd FD, CHUNK bytes every INTERVAL s.  RESET > 0: FD is a
@@ -169,7 +171,9 @@ def build_cases() -> list[Case]:
         )
         for victim in (2, 3, 5):
             cases += [Case("kill", victim, when, s) for s in sets]
-    cases += [Case("stop", 3, "during", s) for s in ("default", "conwf", "conrf", "all")]
+    for when in ("during", "end"):  # -heal acts once the stream flows
+        cases += [Case("kill", victim, when, "heal") for victim in (2, 3, 5)]
+    cases += [Case("stop", 3, "during", s) for s in ("default", "conwf", "conrf", "all", "heal")]
     cases += [Case("lwf", 0, "", s) for s in ("default", "colwf", "all")]
     cases += [Case("lwftmpfs", 0, "", s) for s in ("default", "colwf", "all")]
     cases += [Case("lrf", 0, "", s) for s in ("default", "colrf", "all")]
@@ -248,6 +252,17 @@ def _expectations() -> dict[str, Expect]:
     e["kill3-end-conrf"] = Expect("1 1 K 0 0", "2 3? 4 5", "3:NWF", "collapsed")
     e["kill2-during-conrf"] = Expect("1 K * * *", "", "2:NWF", "collapsed")
     e["kill3-during-conrf"] = Expect("1 1 K * *", "", "3:NWF", "collapsed")
+    # -heal: the dead node's parent adopts its child; only the victim misses data
+    # (the stream goes on after the fault, so no promptness bound; at the end the
+    # victim may already hold everything, as in the other "end" cases)
+    heal_full = {"during": {2: "3 4 5", 3: "2 4 5", 5: "2 3 4"},
+                 "end": {2: "2? 3 4 5", 3: "2 3? 4 5", 5: "2 3 4 5?"}}  # fmt: skip
+    for w, full in heal_full.items():
+        e[f"kill2-{w}-heal"] = Expect("0 K 0 0 0", full[2], "2:NWF", "ok")
+        e[f"kill3-{w}-heal"] = Expect("0 0 K 0 0", full[3], "3:NWF", "ok")
+        e[f"kill5-{w}-heal"] = Expect("0 0 0 0 K", full[5], "5:NWF", "ok")
+    # the stopped node is replaced after -stall; on SIGCONT it reads the abort and exits
+    e["stop3-during-heal"] = Expect("0 0 S 0 0", "2 4 5", "3:NWF", "ok")
     # a stopped middle node: found by its silence after -stall
     e["stop3-during-default"] = Expect("1 1 S 1 1", "", "3:NWF", "collapsed", STOP_PROMPT)
     e["stop3-during-conwf"] = Expect("0 0 S 1 1", "2", lost[3], "ok")

@@ -44,6 +44,7 @@ from beokit.nettee.log import NetteeLog
 from beokit.nettee.options import HEAL_SOCKBUF, Config, Role
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import (
+    ENDED,
     Adoption,
     FileHasher,
     Relay,
@@ -563,8 +564,11 @@ class Node:
 
         threading.Thread(target=give_up, name="orphan", daemon=True).start()
 
-    def _input_ended(self, _error: OSError | None) -> bool:
+    def _input_ended(self, error: OSError | None) -> bool:
         """Relay callback at the end of the parent's data: wait for an adopter?"""
+        if isinstance(error, TimeoutError):  # -t: the parent sent nothing for that long
+            self._parent_failed(f"no data from parent for {self.cfg.timeout:g} s (-t)")
+            return self.orphaned.is_set() and not self.gave_up
         deadline = time.monotonic() + END_WAIT
         while not (self.end_event.is_set() or self.orphaned.is_set()):
             if time.monotonic() > deadline:
@@ -836,6 +840,8 @@ class Node:
                        f" {how}: carrying on without it")  # fmt: skip
         if link.sink is not None:
             link.sink.kill()
+        if healing and link.peer is not None:  # a stalled node learns it was replaced
+            link.peer.send({"t": "abort", "why": f"declared dead by {self.name}: {why}"})
         for s in (link.data, link.peer.sock if link.peer else None):
             if s is not None:
                 try:
@@ -931,8 +937,10 @@ class Node:
                 data.settimeout(None)
 
         add = Adoption(link.sink, have, replay, self._reread(data))
-        self.relay.adopt(add)
-        if not add.done.wait(HANDSHAKE_TIMEOUT + 5) or not add.ok:
+        if not self.relay.adopt(add) or (add.done.wait(HANDSHAKE_TIMEOUT + 5)
+                                         and add.why == ENDED):  # fmt: skip
+            return self._adopt_late(link, add, data)
+        if not add.done.is_set() or not add.ok:
             why = f"replay failed: {add.why or 'the relay did not take the output'}"
             with self.lock:
                 link.dead = True
@@ -952,6 +960,38 @@ class Node:
         self.log.message(f"-heal: {link.name} resumed at byte {have}, "
                          f"{add.position - have} bytes replayed")  # fmt: skip
         return have
+
+    def _adopt_late(self, link: ChildLink, add: Adoption, data: socket.socket) -> int:
+        """Adoption after the relay finished (a death at the very end of the stream):
+        replay the rest from the window or the file here, then end the child's stream."""
+        assert self.relay is not None
+        total = self.relay.bytes_in
+        try:
+            ring = self.tap.ring if self.tap is not None else None
+            if add.offset > total:
+                raise ValueError(f"the child has {add.offset} bytes, more than {total}")
+            if ring is not None and add.offset >= ring.start:
+                add.replay(ring.segments(add.offset, total))
+            elif add.reread is not None:
+                add.reread(add.offset, total)
+            elif add.offset < total:
+                raise ValueError(f"offset {add.offset} is older than the replay window")
+            data.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError) as exc:
+            with self.lock:
+                link.dead = True
+                link.codes.append(P.Code.NWF.value)
+                link.failure = (link.name, P.Code.NWF.value, f"replay failed: {exc}")
+            link.ready.set()
+            link.done.set()
+            raise Fatal(P.Code.NWF, link.name, f"replay failed: {exc}") from None
+        link.sink = None
+        link.base = total
+        if link.peer is not None:
+            link.peer.send({"t": "end", "bytes": total})
+        self.log.message(f"-heal: {link.name} resumed at byte {add.offset} after the end, "
+                         f"{total - add.offset} bytes replayed")  # fmt: skip
+        return add.offset
 
     def _stream_file(self) -> int:
         """A read-only fd on a regular file that holds the stream, or -1.
@@ -1303,6 +1343,21 @@ class Node:
     def _start_heartbeat(self) -> None:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
 
+    def _silent(self, peer: Peer, now: float) -> bool:
+        """Nothing heard from ``peer`` for -stall seconds, and nothing waiting to be read.
+
+        The second condition matters after this process itself was stopped
+        (SIGSTOP, a long swap-in): its peers' messages are queued, unread, and
+        silence measured by the clock alone would accuse them wrongly.
+        """
+        if self.cfg.stall <= 0 or now - peer.last <= self.cfg.stall:
+            return False
+        try:
+            readable, _, _ = select.select([peer.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return not readable
+
     def _heartbeat(self) -> None:
         last_status = time.monotonic()
         last_bytes = 0
@@ -1311,14 +1366,14 @@ class Node:
             received = self.relay.bytes_in if self.relay else 0
             if self.parent is not None and not self.report_sent:
                 self.parent.send({"t": "ping", "bytes": received})
-                stalled = self.cfg.stall > 0 and now - self.parent.last > self.cfg.stall
+                stalled = self._silent(self.parent, now)
                 if stalled and not self.upstream_gone.is_set() and not self.end_event.is_set():
                     self._parent_failed(f"parent silent for {self.cfg.stall:g} s (stalled?)")
             for link in list(self.links):
                 if link.peer is None or link.dead or link.done.is_set():
                     continue
                 link.peer.send({"t": "ping"})
-                if self.cfg.stall > 0 and now - link.peer.last > self.cfg.stall:
+                if self._silent(link.peer, now):
                     self._child_failed(link, P.Code.NWF.value, link.name,
                                        f"silent for {self.cfg.stall:g} s (stalled?)")  # fmt: skip
             if self.log.on(8) and self.relay is not None and now - last_status >= 2.0:

@@ -317,7 +317,9 @@ class FileHasher:
         while self.hashed < target:
             base = self.hashed - self.hashed % page
             stop = min(target, base + self.WINDOW)
-            with mmap.mmap(self.fd, stop - base, access=mmap.ACCESS_READ, offset=base) as m:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault in at once
+            with mmap.mmap(self.fd, stop - base, flags=flags, prot=mmap.PROT_READ,
+                           offset=base) as m:  # fmt: skip
                 with memoryview(m) as mv:
                     self.hasher.update(mv[self.hashed - base :])  # type: ignore[attr-defined]
             self.hashed = stop
@@ -338,6 +340,9 @@ class FileHasher:
         self._final = total
         self._wake.set()
         self._thread.join()
+
+
+ENDED = "the stream has ended"
 
 
 @dataclass
@@ -401,6 +406,7 @@ class Relay:
         self._adds: list[Adoption] = []
         self._inputs: list[int | None] = []
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.finished = False
 
     # ---- called from other threads (-heal)
 
@@ -414,11 +420,17 @@ class Relay:
             self._holds -= 1
         self._poke()
 
-    def adopt(self, add: Adoption) -> None:
-        """Add an output at the next chunk boundary, after replaying what it lacks."""
+    def adopt(self, add: Adoption) -> bool:
+        """Add an output at the next chunk boundary, after replaying what it lacks.
+
+        False when the relay has already finished: the caller replays itself.
+        """
         with self._lock:
+            if self.finished:
+                return False
             self._adds.append(add)
         self._poke()
+        return True
 
     def replace_input(self, fd: int | None) -> None:
         """Go on reading from ``fd`` (or end, with None) after ``on_input_end``."""
@@ -564,6 +576,12 @@ class Relay:
                 if can_read and self.idle_timeout > 0 and busy == 0:
                     left = last_data + self.idle_timeout - time.monotonic()
                     if left <= 0:
+                        if not asked and self.on_input_end is not None:
+                            asked = True  # a silent input may be replaced (-heal)
+                            if self.on_input_end(TimeoutError("no data")):
+                                eof = True
+                                self.waiting_input.set()
+                                continue
                         result.timed_out = True
                         break
                     timeout_ms = int(left * 1000) + 1
@@ -583,8 +601,9 @@ class Relay:
                 adds, self._adds = self._adds, []
                 os.close(self._wake)
                 self._wake = -1
-            for add in adds:  # never leave an adopter waiting
-                add.why = "the stream has ended"
+                self.finished = True
+            for add in adds:  # never leave an adopter waiting: it replays itself
+                add.why = ENDED
                 add.done.set()
         result.bytes_in = self.bytes_in
         result.eof = eof and result.read_error is None
