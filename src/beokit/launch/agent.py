@@ -369,7 +369,13 @@ class Node:
             except subprocess.TimeoutExpired:
                 _killpg(proc)
         proc.wait()
-        out = bytes(bufs[out_fd][start:]).decode(errors="replace")
+        raw = bytes(bufs[out_fd][start:])
+        status: int | None = proc.returncode
+        if self.backend.kind == "rsh" and up:  # the status comes as the last stdout line
+            raw, status = plan.split_status(raw)
+            if status is None and error is None:
+                error = "rsh: the remote exit status did not arrive (connection lost?)"
+        out = raw.decode(errors="replace")
         err = bufs[proc.stderr.fileno()].decode(errors="replace")
         if not up:
             lines = [ln.strip() for ln in (bytes(bufs[out_fd]).decode(errors="replace")
@@ -377,7 +383,7 @@ class Node:
             why = " ".join(lines[-3:]) or "no message"
             error = f"launch failed (exit {proc.returncode}): {why}"
             return plan.result(host, None, error=error), held
-        rc = proc.returncode if error is None else None
+        rc = status if error is None else None
         return plan.result(host, rc, out, err, error), held
 
     @staticmethod

@@ -16,7 +16,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING
 
-from beokit.launch.plan import LEAF_MARKER
+from beokit.launch.plan import LEAF_MARKER, STATUS_MARKER
 
 if TYPE_CHECKING:
     from typing import Any
@@ -92,8 +92,11 @@ class Backend:
         """
         marker = LEAF_MARKER.decode()
         wait = "read _go || exit 125; " if barrier else ""  # the parent's go line, stdin
-        return (f"BEO_HOST={shlex.quote(host)}; export BEO_HOST; echo {marker}; {wait}"
-                f"exec /bin/sh -c {shlex.quote(command)} </dev/null")  # fmt: skip
+        head = f"BEO_HOST={shlex.quote(host)}; export BEO_HOST; echo {marker}; {wait}"
+        if self.kind == "rsh":  # rsh loses the exit status: print it as the last line
+            return (f"{head}/bin/sh -c {shlex.quote(command)} </dev/null; "
+                    f"printf '\\n{STATUS_MARKER.decode()}%d\\n' $?")  # fmt: skip
+        return f"{head}exec /bin/sh -c {shlex.quote(command)} </dev/null"
 
     def spec(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}

@@ -25,6 +25,20 @@ PROTOCOL = 1
 MAX_LINE = 64 << 20  # one message (a host's output) is at most 64 MiB of JSON
 SHIP_MARKER = b"BEOKIT-SHIP"
 LEAF_MARKER = b"BEOKIT-UP"  # a leaf host's first stdout line: it is up, its command starts
+# rsh does not carry the remote exit status back: a leaf run through rsh prints
+# "\n" + STATUS_MARKER + status + "\n" last, and the parent strips that line
+STATUS_MARKER = b"BEOKIT-EXIT="
+
+
+def split_status(out: bytes) -> tuple[bytes, int | None]:
+    """(output without the status trailer, status) of an rsh leaf; None: no trailer."""
+    i = out.rfind(b"\n" + STATUS_MARKER)
+    if i < 0 or not out.endswith(b"\n"):
+        return out, None
+    value = out[i + 1 + len(STATUS_MARKER) : -1]
+    if not value.isdigit():
+        return out, None
+    return out[:i], int(value)
 
 
 class ProtocolError(Exception):
