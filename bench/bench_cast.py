@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Benchmark beo cast against the peers, in the same run.
+
+On the virtual cluster (root): N + 1 hosts on one switch, every port shaped
+at B (``--rate``); host1 is the head node that holds the S-byte image
+(``--size``) and sends it to host2..host{N+1}.  For each N (``--nodes``):
+
+* ``beo cast`` (receivers launched through ``ip netns exec``, fresh secret,
+  digests, fsync), wall time of the whole command, launch included;
+* a chain of plain ``nettee`` started by hand (receivers first, then the
+  root; the root's time);
+* udpcast: ``udp-receiver`` on every node, ``udp-sender --max-bitrate
+  0.95*B`` (multicast on the virtual switch; a 224.0.0.0/4 route in every
+  host), the sender's time;
+* a star copy: N parallel ``scp`` from the head node (real OpenSSH).
+
+Each time is printed with its ratio to the lower bound S/B, in one table,
+and drawn as a PNG (time vs N).  ``--loopback`` (no root needed): receivers
+on 127.0.3.x, beo cast vs a hand-started nettee chain vs N parallel ``cp``.
+
+    python bench/bench_cast.py                       # 64 MiB, 200 Mbit/s, N = 8, 16
+    python bench/bench_cast.py --size 256M --rate 200mbit
+    python bench/bench_cast.py --loopback --size 256M
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from beokit.cli import parse_size  # noqa: E402
+from beokit.nettee.localchain import free_port, nettee_command  # noqa: E402
+
+PREFIX = "bkcb"
+WORK = Path("/dev/shm") / "bkcb-bench"
+
+
+def sh(argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def same(src: Path, outs: list[Path]) -> bool:
+    size = src.stat().st_size
+    if any(not o.exists() or o.stat().st_size != size for o in outs):
+        return False
+    return sh(["cmp", str(src), str(outs[-1])]).returncode == 0
+
+
+def clean(out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    os.chmod(out, 0o777)
+
+
+# ------------------------------------------------------------- vcluster
+
+
+class Cluster:
+    def __init__(self, n: int, rate: str) -> None:
+        from beokit.vcluster import driver
+        from beokit.vcluster import plan as P
+
+        driver.down(PREFIX)
+        self.state = driver.up(P.Spec(n=n, rate_bps=P.parse_rate(rate), prefix=PREFIX, sshd=True))
+        self.rate_bps = P.parse_rate(rate)
+        self.ssh_config = self.state.ssh_config
+        for i in range(1, n + 1):  # multicast for udpcast: a route in every host
+            sh(self.ns(i) + ["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"])
+
+    @staticmethod
+    def ns(i: int) -> list[str]:
+        return ["ip", "netns", "exec", f"{PREFIX}-host{i}"]
+
+    def down(self) -> None:
+        from beokit.vcluster import driver
+
+        driver.down(PREFIX)
+
+
+def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, float]:
+    """beo cast: (wall seconds, stream seconds)."""
+    if cl is not None:
+        argv = cl.ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R",
+                           f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
+                           sys.executable, str(src), f"host[2-{n + 1}]", "--to",
+                           f"{out}/cast-{{host}}"]  # fmt: skip
+    else:
+        argv = [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R", "exec", str(src),
+                f"127.0.3.[2-{n + 1}]", "--to", f"{out}/cast-{{host}}"]  # fmt: skip
+    t0 = time.monotonic()
+    cp = sh(argv, stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    doc = json.loads(cp.stdout) if cp.stdout.strip() else {}
+    if cp.returncode != 0 or doc.get("failed"):
+        raise RuntimeError(f"beo cast failed ({cp.returncode}): {cp.stderr[-800:]}")
+    return wall, float(doc["seconds"])
+
+
+def run_nettee(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
+    """A chain of plain nettee started by hand: receivers first, then the root (timed)."""
+    hosts = (
+        [f"host{i}" for i in range(2, n + 2)] if cl else [f"127.0.3.{i}" for i in range(2, n + 2)]
+    )
+    port = free_port(["127.0.0.1"]) if cl else free_port(hosts)
+    procs = []
+    for k in range(n - 1, -1, -1):
+        args = nettee_command() + ["-port", str(port), "-name", hosts[k], "-out",
+                                   str(out / f"nt-{hosts[k]}")]  # fmt: skip
+        if k + 1 < n:
+            args += ["-next", f"{hosts[k + 1]}:{port}"]
+        if cl:
+            args = cl.ns(k + 2) + args
+        else:
+            args += ["-bind", hosts[k]]
+        procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL))
+    root = nettee_command() + ["-root", "-port", str(port), "-next", f"{hosts[0]}:{port}",
+                               "-in", str(src)]  # fmt: skip
+    if cl:
+        root = cl.ns(1) + root
+    t0 = time.monotonic()
+    cp = sh(root)
+    secs = time.monotonic() - t0
+    for p in procs:
+        p.wait(timeout=60)
+    if cp.returncode != 0 or not same(src, [out / f"nt-{h}" for h in hosts]):
+        raise RuntimeError(f"nettee chain failed: {cp.stderr[-500:]}")
+    return secs
+
+
+def run_udpcast(cl: Cluster, src: Path, n: int, out: Path) -> float:
+    """udp-receiver on every node, then udp-sender (timed) until all have the file."""
+    base = 9300
+    recv = []
+    for i in range(2, n + 2):
+        recv.append(subprocess.Popen(
+            cl.ns(i) + ["udp-receiver", "--interface", "eth0", "--nokbd", "--portbase", str(base),
+                        "--file", str(out / f"udp-host{i}")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+    mbit = int(cl.rate_bps * 0.95 / 1e6)
+    t0 = time.monotonic()
+    cp = sh(cl.ns(1) + ["udp-sender", "--interface", "eth0", "--nokbd", "--portbase", str(base),
+                        "--min-receivers", str(n), "--max-wait", "30", "--max-bitrate",
+                        f"{mbit}m", "--file", str(src)], timeout=600)  # fmt: skip
+    secs = time.monotonic() - t0
+    for p in recv:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if cp.returncode != 0 or not same(src, [out / f"udp-host{i}" for i in range(2, n + 2)]):
+        raise RuntimeError(f"udpcast failed: {cp.stderr[-500:]}")
+    return secs
+
+
+def run_star(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
+    """Star copy from the head node: N parallel scp (or cp on loopback)."""
+    t0 = time.monotonic()
+    procs = []
+    for i in range(2, n + 2):
+        if cl:
+            argv = cl.ns(1) + ["scp", "-q", "-F", str(cl.ssh_config), str(src),
+                               f"host{i}:{out}/scp-host{i}"]  # fmt: skip
+        else:
+            argv = ["cp", str(src), str(out / f"scp-host{i}")]
+        procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    secs = time.monotonic() - t0
+    if any(p.returncode for p in procs) or not same(
+        src, [out / f"scp-host{i}" for i in range(2, n + 2)]
+    ):
+        raise RuntimeError(f"star copy failed: {[e[-200:] for e in errs if e]}")
+    return secs
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("64M"),
+        help="image size (default 64M; 256M, 1G)",
+    )
+    ap.add_argument("--rate", default="200mbit", help="per-port rate B (default 200mbit)")
+    ap.add_argument("--nodes", default="8,16", help="N values (default 8,16)")
+    ap.add_argument("--loopback", action="store_true", help="127.0.3.x, no root, no shaping")
+    ap.add_argument("--no-star", action="store_true", help="skip the star copy (slowest)")
+    ap.add_argument("--png", default=str(HERE / "bench_cast.png"), help="plot file")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.nodes.split(",")]
+    loop = args.loopback or os.geteuid() != 0
+    clean(WORK)
+    src = WORK / "src.bin"
+    with open(src, "wb") as fh:
+        left = args.size
+        while left:
+            chunk = os.urandom(min(left, 1 << 22))
+            fh.write(chunk)
+            left -= len(chunk)
+    out = WORK / "out"
+    cl = None if loop else Cluster(max(sizes) + 1, args.rate)
+    bound = args.size * 8 / cl.rate_bps if cl else None
+    results: dict[str, dict[int, float]] = {}
+    stream: dict[int, float] = {}
+    try:
+        for n in sizes:
+            tools = [("beo cast", lambda n=n: run_cast(cl, src, n, out)),
+                     ("nettee by hand", lambda n=n: run_nettee(cl, src, n, out))]  # fmt: skip
+            if cl:
+                tools.append(("udpcast", lambda n=n: run_udpcast(cl, src, n, out)))
+            if not args.no_star:
+                tools.append(
+                    ("star scp" if cl else "star cp", lambda n=n: run_star(cl, src, n, out))
+                )
+            for name, fn in tools:
+                clean(out)
+                got = fn()
+                if isinstance(got, tuple):
+                    got, stream[n] = got
+                results.setdefault(name, {})[n] = got
+                print(f"  N={n} {name}: {got:.2f} s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        if cl:
+            cl.down()
+    src.unlink()
+    size = f"{args.size / (1 << 20):.0f} MiB"
+    print(
+        f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}"
+    )
+    if cl:
+        print(f"\n## virtual cluster, S = {size}, B = {args.rate} per port, S/B = {bound:.2f} s\n")
+    else:
+        print(f"\n## loopback (127.0.3.x, no shaping), S = {size}\n")
+    names = list(results)
+    ref = "S/B" if cl else "nettee by hand"
+    head = ["N", *(f"{k} s ({'/ S/B' if cl else '/ nettee'})" for k in names)]
+    if cl:
+        head += ["beo cast stream s / S/B"]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
+    for n in sizes:
+        base = bound if cl else results["nettee by hand"][n]
+        cells = [str(n)] + [f"{results[k][n]:.2f} ({results[k][n] / base:.2f}x)" for k in names]
+        if cl:
+            cells.append(f"{stream[n]:.2f} ({stream[n] / base:.2f}x)")
+        print("| " + " | ".join(cells) + " |")
+    star = next((k for k in names if k.startswith("star")), None)
+    if star and cl:
+        for n in sizes:
+            speedup = results[star][n] / results["beo cast"][n]
+            print(f"\nN={n}: beo cast is {speedup:.1f}x faster than the {star} "
+                  f"(goal >= 0.9 x N = {0.9 * n:.1f}x)", end="")  # fmt: skip
+        print()
+    print(
+        f"\n(times in seconds; ratio to {ref}; beo cast includes launching every receiver, "
+        "digests and fsync)"
+    )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in names:
+            ax.plot(sizes, [results[k][n] for n in sizes], marker="o", label=k)
+        if cl:
+            ax.axhline(bound, color="grey", linestyle="--", label="S/B")
+        ax.set_xlabel("N (receiving nodes)")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"{size} to N nodes" + (f", {args.rate} per port" if cl else ", loopback"))
+        ax.set_xticks(sizes)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=100)
+        print(f"plot: {args.png}")
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""beo cast on the virtual cluster (root): a shaped switch, receivers in namespaces."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cast_helpers import by_host, cast
+from vcluster_fixture import VCluster, make_cluster, needs_vcluster
+
+from beokit.cast.driver import nettee_flags
+
+pytestmark = [needs_vcluster, pytest.mark.root]
+PREFIX = "bkc"
+HEAL = "-heal" in nettee_flags()
+
+
+@pytest.fixture(scope="module")
+def vc() -> Iterator[VCluster]:
+    cluster = make_cluster(4, "100mbit", PREFIX)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    d = Path("/dev/shm") / f"bkc-vc-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _args(vc: VCluster) -> list[str]:
+    return ["-R", f"ip netns exec {vc.prefix}-{{host}} sh -c {{cmd}}",
+            "--remote-python", sys.executable,
+            "--resolve", f"/etc/netns/{vc.ns(1)}/hosts"]  # fmt: skip
+
+
+def test_file_to_every_host_at_port_rate(vc: VCluster, shm: Path) -> None:
+    src = shm / "img"
+    src.write_bytes(os.urandom(8 << 20))
+    rc, doc, _, err = cast(*_args(vc), str(src), "host[1-4]", "--to", f"{shm}/{{host}}")
+    assert rc == 0, err
+    assert doc is not None
+    for h, n in by_host(doc).items():
+        assert (n["status"], n["digest"]) == ("OK", "ok"), n
+        assert filecmp.cmp(src, shm / h, shallow=False)
+        # every node's rate is the port's (100 Mbit/s = 12.5 MB/s), not loopback's
+        assert n["mb_per_s"] < 13.5, n
+
+
+def test_host_killed_mid_cast(vc: VCluster, shm: Path) -> None:
+    src = shm / "img"
+    src.write_bytes(os.urandom(40 << 20))  # 3.4 s at the port rate
+
+    def kill_host3() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # host3 is writing: pull the plug
+            if (shm / "host3").exists() and (shm / "host3").stat().st_size > 4 << 20:
+                vc.kill(3)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_host3, daemon=True)
+    t.start()
+    rc, doc, _, err = cast(*_args(vc), str(src), "host[1-4]", "--to", f"{shm}/{{host}}")
+    t.join(timeout=5)
+    assert rc == 1, err
+    assert doc is not None
+    nodes = by_host(doc)
+    assert nodes["host3"]["status"] != "OK" and "LOST" in nodes["host3"]["codes"]
+    for h in ("host1", "host2"):
+        assert nodes[h]["status"] == "OK", nodes[h]
+        assert filecmp.cmp(src, shm / h, shallow=False)
+    assert (nodes["host4"]["status"] == "OK") == HEAL, nodes["host4"]
+    assert "host3: " in err
+    # nothing of the run is left in any host
+    left = subprocess.run(["ip", "netns", "pids", vc.ns(2)], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_directory_tree(vc: VCluster, shm: Path) -> None:
+    tree = shm / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "motd").write_text("welcome\n")
+    (tree / "etc" / "cache.tmp").write_text("skip me")
+    (tree / "motd").symlink_to("etc/motd")
+    os.chmod(tree / "etc", 0o750)
+    rc, doc, _, err = cast(*_args(vc), "--exclude", "*.tmp", str(tree), "host[1-4]", "--to",
+                           f"{shm}/dst/{{host}}")  # fmt: skip
+    assert rc == 0, err
+    assert doc is not None and doc["failed"] == 0
+    for h in ("host1", "host4"):
+        d = shm / "dst" / h
+        assert (d / "motd").read_text() == "welcome\n" and os.readlink(d / "motd") == "etc/motd"
+        assert not (d / "etc" / "cache.tmp").exists()
+        assert (os.stat(d / "etc").st_mode & 0o777) == 0o750
+
+
+def test_stdin_wrong_permission_and_missing_host(vc: VCluster, shm: Path) -> None:
+    data = os.urandom(2 << 20)
+    for h in ("host1", "host2", "host4"):
+        (shm / h).mkdir()
+    (shm / "host3").symlink_to("/sys/kernel")  # root cannot create files there (EACCES)
+    rc, doc, _, err = cast(*_args(vc), "-", "host[1-5]", "--to", f"{shm}/{{host}}/img",
+                           "--connect-timeout", "5", stdin=data)  # fmt: skip
+    assert rc == 1, err
+    assert doc is not None
+    nodes = by_host(doc)
+    assert nodes["host3"]["codes"] == ["LWF"] and "Permission denied" in nodes["host3"]["detail"]
+    assert nodes["host5"]["codes"] == ["DOWN"]  # the cluster has 4 hosts: no namespace
+    for h in ("host1", "host2", "host4"):
+        assert nodes[h]["status"] == "OK", nodes[h]
+        assert (shm / h / "img").read_bytes() == data
+
+
+@pytest.mark.slow
+def test_over_ssh_with_a_host_that_does_not_exist(shm: Path) -> None:
+    """-R ssh (the default) through real sshd in every host, from the controller."""
+    cluster = make_cluster(3, "200mbit", "bkcs", sshd=True)
+    try:
+        src = shm / "img"
+        src.write_bytes(os.urandom(4 << 20))
+        rc, doc, _, err = cast("--ssh-args", f"-F {cluster.state.ssh_config}",
+                               "--resolve", f"/etc/netns/{cluster.ns(1)}/hosts",
+                               "--remote-python", sys.executable, str(src), "host[1-3],host9",
+                               "--to", f"{shm}/{{host}}")  # fmt: skip
+    finally:
+        cluster.down()
+    assert rc == 1, err
+    assert doc is not None
+    nodes = by_host(doc)
+    assert nodes["host9"]["codes"] == ["DOWN"] and "host9" in nodes["host9"]["detail"]
+    for h in ("host1", "host2", "host3"):
+        assert (nodes[h]["status"], nodes[h]["digest"]) == ("OK", "ok"), nodes[h]
+        assert filecmp.cmp(src, shm / h, shallow=False)
