@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,15 @@ def test_second_parent_is_turned_away(tmp_path: Path, source: Path, port: int) -
     assert "NNF" in err and "no child joined: nothing was delivered" in err
     assert (tmp_path / "o").read_bytes() == b"a" * 1000
     assert os.path.exists(tmp_path / "o")
+
+
+def test_demo_runs_a_verified_cast(tmp_path: Path) -> None:
+    """The README's first command: beo cast of a generated image, checked on its own."""
+    r = subprocess.run([sys.executable, "-m", "beokit.cli", "demo", "--size", "8M", "-n", "3",
+                        "--keep", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all 3 copies are byte-identical" in " ".join(r.stdout.split())
+    outs = sorted(p.name for p in tmp_path.glob("*.out"))
+    assert outs == ["127.0.0.2.out", "127.0.0.3.out", "127.0.0.4.out"]
+    assert all(p.stat().st_size == 8 << 20 for p in tmp_path.glob("*.out"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, sha256, spawn, wait_all
+from conftest import NETTEE, child_env, sha256, spawn, wait_all
 
 from beokit.nettee.localchain import free_port
 
@@ -354,3 +355,19 @@ def test_file_hasher_follows_a_growing_file(tmp_path: Path) -> None:
             os.close(fd)
     assert fh.error is None
     assert fh.hasher.hexdigest() == xxhash.xxh3_128(data).hexdigest()
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace (apt-get install strace)")
+def test_fsync_flushes_the_output_before_the_report(tmp_path: Path, source: Path) -> None:
+    """-fsync: the tip calls fsync on its output (seen by strace) and still ends complete."""
+    port = free_port(["127.0.0.2"])
+    trace = tmp_path / "trace"
+    tip = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync", "-o", str(trace),
+                            *NETTEE, "-bind", "127.0.0.2", "-port", str(port), "-out",
+                            str(tmp_path / "o"), "-fsync"], env=child_env(),
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2", "-in", str(source),
+                 env=child_env())  # fmt: skip
+    assert wait_all([root, tip]) == [0, 0]
+    assert sha256(tmp_path / "o") == sha256(source)
+    assert "fsync(" in trace.read_text()

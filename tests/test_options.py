@@ -201,7 +201,8 @@ def test_all_man_page_options_are_known():
         "-buf_maxwrite", "-connf", "-colrf", "-colwf", "-conrf", "-conwf", "-cmd",
         "-process", "-stm", "-h", "-hexamples", "-herrors", "-hprocess", "-i",
     }  # fmt: skip
-    extensions = {"-bind", "-secret_file", "-stall", "-report", "-heal", "-digest", "-window"}
+    extensions = {"-bind", "-secret_file", "-stall", "-report", "-heal", "-digest", "-window",
+                  "-fsync"}
     assert man_page | extensions == VALUE_OPTIONS | FLAG_OPTIONS
     assert not VALUE_OPTIONS & FLAG_OPTIONS
 

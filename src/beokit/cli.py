@@ -57,10 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser(
         "demo",
-        help="distribute a generated file through a local nettee chain and verify every node",
-        description="Start N nettee receivers on 127.0.0.2..N+1 and a root on 127.0.0.1, stream "
-        "a generated file through the chain with a fresh shared secret, and print each node's "
-        "result (bytes, sha256 check, time, rate).",
+        help="beo cast a generated image to receivers on 127.0.0.2.. and verify every copy",
+        description="Generate an image and run `beo cast -R exec IMAGE '127.0.0.[2-N+1]' --to "
+        "DIR/{host}.out`: a receiver per loopback address, a fresh shared secret over each "
+        "receiver's stdin, one nettee chain with -heal and -digest, fsync, the per-node table "
+        "(bytes, digest check, time, rate); then check every copy with sha256 on its own.",
     )
     d.add_argument("-n", "--nodes", type=node_count, default=4, help="receivers (default 4)")
     d.add_argument("--size", type=parse_size, default=parse_size("256M"),

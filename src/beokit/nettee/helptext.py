@@ -47,6 +47,8 @@ Failures (default: any severe error collapses the whole tree)
                       parent adopts its children and resumes each from the
                       bytes it holds; the dead node is reported      [beokit]
   -window BYTES       -heal replay window kept by each parent (default 16 MiB)
+  -fsync              flush the local output to stable storage before this
+                      node reports (a failing fsync is LWF)          [beokit]
 
 Security                                                               [beokit]
   NETTEE_SECRET=...   shared secret (environment): peers must prove it (HMAC)

@@ -1135,7 +1135,7 @@ class Node:
                 except OSError:
                     pass  # a device or a pipe
             self.local = Sink("local", self.out_fd, "local", maxwrite=maxwrite,
-                              on_error=self._local_write_failed)  # fmt: skip
+                              on_error=self._local_write_failed, fsync=cfg.fsync)  # fmt: skip
             sinks.append(self.local)
         relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
                       minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,

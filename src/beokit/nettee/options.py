@@ -11,6 +11,7 @@ dash).  Our extensions, also single dash so they read like the rest:
                        grandchildren and resumes each from the bytes it holds
 ``-digest``            every node hashes what it wrote (xxh3-128); the root compares
 ``-window BYTES``      -heal replay window per node (default 16 MiB)
+``-fsync``             flush the local output to stable storage before reporting
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ VALUE_OPTIONS = {
 }  # fmt: skip
 FLAG_OPTIONS = {
     "-root", "-w", "-q", "-colrf", "-colwf", "-conrf", "-conwf",
-    "-h", "-hexamples", "-herrors", "-hprocess", "-i", "-heal", "-digest",
+    "-h", "-hexamples", "-herrors", "-hprocess", "-i", "-heal", "-digest", "-fsync",
 }  # fmt: skip
 ALIASES = {"-p": "-port", "-conlrf": "-colrf"}  # -conlrf: the man page's spelling slip
 
@@ -96,6 +97,7 @@ class Config:
     report: str | None = None
     heal: bool = False
     digest: bool = False
+    fsync: bool = False
     window: int = DEFAULT_WINDOW
     help: Help | None = None
     given: dict[str, str] = field(default_factory=dict)
@@ -209,7 +211,7 @@ def parse_args(argv: list[str]) -> Config:
         cfg.secret_file = given["-secret_file"]
     if "-report" in given:
         cfg.report = given["-report"]
-    cfg.heal, cfg.digest = "-heal" in given, "-digest" in given
+    cfg.heal, cfg.digest, cfg.fsync = "-heal" in given, "-digest" in given, "-fsync" in given
     if "-window" in given:
         cfg.window = _number("-window", given["-window"], minimum=1 << 20, maximum=1 << 34)
     else:  # cover 3 pipes and 4 (doubled) socket buffers in flight across one hop
