@@ -1,0 +1,248 @@
+"""``beo dshd``, ``beo dsh``, ``beo top``: load daemons and least-loaded execution."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from beokit.errors import EXIT_USAGE, BeokitError
+
+DEFAULT_STATUS_PORT = 8181
+DEFAULT_BEST_PORT = 8282
+DEFAULT_GOSSIP_PORT = 8181  # UDP; the status port is TCP
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input: one line on stderr naming the bad value, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"bad port {text!r}: 1-65535")
+    return v
+
+
+def _positive(what: str, lo: float = 0.0) -> Any:
+    def convert(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}") from None
+        if not v > lo or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: must be > {lo:g}")
+        return v
+
+    convert.__name__ = what
+    return convert
+
+
+def _periods(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad period count {text!r}") from None
+    if not 1 <= v <= 1000:
+        raise argparse.ArgumentTypeError(f"bad period count {text!r}: 1-1000")
+    return v
+
+
+def _nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad extra load {text!r}") from None
+    if not 0 <= v < 1e6:
+        raise argparse.ArgumentTypeError(f"bad extra load {text!r}: 0 or more")
+    return v
+
+
+SECRET_HELP = (
+    "file holding the shared secret (default: $BEO_DSH_SECRET; none: no authentication). "
+    "Never on the command line"
+)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``dshd``, ``dsh`` and ``top`` under the ``beo`` umbrella."""
+    d = sub.add_parser(
+        "dshd",
+        help="cluster load daemon: gossip load over UDP, answer status and best node",
+        description="Run on every node: read the cluster file, send this node's state (load "
+        "averages, CPUs, memory, running dsh jobs) every period over UDP to the other members, "
+        "keep the table of members heard from, answer the whole table on the status port "
+        "(TCP) and the least-loaded node on the best port (TCP). SIGHUP re-reads the cluster "
+        "file, SIGUSR1 logs the table. See docs/dsh.md.",
+        epilog="examples:  beo dshd -f /etc/beokit/dsh.cluster -b -p\n"
+        "           beo dshd -f cluster --bind 127.0.1.1 --load-file /tmp/load1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.__class__ = OneLineParser
+    d.add_argument("-f", "--cluster-file", default="/etc/beokit/dsh.cluster", metavar="FILE",
+                   help="members, one a line: NAME [LOADWEIGHT [MEMWEIGHT]]; NAME may be a "
+                   "NodeSet (default /etc/beokit/dsh.cluster)")  # fmt: skip
+    d.add_argument("-b", "--background", action="store_true", help="fork to the background")
+    d.add_argument("-p", "--print-pid", action="store_true",
+                   help="print the daemon's pid on startup (with -b)")  # fmt: skip
+    d.add_argument(
+        "-t",
+        "--status-port",
+        type=_port,
+        default=DEFAULT_STATUS_PORT,
+        help=f"TCP port for the full status (default {DEFAULT_STATUS_PORT})",
+    )
+    d.add_argument(
+        "-r",
+        "--best-port",
+        type=_port,
+        default=DEFAULT_BEST_PORT,
+        help=f"TCP port for the best-node report (default {DEFAULT_BEST_PORT})",
+    )
+    d.add_argument(
+        "-g",
+        "--gossip-port",
+        type=_port,
+        default=DEFAULT_GOSSIP_PORT,
+        help=f"UDP port of the state reports (default {DEFAULT_GOSSIP_PORT})",
+    )
+    d.add_argument("--bind", default="0.0.0.0", metavar="ADDR",
+                   help="address of every socket (default all); several daemons can share "
+                   "one box on different loopback addresses")  # fmt: skip
+    d.add_argument("--name", metavar="NAME",
+                   help="this node's name in the cluster file (default: the member whose "
+                   "address is --bind, else the host name)")  # fmt: skip
+    d.add_argument(
+        "--period",
+        type=_positive("period"),
+        default=1.5,
+        metavar="S",
+        help="seconds between state reports (default 1.5)",
+    )
+    d.add_argument(
+        "--expire",
+        type=_periods,
+        default=3,
+        metavar="N",
+        help="drop a member not heard from for N periods (default 3)",
+    )
+    d.add_argument("--extra-load", type=_nonneg, default=1.0, metavar="L",
+                   help="load added locally to the node the best port names, until its next "
+                   "report (default 1.0)")  # fmt: skip
+    d.add_argument("--score", default="load", metavar="NAME|MODULE:FUNC",
+                   help="scoring function: load (default), loadmem, jobs, or an importable "
+                   "MODULE:FUNC(member, extra_load, now) -> float; lowest wins")  # fmt: skip
+    d.add_argument("--send-to", action="append", default=[], metavar="ADDR",
+                   help="send reports to this broadcast or multicast address instead of "
+                   "to every member (repeatable); a multicast group is joined")  # fmt: skip
+    d.add_argument("--load-file", metavar="FILE",
+                   help="read the load from FILE each period instead of /proc (for tests "
+                   "and demos): 'LOAD1 [LOAD5 LOAD15]' or a JSON object")  # fmt: skip
+    d.add_argument("--jobs-dir", default="/tmp/beokit-dsh-jobs", metavar="DIR",
+                   help="where dsh registers the jobs it runs on this node (default "
+                   "/tmp/beokit-dsh-jobs)")  # fmt: skip
+    d.add_argument("--secret-file", metavar="FILE", help=SECRET_HELP)
+    d.add_argument("--user", metavar="USER",
+                   help="drop root privileges to USER after binding (default: nobody when "
+                   "started as root with -b)")  # fmt: skip
+    d.add_argument("--log", metavar="FILE", help="log to FILE (default stderr)")
+    d.add_argument("-v", "--verbose", action="count", default=0, help="more log (repeatable)")
+
+    c = sub.add_parser(
+        "dsh",
+        help="run a command on the least-loaded node of the cluster",
+        description="Ask the local dshd for the least-loaded node and run COMMAND there "
+        "through ssh, in the same working directory, with stdin, stdout and stderr connected; "
+        "the exit status comes back and SIGINT/SIGTERM/SIGHUP/SIGQUIT are forwarded to the "
+        "remote process. Runs locally, with a warning, when no daemon answers. Works as a "
+        "compiler wrapper: make -j8 CC='beo dsh gcc'.",
+        epilog="examples:  beo dsh -v gcc -c foo.c\n"
+        "           make -j8 CC='beo dsh gcc'\n"
+        "           BEO_DSH_DAEMON=127.0.1.1 beo dsh --status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.__class__ = OneLineParser
+    _client_options(c)
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="print the chosen host on stderr")  # fmt: skip
+    c.add_argument("-n", "--no-stdin", action="store_true",
+                   help="do not pass stdin (like ssh -n)")  # fmt: skip
+    c.add_argument("--ssh", default="ssh", metavar="CMD",
+                   help="ssh client and its options, e.g. 'ssh -F cfg' (default ssh; also "
+                   "$BEO_DSH_SSH)")  # fmt: skip
+    c.add_argument(
+        "--status",
+        action="store_true",
+        help="print the cluster's state (as beo top --once) and exit",
+    )
+    c.add_argument("--json", action="store_true", help="with --status: JSON")
+    c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "top",
+        help="live table of the cluster's nodes, load and memory, from any dshd",
+        description="Show the table of a dshd's status port, refreshed every INTERVAL seconds "
+        "(Ctrl-C quits); not on a terminal, one table per interval, like top -b.",
+    )
+    t.__class__ = OneLineParser
+    _client_options(t)
+    t.add_argument("-i", "--interval", type=_positive("interval"), default=1.5, metavar="S",
+                   help="refresh every S seconds (default 1.5)")  # fmt: skip
+    t.add_argument("-1", "--once", action="store_true", help="print the table once and exit")
+    t.add_argument("--json", action="store_true", help="print the status JSON once and exit")
+    return d
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--daemon", metavar="HOST[:PORT]",
+                   help="the dshd to ask (default $BEO_DSH_DAEMON, else 127.0.0.1); PORT is "
+        "its best port for dsh, its status port for top and --status")  # fmt: skip
+    p.add_argument(
+        "-t",
+        "--status-port",
+        type=_port,
+        default=None,
+        help=f"its status port (default {DEFAULT_STATUS_PORT})",
+    )
+    p.add_argument(
+        "-r",
+        "--best-port",
+        type=_port,
+        default=None,
+        help=f"its best port (default {DEFAULT_BEST_PORT})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive("timeout"),
+        default=2.0,
+        metavar="S",
+        help="give up on the daemon after S seconds (default 2)",
+    )
+    p.add_argument("--secret-file", metavar="FILE", help=SECRET_HELP)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``beo dshd``, ``beo dsh``, ``beo top``; errors become one line on stderr."""
+    prog = f"beo {args.command}"
+    try:
+        if args.command == "dshd":
+            from beokit.dsh.daemon import main as daemon_main
+
+            return daemon_main(args)
+        from beokit.dsh import client
+
+        if args.command == "top" or args.status:
+            return client.top_main(args, once=args.command == "dsh" or args.once)
+        return client.dsh_main(args)
+    except BeokitError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return e.exit_status
+    except KeyboardInterrupt:  # Ctrl-C is how one leaves beo top
+        return 0 if args.command == "top" else 130

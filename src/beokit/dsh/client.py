@@ -1,0 +1,377 @@
+"""``beo dsh`` and ``beo top``: ask a dshd, run a command on the best node, show the table.
+
+The remote command runs through the real OpenSSH client, in the same working
+directory, inside a small POSIX sh wrapper that
+
+1. registers the job for the node's dshd (``$BEO_DSH_JOBS/ADDR.PID``, counted
+   while the process lives), and
+2. tells the client its pid on stderr (one line starting with ``\\036``,
+   removed by the client), so that SIGINT/SIGTERM/SIGHUP/SIGQUIT can be
+   forwarded to the remote process group through a second ssh,
+
+then ``exec``s the command (argv preserved: every word is quoted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import NoReturn
+
+from beokit.dsh import packet as P
+from beokit.dsh.cli import DEFAULT_BEST_PORT, DEFAULT_STATUS_PORT
+from beokit.dsh.daemon import read_secret
+from beokit.errors import EXIT_OK, BeokitError, UsageError
+
+DAEMON_ENV = "BEO_DSH_DAEMON"
+SSH_ENV = "BEO_DSH_SSH"
+JOBS_ENV = "BEO_DSH_JOBS"
+DEFAULT_JOBS_DIR = "/tmp/beokit-dsh-jobs"
+MARK = b"\036beo-dsh-pid "
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+MAX_REPLY = 16 << 20
+
+
+class NoDaemon(BeokitError):
+    """No dshd answered (refused, timed out, or spoke nonsense)."""
+
+
+def daemon_address(
+    args: argparse.Namespace, default_port: int, port_opt: int | None
+) -> tuple[str, int]:
+    """HOST[:PORT] from -d or $BEO_DSH_DAEMON (default 127.0.0.1); -t/-r override the port."""
+    text = args.daemon or os.environ.get(DAEMON_ENV) or "127.0.0.1"
+    host, sep, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if not sep:
+        host = text
+    if not host:
+        raise UsageError(f"bad daemon address {text!r}")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise UsageError(f"bad daemon address {text!r}: bad port")
+        port = int(port_text)
+    return host, port_opt or port
+
+
+def query(host: str, port: int, purpose: str, request: str, secret: bytes | None,
+          timeout: float) -> str:  # fmt: skip
+    """One TCP query to a dshd port; the whole answer as text."""
+    where = f"{host}:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if secret is not None:
+                first = f.readline(4096).decode(errors="replace")
+                if not first.startswith("auth "):
+                    raise NoDaemon(f"dshd at {where} has no secret, but we have one "
+                                   f"(unset ${'BEO_DSH_SECRET'} or --secret-file)")  # fmt: skip
+                mac = P.query_mac(secret, purpose, first.split()[1])
+                s.sendall(f"{mac} {request}\n".encode())
+                data = b""
+            else:
+                if request:
+                    s.sendall(f"{request}\n".encode())
+                data = f.readline(4096)
+                if data.startswith(b"auth "):
+                    raise NoDaemon(f"dshd at {where} asks for the shared secret: set "
+                                   "$BEO_DSH_SECRET or --secret-file")  # fmt: skip
+            while len(data) < MAX_REPLY:
+                s.settimeout(max(0.05, deadline - time.monotonic()))
+                chunk = f.read1(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except TimeoutError:
+        raise NoDaemon(f"no answer from dshd at {where} within {timeout:g} s") from None
+    except OSError as e:
+        raise NoDaemon(f"no dshd at {where} ({e.strerror or e})") from None
+    text = data.decode(errors="replace")
+    if text.startswith("error "):
+        raise NoDaemon(f"dshd at {where}: {text[6:].strip()}")
+    return text
+
+
+def ask_best(args: argparse.Namespace, secret: bytes | None) -> tuple[str, str, float, bool]:
+    host, port = daemon_address(args, DEFAULT_BEST_PORT, args.best_port)
+    # without a secret the best port answers at once and reads nothing: send nothing
+    text = query(host, port, "best", "best" if secret else "", secret, args.timeout)
+    try:
+        return P.parse_best(text.splitlines()[0] if text else "")
+    except P.PacketError as e:
+        raise NoDaemon(f"dshd at {host}:{port}: {e}") from None
+
+
+def get_status(args: argparse.Namespace, secret: bytes | None) -> dict:
+    host, port = daemon_address(args, DEFAULT_STATUS_PORT, args.status_port)
+    text = query(host, port, "status", "json", secret, args.timeout)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise NoDaemon(f"dshd at {host}:{port}: not a JSON status") from None
+    if not isinstance(doc, dict) or "members" not in doc:
+        raise NoDaemon(f"dshd at {host}:{port}: not a status")
+    return doc
+
+
+# ------------------------------------------------------------------- dsh
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"beo dsh: {text}\n")
+    sys.stderr.flush()
+
+
+def _workdir() -> str:
+    """The working directory as the shell spells it ($PWD if it is the same place)."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD")
+    if pwd and os.path.isabs(pwd):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(pwd, cwd):
+                return pwd
+    return cwd
+
+
+def register_job(address: str, pid: int) -> None:
+    """Mark a job running on this node (for this node's dshd); best effort."""
+    d = os.environ.get(JOBS_ENV, DEFAULT_JOBS_DIR)
+    with contextlib.suppress(OSError):
+        old = os.umask(0)
+        try:
+            os.makedirs(d, mode=0o1777, exist_ok=True)
+        finally:
+            os.umask(old)
+        with open(os.path.join(d, f"{address}.{pid}"), "w"):
+            pass
+
+
+def exec_local(cmd: list[str]) -> NoReturn:
+    """Become the command (stdio, cwd, signals and exit status are its own)."""
+    for sig in (signal.SIGPIPE, signal.SIGINT, *FORWARDED):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(cmd[0], cmd)
+    except FileNotFoundError:
+        _warn(f"{cmd[0]}: command not found")
+        os._exit(127)
+    except OSError as e:
+        _warn(f"{cmd[0]}: {e.strerror}")
+        os._exit(126)
+
+
+def remote_script(cmd: list[str], cwd: str) -> str:
+    """The sh wrapper run by ssh on the chosen node (see the module docstring)."""
+    jobs = shlex.quote(os.environ.get(JOBS_ENV, DEFAULT_JOBS_DIR))
+    return (
+        f'd=${{{JOBS_ENV}:-{jobs}}}; (umask 0; mkdir -p -m 1777 "$d") 2>/dev/null; '
+        'set -- $SSH_CONNECTION; : > "$d/${3:-local}.$$" 2>/dev/null; '
+        "printf '\\036beo-dsh-pid %s\\n' $$ >&2; "
+        f"cd -- {shlex.quote(cwd)} || exit 126; exec {shlex.join(cmd)}"
+    )
+
+
+def kill_script(pid: int, sig: int) -> str:
+    """Signal the remote job's process group (sshd made it a session), else the pid."""
+    return (f"g=$(cut -d' ' -f5 /proc/{pid}/stat 2>/dev/null); "
+            f"[ -n \"$g\" ] && kill -{sig} -$g 2>/dev/null || kill -{sig} {pid}")  # fmt: skip
+
+
+class Remote:
+    """One command run through ssh, with its stderr filtered and signals forwarded."""
+
+    def __init__(self, ssh: list[str], host: str, cmd: list[str], cwd: str, no_stdin: bool):
+        self.ssh, self.host = ssh, host
+        self.pid: int | None = None
+        self.pid_seen = threading.Event()
+        self.signals: list[int] = []
+        self.killers: list[subprocess.Popen] = []
+        argv = [*ssh, "-T", host, "--", f"sh -c {shlex.quote(remote_script(cmd, cwd))}"]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL if no_stdin else None, stderr=subprocess.PIPE,
+            start_new_session=True,  # terminal Ctrl-C reaches us only: we forward it
+        )  # fmt: skip
+        self.err_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self.err_thread.start()
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        out = sys.stderr.buffer
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            if self.pid is not None:
+                out.write(chunk)
+                out.flush()
+                continue
+            pending += chunk
+            while self.pid is None and b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(MARK):
+                    with contextlib.suppress(ValueError):
+                        self.pid = int(line[len(MARK) :])
+                    self.pid_seen.set()
+                    for sig in self.signals:
+                        self._send(sig)
+                else:
+                    out.write(line + b"\n")
+            if self.pid is not None or len(pending) > 65536:
+                out.write(pending)
+                pending = b""
+            out.flush()
+        if pending:
+            out.write(pending)
+            out.flush()
+
+    def _send(self, sig: int) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            self.killers.append(subprocess.Popen(
+                [*self.ssh, "-T", self.host, "--", f"sh -c {shlex.quote(kill_script(self.pid, sig))}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            ))  # fmt: skip
+
+    def forward(self, sig: int) -> None:
+        """A signal for us: send it to the remote job (a second one of a kind ends ssh)."""
+        if self.signals.count(sig) >= 1 and sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(OSError):
+                self.proc.terminate()
+        self.signals.append(sig)
+        self._send(sig)
+
+    def wait(self) -> int:
+        rc = self.proc.wait()
+        self.err_thread.join(5)
+        for k in self.killers:
+            try:
+                k.wait(10)
+            except subprocess.TimeoutExpired:
+                k.kill()
+                k.wait()
+        if rc == 255 and self.signals:
+            return 128 + self.signals[-1]
+        if rc == 255 and self.pid is None:
+            _warn(f"ssh to {self.host} failed (exit 255)")
+        return rc
+
+
+def dsh_main(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("no command (beo dsh [-v] COMMAND...)")
+    ssh_text = os.environ.get(SSH_ENV, "ssh") if args.ssh == "ssh" else args.ssh
+    try:
+        ssh = shlex.split(ssh_text)
+    except ValueError:
+        raise UsageError(f"bad --ssh {ssh_text!r}") from None
+    if not ssh:
+        raise UsageError(f"bad --ssh {ssh_text!r}")
+    daemon_address(args, DEFAULT_BEST_PORT, args.best_port)  # check it before anything
+    secret = read_secret(args.secret_file)
+    try:
+        name, address, score, local = ask_best(args, secret)
+    except NoDaemon as e:
+        _warn(f"{e}; running locally")
+        exec_local(cmd)
+    if args.verbose:
+        _warn(f"running on {name} (score {score:.3f})")
+    if local:
+        register_job(address, os.getpid())
+        exec_local(cmd)
+    remote = Remote(ssh, name, cmd, _workdir(), args.no_stdin)
+
+    def on_signal(sig: int, _frame: object) -> None:
+        remote.forward(sig)
+
+    for sig in FORWARDED:
+        signal.signal(sig, on_signal)
+    try:
+        return remote.wait()
+    finally:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+# -------------------------------------------------------------------- top
+
+
+def status_table(doc: dict):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    t = Table(title=f"dshd {doc.get('node')}: {doc.get('up')}/{len(doc['members'])} up",
+              title_justify="left")  # fmt: skip
+    for col, just in (("node", "left"), ("state", "left"), ("load 1 5 15", "right"),
+                      ("cpus", "right"), ("jobs", "right"), ("extra", "right"),
+                      ("mem free/total", "right"), ("score", "right"),
+                      ("age s", "right")):  # fmt: skip
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for r in doc["members"]:
+        name = r["name"] + (" *" if r.get("self") else "")
+        if "load1" not in r:
+            t.add_row(name, "[red]down[/]" if not r["up"] else "up", *["-"] * 7)
+            continue
+        state = "[green]up[/]" if r["up"] else "[red]down[/]"
+        score = "-" if r.get("score") is None else f"{r['score']:.3f}"
+        age = "-" if r.get("age") is None else f"{r['age']:.1f}"
+        gib = 1024 * 1024
+        t.add_row(
+            name, state, f"{r['load1']:.2f} {r['load5']:.2f} {r['load15']:.2f}",
+            str(r["cpus"]), str(r["jobs"]), f"{r['extra']:.1f}",
+            f"{r['mem_free_kb'] / gib:.1f}/{r['mem_total_kb'] / gib:.1f} GiB", score, age,
+        )  # fmt: skip
+    return t
+
+
+def top_main(args: argparse.Namespace, once: bool) -> int:
+    from rich.console import Console
+
+    secret = read_secret(args.secret_file)
+    daemon_address(args, DEFAULT_STATUS_PORT, args.status_port)
+    if getattr(args, "json", False):
+        print(json.dumps(get_status(args, secret), indent=1))
+        return EXIT_OK
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    if once:
+        console.print(status_table(get_status(args, secret)))
+        return EXIT_OK
+    from rich.live import Live
+    from rich.text import Text
+
+    interval = getattr(args, "interval", 1.5)
+    if not console.is_terminal:  # like top -b: one table per interval
+        while True:
+            try:
+                console.print(status_table(get_status(args, secret)))
+            except NoDaemon as e:
+                console.print(f"beo top: {e}")
+            sys.stdout.flush()
+            time.sleep(interval)
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            try:
+                live.update(status_table(get_status(args, secret)), refresh=True)
+            except NoDaemon as e:
+                live.update(Text(f"beo top: {e}", style="red"), refresh=True)
+            time.sleep(interval)

@@ -1,0 +1,656 @@
+"""``beo dshd``: the load daemon (asyncio; UDP gossip, TCP status and best ports).
+
+Thin driver around :mod:`beokit.dsh.state` and :mod:`beokit.dsh.packet`:
+it measures this node, sends the report, feeds received datagrams to the
+table, and answers the two TCP ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from beokit.dsh import packet as P
+from beokit.dsh import state as S
+from beokit.errors import EXIT_OK, BeokitError, UsageError
+
+log = logging.getLogger("beokit.dshd")
+
+RX_PAUSE = 0.2  # after draining a socket, wait this long before the next wake-up
+MAX_CONNECTIONS = 128  # concurrent TCP queries; more are closed at once
+QUERY_TIMEOUT = 3.0  # a TCP client must finish within this
+REQUEST_WAIT = 0.25  # status port without a secret: wait this long for "json"/"text"
+SECRET_ENV = "BEO_DSH_SECRET"
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The shared secret from FILE, else $BEO_DSH_SECRET, else None."""
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"bad secret file {path!r}: {e.strerror}") from None
+        if not data:
+            raise UsageError(f"bad secret file {path!r}: empty")
+        return data
+    env = os.environ.get(SECRET_ENV, "").strip()
+    return env.encode() if env else None
+
+
+def resolve(name: str) -> str:
+    """An IPv4 address for a member name (the name itself if it is one)."""
+    try:
+        return str(ipaddress.IPv4Address(name))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as e:
+        raise UsageError(f"cannot resolve member {name!r}: {e}") from None
+    return str(infos[0][4][0])
+
+
+@dataclass
+class Config:
+    cluster_file: str
+    bind: str
+    name: str | None
+    period: float
+    expire: int
+    extra_load: float
+    score: str
+    send_to: list[str]
+    load_file: str | None
+    jobs_dir: str
+    secret_file: str | None
+    gossip_port: int
+    status_port: int
+    best_port: int
+
+
+@dataclass
+class Loaded:
+    """What the cluster file and the options give, checked."""
+
+    specs: list[S.MemberSpec]
+    addresses: dict[str, str]
+    self_name: str
+    secret: bytes | None
+    score: S.ScoreFn
+    targets: list[str] = field(default_factory=list)
+
+
+def load_config(cfg: Config) -> Loaded:
+    """Read and check everything; raise :class:`UsageError` naming the bad value."""
+    try:
+        with open(cfg.cluster_file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UsageError(f"bad cluster file {cfg.cluster_file!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"bad cluster file {cfg.cluster_file!r}: not UTF-8 text") from None
+    try:
+        specs = S.parse_cluster(text, cfg.cluster_file)
+        score = S.score_function(cfg.score)
+    except S.ConfigError as e:
+        raise UsageError(str(e)) from None
+    addresses = {s.name: resolve(s.name) for s in specs}
+    if cfg.name is not None:
+        if cfg.name not in addresses:
+            raise UsageError(f"bad --name {cfg.name!r}: not in {cfg.cluster_file}")
+        self_name = cfg.name
+    else:
+        by_addr = [n for n, a in addresses.items() if a == cfg.bind]
+        host = socket.gethostname()
+        cands = by_addr or [n for n in addresses if n in (host, host.split(".")[0])]
+        if not cands:
+            raise UsageError(f"this node (bind {cfg.bind}, host name {host!r}) is not in "
+                             f"{cfg.cluster_file}; give --name")  # fmt: skip
+        self_name = cands[0]
+    for a in cfg.send_to:
+        try:
+            ipaddress.IPv4Address(a)
+        except ValueError:
+            raise UsageError(f"bad --send-to address {a!r}") from None
+    secret = read_secret(cfg.secret_file)
+    return Loaded(specs, addresses, self_name, secret, score)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:  # utf-8 is built in: no codec import after dropping root
+        return f.read(65536).decode(errors="replace")
+
+
+def measure_proc() -> dict:
+    """Load averages, CPUs and memory of this machine from /proc."""
+    l1, l5, l15 = (float(x) for x in _read("/proc/loadavg").split()[:3])
+    mem = {}
+    for line in _read("/proc/meminfo").splitlines():
+        k, _, v = line.partition(":")
+        if k in ("MemTotal", "MemAvailable", "MemFree"):
+            mem[k] = int(v.split()[0])
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return {"load1": l1, "load5": l5, "load15": l15, "cpus": cpus,
+            "mem_total_kb": mem.get("MemTotal", 0),
+            "mem_free_kb": mem.get("MemAvailable", mem.get("MemFree", 0))}  # fmt: skip
+
+
+def parse_load_file(text: str) -> dict:
+    """A simulated load: ``LOAD1 [LOAD5 LOAD15]`` or a JSON object with any of
+    load1, load5, load15, cpus, mem_total_kb, mem_free_kb, jobs."""
+    text = text.strip()
+    if text.startswith("{"):
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
+        keys = ("load1", "load5", "load15", "cpus", "mem_total_kb", "mem_free_kb", "jobs")
+        out = {k: d[k] for k in keys if k in d}
+        for k, v in out.items():
+            if not isinstance(v, int | float) or v < 0:
+                raise ValueError(f"bad {k} {v!r}")
+        return out
+    nums = [float(x) for x in text.split()]
+    if not 1 <= len(nums) <= 3 or any(not 0 <= x < 1e6 for x in nums):
+        raise ValueError(f"bad load {text[:40]!r}")
+    l1 = nums[0]
+    return {"load1": l1, "load5": nums[1] if len(nums) > 1 else l1,
+            "load15": nums[2] if len(nums) > 2 else l1}  # fmt: skip
+
+
+def count_jobs(jobs_dir: str, own: set[str] | None) -> int:
+    """dsh jobs running here: files ``ADDR.PID`` in ``jobs_dir`` whose process lives.
+
+    ``own``: the addresses that mean this node (None: every file counts)."""
+    try:
+        names = os.listdir(jobs_dir)
+    except OSError:
+        return 0
+    n = 0
+    for fn in names:
+        addr, _, pid = fn.rpartition(".")
+        if not pid.isdigit() or (own is not None and addr not in own):
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            n += 1
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(jobs_dir, fn))
+    return n
+
+
+# ------------------------------------------------------------------- daemon
+
+
+class Daemon:
+    """One dshd: the table, its sockets and its timers."""
+
+    def __init__(self, cfg: Config, loaded: Loaded) -> None:
+        self.cfg = cfg
+        self.loaded = loaded
+        self.table = S.Table(
+            loaded.specs, loaded.self_name, period=cfg.period, expire_periods=cfg.expire,
+            extra_load=cfg.extra_load, score=loaded.score,
+        )  # fmt: skip
+        self.table.set_members(loaded.specs, loaded.addresses)
+        self.seq = 0
+        self.rng = random.Random()
+        self.udp: socket.socket | None = None
+        self.extra_udp: list[socket.socket] = []
+        self.servers: list[asyncio.Server] = []
+        self.connections = 0
+        self.stats = {"sent": 0, "received": 0, "rejected": 0, "bad": 0, "queries": 0,
+                      "best": 0, "refused": 0, "send_errors": 0, "own": 0}  # fmt: skip
+        self.load_file_error: str | None = None
+        self.stop_event: asyncio.Event | None = None
+        self._last_reject_log = 0.0
+        self._own_addrs: set[str] | None = None
+        self.closed = False
+        self._set_targets()
+
+    # ---- configuration
+    def _set_targets(self) -> None:
+        ld = self.loaded
+        if self.cfg.send_to:
+            self.targets = list(self.cfg.send_to)
+        else:
+            self.targets = [a for n, a in ld.addresses.items() if n != ld.self_name]
+        self.dests = [(a, self.cfg.gossip_port) for a in self.targets]
+        own = {ld.addresses[ld.self_name], ld.self_name, self.cfg.bind}
+        self._own_addrs = None if self.cfg.bind == "0.0.0.0" else own
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the cluster file (and the secret); keep going on errors."""
+        try:
+            loaded = load_config(self.cfg)
+        except BeokitError as e:
+            log.error("SIGHUP: keeping the old configuration: %s", e)
+            return
+        if loaded.self_name != self.loaded.self_name and self.cfg.name is None:
+            log.warning("SIGHUP: this node is now %r (was %r)", loaded.self_name,
+                        self.loaded.self_name)  # fmt: skip
+        try:
+            old_self = self.table.self_name
+            self.table.self_name = loaded.self_name
+            self.table.set_members(loaded.specs, loaded.addresses)
+        except S.ConfigError as e:
+            self.table.self_name = old_self
+            log.error("SIGHUP: keeping the old configuration: %s", e)
+            return
+        self.table.score = loaded.score
+        self.loaded = loaded
+        self._set_targets()
+        log.info("SIGHUP: %d members from %s", len(loaded.specs), self.cfg.cluster_file)
+
+    def dump(self) -> None:
+        """SIGUSR1: the table and counters into the log."""
+        snap = self.table.snapshot(time.monotonic())
+        log.warning("state dump (SIGUSR1): %s\n%s", json.dumps(self.stats),
+                    S.format_status(snap).rstrip())  # fmt: skip
+
+    # ---- sockets (bound before the loop starts, so -b reports bind errors)
+    def bind(self) -> None:
+        cfg = self.cfg
+        try:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            u.bind((cfg.bind, cfg.gossip_port))
+            u.setblocking(False)
+            self.udp = u
+            for addr in cfg.send_to:
+                ip = ipaddress.IPv4Address(addr)
+                if ip.is_multicast:
+                    u.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+                    u.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+                    if cfg.bind != "0.0.0.0":
+                        u.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                     socket.inet_aton(cfg.bind))  # fmt: skip
+                    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    r.bind((addr, cfg.gossip_port))
+                    iface = cfg.bind if cfg.bind != "0.0.0.0" else "0.0.0.0"
+                    mreq = socket.inet_aton(addr) + socket.inet_aton(iface)
+                    r.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                    r.setblocking(False)
+                    self.extra_udp.append(r)
+                elif cfg.bind != "0.0.0.0":  # broadcast: a bound socket does not see it
+                    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    r.bind((addr, cfg.gossip_port))
+                    r.setblocking(False)
+                    self.extra_udp.append(r)
+            self._tcp = []
+            for port in (cfg.status_port, cfg.best_port):
+                t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                t.bind((cfg.bind, port))
+                t.listen(128)
+                t.setblocking(False)
+                self._tcp.append(t)
+        except OSError as e:
+            self.close()
+            raise BeokitError(f"cannot bind {cfg.bind} (UDP {cfg.gossip_port}, TCP "
+                              f"{cfg.status_port}/{cfg.best_port}): {e.strerror}") from None  # fmt: skip
+
+    def close(self) -> None:
+        for s in [self.udp, *self.extra_udp, *getattr(self, "_tcp", [])]:
+            if s is not None:
+                s.close()
+
+    # ---- gossip
+    def measure(self) -> P.Report:
+        d = measure_proc()
+        if self.cfg.load_file:
+            try:
+                d.update(parse_load_file(_read(self.cfg.load_file)))
+                if self.load_file_error:
+                    log.info("load file %s readable again", self.cfg.load_file)
+                self.load_file_error = None
+            except (OSError, ValueError) as e:
+                if self.load_file_error is None:
+                    log.warning("load file %s: %s; using /proc", self.cfg.load_file, e)
+                self.load_file_error = str(e)
+        jobs = count_jobs(self.cfg.jobs_dir, self._own_addrs)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return P.Report(
+            self.table.self_name, self.seq, int(time.time() * 1000),
+            float(d["load1"]), float(d["load5"]), float(d["load15"]), int(d["cpus"]),
+            int(d.get("jobs", jobs)), int(d["mem_total_kb"]), int(d["mem_free_kb"]),
+            int(self.cfg.period * 1000),
+        )  # fmt: skip
+
+    def send_report(self) -> None:
+        now = time.monotonic()
+        report = self.measure()
+        self._log_events(self.table.set_self(report, now))
+        data = P.encode(report, self.loaded.secret)
+        assert self.udp is not None
+        sendto = self.udp.sendto
+        sent = 0
+        for dest in self.dests:
+            try:
+                sendto(data, dest)
+                sent += 1
+            except OSError as e:  # full buffer, unreachable: the next period retries
+                self.stats["send_errors"] += 1
+                log.debug("send to %s: %s", dest[0], e)
+        self.stats["sent"] += sent
+        self._log_events(self.table.tick(now))
+
+    def on_readable(self, sock: socket.socket) -> None:
+        """Drain the socket, then sleep RX_PAUSE: under load, one wake-up per batch."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        try:
+            self.drain(sock)
+        finally:
+            loop.call_later(RX_PAUSE, self._rearm, sock)
+
+    def _rearm(self, sock: socket.socket) -> None:
+        if sock.fileno() >= 0 and not self.closed:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self.on_readable, sock)
+
+    def drain(self, sock: socket.socket) -> None:
+        """Read every queued datagram (the hot path at 1000 members: kept lean)."""
+        secret = self.loaded.secret
+        now = time.monotonic()
+        recvfrom, decode, receive = sock.recvfrom, P.decode, self.table.receive
+        self_name = self.table.self_name
+        size = P.MAX_PACKET + 1
+        n = own = 0
+        try:
+            for _ in range(100_000):  # a bound, not a limit in practice: the buffer holds less
+                try:
+                    data, (src, _port) = recvfrom(size)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    log.debug("recvfrom: %s", e)
+                    return
+                n += 1
+                try:
+                    report = decode(data, secret)
+                except P.PacketError as e:
+                    self.stats["bad"] += 1
+                    self._reject(f"{src}: {e}", now)
+                    continue
+                if report.name == self_name:
+                    own += 1  # our broadcast coming back (or a fake: ignored too)
+                    continue
+                events = receive(report, src, now)
+                if events:
+                    self._log_events(events)
+        finally:
+            self.stats["received"] += n
+            self.stats["own"] += own
+
+    def _reject(self, what: str, now: float) -> None:
+        self.stats["rejected"] += 1
+        if now - self._last_reject_log > 10.0:  # a flood must not flood the log
+            self._last_reject_log = now
+            log.warning("ignored packet %s (%d ignored so far)", what, self.stats["rejected"])
+        else:
+            log.debug("ignored packet %s", what)
+
+    def _log_events(self, events: list[S.Event]) -> None:
+        for e in events:
+            if e.kind == "up":
+                log.info("member %s is up%s", e.name, f" ({e.detail})" if e.detail else "")
+            elif e.kind == "down":
+                log.warning("member %s is down: %s", e.name, e.detail)
+            else:
+                self._reject(f"from {e.name!r}: {e.detail}", time.monotonic())
+
+    async def gossip_loop(self) -> None:
+        period = self.cfg.period
+        while True:
+            try:
+                self.send_report()
+            except Exception:  # never let one bad period stop the reports
+                log.exception("dshd: sending the report failed")
+            await asyncio.sleep(period * self.rng.uniform(0.9, 1.1))
+
+    # ---- TCP queries
+    async def _challenge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         purpose: str) -> str | None:  # fmt: skip
+        """With a secret: challenge, check the answer; return the request word or None."""
+        secret = self.loaded.secret
+        assert secret is not None
+        nonce = secrets.token_hex(16)
+        writer.write(f"auth {nonce}\n".encode())
+        await writer.drain()
+        line = (await reader.readline()).decode(errors="replace")
+        ok, word = P.check_query(secret, purpose, nonce, line)
+        if not ok:
+            self.stats["refused"] += 1
+            writer.write(b"error authentication failed\n")
+            return None
+        return word
+
+    async def handle_status(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:  # fmt: skip
+        async def serve() -> None:
+            if self.loaded.secret is not None:
+                word = await self._challenge(reader, writer, "status")
+                if word is None:
+                    return
+            else:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), REQUEST_WAIT)
+                    word = line.decode(errors="replace").strip()
+                except TimeoutError:
+                    word = ""
+            snap = self.table.snapshot(time.monotonic())
+            snap["stats"] = dict(self.stats)
+            if word == "json":
+                writer.write(json.dumps(snap).encode() + b"\n")
+            else:
+                writer.write(S.format_status(snap).encode())
+
+        await self._serve(writer, serve)
+
+    async def handle_best(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:  # fmt: skip
+        async def serve() -> None:
+            if (
+                self.loaded.secret is not None
+                and await self._challenge(reader, writer, "best") is None
+            ):
+                return
+            now = time.monotonic()
+            self._log_events(self.table.tick(now))
+            m = self.table.best(now)
+            if m is None:  # cannot happen while we run: this node is always up
+                writer.write(b"error no member up\n")
+                return
+            score = float(self.table.score(m, self.table.extra_load, now))
+            self.table.bump(m, now)
+            self.stats["best"] += 1
+            local = m.name == self.table.self_name
+            writer.write(P.format_best(m.name, m.address, score, local).encode())
+            log.debug("best: %s (score %.3f)", m.name, score)
+
+        await self._serve(writer, serve)
+
+    async def _serve(self, writer: asyncio.StreamWriter, serve) -> None:  # type: ignore[no-untyped-def]
+        self.stats["queries"] += 1
+        if self.connections >= MAX_CONNECTIONS:
+            self.stats["refused"] += 1
+            writer.transport.abort()
+            return
+        self.connections += 1
+        try:
+            await asyncio.wait_for(serve(), QUERY_TIMEOUT)
+            await asyncio.wait_for(writer.drain(), QUERY_TIMEOUT)
+        except (TimeoutError, OSError, ValueError) as e:  # slow, gone, or too long a line
+            log.debug("query: %s", e)
+        finally:
+            self.connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    # ---- main
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        assert self.udp is not None
+        for s in [self.udp, *self.extra_udp]:
+            loop.add_reader(s.fileno(), self.on_readable, s)
+        status, best = self._tcp
+        self.servers = [
+            await asyncio.start_server(self.handle_status, sock=status, limit=4096),
+            await asyncio.start_server(self.handle_best, sock=best, limit=4096),
+        ]
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.dump)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        log.info("dshd %s: %d members, bind %s, UDP %d, status %d, best %d, period %g s%s",
+                 self.table.self_name, len(self.table.members), self.cfg.bind,
+                 self.cfg.gossip_port, self.cfg.status_port, self.cfg.best_port,
+                 self.cfg.period, ", authenticated" if self.loaded.secret else "")  # fmt: skip
+        gossip = asyncio.create_task(self.gossip_loop())
+        try:
+            await self.stop_event.wait()
+        finally:
+            gossip.cancel()
+            for srv in self.servers:
+                srv.close()
+            for s in [self.udp, *self.extra_udp]:
+                loop.remove_reader(s.fileno())
+            self.closed = True
+            self.close()
+            log.info("dshd %s: stopped", self.table.self_name)
+
+
+def _check_user(user: str) -> int:
+    import pwd
+
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"bad --user {user!r}: no such user") from None
+    if os.getuid() != uid and os.geteuid() != 0:
+        raise UsageError(f"bad --user {user!r}: only root can change user")
+    return uid
+
+
+def _drop_privileges(user: str) -> None:
+    import grp
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    if os.getuid() == pw.pw_uid:
+        return
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    os.setgroups(groups)
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+def _daemonize(print_pid: bool) -> None:
+    """Fork to the background (double fork, new session, stdio on /dev/null)."""
+    r, w = os.pipe()
+    if os.fork() > 0:  # the command's process: report the daemon's pid, exit
+        os.close(w)
+        pid = os.read(r, 32).decode().strip()
+        if print_pid and pid:
+            print(pid, flush=True)
+        os._exit(0)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.write(w, f"{os.getpid()}\n".encode())
+    os.close(w)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def setup_logging(path: str | None, verbose: int, background: bool) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if path:
+        handler: logging.Handler = logging.FileHandler(path)
+    elif background and os.path.exists("/dev/log"):
+        from logging.handlers import SysLogHandler
+
+        handler = SysLogHandler("/dev/log")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(asctime)s dshd[%(process)d] %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger("beokit.dshd")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _abs(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
+
+
+def main(args: argparse.Namespace) -> int:
+    # absolute paths: -b changes to / and SIGHUP re-reads from there
+    cfg = Config(
+        cluster_file=os.path.abspath(args.cluster_file), bind=args.bind, name=args.name, period=args.period,
+        expire=args.expire, extra_load=args.extra_load, score=args.score,
+        send_to=list(args.send_to), load_file=_abs(args.load_file), jobs_dir=os.path.abspath(args.jobs_dir),
+        secret_file=_abs(args.secret_file), gossip_port=args.gossip_port,
+        status_port=args.status_port, best_port=args.best_port,
+    )  # fmt: skip
+    try:
+        ipaddress.IPv4Address(cfg.bind)
+    except ValueError:
+        raise UsageError(f"bad --bind address {cfg.bind!r}") from None
+    if args.status_port == args.best_port:
+        raise UsageError(f"bad --best-port {args.best_port}: same as the status port")
+    if args.log:
+        try:
+            open(args.log, "a").close()
+        except OSError as e:
+            raise UsageError(f"bad --log file {args.log!r}: {e.strerror}") from None
+    user = args.user or ("nobody" if args.background and os.geteuid() == 0 else None)
+    if user:
+        _check_user(user)
+    loaded = load_config(cfg)
+    daemon = Daemon(cfg, loaded)
+    daemon.bind()
+    # the log is opened first: after dropping root it may not be writable any more
+    setup_logging(_abs(args.log), args.verbose + 1, args.background)
+    if user:
+        try:
+            _drop_privileges(user)
+        except BaseException:
+            daemon.close()
+            raise
+    if args.background:
+        _daemonize(args.print_pid)
+    try:
+        asyncio.run(daemon.run())
+    except Exception:
+        log.exception("dshd: crashed")
+        raise
+    return EXIT_OK

@@ -1,0 +1,149 @@
+"""The dshd state report on the wire, and the query handshake of the TCP ports (pure).
+
+One UDP datagram per report, big-endian::
+
+    magic "BKdS" | version u8 | flags u8 | name length u8 | reserved u8
+    seq u32 | sent time ms u64 (sender's wall clock)
+    load1 load5 load15 f32 | cpus u16 | jobs u16
+    mem total KiB u64 | mem free KiB u64 | period ms u32
+    name (UTF-8) | [HMAC-SHA256(secret, everything before)[:16] when flags & 1]
+
+A receiver with a secret accepts only packets whose MAC checks; a receiver
+without one ignores the MAC. Freshness (replays) is the membership table's
+business: :mod:`beokit.dsh.state` keeps the newest (time, seq) per member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import struct
+from typing import NamedTuple
+
+MAGIC = b"BKdS"
+VERSION = 1
+FLAG_MAC = 1
+MAC_LEN = 16
+MAX_NAME = 255
+_HEAD = struct.Struct("!4sBBBBIQfffHHQQI")
+HEAD_LEN = _HEAD.size  # 52
+MAX_PACKET = HEAD_LEN + MAX_NAME + MAC_LEN
+_INF = float("inf")
+
+
+class PacketError(ValueError):
+    """A datagram that is not a valid state report (or fails authentication)."""
+
+
+class Report(NamedTuple):
+    """One node's state, as it sends it (a named tuple: cheap to build, 1000s a second)."""
+
+    name: str
+    seq: int = 0
+    sent_ms: int = 0
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    cpus: int = 1
+    jobs: int = 0
+    mem_total_kb: int = 0
+    mem_free_kb: int = 0
+    period_ms: int = 1500
+
+
+def _mac(secret: bytes, data: bytes) -> bytes:
+    return hmac.digest(secret, data, "sha256")[:MAC_LEN]  # the one-shot C path: fast
+
+
+def _f32(x: float) -> float:
+    if not math.isfinite(x) or x < 0:
+        return 0.0
+    return min(x, 3.0e38)
+
+
+def encode(r: Report, secret: bytes | None = None) -> bytes:
+    """The datagram for ``r``; with ``secret``, authenticated."""
+    name = r.name.encode()
+    if not 0 < len(name) <= MAX_NAME:
+        raise PacketError(f"bad node name {r.name!r}: 1-{MAX_NAME} bytes")
+    head = _HEAD.pack(
+        MAGIC, VERSION, FLAG_MAC if secret else 0, len(name), 0,
+        r.seq & 0xFFFFFFFF, max(0, r.sent_ms) & 0xFFFFFFFFFFFFFFFF,
+        _f32(r.load1), _f32(r.load5), _f32(r.load15),
+        max(0, min(r.cpus, 0xFFFF)), max(0, min(r.jobs, 0xFFFF)),
+        max(0, min(r.mem_total_kb, 2**64 - 1)), max(0, min(r.mem_free_kb, 2**64 - 1)),
+        max(0, min(r.period_ms, 0xFFFFFFFF)),
+    )  # fmt: skip
+    data = head + name
+    return data + _mac(secret, data) if secret else data
+
+
+def decode(data: bytes, secret: bytes | None = None) -> Report:
+    """Parse a datagram; raise :class:`PacketError` if malformed or not authentic.
+
+    With ``secret`` the packet must carry a MAC that checks.
+    """
+    if len(data) < HEAD_LEN:
+        raise PacketError(f"short packet ({len(data)} bytes)")
+    (magic, version, flags, nlen, _res, seq, sent, l1, l5, l15, cpus, jobs, mt, mf,
+     period) = _HEAD.unpack_from(data)  # fmt: skip
+    if magic != MAGIC:
+        raise PacketError("not a dshd packet (bad magic)")
+    if version != VERSION:
+        raise PacketError(f"unsupported version {version}")
+    has_mac = bool(flags & FLAG_MAC)
+    end = HEAD_LEN + nlen
+    if nlen == 0 or len(data) != end + (MAC_LEN if has_mac else 0):
+        raise PacketError("bad packet length")
+    if secret is not None:
+        if not has_mac:
+            raise PacketError("unauthenticated packet")
+        if not hmac.compare_digest(data[end:], _mac(secret, data[:end])):
+            raise PacketError("bad MAC")
+    try:
+        name = data[HEAD_LEN:end].decode()
+    except UnicodeDecodeError:
+        raise PacketError("bad node name encoding") from None
+    if not (0.0 <= l1 < _INF and 0.0 <= l5 < _INF and 0.0 <= l15 < _INF):  # NaN fails too
+        raise PacketError("bad load value")
+    return Report(name, seq, sent, l1, l5, l15, cpus, jobs, mt, mf, period)
+
+
+# --------------------------------------------------------------- TCP queries
+#
+# Without a secret the status and best ports answer at once (seed: "telnetting
+# to stport gives the state info"). With one, the daemon first sends
+# ``auth NONCE\n`` and the client answers ``MAC [REQUEST]\n`` where MAC is
+# HMAC-SHA256(secret, PURPOSE ":" NONCE) in hex; anything else is refused.
+
+
+def query_mac(secret: bytes, purpose: str, nonce: str) -> str:
+    """The hex answer to the daemon's challenge for a ``status`` or ``best`` query."""
+    return hmac.new(secret, f"beokit-dsh-{purpose}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_query(secret: bytes, purpose: str, nonce: str, line: str) -> tuple[bool, str]:
+    """Check a client's answer line; return (authentic, request word)."""
+    parts = line.split()
+    if not parts:
+        return False, ""
+    ok = hmac.compare_digest(parts[0].encode(), query_mac(secret, purpose, nonce).encode())
+    return ok, (parts[1] if len(parts) > 1 else "")
+
+
+def format_best(name: str, address: str, score: float, local: bool) -> str:
+    """The best port's answer line: ``best NAME ADDRESS SCORE self|other``."""
+    return f"best {name} {address} {score:.3f} {'self' if local else 'other'}\n"
+
+
+def parse_best(line: str) -> tuple[str, str, float, bool]:
+    """Inverse of :func:`format_best`; raise :class:`PacketError` otherwise."""
+    parts = line.split()
+    if len(parts) != 5 or parts[0] != "best" or parts[4] not in ("self", "other"):
+        raise PacketError(f"unexpected answer {line.strip()[:80]!r}")
+    try:
+        score = float(parts[3])
+    except ValueError:
+        raise PacketError(f"unexpected answer {line.strip()[:80]!r}") from None
+    return parts[1], parts[2], score, parts[4] == "self"

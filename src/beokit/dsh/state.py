@@ -1,0 +1,359 @@
+"""The cluster file, the membership table, scoring and the extra-load bump (pure).
+
+Nothing here reads a clock or a socket: callers pass ``now`` (seconds, a
+monotonic clock) and the reports they received.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from beokit.dsh.packet import Report
+from beokit.errors import UsageError
+from beokit.hostlist import expand
+
+
+class ConfigError(ValueError):
+    """A bad cluster file line or option value (a usage error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    """One line of the cluster file: ``NAME [LOADWEIGHT [MEMWEIGHT]]``."""
+
+    name: str
+    load_weight: float = 1.0
+    mem_weight: float = 1.0
+
+
+def _weight(text: str, what: str, where: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: bad {what} {text!r}") from None
+    if not 0 < v < 1e6:
+        raise ConfigError(f"{where}: bad {what} {text!r}: must be > 0")
+    return v
+
+
+def parse_cluster(text: str, source: str = "cluster file") -> list[MemberSpec]:
+    """Parse a cluster file.
+
+    One member a line: a name (or a ClusterShell NodeSet such as ``n[1-8]``,
+    every node getting the line's weights), then an optional load weight
+    (how much slower than the reference machine: 2.0 needs twice the time)
+    and an optional memory weight (higher: faster memory). ``#`` starts a
+    comment. The seed's one-line form ``a 1.0 1.0 b 2.0 2.0 c 2.0`` (several
+    members on a line) is accepted too.
+    """
+    members: dict[str, MemberSpec] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        where = f"{source}:{lineno}"
+        i = 0
+        while i < len(words):
+            name = words[i]
+            i += 1
+            nums: list[str] = []
+            while i < len(words) and len(nums) < 2 and _is_number(words[i]):
+                nums.append(words[i])
+                i += 1
+            if _is_number(name):
+                raise ConfigError(f"{where}: bad member name {name!r}")
+            lw = _weight(nums[0], "load weight", where) if nums else 1.0
+            mw = _weight(nums[1], "memory weight", where) if len(nums) > 1 else 1.0
+            try:
+                names = expand(name) if "[" in name or "," in name else [name]
+            except UsageError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            for n in names:
+                if len(n.encode()) > 255:
+                    raise ConfigError(f"{where}: member name too long {n[:40]!r}...")
+                members[n] = MemberSpec(n, lw, mw)
+    if not members:
+        raise ConfigError(f"{source}: no members")
+    return list(members.values())
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return word.lower() not in ("inf", "nan", "infinity", "-inf", "+inf")
+
+
+# ------------------------------------------------------------------ members
+
+
+@dataclass(slots=True)
+class Member:
+    """What this daemon knows about one member."""
+
+    spec: MemberSpec
+    address: str = ""
+    report: Report | None = None
+    heard: float | None = None  # local monotonic time of the last accepted report
+    up: bool = False
+    extra: list[float] = field(default_factory=list)  # bump times, local clock
+    accepted: int = 0
+    rejected: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def extra_load(self, per_bump: float) -> float:
+        return per_bump * len(self.extra)
+
+
+ScoreFn = Callable[["Member", float, float], float]
+
+
+def score_load(m: Member, extra_load: float, _now: float = 0.0) -> float:
+    """Expected run time of one more job, in units of the reference machine.
+
+    The effective load is the largest of the 1-minute load average and the
+    number of running dsh jobs (the load average lags by a minute), plus the
+    local extra-load bumps. A job on a node with a free CPU takes one load
+    weight; past that it shares the CPUs: ``weight * (load + 1) / cpus``.
+    """
+    r = m.report
+    if r is None:
+        return float("inf")
+    load = max(r.load1, float(r.jobs)) + m.extra_load(extra_load)
+    cpus = max(1, r.cpus)
+    return m.spec.load_weight * max(1.0, (load + 1.0) / cpus)
+
+
+def score_loadmem(m: Member, extra_load: float, now: float = 0.0) -> float:
+    """:func:`score_load` plus a memory term: the used fraction of memory,
+    divided by the memory weight (faster memory costs less), so that a node
+    about to swap loses against an equally loaded one with free memory."""
+    r = m.report
+    base = score_load(m, extra_load, now)
+    if r is None or r.mem_total_kb <= 0:
+        return base
+    used = 1.0 - min(1.0, r.mem_free_kb / r.mem_total_kb)
+    return base + used / m.spec.mem_weight
+
+
+def score_jobs(m: Member, extra_load: float, _now: float = 0.0) -> float:
+    """Running dsh jobs (plus bumps) per CPU, times the load weight."""
+    r = m.report
+    if r is None:
+        return float("inf")
+    return m.spec.load_weight * (r.jobs + m.extra_load(extra_load)) / max(1, r.cpus)
+
+
+SCORES: dict[str, ScoreFn] = {"load": score_load, "loadmem": score_loadmem, "jobs": score_jobs}
+
+
+def score_function(name: str) -> ScoreFn:
+    """A named scorer, or ``MODULE:FUNC`` imported (called as FUNC(member, extra, now))."""
+    if name in SCORES:
+        return SCORES[name]
+    if ":" not in name:
+        raise ConfigError(f"bad score {name!r}: load, loadmem, jobs or MODULE:FUNC")
+    mod, _, fn = name.partition(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"bad score {name!r}: {e}") from None
+    if not callable(f):
+        raise ConfigError(f"bad score {name!r}: not callable")
+    return f  # type: ignore[no-any-return]
+
+
+# -------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A membership change: ``kind`` is "up", "down" or "reject"."""
+
+    kind: str
+    name: str
+    detail: str = ""
+
+
+_NONE: list[Event] = []  # shared empty answer: never appended to
+
+
+class Table:
+    """The membership table of one daemon.
+
+    ``self_name`` is this node; its report is set with :meth:`set_self`
+    (measured locally, never from the network).
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[MemberSpec],
+        self_name: str,
+        *,
+        period: float = 1.5,
+        expire_periods: int = 3,
+        extra_load: float = 1.0,
+        extra_hold: float | None = None,
+        score: ScoreFn = score_load,
+    ) -> None:
+        self.self_name = self_name
+        self.period = period
+        self.expire_periods = expire_periods
+        self.extra_load = extra_load
+        # a bump is cleared by the first report received at least this long after it
+        self.extra_hold = period if extra_hold is None else extra_hold
+        self.score = score
+        self.members: dict[str, Member] = {}
+        self.by_address: dict[str, Member] = {}
+        self.unknown_rejected = 0
+        self.set_members(specs)
+
+    # ---- configuration
+    def set_members(
+        self, specs: Iterable[MemberSpec], addresses: dict[str, str] | None = None
+    ) -> None:
+        """(Re)define the members, keeping what is known about those that stay."""
+        addresses = addresses or {}
+        old = self.members
+        self.members = {}
+        for s in specs:
+            m = old.get(s.name) or Member(s)
+            m.spec = s
+            m.address = addresses.get(s.name, m.address or s.name)
+            self.members[s.name] = m
+        if self.self_name not in self.members:
+            raise ConfigError(f"this node {self.self_name!r} is not a member")
+        self.by_address = {m.address: m for m in self.members.values()}
+
+    @property
+    def expire_after(self) -> float:
+        return self.expire_periods * self.period
+
+    # ---- inputs
+    def set_self(self, report: Report, now: float) -> list[Event]:
+        m = self.members[self.self_name]
+        events = [] if m.up else [Event("up", m.name, "self")]
+        m.report, m.heard, m.up = report, now, True
+        self._clear_bumps(m, now)
+        return events
+
+    def receive(self, report: Report, source: str, now: float) -> list[Event]:
+        """Take a report that came from address ``source``.
+
+        Accepted only from a member, from that member's address, never for
+        this node itself, and only if newer than the last one (no replays).
+        """
+        m = self.members.get(report.name)
+        if m is None:
+            self.unknown_rejected += 1
+            return [Event("reject", report.name, f"not a member (from {source})")]
+        if m.name == self.self_name:
+            m.rejected += 1
+            return [Event("reject", m.name, f"claims to be this node (from {source})")]
+        if source != m.address:
+            m.rejected += 1
+            return [Event("reject", m.name, f"from {source}, not its address {m.address}")]
+        old = m.report
+        if m.up and old is not None and (report.sent_ms, report.seq) <= (old.sent_ms, old.seq):
+            m.rejected += 1
+            return [Event("reject", m.name, "old or replayed report")]
+        events = _NONE if m.up else [Event("up", m.name)]
+        m.report, m.heard, m.up = report, now, True
+        m.accepted += 1
+        if m.extra:
+            self._clear_bumps(m, now)
+        return events
+
+    def _clear_bumps(self, m: Member, now: float) -> None:
+        if m.extra:
+            m.extra = [t for t in m.extra if now - t < self.extra_hold]
+
+    def tick(self, now: float) -> list[Event]:
+        """Expire members not heard from for ``expire_periods`` periods, and stale bumps."""
+        events = []
+        limit = self.expire_after
+        for m in self.members.values():
+            if m.up and m.name != self.self_name and m.heard is not None and now - m.heard > limit:
+                m.up = False
+                m.extra.clear()
+                events.append(Event("down", m.name, f"not heard from for {now - m.heard:.1f} s"))
+            if m.extra:  # a node that never reports again must not keep its bumps
+                m.extra = [t for t in m.extra if now - t < max(limit, 2 * self.extra_hold)]
+        return events
+
+    # ---- outputs
+    def scores(self, now: float) -> list[tuple[float, str]]:
+        out = []
+        for m in self.members.values():
+            if m.up and m.report is not None:
+                out.append((float(self.score(m, self.extra_load, now)), m.name))
+        out.sort()
+        return out
+
+    def best(self, now: float, rng: random.Random | None = None) -> Member | None:
+        """The member with the lowest score (ties: at random with ``rng``, else by name)."""
+        ranked = self.scores(now)
+        if not ranked:
+            return None
+        lo = ranked[0][0]
+        tied = [n for s, n in ranked if s == lo]
+        name = rng.choice(tied) if rng is not None and len(tied) > 1 else tied[0]
+        return self.members[name]
+
+    def bump(self, m: Member, now: float) -> None:
+        """Count one more job on ``m`` until its next report covers it."""
+        if self.extra_load > 0:
+            m.extra.append(now)
+
+    def up_count(self) -> int:
+        return sum(1 for m in self.members.values() if m.up)
+
+    def snapshot(self, now: float) -> dict:
+        """The whole table as plain data (the status port's JSON)."""
+        rows = []
+        for m in self.members.values():
+            r = m.report
+            row: dict = {
+                "name": m.name, "address": m.address, "up": m.up,
+                "self": m.name == self.self_name,
+                "age": None if m.heard is None else round(now - m.heard, 3),
+                "load_weight": m.spec.load_weight, "mem_weight": m.spec.mem_weight,
+                "extra": round(m.extra_load(self.extra_load), 3),
+            }  # fmt: skip
+            if r is not None:
+                row.update(
+                    load1=round(r.load1, 2), load5=round(r.load5, 2), load15=round(r.load15, 2),
+                    cpus=r.cpus, jobs=r.jobs, mem_total_kb=r.mem_total_kb,
+                    mem_free_kb=r.mem_free_kb,
+                    score=round(float(self.score(m, self.extra_load, now)), 3) if m.up else None,
+                )  # fmt: skip
+            rows.append(row)
+        return {
+            "node": self.self_name, "period": self.period, "expire_periods": self.expire_periods,
+            "extra_load": self.extra_load, "up": self.up_count(), "members": rows,
+        }  # fmt: skip
+
+
+def format_status(snap: dict) -> str:
+    """The status port's text answer: one line per member, a header."""
+    lines = [f"# dshd {snap['node']}: {snap['up']}/{len(snap['members'])} up, "
+             f"period {snap['period']:g} s",
+             f"{'name':<20} {'state':<5} {'load1':>6} {'load5':>6} {'load15':>6} {'cpus':>4} "
+             f"{'jobs':>4} {'extra':>5} {'memfree':>9} {'score':>7} {'age':>6}"]  # fmt: skip
+    for r in snap["members"]:
+        state = "up" if r["up"] else "down"
+        if "load1" in r:
+            mem = f"{r['mem_free_kb'] // 1024}M"
+            score = "-" if r.get("score") is None else f"{r['score']:.3f}"
+            age = "-" if r["age"] is None else f"{r['age']:.1f}"
+            lines.append(f"{r['name']:<20} {state:<5} {r['load1']:>6.2f} {r['load5']:>6.2f} "
+                         f"{r['load15']:>6.2f} {r['cpus']:>4} {r['jobs']:>4} {r['extra']:>5.1f} "
+                         f"{mem:>9} {score:>7} {age:>6}")  # fmt: skip
+        else:
+            lines.append(f"{r['name']:<20} {state:<5} (never heard from)")
+    return "\n".join(lines) + "\n"

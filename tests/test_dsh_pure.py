@@ -1,0 +1,292 @@
+"""dsh pure layers: the gossip packet, the cluster file, the table, scoring, the bump."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beokit.dsh import packet as P
+from beokit.dsh import state as S
+from beokit.dsh.daemon import parse_load_file
+
+SECRET = b"s3cret"
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
+                max_size=60).filter(lambda n: 0 < len(n.encode()) <= 255)  # fmt: skip
+loads = st.floats(0, 1e4, allow_nan=False, width=32)
+reports = st.builds(
+    P.Report, name=names, seq=st.integers(0, 2**32 - 1), sent_ms=st.integers(0, 2**63),
+    load1=loads, load5=loads, load15=loads, cpus=st.integers(0, 0xFFFF),
+    jobs=st.integers(0, 0xFFFF), mem_total_kb=st.integers(0, 2**64 - 1),
+    mem_free_kb=st.integers(0, 2**64 - 1), period_ms=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------ packet
+
+
+@given(reports, st.sampled_from([None, SECRET]))
+def test_packet_roundtrip(r: P.Report, secret: bytes | None) -> None:
+    data = P.encode(r, secret)
+    assert len(data) <= P.MAX_PACKET
+    assert P.decode(data, secret) == r
+    assert P.decode(data, None) == r  # a daemon without a secret ignores the MAC
+
+
+@settings(max_examples=60)
+@given(reports, st.integers(0, 10_000), st.integers(1, 255))
+def test_any_flipped_byte_fails_the_mac(r: P.Report, pos: int, xor: int) -> None:
+    data = bytearray(P.encode(r, SECRET))
+    data[pos % len(data)] ^= xor
+    with pytest.raises(P.PacketError):
+        P.decode(bytes(data), SECRET)
+
+
+def test_secret_required_and_wrong_secret() -> None:
+    r = P.Report("n1", 1, 1000, 0.5)
+    with pytest.raises(P.PacketError, match="unauthenticated"):
+        P.decode(P.encode(r), SECRET)
+    with pytest.raises(P.PacketError, match="bad MAC"):
+        P.decode(P.encode(r, b"other"), SECRET)
+
+
+@given(st.binary(max_size=400))
+def test_decode_garbage_raises_only_packet_error(data: bytes) -> None:
+    try:
+        P.decode(data, SECRET)
+    except P.PacketError:
+        pass
+    try:
+        P.decode(P.MAGIC + data, None)
+    except P.PacketError:
+        pass
+
+
+def test_bad_names_and_values() -> None:
+    with pytest.raises(P.PacketError, match="bad node name"):
+        P.encode(P.Report(""))
+    with pytest.raises(P.PacketError, match="bad node name"):
+        P.encode(P.Report("x" * 256))
+    # negative or infinite loads go out as 0
+    r = P.decode(P.encode(P.Report("n", load1=-1.0, load5=float("inf"))))
+    assert r.load1 == 0.0 and r.load5 == 0.0
+
+
+def test_query_handshake_and_best_line() -> None:
+    mac = P.query_mac(SECRET, "best", "abc")
+    assert P.check_query(SECRET, "best", "abc", f"{mac} json\n") == (True, "json")
+    assert P.check_query(SECRET, "status", "abc", f"{mac}\n")[0] is False  # other purpose
+    assert P.check_query(SECRET, "best", "abd", mac)[0] is False  # other nonce
+    assert P.check_query(SECRET, "best", "abc", "")[0] is False
+    line = P.format_best("n3", "10.0.0.3", 1.25, False)
+    assert line == "best n3 10.0.0.3 1.250 other\n"
+    assert P.parse_best(line) == ("n3", "10.0.0.3", 1.25, False)
+    for bad in ("", "error x", "best a b c d", "best a b x self"):
+        with pytest.raises(P.PacketError):
+            P.parse_best(bad)
+
+
+# ------------------------------------------------------------- cluster file
+
+
+def test_cluster_file_forms() -> None:
+    text = """# the seed's example, one per line and all on one line
+newton.foo.bar 1.0 1.0
+galileo.foo.bar 2.0 2.0   # slower
+kepler.foo.bar 2.0
+n[1-3] 1.5
+a 1 b 3 4 c
+"""
+    specs = {s.name: s for s in S.parse_cluster(text)}
+    assert specs["newton.foo.bar"] == S.MemberSpec("newton.foo.bar", 1.0, 1.0)
+    assert specs["galileo.foo.bar"] == S.MemberSpec("galileo.foo.bar", 2.0, 2.0)
+    assert specs["kepler.foo.bar"] == S.MemberSpec("kepler.foo.bar", 2.0, 1.0)
+    assert [specs[f"n{i}"].load_weight for i in (1, 2, 3)] == [1.5] * 3
+    assert specs["a"].load_weight == 1 and specs["b"] == S.MemberSpec("b", 3, 4)
+    assert specs["c"] == S.MemberSpec("c")
+    assert [s.name for s in S.parse_cluster("127.0.1.1\n127.0.1.2 2")] == [
+        "127.0.1.1", "127.0.1.2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no members"),
+    ("# only a comment\n", "no members"),
+    ("n1 0", "bad load weight '0'"),
+    ("n1 1 -2", "bad memory weight '-2'"),
+    ("n[1-", "bad node set"),
+    ("3.5", "bad member name '3.5'"),
+])  # fmt: skip
+def test_cluster_file_errors(text: str, message: str) -> None:
+    with pytest.raises(S.ConfigError, match=message.replace("[", r"\[")):
+        S.parse_cluster(text, "f")
+
+
+def test_load_file_forms() -> None:
+    assert parse_load_file("2.5\n") == {"load1": 2.5, "load5": 2.5, "load15": 2.5}
+    assert parse_load_file("1 2 3") == {"load1": 1, "load5": 2, "load15": 3}
+    assert parse_load_file('{"load1": 4, "cpus": 8, "x": 1}') == {"load1": 4, "cpus": 8}
+    for bad in ("", "x", "1 2 3 4", "-1", '{"load1": -1}', "[1]"):
+        with pytest.raises(ValueError):
+            parse_load_file(bad)
+
+
+# ------------------------------------------------------------------- table
+
+
+def mk_table(n: int = 3, **kw) -> S.Table:  # type: ignore[no-untyped-def]
+    specs = [S.MemberSpec(f"n{i}") for i in range(1, n + 1)]
+    t = S.Table(specs, "n1", period=1.0, expire_periods=3, **kw)
+    t.set_members(specs, {f"n{i}": f"10.0.0.{i}" for i in range(1, n + 1)})
+    return t
+
+
+def rep(name: str, load: float = 0.0, t_ms: int = 1000, seq: int = 1, **kw) -> P.Report:  # type: ignore[no-untyped-def]
+    return P.Report(name, seq, t_ms, load, load, load, kw.pop("cpus", 1), **kw)
+
+
+def test_members_only_from_their_address_and_never_self() -> None:
+    t = mk_table()
+    t.set_self(rep("n1"), 0.0)
+    assert t.receive(rep("n2"), "10.0.0.2", 0.1) == [S.Event("up", "n2")]
+    (e,) = t.receive(rep("n9"), "10.0.0.9", 0.2)
+    assert e.kind == "reject" and "not a member" in e.detail
+    (e,) = t.receive(rep("n3"), "10.0.0.66", 0.2)  # spoofed source
+    assert e.kind == "reject" and "not its address" in e.detail
+    (e,) = t.receive(rep("n1", t_ms=5000), "10.0.0.1", 0.2)
+    assert e.kind == "reject" and "this node" in e.detail
+    assert {m.name for m in t.members.values() if m.up} == {"n1", "n2"}
+
+
+def test_replayed_or_old_reports_are_ignored() -> None:
+    t = mk_table()
+    t.set_self(rep("n1"), 0.0)
+    t.receive(rep("n2", 5.0, t_ms=2000, seq=7), "10.0.0.2", 0.0)
+    (e,) = t.receive(rep("n2", 0.0, t_ms=2000, seq=7), "10.0.0.2", 0.1)
+    assert e.kind == "reject" and "replayed" in e.detail
+    (e,) = t.receive(rep("n2", 0.0, t_ms=1999, seq=8), "10.0.0.2", 0.1)
+    assert e.kind == "reject"
+    assert t.members["n2"].report.load1 == 5.0  # type: ignore[union-attr]
+    assert t.receive(rep("n2", 1.0, t_ms=2000, seq=8), "10.0.0.2", 0.2) == []
+    assert t.members["n2"].report.load1 == 1.0  # type: ignore[union-attr]
+
+
+def test_expiry_and_return() -> None:
+    t = mk_table()
+    t.set_self(rep("n1"), 0.0)
+    t.receive(rep("n2"), "10.0.0.2", 0.0)
+    assert t.tick(2.9) == []
+    (e,) = t.tick(3.1)
+    assert e == S.Event("down", "n2", "not heard from for 3.1 s")
+    assert t.up_count() == 1 and t.best(3.1).name == "n1"  # type: ignore[union-attr]
+    assert t.tick(10.0) == []  # reported once
+    # it comes back (even with an older clock: a restarted node)
+    assert t.receive(rep("n2", t_ms=10), "10.0.0.2", 11.0) == [S.Event("up", "n2")]
+    assert t.up_count() == 2
+
+
+def test_best_follows_load_and_weights() -> None:
+    t = mk_table()
+    t.set_self(rep("n1", 3.0), 0.0)
+    t.receive(rep("n2", 1.0), "10.0.0.2", 0.0)
+    t.receive(rep("n3", 2.0), "10.0.0.3", 0.0)
+    assert t.best(0.0).name == "n2"  # type: ignore[union-attr]
+    t.receive(rep("n2", 4.0, t_ms=2000), "10.0.0.2", 0.5)
+    assert t.best(0.5).name == "n3"  # type: ignore[union-attr]
+    # n3 twice as slow: (2+1)*2 = 6 > n1's 4
+    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2"), S.MemberSpec("n3", 2.0)])
+    assert t.best(0.5).name == "n1"  # type: ignore[union-attr]
+    assert [n for _, n in t.scores(0.5)] == ["n1", "n2", "n3"]
+
+
+def test_idle_cpus_are_equal_and_jobs_count_as_load() -> None:
+    t = mk_table()
+    t.set_self(rep("n1", 0.0, cpus=4), 0.0)
+    t.receive(rep("n2", 2.0, cpus=4), "10.0.0.2", 0.0)  # 2 of 4 CPUs busy: still a free CPU
+    t.receive(rep("n3", 0.1, cpus=1, jobs=2), "10.0.0.3", 0.0)  # load lags, jobs do not
+    s = dict((n, sc) for sc, n in t.scores(0.0))
+    assert s["n1"] == s["n2"] == 1.0 and s["n3"] == 3.0
+
+
+def test_extra_load_bump_until_next_report() -> None:
+    t = mk_table(extra_load=1.0)
+    t.set_self(rep("n1", 0.0), 0.0)
+    t.receive(rep("n2", 0.0), "10.0.0.2", 0.0)
+    t.receive(rep("n3", 0.0), "10.0.0.3", 0.0)
+    picks = []
+    for _ in range(6):
+        m = t.best(0.1)
+        assert m is not None
+        t.bump(m, 0.1)
+        picks.append(m.name)
+    assert picks == ["n1", "n2", "n3", "n1", "n2", "n3"]  # spread, not piled on one node
+    assert t.members["n2"].extra_load(1.0) == 2.0
+    # a report right after the bump does not clear it (the job is not started yet)...
+    t.receive(rep("n2", 0.0, t_ms=1100), "10.0.0.2", 0.5)
+    assert t.members["n2"].extra_load(1.0) == 2.0
+    # ... the first one a period later does
+    t.receive(rep("n2", 2.0, t_ms=2200), "10.0.0.2", 1.2)
+    assert t.members["n2"].extra_load(1.0) == 0.0
+    # a node that stops reporting loses its bumps with its membership
+    t.tick(5.0)
+    assert t.members["n3"].extra == [] and not t.members["n3"].up
+
+
+def test_zero_extra_load_never_bumps_and_ties_random() -> None:
+    t = mk_table(extra_load=0.0)
+    for i in (1, 2, 3):
+        (t.set_self(rep("n1"), 0.0) if i == 1 else t.receive(rep(f"n{i}"), f"10.0.0.{i}", 0.0))
+    assert {t.best(0.0).name for _ in range(5)} == {"n1"}  # type: ignore[union-attr]
+    rng = random.Random(1)
+    assert {t.best(0.0, rng).name for _ in range(50)} == {"n1", "n2", "n3"}  # type: ignore[union-attr]
+
+
+def test_score_functions() -> None:
+    t = mk_table()
+    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2", 1.0, 2.0), S.MemberSpec("n3")],
+                  {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"})  # fmt: skip
+    t.set_self(rep("n1", 0.0, mem_total_kb=1000, mem_free_kb=100), 0.0)
+    t.receive(rep("n2", 0.0, mem_total_kb=1000, mem_free_kb=100), "10.0.0.2", 0.0)
+    t.receive(rep("n3", 0.0, mem_total_kb=1000, mem_free_kb=900, jobs=1), "10.0.0.3", 0.0)
+    t.score = S.score_function("loadmem")
+    s = {n: sc for sc, n in t.scores(0.0)}
+    assert s["n1"] == pytest.approx(1.9) and s["n2"] == pytest.approx(1.45)
+    assert s["n3"] == pytest.approx(2.1)
+    t.score = S.score_function("jobs")
+    assert t.best(0.0).name == "n1"  # type: ignore[union-attr]
+    t.score = S.score_function("test_dsh_pure:prefer_n3")
+    assert t.best(0.0).name == "n3"  # type: ignore[union-attr]
+    for bad in ("nope", "no.such.module:f", "beokit.dsh.state:missing", "beokit.dsh.state:log"):
+        with pytest.raises(S.ConfigError, match="bad score"):
+            S.score_function(bad)
+
+
+def prefer_n3(m: S.Member, extra: float, now: float) -> float:
+    """A plugged-in scoring function (used by test_score_functions)."""
+    return 0.0 if m.name == "n3" else 1.0
+
+
+def test_reload_keeps_state_and_requires_self() -> None:
+    t = mk_table()
+    t.set_self(rep("n1"), 0.0)
+    t.receive(rep("n2", 2.0), "10.0.0.2", 0.0)
+    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2", 3.0), S.MemberSpec("n4")],
+                  {"n1": "10.0.0.1", "n2": "10.0.0.2", "n4": "10.0.0.4"})  # fmt: skip
+    assert t.members["n2"].up and t.members["n2"].spec.load_weight == 3.0
+    assert "n3" not in t.members and not t.members["n4"].up
+    with pytest.raises(S.ConfigError, match="not a member"):
+        t.set_members([S.MemberSpec("n2")])
+
+
+def test_snapshot_and_text() -> None:
+    t = mk_table()
+    t.set_self(rep("n1", 0.5, mem_total_kb=2048 * 1024, mem_free_kb=1024 * 1024), 0.0)
+    snap = t.snapshot(0.25)
+    assert snap["node"] == "n1" and snap["up"] == 1 and len(snap["members"]) == 3
+    text = S.format_status(snap)
+    assert text.splitlines()[0] == "# dshd n1: 1/3 up, period 1 s"
+    assert "n2                   down  (never heard from)" in text
+    assert text.splitlines()[2].split() == ["n1", "up", "0.50", "0.50", "0.50", "1", "0",
+                                            "0.0", "1024M", "1.500", "0.2"]  # fmt: skip
