@@ -38,7 +38,7 @@ from beokit.cast import plan
 from beokit.cast.plan import Chain, Row
 from beokit.cast.receiver import nettee_argv
 from beokit.launch.backends import Backend
-from beokit.nettee.localchain import free_port, nettee_command
+from beokit.nettee.localchain import free_port
 
 CHUNK = 1 << 20
 FORM_GRACE = 15.0  # after go, the root must have formed the tree within this (+connect timeout)
@@ -84,24 +84,16 @@ class Outcome:
 # --------------------------------------------------------------- nettee
 
 
-_FLAGS: set[str] | None = None
-
-
 def nettee_flags() -> set[str]:
-    """The resilience flags the installed nettee knows (from ``nettee -h``)."""
-    global _FLAGS
+    """The resilience flags given to every nettee of a run (this beokit's nettee has both).
+
+    ``BEOKIT_CAST_FLAGS`` (tests) runs as if nettee knew only the listed ones
+    (``""``: none), to exercise the fallback used with ``--no-heal``.
+    """
     forced = os.environ.get("BEOKIT_CAST_FLAGS")
-    if forced is not None:  # tests: run as if nettee knew only these (e.g. "" for none)
+    if forced is not None:
         return {f for f in forced.split(",") if f in plan.RESILIENCE_FLAGS}
-    if _FLAGS is None:
-        try:
-            text = subprocess.run(nettee_command() + ["-h"], capture_output=True, text=True,
-                                  timeout=20).stdout  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired):
-            text = ""
-        words = {w.strip(",") for w in text.split()}
-        _FLAGS = {f for f in plan.RESILIENCE_FLAGS if f in words}
-    return _FLAGS
+    return set(plan.RESILIENCE_FLAGS)
 
 
 def digest_algo() -> str:
