@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""Benchmark beo boot against dnsmasq, same cluster, same clients, same run.
+
+A 2-host virtual cluster (``beo vcluster``, prefix ``bkbb``, 10 Gbit/s
+ports): the server (beo boot, then dnsmasq configured by
+``beo boot --export-dnsmasq`` for the same cluster) runs in host1 on the
+standard ports, the clients in host2.
+
+1. DHCP: N simulated clients (default 1000) do DISCOVER/OFFER/REQUEST/ACK at
+   once through one relay-agent socket (RFC 2131 retransmission: 4 s, then
+   8 s...); time until all are bound. Scenarios: "known" (every MAC is a
+   node in the config, dnsmasq gets 1000 dhcp-host lines) and "anonymous"
+   (sequential MACs, addresses from a pool).
+2. TFTP: C curl clients (``--tftp-blksize 1468``) fetch the same S-byte file
+   at once: aggregate throughput, slowest and fastest client, fairness
+   (fastest time / slowest time).
+
+    python bench/bench_boot.py                       # 1000 DHCP, 20 x 8 MiB TFTP, 20 x 16 MiB HTTP
+    python bench/bench_boot.py --tftp-clients 100 --tftp-size 30M   # issue 10 sizes
+    python bench/bench_boot.py --http-clients 100 --http-size 100M  # issue 11 sizes
+    python bench/bench_boot.py --png docs/bench-boot.png
+
+Needs root (network namespaces) and dnsmasq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from beokit.vcluster import driver
+from beokit.vcluster import plan as P
+
+PREFIX = "bkbb"
+PY = sys.executable
+
+DORA = """
+import json, sys
+from beokit.boot import loadgen as L
+r = L.dora((sys.argv[1], 67), sys.argv[2], int(sys.argv[3]), timeout=float(sys.argv[4]),
+           retry=4.0, first=int(sys.argv[5]))
+print(json.dumps({"bound": len(r.bound), "elapsed": r.elapsed, "sent": r.sent, "naks": r.naks,
+                  "ips": sorted(set(r.bound.values()))[:3]}))
+"""
+
+FETCH = """
+import json, subprocess, sys, time
+url, n, outdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t0 = time.monotonic()
+procs = [subprocess.Popen(["curl", "-sS", "--max-time", "900", "--tftp-blksize", "1468", "-o",
+                           "/dev/null", "-w", "%{size_download}", url], stdout=subprocess.PIPE)
+         for i in range(n)]
+ends = [None] * n
+while None in ends:
+    for i, p in enumerate(procs):
+        if ends[i] is None and p.poll() is not None:
+            ends[i] = (time.monotonic() - t0, p.returncode, int(p.stdout.read() or 0))
+    time.sleep(0.002)
+print(json.dumps(ends))
+"""
+
+
+WINFETCH = """
+import json, subprocess, sys, time
+host, n, window, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+start = time.time() + 2.0 + 0.05 * n  # every client starts at the same instant, after its start-up
+child = (
+    "import json, sys, time\\n"
+    "from beokit.boot.loadgen import tftp_get\\n"
+    "start = float(sys.argv[1])\\n"
+    "time.sleep(max(start - time.time(), 0))\\n"
+    "n, _ = tftp_get((sys.argv[2], 69), sys.argv[3], windowsize=int(sys.argv[4]))\\n"
+    "print(json.dumps([time.time() - start, 0, n]))\\n"
+)
+procs = [subprocess.Popen([sys.executable, "-c", child, str(start), host, name, window],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
+out = []
+for p in procs:
+    text = p.communicate(timeout=1800)[0]
+    out.append(json.loads(text) if p.returncode == 0 and text else [0, 1, 0])
+print(json.dumps(out))
+"""
+
+
+def parse_size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.upper().rstrip("B")
+    return int(float(t[:-1]) * mult[t[-1]]) if t[-1:] in mult else int(t)
+
+
+class Bench:
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.tmp = tmp
+        self.args = args
+        driver.down(PREFIX)
+        self.state = driver.up(P.Spec(n=2, rate_bps=10**10, prefix=PREFIX))
+        self.net = self.state.plan.network(0)
+        self.srv = self.state.plan.address(0, 1)
+        self.cli = self.state.plan.address(0, 2)
+        self.root = tmp / "root"
+        self.root.mkdir()
+        os.chmod(tmp, 0o755)
+
+    def ns(self, i: int) -> list[str]:
+        return ["ip", "netns", "exec", P.host_ns(PREFIX, i)]
+
+    def config(self, n_known: int) -> Path:
+        net = self.net.network_address
+        macs = "\n".join(f'"52:54:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" = '
+                         f"{i + 1}" for i in range(n_known))  # fmt: skip
+        p = self.tmp / f"boot{n_known}.toml"
+        p.write_text(f"""
+[server]
+address = "{self.srv}"
+root = "root"
+[network]
+subnet = "{self.net}"
+temporary_lease_time = 3600
+pool = "{net + 2048}-{net + 4093}"
+[nodes]
+base = "{net + 1}"
+count = 1500
+[nodes.macs]
+{macs}
+""")
+        return p
+
+    def start_beo(self, cfg: Path) -> subprocess.Popen:
+        log = open(self.tmp / "beo.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen([*self.ns(1), PY, "-m", "beokit.cli", "boot", "-c", str(cfg)],
+                             stdout=log, stderr=log, cwd=self.tmp)  # fmt: skip
+        self.wait_port(p, "67" if "dhcp" in str(cfg) else "69")
+        return p
+
+    def start_dnsmasq(self, cfg: Path) -> subprocess.Popen:
+        conf = self.tmp / "dnsmasq.conf"
+        text = subprocess.run([PY, "-m", "beokit.cli", "boot", "-c", str(cfg),
+                               "--export-dnsmasq"], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+        leases = self.tmp / "dnsmasq.leases"
+        leases.unlink(missing_ok=True)
+        conf.write_text(
+            text + f"port=0\nuser=root\ndhcp-leasefile={leases}\n"
+            "dhcp-lease-max=100000\ntftp-max=10000\nquiet-dhcp\nquiet-tftp\n"
+        )
+        log = open(self.tmp / "dnsmasq.log", "ab")  # noqa: SIM115
+        p = subprocess.Popen([*self.ns(1), "dnsmasq", "--no-daemon", f"--conf-file={conf}"],
+                             stdout=log, stderr=log)  # fmt: skip
+        self.wait_port(p, "69")
+        return p
+
+    def wait_port(self, p: subprocess.Popen, port: str) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            out = subprocess.run([*self.ns(1), "ss", "-Hlun", f"sport = :{port}"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            if out.strip():
+                time.sleep(0.2)
+                return
+            if p.poll() is not None:
+                raise RuntimeError(f"server exited {p.returncode}; see {self.tmp}")
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    @staticmethod
+    def stop(p: subprocess.Popen) -> None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def dora(self, n: int, first: int) -> dict:
+        cp = subprocess.run([*self.ns(2), PY, "-c", DORA, self.srv, self.cli, str(n),
+                             str(self.args.dhcp_timeout), str(first)],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+        if cp.returncode:
+            raise RuntimeError(cp.stderr)
+        return json.loads(cp.stdout)
+
+    def fetch(self, n: int, url: str = "") -> list[tuple[float, int]]:
+        """n curls at once in host2; (seconds, exit status) each, status 99 if short."""
+        url = url or f"tftp://{self.srv}/image"
+        cp = subprocess.run([*self.ns(2), PY, "-c", FETCH, url, str(n), "-"],
+                            capture_output=True, text=True, timeout=3600)  # fmt: skip
+        want = (self.root / "image").stat().st_size
+        return [(t, rc if size == want else (rc or 99)) for t, rc, size in json.loads(cp.stdout)]
+
+    def fetch_window(self, n: int, window: int) -> list[tuple[float, int]]:
+        """n RFC 7440 clients (beokit.boot.loadgen.tftp_get) in host2, started together."""
+        cp = subprocess.run([*self.ns(2), PY, "-c", WINFETCH, self.srv, str(n), str(window),
+                             "image"], capture_output=True, text=True, timeout=3600)  # fmt: skip
+        want = (self.root / "image").stat().st_size
+        return [(t, rc if size == want else (rc or 99)) for t, rc, size in json.loads(cp.stdout)]
+
+    def down(self) -> None:
+        driver.down(PREFIX)
+
+
+def run(args: argparse.Namespace) -> dict:
+    results: dict = {"dhcp": {}, "tftp": {}, "window": {}}
+    with tempfile.TemporaryDirectory(prefix="bkbb-") as d:
+        b = Bench(Path(d), args)
+        try:
+            n = args.dhcp_clients
+            for scenario, known, first in (("known", n, 0), ("anonymous", 0, 0)):
+                cfg = b.config(known)
+                for name, start in (("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)):
+                    p = start(cfg)
+                    try:
+                        r = b.dora(n, first)
+                    finally:
+                        b.stop(p)
+                    results["dhcp"][(scenario, name)] = r
+                    print(f"  dhcp {scenario:9s} {name:8s}: {r['bound']}/{n} bound in "
+                          f"{r['elapsed']:.2f} s ({r['sent']} packets, {r['naks']} NAKs)",
+                          file=sys.stderr)  # fmt: skip
+            size = args.tftp_size
+            with open(b.root / "image", "wb") as f:
+                f.write(os.urandom(size))
+            os.chmod(b.root / "image", 0o644)
+            cfg = b.config(0)
+            for name, start in (("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)):
+                p = start(cfg)
+                try:
+                    t0 = time.monotonic()
+                    ends = b.fetch(args.tftp_clients)
+                    wall = time.monotonic() - t0
+                    if args.window:
+                        w = b.fetch_window(args.tftp_clients, args.window)
+                        results["window"][name] = summarize(w, size, 0.0)
+                        print(f"  tftp windowsize {args.window} {name}: "
+                              f"{results['window'][name]}", file=sys.stderr)  # fmt: skip
+                finally:
+                    b.stop(p)
+                ok = [t for t, rc in ends if rc == 0]
+                r = {
+                    "ok": len(ok),
+                    "slowest": max(ok, default=0),
+                    "fastest": min(ok, default=0),
+                    "aggregate": len(ok) * size / max(max(ok, default=1), 1e-9),
+                    "wall": wall,
+                }
+                results["tftp"][name] = r
+                print(f"  tftp {name:8s}: {len(ok)}/{args.tftp_clients} ok, slowest "
+                      f"{r['slowest']:.2f} s, fastest {r['fastest']:.2f} s",
+                      file=sys.stderr)  # fmt: skip
+            if args.http_clients:
+                results["http"] = http_part(b, args)
+        finally:
+            b.down()
+    return results
+
+
+def summarize(ends: list, size: int, wall: float) -> dict:
+    ok = [t for t, rc in ends if rc == 0]
+    return {"ok": len(ok), "slowest": max(ok, default=0), "fastest": min(ok, default=0),
+            "aggregate": len(ok) * size / max(max(ok, default=1), 1e-9), "wall": wall}  # fmt: skip
+
+
+def http_part(b: Bench, args: argparse.Namespace) -> dict:
+    """Issue 11: HTTP vs TFTP from the same beo boot, and vs python3 -m http.server."""
+    size = args.http_size
+    with open(b.root / "image", "wb") as f:
+        f.write(os.urandom(size))
+    os.chmod(b.root / "image", 0o644)
+    cfg = b.config(0)
+    out: dict = {}
+    log = open(b.tmp / "beo-http.log", "ab")  # noqa: SIM115
+    p = subprocess.Popen([*b.ns(1), PY, "-m", "beokit.cli", "boot", "-c", str(cfg),
+                          "--http-port", "8080", "--dhcp-port", "0", "--dns-port", "0"],
+                         stdout=log, stderr=log, cwd=b.tmp)  # fmt: skip
+    try:
+        b.wait_port(p, "69")
+        for name, url, n in (
+            ("beo boot HTTP", f"http://{b.srv}:8080/image", args.http_clients),
+            ("beo boot TFTP", f"tftp://{b.srv}/image", args.http_tftp_clients),
+        ):
+            t0 = time.monotonic()
+            ends = b.fetch(n, url)
+            out[name] = summarize(ends, size, time.monotonic() - t0)
+            print(f"  {name}: {out[name]}", file=sys.stderr)
+    finally:
+        b.stop(p)
+    p = subprocess.Popen([*b.ns(1), PY, "-m", "http.server", "8000", "--bind", b.srv,
+                          "--directory", str(b.root)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = subprocess.run([*b.ns(1), "ss", "-Hltn", "sport = :8000"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+            if r.strip():
+                break
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        ends = b.fetch(args.http_clients, f"http://{b.srv}:8000/image")
+        out["python http.server"] = summarize(ends, size, time.monotonic() - t0)
+        print(f"  http.server: {out['python http.server']}", file=sys.stderr)
+    finally:
+        b.stop(p)
+    return out
+
+
+def report(res: dict, args: argparse.Namespace) -> None:
+    n = args.dhcp_clients
+    print(f"\n## DHCP: {n} clients doing DORA at once (time until all bound)\n")
+    print("| scenario | beo boot | dnsmasq | dnsmasq / beo boot |")
+    print("|---|---|---|---|")
+    for scenario in ("known", "anonymous"):
+        a, d = res["dhcp"][(scenario, "beo boot")], res["dhcp"][(scenario, "dnsmasq")]
+
+        def cell(r: dict) -> str:
+            done = "" if r["bound"] == n else f" ({r['bound']}/{n} bound, stopped)"
+            return f"{r['elapsed']:.2f} s, {r['naks']} NAKs{done}"
+
+        print(f"| {scenario} | {cell(a)} | {cell(d)} | {d['elapsed'] / a['elapsed']:.1f}x |")
+    mib = args.tftp_size / (1 << 20)
+    print(f"\n## TFTP: {args.tftp_clients} curl clients x {mib:g} MiB, blksize 1468\n")
+    print("| server | ok | aggregate MB/s | slowest s | fastest s | fairness (fastest/slowest) |")
+    print("|---|---|---|---|---|---|")
+    for name in ("beo boot", "dnsmasq"):
+        r = res["tftp"][name]
+        fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+        print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
+              f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
+    a, d = res["tftp"]["beo boot"], res["tftp"]["dnsmasq"]
+    print(f"\nthroughput ratio beo boot / dnsmasq: {a['aggregate'] / d['aggregate']:.2f}")
+    if res["window"]:
+        print(f"\n## TFTP: {args.tftp_clients} RFC 7440 clients (windowsize {args.window}, "
+              f"blksize 1468) x {mib:g} MiB, started together\n")  # fmt: skip
+        print("| server | ok | aggregate MB/s | slowest s | fastest s | fairness |")
+        print("|---|---|---|---|---|---|")
+        for name in ("beo boot", "dnsmasq"):
+            r = res["window"][name]
+            fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+            print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
+                  f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
+        a, d = res["window"]["beo boot"], res["window"]["dnsmasq"]
+        print(
+            f"\nwindowsize throughput ratio beo boot / dnsmasq: "
+            f"{a['aggregate'] / d['aggregate']:.2f} (dnsmasq ignores windowsize)"
+        )
+    if "http" in res:
+        h = res["http"]
+        mib = args.http_size / (1 << 20)
+        print(f"\n## HTTP boot: {args.http_clients} HTTP clients x {mib:g} MiB "
+              f"({args.http_tftp_clients} over TFTP, blksize 1468)\n")  # fmt: skip
+        print("| server | clients ok | aggregate MB/s | slowest s | fastest s | fairness |")
+        print("|---|---|---|---|---|---|")
+        for name, r in h.items():
+            fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+            print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
+                  f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
+        ht, tt = h["beo boot HTTP"]["aggregate"], h["beo boot TFTP"]["aggregate"]
+        hs = h["python http.server"]["aggregate"]
+        print(f"\nHTTP / TFTP aggregate: {ht / tt:.1f}x; beo boot HTTP / http.server: "
+              f"{ht / hs:.2f}x")  # fmt: skip
+
+
+def plot(res: dict, args: argparse.Namespace, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    sc = ["known", "anonymous"]
+    for k, name in enumerate(("beo boot", "dnsmasq")):
+        ax1.bar([i + k * 0.4 for i in range(2)],
+                [res["dhcp"][(s, name)]["elapsed"] for s in sc], 0.4, label=name)  # fmt: skip
+        r = res["tftp"][name]
+        ax2.bar([k * 3, k * 3 + 1], [r["fastest"], r["slowest"]], 0.8, label=name)
+    ax1.set_xticks([0.2, 1.2], sc)
+    ax1.set_ylabel("seconds until all bound")
+    ax1.set_title(f"DHCP, {args.dhcp_clients} clients")
+    ax1.legend()
+    ax2.set_xticks([0, 1, 3, 4], ["fastest", "slowest"] * 2)
+    ax2.set_ylabel("seconds")
+    ax2.set_title(f"TFTP, {args.tftp_clients} x {args.tftp_size >> 20} MiB")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dhcp-clients", type=int, default=1000)
+    ap.add_argument(
+        "--dhcp-timeout",
+        type=float,
+        default=20.0,
+        help="stop a DHCP run after this many seconds (default 20)",
+    )
+    ap.add_argument("--tftp-clients", type=int, default=20)
+    ap.add_argument("--tftp-size", type=parse_size, default=parse_size("8M"))
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="also run RFC 7440 Python clients (loadgen.tftp_get) with this windowsize, "
+        "e.g. 16 (default 0: skip)",
+    )
+    ap.add_argument("--http-clients", type=int, default=20, help="HTTP clients (0 = skip)")
+    ap.add_argument(
+        "--http-tftp-clients",
+        type=int,
+        default=20,
+        help="TFTP clients in the HTTP comparison (default 20)",
+    )
+    ap.add_argument("--http-size", type=parse_size, default=parse_size("16M"))
+    ap.add_argument("--png", metavar="FILE", help="also draw the results")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("dnsmasq") is None:
+        sys.exit("bench_boot: needs root (network namespaces) and dnsmasq")
+    res = run(args)
+    report(res, args)
+    if args.png:
+        plot(res, args, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""``beo boot``: the PXE server (DHCP + TFTP + DNS) — argument parsing only.
+
+``beo boot -c CONFIG`` runs the server; ``beo boot admit MAC [N]`` and
+``beo boot status`` talk to the running server through its control socket
+(``server.control`` in the config: a Unix socket, mode 0600, so only its
+owner — root — can admit nodes); ``--export-dnsmasq`` prints the same
+cluster as a dnsmasq configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError, UsageError
+
+PROG = "beo boot"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"bad port {text!r}: 0-65535 (0 = off)")
+    return v
+
+
+def _addr(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}") from None
+
+
+def _node(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"bad node number {text!r}")
+    return int(text)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``boot`` under the ``beo`` umbrella."""
+    p = sub.add_parser(
+        "boot",
+        help="PXE server: DHCP + TFTP + DNS (+ HTTP, proxyDHCP) for diskless nodes",
+        description="One long-running PXE boot server for 1000+ diskless nodes: DHCP with "
+        "linear node numbering (nodeN = base + N), temporary leases until `beo boot admit`, "
+        "TFTP with a bandwidth cap shared round-robin, a DNS responder for the cluster's "
+        "names, optional HTTP boot and proxyDHCP. SIGHUP re-reads the config, SIGUSR1 logs "
+        "the leases and transfers. See docs/boot.md.",
+    )
+    p.__class__ = OneLineParser
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML config (contrib/boot.example.toml)")
+    p.add_argument("--bind", type=_addr, default="0.0.0.0",
+                   help="local address of every socket (default 0.0.0.0: needed to hear DHCP "
+                   "broadcasts)")  # fmt: skip
+    p.add_argument(
+        "--interface",
+        metavar="IFACE",
+        default="",
+        help="tie DHCP to this interface (SO_BINDTODEVICE), reply to 255.255.255.255",
+    )
+    p.add_argument("--dhcp-port", type=_port, default=67, help="DHCP server port (default 67; "
+                   "replies go to this port + 1; 0 = no DHCP)")  # fmt: skip
+    p.add_argument("--tftp-port", type=_port, default=69, help="TFTP port (default 69, 0 = off)")
+    p.add_argument("--dns-port", type=_port, default=53, help="DNS port (default 53, 0 = off)")
+    p.add_argument(
+        "--pxe-port",
+        type=_port,
+        default=4011,
+        help="proxyDHCP boot-server port (default 4011, with --proxy)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        help="HTTP boot port (default: server.http_port of the config, 0 = off)",
+    )
+    p.add_argument("--proxy", action="store_true",
+                   help="proxyDHCP: answer only PXE clients, with boot information and no "
+                   "address, beside the site's own DHCP server")  # fmt: skip
+    p.add_argument(
+        "--export-dnsmasq",
+        metavar="FILE",
+        nargs="?",
+        const="-",
+        help="write an equivalent dnsmasq config to FILE (default stdout) and exit",
+    )
+    p.add_argument("--check", action="store_true", help="check the config and exit")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: packets)")
+    sub2 = p.add_subparsers(dest="boot_command", metavar="SUBCOMMAND")
+    a = sub2.add_parser("admit", help="give a node its permanent number (running server)",
+                        description="Admit MAC as node N (default: the lowest free number) in "
+                        "the running server, through its control socket. The node keeps its "
+                        "temporary address until its next renewal, which is refused (DHCPNAK) "
+                        "so that it comes back at once for base + N.")  # fmt: skip
+    a.__class__ = OneLineParser
+    a.add_argument("mac", metavar="MAC")
+    a.add_argument("node", metavar="N", nargs="?", type=_node)
+    a.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    s = sub2.add_parser(
+        "status",
+        help="the running server's leases and transfers (JSON)",
+        description="Ask the running server (control socket) for its state.",
+    )
+    s.__class__ = OneLineParser
+    s.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    return p
+
+
+def _control(path: Path | None, req: dict) -> dict:
+    if path is None:
+        raise UsageError("the config has no server.control socket: cannot reach the server")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+        except OSError as e:
+            raise BeokitError(f"cannot reach the server at {str(path)!r}: {e.strerror}") from None
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf or b"{}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except BeokitError as e:
+        sys.stderr.write(f"{PROG}: {e}\n")
+        return e.exit_status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from beokit.boot import config as C
+
+    if not getattr(args, "config", None):
+        raise UsageError("missing -c CONFIG")
+    cfg = C.load(args.config)
+    cmd = args.boot_command
+    if cmd == "admit":
+        mac = C.normalize_mac(args.mac)
+        out = _control(cfg.control, {"cmd": "admit", "mac": mac, "node": args.node})
+        if not out.get("ok"):
+            raise UsageError(f"admit {mac}: {out.get('error')}")
+        print(f"{out['mac']} is node {out['node']}: {out['name']} {out['ip']}")
+        return EXIT_OK
+    if cmd == "status":
+        out = _control(cfg.control, {"cmd": "dump"})
+        print(json.dumps(out, indent=1))
+        return EXIT_OK if out.get("ok") else EXIT_FAILURE
+    if args.export_dnsmasq is not None:
+        from beokit.boot.export import dnsmasq_conf
+        from beokit.boot.leases import LeaseDB
+
+        db = LeaseDB(cfg)
+        if cfg.lease_file is not None and cfg.lease_file.exists():
+            db.load_json(cfg.lease_file.read_text(), 0.0)
+        text = dnsmasq_conf(cfg, db.admitted)
+        if args.export_dnsmasq == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.export_dnsmasq).write_text(text)
+        return EXIT_OK
+    if not cfg.root.is_dir():
+        raise UsageError(f"bad server.root {str(cfg.root)!r}: not a directory")
+    if args.check:
+        print(f"{args.config}: OK")
+        return EXIT_OK
+    from beokit.boot.server import Options, run_server
+
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s beo-boot %(levelname)s %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    opts = Options(Path(args.config), bind=args.bind, interface=args.interface,
+                   dhcp_port=args.dhcp_port, tftp_port=args.tftp_port, dns_port=args.dns_port,
+                   pxe_port=args.pxe_port, http_port=args.http_port, proxy=args.proxy)  # fmt: skip
+    return run_server(opts, cfg)

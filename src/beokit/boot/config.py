@@ -1,0 +1,367 @@
+"""The ``beo boot`` configuration: a TOML file read with :mod:`tomllib`.
+
+Pure: :func:`parse` turns the decoded TOML table into a checked
+:class:`Config`, raising :class:`ConfigError` (a ``UsageError``: one line,
+exit status 2) that names the bad key and value. See
+``contrib/boot.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from beokit.errors import UsageError
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
+_RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([kmg]?)(bit|b|bps)?\s*$", re.I)
+_RATE_MULT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+class ConfigError(UsageError):
+    """A bad configuration value (names the key and the value)."""
+
+
+def normalize_mac(text: str) -> str:
+    """``52-54-00-AB-CD-EF`` / ``5254.00ab.cdef`` -> ``52:54:00:ab:cd:ef``."""
+    hexdigits = re.sub(r"[^0-9a-fA-F]", "", text)
+    mac = ":".join(hexdigits[i : i + 2] for i in range(0, len(hexdigits), 2)).lower()
+    if len(hexdigits) != 12 or not MAC_RE.match(mac) or re.search(r"[^0-9a-fA-F:.\-]", text):
+        raise ConfigError(f"bad MAC address {text!r} (e.g. 52:54:00:12:34:56)")
+    return mac
+
+
+def parse_rate(text: str | int) -> int:
+    """Bandwidth in bits/s: ``800mbit``, ``1g``, ``0`` (no cap)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"bad bandwidth {text!r}")
+        return text
+    m = _RATE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"bad bandwidth {text!r} (e.g. 800mbit, 1g, 0 for no cap)")
+    return int(float(m.group(1)) * _RATE_MULT[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Host:
+    mac: str
+    ip: ipaddress.IPv4Address
+    name: str
+
+
+@dataclass(frozen=True)
+class Nettee:
+    """The next distribution's topology, handed to each node (see docs/boot.md)."""
+
+    order: tuple[str, ...] = ()
+    fanout: int = 1
+    port: int = 7000
+
+    def next_of(self, name: str) -> list[str]:
+        """The hosts ``name`` forwards to: its children in a tree of ``fanout``."""
+        try:
+            i = self.order.index(name)
+        except ValueError:
+            return []
+        first = i * self.fanout + 1
+        return list(self.order[first : first + self.fanout])
+
+    def file_for(self, name: str) -> bytes | None:
+        if name not in self.order:
+            return None
+        i = self.order.index(name)
+        parent = "" if i == 0 else self.order[(i - 1) // self.fanout]
+        nxt = ",".join(self.next_of(name))
+        return (
+            f"# nettee topology for {name}, served by beo boot\n"
+            f"node={name}\nposition={i}\nupstream={parent}\nnext={nxt}\n"
+            f"port={self.port}\n"
+            f"command=nettee -in {'-' if i == 0 else 'tcp'} -next {nxt or '-'}\n"
+        ).encode()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ipaddress.IPv4Address
+    root: Path
+    subnet: ipaddress.IPv4Network
+    lease_file: Path | None = None
+    control: Path | None = None
+    router: ipaddress.IPv4Address | None = None
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+    domain: str = "cluster"
+    lease_time: int = 3600
+    temporary_lease_time: int = 30
+    pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
+    node_base: ipaddress.IPv4Address | None = None
+    node_count: int = 0
+    node_name: str = "node{n}"
+    admit: str = "manual"
+    node_macs: dict[str, int] = field(default_factory=dict)
+    hosts: tuple[Host, ...] = ()
+    boot_bios: str = "pxelinux.0"
+    boot_uefi: str = "ipxe.efi"
+    boot_arm64: str = "ipxe-arm64.efi"
+    ipxe_script: str = ""
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    http_port: int = 0
+    http_url: str = ""
+    bandwidth_bps: int = 0
+    max_blksize: int = 1468
+    max_windowsize: int = 64
+    tftp_timeout: float = 1.0
+    tftp_retries: int = 5
+    defer_max: float = 1.0
+    fair: bool = True
+    nettee: Nettee = field(default_factory=Nettee)
+
+    # -- derived ---------------------------------------------------------
+    def node_ip(self, n: int) -> ipaddress.IPv4Address:
+        assert self.node_base is not None
+        return self.node_base + n
+
+    def node_hostname(self, n: int) -> str:
+        return self.node_name.format(n=n)
+
+    def node_of_ip(self, ip: ipaddress.IPv4Address) -> int | None:
+        if self.node_base is None:
+            return None
+        n = int(ip) - int(self.node_base)
+        return n if 0 <= n <= self.node_count else None
+
+    def node_of_name(self, name: str) -> int | None:
+        if self.node_base is None:
+            return None
+        pat = re.escape(self.node_name).replace(r"\{n\}", r"([0-9]+)")
+        pat = re.sub(r"\\\{n:0?(\d+)d\\\}", r"([0-9]+)", pat)
+        m = re.fullmatch(pat, name, re.I)
+        if not m:
+            return None
+        n = int(m.group(1))
+        return n if 0 <= n <= self.node_count and self.node_hostname(n) == name else None
+
+    def ipxe_text(self, http_base: str) -> bytes:
+        """The generated iPXE script: kernel and initrd over HTTP (TFTP only for iPXE)."""
+        base = http_base.rstrip("/")
+        lines = ["#!ipxe", "# generated by beo boot: TFTP loaded iPXE, HTTP brings the rest"]
+        lines.append(f"kernel {base}/{self.kernel.lstrip('/')} {self.cmdline}".rstrip())
+        if self.initrd:
+            lines.append(f"initrd {base}/{self.initrd.lstrip('/')}")
+        lines.append("boot")
+        return ("\n".join(lines) + "\n").encode()
+
+    @property
+    def pool_size(self) -> int:
+        return 0 if self.pool is None else int(self.pool[1]) - int(self.pool[0]) + 1
+
+    @property
+    def broadcast(self) -> ipaddress.IPv4Address:
+        return self.subnet.broadcast_address
+
+
+def _ip(table: dict, key: str, where: str) -> ipaddress.IPv4Address:
+    value = table[key]
+    try:
+        return ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise ConfigError(f"bad {where}.{key} {value!r}: an IPv4 address") from None
+
+
+def _int(table: dict, key: str, where: str, lo: int, hi: int, default: int) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"bad {where}.{key} {value!r}: an integer {lo}-{hi}")
+    return value
+
+
+def _float(table: dict, key: str, where: str, lo: float, hi: float, default: float) -> float:
+    value = table.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"bad {where}.{key} {value!r}: a number {lo}-{hi}")
+    return float(value)
+
+
+def _str(table: dict, key: str, where: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"bad {where}.{key} {value!r}: a string")
+    return value
+
+
+def _known(table: dict, where: str, keys: set[str]) -> None:
+    for k in table:
+        if k not in keys:
+            raise ConfigError(f"unknown key {where}.{k} (known: {', '.join(sorted(keys))})")
+
+
+def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Check a decoded TOML document; relative paths are taken from ``base_dir``."""
+    _known(doc, "config", {"server", "network", "nodes", "hosts", "boot", "tftp", "nettee"})
+    base_dir = base_dir or Path.cwd()
+    srv = doc.get("server", {})
+    net = doc.get("network", {})
+    nodes = doc.get("nodes", {})
+    boot = doc.get("boot", {})
+    tftp = doc.get("tftp", {})
+    nt = doc.get("nettee", {})
+    _known(srv, "server", {"address", "root", "lease_file", "control", "http_port", "http_url"})
+    _known(net, "network", {"subnet", "router", "dns", "domain", "lease_time",
+                            "temporary_lease_time", "pool"})  # fmt: skip
+    _known(nodes, "nodes", {"base", "count", "name", "admit", "macs"})
+    _known(boot, "boot", {"bios", "uefi", "arm64", "ipxe_script", "kernel", "initrd", "cmdline"})
+    _known(tftp, "tftp", {"bandwidth", "max_blksize", "max_windowsize", "timeout", "retries",
+                          "defer_max", "fair"})  # fmt: skip
+    _known(nt, "nettee", {"order", "fanout", "port"})
+    for key in ("address", "root"):
+        if key not in srv:
+            raise ConfigError(f"missing server.{key}")
+    if "subnet" not in net:
+        raise ConfigError("missing network.subnet")
+    try:
+        subnet = ipaddress.IPv4Network(str(net["subnet"]), strict=False)
+    except ValueError:
+        raise ConfigError(f"bad network.subnet {net['subnet']!r}: e.g. 10.0.0.0/16") from None
+    server = _ip(srv, "address", "server")
+
+    def path(table: dict, key: str, where: str) -> Path | None:
+        if key not in table or table[key] == "":
+            return None
+        return base_dir / _str(table, key, where, "")
+
+    root = path(srv, "root", "server")
+    assert root is not None
+    kw: dict[str, Any] = {
+        "server": server,
+        "root": root,
+        "subnet": subnet,
+        "lease_file": path(srv, "lease_file", "server"),
+        "control": path(srv, "control", "server"),
+        "http_port": _int(srv, "http_port", "server", 0, 65535, 0),
+        "http_url": _str(srv, "http_url", "server", ""),
+        "domain": _str(net, "domain", "network", "cluster"),
+        "lease_time": _int(net, "lease_time", "network", 60, 10**7, 3600),
+        "temporary_lease_time": _int(net, "temporary_lease_time", "network", 10, 10**7, 30),
+    }
+    if "router" in net:
+        kw["router"] = _ip(net, "router", "network")
+    dns = net.get("dns", [str(server)])
+    if not isinstance(dns, list):
+        raise ConfigError(f"bad network.dns {dns!r}: a list of addresses")
+    kw["dns"] = tuple(_ip({"dns": d}, "dns", "network") for d in dns)
+    if "pool" in net:
+        text = _str(net, "pool", "network", "")
+        lo_hi = text.split("-")
+        try:
+            lo, hi = (ipaddress.IPv4Address(x.strip()) for x in lo_hi)
+        except ValueError:
+            raise ConfigError(f"bad network.pool {text!r}: e.g. 10.0.9.0-10.0.9.255") from None
+        if hi < lo or lo not in subnet or hi not in subnet:
+            raise ConfigError(f"bad network.pool {text!r}: a range inside {subnet}")
+        kw["pool"] = (lo, hi)
+    if "base" in nodes:
+        base = _ip(nodes, "base", "nodes")
+        count = _int(nodes, "count", "nodes", 0, 65000, 0)
+        if base not in subnet or base + count not in subnet:
+            raise ConfigError(f"bad nodes.base {str(base)!r}: nodes 0-{count} leave {subnet}")
+        kw.update(node_base=base, node_count=count)
+        pool = kw.get("pool")
+        if pool and not (int(pool[1]) < int(base) or int(pool[0]) > int(base) + count):
+            raise ConfigError(f"network.pool overlaps the node addresses {base}+0..{count}")
+    name = _str(nodes, "name", "nodes", "node{n}")
+    try:
+        sample = name.format(n=7)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(
+            f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}"
+        ) from None
+    if "{n" not in name or not NAME_RE.match(sample):
+        raise ConfigError(f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}")
+    kw["node_name"] = name
+    admit = _str(nodes, "admit", "nodes", "manual")
+    if admit not in ("manual", "auto"):
+        raise ConfigError(f"bad nodes.admit {admit!r}: manual or auto")
+    kw["admit"] = admit
+    macs = nodes.get("macs", {})
+    if not isinstance(macs, dict):
+        raise ConfigError("bad nodes.macs: a table MAC = node number")
+    node_macs: dict[str, int] = {}
+    for mac, n in macs.items():
+        m = normalize_mac(mac)
+        n = _int({mac: n}, mac, "nodes.macs", 0, kw.get("node_count", 0), 0)
+        if n in node_macs.values():
+            raise ConfigError(f"bad nodes.macs.{mac}: node {n} given twice")
+        node_macs[m] = n
+    if node_macs and "node_base" not in kw:
+        raise ConfigError("nodes.macs needs nodes.base")
+    kw["node_macs"] = node_macs
+    hosts = doc.get("hosts", [])
+    if not isinstance(hosts, list):
+        raise ConfigError("bad hosts: an array of tables [[hosts]]")
+    hs = []
+    for i, h in enumerate(hosts):
+        where = f"hosts[{i}]"
+        if not isinstance(h, dict):
+            raise ConfigError(f"bad {where}: a table")
+        _known(h, where, {"mac", "ip", "name"})
+        for key in ("mac", "ip", "name"):
+            if key not in h:
+                raise ConfigError(f"missing {where}.{key}")
+        hname = _str(h, "name", where, "")
+        if not NAME_RE.match(hname):
+            raise ConfigError(f"bad {where}.name {hname!r}")
+        hs.append(Host(normalize_mac(_str(h, "mac", where, "")), _ip(h, "ip", where), hname))
+    kw["hosts"] = tuple(hs)
+    for key, attr in (("bios", "boot_bios"), ("uefi", "boot_uefi"), ("arm64", "boot_arm64"),
+                      ("ipxe_script", "ipxe_script")):  # fmt: skip
+        value = _str(boot, key, "boot", Config.__dataclass_fields__[attr].default)  # type: ignore[arg-type]
+        if len(value.encode()) > 127:
+            raise ConfigError(f"bad boot.{key} {value!r}: at most 127 bytes")
+        kw[attr] = value
+    for key in ("kernel", "initrd", "cmdline"):
+        kw[key] = _str(boot, key, "boot", "")
+    kw["bandwidth_bps"] = parse_rate(tftp.get("bandwidth", 0))
+    kw["max_blksize"] = _int(tftp, "max_blksize", "tftp", 512, 65464, 1468)
+    kw["max_windowsize"] = _int(tftp, "max_windowsize", "tftp", 1, 256, 64)
+    kw["tftp_timeout"] = _float(tftp, "timeout", "tftp", 0.05, 255, 1.0)
+    kw["tftp_retries"] = _int(tftp, "retries", "tftp", 1, 20, 5)
+    kw["defer_max"] = _float(tftp, "defer_max", "tftp", 0, 10, 1.0)
+    fair_ = tftp.get("fair", True)
+    if not isinstance(fair_, bool):
+        raise ConfigError(f"bad tftp.fair {fair_!r}: true or false")
+    kw["fair"] = fair_
+    if nt:
+        order = nt.get("order", "")
+        if not isinstance(order, str) or not order:
+            raise ConfigError(f"bad nettee.order {order!r}: a node set, e.g. node[1-100]")
+        from beokit.hostlist import expand
+
+        kw["nettee"] = Nettee(
+            order=tuple(expand(order)),
+            fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
+            port=_int(nt, "port", "nettee", 1, 65535, 7000),
+        )
+    return Config(**kw)
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a TOML config file."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {str(p)!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {str(p)!r} is not UTF-8 text") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"bad TOML in {str(p)!r}: {e}") from None
+    return parse(doc, p.resolve().parent)

@@ -1,0 +1,865 @@
+"""The ``beo boot`` server: one asyncio loop for DHCP, TFTP, DNS (and HTTP).
+
+This is the I/O layer: it opens the sockets, feeds datagrams into the pure
+logic (``dhcp``, ``tftp``, ``dns``, ``fair``, ``leases``) and carries out
+what it decides. Nothing here blocks: TFTP transfers are non-blocking UDP
+sockets watched by the loop (one per transfer: its TID), file bytes come
+from ``os.pread`` on shared, reference-counted descriptors (re-opened when
+the file changes on disk), the lease file is written atomically (temp file,
+fsync, rename) in a worker thread.
+
+Signals: SIGHUP re-reads the config and re-opens the listening sockets
+(transfers in flight keep their own sockets and go on); SIGUSR1 logs the
+leases and the transfers; SIGTERM/SIGINT stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from beokit.boot import config as C
+from beokit.boot import dns, fair, paths, tftp
+from beokit.boot.dhcp import PXE_PORT, DhcpLogic
+from beokit.boot.fair import Load, RoundRobin, TokenBucket
+from beokit.boot.leases import LeaseDB
+
+log = logging.getLogger("beokit.boot")
+TICK = 0.1  # seconds between accounting ticks
+STALL = 0.5  # a transfer that got nothing for this long is "stalled"
+RECV_SIZE = 65536
+SESSION_RECV = 1024  # a transfer socket only gets ACKs and ERRORs
+DRAIN_ROUNDS = 4  # epoll rounds per loop callback (DHCP and DNS get their turn between)
+MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
+MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else pread)
+HEADERS = [tftp.data_header(b) for b in range(65536)]  # DATA headers, built once
+
+
+@dataclass
+class Options:
+    """Command-line settings that are not in the config file."""
+
+    config_path: Path
+    bind: str = "0.0.0.0"
+    interface: str = ""
+    dhcp_port: int = 67
+    tftp_port: int = 69
+    dns_port: int = 53
+    pxe_port: int = PXE_PORT
+    http_port: int | None = None  # None: from the config (0 = off)
+    proxy: bool = False
+    no_dhcp: bool = False
+
+
+# ---------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of ``fd`` (from the page cache: milliseconds)."""
+    chunks, off = [], 0
+    while off < size:
+        b = os.pread(fd, min(size - off, 8 << 20), off)
+        if not b:
+            break
+        chunks.append(b)
+        off += len(b)
+    return b"".join(chunks).ljust(size, b"\0")
+
+
+class OpenFile:
+    """A file being served: one descriptor shared by its transfers."""
+
+    def __init__(self, key: tuple, fd: int, size: int, data: bytes | None = None) -> None:
+        self.key = key
+        self.fd = fd
+        self.size = size
+        self.data = data
+        self.view = memoryview(data) if data is not None else None
+        self.refs = 0
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + n]
+        return os.pread(self.fd, n, offset)
+
+
+class FileTable:
+    """Shared read-only descriptors, keyed by (device, inode, mtime, size).
+
+    A file replaced or modified on disk gets a new key, so new requests see
+    the new bytes while transfers in flight finish the version they began.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[tuple, OpenFile] = {}
+        self.mem_bytes = 0  # bytes held in snapshots
+
+    def open(self, path: Path) -> OpenFile:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise paths.PathRefused(f"{str(path)!r} is not a regular file")
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            f = self.files.get(key)
+            if f is not None:
+                os.close(fd)
+            else:
+                data = None
+                if st.st_size <= MEM_MAX and self.mem_bytes + st.st_size <= MEM_TOTAL:
+                    data = read_all(fd, st.st_size)  # a snapshot: no syscall per block, and
+                    self.mem_bytes += st.st_size  # a file rewritten in place cannot tear it
+                f = self.files[key] = OpenFile(key, fd, st.st_size, data)
+                fd = -1
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        f.refs += 1
+        return f
+
+    def virtual(self, data: bytes) -> OpenFile:
+        f = OpenFile(("virtual", id(data)), -1, len(data), data)
+        f.refs = 1
+        return f
+
+    def close(self, f: OpenFile) -> None:
+        f.refs -= 1
+        if f.refs <= 0 and f.fd >= 0:
+            self.files.pop(f.key, None)
+            os.close(f.fd)
+            f.fd = -1
+            if f.data is not None:
+                self.mem_bytes -= f.size
+
+    def close_all(self) -> None:
+        for f in list(self.files.values()):
+            if f.fd >= 0:
+                os.close(f.fd)
+                f.fd = -1
+        self.files.clear()
+        self.mem_bytes = 0
+
+
+# ---------------------------------------------------------------------------
+# TFTP transfers
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Session:
+    sock: socket.socket
+    peer: tuple[str, int]
+    name: str
+    file: OpenFile
+    xfer: tftp.Transfer
+    started: float
+    last_sent: float = 0.0
+    fd: int = -1  # the socket's descriptor: the key in sessions, epoll and parked
+
+    def __post_init__(self) -> None:
+        self.fd = self.sock.fileno()
+
+
+class BootServer:
+    def __init__(self, opts: Options, cfg: C.Config) -> None:
+        self.opts = opts
+        cfg = self.effective(cfg)
+        self.cfg = cfg
+        self.db = LeaseDB(cfg)
+        self.logic = DhcpLogic(cfg, self.db, proxy=opts.proxy, client_port=opts.dhcp_port + 1,
+                               server_port=opts.dhcp_port)  # fmt: skip
+        self.files = FileTable()
+        self.sessions: dict[int, Session] = {}  # fd -> session
+        self.rr = RoundRobin()
+        self.load = Load(cfg.bandwidth_bps / 8, cfg.defer_max)
+        self.bucket = TokenBucket(cfg.bandwidth_bps / 8, max(cfg.bandwidth_bps / 8 * TICK, 65536))
+        self.listeners: dict[str, socket.socket] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.pump_handle: asyncio.TimerHandle | None = None
+        self.lease_write: asyncio.Future | None = None
+        self.control_server: asyncio.AbstractServer | None = None
+        self.http = None
+        self.counters: dict[str, int] = {}
+        self.started = time.monotonic()
+        self.pending_replies: set[asyncio.TimerHandle] = set()
+        self.parked: set[int] = set()  # transfers held back for a tick (fairness)
+        self.epoll = select.epoll()  # the transfers' sockets (see _on_sessions)
+        self.fair = cfg.fair
+
+    # -- helpers ---------------------------------------------------------
+    def effective(self, cfg: C.Config) -> C.Config:
+        """The config with the HTTP base URL filled in when HTTP boot is on."""
+        port = self.opts.http_port if self.opts.http_port is not None else cfg.http_port
+        if port and not cfg.http_url:
+            cfg = dataclasses.replace(cfg, http_url=f"http://{cfg.server}:{port}/")
+        return cfg
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    @property
+    def limits(self) -> tftp.Limits:
+        c = self.cfg
+        return tftp.Limits(c.max_blksize, c.max_windowsize, c.tftp_timeout, c.tftp_retries)
+
+    def _udp(self, port: int, *, broadcast: bool = False) -> socket.socket:
+        # No SO_REUSEADDR: a second server on the same port must fail, not share it.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if broadcast:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                if self.opts.interface:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                 self.opts.interface.encode())  # fmt: skip
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            s.setblocking(False)
+            s.bind((self.opts.bind, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    # -- listening sockets -------------------------------------------------
+    def open_listeners(self) -> None:
+        """Open (or re-open) every listening socket; all or nothing.
+
+        On a re-open (SIGHUP) the old sockets are closed first (the ports are
+        not shared: no SO_REUSEADDR); datagrams arriving in between are lost
+        and the clients retransmit, as they always must over UDP.
+        """
+        o = self.opts
+        self.close_listeners()
+        new: dict[str, socket.socket] = {}
+        try:
+            if not o.no_dhcp and o.dhcp_port:
+                new["dhcp"] = self._udp(o.dhcp_port, broadcast=True)
+                if o.proxy and o.pxe_port:
+                    new["pxe"] = self._udp(o.pxe_port, broadcast=True)
+            if o.tftp_port:
+                new["tftp"] = self._udp(o.tftp_port)
+            if o.dns_port:
+                new["dns"] = self._udp(o.dns_port)
+        except OSError:
+            for s in new.values():
+                s.close()
+            raise
+        assert self.loop is not None
+        for kind, s in new.items():
+            self.loop.add_reader(s.fileno(), self._on_listener, kind, s)
+        self.listeners = new
+
+    def close_listeners(self) -> None:
+        for s in self.listeners.values():
+            if self.loop is not None:
+                self.loop.remove_reader(s.fileno())
+            s.close()
+        self.listeners = {}
+
+    def _on_listener(self, kind: str, s: socket.socket) -> None:
+        for _ in range(64):  # drain a burst, then let others run
+            try:
+                data, src = s.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("%s socket: %s", kind, e)
+                return
+            try:
+                if kind in ("dhcp", "pxe"):
+                    self.on_dhcp(s, data, src, kind)
+                elif kind == "tftp":
+                    self.on_tftp_request(data, src)
+                else:
+                    self.on_dns(s, data, src)
+            except Exception:  # a bug must not kill the server
+                log.exception("%s: error handling a datagram from %s", kind, src)
+                self.count(f"{kind}-errors")
+
+    # -- DHCP --------------------------------------------------------------
+    def stalled(self, now: float) -> int:
+        return sum(1 for ss in self.sessions.values()
+                   if ss.xfer.ready() is None and now - ss.xfer.last_progress > STALL
+                   and not ss.xfer.done)  # fmt: skip
+
+    def on_dhcp(self, s: socket.socket, data: bytes, src: tuple[str, int], kind: str) -> None:
+        now = time.time()
+        self.count("dhcp-in")
+        defer = self.load.dhcp_delay(self.stalled(time.monotonic())) if self.sessions else 0.0
+        port = PXE_PORT if kind == "pxe" else 67  # whatever number --pxe-port gave it
+        reply = self.logic.handle(data, src, now, defer=defer, port=port)
+        if reply is None:
+            return
+        host, dport = reply.dest
+        if host == "<broadcast>":
+            host = str(self.cfg.broadcast) if not self.opts.interface else "255.255.255.255"
+        log.debug("DHCP %s -> %s:%d", reply.summary, host, dport)
+
+        def send() -> None:
+            if s.fileno() < 0:
+                return
+            try:
+                s.sendto(reply.data, (host, dport))
+                self.count("dhcp-out")
+            except OSError as e:
+                log.warning("DHCP reply to %s:%d: %s", host, dport, e)
+
+        if reply.delay > 0:
+            assert self.loop is not None
+            self.count("dhcp-deferred")
+            h = self.loop.call_later(reply.delay, send)
+            self.pending_replies.add(h)
+            self.loop.call_later(reply.delay + 0.01, self.pending_replies.discard, h)
+        else:
+            send()
+        if self.db.changed:
+            self.schedule_lease_write()
+
+    # -- DNS ---------------------------------------------------------------
+    def on_dns(self, s: socket.socket, data: bytes, src: tuple[str, int]) -> None:
+        self.count("dns-in")
+        out = dns.answer(data, self.db)
+        if out is not None:
+            with contextlib.suppress(OSError):
+                s.sendto(out, src)
+
+    # -- TFTP --------------------------------------------------------------
+    def _tftp_error(self, s: socket.socket, dest: tuple[str, int], code: int, msg: str) -> None:
+        with contextlib.suppress(OSError):
+            s.sendto(tftp.build_error(code, msg), dest)
+
+    def open_served(self, name: str) -> OpenFile:
+        """A file by its requested name: virtual files (nettee topology, generated
+        iPXE script when the root has none), else a real file under the root."""
+        cfg = self.cfg
+        nt = cfg.nettee
+        if name.startswith("nettee/") and name.endswith(".conf") and nt.order:
+            data = nt.file_for(name[len("nettee/") : -len(".conf")])
+            if data is not None:
+                return self.files.virtual(data)
+        try:
+            return self.files.open(paths.resolve(cfg.root, name))
+        except FileNotFoundError:
+            if cfg.kernel and cfg.ipxe_script and name.lstrip("/") == cfg.ipxe_script.lstrip("/"):
+                return self.files.virtual(cfg.ipxe_text(cfg.http_url))
+            raise
+
+    def on_tftp_request(self, data: bytes, src: tuple[str, int]) -> None:
+        listener = self.listeners["tftp"]
+        self.count("tftp-in")
+        try:
+            msg = tftp.parse(data)
+        except tftp.TftpError as e:
+            self.count("tftp-malformed")
+            log.debug("TFTP from %s: %s", src, e)
+            return
+        if not isinstance(msg, tftp.Request):
+            return  # stray ACK/DATA to port 69: ignore (RFC 1350 says TID errors elsewhere)
+        if msg.opcode == tftp.WRQ:
+            self._tftp_error(listener, src, tftp.E_ACCESS, "read-only server")
+            return
+        if msg.mode != "octet" and msg.mode != "netascii":
+            self._tftp_error(listener, src, tftp.E_ILLEGAL, "unsupported mode")
+            return
+        try:
+            f = self.open_served(msg.filename)
+        except paths.PathRefused as e:
+            log.warning("TFTP %s:%d refused: %s", src[0], src[1], e)
+            self.count("tftp-refused")
+            self._tftp_error(listener, src, tftp.E_ACCESS, "access violation")
+            return
+        except FileNotFoundError:
+            log.info("TFTP %s:%d: %r not found", src[0], src[1], msg.filename)
+            self._tftp_error(listener, src, tftp.E_NOTFOUND, "file not found")
+            return
+        except OSError as e:
+            log.warning("TFTP %s:%d %r: %s", src[0], src[1], msg.filename, e.strerror)
+            self._tftp_error(listener, src, tftp.E_ACCESS, "cannot read file")
+            return
+        now = time.monotonic()
+        accepted = tftp.negotiate(msg.options, f.size, self.limits)
+        xfer = tftp.Transfer(f.size, msg.options, accepted, self.limits, now)
+        try:
+            local = listener.getsockname()[0]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            sock.bind((local, 0))
+            sock.connect(src)
+        except OSError as e:
+            with contextlib.suppress(NameError):
+                sock.close()
+            self.files.close(f)
+            log.warning("TFTP %s:%d: cannot open a transfer socket: %s", *src, e)
+            return
+        ss = Session(sock, src, msg.filename, f, xfer, now)
+        self.sessions[sock.fileno()] = ss
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.count("tftp-transfers")
+        log.info("TFTP %s:%d <- %s (%d bytes, %s)", src[0], src[1], msg.filename, f.size,
+                 accepted or "no options")  # fmt: skip
+        self.make_ready(ss)
+
+    def _send_block(self, ss: Session, block: int, now: float) -> bool:
+        x = ss.xfer
+        try:
+            if block == 0:
+                pkt = tftp.build_oack(x.accepted)
+                ss.sock.send(pkt)
+                nbytes = len(pkt)
+            else:
+                off = (block - 1) * x.blksize
+                n = min(x.blksize, x.size - off)
+                view = ss.file.view
+                if view is not None:  # header + slice of the snapshot, no copy
+                    ss.sock.sendmsg((HEADERS[block & 0xFFFF], view[off : off + n]))
+                else:
+                    ss.sock.send(HEADERS[block & 0xFFFF] + ss.file.read(off, n))
+                nbytes = n + 4
+        except (BlockingIOError, InterruptedError):
+            return False  # socket buffer full: the retransmission timer covers it
+        except OSError as e:
+            x.failed = f"send: {e.strerror}"
+            return False
+        x.sent(block, nbytes, now)
+        ss.last_sent = now
+        self.load.count(nbytes)
+        return True
+
+    def make_ready(self, ss: Session) -> None:
+        """Send what the transfer may send: at once without a cap, else via round robin."""
+        now = time.monotonic()
+        x = ss.xfer
+        if ss.fd in self.parked and not x.done:
+            return
+        if self.bucket.rate <= 0:
+            while (b := x.ready()) is not None:
+                if not self._send_block(ss, b, now):
+                    break
+            if x.failed:
+                self.end_session(ss)
+            return
+        if x.ready() is not None:
+            self.rr.push(ss.fd)
+            self.pump()
+
+    def pump(self) -> None:
+        """Spend the token bucket on ready transfers, one packet each in turn."""
+        if self.pump_handle is not None:
+            self.pump_handle.cancel()
+            self.pump_handle = None
+        now = time.monotonic()
+        self.bucket.refill(now)
+        need = 0
+        while len(self.rr):
+            fd = self.rr.pop()
+            ss = self.sessions.get(fd)  # type: ignore[arg-type]
+            if ss is None:
+                continue
+            b = ss.xfer.ready()
+            if b is None:
+                continue
+            need = (ss.xfer.block_range(b)[1] + 4) if b else 64
+            if not self.bucket.take(need, now):
+                self.load.ran_dry()
+                self.rr.push_front(fd)
+                break
+            self._send_block(ss, b, now)
+            if ss.xfer.failed:
+                self.end_session(ss)
+            elif ss.xfer.ready() is not None:
+                self.rr.push(fd)
+        if len(self.rr):
+            assert self.loop is not None
+            self.pump_handle = self.loop.call_later(max(self.bucket.wait_for(need), 0.001),
+                                                    self.pump)  # fmt: skip
+
+    def _on_sessions(self) -> None:
+        """The transfers' sockets sit in one epoll set, itself watched by the loop:
+        one loop callback serves every transfer with an ACK waiting."""
+        sessions = self.sessions
+        for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
+            try:
+                events = self.epoll.poll(0, 256)
+            except InterruptedError:
+                return
+            if not events:
+                return
+            now = time.monotonic()
+            for fd, _ev in events:
+                ss = sessions.get(fd)
+                if ss is not None:
+                    self._on_session(ss, now)
+
+    def _on_session(self, ss: Session, now: float) -> None:
+        # One datagram per call: the loop calls again while more are queued (level
+        # triggered), and a lock-step client never has more than one in flight.
+        x = ss.xfer
+        try:
+            data = ss.sock.recv(SESSION_RECV)  # ACKs are 4 bytes: no 64 KiB buffer per packet
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # ICMP port unreachable: the client went away
+            x.failed = f"client gone ({e.strerror})"
+            data = b""
+        if len(data) == 4 and data[1] == tftp.ACK and data[0] == 0:  # the hot path
+            x.on_ack((data[2] << 8) | data[3], now)
+        elif data:
+            try:
+                msg = tftp.parse(data)
+            except tftp.TftpError:
+                self.count("tftp-malformed")
+                return
+            if isinstance(msg, tftp.Ack):
+                x.on_ack(msg.block, now)
+            elif isinstance(msg, tftp.Error):
+                x.failed = f"client error {msg.code}: {msg.message}"
+            else:
+                self._tftp_error(ss.sock, ss.peer, tftp.E_ILLEGAL, "expected an ACK")
+        if x.done or x.failed:
+            self.end_session(ss)
+        elif ss.fd in self.parked:
+            return  # ahead of the others: its next block goes out at the next tick
+        elif self.bucket.rate <= 0:  # no cap: send the window now (make_ready, inlined)
+            view, sock, blksize, size = ss.file.view, ss.sock, x.blksize, x.size
+            nbytes = npackets = 0
+            while (b := x.ready()) is not None:
+                if b and view is not None:  # DATA from the snapshot: the hottest path
+                    off = (b - 1) * blksize
+                    n = min(blksize, size - off)
+                    try:
+                        sock.sendmsg((HEADERS[b & 0xFFFF], view[off : off + n]))
+                    except (BlockingIOError, InterruptedError):
+                        break  # socket buffer full: the retransmission timer covers it
+                    except OSError as e:
+                        x.failed = f"send: {e.strerror}"
+                        break
+                    x.sent(b, n + 4, now)
+                    nbytes += n + 4
+                    npackets += 1
+                elif not self._send_block(ss, b, now):
+                    break
+            if npackets:
+                ss.last_sent = now
+                self.load.count(nbytes, npackets)
+            if x.failed:
+                self.end_session(ss)
+        else:
+            self.make_ready(ss)
+
+    def end_session(self, ss: Session) -> None:
+        fd = ss.fd
+        if self.sessions.pop(fd, None) is None:
+            return
+        with contextlib.suppress(OSError):
+            self.epoll.unregister(fd)
+        ss.sock.close()
+        self.files.close(ss.file)
+        self.rr.discard(fd)
+        self.parked.discard(fd)
+        x = ss.xfer
+        secs = max(time.monotonic() - ss.started, 1e-6)
+        if x.done:
+            self.count("tftp-done")
+            log.info("TFTP %s:%d %s: %d bytes in %.2f s (%.1f MB/s, %d retransmits)",
+                     ss.peer[0], ss.peer[1], ss.name, x.size, secs, x.size / secs / 1e6,
+                     x.retransmits)  # fmt: skip
+        else:
+            self.count("tftp-failed")
+            log.warning("TFTP %s:%d %s failed: %s", ss.peer[0], ss.peer[1], ss.name,
+                        x.failed or "stopped")  # fmt: skip
+
+    # -- timers ------------------------------------------------------------
+    async def ticker(self) -> None:
+        assert self.stopping is not None
+        last_expire = 0.0
+        while not self.stopping.is_set():
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            self.load.tick()
+            self.rebalance(now)
+            for ss in list(self.sessions.values()):
+                x = ss.xfer
+                if now >= x.deadline and not x.done:
+                    if x.on_timer(now):
+                        self.count("tftp-retransmits")
+                        self.make_ready(ss)
+                    else:
+                        self.end_session(ss)
+            if now - last_expire > 5:
+                last_expire = now
+                self.db.expire(time.time())
+            if self.db.changed:
+                self.schedule_lease_write()
+
+    def rebalance(self, now: float) -> None:
+        """Each tick: park the transfers running well ahead of the median, release the rest."""
+        progress = {}
+        for fd, ss in self.sessions.items():
+            x = ss.xfer
+            age = now - ss.started
+            progress[fd] = (x.bytes_sent / max(age, 1e-3), age, now - x.last_progress > STALL)
+        parked = fair.parked(progress) if self.fair else set()
+        released = self.parked - parked
+        self.parked = parked
+        for fd in released:
+            ss = self.sessions.get(fd)
+            if ss is not None:
+                self.make_ready(ss)
+
+    # -- lease file ----------------------------------------------------------
+    def schedule_lease_write(self) -> None:
+        if self.cfg.lease_file is None or self.lease_write is not None:
+            return
+        assert self.loop is not None
+        self.db.changed = False
+        text = self.db.to_json()
+        self.lease_write = self.loop.run_in_executor(None, write_atomic, self.cfg.lease_file, text)
+        self.lease_write.add_done_callback(self._lease_written)
+
+    def _lease_written(self, fut: asyncio.Future) -> None:
+        self.lease_write = None
+        exc = fut.exception()
+        if exc is not None:
+            log.error("cannot write the lease file %s: %s", self.cfg.lease_file, exc)
+            self.db.changed = True
+        elif self.db.changed:
+            self.schedule_lease_write()
+
+    def load_leases(self) -> None:
+        p = self.cfg.lease_file
+        if p is None or not p.exists():
+            return
+        try:
+            self.db.load_json(p.read_text(), time.time())
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise C.ConfigError(f"bad lease file {str(p)!r}: {e}") from None
+        log.info("restored %d leases and %d admitted nodes from %s", len(self.db.leases),
+                 len(self.db.admitted), p)  # fmt: skip
+
+    # -- control socket ------------------------------------------------------
+    async def on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            try:
+                req = json.loads(line)
+                out = self.control(req)
+            except (ValueError, TypeError, KeyError) as e:
+                out = {"ok": False, "error": str(e)}
+            writer.write(json.dumps(out).encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), 5)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def control(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "admit":
+            mac = C.normalize_mac(str(req["mac"]))
+            n = req.get("node")
+            got = self.db.admit(mac, None if n is None else int(n))
+            self.schedule_lease_write()
+            ip, name = self.cfg.node_ip(got), self.cfg.node_hostname(got)
+            log.info("admitted %s as node %d (%s, %s)", mac, got, name, ip)
+            return {"ok": True, "mac": mac, "node": got, "ip": str(ip), "name": name}
+        if cmd == "dump":
+            return {"ok": True, **self.state()}
+        raise ValueError(f"unknown command {cmd!r}")
+
+    # -- state ---------------------------------------------------------------
+    def state(self) -> dict:
+        now = time.monotonic()
+        return {
+            "uptime": round(now - self.started, 1),
+            "counters": dict(sorted({**self.counters, **self.logic.counts}.items())),
+            "leases": [vars(x) for x in self.db.leases.values()],
+            "admitted": self.db.admitted,
+            "transfers": [
+                {
+                    "peer": f"{ss.peer[0]}:{ss.peer[1]}",
+                    "file": ss.name,
+                    "bytes": ss.xfer.bytes_sent,
+                    "size": ss.xfer.size,
+                    "blksize": ss.xfer.blksize,
+                    "window": ss.xfer.window,
+                    "retransmits": ss.xfer.retransmits,
+                    "age": round(now - ss.started, 2),
+                }
+                for ss in self.sessions.values()
+            ],  # fmt: skip
+            "tick": {
+                "saturation": self.load.saturation,
+                "stalled": self.stalled(now),
+                "bytes_total": self.load.total_bytes,
+                "packets_total": self.load.total_packets,
+            },  # fmt: skip
+            "open_files": len(self.files.files),
+            "snapshot_bytes": self.files.mem_bytes,
+            "http_clients": dict(self.http.clients) if self.http is not None else {},
+        }
+
+    def dump(self) -> None:
+        st = self.state()
+        log.warning("SIGUSR1 state: %d leases, %d transfers, counters %s", len(st["leases"]),
+                    len(st["transfers"]), st["counters"])  # fmt: skip
+        for x in st["leases"]:
+            log.warning("  lease %s %s %s %s expires in %.0f s", x["key"], x["ip"], x["name"],
+                        x["kind"], x["expires"] - time.time())  # fmt: skip
+        for t in st["transfers"]:
+            log.warning("  transfer %s %s %d/%d bytes", t["peer"], t["file"], t["bytes"], t["size"])
+        for peer, c in st["http_clients"].items():
+            log.warning("  http %s %s %d bytes", peer, c["file"], c["bytes"])
+
+    def reload(self) -> None:
+        try:
+            cfg = self.effective(C.load(self.opts.config_path))
+        except C.ConfigError as e:
+            log.error("SIGHUP: keeping the old config: %s", e)
+            return
+        old_lease_file = self.cfg.lease_file
+        self.cfg = cfg
+        self.db.reconfigure(cfg)
+        self.logic.cfg = cfg
+        self.load.cap_bytes_per_s = cfg.bandwidth_bps / 8
+        self.load.defer_max = cfg.defer_max
+        self.fair = cfg.fair
+        self.bucket.rate = cfg.bandwidth_bps / 8
+        self.bucket.burst = max(cfg.bandwidth_bps / 8 * TICK, 65536)
+        try:
+            self.open_listeners()
+        except OSError as e:
+            log.error("SIGHUP: cannot re-open the sockets (%s); stopping", e)
+            assert self.stopping is not None
+            self.stopping.set()
+        if cfg.lease_file != old_lease_file:
+            self.db.changed = True
+        log.warning("SIGHUP: config re-read from %s, sockets re-opened, %d transfers kept",
+                    self.opts.config_path, len(self.sessions))  # fmt: skip
+
+    # -- main ----------------------------------------------------------------
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.load_leases()
+        self.open_listeners()
+        self.loop.add_reader(self.epoll.fileno(), self._on_sessions)
+        if self.cfg.control is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.cfg.control.unlink()
+            old = os.umask(0o077)
+            try:
+                self.control_server = await asyncio.start_unix_server(
+                    self.on_control, path=str(self.cfg.control)
+                )
+            finally:
+                os.umask(old)
+        http_port = self.opts.http_port if self.opts.http_port is not None else self.cfg.http_port
+        if http_port:
+            from beokit.boot.http import HttpServer
+
+            self.http = HttpServer(self, http_port)
+            await self.http.start()
+        for sig, fn in (
+            (signal.SIGHUP, self.reload),
+            (signal.SIGUSR1, self.dump),
+            (signal.SIGTERM, self.stopping.set),
+            (signal.SIGINT, self.stopping.set),
+        ):
+            self.loop.add_signal_handler(sig, fn)  # fmt: skip
+        socks = ", ".join(f"{k} {s.getsockname()[0]}:{s.getsockname()[1]}"
+                          for k, s in self.listeners.items())  # fmt: skip
+        log.warning("beo boot serving (%s%s%s)", "proxyDHCP, " if self.opts.proxy else "", socks,
+                    f", http :{http_port}" if http_port else "")  # fmt: skip
+        ticker = asyncio.create_task(self.ticker())
+        if ready is not None:
+            ready.set()
+        try:
+            await self.stopping.wait()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                self.loop.remove_signal_handler(sig)  # type: ignore[union-attr]
+        for h in self.pending_replies:
+            h.cancel()
+        if self.pump_handle is not None:
+            self.pump_handle.cancel()
+        for ss in list(self.sessions.values()):
+            ss.xfer.failed = ss.xfer.failed or "server stopping"
+            self.end_session(ss)
+        self.close_listeners()
+        self.loop.remove_reader(self.epoll.fileno())  # type: ignore[union-attr]
+        self.epoll.close()
+        if self.http is not None:
+            await self.http.stop()
+        if self.control_server is not None:
+            self.control_server.close()
+            await self.control_server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                self.cfg.control.unlink()  # type: ignore[union-attr]
+        if self.lease_write is not None:
+            with contextlib.suppress(Exception):
+                await self.lease_write
+        if self.cfg.lease_file is not None:
+            write_atomic(self.cfg.lease_file, self.db.to_json())
+        self.files.close_all()
+        log.warning("beo boot stopped")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def check_bind(opts: Options) -> None:
+    """Fail early (usage error) on ports already taken or not allowed."""
+    for port in (opts.dhcp_port, opts.tftp_port, opts.dns_port):
+        if port and port < 1024 and os.geteuid() != 0:
+            raise C.ConfigError(f"port {port} needs root (use --dhcp-port/--tftp-port/"
+                                "--dns-port above 1023 to test unprivileged)")  # fmt: skip
+
+
+def run_server(opts: Options, cfg: C.Config) -> int:
+    check_bind(opts)
+    server = BootServer(opts, cfg)
+    try:
+        asyncio.run(server.serve())
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise C.ConfigError(f"cannot bind {opts.bind}: {e.strerror}") from None
+        raise
+    return 0

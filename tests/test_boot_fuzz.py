@@ -1,0 +1,109 @@
+"""Fuzzing the beo boot parsers and logic with hypothesis: no exception escapes, no hang."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beokit.boot import config as C
+from beokit.boot import dhcp as D
+from beokit.boot import dns, tftp
+from beokit.boot.leases import LeaseDB
+from beokit.boot.loadgen import pxe_options, request
+
+CFG = C.parse({
+    "server": {"address": "10.0.0.1", "root": "/srv"},
+    "network": {"subnet": "10.0.0.0/16", "pool": "10.0.200.0-10.0.200.15"},
+    "nodes": {"base": "10.0.1.0", "count": 50, "admit": "auto"},
+    "boot": {"ipxe_script": "boot.ipxe"},
+}, Path("/"))  # fmt: skip
+FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def valid_dhcp() -> st.SearchStrategy[bytes]:
+    """Well-formed requests with random options: exercises the logic, not just the parser."""
+    opts = st.dictionaries(st.integers(1, 254), st.binary(max_size=40), max_size=6)
+    return st.builds(
+        lambda t, m, o, pxe: request(t, m, 1, "0.0.0.0", extra={**(pxe_options(7) if pxe else {}),
+                                                                 **o}),
+        st.integers(0, 10), st.binary(min_size=6, max_size=6), opts, st.booleans())  # fmt: skip
+
+
+def mutated(data: bytes) -> st.SearchStrategy[bytes]:
+    return st.builds(lambda i, b: data[:i] + bytes([b]) + data[i + 1 :],
+                     st.integers(0, len(data) - 1), st.integers(0, 255))  # fmt: skip
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=600), valid_dhcp(),
+                 mutated(request(D.REQUEST, b"\x01" * 6, 1, "0.0.0.0"))))  # fmt: skip
+def test_dhcp_parser_and_logic_never_raise(data):
+    try:
+        p = D.parse(data)
+        p.encode()
+        _ = (p.client_key, p.arch, p.is_ipxe, p.user_classes, p.msg_type)
+    except D.DhcpError:
+        pass
+    for proxy in (False, True):
+        lg = D.DhcpLogic(CFG, LeaseDB(CFG), proxy=proxy)
+        r = lg.handle(data, ("10.0.0.5", 68), 1000.0)
+        if r is not None:
+            D.parse(r.data)  # our replies always parse
+        lg.handle(data, ("10.0.0.5", 68), 1000.0, port=D.PXE_PORT)
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=300),
+                 st.builds(lambda n, o: tftp.build_rrq(n, "octet", o),
+                           st.text("ab/.\\x", min_size=1, max_size=20),
+                           st.dictionaries(st.sampled_from(["blksize", "tsize", "windowsize",
+                                                            "timeout", "x"]),
+                                           st.text("0123456789a", max_size=8), max_size=4))))  # fmt: skip
+def test_tftp_parser_and_negotiation_never_raise(data):
+    try:
+        m = tftp.parse(data)
+    except tftp.TftpError:
+        return
+    if isinstance(m, tftp.Request):
+        got = tftp.negotiate(m.options, 10**6, tftp.Limits())
+        tftp.Transfer(10**6, m.options, got, tftp.Limits(), 0.0)
+
+
+@FAST
+@given(st.integers(0, 200_000), st.sampled_from([8, 512, 1468]), st.integers(1, 16),
+       st.lists(st.tuples(st.booleans(), st.integers(0, 0xFFFF)), max_size=300))  # fmt: skip
+def test_transfer_any_ack_sequence_terminates(size, blksize, window, events):
+    """Random ACKs and timeouts: state stays consistent; a good client still finishes."""
+    acc = {"blksize": str(blksize), "windowsize": str(window)}
+    x = tftp.Transfer(size, {}, acc, tftp.Limits(retries=1000), 0.0)
+    now = 0.0
+    for is_timer, block in events:
+        while (b := x.ready()) is not None:
+            x.sent(b, 0, now)
+        if is_timer:
+            now = max(now, x.deadline)
+            x.on_timer(now)
+        else:
+            x.on_ack(block, now)
+        assert x.acked <= x.nblocks and x.next <= x.nblocks + 1
+    for _ in range(x.nblocks * 2 + 10):  # then a well-behaved client
+        sent = None
+        while (b := x.ready()) is not None:
+            x.sent(b, 0, now)
+            sent = b
+        if x.done or x.failed:
+            break
+        if sent is None:
+            now = x.deadline
+            x.on_timer(now)
+        else:
+            x.on_ack(sent & 0xFFFF, now)
+    assert x.done
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_dns_never_raises(data):
+    dns.answer(data, LeaseDB(CFG))
