@@ -216,6 +216,7 @@ class Node:
         self.heals: list[dict] = []  # what this node healed, for the report
         self.tap: Tap | None = None
         self.stream_fd = -1  # a regular file holding the stream (-heal replay, -digest)
+        self.parent_bound = False  # the parent keeps an in-memory replay window
         self.file_hasher: FileHasher | None = None
 
     # ------------------------------------------------------------ entry
@@ -372,7 +373,7 @@ class Node:
         cfg = self.cfg
         try:
             self._ctrl_listener = _listener(cfg.bind, cfg.port + 1)
-            self._data_listener = _listener(cfg.bind, cfg.port, HEAL_SOCKBUF if cfg.heal else 0)
+            self._data_listener = _listener(cfg.bind, cfg.port)
         except OSError as exc:
             raise Fatal(P.Code.NRF, self.name,
                         f"cannot listen on {cfg.bind}:{cfg.port}/{cfg.port + 1}: {exc.strerror}") from None  # fmt: skip
@@ -421,6 +422,9 @@ class Node:
         peer.sock.sendall(P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name)))
         token = P.data_token(self.secret, nonce_c, nonce_p)
         data = self._accept_data(token)
+        self.parent_bound = bool(msg.get("bound"))
+        if self.parent_bound:  # the parent's replay window counts on our receive buffer
+            data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
         peer.sock.settimeout(None)
         peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer.last = time.monotonic()
@@ -610,6 +614,9 @@ class Node:
                 conn.sendall(P.encode(welcome))
                 token = P.data_token(self.secret, nonce_c, nonce_p)
                 data = self._accept_data(token, offset=have)
+                self.parent_bound = bool(msg.get("bound"))
+                if self.parent_bound:
+                    data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
                 conn.settimeout(None)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer.last = time.monotonic()
@@ -749,12 +756,14 @@ class Node:
                 raise
             if adopt:
                 join["adopt"] = True
+            if self._bounded():
+                join["bound"] = True  # our replay window needs bounded socket buffers
             ctrl.sendall(P.encode(join))
             welcome = peer.recv(HANDSHAKE_TIMEOUT)
             name = P.check_welcome(welcome, nonce_c, nonce_p, self.secret)
             have = int(welcome.get("have", 0)) if adopt else 0
             data = _connect(host, port, HANDSHAKE_TIMEOUT,
-                            HEAL_SOCKBUF if self.cfg.heal else 0)  # fmt: skip
+                            HEAL_SOCKBUF if self._bounded() else 0)  # fmt: skip
             data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p), have))
         except P.AuthError as exc:
             peer.close()
@@ -992,6 +1001,26 @@ class Node:
         self.log.message(f"-heal: {link.name} resumed at byte {add.offset} after the end, "
                          f"{total - add.offset} bytes replayed")  # fmt: skip
         return add.offset
+
+    def _bounded(self) -> bool:
+        """-heal: must this node's data sockets to its children have fixed buffers?
+
+        An in-memory replay window covers only a bounded amount in flight, so
+        a parent that keeps one (no regular file holds its stream), and a node
+        whose parent keeps one, fix SO_SNDBUF/SO_RCVBUF (TCP autotuning off).
+        Where the stream is in a file, replay comes from the file and the
+        sockets keep autotuning.
+        """
+        if not self.cfg.heal:
+            return False
+        return self.parent_bound or not self._has_stream_file()
+
+    def _has_stream_file(self) -> bool:
+        fd = self._stream_file()
+        if fd >= 0:
+            os.close(fd)
+            return True
+        return False
 
     def _stream_file(self) -> int:
         """A read-only fd on a regular file that holds the stream, or -1.
