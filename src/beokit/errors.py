@@ -7,6 +7,10 @@ been started.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import NoReturn
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -22,3 +26,15 @@ class UsageError(BeokitError):
     """Bad input from the user (exit status 2)."""
 
     exit_status = EXIT_USAGE
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad input: one line on stderr naming the bad value, exit status 2.
+
+    A subcommand parser made by the umbrella's ``add_subparsers`` gets this
+    behaviour with ``parser.__class__ = OneLineParser`` (same state).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}\n")
+        sys.exit(EXIT_USAGE)

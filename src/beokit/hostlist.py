@@ -25,3 +25,12 @@ def expand(pattern: str) -> list[str]:
 def fold(hosts: list[str]) -> str:
     """Fold host names back into the shortest NodeSet pattern."""
     return str(NodeSet.fromlist(hosts)) if hosts else ""
+
+
+def read_hostfile(path: str) -> list[str]:
+    """Host patterns from a host file: whitespace-separated, ``#`` comments."""
+    try:
+        with open(path) as fh:
+            return [w for line in fh for w in line.split("#")[0].split()]
+    except OSError as exc:
+        raise UsageError(f"cannot read host file {path!r}: {exc.strerror}") from None

@@ -15,17 +15,11 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError, UsageError
+from beokit.errors import EXIT_FAILURE, EXIT_OK, BeokitError, OneLineParser, UsageError
 
 PROG = "beo boot"
 
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message}\n")
-        sys.exit(EXIT_USAGE)
 
 
 def _port(text: str) -> int:

@@ -144,15 +144,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]:
-    from beokit.hostlist import expand
+    from beokit.hostlist import expand, read_hostfile
 
     patterns: list[str] = []
     if args.hostfile:
-        try:
-            with open(args.hostfile) as fh:
-                patterns += [w for line in fh for w in line.split("#")[0].split()]
-        except OSError as exc:
-            raise UsageError(f"cannot read host file {args.hostfile!r}: {exc.strerror}") from None
+        patterns += read_hostfile(args.hostfile)
     if args.nodeset:
         patterns.append(args.nodeset)
     hosts: list[str] = list(dolly_hosts or [])

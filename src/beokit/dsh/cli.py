@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
-from beokit.errors import EXIT_USAGE, BeokitError
+from beokit.errors import BeokitError, OneLineParser
 
 DEFAULT_STATUS_PORT = 8181
 DEFAULT_BEST_PORT = 8282
 DEFAULT_GOSSIP_PORT = 8181  # UDP; the status port is TCP
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the bad value, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message}\n")
-        sys.exit(EXIT_USAGE)
 
 
 def _port(text: str) -> int:

@@ -75,16 +75,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
-    from beokit.hostlist import expand
+    from beokit.hostlist import expand, read_hostfile
 
     rest = list(args.rest)
     patterns: list[str] = []
     if args.hostfile:
-        try:
-            with open(args.hostfile) as fh:
-                patterns += [w for line in fh for w in line.split("#")[0].split()]
-        except OSError as exc:
-            raise UsageError(f"cannot read host file {args.hostfile!r}: {exc}") from None
+        patterns += read_hostfile(args.hostfile)
     elif rest and rest[0] != "--":
         patterns.append(rest.pop(0))
     if rest and rest[0] == "--":

@@ -10,9 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError
+from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError, OneLineParser
 from beokit.vcluster import plan as P
 
 if TYPE_CHECKING:
@@ -21,13 +21,6 @@ if TYPE_CHECKING:
 PROG = "beo vcluster"
 T = TypeVar("T")
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the bad value, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message}\n")
-        sys.exit(EXIT_USAGE)
 
 
 def _type(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
