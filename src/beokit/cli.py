@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from beokit import __version__
-from beokit.errors import EXIT_USAGE
+from beokit.errors import EXIT_USAGE, OneLineParser
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -48,7 +48,7 @@ PILLARS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="beo",
         description="beokit: feed and drive a cluster. The classic single-dash network tee "
         "is its own command: see `nettee -h`.",
