@@ -233,10 +233,9 @@ def main() -> int:
                 results.setdefault(name, {})[n] = got
                 print(f"  N={n} {name}: {got:.2f} s", file=sys.stderr, flush=True)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(WORK, ignore_errors=True)  # the source, the outputs, the directory
         if cl:
             cl.down()
-    src.unlink()
     size = f"{args.size / (1 << 20):.0f} MiB"
     print(
         f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}"
