@@ -215,7 +215,7 @@ class Node:
         self._adopt_lock = threading.Lock()
         self.heals: list[dict] = []  # what this node healed, for the report
         self.tap: Tap | None = None
-        self.stream_fd = -1  # a regular file holding the stream (-heal replay, -digest)
+        self.stream_fd: int | None = None  # a regular file holding the stream, -1: none
         self.parent_bound = False  # the parent keeps an in-memory replay window
         self.file_hasher: FileHasher | None = None
 
@@ -908,11 +908,7 @@ class Node:
             self.links.append(link)
 
         def lost(why: str) -> Fatal:
-            link.dead = True
-            link.failure = (link.name, P.Code.NNF.value, why)
-            link.codes.append(P.Code.NNF.value)
-            link.done.set()
-            return Fatal(P.Code.NNF, link.name, why)
+            return self._drop_adopted(link, P.Code.NNF, why)
 
         try:
             ep = Endpoint(str(kid["host"]), int(kid["port"]))
@@ -951,24 +947,29 @@ class Node:
             return self._adopt_late(link, add, data)
         if not add.done.is_set() or not add.ok:
             why = f"replay failed: {add.why or 'the relay did not take the output'}"
-            with self.lock:
-                link.dead = True
-                link.codes.append(P.Code.NWF.value)
-                link.failure = (link.name, P.Code.NWF.value, why)
-            link.sink.kill()
-            for sock in (data, link.peer.sock if link.peer else None):
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-            link.ready.set()
-            link.done.set()
-            raise Fatal(P.Code.NWF, link.name, why)
+            raise self._drop_adopted(link, P.Code.NWF, why)
         link.base = add.position
         self.log.message(f"-heal: {link.name} resumed at byte {have}, "
                          f"{add.position - have} bytes replayed")  # fmt: skip
         return have
+
+    def _drop_adopted(self, link: ChildLink, code: P.Code, why: str) -> Fatal:
+        """An adoption failed: the link is dead and reported; returns the Fatal to raise."""
+        with self.lock:
+            link.dead = True
+            link.codes.append(code.value)
+            link.failure = (link.name, code.value, why)
+        if link.sink is not None:
+            link.sink.kill()
+        for sock in (link.data, link.peer.sock if link.peer else None):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        link.ready.set()
+        link.done.set()
+        return Fatal(code, link.name, why)
 
     def _adopt_late(self, link: ChildLink, add: Adoption, data: socket.socket) -> int:
         """Adoption after the relay finished (a death at the very end of the stream):
@@ -976,24 +977,10 @@ class Node:
         assert self.relay is not None
         total = self.relay.bytes_in
         try:
-            ring = self.tap.ring if self.tap is not None else None
-            if add.offset > total:
-                raise ValueError(f"the child has {add.offset} bytes, more than {total}")
-            if ring is not None and add.offset >= ring.start:
-                add.replay(ring.segments(add.offset, total))
-            elif add.reread is not None:
-                add.reread(add.offset, total)
-            elif add.offset < total:
-                raise ValueError(f"offset {add.offset} is older than the replay window")
+            self.relay.catch_up(add, total)
             data.shutdown(socket.SHUT_WR)
         except (OSError, ValueError) as exc:
-            with self.lock:
-                link.dead = True
-                link.codes.append(P.Code.NWF.value)
-                link.failure = (link.name, P.Code.NWF.value, f"replay failed: {exc}")
-            link.ready.set()
-            link.done.set()
-            raise Fatal(P.Code.NWF, link.name, f"replay failed: {exc}") from None
+            raise self._drop_adopted(link, P.Code.NWF, f"replay failed: {exc}") from None
         link.sink = None
         link.base = total
         if link.peer is not None:
@@ -1013,21 +1000,19 @@ class Node:
         """
         if not self.cfg.heal:
             return False
-        return self.parent_bound or not self._has_stream_file()
-
-    def _has_stream_file(self) -> bool:
-        fd = self._stream_file()
-        if fd >= 0:
-            os.close(fd)
-            return True
-        return False
+        return self.parent_bound or self._stream_file() < 0
 
     def _stream_file(self) -> int:
-        """A read-only fd on a regular file that holds the stream, or -1.
+        """A read-only fd on a regular file that holds the stream, or -1 (looked up once).
 
         The root's ``-in FILE``; a node's ``-out FILE``.  Opened anew through
         /proc so that reading it never moves the relay's own file offset.
         """
+        if self.stream_fd is None:
+            self.stream_fd = self._open_stream_file()
+        return self.stream_fd
+
+    def _open_stream_file(self) -> int:
         if self.cfg.role is Role.ROOT:
             fd = self.in_fd if self.cfg.stm is None and self.in_cmd is None else None
         else:
@@ -1043,9 +1028,9 @@ class Node:
 
     def _reread(self, data: socket.socket) -> Callable[[int, int], None] | None:
         """Replay from the stream's file (no window needed, no copy): sendfile."""
-        if self.stream_fd < 0:
+        fd = self._stream_file()
+        if fd < 0:
             return None
-        fd = self.stream_fd
 
         def reread(start: int, stop: int) -> None:
             if stop == start:
@@ -1175,15 +1160,15 @@ class Node:
         if window or cfg.digest:
             import xxhash  # a dependency of beokit; imported only when asked for
 
-            self.stream_fd = self._stream_file()
-            if self.stream_fd < 0:
+            stream_fd = self._stream_file()
+            if stream_fd < 0:
                 size = cfg.window if window else max(cfg.buf_size, 1 << 20)
                 self.tap = relay.tap = Tap(Ring(size), xxhash.xxh3_128() if cfg.digest else None)
             elif cfg.digest:
                 local = self.local
                 progress = ((lambda: relay.bytes_in) if cfg.role is Role.ROOT
                             else (lambda: local.sent if local is not None else 0))  # fmt: skip
-                self.file_hasher = FileHasher(self.stream_fd, progress, xxhash.xxh3_128())
+                self.file_hasher = FileHasher(stream_fd, progress, xxhash.xxh3_128())
         if cfg.heal and self.cfg.role is not Role.ROOT:
             relay.on_input_end = self._input_ended
         self.relay = relay

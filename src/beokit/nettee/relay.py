@@ -287,9 +287,6 @@ class Tap(Sink):
             self._taken += got
             self.sent += got
 
-    def finish(self) -> None:  # nothing to flush
-        return
-
 
 class FileHasher:
     """Digest of a regular file that is being written (or read) by the relay.
@@ -448,26 +445,31 @@ class Relay:
         with self._lock:
             adds, self._adds = self._adds, []
         for add in adds:
-            add.position = pos = self.bytes_in
+            add.position = self.bytes_in
             try:
-                if add.offset > pos:
-                    raise ValueError(f"the output has {add.offset} bytes, more than the "
-                                     f"{pos} read here")  # fmt: skip
-                ring = self.tap.ring if self.tap is not None else None
-                if ring is not None and add.offset >= ring.start:
-                    add.replay(ring.segments(add.offset, pos))
-                elif add.reread is not None:
-                    add.reread(add.offset, pos)
-                else:
-                    have = f"[{ring.start}, {ring.end})" if ring else "none"
-                    raise ValueError(f"offset {add.offset} is older than the replay window "
-                                     f"{have}")  # fmt: skip
+                self.catch_up(add, add.position)
                 add.sink.open(self.buf_size, self._evfd)
                 self.sinks.append(add.sink)
                 add.ok = True
             except (OSError, ValueError) as exc:
                 add.why = str(exc)
             add.done.set()
+
+    def catch_up(self, add: Adoption, pos: int) -> None:
+        """Send ``add`` the stream from its offset up to ``pos``: from the window, else by
+        ``add.reread``; ValueError/OSError when neither holds those bytes."""
+        if add.offset > pos:
+            raise ValueError(f"the output has {add.offset} bytes, more than the {pos} read here")
+        if add.offset == pos:
+            return
+        ring = self.tap.ring if self.tap is not None else None
+        if ring is not None and add.offset >= ring.start:
+            add.replay(ring.segments(add.offset, pos))
+        elif add.reread is not None:
+            add.reread(add.offset, pos)
+        else:
+            have = f"[{ring.start}, {ring.end})" if ring else "none"
+            raise ValueError(f"offset {add.offset} is older than the replay window {have}")
 
     @property
     def bytes_per_sink(self) -> dict[str, int]:
