@@ -28,8 +28,9 @@ One invocation does everything::
    window); their cost is printed against plain nettee from the same run.
 
 Each tool runs ``--runs`` times (interleaved); the median is reported with the
-end-to-end rate (GB/s, 1 GB = 1e9 bytes), the throughput ratio against socat
-and the peak RSS of the receivers and of the root (GNU ``/usr/bin/time -f %M``
+end-to-end rate (GB/s, 1 GB = 1e9 bytes), the throughput ratio against socat,
+the CPU seconds (user + system) of all the run's processes, and the peak RSS
+of the receivers and of the root (GNU ``/usr/bin/time -f "%M %U %S"``
 around every process, when installed: the largest process of any receiver
 node; for a socat node that is the largest of bash/socat/tee/wc).
 
@@ -174,6 +175,7 @@ class Proc:
     rss: Path
     status: int | None = None  # exit code (negative: killed by that signal)
     maxrss_kib: int = 0
+    cpu_s: float = 0.0  # user + system seconds (GNU time, children included)
     ended: float = 0.0
 
     @property
@@ -192,7 +194,7 @@ class Group:
         out, err = self.logdir / f"{name}.out", self.logdir / f"{name}.err"
         rss = self.logdir / f"{name}.rss"
         if TIME:  # measure peak RSS from a small parent (see TIME)
-            argv = [TIME, "-f", "%M", "-o", str(rss), *argv]
+            argv = [TIME, "-f", "%M %U %S", "-o", str(rss), *argv]
         with open(out, "wb") as fo, open(err, "wb") as fe:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
                                  env=env, start_new_session=True)  # fmt: skip
@@ -214,9 +216,10 @@ class Group:
         proc.status = os.waitstatus_to_exitcode(status)
         proc.popen.returncode = proc.status  # keep Popen from waiting again
         try:  # GNU time writes "Command exited with non-zero status N" first, if so
-            proc.maxrss_kib = int(proc.rss.read_text().split()[-1])
-        except (OSError, ValueError, IndexError):
-            proc.maxrss_kib = 0
+            rss, user, system = proc.rss.read_text().split()[-3:]
+            proc.maxrss_kib, proc.cpu_s = int(rss), float(user) + float(system)
+        except (OSError, ValueError):
+            proc.maxrss_kib, proc.cpu_s = 0, 0.0
         return True
 
     def alive(self, proc: Proc) -> bool:
@@ -339,6 +342,7 @@ class Run:
     seconds: float
     recv_rss_kib: int
     root_rss_kib: int
+    cpu_s: float = 0.0  # user + system of every process of the run
 
 
 def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Path,
@@ -381,7 +385,8 @@ def run_nettee(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Pa
         raise BenchError(f"report byte counts {got}, expected {nodes} nodes x {size}")
     if "-digest" in extra and len({n.get("digest") for n in doc["nodes"]}) != 1:
         raise BenchError(f"digests differ: {[n.get('digest') for n in doc['nodes']]}")
-    return Run(seconds, max(p.maxrss_kib for p in receivers), root.maxrss_kib)
+    return Run(seconds, max(p.maxrss_kib for p in receivers), root.maxrss_kib,
+               sum(p.cpu_s for p in g.procs))
 
 
 def run_socat(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Path,
@@ -417,7 +422,8 @@ def run_socat(exe: str, src: Path, size: int, nodes: int, port: int, logdir: Pat
         text = tip.out.read_text().strip()
         if text != str(size):
             raise BenchError(f"socat tip counted {text!r} bytes, expected {size}")
-    return Run(seconds, max(p.maxrss_kib for p in receivers), root.maxrss_kib)
+    return Run(seconds, max(p.maxrss_kib for p in receivers), root.maxrss_kib,
+               sum(p.cpu_s for p in g.procs))
 
 
 # ------------------------------------------------------------------ report
@@ -433,6 +439,12 @@ class Row:
         return statistics.median(r.seconds for r in self.runs)
 
     @property
+    def cpu(self) -> str:
+        """Median CPU seconds (user + system) of all the run's processes."""
+        cpu = statistics.median(r.cpu_s for r in self.runs)
+        return f"{cpu:.2f}" if cpu else "-"
+
+    @property
     def recv_rss(self) -> str:
         kib = max(r.recv_rss_kib for r in self.runs)
         return f"{kib / 1024:.1f}" if kib else "-"
@@ -445,13 +457,13 @@ class Row:
 
 def table(rows: list[Row], nodes: int, size: int) -> str:
     socat = next((r for r in rows if r.tool == "socat" and r.runs), None)
-    head = ("tool", "nodes", "bytes", "median s", "GB/s", "vs socat", "recv RSS MiB",
-            "root RSS MiB", "runs (s)")  # fmt: skip
+    head = ("tool", "nodes", "bytes", "median s", "GB/s", "vs socat", "CPU s",
+            "recv RSS MiB", "root RSS MiB", "runs (s)")  # fmt: skip
     lines = []
     for r in rows:
         ratio = f"{socat.median / r.median:.2f}x" if socat else "-"
         lines.append((LABELS[r.tool], str(nodes), str(size), f"{r.median:.3f}",
-                      f"{size / r.median / 1e9:.3f}", ratio, r.recv_rss, r.root_rss,
+                      f"{size / r.median / 1e9:.3f}", ratio, r.cpu, r.recv_rss, r.root_rss,
                       " ".join(f"{x.seconds:.2f}" for x in r.runs)))  # fmt: skip
     widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(head)]
 
