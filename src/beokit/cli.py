@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from beokit import __version__
-from beokit.errors import EXIT_USAGE, OneLineParser
+from beokit.errors import EXIT_USAGE, OneLineParser, int_in
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -25,14 +25,7 @@ def parse_size(text: str) -> int:
     return value
 
 
-def node_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad node count {text!r}") from None
-    if not 1 <= n <= 250:
-        raise argparse.ArgumentTypeError(f"bad node count {text!r}: 1-250 (127.0.0.2-251)")
-    return n
+node_count = int_in("node count", 1, 250, " (127.0.0.2-251)")
 
 
 # Subcommands whose pillar lives in its own package: command -> module with

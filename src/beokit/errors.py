@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_OK = 0
@@ -38,3 +39,19 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message}\n")
         sys.exit(EXIT_USAGE)
+
+
+def int_in(what: str, lo: int, hi: int, note: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]; errors name the value and the range."""
+
+    def convert(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: {lo}-{hi}{note}")
+        return v
+
+    convert.__name__ = what
+    return convert

@@ -16,20 +16,13 @@ import socket
 import sys
 from pathlib import Path
 
-from beokit.errors import EXIT_FAILURE, EXIT_OK, BeokitError, OneLineParser, UsageError
+from beokit.errors import EXIT_FAILURE, EXIT_OK, BeokitError, OneLineParser, UsageError, int_in
 
 PROG = "beo boot"
+_PORT = int_in("port", 0, 65535, " (0 = off)")
 
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}: 0-65535 (0 = off)")
-    return v
 
 
 def _addr(text: str) -> str:
@@ -69,19 +62,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="",
         help="tie DHCP to this interface (SO_BINDTODEVICE), reply to 255.255.255.255",
     )
-    p.add_argument("--dhcp-port", type=_port, default=67, help="DHCP server port (default 67; "
+    p.add_argument("--dhcp-port", type=_PORT, default=67, help="DHCP server port (default 67; "
                    "replies go to this port + 1; 0 = no DHCP)")  # fmt: skip
-    p.add_argument("--tftp-port", type=_port, default=69, help="TFTP port (default 69, 0 = off)")
-    p.add_argument("--dns-port", type=_port, default=53, help="DNS port (default 53, 0 = off)")
+    p.add_argument("--tftp-port", type=_PORT, default=69, help="TFTP port (default 69, 0 = off)")
+    p.add_argument("--dns-port", type=_PORT, default=53, help="DNS port (default 53, 0 = off)")
     p.add_argument(
         "--pxe-port",
-        type=_port,
+        type=_PORT,
         default=4011,
         help="proxyDHCP boot-server port (default 4011, with --proxy)",
     )
     p.add_argument(
         "--http-port",
-        type=_port,
+        type=_PORT,
         default=None,
         help="HTTP boot port (default: server.http_port of the config, 0 = off)",
     )

@@ -6,7 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from beokit.errors import BeokitError, OneLineParser
+from beokit.errors import BeokitError, OneLineParser, int_in
+
+_PORT = int_in("port", 1, 65535)
+_PERIODS = int_in("period count", 1, 1000)
 
 DEFAULT_STATUS_PORT = 8181
 DEFAULT_BEST_PORT = 8282
@@ -14,14 +17,6 @@ DEFAULT_GOSSIP_PORT = 8181  # UDP; the status port is TCP
 
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}: 1-65535")
-    return v
 
 
 def _positive(what: str, lo: float = 0.0) -> Any:
@@ -38,14 +33,6 @@ def _positive(what: str, lo: float = 0.0) -> Any:
     return convert
 
 
-def _periods(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad period count {text!r}") from None
-    if not 1 <= v <= 1000:
-        raise argparse.ArgumentTypeError(f"bad period count {text!r}: 1-1000")
-    return v
 
 
 def _nonneg(text: str) -> float:
@@ -88,21 +75,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     d.add_argument(
         "-t",
         "--status-port",
-        type=_port,
+        type=_PORT,
         default=DEFAULT_STATUS_PORT,
         help=f"TCP port for the full status (default {DEFAULT_STATUS_PORT})",
     )
     d.add_argument(
         "-r",
         "--best-port",
-        type=_port,
+        type=_PORT,
         default=DEFAULT_BEST_PORT,
         help=f"TCP port for the best-node report (default {DEFAULT_BEST_PORT})",
     )
     d.add_argument(
         "-g",
         "--gossip-port",
-        type=_port,
+        type=_PORT,
         default=DEFAULT_GOSSIP_PORT,
         help=f"UDP port of the state reports (default {DEFAULT_GOSSIP_PORT})",
     )
@@ -121,7 +108,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--expire",
-        type=_periods,
+        type=_PERIODS,
         default=3,
         metavar="N",
         help="drop a member not heard from for N periods (default 3)",
@@ -200,14 +187,14 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-t",
         "--status-port",
-        type=_port,
+        type=_PORT,
         default=None,
         help=f"its status port (default {DEFAULT_STATUS_PORT})",
     )
     p.add_argument(
         "-r",
         "--best-port",
-        type=_port,
+        type=_PORT,
         default=None,
         help=f"its best port (default {DEFAULT_BEST_PORT})",
     )
