@@ -847,16 +847,9 @@ class Node:
         how = "-heal" if healing else "-conrf" if self.pull else "-conwf"
         self.log.error(f"{P.child_line(link.index, link.label, link.codes)} ({node}: {why});"
                        f" {how}: carrying on without it")  # fmt: skip
-        if link.sink is not None:
-            link.sink.kill()
         if healing and link.peer is not None:  # a stalled node learns it was replaced
             link.peer.send({"t": "abort", "why": f"declared dead by {self.name}: {why}"})
-        for s in (link.data, link.peer.sock if link.peer else None):
-            if s is not None:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        self._cut(link)
         link.ready.set()
         if healing:
             threading.Thread(target=self._heal, args=(link, time.time()), name="heal",
@@ -959,6 +952,14 @@ class Node:
             link.dead = True
             link.codes.append(code.value)
             link.failure = (link.name, code.value, why)
+        self._cut(link)
+        link.ready.set()
+        link.done.set()
+        return Fatal(code, link.name, why)
+
+    @staticmethod
+    def _cut(link: ChildLink) -> None:
+        """Stop writing to a child and shut its data and control connections."""
         if link.sink is not None:
             link.sink.kill()
         for sock in (link.data, link.peer.sock if link.peer else None):
@@ -967,9 +968,6 @@ class Node:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        link.ready.set()
-        link.done.set()
-        return Fatal(code, link.name, why)
 
     def _adopt_late(self, link: ChildLink, add: Adoption, data: socket.socket) -> int:
         """Adoption after the relay finished (a death at the very end of the stream):
