@@ -183,6 +183,55 @@ def test_hostfile(tmp_path: Path) -> None:
     assert cp.returncode == 0 and len(as_json(cp)["results"]) == 4
 
 
+# ----------------------------------------------------------------- --input
+
+
+def _argv_of_every_process() -> list[bytes]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    out.append(fh.read())
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("extra", [[], ["--leaf-agents"], ["--barrier"], ["--flat"]])
+def test_input_reaches_every_command_and_never_argv(tmp_path: Path, extra: list[str]) -> None:
+    # 200 KiB: more than a pipe holds, read late by the command (after a sleep), through
+    # agents (k=2, 9 hosts: depth 3) and leaves
+    secret = os.urandom(16).hex()
+    data = (secret + "\n").encode() + os.urandom(200 << 10)
+    (tmp_path / "in").write_bytes(data)
+    want = __import__("hashlib").sha256(data).hexdigest()
+    proc = subprocess.Popen([*BEO, "run", "-R", "exec", "-k", "2", "--json", "--input",
+                             str(tmp_path / "in"), *extra, "n[1-9]", "--",
+                             "sleep 0.5; sha256sum | cut -d' ' -f1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.4)
+    seen = [a for a in _argv_of_every_process() if secret.encode() in a]
+    out, err = proc.communicate(timeout=40)
+    assert seen == []
+    assert proc.returncode == 0, err
+    res = json.loads(out)["results"]
+    assert {h: r["stdout"] for h, r in res.items()} == {f"n{i}": want + "\n" for i in range(1, 10)}
+
+
+def test_input_from_stdin_and_limits(tmp_path: Path) -> None:
+    cp = subprocess.run([*BEO, "run", "-R", "exec", "-b", "--input", "-", "n[1-3]", "--", "cat"],
+                        input="hello\n", capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert cp.returncode == 0 and cp.stdout.endswith("\nhello\n"), cp.stderr
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * ((256 << 10) + 1))
+    cp = beo_run("-R", "exec", "--input", str(big), "n1", "--", "cat")
+    assert cp.returncode == 2
+    assert cp.stderr.strip() == f"beo run: --input {big} is larger than 256 KiB"
+    cp = beo_run("-R", "exec", "--input", str(tmp_path / "none"), "n1", "--", "cat")
+    assert cp.returncode == 2 and "cannot read --input" in cp.stderr and cp.stdout == ""
+
+
 # ------------------------------------------------------------------- ssh
 
 SSH_HOSTS = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4", "n4": "127.0.0.5"}
@@ -252,6 +301,16 @@ def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:
     # every host ran over its own sshd address: n1 on 127.0.0.2, ...
     assert {h: r["stdout"] for h, r in res.items()} == {
         h: f"{h}\n{a}\n" for h, a in SSH_HOSTS.items()}
+
+
+def test_ssh_input_through_the_tree(sshd: list[str], tmp_path: Path) -> None:
+    (tmp_path / "in").write_text("token-over-ssh\n")
+    cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",
+                 "--remote-python", sys.executable, "-k", "2", "--json", "--input",
+                 str(tmp_path / "in"), "n[1-4]", "--", "cat")  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    res = as_json(cp)["results"]
+    assert {h: r["stdout"] for h, r in res.items()} == {h: "token-over-ssh\n" for h in SSH_HOSTS}
 
 
 def test_ssh_self_ships_where_beokit_is_missing(sshd: list[str]) -> None:

@@ -107,6 +107,15 @@ def test_header_round_trip_and_errors() -> None:
         plan.Decoder(max_line=10).feed(b"x" * 20)
 
 
+@given(st.binary(max_size=4096))
+def test_header_carries_input_bytes(data: bytes) -> None:
+    hdr = plan.parse_header(plan.header("t", "a:1", "n1", data))
+    assert plan.header_payload(hdr) == data
+    assert plan.header_payload(plan.parse_header(plan.header("t", "a:1", "n1"))) is None
+    with pytest.raises(plan.ProtocolError):
+        plan.header_payload({"in": "not base64!"})
+
+
 def test_gather_folds_identical_outputs_like_clush() -> None:
     outs = {"n1": "a\n", "n2": "a\n", "n3": "b\n", "n10": "a\n", "n4": ""}
     assert plan.gather(outs) == [("n[1-2,10]", 3, "a\n"), ("n3", 1, "b\n")]

@@ -48,6 +48,21 @@ HELLO_TIMEOUT = 5.0  # an accepted connection must say hello within this
 EXIT_GRACE = 5.0  # a finished child's launch process must exit within this
 
 
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    """Write ``data`` to ``proc``'s stdin and close it, from a thread of its own:
+    the command may read it late (or never) while we read its output."""
+
+    def write() -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # it ended already (or does not read): its reader sees the end
+
+    threading.Thread(target=write, daemon=True).start()
+
+
 def _killpg(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -70,8 +85,10 @@ class Node:
     """
 
     def __init__(self, host: str | None, groups: list[list[str]], window: int,
-                 cfg: dict[str, Any], emit: Emit, bind: str, advertise: str) -> None:  # fmt: skip
+                 cfg: dict[str, Any], emit: Emit, bind: str, advertise: str,
+                 payload: bytes | None = None) -> None:  # fmt: skip
         self.host = host
+        self.payload = payload  # --input: every command's stdin (None: /dev/null)
         self.groups = groups
         self.window = threading.Semaphore(max(1, window))
         self.cfg = cfg
@@ -158,9 +175,10 @@ class Node:
         while self.barrier and not self.released.wait(1.0):
             if self.closing:
                 return
+        feed = subprocess.DEVNULL if self.payload is None else subprocess.PIPE
         try:
             self.command = subprocess.Popen(
-                ["/bin/sh", "-c", self.cfg["command"]], stdin=subprocess.DEVNULL,
+                ["/bin/sh", "-c", self.cfg["command"]], stdin=feed,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ(self.host),
                 start_new_session=True)  # fmt: skip
         except OSError as exc:
@@ -168,7 +186,7 @@ class Node:
             return
         error = None
         try:
-            out, err = self.command.communicate(timeout=timeout)
+            out, err = self.command.communicate(self.payload, timeout=timeout)
         except subprocess.TimeoutExpired:
             _killpg(self.command)
             out, err = self.command.communicate()
@@ -265,24 +283,28 @@ class Node:
                 return plan.result(host, None, error="launch cancelled")
             local = self.backend.kind == "exec"  # a local process: up once it exists
             command = self.cfg["command"]
+            payload = self.payload
             if local:
                 argv, env = ["/bin/sh", "-c", command], environ(host)
                 if self.barrier:  # wait for the go line, then run the command
-                    argv = ["/bin/sh", "-c", 'read _go || exit 125; exec /bin/sh -c "$0" '
-                            "</dev/null", command]  # fmt: skip
+                    rest = "" if payload is not None else " </dev/null"
+                    argv = ["/bin/sh", "-c", f'read _go || exit 125; exec /bin/sh -c "$0"{rest}',
+                            command]  # fmt: skip
             else:
-                argv = self.backend.argv(
-                    host, self.backend.leaf_command(host, command, self.barrier)
-                )
+                argv = self.backend.argv(host, self.backend.leaf_command(
+                    host, command, self.barrier, stdin=payload is not None))  # fmt: skip
                 env = None
+            piped = self.barrier or payload is not None
             try:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        stdin=subprocess.PIPE if self.barrier else subprocess.DEVNULL,
+                                        stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
                                         env=env, start_new_session=True)  # fmt: skip
             except OSError as exc:
                 return plan.result(host, None, error=f"cannot launch: {exc}")
             with self.lock:
                 self.procs.add(proc)
+            if payload is not None and not self.barrier:
+                _feed(proc, payload)
             try:
                 res, held = self._leaf_io(host, proc, up=local)
                 return res
@@ -386,15 +408,9 @@ class Node:
         rc = status if error is None else None
         return plan.result(host, rc, out, err, error), held
 
-    @staticmethod
-    def _go_leaf(proc: subprocess.Popen, go: threading.Event) -> None:
+    def _go_leaf(self, proc: subprocess.Popen, go: threading.Event) -> None:
         """--barrier: write the go line to a waiting leaf (its command starts)."""
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
-        except (OSError, ValueError):
-            pass  # it ended already: its reader sees that
+        _feed(proc, b"go\n" + (self.payload or b""))
         go.set()
 
     def _launch(self, head: str) -> tuple[socket.socket | None, subprocess.Popen | None, str]:
@@ -405,7 +421,7 @@ class Node:
         self.emit(plan.state(head, "launched"))
         if self.backend.delay:
             time.sleep(self.backend.delay)  # the simulated rsh/ssh handshake
-        hdr = plan.header(token, self.parent_addr, head)
+        hdr = plan.header(token, self.parent_addr, head, self.payload)
         forks = self.cfg.get("forkserver") if self.backend.kind == "exec" else None
         try:
             if forks:
@@ -555,6 +571,7 @@ def main(header_line: bytes | None = None) -> int:
     try:
         hdr = plan.parse_header(header_line)
         phost, pport = plan.split_parent(hdr["parent"])
+        payload = plan.header_payload(hdr)
     except plan.ProtocolError as exc:
         print(f"beo agent: {exc}", file=sys.stderr)
         return 2
@@ -626,7 +643,7 @@ def main(header_line: bytes | None = None) -> int:
                 abort(f"parent: {exc}")
 
     advertise = hdr["h"] if bind in ("0.0.0.0", "::") else bind
-    node = Node(hdr["h"], groups, len(groups), cfg, send, bind, advertise)
+    node = Node(hdr["h"], groups, len(groups), cfg, send, bind, advertise, payload)
     threading.Thread(target=heartbeat, daemon=True).start()
     threading.Thread(target=watch_parent, daemon=True).start()
     node.run()

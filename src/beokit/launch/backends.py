@@ -82,21 +82,24 @@ class Backend:
             path = f";sys.path.insert(0,{src!r})"
         return f"{self.python} -c {shlex.quote(BOOTSTRAP.format(path=path))}"
 
-    def leaf_command(self, host: str, command: str, barrier: bool = False) -> str:
+    def leaf_command(self, host: str, command: str, barrier: bool = False,
+                     stdin: bool = False) -> str:  # fmt: skip
         """The remote shell command that runs ``command`` on a leaf host, no agent.
 
         It prints the marker line first (the host is up: the parent's connect
         timeout ends there), then execs ``/bin/sh -c COMMAND`` with BEO_HOST set,
         as the agent would run it; its stdout, stderr and exit status are the
-        command's.
+        command's.  ``stdin``: the command reads the rest of the session's stdin
+        (``--input``); otherwise /dev/null.
         """
         marker = LEAF_MARKER.decode()
         wait = "read _go || exit 125; " if barrier else ""  # the parent's go line, stdin
         head = f"BEO_HOST={shlex.quote(host)}; export BEO_HOST; echo {marker}; {wait}"
+        redirect = "" if stdin else " </dev/null"
         if self.kind == "rsh":  # rsh loses the exit status: print it as the last line
-            return (f"{head}/bin/sh -c {shlex.quote(command)} </dev/null; "
+            return (f"{head}/bin/sh -c {shlex.quote(command)}{redirect}; "
                     f"printf '\\n{STATUS_MARKER.decode()}%d\\n' $?")  # fmt: skip
-        return f"{head}exec /bin/sh -c {shlex.quote(command)} </dev/null"
+        return f"{head}exec /bin/sh -c {shlex.quote(command)}{redirect}"
 
     def spec(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -255,7 +258,7 @@ def serve_forks(path: str) -> None:
     import signal
     import socket
 
-    from beokit.launch import agent
+    from beokit.launch import agent, plan
 
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the agents
@@ -282,8 +285,8 @@ def serve_forks(path: str) -> None:
         conn.settimeout(5)
         try:
             line = b""
-            while not line.endswith(b"\n") and len(line) < 4096:
-                data = conn.recv(4096)
+            while not line.endswith(b"\n") and len(line) < plan.MAX_HEADER:
+                data = conn.recv(1 << 16)
                 if not data:
                     break
                 line += data

@@ -66,6 +66,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--barrier", action="store_true",
                    help="start the command on every node at once, when all nodes are up "
                    "(released by the root through the tree)")
+    p.add_argument("--input", metavar="FILE",
+                   help="give every command FILE's bytes on its stdin ('-': this stdin; at "
+                   f"most {plan.MAX_INPUT >> 10} KiB, read once). They travel inside the "
+                   "ssh/rsh channels of the tree, never on a command line: fit for a "
+                   "secret. Default: commands read /dev/null")  # fmt: skip
     p.add_argument("--leaf-agents", action="store_true",
                    help="start an agent on leaf hosts too (default: a host that launches "
                    "nobody runs the command directly through the backend, like pdsh)")
@@ -137,6 +142,21 @@ class Collector:
             self.progress.stop()
 
 
+def read_input(path: str) -> bytes:
+    """--input: the bytes every command gets on stdin; UsageError if unreadable/too big."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(plan.MAX_INPUT + 1)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(plan.MAX_INPUT + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read --input {path}: {exc.strerror}") from None
+    if len(data) > plan.MAX_INPUT:
+        raise UsageError(f"--input {path} is larger than {plan.MAX_INPUT >> 10} KiB")
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -167,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         advertise = "@ssh"  # the agent takes our address from SSH_CONNECTION
     else:
         advertise = socket.gethostname()
+    payload = read_input(args.input) if args.input else None
     the_plan = plan.root_plan(mode, hosts, k)
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
@@ -184,7 +205,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"beo run: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
-    node = Node(None, the_plan.groups, the_plan.window, cfg, collector, listen, advertise)
+    node = Node(None, the_plan.groups, the_plan.window, cfg, collector, listen, advertise,
+                payload)  # fmt: skip
     if args.barrier:
         collector.on_all_up = node.release
     start = time.monotonic()

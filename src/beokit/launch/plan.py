@@ -28,6 +28,11 @@ LEAF_MARKER = b"BEOKIT-UP"  # a leaf host's first stdout line: it is up, its com
 # rsh does not carry the remote exit status back: a leaf run through rsh prints
 # "\n" + STATUS_MARKER + status + "\n" last, and the parent strips that line
 STATUS_MARKER = b"BEOKIT-EXIT="
+# --input: bytes every command gets on its stdin.  They travel inside each
+# child's header line (its ssh/rsh stdin), never in the TCP work message, so a
+# secret in them crosses only the launch channels.
+MAX_INPUT = 256 << 10
+MAX_HEADER = 2 * MAX_INPUT
 
 
 def split_status(out: bytes) -> tuple[bytes, int | None]:
@@ -221,8 +226,29 @@ class Decoder:
         return out
 
 
-def header(token: str, parent: str, host: str) -> bytes:
-    return encode({"t": "header", "v": PROTOCOL, "token": token, "parent": parent, "h": host})
+def header(token: str, parent: str, host: str, payload: bytes | None = None) -> bytes:
+    """A child's first stdin line; ``payload`` (--input) rides along, base64."""
+    msg: dict[str, Any] = {"t": "header", "v": PROTOCOL, "token": token, "parent": parent,
+                           "h": host}  # fmt: skip
+    if payload is not None:
+        import base64
+
+        msg["in"] = base64.b64encode(payload).decode()
+    return encode(msg)
+
+
+def header_payload(hdr: dict[str, Any]) -> bytes | None:
+    """The --input bytes a parsed header carries, if any."""
+    data = hdr.get("in")
+    if data is None:
+        return None
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(str(data), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad header: its input is not base64") from None
 
 
 def parse_header(line: bytes) -> dict[str, Any]:
