@@ -240,6 +240,51 @@ def test_secret_is_never_on_a_command_line(shm: Path) -> None:
     assert not seen, seen
 
 
+def _ancestors(pid: int) -> list[bytes]:
+    """The command lines of ``pid``'s ancestors, nearest first."""
+    out = []
+    while pid > 1:
+        try:
+            stat_fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pid = int(stat_fields[1])
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+@pytest.mark.skipif(shutil.which("pv") is None, reason="needs pv (apt-get install pv)")
+def test_receivers_are_started_through_the_launch_tree(shm: Path) -> None:
+    """--fanout 2 and 8 nodes: a 3-step launch tree; the last node's receiver runs
+    under launcher agents (as beo run starts them), and the cast is complete."""
+    src = _source(shm / "t.bin", 24 << 20)
+    (shm / "slow").mkdir()
+    chain: list[list[bytes]] = []
+
+    from beokit.launch.plan import root_plan
+
+    # a host the root does not launch itself: the second of a group, under its head's agent
+    deep = next(g[1] for g in root_plan("tree", NAMES, 2).groups if len(g) > 1)
+
+    def look() -> None:
+        chain.append(_ancestors(nettee_pid(deep)))
+
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    rc, doc, _, err = cast("-R", "exec", "--fanout", "2", str(src), HOSTS, "--to",
+                           _throttled(shm))  # fmt: skip
+    t.join(timeout=5)
+    assert rc == 0, err
+    assert doc is not None and doc["launch"] == {"fanout": 2, "depth": 3, "refused": 0}
+    assert all(n["status"] == "OK" for n in doc["nodes"])
+    assert filecmp.cmp(src, shm / "slow" / "127.0.3.9", shallow=False)
+    assert chain, "the receiver's nettee was not seen"
+    agents = [a for a in chain[0] if b"from beokit.launch import agent" in a]
+    receiver = [a for a in chain[0] if b"beokit.cast.receiver" in a]
+    assert receiver and len(agents) >= 1, [a[:150] for a in chain[0]]
+    assert not any(b"beokit.cast.receiver" in a for a in agents)
+
+
 @pytest.mark.skipif(shutil.which("pv") is None, reason="needs pv (apt-get install pv)")
 def test_retry_resends_to_the_failed_nodes(shm: Path) -> None:
     src = _source(shm / "r.bin", 32 << 20)

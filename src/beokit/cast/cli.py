@@ -27,11 +27,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "cast",
         help="distribute a file, directory or disk image to every node, verified",
-        description="Start a receiver on every node of NODESET through the launcher's "
-        "backend, chain them (nettee), stream SOURCE (a file, a block device, - for stdin, "
-        "or a directory sent as a tar stream) to DEST on every node, and print a per-node "
+        description="Start a receiver on every node of NODESET through the tree launcher "
+        "(beo run's O(log N) ssh hops), chain them (nettee), stream SOURCE (a file, a block "
+        "device, - for stdin, or a directory sent as a tar stream) to DEST on every node, and print a per-node "
         "table: bytes, digest check, time, MB/s, status. A fresh secret per run goes to the "
-        "receivers over the launcher's channel; every node fsyncs before it reports.",
+        "receivers inside the launcher's ssh channels, and each calls the root back over "
+        "an authenticated TCP connection; every node fsyncs before it reports.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -78,6 +79,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--resolve", metavar="HOSTSFILE", help="hosts(5) file mapping node names to data addresses"
     )
+    p.add_argument("--fanout", type=int, default=8, metavar="K",
+                   help="receivers are started through a K-ary launch tree, as beo run "
+                   "does (O(log N) ssh hops; default 8)")  # fmt: skip
+    p.add_argument("--listen", metavar="ADDR",
+                   help="address the receivers call back to (default: this machine's "
+                   "address on the route to the first node; 127.0.0.1 with -R exec)")  # fmt: skip
     p.add_argument(
         "--bind-each",
         action="store_true",
@@ -209,6 +216,15 @@ def build_job(args: argparse.Namespace) -> Any:
     plan.dest_kind(args.dest, kind)
     if args.connect_timeout <= 0 or args.finish_timeout <= 0:
         raise UsageError("timeouts must be positive")
+    if args.fanout < 1:
+        raise UsageError(f"bad --fanout {args.fanout}: must be >= 1")
+    if args.listen:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(args.listen)
+        except ValueError:
+            raise UsageError(f"bad --listen {args.listen!r}: not an IP address") from None
     if args.port is not None and not 1 <= args.port <= 65534:
         raise UsageError(f"bad --port {args.port}: 1-65534 (P and P+1 are used)")
     if args.topology:
@@ -228,7 +244,8 @@ def build_job(args: argparse.Namespace) -> Any:
             raise UsageError(f"cannot read --resolve {args.resolve!r}: {exc.strerror}") from None
     try:
         backend = make_backend(args.rcmd, ssh_args=shlex.split(args.ssh_args),
-                               connect_timeout=args.connect_timeout, python="python3")  # fmt: skip
+                               connect_timeout=args.connect_timeout,
+                               python=args.remote_python)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return driver.Job(
@@ -236,7 +253,8 @@ def build_job(args: argparse.Namespace) -> Any:
         backend=backend, remote_python=args.remote_python or driver.remote_python_default(backend),
         port=args.port, heal=args.heal, fsync=args.fsync, excludes=list(args.exclude),
         progress_nodes=args.nodes_progress, connect_timeout=args.connect_timeout,
-        finish_timeout=args.finish_timeout, resolve=resolve,
+        finish_timeout=args.finish_timeout, resolve=resolve, fanout=args.fanout,
+        listen=args.listen or "",
         bind_local=backend.kind == "exec" or args.bind_each, as_root=os.geteuid() == 0,
     )  # fmt: skip
 
@@ -281,7 +299,10 @@ def _run(args: argparse.Namespace) -> int:
             "source": job.source, "dest": job.dest, "bytes": first.bytes,
             "seconds": round(first.seconds, 3),
                 "stream_seconds": round(first.stream_seconds, 3), "elapsed": round(elapsed, 3),
-            "launch_seconds": round(first.launch_seconds, 3), "digest": first.digest,
+            "launch_seconds": round(first.launch_seconds, 3),
+            "launch": {"fanout": job.fanout, "depth": first.launch_depth,
+                       "refused": first.refused},
+            "digest": first.digest,
             "digest_algorithm": first.algo or "nettee -digest", "nettee_flags": first.flags,
             "chains": [{"label": c.label, "hosts": c.hosts} for c in job.chains],
             "attempts": len(outcomes), "failed": nfail, "error": first.error,

@@ -2,10 +2,13 @@
 
 One run (:func:`run_once`):
 
-1. start :mod:`beokit.cast.receiver` on every node through a launcher
-   backend (``-R ssh|rsh|exec|TEMPLATE``, :mod:`beokit.launch.backends`);
-   hand each a fresh per-run secret, its DEST and its checks on the
-   backend's stdin (the ssh channel), never on a command line;
+1. start :mod:`beokit.cast.receiver` on every node through the tree
+   launcher (:mod:`beokit.launch`, what ``beo run`` does: O(log N) ssh hops,
+   backend ``-R ssh|rsh|exec|TEMPLATE``); the run's spec, with a fresh
+   per-run secret, rides to every receiver on its stdin inside the launch
+   channels (``--input``), never on a command line.  Every receiver calls
+   this root back over TCP (:class:`Hub`), both sides prove the secret, and
+   the rest of the run goes over that connection;
 2. wait (bounded by ``connect_timeout``) for every node's answer; nodes that
    cannot be started or cannot write DEST are reported and left out, and
    the chains are planned over the others (:func:`plan.replan`);
@@ -24,6 +27,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -63,6 +67,8 @@ class Job:
     connect_timeout: float = 10.0
     finish_timeout: float = 120.0
     resolve: dict[str, str] = field(default_factory=dict)
+    fanout: int = 8  # the launch tree's k
+    listen: str = ""  # where receivers call back (default: see callback_address)
     bind_local: bool = False  # -R exec: each receiver listens on its host's address
     as_root: bool = True
 
@@ -74,6 +80,8 @@ class Outcome:
     seconds: float = 0.0  # the root nettee's life: start, chain forming, stream, reports
     stream_seconds: float = 0.0  # the stream alone, as the root nettee measured it
     launch_seconds: float = 0.0
+    launch_depth: int = 0  # ssh hops in sequence of the launch tree
+    refused: int = 0  # callback connections that failed the handshake
     digest: str | None = None
     algo: str | None = None
     flags: list[str] = field(default_factory=list)
@@ -110,91 +118,201 @@ def digest_algo() -> str:
 
 
 class Receiver:
-    """One node's receiver, through the backend: JSON lines both ways."""
+    """One node's receiver, seen from the root: its callback connection (JSON lines)."""
 
-    def __init__(self, host: str, argv: list[str], env: dict[str, str] | None) -> None:
+    def __init__(self, host: str) -> None:
         self.host = host
         self.hello: dict[str, Any] | None = None
         self.result: dict[str, Any] | None = None
         self.progress = 0
         self.answered = threading.Event()
         self.finished = threading.Event()
-        self.err: collections.deque[str] = collections.deque(maxlen=10)
-        try:
-            self.proc: subprocess.Popen | None = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=env, start_new_session=True)  # fmt: skip
-        except OSError as exc:
-            self.proc = None
-            self.hello = {"t": "fail", "code": "DOWN", "why": f"cannot launch: {exc}"}
-            self.answered.set()
-            self.finished.set()
-            return
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self.conn: socket.socket | None = None
+        self.launch: dict[str, Any] | None = None  # the launcher's result for this host
+        self.lock = threading.Lock()
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                continue  # a login banner, a shell's noise
-            if not isinstance(msg, dict):
-                continue
-            t = msg.get("t")
-            if t in ("up", "fail") and self.hello is None:
-                self.hello = msg
-                self.answered.set()
-            elif t == "progress":
-                self.progress = int(msg.get("bytes") or 0)
-            elif t == "result":
-                self.result = msg
-                self.finished.set()
-        # the channel closed: whatever was not said will not be
-        if self.hello is None:
-            self.proc.wait()
-            time.sleep(0.05)  # let the stderr reader catch the last message
-            why = " ".join(list(self.err)[-2:]) or "no message"
-            self.hello = {"t": "fail", "code": "DOWN",
-                          "why": f"receiver did not start (exit {self.proc.returncode}): {why}"}  # fmt: skip
-            self.answered.set()
+    def attach(self, conn: socket.socket, rfile: Any) -> None:
+        self.conn = conn
+        threading.Thread(target=self._read, args=(rfile,), daemon=True).start()
+
+    def fail(self, code: str, why: str) -> None:
+        """No answer will come: the node is out (once)."""
+        with self.lock:
+            if self.hello is None:
+                self.hello = {"t": "fail", "code": code, "why": why}
+        self.answered.set()
         self.finished.set()
 
-    def _read_err(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                self.err.append(line)
+    def _read(self, rfile: Any) -> None:
+        try:
+            for raw in rfile:
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                t = msg.get("t")
+                if t in ("up", "fail") and self.hello is None:
+                    with self.lock:
+                        self.hello = msg
+                    self.answered.set()
+                elif t == "progress":
+                    self.progress = int(msg.get("bytes") or 0)
+                elif t == "result":
+                    self.result = msg
+                    self.finished.set()
+        except (OSError, ValueError):
+            pass
+        # the connection closed: whatever was not said will not be
+        self.fail("DOWN", "the receiver closed its connection before answering")
 
     def send(self, msg: dict[str, Any]) -> bool:
-        if self.proc is None or self.proc.stdin is None:
+        if self.conn is None:
             return False
         try:
-            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-            self.proc.stdin.flush()
+            self.conn.sendall((json.dumps(msg) + "\n").encode())
             return True
-        except (OSError, ValueError):
+        except OSError:
             return False
 
-    def close(self, grace: float = 3.0) -> None:
-        """Close the channel (the receiver stops nettee and exits); kill if it lingers."""
-        if self.proc is None:
-            return
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
+    def close(self) -> None:
+        """Close the connection: the receiver stops nettee (if any) and exits."""
+        if self.conn is not None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                self.conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
-            self.proc.wait()
+            self.conn.close()
+
+
+class Hub:
+    """Where receivers call back: accept, authenticate, hand each to its Receiver.
+
+    A connection must answer the challenge within HELLO_TIMEOUT with a valid
+    MAC for a host of this run that has no connection yet; anything else is
+    closed without a word.
+    """
+
+    HELLO_TIMEOUT = 10.0
+
+    def __init__(self, secret: str, receivers: dict[str, Receiver], addr: str) -> None:
+        self.secret = secret
+        self.receivers = receivers
+        self.sock = socket.create_server((addr, 0), backlog=1024)
+        host, port = self.sock.getsockname()[:2]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
+
+    def _greet(self, conn: socket.socket) -> None:
+        rfile = None
+        try:
+            conn.settimeout(self.HELLO_TIMEOUT)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nonce = os.urandom(16).hex()
+            conn.sendall((json.dumps({"t": "challenge", "nonce": nonce}) + "\n").encode())
+            rfile = conn.makefile("rb")
+            hi = json.loads(rfile.readline(4096) or b"{}")
+            host, theirs = hi.get("host"), hi.get("nonce")
+            r = self.receivers.get(host) if isinstance(host, str) else None
+            if (hi.get("t") != "hi" or r is None or not isinstance(theirs, str)
+                    or not plan.mac_ok(self.secret, hi.get("mac"), "node", nonce, theirs, host)):
+                raise PermissionError("not a receiver of this run")  # fmt: skip
+            with r.lock:
+                if r.conn is not None or r.hello is not None:
+                    raise PermissionError(f"{host} is connected already")
+                r.conn = conn
+            mac = plan.channel_mac(self.secret, "root", theirs, nonce, host)
+            conn.sendall((json.dumps({"t": "ok", "mac": mac}) + "\n").encode())
+            conn.settimeout(None)
+            r.attach(conn, rfile)
+        except (OSError, ValueError, AttributeError):
+            self.refused += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def callback_address(job: Job, hosts: list[str]) -> str:
+    """This machine's address as the nodes reach it: ``--listen``, else the source
+    address of the route to the first node (127.0.0.1 on one machine)."""
+    if job.listen:
+        return job.listen
+    if job.backend.kind == "exec":
+        return "127.0.0.1"
+    for h in hosts:
+        try:
+            info = socket.getaddrinfo(_address(job, h), 9, type=socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        family, _, _, _, sa = info[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(sa)  # UDP: no packet; the kernel picks the route and source
+                return str(probe.getsockname()[0])
+            except OSError:
+                continue
+    return "0.0.0.0"
+
+
+class Launch:
+    """The receivers, started through the tree launcher (a :class:`launch.agent.Node`)."""
+
+    def __init__(self, job: Job, hosts: list[str], payload: bytes, addr: str,
+                 receivers: dict[str, Receiver]) -> None:  # fmt: skip
+        from beokit.launch import plan as lplan
+        from beokit.launch.agent import Node
+
+        self.receivers = receivers
+        command = f"{job.remote_python} -m beokit.cast.receiver"
+        if job.backend.kind == "exec":  # this machine: no site set-up (see receiver.nettee_argv)
+            path = shlex.quote(nettee_argv()[1]["PYTHONPATH"])
+            command = f"PYTHONPATH={path} {job.remote_python} -S -m beokit.cast.receiver"
+        the_plan = lplan.root_plan("tree", hosts, job.fanout)
+        self.depth = lplan.depth("tree", len(hosts), job.fanout)
+        cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": 0,
+               "connect_timeout": job.connect_timeout, "backend": job.backend.spec(),
+               "agent_bind": addr, "leaf_agents": False, "barrier": False}  # fmt: skip
+        advertise = addr
+        if addr in ("0.0.0.0", "::"):
+            advertise = "@ssh" if job.backend.kind == "ssh" else socket.gethostname()
+        self.node = Node(None, the_plan.groups, the_plan.window, cfg, self._emit, addr,
+                         advertise, payload)  # fmt: skip
+        self.thread = threading.Thread(target=self.node.run, daemon=True)
+        self.thread.start()
+
+    def _emit(self, msg: dict[str, Any]) -> None:
+        if msg.get("t") != "res":
+            return
+        r = self.receivers.get(str(msg.get("h")))
+        if r is None:
+            return
+        r.launch = msg
+        if r.conn is not None:
+            return  # it called back: its connection tells the rest (and its end)
+        if msg.get("error") or msg.get("rc") != 0:
+            lines = [ln.strip() for ln in str(msg.get("err") or "").splitlines() if ln.strip()]
+            why = msg.get("error") or (lines[-1] if lines else f"exit status {msg.get('rc')}")
+            r.fail("DOWN", f"receiver did not start: {why}")
+        else:
+            r.fail("DOWN", "the receiver ended without calling back")
+
+    def close(self, grace: float = 5.0) -> None:
+        """Every receiver has been told to end: wait for the tree, kill what lingers."""
+        self.thread.join(grace)
+        if self.thread.is_alive():
+            self.node.close()
+            self.thread.join(2.0)
 
 
 # --------------------------------------------------------------- feeder
@@ -316,30 +434,12 @@ def _address(job: Job, name: str) -> str:
     return job.resolve.get(name, name)
 
 
-def start_receivers(job: Job, hosts: list[str], common: dict[str, Any],
-                    binds: dict[str, str]) -> dict[str, Receiver]:  # fmt: skip
-    """Launch the receiver on every host; write each its start message (with the secret)."""
-    remote = f"{job.remote_python} -m beokit.cast.receiver"
-    local_env: dict[str, str] = {}
-    if job.backend.kind == "exec":  # this machine: no site set-up (see receiver.nettee_argv)
-        remote = f"{job.remote_python} -S -m beokit.cast.receiver"
-        local_env = nettee_argv()[1]
-    receivers: dict[str, Receiver] = {}
-    for h in hosts:
-        env = dict(os.environ, BEO_HOST=h, **local_env) if job.backend.kind == "exec" else None
-        r = Receiver(h, job.backend.argv(h, remote), env)
-        receivers[h] = r
-        r.send(dict(common, host=h, dest=plan.expand_dest(job.dest, h), bind=binds.get(h)))
-    return receivers
-
-
 def await_answers(receivers: dict[str, Receiver], deadline: float, timeout: float) -> None:
     """Wait (until ``deadline``) for every receiver's up/fail; the silent ones are DOWN."""
     for r in receivers.values():
         if not r.answered.wait(max(0.0, deadline - time.monotonic())):
-            r.hello = {"t": "fail", "code": "DOWN", "why": f"no contact within {timeout:g} s"}
-            r.answered.set()
-            r.close(grace=0.5)
+            r.fail("DOWN", f"no contact within {timeout:g} s")
+            r.close()
 
 
 def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 1,
@@ -362,18 +462,38 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
         port = secrets.SystemRandom().randrange(20000, 60000)
     t0 = time.monotonic()
     stage(f"starting receivers on {len(hosts)} node(s)")
-    receivers = start_receivers(job, hosts, {"secret": secret, "kind": kind, "digest": algo,
-                                             "fsync": job.fsync, "progress": job.progress_nodes},
-                                binds)  # fmt: skip
-    await_answers(receivers, t0 + job.connect_timeout, job.connect_timeout)
+    receivers = {h: Receiver(h) for h in hosts}
+    addr = callback_address(job, hosts)
+    try:
+        hub = Hub(secret, receivers, addr)
+    except OSError as exc:
+        out = Outcome(rows=[], algo=algo, flags=extra)
+        out.error = f"cannot listen on {addr} for the receivers: {exc.strerror}"
+        launch_fail = {h: {"t": "fail", "code": "DOWN", "why": out.error} for h in hosts}
+        out.rows = plan.rows(hosts, chains, launch=launch_fail, report=None, results={},
+                             source_digest=None, stream_bytes=None, kind=kind,
+                             attempt=attempt)  # fmt: skip
+        return out
+    spec = plan.receiver_spec(secret=secret, callback=hub.address, dest=job.dest, kind=kind,
+                              digest=algo, fsync=job.fsync, progress=job.progress_nodes,
+                              bind_local=job.bind_local,
+                              resolve={h: binds[h] for h in hosts if h in binds
+                                       and binds[h] != h})  # fmt: skip
+    launcher = Launch(job, hosts, json.dumps(spec).encode(), addr, receivers)
+    # every launch step has its own connect timeout: the deepest host may need them all
+    budget = job.connect_timeout * max(1, launcher.depth)
+    await_answers(receivers, t0 + budget, budget)
+    hub.close()
     launch = {h: dict(r.hello or {}) for h, r in receivers.items()}
     alive = {h for h, m in launch.items() if m.get("t") == "up"}
     live_chains = plan.replan(chains, alive)
     launch_seconds = time.monotonic() - t0
-    out = Outcome(rows=[], algo=algo, flags=extra, launch_seconds=launch_seconds)
+    out = Outcome(rows=[], algo=algo, flags=extra, launch_seconds=launch_seconds,
+                  launch_depth=launcher.depth, refused=hub.refused)  # fmt: skip
     if not live_chains:
         for r in receivers.values():
             r.close()
+        launcher.close()
         out.rows = plan.rows(hosts, chains, launch=launch, report=None, results={},
                              source_digest=None, stream_bytes=None, kind=kind,
                              attempt=attempt)  # fmt: skip
@@ -434,6 +554,7 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
         root.wait()
         for r in receivers.values():
             r.close()
+        launcher.close(grace=2.0)
         work.cleanup()
         raise
     root.wait()
@@ -449,6 +570,7 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
     results = {h: r.result for h, r in receivers.items() if r.result is not None}
     for r in receivers.values():
         r.close()
+    launcher.close()
     try:
         with open(report_path) as fh:
             report = json.load(fh)

@@ -21,6 +21,8 @@ module decides and feeds back what it observed; the tests read both.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
 import shlex
@@ -519,3 +521,48 @@ def parse_hosts_file(text: str) -> dict[str, str]:
         for name in words[1:]:
             names.setdefault(name, words[0])
     return names
+
+
+# ------------------------------------------------------ the callback channel
+#
+# Receivers are started through the tree launcher (beo run), which hands each
+# the run's spec, with the fresh secret, on its stdin inside the ssh channel
+# (``--input``).  Each receiver then calls the cast root back over TCP; both
+# sides prove they hold the secret, over both nonces and the host name:
+#
+#   root -> node:  {"t": "challenge", "nonce": NR}
+#   node -> root:  {"t": "hi", "host": H, "nonce": NN, "mac": channel_mac(S, "node", NR, NN, H)}
+#   root -> node:  {"t": "ok", "mac": channel_mac(S, "root", NN, NR, H)}
+#
+# A replayed "hi" fails (fresh NR); a fake root cannot answer "ok" (fresh NN).
+
+CHANNEL_VERSION = 1
+MAX_SPEC = 64 << 10  # the spec a receiver reads on stdin
+
+
+def channel_mac(secret: str, role: str, nonce_a: str, nonce_b: str, host: str) -> str:
+    """HMAC-SHA256 (hex) binding ``role`` ("node"/"root"), both nonces and the host."""
+    msg = f"beo-cast/{CHANNEL_VERSION} {role} {nonce_a} {nonce_b} {host}".encode()
+    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def mac_ok(secret: str, mac: Any, role: str, nonce_a: str, nonce_b: str, host: str) -> bool:
+    return isinstance(mac, str) and hmac.compare_digest(
+        mac, channel_mac(secret, role, nonce_a, nonce_b, host)
+    )
+
+
+def receiver_spec(*, secret: str, callback: str, dest: str, kind: str, digest: str | None,
+                  fsync: bool, progress: bool, bind_local: bool,
+                  resolve: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """What every receiver reads on stdin (the same for all: per-host parts are derived)."""
+    return {"v": CHANNEL_VERSION, "secret": secret, "callback": callback, "dest": dest,
+            "kind": kind, "digest": digest, "fsync": fsync, "progress": progress,
+            "bind_local": bind_local, "resolve": resolve}  # fmt: skip
+
+
+def host_spec(spec: dict[str, Any], host: str) -> dict[str, Any]:
+    """A receiver's own view of the spec: DEST with {host}, its bind address."""
+    out = dict(spec, host=host, dest=expand_dest(str(spec["dest"]), host))
+    out["bind"] = (spec.get("resolve") or {}).get(host, host) if spec.get("bind_local") else None
+    return out

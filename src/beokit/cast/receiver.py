@@ -1,13 +1,16 @@
 """The program ``beo cast`` starts on every node: ``python3 -m beokit.cast.receiver``.
 
-It talks to the cast root over the launcher's channel (its stdin and
-stdout: the ssh session, or a pipe with ``-R exec``), one JSON object a
-line, and nothing of it is ever on a command line:
+It is started through the tree launcher (:mod:`beokit.launch`, as ``beo run``
+does), which gives it the run's spec on stdin (``--input``: inside the ssh
+channel, never on a command line): ``{"secret", "callback", "dest", "kind",
+"digest", "fsync", "progress", "bind_local", "resolve"}``.  Its host name is
+``$BEO_HOST``.  It then calls the cast root back at ``callback`` over TCP,
+both sides prove they know the secret (:func:`beokit.cast.plan.channel_mac`),
+and the rest is one JSON object a line over that connection:
 
-1. root -> node: ``{"secret", "host", "dest", "kind", "bind", "digest",
-   "fsync", "progress"}``.  The node checks that it can do its part
-   (the bind address exists, DEST can be created and written) and answers
-   ``{"t": "up"}`` or ``{"t": "fail", "code", "why"}``.
+1. node -> root: the node checks that it can do its part (the bind address
+   exists, DEST can be created and written) and says ``{"t": "up"}`` or
+   ``{"t": "fail", "code", "why"}``.
 2. root -> node: ``{"t": "go", "args": [...]}`` (nettee's arguments) or
    ``{"t": "cancel"}``.  The node runs nettee with the secret in its
    environment (``NETTEE_SECRET``), optionally sends
@@ -18,8 +21,8 @@ line, and nothing of it is ever on a command line:
    "digest", "seconds", "why"}``.  Only then does the root count the node
    as done: data is on stable storage before a node reports success.
 
-If the root goes away (stdin closes) the node stops nettee and exits, so
-nothing is left running.
+If the root goes away (the connection closes) the node stops nettee and
+exits, so nothing is left running; the launcher then ends too.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ import threading
 import time
 from typing import Any
 
+from beokit.cast import plan
+
 PROGRESS_EVERY = 0.5
 HASH_CHUNK = 1 << 20
-
-_out_lock = threading.Lock()
+CONNECT_TIMEOUT = 10.0  # reaching the root and its handshake
 
 
 def nettee_argv() -> tuple[list[str], dict[str, str]]:
@@ -58,10 +62,57 @@ def nettee_argv() -> tuple[list[str], dict[str, str]]:
     }
 
 
-def say(msg: dict[str, Any]) -> None:
-    with _out_lock:
-        sys.stdout.write(json.dumps(msg) + "\n")
-        sys.stdout.flush()
+class ChannelError(Exception):
+    """The cast root could not be reached or did not prove it knows the secret."""
+
+
+class Channel:
+    """The authenticated connection to the cast root: JSON lines both ways."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.rfile = conn.makefile("rb")
+        self.lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, callback: str, secret: str, host: str) -> Channel:
+        addr, _, port = callback.rpartition(":")
+        conn = socket.create_connection((addr.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            chan = cls(conn)
+            challenge = chan.read()
+            theirs = challenge.get("nonce")
+            if challenge.get("t") != "challenge" or not isinstance(theirs, str):
+                raise ChannelError("no challenge from the root")
+            ours = os.urandom(16).hex()
+            chan.say({"t": "hi", "host": host, "nonce": ours,
+                      "mac": plan.channel_mac(secret, "node", theirs, ours, host)})  # fmt: skip
+            ok = chan.read()
+            if ok.get("t") != "ok" or not plan.mac_ok(secret, ok.get("mac"), "root", ours,
+                                                      theirs, host):  # fmt: skip
+                raise ChannelError(f"the root refused us or did not prove the secret: {ok}")
+            conn.settimeout(None)
+            return chan
+        except BaseException:
+            conn.close()
+            raise
+
+    def read(self) -> dict[str, Any]:
+        """The next message; ``{}`` at the end of the connection."""
+        line = self.rfile.readline(plan.MAX_SPEC)
+        if not line:
+            return {}
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise ChannelError(f"bad message from the root: {line[:60]!r}") from None
+        return msg if isinstance(msg, dict) else {}
+
+    def say(self, msg: dict[str, Any]) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        with self.lock:
+            self.conn.sendall(data)
 
 
 def hasher(name: str) -> Any:
@@ -144,24 +195,39 @@ def file_digest(dest: str, algo: str) -> str | None:
 
 
 def main() -> int:
-    line = sys.stdin.readline()
+    raw = sys.stdin.buffer.read(plan.MAX_SPEC + 1)
     try:
-        spec = json.loads(line)
+        spec = json.loads(raw)
         secret = str(spec["secret"])
+        callback = str(spec["callback"])
     except (ValueError, KeyError, TypeError):
-        say({"t": "fail", "code": "DOWN", "why": "bad start message from the cast root"})
+        print("beo cast receiver: no valid spec on stdin (started by beo cast?)", file=sys.stderr)
         return 2
-    host = str(spec.get("host", ""))
+    host = os.environ.get("BEO_HOST") or socket.gethostname()
+    spec = plan.host_spec(spec, host)
+    try:
+        chan = Channel.connect(callback, secret, host)
+    except (OSError, ValueError, ChannelError) as exc:
+        print(f"beo cast receiver {host}: cannot reach the cast root at {callback}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        return serve(chan, spec, secret, host)
+    except (OSError, ChannelError) as exc:  # the root went away: nothing more to say
+        print(f"beo cast receiver {host}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        chan.conn.close()
+
+
+def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str) -> int:
+    say = chan.say
     problem = check(spec)
     if problem is not None:
         say({"t": "fail", "code": problem[0], "why": problem[1], "host": host})
         return 1
     say({"t": "up", "host": host, "pid": os.getpid()})
-    line = sys.stdin.readline()
-    try:
-        go = json.loads(line) if line else {"t": "cancel"}
-    except ValueError:
-        go = {"t": "cancel"}
+    go = chan.read() or {"t": "cancel"}
     if go.get("t") != "go":
         return 0
     env = dict(os.environ)
@@ -187,8 +253,12 @@ def main() -> int:
             tail.append(raw.decode(errors="replace").rstrip())
 
     def watch_root() -> None:
-        """The root went away (stdin closed): stop nettee, nothing is left behind."""
-        sys.stdin.read()
+        """The root went away (connection closed): stop nettee, nothing is left behind."""
+        try:
+            while chan.read():
+                pass
+        except (OSError, ChannelError):
+            pass
         if not done.is_set() and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -202,7 +272,7 @@ def main() -> int:
             try:
                 say({"t": "progress", "bytes": os.stat(dest).st_size})
             except OSError:
-                pass
+                pass  # not created yet (or the root is gone: watch_root acts)
 
     logger = threading.Thread(target=read_log, daemon=True)
     logger.start()
