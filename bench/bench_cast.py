@@ -86,8 +86,8 @@ class Cluster:
         driver.down(PREFIX)
 
 
-def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, float]:
-    """beo cast: (wall seconds, stream seconds)."""
+def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, float, float]:
+    """beo cast: (wall seconds, root nettee seconds, launch seconds)."""
     if cl is not None:
         argv = cl.ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R",
                            f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
@@ -102,7 +102,7 @@ def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, f
     doc = json.loads(cp.stdout) if cp.stdout.strip() else {}
     if cp.returncode != 0 or doc.get("failed"):
         raise RuntimeError(f"beo cast failed ({cp.returncode}): {cp.stderr[-800:]}")
-    return wall, float(doc["seconds"])
+    return wall, float(doc["seconds"]), float(doc["launch_seconds"])
 
 
 def run_nettee(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
@@ -215,6 +215,7 @@ def main() -> int:
     bound = args.size * 8 / cl.rate_bps if cl else None
     results: dict[str, dict[int, float]] = {}
     stream: dict[int, float] = {}
+    launch: dict[int, float] = {}
     try:
         for n in sizes:
             tools = [("beo cast", lambda n=n: run_cast(cl, src, n, out)),
@@ -229,7 +230,7 @@ def main() -> int:
                 clean(out)
                 got = fn()
                 if isinstance(got, tuple):
-                    got, stream[n] = got
+                    got, stream[n], launch[n] = got
                 results.setdefault(name, {})[n] = got
                 print(f"  N={n} {name}: {got:.2f} s", file=sys.stderr, flush=True)
     finally:
@@ -248,13 +249,15 @@ def main() -> int:
     ref = "S/B" if cl else "nettee by hand"
     head = ["N", *(f"{k} s ({'/ S/B' if cl else '/ nettee'})" for k in names)]
     if cl:
-        head += ["beo cast stream s / S/B"]
+        head += ["beo cast minus launch s / S/B (goal <= 1.05)", "root nettee s / S/B"]
     print("| " + " | ".join(head) + " |")
     print("|---" * len(head) + "|")
     for n in sizes:
         base = bound if cl else results["nettee by hand"][n]
         cells = [str(n)] + [f"{results[k][n]:.2f} ({results[k][n] / base:.2f}x)" for k in names]
         if cl:
+            net = results["beo cast"][n] - launch[n]
+            cells.append(f"{net:.2f} ({net / base:.2f}x; launch {launch[n]:.2f})")
             cells.append(f"{stream[n]:.2f} ({stream[n] / base:.2f}x)")
         print("| " + " | ".join(cells) + " |")
     star = next((k for k in names if k.startswith("star")), None)

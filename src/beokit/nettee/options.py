@@ -32,6 +32,7 @@ DEFAULT_BUF_MAXWRITE = 65536
 DEFAULT_STALL = 5.0
 # -heal: the replay window must cover what can be in flight across one hop;
 # see docs/nettee-heal.md for the arithmetic (3 pipes + 4 socket buffers).
+DATA_LOWAT = 1 << 20  # TCP_NOTSENT_LOWAT of data sockets: unsent bytes a hop may hold
 HEAL_SOCKBUF = 1 << 20  # SO_SNDBUF/SO_RCVBUF asked for on data sockets (kernel doubles)
 DEFAULT_WINDOW = 16 << 20
 MAX_NAME = 127
