@@ -31,7 +31,11 @@ def by_host(doc: dict) -> dict[str, dict]:
 
 
 def nettee_pid(name: str, timeout: float = 20) -> int:
-    """The pid of the nettee started with ``-name NAME`` (waits for it to appear)."""
+    """The pid of the nettee started with ``-name NAME`` (waits for it to appear).
+
+    A beo cast receiver forks its nettee (named ``nettee`` in /proc/PID/comm,
+    with the receiver's command line and environment, BEO_HOST=NAME).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in os.scandir("/proc"):
@@ -39,6 +43,10 @@ def nettee_pid(name: str, timeout: float = 20) -> int:
                 continue
             try:
                 argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                if Path(entry.path, "comm").read_bytes() == b"nettee\n":
+                    env = Path(entry.path, "environ").read_bytes().split(b"\0")
+                    if b"BEO_HOST=" + name.encode() in env:
+                        return int(entry.name)
             except OSError:
                 continue
             is_nettee = any(a.endswith(b"nettee") or b"beokit.nettee.cli" in a for a in argv[:4])
