@@ -65,12 +65,13 @@ def clean(out: Path) -> None:
 
 
 class Cluster:
-    def __init__(self, n: int, rate: str) -> None:
+    def __init__(self, n: int, rate: str, mtu: int = 1500) -> None:
         from beokit.vcluster import driver
         from beokit.vcluster import plan as P
 
         driver.down(PREFIX)
-        self.state = driver.up(P.Spec(n=n, rate_bps=P.parse_rate(rate), prefix=PREFIX, sshd=True))
+        self.state = driver.up(P.Spec(n=n, rate_bps=P.parse_rate(rate), prefix=PREFIX, sshd=True,
+                                      mtu=mtu))  # fmt: skip
         self.rate_bps = P.parse_rate(rate)
         self.ssh_config = self.state.ssh_config
         for i in range(1, n + 1):  # multicast for udpcast: a route in every host
@@ -196,6 +197,8 @@ def main() -> int:
     )
     ap.add_argument("--rate", default="200mbit", help="per-port rate B (default 200mbit)")
     ap.add_argument("--nodes", default="8,16", help="N values (default 8,16)")
+    ap.add_argument("--mtu", type=int, default=1500,
+                    help="MTU of the virtual cluster (default 1500; 9000: jumbo frames)")  # fmt: skip
     ap.add_argument("--loopback", action="store_true", help="127.0.3.x, no root, no shaping")
     ap.add_argument("--no-star", action="store_true", help="skip the star copy (slowest)")
     ap.add_argument("--png", default=str(HERE / "bench_cast.png"), help="plot file")
@@ -211,7 +214,7 @@ def main() -> int:
             fh.write(chunk)
             left -= len(chunk)
     out = WORK / "out"
-    cl = None if loop else Cluster(max(sizes) + 1, args.rate)
+    cl = None if loop else Cluster(max(sizes) + 1, args.rate, args.mtu)
     bound = args.size * 8 / cl.rate_bps if cl else None
     results: dict[str, dict[int, float]] = {}
     stream: dict[int, float] = {}
@@ -242,7 +245,8 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}"
     )
     if cl:
-        print(f"\n## virtual cluster, S = {size}, B = {args.rate} per port, S/B = {bound:.2f} s\n")
+        print(f"\n## virtual cluster, S = {size}, B = {args.rate} per port, MTU {args.mtu}, "
+              f"S/B = {bound:.2f} s\n")  # fmt: skip
     else:
         print(f"\n## loopback (127.0.3.x, no shaping), S = {size}\n")
     names = list(results)

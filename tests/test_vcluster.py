@@ -221,3 +221,47 @@ def test_several_clusters_and_nics_at_once(vcluster, vcluster8: VCluster) -> Non
         finally:
             server.kill()
             server.wait()
+
+
+JUMBO_RECV = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print(len(s.recv(65536)))
+"""
+JUMBO_SEND = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: no fragments
+for _ in range(20):
+    s.sendto(b"j" * 8972, (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.1)
+"""
+
+
+def _jumbo_crosses(vc: VCluster, sender: int | None) -> bool:
+    """Does an unfragmented 8972-byte UDP datagram reach host2 (from host1 or the controller)?"""
+    rx = vc.popen(2, sys.executable, "-c", JUMBO_RECV, vc.addr(2), "7009",
+                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)
+    argv = [sys.executable, "-c", JUMBO_SEND, vc.addr(2), "7009"]
+    if sender is None:
+        tx = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    else:
+        tx = vc.exec(sender, *argv, check=False)
+    out, _ = rx.communicate(timeout=10)
+    return tx.returncode == 0 and out.strip() == "8972"
+
+
+def test_jumbo_frames_pass_only_with_mtu_9000(vcluster) -> None:
+    """--mtu 9000: an unfragmented 8972-byte datagram crosses host -> switch -> trunk ->
+    switch -> host, and from the controller; with the default 1500 it cannot leave."""
+    jumbo = vcluster(n=2, switches=2, mtu=9000)
+    normal = vcluster(n=2)
+    assert _jumbo_crosses(jumbo, 1)
+    assert _jumbo_crosses(jumbo, None)
+    assert not _jumbo_crosses(normal, 1)
+    mtu = subprocess.run(["ip", "-n", jumbo.ns(1), "-j", "link", "show", "eth0"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(mtu.stdout)[0]["mtu"] == 9000

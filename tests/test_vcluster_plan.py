@@ -63,7 +63,7 @@ def test_bad_prefixes(prefix: str) -> None:
 @pytest.mark.parametrize("kw,msg", [
     ({"n": 0}, "host count 0"), ({"n": 1001}, "host count 1001"), ({"nics": 9}, "NIC count 9"),
     ({"n": 3, "switches": 4}, "switch count 4"), ({"prefix": "X"}, "'X'"),
-    ({"net": 31, "nics": 2}, "network number 31"),
+    ({"net": 31, "nics": 2}, "network number 31"), ({"mtu": 100}, "MTU 100"),
 ])  # fmt: skip
 def test_spec_validation_names_the_value(kw: dict, msg: str) -> None:
     with pytest.raises(P.PlanError, match=msg):
@@ -189,6 +189,16 @@ def test_delay_and_trunk_rate() -> None:
     assert len(trunk) == 2 and all("1000000000bit" in c for c in trunk)
 
 
+def test_mtu_on_every_link_end() -> None:
+    plan = P.Plan.build(spec(n=3, switches=2, mtu=9000))
+    cmds = plan.create_commands()
+    set_mtu = {(c[2] if c[1] == "-n" else None, c[c.index("dev") + 1])
+               for c in cmds if "mtu" in c}  # fmt: skip
+    assert set_mtu == set(shaped(cmds))  # every link end that is shaped also gets the MTU
+    assert all(c[-1] == "9000" for c in cmds if "mtu" in c)
+    assert not any("mtu" in c for c in P.Plan.build(spec(n=3, switches=2)).create_commands())
+
+
 def test_no_controller() -> None:
     plan = P.Plan.build(spec(n=2, controller=False))
     assert not any("bk-ctl" in c for c in plan.create_commands())
@@ -257,7 +267,7 @@ def test_link_names_from_json() -> None:
     (["up", "-n", "3", "--delay", "soon"], "'soon'"), (["up", "-n", "3", "--nics", "99"], "'99'"),
     (["up", "-n", "2", "--switches", "3"], "switch count 3"), (["up", "-n", "2", "--name", "A-b"], "'A-b'"),
     (["up"], "-n/--hosts"), (["link", "sideways", "host1"], "'sideways'"), (["frobnicate"], "'frobnicate'"),
-    (["slow", "host1", "1parsec"], "'1parsec'"), (["kill", "host1", "-s", "NOPE"], "'NOPE'"),
+    (["up", "-n", "2", "--mtu", "70000"], "'70000'"), (["slow", "host1", "1parsec"], "'1parsec'"), (["kill", "host1", "-s", "NOPE"], "'NOPE'"),
 ])  # fmt: skip
 def test_cli_bad_input_is_one_line_exit_2(args: list[str], bad: str) -> None:
     r = subprocess.run([sys.executable, "-m", "beokit.cli", "vcluster", *args],

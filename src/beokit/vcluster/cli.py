@@ -96,6 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     up.add_argument("--net", type=_count("network number", 0, P.MAX_NETS - 1), default=None,
                     help="NIC j gets /20 number NET+j of 198.18.0.0/15 (default: the first "
                     "free one, so several clusters can be up at once)")  # fmt: skip
+    up.add_argument("--mtu", type=_count("MTU", P.MIN_MTU, P.MAX_MTU), default=P.DEFAULT_MTU,
+                    help="MTU of every link (default 1500; 9000 for jumbo frames, as "
+                    "cluster data networks often use)")  # fmt: skip
     up.add_argument("--no-controller", action="store_true",
                     help="no link from this (root) namespace into switch 0: exec only")  # fmt: skip
 
@@ -153,7 +156,7 @@ def _up(args: argparse.Namespace) -> int:
     spec = P.Spec(n=args.hosts, rate_bps=args.rate, delay_us=args.delay, switches=args.switches,
                   nics=args.nics, prefix=args.name, trunk_rate_bps=args.trunk_rate,
                   controller=not args.no_controller, sshd=args.sshd,
-                  net=0 if args.net is None else args.net).validate()  # fmt: skip
+                  net=0 if args.net is None else args.net, mtu=args.mtu).validate()  # fmt: skip
     t0 = time.monotonic()
     state = driver.up(spec, auto_net=args.net is None)
     dt = time.monotonic() - t0

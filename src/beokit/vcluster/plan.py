@@ -50,6 +50,7 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 DEFAULT_PREFIX = "bk"
 BRIDGE = "br0"
 TBF_LATENCY = "50ms"
+DEFAULT_MTU, MIN_MTU, MAX_MTU = 1500, 576, 65535
 
 
 class PlanError(ValueError):
@@ -126,6 +127,7 @@ class Spec:
     controller: bool = True
     sshd: bool = False
     net: int = 0  # NIC j uses /20 number net + j of 198.18.0.0/15
+    mtu: int = 1500  # every link of the cluster (9000: jumbo frames)
 
     def validate(self) -> Spec:
         check_prefix(self.prefix)
@@ -142,6 +144,8 @@ class Spec:
             raise PlanError(f"bad rate {self.rate_bps!r}")
         if self.delay_us < 0:
             raise PlanError(f"bad delay {self.delay_us!r}")
+        if not MIN_MTU <= self.mtu <= MAX_MTU:
+            raise PlanError(f"bad MTU {self.mtu!r}: {MIN_MTU}-{MAX_MTU}")
         if not 0 <= self.net <= MAX_NETS - self.nics:
             raise PlanError(f"bad network number {self.net!r}: 0-{MAX_NETS - self.nics} "
                             f"with {self.nics} NIC(s)")  # fmt: skip
@@ -264,6 +268,11 @@ def tbf_burst(rate_bps: int) -> int:
     return max(128 * 1024, rate_bps // 8 * 4 // 1000)
 
 
+def set_mtu(ns: str | None, dev: str, mtu: int) -> list[Argv]:
+    """The MTU of one end of a link (nothing for the default 1500)."""
+    return [] if mtu == DEFAULT_MTU else [ip(ns, "link", "set", "dev", dev, "mtu", str(mtu))]
+
+
 def shape(ns: str | None, dev: str, rate_bps: int, delay_us: int = 0) -> list[Argv]:
     """Egress shaping of one end of a port: tbf at the rate, netem before it for delay."""
     tbf = ["tbf", "rate", f"{rate_bps}bit", "burst", str(tbf_burst(rate_bps)),
@@ -373,6 +382,8 @@ class Plan:
             cmds += [
                 ["ip", "link", "add", pt.dev, "netns", pt.host_ns, "type", "veth",
                  "peer", "name", pt.port, "netns", pt.switch_ns],  # fmt: skip
+                *set_mtu(pt.host_ns, pt.dev, s.mtu),
+                *set_mtu(pt.switch_ns, pt.port, s.mtu),
                 ip(pt.host_ns, "addr", "add", f"{pt.address}/{NIC_PREFIXLEN}", "brd", "+",
                    "dev", pt.dev),  # fmt: skip
                 ip(pt.switch_ns, "link", "set", "dev", pt.port, "master", BRIDGE, "up"),
@@ -389,6 +400,8 @@ class Plan:
                 cmds += [
                     ["ip", "link", "add", f"t{k}", "netns", core, "type", "veth",
                      "peer", "name", "uplink", "netns", leaf],  # fmt: skip
+                    *set_mtu(core, f"t{k}", s.mtu),
+                    *set_mtu(leaf, "uplink", s.mtu),
                     ip(core, "link", "set", "dev", f"t{k}", "master", BRIDGE, "up"),
                     ip(leaf, "link", "set", "dev", "uplink", "master", BRIDGE, "up"),
                     *shape(core, f"t{k}", s.trunk_bps, s.delay_us),
@@ -399,6 +412,8 @@ class Plan:
             cmds += [
                 ["ip", "link", "add", ctl, "type", "veth", "peer", "name", "ctl",
                  "netns", core],  # fmt: skip
+                *set_mtu(None, ctl, s.mtu),
+                *set_mtu(core, "ctl", s.mtu),
                 ["ip", "addr", "add", f"{self.controller_address()}/{NIC_PREFIXLEN}", "brd", "+",
                  "dev", ctl],  # fmt: skip
                 ip(core, "link", "set", "dev", "ctl", "master", BRIDGE, "up"),
