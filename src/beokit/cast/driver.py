@@ -318,6 +318,52 @@ class Launch:
 # --------------------------------------------------------------- feeder
 
 
+def direct_source(job: Job, algo: str | None) -> bool:
+    """Can the root nettee read SOURCE itself (``-in FILE``)?
+
+    Yes for a regular file when nettee computes the digest (-digest): no
+    feeder copy, and with -heal the root replays a dead child's bytes from
+    the file (sendfile) instead of keeping an in-memory window of the stream.
+    """
+    if job.source_kind != "file" or algo is not None:
+        return False
+    try:
+        return stat.S_ISREG(os.stat(job.source).st_mode)
+    except OSError:
+        return False
+
+
+class FileProgress:
+    """Progress of a root nettee that reads SOURCE itself: its file offset."""
+
+    def __init__(self, job: Job, proc: subprocess.Popen) -> None:
+        self.path = os.path.realpath(job.source)
+        self.pid = proc.pid
+        self.fd: str | None = None
+        self.last = 0
+        self.digest: str | None = None
+        self.error = ""
+        self.thread = threading.Thread(target=lambda: None, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @property
+    def bytes(self) -> int:
+        try:
+            if self.fd is None:
+                for fd in os.listdir(f"/proc/{self.pid}/fd"):
+                    if os.readlink(f"/proc/{self.pid}/fd/{fd}") == self.path:
+                        self.fd = fd
+                        break
+            if self.fd is not None:
+                with open(f"/proc/{self.pid}/fdinfo/{self.fd}") as fh:
+                    self.last = max(self.last, int(fh.readline().split()[1]))  # "pos: N"
+        except (OSError, ValueError, IndexError):
+            pass  # not open yet, or ended: the last value stands
+        return self.last
+
+
 class Feeder:
     """Copies the source into the root nettee's stdin, counting (and hashing)."""
 
@@ -446,13 +492,14 @@ class RootNettee:
             "with os.fdopen(int(sys.argv[1])) as f:\n    a = json.loads(f.readline() or 'null')\n"
             "sys.exit(0 if a is None else main(a))")  # fmt: skip
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, stdin: bool = True) -> None:
         boot, more = nettee_argv()
         r, self._args = os.pipe()
         env = dict(os.environ, NETTEE_SECRET=secret, **more)
         try:
             self.proc = subprocess.Popen([boot[0], "-S", "-c", self.BOOT, str(r)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, env=env, pass_fds=(r,),
                                          start_new_session=True)  # fmt: skip
         finally:
@@ -505,7 +552,8 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
         port = secrets.SystemRandom().randrange(20000, 60000)
     t0 = time.monotonic()
     stage(f"starting receivers on {len(hosts)} node(s)")
-    root_nettee = RootNettee(secret)
+    direct = direct_source(job, algo)
+    root_nettee = RootNettee(secret, stdin=not direct)
     receivers = {h: Receiver(h) for h in hosts}
     addr = callback_address(job, hosts)
     try:
@@ -559,7 +607,8 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
     heads = [_address(job, c.data_name(c.hosts[0])) for c in live_chains]
     stage(f"streaming to {len(alive)} node(s) in {len(live_chains)} chain(s)")
     start = time.monotonic()
-    root_nettee.start(plan.root_args(children=heads, port=port, report=report_path, extra=extra))
+    root_nettee.start(plan.root_args(children=heads, port=port, report=report_path, extra=extra,
+                                     source=os.path.abspath(job.source) if direct else "-"))  # fmt: skip
     root = root_nettee.proc
     log: collections.deque[str] = collections.deque(maxlen=200)
     formed = threading.Event()
@@ -574,7 +623,8 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
 
     logger = threading.Thread(target=read_root_log, daemon=True)
     logger.start()
-    feeder = Feeder(job, root.stdin, algo)
+    feeder: Feeder | FileProgress = (FileProgress(job, root) if direct
+                                     else Feeder(job, root.stdin, algo))  # fmt: skip
     feeder.start()
     form_deadline = start + job.connect_timeout + FORM_GRACE
     try:
@@ -624,6 +674,8 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
         stream = int(report.get("bytes") or 0)
     elif report is not None and not feeder.error:
         stream = feeder.bytes
+    if direct and stream is not None:
+        feeder.last = stream  # the root's own count, not the last offset polled
     out.rows = plan.rows(hosts, chains, launch=launch, report=report, results=results,
                          source_digest=feeder.digest, stream_bytes=stream, kind=kind,
                          attempt=attempt)  # fmt: skip

@@ -352,9 +352,9 @@ def receiver_args(*, host: str, port: int, dest: str, kind: str, child: str | No
 
 
 def root_args(*, children: list[str], port: int, report: str, extra: list[str],
-              name: str = "root", verbose: int = 5) -> list[str]:  # fmt: skip
-    """nettee's arguments at the root: reads stdin (the driver feeds it)."""
-    return ["-root", "-next", next_arg(children, port), "-port", str(port), "-in", "-",
+              name: str = "root", verbose: int = 5, source: str = "-") -> list[str]:  # fmt: skip
+    """nettee's arguments at the root: reads ``source`` (``-``: the driver feeds stdin)."""
+    return ["-root", "-next", next_arg(children, port), "-port", str(port), "-in", source,
             "-name", name, "-report", report, "-v", str(verbose)] + extra  # fmt: skip
 
 
