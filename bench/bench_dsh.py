@@ -363,7 +363,7 @@ def main() -> int:
     sizes = [int(x) for x in a.sizes.split(",")]
 
     print(f"## 1. gossip: one dshd, N-1 simulated members, period {a.period:g} s, "
-          f"HMAC on, CPU over {a.window:g} s\n")  # fmt: skip
+          f"authenticated, CPU over {a.window:g} s\n")  # fmt: skip
     print("| N | reports sent by | join (periods) | load change seen (periods) | reports in/s | reports out/s "
           "| dshd CPU (% of a core) | goal: <= 2 periods, < 1 % |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

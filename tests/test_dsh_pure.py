@@ -75,6 +75,55 @@ def test_bad_names_and_values() -> None:
     assert r.load1 == 0.0 and r.load5 == 0.0
 
 
+def test_mac_is_keyed_blake2s_as_documented() -> None:
+    import hashlib
+
+    data = P.encode(P.Report("n1", 3, 1234, 0.5), SECRET)
+    body, tag = data[: -P.MAC_LEN], data[-P.MAC_LEN :]
+    assert data[4] == P.VERSION == 2
+    want = hashlib.blake2s(body, key=SECRET, digest_size=16, person=P.MAC_PERSON).digest()
+    assert tag == want
+    # a secret longer than a BLAKE2s key is hashed first (as HMAC does)
+    long = b"k" * 100
+    assert P.mac_key(long) == hashlib.sha256(long).digest()
+    r = P.Report("n1", 1, 1, 1.0)
+    assert P.decode(P.encode(r, long), long) == r
+    with pytest.raises(P.PacketError, match="bad MAC"):
+        P.decode(P.encode(r, long), long + b"x")
+
+
+@settings(max_examples=80)
+@given(reports, st.sampled_from([None, SECRET]), st.data())
+def test_truncated_or_extended_packets_are_rejected(r: P.Report, secret: bytes | None,
+                                                    data: st.DataObject) -> None:  # fmt: skip
+    wire = P.encode(r, secret)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(P.PacketError):
+        P.decode(wire[:cut], secret)
+    with pytest.raises(P.PacketError):
+        P.decode(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
+
+
+@given(reports, st.integers(0, 255).filter(lambda v: v != P.VERSION))
+def test_other_versions_are_rejected_even_with_a_good_mac(r: P.Report, version: int) -> None:
+    body = bytearray(P.encode(r, SECRET)[: -P.MAC_LEN])
+    body[4] = version
+    signed = bytes(body) + P._mac(SECRET, bytes(body))
+    for secret in (SECRET, None):
+        with pytest.raises(P.PacketError, match="unsupported version"):
+            P.decode(signed, secret)
+
+
+def test_version_1_packets_hmac_sha256_are_refused() -> None:
+    import hmac
+
+    body = bytearray(P.encode(P.Report("n1", 1, 1000, 0.5)))
+    body[4], body[5] = 1, P.FLAG_MAC
+    v1 = bytes(body) + hmac.digest(SECRET, bytes(body), "sha256")[:16]
+    with pytest.raises(P.PacketError, match="unsupported version 1"):
+        P.decode(v1, SECRET)
+
+
 def test_query_handshake_and_best_line() -> None:
     mac = P.query_mac(SECRET, "best", "abc")
     assert P.check_query(SECRET, "best", "abc", f"{mac} json\n") == (True, "json")
@@ -171,6 +220,61 @@ def test_replayed_or_old_reports_are_ignored() -> None:
     assert t.members["n2"].report.load1 == 5.0  # type: ignore[union-attr]
     assert t.receive(rep("n2", 1.0, t_ms=2000, seq=8), "10.0.0.2", 0.2) == []
     assert t.members["n2"].report.load1 == 1.0  # type: ignore[union-attr]
+
+
+class _RefTable:
+    """The membership rules written plainly (the table's receive has a fast path)."""
+
+    def __init__(self, names: list[str], self_name: str) -> None:
+        self.self_name = self_name
+        self.addr = {n: f"10.0.0.{n[1:]}" for n in names}
+        self.report: dict[str, P.Report] = {}
+        self.up: set[str] = {self_name}
+        self.accepted = dict.fromkeys(names, 0)
+        self.rejected = dict.fromkeys(names, 0)
+
+    def receive(self, r: P.Report, source: str) -> str:
+        if r.name not in self.addr:
+            return "reject"
+        if r.name == self.self_name or source != self.addr[r.name]:
+            self.rejected[r.name] += 1
+            return "reject"
+        old = self.report.get(r.name)
+        if r.name in self.up and old is not None and (r.sent_ms, r.seq) <= (old.sent_ms,
+                                                                           old.seq):  # fmt: skip
+            self.rejected[r.name] += 1
+            return "reject"
+        was_up = r.name in self.up
+        self.report[r.name], self.accepted[r.name] = r, self.accepted[r.name] + 1
+        self.up.add(r.name)
+        return "ok" if was_up else "up"
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(0, 4),
+                          st.integers(0, 3), st.booleans()), max_size=40))  # fmt: skip
+def test_receive_matches_the_plain_rules(steps: list[tuple[int, int, int, int, bool]]) -> None:
+    t = mk_table(4)
+    ref = _RefTable([f"n{i}" for i in range(1, 5)], "n1")
+    t.set_self(rep("n1"), 0.0)
+    now = 0.0
+    for who, src, t_ms, seq, expire in steps:
+        if expire:  # everyone but this node falls silent long enough to expire
+            now += 10.0
+            t.tick(now)
+            ref.up = {"n1"}
+            continue
+        now += 0.01
+        r = rep(f"n{who}", float(t_ms), t_ms=t_ms, seq=seq)
+        events = t.receive(r, f"10.0.0.{src}", now)
+        want = ref.receive(r, f"10.0.0.{src}")
+        kinds = [e.kind for e in events]
+        assert kinds == ([] if want == "ok" else [want])
+    for n, m in t.members.items():
+        assert m.up == (n in ref.up)
+        assert m.accepted == ref.accepted[n] and m.rejected == ref.rejected[n]
+        if n != "n1":
+            assert m.report == ref.report.get(n)
 
 
 def test_expiry_and_return() -> None:

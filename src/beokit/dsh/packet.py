@@ -6,7 +6,7 @@ One UDP datagram per report, big-endian::
     seq u32 | sent time ms u64 (sender's wall clock)
     load1 load5 load15 f32 | cpus u16 | jobs u16
     mem total KiB u64 | mem free KiB u64 | period ms u32
-    name (UTF-8) | [HMAC-SHA256(secret, everything before)[:16] when flags & 1]
+    name (UTF-8) | [MAC: 16 bytes, keyed BLAKE2s of everything before, when flags & 1]
 
 A receiver with a secret accepts only packets whose MAC checks; a receiver
 without one ignores the MAC. Freshness (replays) is the membership table's
@@ -19,10 +19,10 @@ import hashlib
 import hmac
 import math
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 MAGIC = b"BKdS"
-VERSION = 1
+VERSION = 2  # 1: HMAC-SHA256[:16]; 2: keyed BLAKE2s-128 (same layout otherwise)
 FLAG_MAC = 1
 MAC_LEN = 16
 MAX_NAME = 255
@@ -30,6 +30,9 @@ _HEAD = struct.Struct("!4sBBBBIQfffHHQQI")
 HEAD_LEN = _HEAD.size  # 52
 MAX_PACKET = HEAD_LEN + MAX_NAME + MAC_LEN
 _INF = float("inf")
+_unpack = _HEAD.unpack_from
+_new = tuple.__new__
+_compare = hmac.compare_digest
 
 
 class PacketError(ValueError):
@@ -52,8 +55,39 @@ class Report(NamedTuple):
     period_ms: int = 1500
 
 
+# The MAC is keyed BLAKE2s (RFC 7693) with a 16-byte output: BLAKE2 in keyed
+# mode is a MAC by design (no HMAC construction needed), the output length
+# and the personalization string are part of its parameter block (so this is
+# not a truncation, and not the same function as any other use of the
+# secret). The keyed state is set up once per secret; a MAC is then one state
+# copy and one short update: about 0.4 us where HMAC-SHA256 through OpenSSL
+# took 0.7 us with precomputed pads and 1.6-3.5 us with hmac.digest (wire
+# version 1), twice that in the daemon's cache-cold batches.
+MAC_PERSON = b"bkdshrep"
+_KEYS: dict[bytes, Any] = {}
+
+
+def mac_key(secret: bytes) -> bytes:
+    """The BLAKE2s key for a secret: the secret itself if at most 32 bytes, else
+    its SHA-256 (as HMAC does with a key longer than a block)."""
+    return secret if len(secret) <= 32 else hashlib.sha256(secret).digest()
+
+
+def _keyed(secret: bytes) -> Any:
+    h = _KEYS.get(secret)
+    if h is None:
+        h = hashlib.blake2s(key=mac_key(secret), digest_size=MAC_LEN, person=MAC_PERSON)
+        if len(_KEYS) >= 16:  # a few secrets in a process's life (SIGHUP): stay small
+            _KEYS.clear()
+        _KEYS[secret] = h
+    return h
+
+
 def _mac(secret: bytes, data: bytes) -> bytes:
-    return hmac.digest(secret, data, "sha256")[:MAC_LEN]  # the one-shot C path: fast
+    """BLAKE2s-128(key=mac_key(secret), person=MAC_PERSON) of ``data``."""
+    h = (_KEYS.get(secret) or _keyed(secret)).copy()
+    h.update(data)
+    return h.digest()
 
 
 def _f32(x: float) -> float:
@@ -82,24 +116,28 @@ def encode(r: Report, secret: bytes | None = None) -> bytes:
 def decode(data: bytes, secret: bytes | None = None) -> Report:
     """Parse a datagram; raise :class:`PacketError` if malformed or not authentic.
 
-    With ``secret`` the packet must carry a MAC that checks.
+    With ``secret`` the packet must carry a MAC that checks. (The hot path of
+    a daemon at 1000 members: one unpack, one combined check, the MAC with
+    precomputed key states; the precise error is worked out only on failure.)
     """
     if len(data) < HEAD_LEN:
         raise PacketError(f"short packet ({len(data)} bytes)")
     (magic, version, flags, nlen, _res, seq, sent, l1, l5, l15, cpus, jobs, mt, mf,
-     period) = _HEAD.unpack_from(data)  # fmt: skip
-    if magic != MAGIC:
-        raise PacketError("not a dshd packet (bad magic)")
-    if version != VERSION:
-        raise PacketError(f"unsupported version {version}")
-    has_mac = bool(flags & FLAG_MAC)
+     period) = _unpack(data)  # fmt: skip
     end = HEAD_LEN + nlen
-    if nlen == 0 or len(data) != end + (MAC_LEN if has_mac else 0):
-        raise PacketError("bad packet length")
+    mac_len = MAC_LEN if flags & FLAG_MAC else 0
+    if (
+        magic != MAGIC
+        or version != VERSION
+        or nlen == 0
+        or len(data) != end + mac_len
+        or (secret is not None and not mac_len)
+    ):
+        _why(magic, version, nlen, len(data) == end + mac_len)
     if secret is not None:
-        if not has_mac:
-            raise PacketError("unauthenticated packet")
-        if not hmac.compare_digest(data[end:], _mac(secret, data[:end])):
+        h = (_KEYS.get(secret) or _keyed(secret)).copy()
+        h.update(data[:end])
+        if not _compare(h.digest(), data[end:]):
             raise PacketError("bad MAC")
     try:
         name = data[HEAD_LEN:end].decode()
@@ -107,7 +145,18 @@ def decode(data: bytes, secret: bytes | None = None) -> Report:
         raise PacketError("bad node name encoding") from None
     if not (0.0 <= l1 < _INF and 0.0 <= l5 < _INF and 0.0 <= l15 < _INF):  # NaN fails too
         raise PacketError("bad load value")
-    return Report(name, seq, sent, l1, l5, l15, cpus, jobs, mt, mf, period)
+    return _new(Report, (name, seq, sent, l1, l5, l15, cpus, jobs, mt, mf, period))
+
+
+def _why(magic: bytes, version: int, nlen: int, length_ok: bool) -> NoReturn:
+    """The precise error for a packet that failed decode's combined check."""
+    if magic != MAGIC:
+        raise PacketError("not a dshd packet (bad magic)")
+    if version != VERSION:
+        raise PacketError(f"unsupported version {version}")
+    if nlen == 0 or not length_ok:
+        raise PacketError("bad packet length")
+    raise PacketError("unauthenticated packet")
 
 
 # --------------------------------------------------------------- TCP queries

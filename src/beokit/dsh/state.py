@@ -247,7 +247,25 @@ class Table:
 
         Accepted only from a member, from that member's address, never for
         this node itself, and only if newer than the last one (no replays).
+        (Called for every datagram: the usual case, a known member that is
+        up, is the first branch.)
         """
+        name = report.name
+        m = self.members.get(name)
+        if m is not None and m.up and source == m.address and name != self.self_name:
+            old = m.report
+            sent = report.sent_ms
+            if old is not None and (
+                sent > old.sent_ms or (sent == old.sent_ms and report.seq > old.seq)
+            ):
+                m.report, m.heard = report, now
+                m.accepted += 1
+                if m.extra:
+                    self._clear_bumps(m, now)
+                return _NONE
+        return self._receive_slow(report, source, now)
+
+    def _receive_slow(self, report: Report, source: str, now: float) -> list[Event]:
         m = self.members.get(report.name)
         if m is None:
             self.unknown_rejected += 1
