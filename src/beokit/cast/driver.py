@@ -41,6 +41,7 @@ from typing import Any
 from beokit.cast import plan
 from beokit.cast.plan import Chain, Row
 from beokit.cast.receiver import nettee_argv
+from beokit.errors import UsageError
 from beokit.launch.backends import Backend
 from beokit.nettee.localchain import free_port
 
@@ -572,7 +573,13 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
                               bind_local=job.bind_local,
                               resolve={h: binds[h] for h in hosts if h in binds
                                        and binds[h] != h})  # fmt: skip
-    launcher = Launch(job, hosts, json.dumps(spec).encode(), addr, receivers)
+    payload = json.dumps(spec, separators=(",", ":")).encode()
+    if len(payload) > plan.MAX_SPEC:  # thousands of --resolve entries: say so, start nothing
+        root_nettee.cancel()
+        hub.close()
+        raise UsageError(f"the receivers' spec is {len(payload)} bytes, more than "
+                         f"{plan.MAX_SPEC}: too many --resolve entries for one run")  # fmt: skip
+    launcher = Launch(job, hosts, payload, addr, receivers)
     # every launch step has its own connect timeout: the deepest host may need them all
     budget = job.connect_timeout * max(1, launcher.depth)
     await_answers(receivers, t0 + budget, budget)
