@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -228,36 +229,55 @@ def run(args: argparse.Namespace) -> dict:
                 f.write(os.urandom(size))
             os.chmod(b.root / "image", 0o644)
             cfg = b.config(0)
-            for name, start in (("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)):
-                p = start(cfg)
-                try:
-                    t0 = time.monotonic()
-                    ends = b.fetch(args.tftp_clients)
-                    wall = time.monotonic() - t0
-                    if args.window:
-                        w = b.fetch_window(args.tftp_clients, args.window)
-                        results["window"][name] = summarize(w, size, 0.0)
-                        print(f"  tftp windowsize {args.window} {name}: "
+            servers = [("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)]
+            results["rounds"] = []
+            for rnd in range(args.rounds):  # alternate the order: the box's load drifts
+                results["rounds"].append({})
+                for name, start in servers[:: -1 if rnd % 2 else 1]:  # fmt: skip
+                    p = start(cfg)
+                    try:
+                        cpu0 = cpu_seconds(p.pid)
+                        t0 = time.monotonic()
+                        ends = b.fetch(args.tftp_clients)
+                        wall = time.monotonic() - t0
+                        cpu1 = cpu_seconds(p.pid)
+                        if args.window and rnd == 0:
+                            w = b.fetch_window(args.tftp_clients, args.window)
+                            results["window"][name] = summarize(w, size, 0.0)
+                            print(f"  tftp windowsize {args.window} {name}: "
                               f"{results['window'][name]}", file=sys.stderr)  # fmt: skip
-                finally:
-                    b.stop(p)
-                ok = [t for t, rc in ends if rc == 0]
-                r = {
-                    "ok": len(ok),
-                    "slowest": max(ok, default=0),
-                    "fastest": min(ok, default=0),
-                    "aggregate": len(ok) * size / max(max(ok, default=1), 1e-9),
-                    "wall": wall,
-                }
-                results["tftp"][name] = r
-                print(f"  tftp {name:8s}: {len(ok)}/{args.tftp_clients} ok, slowest "
-                      f"{r['slowest']:.2f} s, fastest {r['fastest']:.2f} s",
+                    finally:
+                        b.stop(p)
+                    ok = [t for t, rc in ends if rc == 0]
+                    r = {
+                        "ok": len(ok),
+                        "slowest": max(ok, default=0),
+                        "fastest": min(ok, default=0),
+                        "aggregate": len(ok) * size / max(max(ok, default=1), 1e-9),
+                        "wall": wall,
+                        "user": cpu1[0] - cpu0[0],
+                        "sys": cpu1[1] - cpu0[1],
+                        "mb": len(ok) * size / 1e6,
+                    }
+                    if rnd == 0:
+                        results["tftp"][name] = r
+                    results["rounds"][-1][name] = r
+                    print(f"  tftp round {rnd + 1} {name:8s}: {len(ok)}/{args.tftp_clients} ok, "
+                      f"slowest {r['slowest']:.2f} s, fastest {r['fastest']:.2f} s, server CPU "
+                      f"{r['user']:.2f} s user + {r['sys']:.2f} s system",
                       file=sys.stderr)  # fmt: skip
             if args.http_clients:
                 results["http"] = http_part(b, args)
         finally:
             b.down()
     return results
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far (/proc/PID/stat)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / hz, int(f[12]) / hz
 
 
 def summarize(ends: list, size: int, wall: float) -> dict:
@@ -325,15 +345,27 @@ def report(res: dict, args: argparse.Namespace) -> None:
         print(f"| {scenario} | {cell(a)} | {cell(d)} | {d['elapsed'] / a['elapsed']:.1f}x |")
     mib = args.tftp_size / (1 << 20)
     print(f"\n## TFTP: {args.tftp_clients} curl clients x {mib:g} MiB, blksize 1468\n")
-    print("| server | ok | aggregate MB/s | slowest s | fastest s | fairness (fastest/slowest) |")
-    print("|---|---|---|---|---|---|")
-    for name in ("beo boot", "dnsmasq"):
-        r = res["tftp"][name]
-        fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
-        print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
-              f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
-    a, d = res["tftp"]["beo boot"], res["tftp"]["dnsmasq"]
-    print(f"\nthroughput ratio beo boot / dnsmasq: {a['aggregate'] / d['aggregate']:.2f}")
+    print("| round | server | ok | aggregate MB/s | slowest s | fastest s | fairness "
+          "(fastest/slowest) | server CPU user + sys s | CPU ms per MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    ratios, cpu_ratios = [], []
+    for i, rnd in enumerate(res["rounds"]):
+        for name in ("beo boot", "dnsmasq"):
+            r = rnd[name]
+            fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+            cpu = r["user"] + r["sys"]
+            print(f"| {i + 1} | {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | "
+                  f"{r['slowest']:.2f} | {r['fastest']:.2f} | {fair:.2f} | {r['user']:.2f} + "
+                  f"{r['sys']:.2f} | {cpu / max(r['mb'], 1e-9) * 1000:.2f} |")  # fmt: skip
+        a, d = rnd["beo boot"], rnd["dnsmasq"]
+        ratios.append(a["aggregate"] / d["aggregate"])
+        cpu_ratios.append(((a["user"] + a["sys"]) / a["mb"]) / ((d["user"] + d["sys"]) / d["mb"]))
+    each = ", ".join(f"{x:.2f}" for x in ratios)
+    print(
+        f"\nthroughput ratio beo boot / dnsmasq: {each}"
+        + (f" (median {statistics.median(ratios):.2f})" if len(ratios) > 1 else "")
+    )
+    print("server CPU per MB, beo boot / dnsmasq: " + ", ".join(f"{x:.2f}" for x in cpu_ratios))
     if res["window"]:
         print(f"\n## TFTP: {args.tftp_clients} RFC 7440 clients (windowsize {args.window}, "
               f"blksize 1468) x {mib:g} MiB, started together\n")  # fmt: skip
@@ -402,6 +434,13 @@ def main() -> int:
     )
     ap.add_argument("--tftp-clients", type=int, default=20)
     ap.add_argument("--tftp-size", type=parse_size, default=parse_size("8M"))
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="TFTP comparison rounds, alternating which server goes first (default 1); "
+        "the box's load drifts, so each round compares the two back to back",
+    )
     ap.add_argument(
         "--window",
         type=int,

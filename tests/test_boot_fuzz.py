@@ -103,6 +103,52 @@ def test_transfer_any_ack_sequence_terminates(size, blksize, window, events):
     assert x.done
 
 
+def _bytes_of(x: tftp.Transfer, b: int) -> int:
+    return x.oack_len if b == 0 else min(x.blksize, x.size - (b - 1) * x.blksize) + 4
+
+
+@FAST
+@given(st.integers(0, 100_000), st.sampled_from([8, 512, 1468]), st.integers(1, 16),
+       st.booleans(), st.lists(st.tuples(st.integers(0, 5), st.integers(0, 0xFFFF)),
+                               max_size=200))  # fmt: skip
+def test_take_is_ready_and_sent_in_a_loop(size, blksize, window, oack, events):
+    """The hot path's take()/ack_take()/unsend() keep the state on_ack() and the
+    ready()/sent() loop keep."""
+    acc = {"blksize": str(blksize), "windowsize": str(window)} if oack else {}
+    a = tftp.Transfer(size, {}, acc, tftp.Limits(retries=1000), 0.0)
+    b = tftp.Transfer(size, {}, acc, tftp.Limits(retries=1000), 0.0)
+    now = 0.0
+    for kind, block in events:
+        now += 0.01
+        got = []
+        while (k := a.ready()) is not None:
+            a.sent(k, _bytes_of(a, k), now)
+            got.append(k)
+        r = b.take(now)
+        assert list(r) == got
+        if kind == 3 and len(r) > 1:  # the socket refused the tail: rewind both
+            cut = r.start + block % len(r)
+            b.unsend(cut, r.stop)
+            a.next = cut
+            a.packets_sent -= r.stop - cut
+            a.bytes_sent -= sum(_bytes_of(a, k) for k in range(cut, r.stop))
+        elif kind >= 4:  # an ACK (the latest block sent, or any) then the window, fused
+            w = (a.next - 1) & 0xFFFF if kind == 4 else block
+            a.on_ack(w, now)
+            got = []
+            while (k := a.ready()) is not None:
+                a.sent(k, _bytes_of(a, k), now)
+                got.append(k)
+            assert list(b.ack_take(w, now)) == got
+        elif kind == 0:
+            now = max(now, a.deadline, b.deadline)
+            assert a.on_timer(now) == b.on_timer(now)
+        else:
+            w = (a.next - 1) & 0xFFFF if kind == 1 else block
+            assert a.on_ack(w, now) == b.on_ack(w, now)
+        assert vars(a) == vars(b)
+
+
 @FAST
 @given(st.binary(max_size=300))
 def test_dns_never_raises(data):

@@ -2,14 +2,16 @@
 
 This is the I/O layer: it opens the sockets, feeds datagrams into the pure
 logic (``dhcp``, ``tftp``, ``dns``, ``fair``, ``leases``) and carries out
-what it decides. Nothing here blocks: TFTP transfers are non-blocking UDP
-sockets watched by the loop (one per transfer: its TID), file bytes come
-from ``os.pread`` on shared, reference-counted descriptors (re-opened when
-the file changes on disk), the lease file is written atomically (temp file,
-fsync, rename) in a worker thread.
+what it decides. Nothing here blocks: every TFTP transfer uses one shared,
+non-blocking UDP socket (the server's TID; clients are told apart by their
+own address and port) read and written a batch at a time with
+``recvmmsg``/``sendmmsg`` (:class:`Mmsg`); file bytes come from memory
+snapshots (or ``os.pread``) of shared, reference-counted descriptors
+(re-opened when the file changes on disk); the lease file is written
+atomically (temp file, fsync, rename) in a worker thread.
 
 Signals: SIGHUP re-reads the config and re-opens the listening sockets
-(transfers in flight keep their own sockets and go on); SIGUSR1 logs the
+(transfers in flight keep the transfer socket and go on); SIGUSR1 logs the
 leases and the transfers; SIGTERM/SIGINT stop cleanly.
 """
 
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import stat
+import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +44,8 @@ log = logging.getLogger("beokit.boot")
 TICK = 0.1  # seconds between accounting ticks
 STALL = 0.5  # a transfer that got nothing for this long is "stalled"
 RECV_SIZE = 65536
-SESSION_RECV = 1024  # a transfer socket only gets ACKs and ERRORs
-DRAIN_ROUNDS = 4  # epoll rounds per loop callback (DHCP and DNS get their turn between)
+DRAIN_ROUNDS = 4  # recvmmsg batches per loop callback (DHCP and DNS get their turn between)
+BUSY_ACKS = 2  # ACKs per batch read, on average over a tick: the server is behind
 MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
 MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else pread)
 HEADERS = [tftp.data_header(b) for b in range(65536)]  # DATA headers, built once
@@ -81,7 +85,13 @@ def read_all(fd: int, size: int) -> bytes:
 
 
 class OpenFile:
-    """A file being served: one descriptor shared by its transfers."""
+    """A file being served: one descriptor shared by its transfers.
+
+    With a memory snapshot, :meth:`packets` also keeps the DATA datagrams
+    themselves (header + payload, one ``bytes`` per block, built the first
+    time a block is sent), one list per block size: a hundred clients fetching
+    the same kernel cost one ``send`` of a ready datagram per block each.
+    """
 
     def __init__(self, key: tuple, fd: int, size: int, data: bytes | None = None) -> None:
         self.key = key
@@ -90,11 +100,25 @@ class OpenFile:
         self.data = data
         self.view = memoryview(data) if data is not None else None
         self.refs = 0
+        self.pk: dict[int, list[bytes | None]] = {}  # blksize -> DATA datagram by block
+        self.pk_bytes = 0  # what the lists hold, counted in FileTable.mem_bytes
 
     def read(self, offset: int, n: int) -> bytes:
         if self.data is not None:
             return self.data[offset : offset + n]
         return os.pread(self.fd, n, offset)
+
+    def packet(self, pk: list[bytes | None], block: int, blksize: int) -> bytes:
+        """DATA datagram of ``block`` (absolute number), built once and kept in ``pk``."""
+        off = (block - 1) * blksize
+        p = HEADERS[block & 0xFFFF] + self.view[off : off + blksize]  # type: ignore[index]
+        pk[block] = p
+        return p
+
+
+def packet_cost(size: int, blksize: int) -> int:
+    """Memory held by the DATA datagrams of a ``size``-byte file (object headers too)."""
+    return size + (size // blksize + 1) * (4 + 40)
 
 
 class FileTable:
@@ -132,6 +156,19 @@ class FileTable:
         f.refs += 1
         return f
 
+    def packets(self, f: OpenFile, blksize: int) -> list[bytes | None] | None:
+        """The datagram list of ``f`` for ``blksize`` (None: no snapshot, or over budget)."""
+        pk = f.pk.get(blksize)
+        if pk is not None or f.view is None or f.fd < 0:
+            return pk
+        cost = packet_cost(f.size, blksize)
+        if self.mem_bytes + cost > MEM_TOTAL:
+            return None
+        self.mem_bytes += cost
+        f.pk_bytes += cost
+        pk = f.pk[blksize] = [None] * (f.size // blksize + 2)
+        return pk
+
     def virtual(self, data: bytes) -> OpenFile:
         f = OpenFile(("virtual", id(data)), -1, len(data), data)
         f.refs = 1
@@ -145,12 +182,16 @@ class FileTable:
             f.fd = -1
             if f.data is not None:
                 self.mem_bytes -= f.size
+            self.mem_bytes -= f.pk_bytes
+            f.pk.clear()
+            f.pk_bytes = 0
 
     def close_all(self) -> None:
         for f in list(self.files.values()):
             if f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
+            f.pk.clear()
         self.files.clear()
         self.mem_bytes = 0
 
@@ -160,19 +201,200 @@ class FileTable:
 # ---------------------------------------------------------------------------
 
 
+def peer_key(ip: str, port: int) -> int:
+    """A client's (address, port) as one int: the key of its transfer (the first
+    8 bytes of its ``sockaddr_in``, as ``ACK_SLOT`` reads them)."""
+    return int.from_bytes(sockaddr(ip, port)[:8], "big")
+
+
+def sockaddr(ip: str, port: int) -> bytes:
+    """``struct sockaddr_in`` of a client, for ``sendmmsg``."""
+    return (
+        struct.pack("=H", socket.AF_INET)
+        + struct.pack("!H", port)
+        + socket.inet_aton(ip)
+        + bytes(8)
+    )
+
+
 @dataclass(eq=False)
 class Session:
-    sock: socket.socket
+    sock: socket.socket  # the shared transfer socket (see Mmsg)
     peer: tuple[str, int]
     name: str
     file: OpenFile
     xfer: tftp.Transfer
     started: float
-    last_sent: float = 0.0
-    fd: int = -1  # the socket's descriptor: the key in sessions, epoll and parked
+    key: int = -1  # peer_key(peer): the key in sessions, parked and the round robin
+    pk: list[bytes | None] | None = None  # ready DATA datagrams (OpenFile.packets)
+    counted_bytes: int = 0  # what the per-tick accounting already has of xfer.bytes_sent
+    counted_packets: int = 0
 
     def __post_init__(self) -> None:
+        self.key = peer_key(*self.peer)
+        self.name_buf = sockaddr(*self.peer)  # kept alive: sendmmsg reads it by address
+        self.name_addr = id(self.name_buf) + BYTES_OFFSET
+
+    def send(self, pkt: bytes) -> None:
+        self.sock.sendto(pkt, self.peer)
+
+
+# ---------------------------------------------------------------------------
+# One socket for every transfer, read and written a batch at a time
+# ---------------------------------------------------------------------------
+
+BATCH = 256  # datagrams per recvmmsg/sendmmsg call
+SLOT = 16 + 528  # per received datagram: sockaddr_in, then up to 528 bytes of payload
+MSG_DONTWAIT = 0x40
+BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data begins (CPython)
+ACK_SLOT = struct.Struct("!Q8xHH")  # peer_key, opcode, block of a received slot
+PEER_SLOT = struct.Struct("!2xH4s")  # port, address of a received slot
+
+
+def _libc_mmsg() -> tuple | None:
+    """libc's sendmmsg/recvmmsg, if they and the bytes layout are what we expect."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        snd, rcv = libc.sendmmsg, libc.recvmmsg
+    except (OSError, AttributeError):
+        return None
+    snd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    rcv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    snd.restype = rcv.restype = ctypes.c_int
+    probe = b"beokit-probe"
+    if ctypes.string_at(id(probe) + BYTES_OFFSET, len(probe)) != probe:
+        return None
+    return snd, rcv
+
+
+class Mmsg:
+    """The shared transfer socket (the server's TID for every transfer: clients
+    are told apart by their own address and port) with batched I/O.
+
+    ``recv()`` reads up to :data:`BATCH` datagrams with one ``recvmmsg``;
+    :meth:`add` queues a datagram (a ``bytes`` kept alive by the caller until
+    :meth:`flush`) and :meth:`flush` sends the queue with one ``sendmmsg``: a
+    busy server is preempted by the clients it wakes once per batch instead
+    of once every few datagrams, and makes two system calls per batch. The
+    ``mmsghdr``/``iovec`` arrays are allocated once; a datagram costs three
+    integer stores. Without ``sendmmsg`` (or on another Python) it falls back
+    to ``recvfrom``/``sendto`` per datagram.
+    """
+
+    def __init__(self, bind: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.sock.bind((bind, 0))
+        except BaseException:
+            self.sock.close()
+            raise
         self.fd = self.sock.fileno()
+        self.calls = _libc_mmsg()
+        # sendmmsg side: mmsghdr[BATCH] (64 bytes each) and iovec[BATCH] (16 bytes each)
+        self.shdr = (ctypes.c_char * (64 * BATCH))()
+        self.siov = (ctypes.c_char * (16 * BATCH))()
+        self.sq = memoryview(self.shdr).cast("B").cast("Q")  # 8 words per mmsghdr
+        self.iq = memoryview(self.siov).cast("B").cast("Q")  # 2 words per iovec
+        # recvmmsg side: headers, iovecs, and one slot (address + payload) per datagram
+        self.rhdr = (ctypes.c_char * (64 * BATCH))()
+        self.riov = (ctypes.c_char * (16 * BATCH))()
+        self.slots = (ctypes.c_char * (SLOT * BATCH))()
+        self.rq = memoryview(self.rhdr).cast("B").cast("Q")
+        self.rlen = memoryview(self.rhdr).cast("B").cast("I")  # msg_len: word 14 of 16
+        self.view = memoryview(self.slots).cast("B")
+        sbase, rbase = ctypes.addressof(self.siov), ctypes.addressof(self.riov)
+        slots = ctypes.addressof(self.slots)
+        for i in range(BATCH):
+            self.sq[i * 8 + 1] = 16  # msg_namelen
+            self.sq[i * 8 + 2] = sbase + 16 * i  # msg_iov
+            self.sq[i * 8 + 3] = 1  # msg_iovlen
+            self.rq[i * 8 + 0] = slots + SLOT * i  # msg_name
+            self.rq[i * 8 + 1] = 16
+            self.rq[i * 8 + 2] = rbase + 16 * i
+            self.rq[i * 8 + 3] = 1
+            iq = memoryview(self.riov).cast("B").cast("Q")
+            iq[2 * i] = slots + SLOT * i + 16  # iov_base: the payload part of the slot
+            iq[2 * i + 1] = SLOT - 16
+        self.n = 0  # datagrams queued
+        self.keep: list = []  # the owners (sessions) of the queued datagrams, in order
+        self.oacks: list[bytes] = []  # queued OACKs, kept alive until sent
+
+    def recv(self) -> int:
+        """Read a batch; the number of datagrams (0: none waiting)."""
+        if self.calls is None:
+            return self._recv_slow()
+        # (msg_namelen comes back as 16, as set: an AF_INET socket)
+        n = self.calls[1](self.fd, ctypes.addressof(self.rhdr), BATCH, MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise OSError(err, os.strerror(err))
+        return n
+
+    def _recv_slow(self) -> int:
+        n = 0
+        while n < BATCH:
+            try:
+                data, (ip, port) = self.sock.recvfrom(SLOT - 16)
+            except (BlockingIOError, InterruptedError):
+                break
+            off = SLOT * n
+            self.view[off : off + 16] = sockaddr(ip, port)
+            self.view[off + 16 : off + 16 + len(data)] = data
+            self.rlen[n * 16 + 14] = len(data)
+            n += 1
+        return n
+
+    def datagram(self, i: int) -> tuple[tuple[str, int], bytes]:
+        """The sender and the payload of received datagram ``i`` (the slow path)."""
+        off = SLOT * i
+        port, ip = PEER_SLOT.unpack_from(self.view, off)
+        n = min(self.rlen[i * 16 + 14], SLOT - 16)
+        return (socket.inet_ntoa(ip), port), bytes(self.view[off + 16 : off + 16 + n])
+
+    def add(self, owner: Session, block: int, pkt: bytes) -> None:
+        """Queue ``pkt`` (block ``block`` of ``owner``'s transfer); full: call :meth:`flush`."""
+        i = self.n
+        self.sq[i * 8] = owner.name_addr
+        self.iq[i * 2] = id(pkt) + BYTES_OFFSET
+        self.iq[i * 2 + 1] = len(pkt)
+        self.keep.append(owner)
+        if not block:
+            self.oacks.append(pkt)  # DATA datagrams stay alive in their file's lists
+        self.n = i + 1
+
+    def flush(self) -> list[tuple]:
+        """Send the queue; (owner, datagrams of it left from the failed one on, error)
+        for each datagram that did not go out (an owner's queued blocks are consecutive:
+        the last one is its transfer's ``next - 1``). Without sendmmsg nothing is queued."""
+        n, self.n = self.n, 0
+        keep, self.keep = self.keep, []
+        if not n or self.calls is None:
+            self.oacks.clear()
+            return []
+        failed = []
+        i = 0
+        addr = ctypes.addressof(self.shdr)
+        while i < n:
+            sent = self.calls[0](self.fd, addr + 64 * i, n - i, 0)
+            if sent > 0:
+                i += sent
+                continue
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            owner = keep[i]
+            failed.append((owner, keep[i:n].count(owner), OSError(err, os.strerror(err))))
+            i += 1  # skip this one
+        self.oacks.clear()
+        return failed
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class BootServer:
@@ -199,7 +421,8 @@ class BootServer:
         self.started = time.monotonic()
         self.pending_replies: set[asyncio.TimerHandle] = set()
         self.parked: set[int] = set()  # transfers held back for a tick (fairness)
-        self.epoll = select.epoll()  # the transfers' sockets (see _on_sessions)
+        self.polls = self.polled = 0  # batches read with ACKs waiting, and those ACKs
+        self.tx: Mmsg | None = None  # the transfers' shared socket (opened by serve)
         self.fair = cfg.fair
 
     # -- helpers ---------------------------------------------------------
@@ -394,22 +617,14 @@ class BootServer:
         now = time.monotonic()
         accepted = tftp.negotiate(msg.options, f.size, self.limits)
         xfer = tftp.Transfer(f.size, msg.options, accepted, self.limits, now)
-        try:
-            local = listener.getsockname()[0]
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            sock.bind((local, 0))
-            sock.connect(src)
-        except OSError as e:
-            with contextlib.suppress(NameError):
-                sock.close()
-            self.files.close(f)
-            log.warning("TFTP %s:%d: cannot open a transfer socket: %s", *src, e)
-            return
-        ss = Session(sock, src, msg.filename, f, xfer, now)
-        self.sessions[sock.fileno()] = ss
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        assert self.tx is not None
+        ss = Session(self.tx.sock, src, msg.filename, f, xfer, now)
+        old = self.sessions.get(ss.key)
+        if old is not None:  # the same client port asks again: it lost our first reply
+            old.xfer.failed = "restarted by a new request"
+            self.end_session(old)
+        ss.pk = self.files.packets(f, xfer.blksize)
+        self.sessions[ss.key] = ss
         self.count("tftp-transfers")
         log.info("TFTP %s:%d <- %s (%d bytes, %s)", src[0], src[1], msg.filename, f.size,
                  accepted or "no options")  # fmt: skip
@@ -420,16 +635,16 @@ class BootServer:
         try:
             if block == 0:
                 pkt = tftp.build_oack(x.accepted)
-                ss.sock.send(pkt)
+                ss.sock.sendto(pkt, ss.peer)
                 nbytes = len(pkt)
             else:
                 off = (block - 1) * x.blksize
                 n = min(x.blksize, x.size - off)
                 view = ss.file.view
                 if view is not None:  # header + slice of the snapshot, no copy
-                    ss.sock.sendmsg((HEADERS[block & 0xFFFF], view[off : off + n]))
+                    ss.sock.sendmsg((HEADERS[block & 0xFFFF], view[off : off + n]), (), 0, ss.peer)
                 else:
-                    ss.sock.send(HEADERS[block & 0xFFFF] + ss.file.read(off, n))
+                    ss.sock.sendto(HEADERS[block & 0xFFFF] + ss.file.read(off, n), ss.peer)
                 nbytes = n + 4
         except (BlockingIOError, InterruptedError):
             return False  # socket buffer full: the retransmission timer covers it
@@ -437,15 +652,13 @@ class BootServer:
             x.failed = f"send: {e.strerror}"
             return False
         x.sent(block, nbytes, now)
-        ss.last_sent = now
-        self.load.count(nbytes)
         return True
 
     def make_ready(self, ss: Session) -> None:
         """Send what the transfer may send: at once without a cap, else via round robin."""
         now = time.monotonic()
         x = ss.xfer
-        if ss.fd in self.parked and not x.done:
+        if ss.key in self.parked and not x.done:
             return
         if self.bucket.rate <= 0:
             while (b := x.ready()) is not None:
@@ -455,7 +668,7 @@ class BootServer:
                 self.end_session(ss)
             return
         if x.ready() is not None:
-            self.rr.push(ss.fd)
+            self.rr.push(ss.key)
             self.pump()
 
     def pump(self) -> None:
@@ -489,35 +702,97 @@ class BootServer:
             self.pump_handle = self.loop.call_later(max(self.bucket.wait_for(need), 0.001),
                                                     self.pump)  # fmt: skip
 
-    def _on_sessions(self) -> None:
-        """The transfers' sockets sit in one epoll set, itself watched by the loop:
-        one loop callback serves every transfer with an ACK waiting."""
+    def _on_transfers(self) -> None:
+        """Every transfer's ACKs arrive on the one transfer socket: read them a
+        batch at a time (``recvmmsg``), choose the blocks each allows
+        (``Transfer.ack_take``), queue the ready DATA datagrams and send them
+        with one ``sendmmsg`` per batch. Bytes and packets are counted per tick
+        from the transfers' own counters, not per packet.
+        """
+        tx = self.tx
+        assert tx is not None
         sessions = self.sessions
+        unpack = ACK_SLOT.unpack_from
+        view, rlen, sq, iq, off = tx.view, tx.rlen, tx.sq, tx.iq, BYTES_OFFSET
         for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
             try:
-                events = self.epoll.poll(0, 256)
-            except InterruptedError:
+                n = tx.recv()
+            except OSError as e:
+                log.warning("TFTP transfer socket: %s", e)
                 return
-            if not events:
+            if not n:
                 return
+            self.polls += 1
+            self.polled += n
             now = time.monotonic()
-            for fd, _ev in events:
-                ss = sessions.get(fd)
-                if ss is not None:
-                    self._on_session(ss, now)
+            # no cap: a window goes out as soon as it may (batched, when sendmmsg is there)
+            free = self.bucket.rate <= 0 and tx.calls is not None
+            parked = self.parked
+            j = tx.n
+            keep = tx.keep.append
+            for i in range(n):
+                key, op, block = unpack(view, i * SLOT)
+                ss = sessions.get(key)
+                if ss is None:
+                    self.count("tftp-stray")  # not a transfer (or one that ended): ignore
+                    continue
+                if op != tftp.ACK or rlen[i * 16 + 14] != 4:
+                    tx.n = j
+                    self._on_datagram(ss, tx.datagram(i)[1], now)
+                    j = tx.n
+                    continue
+                pk = ss.pk
+                if pk is None or not free or key in parked:  # a cap, parked, or no snapshot
+                    ss.xfer.on_ack(block, now)
+                    if ss.xfer.done:
+                        self.end_session(ss)
+                    elif key not in parked:
+                        self.make_ready(ss)
+                    continue
+                x = ss.xfer
+                r = x.ack_take(block, now)
+                if not r:
+                    if x.done:
+                        self.end_session(ss)
+                    continue
+                for b in r:
+                    if b:
+                        p = pk[b] or ss.file.packet(pk, b, x.blksize)
+                    else:
+                        p = tftp.build_oack(x.accepted)
+                        tx.oacks.append(p)  # alive until sent
+                    sq[j * 8] = ss.name_addr
+                    iq[j * 2] = id(p) + off
+                    iq[j * 2 + 1] = len(p)
+                    keep(ss)
+                    j += 1
+                    if j == BATCH:
+                        tx.n = j
+                        self._flush()
+                        j = 0
+                        keep = tx.keep.append
+            tx.n = j
+            self._flush()
 
-    def _on_session(self, ss: Session, now: float) -> None:
-        # One datagram per call: the loop calls again while more are queued (level
-        # triggered), and a lock-step client never has more than one in flight.
+    def _flush(self) -> None:
+        """Send the queued datagrams; rewind the transfers whose datagrams did not go out."""
+        assert self.tx is not None
+        for ss, left, err in self.tx.flush():
+            if self.sessions.get(ss.key) is not ss:
+                continue
+            x = ss.xfer
+            x.unsend(max(x.next - left, 0), x.next)  # the retransmission timer resends them
+            if (
+                not isinstance(err, (BlockingIOError, InterruptedError))
+                and err.errno != errno.EAGAIN
+            ):
+                x.failed = f"send: {err.strerror}"
+                self.end_session(ss)
+
+    def _on_datagram(self, ss: Session, data: bytes, now: float) -> None:
+        """Anything but a plain ACK on an uncapped, unparked transfer with ready datagrams."""
         x = ss.xfer
-        try:
-            data = ss.sock.recv(SESSION_RECV)  # ACKs are 4 bytes: no 64 KiB buffer per packet
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:  # ICMP port unreachable: the client went away
-            x.failed = f"client gone ({e.strerror})"
-            data = b""
-        if len(data) == 4 and data[1] == tftp.ACK and data[0] == 0:  # the hot path
+        if len(data) == 4 and data[1] == tftp.ACK and data[0] == 0:
             x.on_ack((data[2] << 8) | data[3], now)
         elif data:
             try:
@@ -533,46 +808,21 @@ class BootServer:
                 self._tftp_error(ss.sock, ss.peer, tftp.E_ILLEGAL, "expected an ACK")
         if x.done or x.failed:
             self.end_session(ss)
-        elif ss.fd in self.parked:
+        elif ss.key in self.parked:
             return  # ahead of the others: its next block goes out at the next tick
-        elif self.bucket.rate <= 0:  # no cap: send the window now (make_ready, inlined)
-            view, sock, blksize, size = ss.file.view, ss.sock, x.blksize, x.size
-            nbytes = npackets = 0
-            while (b := x.ready()) is not None:
-                if b and view is not None:  # DATA from the snapshot: the hottest path
-                    off = (b - 1) * blksize
-                    n = min(blksize, size - off)
-                    try:
-                        sock.sendmsg((HEADERS[b & 0xFFFF], view[off : off + n]))
-                    except (BlockingIOError, InterruptedError):
-                        break  # socket buffer full: the retransmission timer covers it
-                    except OSError as e:
-                        x.failed = f"send: {e.strerror}"
-                        break
-                    x.sent(b, n + 4, now)
-                    nbytes += n + 4
-                    npackets += 1
-                elif not self._send_block(ss, b, now):
-                    break
-            if npackets:
-                ss.last_sent = now
-                self.load.count(nbytes, npackets)
-            if x.failed:
-                self.end_session(ss)
         else:
             self.make_ready(ss)
 
     def end_session(self, ss: Session) -> None:
-        fd = ss.fd
-        if self.sessions.pop(fd, None) is None:
+        fd = ss.key
+        if self.sessions.get(fd) is not ss:
             return
-        with contextlib.suppress(OSError):
-            self.epoll.unregister(fd)
-        ss.sock.close()
+        del self.sessions[fd]
         self.files.close(ss.file)
         self.rr.discard(fd)
         self.parked.discard(fd)
         x = ss.xfer
+        self.load.count(x.bytes_sent - ss.counted_bytes, x.packets_sent - ss.counted_packets)
         secs = max(time.monotonic() - ss.started, 1e-6)
         if x.done:
             self.count("tftp-done")
@@ -591,6 +841,7 @@ class BootServer:
         while not self.stopping.is_set():
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            self.account()
             self.load.tick()
             self.rebalance(now)
             for ss in list(self.sessions.values()):
@@ -607,14 +858,41 @@ class BootServer:
             if self.db.changed:
                 self.schedule_lease_write()
 
+    def account(self) -> None:
+        """Per-tick accounting: what each transfer sent since the last tick."""
+        nbytes = npackets = 0
+        for ss in self.sessions.values():
+            x = ss.xfer
+            nbytes += x.bytes_sent - ss.counted_bytes
+            npackets += x.packets_sent - ss.counted_packets
+            ss.counted_bytes, ss.counted_packets = x.bytes_sent, x.packets_sent
+        self.load.count(nbytes, npackets)
+
+    def busy(self) -> bool:
+        """Did the transfers have to wait for the server in the last tick?
+
+        Busy: ACKs queue up (more than ``BUSY_ACKS`` per batch read on
+        average), or a cap was the limit recently. Holding a transfer back then
+        costs nothing (its turn goes to another); otherwise it would only leave
+        the link or the server idle while a client waits.
+        """
+        polls, polled = self.polls, self.polled
+        self.polls = self.polled = 0
+        if self.bucket.rate > 0:
+            return self.load.saturation > 0
+        return polls > 0 and polled >= BUSY_ACKS * polls
+
     def rebalance(self, now: float) -> None:
         """Each tick: park the transfers running well ahead of the median, release the rest."""
-        progress = {}
-        for fd, ss in self.sessions.items():
-            x = ss.xfer
-            age = now - ss.started
-            progress[fd] = (x.bytes_sent / max(age, 1e-3), age, now - x.last_progress > STALL)
-        parked = fair.parked(progress) if self.fair else set()
+        busy = self.busy()
+        parked: set = set()
+        if self.fair and busy and len(self.sessions) > 1:
+            progress = {}
+            for fd, ss in self.sessions.items():
+                x = ss.xfer
+                age = now - ss.started
+                progress[fd] = (x.bytes_sent / max(age, 1e-3), age, now - x.last_progress > STALL)
+            parked = fair.parked(progress)
         released = self.parked - parked
         self.parked = parked
         for fd in released:
@@ -758,7 +1036,8 @@ class BootServer:
         self.stopping = asyncio.Event()
         self.load_leases()
         self.open_listeners()
-        self.loop.add_reader(self.epoll.fileno(), self._on_sessions)
+        self.tx = Mmsg(self.opts.bind)
+        self.loop.add_reader(self.tx.fd, self._on_transfers)
         if self.cfg.control is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.cfg.control.unlink()
@@ -809,8 +1088,9 @@ class BootServer:
             ss.xfer.failed = ss.xfer.failed or "server stopping"
             self.end_session(ss)
         self.close_listeners()
-        self.loop.remove_reader(self.epoll.fileno())  # type: ignore[union-attr]
-        self.epoll.close()
+        if self.tx is not None:
+            self.loop.remove_reader(self.tx.fd)  # type: ignore[union-attr]
+            self.tx.close()
         if self.http is not None:
             await self.http.stop()
         if self.control_server is not None:

@@ -135,6 +135,9 @@ def build_rrq(name: str, mode: str = "octet", options: dict[str, str] | None = N
     return struct.pack("!H", RRQ) + body
 
 
+NOTHING = range(0)  # no block to send
+
+
 @dataclass(frozen=True)
 class Limits:
     max_blksize: int = 1468
@@ -166,7 +169,10 @@ class Transfer:
 
     The driver calls :meth:`ready` to learn which block to send next (or
     ``0`` for the OACK), :meth:`sent` after sending it, :meth:`on_ack` for
-    every ACK, and :meth:`on_timer` when :attr:`deadline` passes.
+    every ACK, and :meth:`on_timer` when :attr:`deadline` passes. The hot
+    path uses :meth:`take` instead of ``ready``/``sent``: every block the
+    window allows now, in one call (and :meth:`unsend` for those the socket
+    refused).
     """
 
     def __init__(self, size: int, options: dict[str, str], accepted: dict[str, str],
@@ -179,6 +185,7 @@ class Transfer:
         self.retries = limits.retries
         self.nblocks = size // self.blksize + 1  # the last one is short (maybe empty)
         self.oack = bool(accepted)
+        self.oack_len = len(build_oack(accepted)) if accepted else 0
         self.acked = -1 if self.oack else 0  # highest block acknowledged (0 = OACK)
         self.next = 0 if self.oack else 1  # next block to send
         self.tries = 0
@@ -209,6 +216,84 @@ class Transfer:
         self.packets_sent += 1
         self.bytes_sent += nbytes
         self.deadline = now + self.timeout * (1 << self.tries)
+
+    def span_bytes(self, first: int, last: int) -> int:
+        """Bytes on the wire for blocks ``first..last`` (0 = the OACK)."""
+        if last < first:
+            return 0
+        n = 0
+        if first == 0:
+            n, first = self.oack_len, 1
+            if last < 1:
+                return n
+        bs = self.blksize
+        return n + min(self.size, last * bs) - (first - 1) * bs + 4 * (last - first + 1)
+
+    def take(self, now: float) -> range:
+        """Every block the window allows now, marked as sent (``ready``/``sent`` in a loop)."""
+        if self.done or self.failed:
+            return NOTHING
+        first = self.next
+        last = self.acked + self.window
+        if last > self.nblocks:
+            last = self.nblocks
+        if first > last:
+            return NOTHING
+        self.next = last + 1
+        self.packets_sent += last - first + 1
+        self.bytes_sent += self.span_bytes(first, last)
+        self.deadline = now + self.timeout * (1 << self.tries)
+        return range(first, last + 1)
+
+    def ack_take(self, wire_block: int, now: float) -> range:
+        """:meth:`on_ack` then :meth:`take`, in one call: the server's per-packet path.
+
+        The two bodies are inlined (a Python call costs as much as the rest);
+        the property tests check it against the two calls.
+        """
+        if self.done or self.failed:
+            return NOTHING
+        acked = self.acked
+        hi = self.next - 1
+        if acked == -1 and wire_block == 0 and hi >= 0:
+            k = 0
+        else:
+            k = hi - ((hi - wire_block) & 0xFFFF)
+            if k <= acked or k <= 0 or k > hi:
+                k = -1  # duplicate or stale: never retransmit on it (RFC 1123)
+        nb = self.nblocks
+        if k >= 0:
+            self.acked = acked = k
+            self.tries = 0
+            self.last_progress = now
+            if k >= nb:
+                self.done = True
+                return NOTHING
+            self.next = k + 1
+            self.deadline = now + self.timeout
+        first = self.next
+        last = acked + self.window
+        if last > nb:
+            last = nb
+        if first > last:
+            return NOTHING
+        self.next = last + 1
+        self.packets_sent += last - first + 1
+        if first == last and 0 < last < nb:  # one full block: lock-step clients
+            self.bytes_sent += self.blksize + 4
+        else:
+            self.bytes_sent += self.span_bytes(first, last)
+        self.deadline = now + self.timeout * (1 << self.tries)
+        return range(first, last + 1)
+
+    def unsend(self, first: int, stop: int) -> None:
+        """Blocks ``first`` up to ``stop`` (excluded) of a :meth:`take` did not go out:
+        they are the next to send (now if the driver retries, else at the deadline)."""
+        if first >= stop:
+            return
+        self.next = first
+        self.packets_sent -= stop - first
+        self.bytes_sent -= self.span_bytes(first, stop - 1)
 
     def on_ack(self, wire_block: int, now: float) -> bool:
         """An ACK arrived; True if it moved the transfer on."""
