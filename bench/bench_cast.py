@@ -88,7 +88,7 @@ class Cluster:
 
 
 def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, float, float]:
-    """beo cast: (wall seconds, root nettee seconds, launch seconds)."""
+    """beo cast: (wall seconds, root nettee seconds, launch seconds incl. the command's start)."""
     if cl is not None:
         argv = cl.ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R",
                            f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
@@ -103,7 +103,9 @@ def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, f
     doc = json.loads(cp.stdout) if cp.stdout.strip() else {}
     if cp.returncode != 0 or doc.get("failed"):
         raise RuntimeError(f"beo cast failed ({cp.returncode}): {cp.stderr[-800:]}")
-    return wall, float(doc["seconds"]), float(doc["launch_seconds"])
+    # launching = the command's own start-up (wall - elapsed: interpreter, imports)
+    # + starting every receiver (launch_seconds)
+    return wall, float(doc["seconds"]), wall - float(doc["elapsed"]) + float(doc["launch_seconds"])
 
 
 def run_nettee(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
