@@ -49,12 +49,17 @@ def _args(vc: VCluster) -> list[str]:
             "--resolve", f"/etc/netns/{vc.ns(1)}/hosts"]  # fmt: skip
 
 
-def test_file_to_every_host_at_port_rate(vc: VCluster, shm: Path) -> None:
+@pytest.mark.parametrize("fanout", ["8", "2"])
+def test_file_to_every_host_at_port_rate(vc: VCluster, shm: Path, fanout: str) -> None:
+    """--fanout 2: host1 and host3 run launcher agents in their namespaces, which
+    start the receivers of host2 and host4 (the launch tree of beo run)."""
     src = shm / "img"
     src.write_bytes(os.urandom(8 << 20))
-    rc, doc, _, err = cast(*_args(vc), str(src), "host[1-4]", "--to", f"{shm}/{{host}}")
+    rc, doc, _, err = cast(*_args(vc), "--fanout", fanout, str(src), "host[1-4]", "--to",
+                           f"{shm}/{{host}}")  # fmt: skip
     assert rc == 0, err
     assert doc is not None
+    assert doc["launch"]["depth"] == (1 if fanout == "8" else 2)
     for h, n in by_host(doc).items():
         assert (n["status"], n["digest"]) == ("OK", "ok"), n
         assert filecmp.cmp(src, shm / h, shallow=False)

@@ -283,7 +283,10 @@ class Launch:
         self.depth = lplan.depth("tree", len(hosts), job.fanout)
         cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": 0,
                "connect_timeout": job.connect_timeout, "backend": job.backend.spec(),
-               "agent_bind": addr, "leaf_agents": False, "barrier": False}  # fmt: skip
+               # agents listen for their own children on their own host: all of its
+               # addresses (advertising their name), or loopback on this machine
+               "agent_bind": "127.0.0.1" if job.backend.kind == "exec" else "0.0.0.0",
+               "leaf_agents": False, "barrier": False}  # fmt: skip
         advertise = addr
         if addr in ("0.0.0.0", "::"):
             advertise = "@ssh" if job.backend.kind == "ssh" else socket.gethostname()
