@@ -22,9 +22,6 @@ PROG = "beo boot"
 _PORT = int_in("port", 0, 65535, " (0 = off)")
 
 
-
-
-
 def _addr(text: str) -> str:
     import ipaddress
 
