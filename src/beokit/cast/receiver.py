@@ -47,20 +47,6 @@ HASH_CHUNK = 1 << 20
 CONNECT_TIMEOUT = 10.0  # reaching the root and its handshake
 
 
-def nettee_argv() -> tuple[list[str], dict[str, str]]:
-    """nettee in this interpreter, without site (``-S``): no .pth processing.
-
-    A python's site set-up costs ~100 ms of CPU; a cast starts one nettee per
-    node, and on one box (``-R exec``) they all queue on the same cores.  nettee
-    needs only the standard library and beokit, so this interpreter's
-    ``sys.path`` in ``PYTHONPATH`` is all it needs.  Returns (argv, env additions).
-    """
-    boot = "import sys; from beokit.nettee.cli import main; sys.exit(main())"
-    return [sys.executable, "-S", "-c", boot], {
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)
-    }
-
-
 class ChannelError(Exception):
     """The cast root could not be reached or did not prove it knows the secret."""
 

@@ -765,8 +765,8 @@ class Node:
             data = _connect(host, port, HANDSHAKE_TIMEOUT,
                             HEAL_SOCKBUF if self._bounded() else 0)  # fmt: skip
             # at most DATA_LOWAT bytes wait unsent in each hop's send buffer: with
-            # autotuning they were 2-4 MB a hop, drained after the last byte left the
-            # root (~0.1 s a hop at 200 Mbit/s, see docs/nettee.md "Pipeline latency")
+            # autotuning they were 1-3.6 MB a hop, drained after the last byte left the
+            # root (0.04-0.15 s a hop at 200 Mbit/s, see docs/nettee.md "Pipeline latency")
             data.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, DATA_LOWAT)
             data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p), have))
         except P.AuthError as exc:
