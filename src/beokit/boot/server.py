@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from beokit import mmsg
 from beokit.boot import config as C
 from beokit.boot import dns, fair, paths, tftp
 from beokit.boot.dhcp import PXE_PORT, DhcpLogic
@@ -252,15 +253,14 @@ PEER_SLOT = struct.Struct("!2xH4s")  # port, address of a received slot
 
 
 def _libc_mmsg() -> tuple | None:
-    """libc's sendmmsg/recvmmsg, if they and the bytes layout are what we expect."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        snd, rcv = libc.sendmmsg, libc.recvmmsg
-    except (OSError, AttributeError):
+    """libc's sendmmsg/recvmmsg, if they, the mmsghdr layout (64 bytes, msg_len at
+    byte 56: Mmsg writes the headers as 8-byte words) and the bytes layout are
+    what we expect."""
+    snd, rcv = mmsg.SENDMMSG, mmsg.RECVMMSG
+    if snd is None or rcv is None:
         return None
-    snd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-    rcv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-    snd.restype = rcv.restype = ctypes.c_int
+    if ctypes.sizeof(mmsg.MMsgHdr) != 64 or mmsg.MMsgHdr.len.offset != 56:
+        return None
     probe = b"beokit-probe"
     if ctypes.string_at(id(probe) + BYTES_OFFSET, len(probe)) != probe:
         return None
@@ -307,6 +307,7 @@ class Mmsg:
         self.view = memoryview(self.slots).cast("B")
         sbase, rbase = ctypes.addressof(self.siov), ctypes.addressof(self.riov)
         slots = ctypes.addressof(self.slots)
+        riq = memoryview(self.riov).cast("B").cast("Q")
         for i in range(BATCH):
             self.sq[i * 8 + 1] = 16  # msg_namelen
             self.sq[i * 8 + 2] = sbase + 16 * i  # msg_iov
@@ -315,9 +316,8 @@ class Mmsg:
             self.rq[i * 8 + 1] = 16
             self.rq[i * 8 + 2] = rbase + 16 * i
             self.rq[i * 8 + 3] = 1
-            iq = memoryview(self.riov).cast("B").cast("Q")
-            iq[2 * i] = slots + SLOT * i + 16  # iov_base: the payload part of the slot
-            iq[2 * i + 1] = SLOT - 16
+            riq[2 * i] = slots + SLOT * i + 16  # iov_base: the payload part of the slot
+            riq[2 * i + 1] = SLOT - 16
         self.n = 0  # datagrams queued
         self.keep: list = []  # the owners (sessions) of the queued datagrams, in order
         self.oacks: list[bytes] = []  # queued OACKs, kept alive until sent

@@ -24,11 +24,14 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from beokit.dsh import packet as P
 from beokit.dsh import state as S
 from beokit.errors import EXIT_OK, BeokitError, UsageError
+from beokit.mmsg import RECVMMSG as _RECVMMSG
+from beokit.mmsg import SENDMMSG as _SENDMMSG
+from beokit.mmsg import IOVec as _IOVec
+from beokit.mmsg import MMsgHdr as _MMsgHdr
 
 log = logging.getLogger("beokit.dshd")
 
@@ -153,39 +156,6 @@ def _big_buffers(s: socket.socket) -> None:
 # ------------------------------------------------------------------ sending
 
 _IP_MTU_DISCOVER, _IP_PMTUDISC_DO = 10, 2  # Linux <netinet/in.h>; Python 3.11 lacks them
-
-
-class _IOVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]  # fmt: skip
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
-
-
-def _libc(name: str, *argtypes: Any) -> Any:
-    """A libc function through ctypes, or None (not Linux, no such symbol)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        f = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    f.argtypes = list(argtypes)
-    f.restype = ctypes.c_int
-    return f
-
-
-_VOIDP, _INT, _UINT = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint
-_SENDMMSG = _libc("sendmmsg", _INT, _VOIDP, _UINT, _INT)
-_RECVMMSG = _libc("recvmmsg", _INT, _VOIDP, _UINT, _INT, _VOIDP)
 
 
 class MultiSender:
