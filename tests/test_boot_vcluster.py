@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def test_udhcpc_gets_configured_address_then_admit_moves_it(vcluster, tmp_path):
         text = wait_line(tmp_path / "udhcpc3.log", "bound")
         assert "lease=20" in text and "name= " in text
         # ...until it is admitted: its renewal is NAKed and it comes back as node 7
-        r = subprocess.run(["python3", "-m", "beokit.cli", "boot", "-c", str(cfg), "admit", m3,
+        r = subprocess.run([sys.executable, "-m", "beokit.cli", "boot", "-c", str(cfg), "admit", m3,
                             "7"], capture_output=True, text=True, timeout=20)  # fmt: skip
         assert r.returncode == 0, r.stderr
         pid = int((tmp_path / "udhcpc3.pid").read_text())
@@ -174,7 +175,7 @@ uefi = "ipxe.efi"
     u = None
     try:
         time.sleep(0.5)  # dnsmasq up
-        r = vc.exec(3, "python3", "-c", PXE, mac(vc, 3), timeout=30)
+        r = vc.exec(3, sys.executable, "-c", PXE, mac(vc, 3), timeout=30)
         got = json.loads(r.stdout)
         by_server = {o["server"]: o for o in got["offers"]}
         # the address comes from the site's server, the boot file from beo boot
@@ -204,6 +205,6 @@ uefi = "ipxe.efi"
 def status(cfg: Path) -> dict:
     import json
 
-    r = subprocess.run(["python3", "-m", "beokit.cli", "boot", "-c", str(cfg), "status"],
+    r = subprocess.run([sys.executable, "-m", "beokit.cli", "boot", "-c", str(cfg), "status"],
                        capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
     return json.loads(r.stdout)
