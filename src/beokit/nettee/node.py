@@ -44,6 +44,7 @@ from beokit.nettee.log import NetteeLog
 from beokit.nettee.options import DATA_LOWAT, HEAL_SOCKBUF, Config, Role
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import (
+    BATCH,
     ENDED,
     Adoption,
     FileHasher,
@@ -1155,7 +1156,8 @@ class Node:
             sinks.append(self.local)
         relay = Relay(in_fd, sinks, buf_size=cfg.buf_size, minread=cfg.buf_minread,
                       minwrite=cfg.buf_minwrite, maxread=maxread, maxwrite=maxwrite,
-                      idle_timeout=idle_timeout, low_latency=cfg.stm is not None)  # fmt: skip
+                      idle_timeout=idle_timeout, low_latency=cfg.stm is not None,
+                      batch=0 if "-buf_minwrite" in cfg.given else BATCH)  # fmt: skip
         # -heal and -digest need the stream again: from a regular file that holds
         # it (the root's input, a node's output) at no copy, or else from a tap
         window = cfg.heal and bool(self.links)  # a parent keeps a replay window

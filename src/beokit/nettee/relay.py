@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ SPLICE_F_MOVE = 1
 SPLICE_F_NONBLOCK = 2
 SPLICE_F_MORE = 4
 INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
+BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
+BATCH_WAIT = 0.005  # ...or of what arrived within this many seconds of a chunk's first byte
+IDLE_LOOK = 0.02  # batching, nothing in hand: look for a trickle below SO_RCVLOWAT this often
 TAP_STEP = 256 << 10  # the tap copies and hashes this much at a time (stays in L2 cache)
 
 _tee: Callable[..., int] | None = None
@@ -298,6 +302,7 @@ class FileHasher:
     """
 
     WINDOW = 64 << 20  # bytes mapped at a time
+    PERIOD = 0.05  # seconds between looks at the file: a few MB behind, one mmap per look
 
     def __init__(self, fd: int, progress: Callable[[], int], hasher: object) -> None:
         self.fd = fd
@@ -329,7 +334,7 @@ class FileHasher:
                 self._hash_to(self.progress() if final < 0 else final)
                 if final >= 0:
                     return
-                self._wake.wait(0.005)
+                self._wake.wait(self.PERIOD)
         except (OSError, ValueError) as exc:  # the file shrank or vanished under us
             self.error = exc if isinstance(exc, OSError) else OSError(0, str(exc))
 
@@ -380,9 +385,16 @@ class Relay:
 
     def __init__(self, in_fd: int, sinks: list[Sink], *, buf_size: int, minread: int,
                  minwrite: int, maxread: int, maxwrite: int,
-                 idle_timeout: float = 0.0, low_latency: bool = False) -> None:  # fmt: skip
+                 idle_timeout: float = 0.0, low_latency: bool = False,
+                 batch: int = 0) -> None:  # fmt: skip
         self.in_fd = in_fd
         self.low_latency = low_latency  # -stm: write small chunks inline, no thread wake-ups
+        # batch > 0: gather a socket input into chunks of at least ``batch`` bytes (the
+        # kernel wakes us only then: SO_RCVLOWAT), or whatever came within BATCH_WAIT;
+        # a trickle turns the low-water mark off until a full chunk comes again
+        self.batch = batch
+        self.lowat = 1  # the input's SO_RCVLOWAT now (1: wake on any byte)
+        self._quiet = False  # the last poll timed out
         self.sinks = list(sinks)
         self.buf_size = buf_size
         self.minread = minread
@@ -499,13 +511,15 @@ class Relay:
             os.set_blocking(self.in_fd, False)
         except OSError:
             pass
+        batch = self._batching(self.in_fd)
         poller = select.poll()
         poller.register(self.in_fd, select.POLLIN)
         in_mask = select.POLLIN
         poller.register(self._evfd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
         filled = busy = 0
-        eof = p0_full = asked = False
+        since = 0.0  # when the first byte of the chunk in P0 arrived (batching)
+        eof = p0_full = asked = looked = False
         result = RelayResult(0, False)
         last_data = time.monotonic()
         try:
@@ -526,6 +540,7 @@ class Relay:
                         poller.unregister(self.in_fd)
                         self.in_fd = new
                         os.set_blocking(new, False)
+                        batch = self._batching(new)
                         poller.register(new, select.POLLIN)
                         in_mask = select.POLLIN
                         eof, asked, result.read_error = False, False, None
@@ -543,7 +558,11 @@ class Relay:
                     if self._holds == 0 and not self._adds:
                         break
                 if filled and busy == 0 and (filled >= self.minwrite or eof or p0_full
-                                             or cap - filled < self.minread):  # fmt: skip
+                                             or cap - filled < self.minread) and (
+                        not batch or filled >= batch or eof or p0_full
+                        or time.monotonic() - since >= BATCH_WAIT):  # fmt: skip
+                    if batch and self.lowat == 1 and filled >= batch // 2:
+                        self._set_lowat(batch)  # chunks fill up again: back to bulk
                     busy = self._distribute(r0, filled)
                     filled, p0_full = 0, False
                     continue
@@ -563,6 +582,11 @@ class Relay:
                         eof = True
                         continue
                     if n > 0:
+                        if not filled:
+                            since = time.monotonic()
+                        if looked:
+                            looked = False
+                            self._set_lowat(1)  # a trickle: found by looking, not woken
                         filled += n
                         self.bytes_in += n
                         last_data = time.monotonic()
@@ -588,7 +612,15 @@ class Relay:
                         result.timed_out = True
                         break
                     timeout_ms = int(left * 1000) + 1
+                look = bool(batch) and can_read and not filled and self.lowat > 1
+                if batch and can_read and (filled or look):
+                    # the chunk in P0 goes at its deadline; below SO_RCVLOWAT the kernel
+                    # does not wake us, so look for a trickle every IDLE_LOOK
+                    due = BATCH_WAIT - (time.monotonic() - since) if filled else IDLE_LOOK
+                    ms = max(int(due * 1000) + 1, 1)
+                    timeout_ms = ms if timeout_ms < 0 else min(timeout_ms, ms)
                 busy -= self._wait(poller, timeout_ms)
+                looked = look and self._quiet
                 if busy:
                     last_data = time.monotonic()  # waiting on outputs is not idleness
         finally:
@@ -612,10 +644,36 @@ class Relay:
         result.eof = eof and result.read_error is None
         return result
 
+    def _batching(self, fd: int) -> int:
+        """The chunk size to gather from input ``fd``: ``batch`` for a TCP socket (its
+        SO_RCVLOWAT set to it), else 0 (a pipe, a file, a terminal: no batching)."""
+        self.lowat = 1
+        if self.batch <= 0 or self.low_latency or self._copy_in:
+            return 0
+        return self.batch if self._set_lowat(self.batch, fd) else 0
+
+    def _set_lowat(self, n: int, fd: int = -1) -> bool:
+        try:
+            sock = socket.socket(fileno=self.in_fd if fd < 0 else fd)
+        except OSError:
+            return False  # not a socket
+        try:
+            if sock.type != socket.SOCK_STREAM:
+                return False
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:
+            return False
+        finally:
+            sock.detach()
+        self.lowat = n
+        return True
+
     def _wait(self, poller: select.poll, timeout_ms: int) -> int:
-        """Poll; returns how many outputs finished their chunk."""
+        """Poll; returns how many outputs finished their chunk (``_quiet``: nothing woke it)."""
         done = 0
-        for fd, _ev in poller.poll(timeout_ms):
+        events = poller.poll(timeout_ms)
+        self._quiet = not events
+        for fd, _ev in events:
             if fd == self._evfd:
                 done += int.from_bytes(os.read(self._evfd, 8), "little")
             elif fd == self._wake:

@@ -1,0 +1,144 @@
+"""The relay gathers a socket input into chunks (SO_RCVLOWAT + a deadline).
+
+Real TCP connections on loopback feed a :class:`Relay` whose output is a pipe
+read by a thread; the relay's chunks are counted.  A slow bulk stream must go
+out in few large chunks (one thread wake-up per chunk is the relay's CPU
+cost at low rates); a trickle must still come out promptly (the deadline and
+the trickle mode); and the bytes must be the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from beokit.nettee import relay as R
+
+pytestmark = pytest.mark.skipif(not R.zero_copy_available(), reason="splice/tee not available")
+
+
+class Counting(R.Relay):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.chunks: list[int] = []
+
+    def _distribute(self, r0: int, n: int) -> int:
+        self.chunks.append(n)
+        return super()._distribute(r0, n)
+
+
+class Harness:
+    """A TCP connection into a relay; the relay's one output is a pipe we read."""
+
+    def __init__(self, batch: int) -> None:
+        ls = socket.create_server(("127.0.0.1", 0))
+        self.tx = socket.create_connection(ls.getsockname())
+        self.rx, _ = ls.accept()
+        ls.close()
+        self.out_r, out_w = os.pipe()
+        self.sink = R.Sink("out", out_w, "local", maxwrite=1 << 20)
+        self.relay = Counting(self.rx.fileno(), [self.sink], buf_size=1 << 20, minread=128,
+                              minwrite=1, maxread=1 << 20, maxwrite=1 << 20,
+                              batch=batch)  # fmt: skip
+        self.got = bytearray()
+        self.arrivals: list[tuple[float, int]] = []  # (time, total bytes so far)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.result: R.RelayResult | None = None
+        self.runner = threading.Thread(target=self._run, daemon=True)
+        self.runner.start()
+        self.out_w = out_w
+
+    def _run(self) -> None:
+        self.result = self.relay.run()
+        os.close(self.out_w)
+
+    def _read(self) -> None:
+        while chunk := os.read(self.out_r, 1 << 20):
+            self.got += chunk
+            self.arrivals.append((time.monotonic(), len(self.got)))
+
+    def wait_for(self, total: int, timeout: float) -> float:
+        """Seconds until the output holds ``total`` bytes (AssertionError after timeout)."""
+        t0 = time.monotonic()
+        while len(self.got) < total:
+            assert time.monotonic() - t0 < timeout, f"{len(self.got)} of {total} bytes came out"
+            time.sleep(0.001)
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        self.tx.close()
+        self.runner.join(10)
+        self.reader.join(10)
+        self.rx.close()
+        os.close(self.out_r)
+        assert self.result is not None and self.result.eof
+
+
+def paced(sock: socket.socket, data: bytes, piece: int, rate: float) -> None:
+    """Send ``data`` in ``piece``-byte writes at about ``rate`` bytes/s."""
+    t0 = time.monotonic()
+    for off in range(0, len(data), piece):
+        sock.sendall(data[off : off + piece])
+        ahead = t0 + (off + piece) / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def test_slow_bulk_stream_goes_out_in_large_chunks() -> None:
+    data = os.urandom(4 << 20)
+    h = Harness(R.BATCH)
+    try:
+        paced(h.tx, data, 16 << 10, 20e6)  # 20 MB/s in 16 KiB writes: 256 writes
+    finally:
+        h.close()
+    assert bytes(h.got) == data
+    # unbatched, nearly every write would be a chunk of its own (~256 of 16 KiB)
+    assert len(h.relay.chunks) <= len(data) // (R.BATCH // 4), h.relay.chunks
+    assert sum(h.relay.chunks) == len(data)
+
+
+def test_without_batching_every_write_is_a_chunk() -> None:
+    """The control case of the test above: it shows what batching saves."""
+    data = os.urandom(2 << 20)
+    h = Harness(0)
+    try:
+        paced(h.tx, data, 16 << 10, 20e6)
+    finally:
+        h.close()
+    assert bytes(h.got) == data
+    assert len(h.relay.chunks) > len(data) // (R.BATCH // 4)
+
+
+def test_a_trickle_comes_out_promptly() -> None:
+    h = Harness(R.BATCH)
+    try:
+        h.tx.sendall(b"x" * 100)  # far below SO_RCVLOWAT: the kernel will not wake us
+        assert h.wait_for(100, 2.0) < 1.0
+        sent = 100
+        for _ in range(20):  # a trickle: one small write every 30 ms
+            h.tx.sendall(b"y" * 10)
+            sent += 10
+            assert h.wait_for(sent, 2.0) < 0.5
+            time.sleep(0.03)
+        assert h.relay.lowat == 1  # it switched to waking on every byte
+        h.tx.sendall(os.urandom(4 << 20))  # bulk again
+        h.wait_for(sent + (4 << 20), 10.0)
+    finally:
+        h.close()
+    assert h.relay.lowat == R.BATCH  # large chunks again: back to the low-water mark
+    assert h.got[:100] == b"x" * 100 and h.got[100:300] == b"y" * 200
+
+
+def test_a_pause_mid_chunk_does_not_hold_the_bytes_back() -> None:
+    h = Harness(R.BATCH)
+    try:
+        h.tx.sendall(os.urandom(R.BATCH * 3 + 1000))  # three chunks and a remainder
+        h.wait_for(R.BATCH * 3 + 1000, 2.0)
+    finally:
+        h.close()
+    assert len(h.got) == R.BATCH * 3 + 1000
