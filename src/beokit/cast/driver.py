@@ -662,7 +662,10 @@ def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 
                 except subprocess.TimeoutExpired:
                     root.kill()
                 break
-            time.sleep(0.1)
+            try:
+                root.wait(timeout=0.1)  # returns the moment the root exits
+            except subprocess.TimeoutExpired:
+                pass
     except KeyboardInterrupt:
         root.send_signal(signal.SIGTERM)
         root.wait()
