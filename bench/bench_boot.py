@@ -52,18 +52,20 @@ print(json.dumps({"bound": len(r.bound), "elapsed": r.elapsed, "sent": r.sent, "
 """
 
 FETCH = """
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 url, n, outdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 t0 = time.monotonic()
 procs = [subprocess.Popen(["curl", "-sS", "--max-time", "900", "--tftp-blksize", "1468", "-o",
                            "/dev/null", "-w", "%{size_download}", url], stdout=subprocess.PIPE)
          for i in range(n)]
+index = {p.pid: i for i, p in enumerate(procs)}
 ends = [None] * n
-while None in ends:
-    for i, p in enumerate(procs):
-        if ends[i] is None and p.poll() is not None:
-            ends[i] = (time.monotonic() - t0, p.returncode, int(p.stdout.read() or 0))
-    time.sleep(0.002)
+while None in ends:  # sleep in wait() until a client ends: no polling beside the clients
+    pid, status = os.wait()
+    if pid in index:
+        i = index[pid]
+        procs[i].returncode = os.waitstatus_to_exitcode(status)
+        ends[i] = (time.monotonic() - t0, procs[i].returncode, int(procs[i].stdout.read() or 0))
 print(json.dumps(ends))
 """
 
