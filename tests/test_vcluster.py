@@ -127,6 +127,17 @@ def test_hosts_are_isolated_from_the_outside(vcluster8: VCluster) -> None:
     assert str(vcluster8.plan.network(0)) in routes
 
 
+def test_switches_do_not_run_the_hosts_firewall(vcluster8: VCluster) -> None:
+    """Where br_netfilter is loaded, bridged frames skip iptables in every switch."""
+    for ns in vcluster8.plan.switch_namespaces():
+        for k in ("iptables", "ip6tables", "arptables"):
+            r = subprocess.run(["ip", "netns", "exec", ns, "cat",
+                                f"/proc/sys/net/bridge/bridge-nf-call-{k}"],
+                               capture_output=True, text=True)  # fmt: skip
+            if r.returncode == 0:  # (no such file: br_netfilter is not loaded)
+                assert r.stdout.strip() == "0", (ns, k)
+
+
 def test_sshd_and_teardown_leave_nothing(vcluster) -> None:
     prefix = TEST_PREFIX + "s"
     vc = vcluster(n=3, rate="100mbit", prefix=prefix, sshd=True, switches=2)

@@ -50,6 +50,12 @@ PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 DEFAULT_PREFIX = "bk"
 BRIDGE = "br0"
 TBF_LATENCY = "50ms"
+# A switch forwards frames; it does not run the host's firewall on them.  Where
+# br_netfilter is loaded (Docker loads it), every bridged frame would go through
+# iptables' hooks and a route lookup (~15 % of the CPU a UDP server spends on a
+# datagram here): each switch namespace turns that off for itself.
+BRIDGE_NF_OFF = ("for k in iptables ip6tables arptables; do "
+                 "f=/proc/sys/net/bridge/bridge-nf-call-$k; [ ! -w $f ] || echo 0 > $f; done")
 DEFAULT_MTU, MIN_MTU, MAX_MTU = 1500, 576, 65535
 
 
@@ -375,6 +381,7 @@ class Plan:
                 ip(ns, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0",
                    "mcast_snooping", "0"),  # fmt: skip
                 ip(ns, "link", "set", BRIDGE, "up"),
+                ["ip", "netns", "exec", ns, "sh", "-c", BRIDGE_NF_OFF],
             ]
         for ns in self.host_namespaces():
             cmds += [["ip", "netns", "add", ns], ip(ns, "link", "set", "lo", "up")]
