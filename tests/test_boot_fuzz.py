@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -103,6 +104,10 @@ def test_transfer_any_ack_sequence_terminates(size, blksize, window, events):
     assert x.done
 
 
+def state(x: tftp.Transfer) -> dict:
+    return {k: getattr(x, k) for k in tftp.Transfer.__slots__}
+
+
 def _bytes_of(x: tftp.Transfer, b: int) -> int:
     return x.oack_len if b == 0 else min(x.blksize, x.size - (b - 1) * x.blksize) + 4
 
@@ -146,7 +151,41 @@ def test_take_is_ready_and_sent_in_a_loop(size, blksize, window, oack, events):
         else:
             w = (a.next - 1) & 0xFFFF if kind == 1 else block
             assert a.on_ack(w, now) == b.on_ack(w, now)
-        assert vars(a) == vars(b)
+        assert state(a) == state(b)
+
+
+@FAST
+@given(st.integers(0, 100_000), st.sampled_from([8, 512, 1468]), st.integers(1, 3),
+       st.booleans(), st.lists(st.tuples(st.integers(0, 4), st.integers(0, 0xFFFF)),
+                               max_size=200))  # fmt: skip
+def test_lockstep_step_is_ack_take_of_expect(size, blksize, window, oack, events):
+    """Whenever ``expect`` is armed, ``step()`` is ``ack_take(expect)``: the same one
+    block and the same state after; and it is armed for a lock-step client."""
+    acc = {"blksize": str(blksize), "windowsize": str(window)} if oack else {}
+    x = tftp.Transfer(size, {}, acc, tftp.Limits(retries=1000), 0.0)
+    now, steps = 0.0, 0
+    x.take(now)
+    for kind, block in events:
+        now += 0.01
+        if x.expect >= 0:
+            assert x.window == 1 and x.acked == x.next - 2 and x.next < x.nblocks
+            c = copy.deepcopy(x)
+            assert [c.step(now)] == list(x.ack_take(x.expect, now))
+            assert state(c) == state(x)
+            steps += 1
+        elif kind == 0:
+            now = max(now, x.deadline)
+            x.on_timer(now)
+            x.take(now)
+        elif kind == 1:
+            x.ack_take(block, now)  # any ACK
+        elif kind == 2 and x.next > 1:
+            x.unsend(x.next - 1, x.next)  # the socket refused the last one
+            x.take(now)
+        else:
+            x.ack_take((x.next - 1) & 0xFFFF, now)  # a good client
+    if window == 1 and all(k >= 3 for k, _ in events) and x.nblocks > len(events) + 3:
+        assert steps >= len(events) - 1  # a good lock-step client: all but the OACK's ACK
 
 
 @FAST

@@ -218,7 +218,7 @@ def sockaddr(ip: str, port: int) -> bytes:
     )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     sock: socket.socket  # the shared transfer socket (see Mmsg)
     peer: tuple[str, int]
@@ -230,10 +230,12 @@ class Session:
     pk: list[bytes | None] | None = None  # ready DATA datagrams (OpenFile.packets)
     counted_bytes: int = 0  # what the per-tick accounting already has of xfer.bytes_sent
     counted_packets: int = 0
+    name_buf: bytes = b""  # sockaddr_in of the peer, kept alive: sendmmsg reads it by address
+    name_addr: int = 0
 
     def __post_init__(self) -> None:
         self.key = peer_key(*self.peer)
-        self.name_buf = sockaddr(*self.peer)  # kept alive: sendmmsg reads it by address
+        self.name_buf = sockaddr(*self.peer)
         self.name_addr = id(self.name_buf) + BYTES_OFFSET
 
     def send(self, pkt: bytes) -> None:
@@ -249,6 +251,7 @@ SLOT = 16 + 528  # per received datagram: sockaddr_in, then up to 528 bytes of p
 MSG_DONTWAIT = 0x40
 BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data begins (CPython)
 ACK_SLOT = struct.Struct("!Q8xHH")  # peer_key, opcode, block of a received slot
+ACK_SLOTS = struct.Struct(f"!Q8xHH{SLOT - 20}x")  # the same, a whole slot: iter_unpack
 PEER_SLOT = struct.Struct("!2xH4s")  # port, address of a received slot
 
 
@@ -621,7 +624,7 @@ class BootServer:
         ss = Session(self.tx.sock, src, msg.filename, f, xfer, now)
         old = self.sessions.get(ss.key)
         if old is not None:  # the same client port asks again: it lost our first reply
-            old.xfer.failed = "restarted by a new request"
+            old.xfer.fail("restarted by a new request")
             self.end_session(old)
         ss.pk = self.files.packets(f, xfer.blksize)
         self.sessions[ss.key] = ss
@@ -649,7 +652,7 @@ class BootServer:
         except (BlockingIOError, InterruptedError):
             return False  # socket buffer full: the retransmission timer covers it
         except OSError as e:
-            x.failed = f"send: {e.strerror}"
+            x.fail(f"send: {e.strerror}")
             return False
         x.sent(block, nbytes, now)
         return True
@@ -708,12 +711,17 @@ class BootServer:
         (``Transfer.ack_take``), queue the ready DATA datagrams and send them
         with one ``sendmmsg`` per batch. Bytes and packets are counted per tick
         from the transfers' own counters, not per packet.
+
+        Nearly every datagram of a busy server is a lock-step client's ACK of
+        the block it was sent last: ``Transfer.step`` answers it without
+        ``ack_take``'s cases (``Transfer.expect`` says when).
         """
         tx = self.tx
         assert tx is not None
         sessions = self.sessions
-        unpack = ACK_SLOT.unpack_from
+        slots = ACK_SLOTS.iter_unpack
         view, rlen, sq, iq, off = tx.view, tx.rlen, tx.sq, tx.iq, BYTES_OFFSET
+        ACK = tftp.ACK
         for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
             try:
                 n = tx.recv()
@@ -730,19 +738,19 @@ class BootServer:
             parked = self.parked
             j = tx.n
             keep = tx.keep.append
-            for i in range(n):
-                key, op, block = unpack(view, i * SLOT)
+            lens = rlen[14 : n * 16 : 16]  # each datagram's length
+            for i, (key, op, block) in enumerate(slots(view[: n * SLOT])):
                 ss = sessions.get(key)
                 if ss is None:
                     self.count("tftp-stray")  # not a transfer (or one that ended): ignore
                     continue
-                if op != tftp.ACK or rlen[i * 16 + 14] != 4:
+                if op != ACK or lens[i] != 4:
                     tx.n = j
                     self._on_datagram(ss, tx.datagram(i)[1], now)
                     j = tx.n
                     continue
                 pk = ss.pk
-                if pk is None or not free or key in parked:  # a cap, parked, or no snapshot
+                if pk is None or not free or (parked and key in parked):  # a cap, parked, ...
                     ss.xfer.on_ack(block, now)
                     if ss.xfer.done:
                         self.end_session(ss)
@@ -750,6 +758,20 @@ class BootServer:
                         self.make_ready(ss)
                     continue
                 x = ss.xfer
+                if block == x.expect:  # a lock-step ACK: the next full block goes
+                    b = x.step(now)
+                    p = pk[b] or ss.file.packet(pk, b, x.blksize)
+                    sq[j * 8] = ss.name_addr
+                    iq[j * 2] = id(p) + off
+                    iq[j * 2 + 1] = len(p)
+                    keep(ss)
+                    j += 1
+                    if j == BATCH:
+                        tx.n = j
+                        self._flush()
+                        j = 0
+                        keep = tx.keep.append
+                    continue
                 r = x.ack_take(block, now)
                 if not r:
                     if x.done:
@@ -786,7 +808,7 @@ class BootServer:
                 not isinstance(err, (BlockingIOError, InterruptedError))
                 and err.errno != errno.EAGAIN
             ):
-                x.failed = f"send: {err.strerror}"
+                x.fail(f"send: {err.strerror}")
                 self.end_session(ss)
 
     def _on_datagram(self, ss: Session, data: bytes, now: float) -> None:
@@ -803,7 +825,7 @@ class BootServer:
             if isinstance(msg, tftp.Ack):
                 x.on_ack(msg.block, now)
             elif isinstance(msg, tftp.Error):
-                x.failed = f"client error {msg.code}: {msg.message}"
+                x.fail(f"client error {msg.code}: {msg.message}")
             else:
                 self._tftp_error(ss.sock, ss.peer, tftp.E_ILLEGAL, "expected an ACK")
         if x.done or x.failed:
@@ -878,6 +900,9 @@ class BootServer:
         """
         polls, polled = self.polls, self.polled
         self.polls = self.polled = 0
+        if polls:  # in the SIGUSR1 dump: datagrams per read, how far behind the server runs
+            self.count("tftp-reads", polls)
+            self.count("tftp-read-datagrams", polled)
         if self.bucket.rate > 0:
             return self.load.saturation > 0
         return polls > 0 and polled >= BUSY_ACKS * polls
@@ -1085,7 +1110,7 @@ class BootServer:
         if self.pump_handle is not None:
             self.pump_handle.cancel()
         for ss in list(self.sessions.values()):
-            ss.xfer.failed = ss.xfer.failed or "server stopping"
+            ss.xfer.fail("server stopping")
             self.end_session(ss)
         self.close_listeners()
         if self.tx is not None:

@@ -172,8 +172,21 @@ class Transfer:
     every ACK, and :meth:`on_timer` when :attr:`deadline` passes. The hot
     path uses :meth:`take` instead of ``ready``/``sent``: every block the
     window allows now, in one call (and :meth:`unsend` for those the socket
-    refused).
+    refused), and :meth:`ack_take` for an ACK and what it lets go out.
+
+    Lock-step clients (window 1: every PXE ROM, curl, tftp-hpa) get one more
+    shortcut, since nearly every datagram a busy server reads is one of theirs:
+    :attr:`expect` is the wire number of the ACK that simply lets the next full
+    block go (-1 when anything else may happen: a window, a retransmission,
+    the last block, the end), and :meth:`step` is :meth:`ack_take` for that
+    ACK, without the cases.  Every other method re-arms :attr:`expect`;
+    :meth:`fail` ends a transfer from outside.
     """
+
+    __slots__ = ("size", "accepted", "blksize", "window", "timeout", "retries", "nblocks",
+                 "oack", "oack_len", "acked", "next", "tries", "started", "last_progress",
+                 "deadline", "done", "failed", "bytes_sent", "packets_sent", "retransmits",
+                 "expect")  # fmt: skip
 
     def __init__(self, size: int, options: dict[str, str], accepted: dict[str, str],
                  limits: Limits, now: float) -> None:  # fmt: skip
@@ -197,6 +210,39 @@ class Transfer:
         self.bytes_sent = 0
         self.packets_sent = 0
         self.retransmits = 0
+        self.expect = -1  # see step()
+
+    def _arm(self) -> None:
+        """Set :attr:`expect`: lock-step, one block out (``next - 1``), none lost,
+        and the block after it full and not the last (so step() has no case to decide)."""
+        n = self.next
+        if (self.window == 1 and self.tries == 0 and n >= 2 and self.acked == n - 2
+                and n < self.nblocks and not self.done and not self.failed):  # fmt: skip
+            self.expect = (n - 1) & 0xFFFF
+        else:
+            self.expect = -1
+
+    def step(self, now: float) -> int:
+        """The ACK numbered :attr:`expect` arrived: the block to send now (marked as sent).
+
+        Only when ``expect`` matched: it is then ``ack_take(expect, now)``'s one
+        block, with the same state afterwards (the property tests check it).
+        """
+        b = self.next
+        self.acked = b - 1
+        self.next = b + 1
+        self.expect = b & 0xFFFF if b + 1 < self.nblocks else -1
+        self.last_progress = now
+        self.deadline = now + self.timeout
+        self.packets_sent += 1
+        self.bytes_sent += self.blksize + 4
+        return b
+
+    def fail(self, why: str) -> None:
+        """End the transfer from outside (a send error, the client's ERROR, a restart)."""
+        if not self.failed:
+            self.failed = why
+        self.expect = -1
 
     def block_range(self, block: int) -> tuple[int, int]:
         off = (block - 1) * self.blksize
@@ -216,6 +262,7 @@ class Transfer:
         self.packets_sent += 1
         self.bytes_sent += nbytes
         self.deadline = now + self.timeout * (1 << self.tries)
+        self._arm()
 
     def span_bytes(self, first: int, last: int) -> int:
         """Bytes on the wire for blocks ``first..last`` (0 = the OACK)."""
@@ -243,6 +290,7 @@ class Transfer:
         self.packets_sent += last - first + 1
         self.bytes_sent += self.span_bytes(first, last)
         self.deadline = now + self.timeout * (1 << self.tries)
+        self._arm()
         return range(first, last + 1)
 
     def ack_take(self, wire_block: int, now: float) -> range:
@@ -268,6 +316,7 @@ class Transfer:
             self.last_progress = now
             if k >= nb:
                 self.done = True
+                self.expect = -1
                 return NOTHING
             self.next = k + 1
             self.deadline = now + self.timeout
@@ -276,6 +325,7 @@ class Transfer:
         if last > nb:
             last = nb
         if first > last:
+            self._arm()
             return NOTHING
         self.next = last + 1
         self.packets_sent += last - first + 1
@@ -284,6 +334,7 @@ class Transfer:
         else:
             self.bytes_sent += self.span_bytes(first, last)
         self.deadline = now + self.timeout * (1 << self.tries)
+        self._arm()
         return range(first, last + 1)
 
     def unsend(self, first: int, stop: int) -> None:
@@ -294,6 +345,7 @@ class Transfer:
         self.next = first
         self.packets_sent -= stop - first
         self.bytes_sent -= self.span_bytes(first, stop - 1)
+        self._arm()
 
     def on_ack(self, wire_block: int, now: float) -> bool:
         """An ACK arrived; True if it moved the transfer on."""
@@ -311,9 +363,11 @@ class Transfer:
         self.last_progress = now
         if k >= self.nblocks:
             self.done = True
+            self.expect = -1
             return True
         self.next = k + 1  # RFC 7440: resume right after the last block received
         self.deadline = now + self.timeout
+        self._arm()
         return True
 
     def on_timer(self, now: float) -> bool:
@@ -321,6 +375,7 @@ class Transfer:
         if self.done or self.failed or now < self.deadline:
             return not self.failed
         self.tries += 1
+        self.expect = -1  # a retransmission: the slow path until the next progress
         if self.tries > self.retries:
             self.failed = f"no ACK after {self.retries} retransmissions"
             return False
