@@ -298,14 +298,27 @@ def test_offers_to_newcomers_deferred_under_overload(tmp_path):
             c.wait()
 
 
-def test_in_process_pread_path_and_clean_shutdown(tmp_path, monkeypatch):
-    """The server in this process: big files go by pread; SIGTERM-like stop closes everything."""
+@pytest.mark.parametrize("how", ["mapped", "pread"])
+def test_in_process_big_file_paths_and_clean_shutdown(tmp_path, monkeypatch, how):
+    """The server in this process: a file over MEM_MAX is served from a mapping (or by
+    pread where it cannot be mapped); a SIGTERM-like stop closes everything."""
     import asyncio
 
     from beokit.boot import config as C
     from beokit.boot import server as S
 
-    monkeypatch.setattr(S, "MEM_MAX", 0)  # every file takes the pread path
+    monkeypatch.setattr(S, "MEM_MAX", 0)  # no snapshot for any file
+    if how == "pread":
+        monkeypatch.setattr(S, "map_file", lambda fd, size: None)
+    seen = []
+    real_open = S.FileTable.open
+
+    def spy(self, path):
+        f = real_open(self, path)
+        seen.append((f.data is None, f.mm is not None, f.addr != 0))
+        return f
+
+    monkeypatch.setattr(S.FileTable, "open", spy)
     cfg_path = write_config(tmp_path)
     data = os.urandom(700_001)
     (tmp_path / "root" / "img").write_bytes(data)
@@ -330,6 +343,11 @@ def test_in_process_pread_path_and_clean_shutdown(tmp_path, monkeypatch):
 
     assert asyncio.run(main()) == data
     assert srv.counters["tftp-done"] == 1
+    assert seen == [(True, how == "mapped", how == "mapped")]
+    seen.clear()
+    import gc
+
+    gc.collect()  # (the mapping goes with the last reference to its file)
     assert len(os.listdir("/proc/self/fd")) == fds_before  # sockets and files: all closed
 
 
@@ -393,9 +411,7 @@ def test_batched_transfer_socket_round_trip():
         for k, c in enumerate(clients):
             ss = S.Session(tx.sock, c.getsockname(), "x", None, None, 0.0)  # type: ignore[arg-type]
             sessions.append(ss)
-            pkt = T.build_data(k + 1, bytes([k]) * (100 + k))
-            tx.add(ss, k + 1, pkt)
-            tx.oacks.append(pkt)  # (a DATA datagram lives in its file's list; here: keep it)
+            tx.add(ss, T.build_data(k + 1, bytes([k]) * (100 + k)))  # kept until sent
         assert tx.calls is None or tx.n == 3
         assert tx.flush() == []
         for k, c in enumerate(clients):

@@ -5,10 +5,13 @@ logic (``dhcp``, ``tftp``, ``dns``, ``fair``, ``leases``) and carries out
 what it decides. Nothing here blocks: every TFTP transfer uses one shared,
 non-blocking UDP socket (the server's TID; clients are told apart by their
 own address and port) read and written a batch at a time with
-``recvmmsg``/``sendmmsg`` (:class:`Mmsg`); file bytes come from memory
-snapshots (or ``os.pread``) of shared, reference-counted descriptors
-(re-opened when the file changes on disk); the lease file is written
-atomically (temp file, fsync, rename) in a worker thread.
+``recvmmsg``/``sendmmsg`` (:class:`Mmsg`); a DATA datagram is two pieces
+the kernel gathers, its 4-byte header and its block where the file lies in
+memory: a snapshot (files up to :data:`MEM_MAX`) or a read-only mapping of
+the file (larger ones; ``os.pread`` where a file cannot be mapped), shared
+by the transfers of that file version (re-opened when the file changes on
+disk); the lease file is written atomically (temp file, fsync, rename) in a
+worker thread.
 
 Signals: SIGHUP re-reads the config and re-opens the listening sockets
 (transfers in flight keep the transfer socket and go on); SIGUSR1 logs the
@@ -24,6 +27,7 @@ import dataclasses
 import errno
 import json
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -48,8 +52,9 @@ RECV_SIZE = 65536
 DRAIN_ROUNDS = 4  # recvmmsg batches per loop callback (DHCP and DNS get their turn between)
 BUSY_ACKS = 2  # ACKs per batch read, on average over a tick: the server is behind
 MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
-MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else pread)
+MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else a mapping)
 HEADERS = [tftp.data_header(b) for b in range(65536)]  # DATA headers, built once
+HEADER_TABLE = b"".join(HEADERS)  # the same, back to back: block b's is at 4 * (b & 0xFFFF)
 
 
 @dataclass
@@ -88,38 +93,47 @@ def read_all(fd: int, size: int) -> bytes:
 class OpenFile:
     """A file being served: one descriptor shared by its transfers.
 
-    With a memory snapshot, :meth:`packets` also keeps the DATA datagrams
-    themselves (header + payload, one ``bytes`` per block, built the first
-    time a block is sent), one list per block size: a hundred clients fetching
-    the same kernel cost one ``send`` of a ready datagram per block each.
+    Its bytes are in memory, where ``sendmmsg`` can gather a block straight
+    from (:attr:`addr`, the address of byte 0): a snapshot (``data``: a file
+    rewritten in place cannot tear a transfer in flight) or a read-only
+    mapping of the file (``mm``: big files, only the page cache holds them).
+    ``addr`` is 0 when neither could be had (``os.pread`` then, per block).
+    Whoever holds this object keeps the memory valid: the send queues hold
+    the sessions, which hold their file, until their batch has gone.
     """
 
-    def __init__(self, key: tuple, fd: int, size: int, data: bytes | None = None) -> None:
+    def __init__(self, key: tuple, fd: int, size: int, data: bytes | None = None,
+                 mm: mmap.mmap | None = None) -> None:  # fmt: skip
         self.key = key
         self.fd = fd
         self.size = size
         self.data = data
-        self.view = memoryview(data) if data is not None else None
+        self.mm = mm
+        self.addr = 0
+        self.view: memoryview | None = None
+        if data is not None:
+            self.view = memoryview(data)
+            self.addr = id(data) + BYTES_OFFSET
+        elif mm is not None:
+            self.view = memoryview(mm)
+            self.addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
         self.refs = 0
-        self.pk: dict[int, list[bytes | None]] = {}  # blksize -> DATA datagram by block
-        self.pk_bytes = 0  # what the lists hold, counted in FileTable.mem_bytes
 
     def read(self, offset: int, n: int) -> bytes:
-        if self.data is not None:
-            return self.data[offset : offset + n]
+        if self.view is not None:
+            return bytes(self.view[offset : offset + n])
         return os.pread(self.fd, n, offset)
 
-    def packet(self, pk: list[bytes | None], block: int, blksize: int) -> bytes:
-        """DATA datagram of ``block`` (absolute number), built once and kept in ``pk``."""
-        off = (block - 1) * blksize
-        p = HEADERS[block & 0xFFFF] + self.view[off : off + blksize]  # type: ignore[index]
-        pk[block] = p
-        return p
 
+def map_file(fd: int, size: int) -> mmap.mmap | None:
+    """A private, never written mapping of a whole file (None: it cannot be mapped).
 
-def packet_cost(size: int, blksize: int) -> int:
-    """Memory held by the DATA datagrams of a ``size``-byte file (object headers too)."""
-    return size + (size // blksize + 1) * (4 + 40)
+    ``ACCESS_COPY`` only so that ctypes will give its address; no page is ever
+    copied.  The kernel gathers DATA blocks from it as from the page cache."""
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
 
 
 class FileTable:
@@ -144,11 +158,13 @@ class FileTable:
             if f is not None:
                 os.close(fd)
             else:
-                data = None
+                data = mm = None
                 if st.st_size <= MEM_MAX and self.mem_bytes + st.st_size <= MEM_TOTAL:
                     data = read_all(fd, st.st_size)  # a snapshot: no syscall per block, and
                     self.mem_bytes += st.st_size  # a file rewritten in place cannot tear it
-                f = self.files[key] = OpenFile(key, fd, st.st_size, data)
+                else:
+                    mm = map_file(fd, st.st_size)
+                f = self.files[key] = OpenFile(key, fd, st.st_size, data, mm)
                 fd = -1
         except BaseException:
             if fd >= 0:
@@ -157,25 +173,14 @@ class FileTable:
         f.refs += 1
         return f
 
-    def packets(self, f: OpenFile, blksize: int) -> list[bytes | None] | None:
-        """The datagram list of ``f`` for ``blksize`` (None: no snapshot, or over budget)."""
-        pk = f.pk.get(blksize)
-        if pk is not None or f.view is None or f.fd < 0:
-            return pk
-        cost = packet_cost(f.size, blksize)
-        if self.mem_bytes + cost > MEM_TOTAL:
-            return None
-        self.mem_bytes += cost
-        f.pk_bytes += cost
-        pk = f.pk[blksize] = [None] * (f.size // blksize + 2)
-        return pk
-
     def virtual(self, data: bytes) -> OpenFile:
         f = OpenFile(("virtual", id(data)), -1, len(data), data)
         f.refs = 1
         return f
 
     def close(self, f: OpenFile) -> None:
+        """Drop a transfer's reference; the last one closes the descriptor.  The
+        snapshot or mapping goes with the object, once no queued datagram needs it."""
         f.refs -= 1
         if f.refs <= 0 and f.fd >= 0:
             self.files.pop(f.key, None)
@@ -183,16 +188,12 @@ class FileTable:
             f.fd = -1
             if f.data is not None:
                 self.mem_bytes -= f.size
-            self.mem_bytes -= f.pk_bytes
-            f.pk.clear()
-            f.pk_bytes = 0
 
     def close_all(self) -> None:
         for f in list(self.files.values()):
             if f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
-            f.pk.clear()
         self.files.clear()
         self.mem_bytes = 0
 
@@ -227,7 +228,7 @@ class Session:
     xfer: tftp.Transfer
     started: float
     key: int = -1  # peer_key(peer): the key in sessions, parked and the round robin
-    pk: list[bytes | None] | None = None  # ready DATA datagrams (OpenFile.packets)
+    base: int = 0  # file.addr: where the file's bytes are in memory (0: pread)
     counted_bytes: int = 0  # what the per-tick accounting already has of xfer.bytes_sent
     counted_packets: int = 0
     name_buf: bytes = b""  # sockaddr_in of the peer, kept alive: sendmmsg reads it by address
@@ -235,6 +236,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self.key = peer_key(*self.peer)
+        self.base = self.file.addr if self.file is not None else 0
         self.name_buf = sockaddr(*self.peer)
         self.name_addr = id(self.name_buf) + BYTES_OFFSET
 
@@ -247,6 +249,7 @@ class Session:
 # ---------------------------------------------------------------------------
 
 BATCH = 256  # datagrams per recvmmsg/sendmmsg call
+IOV_PER_MSG = 2  # a datagram = its header + its block (or one whole buffer, and nothing)
 SLOT = 16 + 528  # per received datagram: sockaddr_in, then up to 528 bytes of payload
 MSG_DONTWAIT = 0x40
 BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data begins (CPython)
@@ -275,13 +278,16 @@ class Mmsg:
     are told apart by their own address and port) with batched I/O.
 
     ``recv()`` reads up to :data:`BATCH` datagrams with one ``recvmmsg``;
-    :meth:`add` queues a datagram (a ``bytes`` kept alive by the caller until
-    :meth:`flush`) and :meth:`flush` sends the queue with one ``sendmmsg``: a
-    busy server is preempted by the clients it wakes once per batch instead
-    of once every few datagrams, and makes two system calls per batch. The
-    ``mmsghdr``/``iovec`` arrays are allocated once; a datagram costs three
-    integer stores. Without ``sendmmsg`` (or on another Python) it falls back
-    to ``recvfrom``/``sendto`` per datagram.
+    :meth:`flush` sends the queued datagrams with one ``sendmmsg``: a busy
+    server is preempted by the clients it wakes once per batch instead of once
+    every few datagrams, and makes two system calls per batch.  The
+    ``mmsghdr``/``iovec`` arrays are allocated once.  Every message has two
+    iovecs: a DATA datagram is its header (from :data:`HEADER_TABLE`) and its
+    block (in the file's snapshot or mapping), gathered by the kernel, so a
+    datagram costs four integer stores and no copy or allocation here;
+    :meth:`add` queues one whole buffer (an OACK: a ``bytes`` kept in
+    :attr:`oacks` until sent) in the first iovec.  Without ``sendmmsg`` (or on
+    another Python) it falls back to ``recvfrom``/``sendto`` per datagram.
     """
 
     def __init__(self, bind: str) -> None:
@@ -296,11 +302,11 @@ class Mmsg:
             raise
         self.fd = self.sock.fileno()
         self.calls = _libc_mmsg()
-        # sendmmsg side: mmsghdr[BATCH] (64 bytes each) and iovec[BATCH] (16 bytes each)
+        # sendmmsg side: mmsghdr[BATCH] (64 bytes each), 2 iovecs (16 bytes each) per message
         self.shdr = (ctypes.c_char * (64 * BATCH))()
-        self.siov = (ctypes.c_char * (16 * BATCH))()
+        self.siov = (ctypes.c_char * (16 * IOV_PER_MSG * BATCH))()
         self.sq = memoryview(self.shdr).cast("B").cast("Q")  # 8 words per mmsghdr
-        self.iq = memoryview(self.siov).cast("B").cast("Q")  # 2 words per iovec
+        self.iq = memoryview(self.siov).cast("B").cast("Q")  # 4 words per message
         # recvmmsg side: headers, iovecs, and one slot (address + payload) per datagram
         self.rhdr = (ctypes.c_char * (64 * BATCH))()
         self.riov = (ctypes.c_char * (16 * BATCH))()
@@ -313,8 +319,9 @@ class Mmsg:
         riq = memoryview(self.riov).cast("B").cast("Q")
         for i in range(BATCH):
             self.sq[i * 8 + 1] = 16  # msg_namelen
-            self.sq[i * 8 + 2] = sbase + 16 * i  # msg_iov
-            self.sq[i * 8 + 3] = 1  # msg_iovlen
+            self.sq[i * 8 + 2] = sbase + 32 * i  # msg_iov
+            self.sq[i * 8 + 3] = IOV_PER_MSG  # msg_iovlen
+            self.iq[i * 4 + 1] = 4  # the header's length (add() changes it: then dirty)
             self.rq[i * 8 + 0] = slots + SLOT * i  # msg_name
             self.rq[i * 8 + 1] = 16
             self.rq[i * 8 + 2] = rbase + 16 * i
@@ -324,6 +331,7 @@ class Mmsg:
         self.n = 0  # datagrams queued
         self.keep: list = []  # the owners (sessions) of the queued datagrams, in order
         self.oacks: list[bytes] = []  # queued OACKs, kept alive until sent
+        self.dirty: list[int] = []  # messages whose first iovec is not a DATA header
 
     def recv(self) -> int:
         """Read a batch; the number of datagrams (0: none waiting)."""
@@ -359,15 +367,18 @@ class Mmsg:
         n = min(self.rlen[i * 16 + 14], SLOT - 16)
         return (socket.inet_ntoa(ip), port), bytes(self.view[off + 16 : off + 16 + n])
 
-    def add(self, owner: Session, block: int, pkt: bytes) -> None:
-        """Queue ``pkt`` (block ``block`` of ``owner``'s transfer); full: call :meth:`flush`."""
+    def add(self, owner: Session, pkt: bytes) -> None:
+        """Queue one whole datagram ``pkt`` (an OACK) of ``owner``, kept alive until
+        sent; full: call :meth:`flush`.  (DATA blocks are written in place, see
+        ``BootServer._on_transfers``.)"""
         i = self.n
         self.sq[i * 8] = owner.name_addr
-        self.iq[i * 2] = id(pkt) + BYTES_OFFSET
-        self.iq[i * 2 + 1] = len(pkt)
+        self.iq[i * 4] = id(pkt) + BYTES_OFFSET
+        self.iq[i * 4 + 1] = len(pkt)
+        self.iq[i * 4 + 3] = 0
+        self.dirty.append(i)
         self.keep.append(owner)
-        if not block:
-            self.oacks.append(pkt)  # DATA datagrams stay alive in their file's lists
+        self.oacks.append(pkt)
         self.n = i + 1
 
     def flush(self) -> list[tuple]:
@@ -377,7 +388,7 @@ class Mmsg:
         n, self.n = self.n, 0
         keep, self.keep = self.keep, []
         if not n or self.calls is None:
-            self.oacks.clear()
+            self._clean()
             return []
         failed = []
         i = 0
@@ -393,8 +404,15 @@ class Mmsg:
             owner = keep[i]
             failed.append((owner, keep[i:n].count(owner), OSError(err, os.strerror(err))))
             i += 1  # skip this one
-        self.oacks.clear()
+        self._clean()
         return failed
+
+    def _clean(self) -> None:
+        """After a send: the OACKs go, their messages get a header's length back."""
+        for i in self.dirty:
+            self.iq[i * 4 + 1] = 4
+        self.dirty.clear()
+        self.oacks.clear()
 
     def close(self) -> None:
         self.sock.close()
@@ -626,7 +644,6 @@ class BootServer:
         if old is not None:  # the same client port asks again: it lost our first reply
             old.xfer.fail("restarted by a new request")
             self.end_session(old)
-        ss.pk = self.files.packets(f, xfer.blksize)
         self.sessions[ss.key] = ss
         self.count("tftp-transfers")
         log.info("TFTP %s:%d <- %s (%d bytes, %s)", src[0], src[1], msg.filename, f.size,
@@ -720,7 +737,8 @@ class BootServer:
         assert tx is not None
         sessions = self.sessions
         slots = ACK_SLOTS.iter_unpack
-        view, rlen, sq, iq, off = tx.view, tx.rlen, tx.sq, tx.iq, BYTES_OFFSET
+        view, rlen, sq, iq = tx.view, tx.rlen, tx.sq, tx.iq
+        hb = id(HEADER_TABLE) + BYTES_OFFSET  # block b's DATA header: at hb + 4 * (b & 0xFFFF)
         ACK = tftp.ACK
         for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
             try:
@@ -749,8 +767,8 @@ class BootServer:
                     self._on_datagram(ss, tx.datagram(i)[1], now)
                     j = tx.n
                     continue
-                pk = ss.pk
-                if pk is None or not free or (parked and key in parked):  # a cap, parked, ...
+                base = ss.base
+                if not base or not free or (parked and key in parked):  # a cap, parked, pread
                     ss.xfer.on_ack(block, now)
                     if ss.xfer.done:
                         self.end_session(ss)
@@ -760,10 +778,12 @@ class BootServer:
                 x = ss.xfer
                 if block == x.expect:  # a lock-step ACK: the next full block goes
                     b = x.step(now)
-                    p = pk[b] or ss.file.packet(pk, b, x.blksize)
+                    bs = x.blksize
                     sq[j * 8] = ss.name_addr
-                    iq[j * 2] = id(p) + off
-                    iq[j * 2 + 1] = len(p)
+                    k = j * 4
+                    iq[k] = hb + ((b & 0xFFFF) << 2)
+                    iq[k + 2] = base + (b - 1) * bs
+                    iq[k + 3] = bs
                     keep(ss)
                     j += 1
                     if j == BATCH:
@@ -777,17 +797,21 @@ class BootServer:
                     if x.done:
                         self.end_session(ss)
                     continue
+                bs, size = x.blksize, x.size
                 for b in r:
-                    if b:
-                        p = pk[b] or ss.file.packet(pk, b, x.blksize)
+                    if not b:  # the OACK
+                        tx.n = j
+                        tx.add(ss, tftp.build_oack(x.accepted))
+                        j += 1
                     else:
-                        p = tftp.build_oack(x.accepted)
-                        tx.oacks.append(p)  # alive until sent
-                    sq[j * 8] = ss.name_addr
-                    iq[j * 2] = id(p) + off
-                    iq[j * 2 + 1] = len(p)
-                    keep(ss)
-                    j += 1
+                        sq[j * 8] = ss.name_addr
+                        k = j * 4
+                        at = (b - 1) * bs
+                        iq[k] = hb + ((b & 0xFFFF) << 2)
+                        iq[k + 2] = base + at
+                        iq[k + 3] = bs if at + bs <= size else size - at
+                        keep(ss)
+                        j += 1
                     if j == BATCH:
                         tx.n = j
                         self._flush()
