@@ -351,6 +351,45 @@ def test_in_process_big_file_paths_and_clean_shutdown(tmp_path, monkeypatch, how
     assert len(os.listdir("/proc/self/fd")) == fds_before  # sockets and files: all closed
 
 
+def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch):
+    """A send queue of 5 messages: windows of 16 and lock-step clients fill it again and
+    again mid-window (it is sent, the rest follows); every byte arrives, in order."""
+    import asyncio
+    import hashlib
+
+    from beokit.boot import config as C
+    from beokit.boot import server as S
+
+    monkeypatch.setattr(S, "BATCH", 5)
+    cfg_path = write_config(tmp_path)
+    data = os.urandom(3_000_017)
+    (tmp_path / "root" / "w.bin").write_bytes(data)
+    port = PORTS["tftp"] + 101
+    srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
+                                 dns_port=0), C.load(cfg_path))  # fmt: skip
+
+    async def main() -> list:
+        ready = asyncio.Event()
+        task = asyncio.create_task(srv.serve(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        loop = asyncio.get_running_loop()
+        windowed = [loop.run_in_executor(None, lambda: loadgen.tftp_get(
+            (SERVER, port), "w.bin", windowsize=16, sink=False)) for _ in range(3)]  # fmt: skip
+        curls = [await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468",
+            f"tftp://{SERVER}:{port}/w.bin", stdout=asyncio.subprocess.PIPE) for _ in range(3)]  # fmt: skip
+        got = [(await asyncio.wait_for(c.communicate(), 40))[0] for c in curls]
+        got += [await asyncio.wait_for(w, 40) for w in windowed]
+        srv.stopping.set()  # type: ignore[union-attr]
+        await asyncio.wait_for(task, 10)
+        return got
+
+    got = asyncio.run(main())
+    assert got[:3] == [data] * 3
+    assert got[3:] == [(len(data), hashlib.sha256(data).hexdigest())] * 3
+    assert srv.counters["tftp-done"] == 6
+
+
 def test_proxy_mode_on_loopback_ports(tmp_path):
     from beokit.boot import dhcp as D
 

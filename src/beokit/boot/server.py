@@ -775,6 +775,11 @@ class BootServer:
                     elif key not in parked:
                         self.make_ready(ss)
                     continue
+                if j == BATCH:  # the queue is full: send it (a message of room for what follows)
+                    tx.n = j
+                    self._flush()
+                    j = 0
+                    keep = tx.keep.append
                 x = ss.xfer
                 if block == x.expect:  # a lock-step ACK: the next full block goes
                     b = x.step(now)
@@ -786,11 +791,6 @@ class BootServer:
                     iq[k + 3] = bs
                     keep(ss)
                     j += 1
-                    if j == BATCH:
-                        tx.n = j
-                        self._flush()
-                        j = 0
-                        keep = tx.keep.append
                     continue
                 r = x.ack_take(block, now)
                 if not r:
@@ -798,25 +798,25 @@ class BootServer:
                         self.end_session(ss)
                     continue
                 bs, size = x.blksize, x.size
-                for b in r:
-                    if not b:  # the OACK
-                        tx.n = j
-                        tx.add(ss, tftp.build_oack(x.accepted))
-                        j += 1
-                    else:
-                        sq[j * 8] = ss.name_addr
-                        k = j * 4
-                        at = (b - 1) * bs
-                        iq[k] = hb + ((b & 0xFFFF) << 2)
-                        iq[k + 2] = base + at
-                        iq[k + 3] = bs if at + bs <= size else size - at
-                        keep(ss)
-                        j += 1
+                for b in r:  # (a window: it may fill the queue on the way)
                     if j == BATCH:
                         tx.n = j
                         self._flush()
                         j = 0
                         keep = tx.keep.append
+                    if not b:  # the OACK
+                        tx.n = j
+                        tx.add(ss, tftp.build_oack(x.accepted))
+                        j += 1
+                        continue
+                    sq[j * 8] = ss.name_addr
+                    k = j * 4
+                    at = (b - 1) * bs
+                    iq[k] = hb + ((b & 0xFFFF) << 2)
+                    iq[k + 2] = base + at
+                    iq[k + 3] = bs if at + bs <= size else size - at
+                    keep(ss)
+                    j += 1
             tx.n = j
             self._flush()
 
