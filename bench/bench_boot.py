@@ -408,19 +408,27 @@ def plot(res: dict, args: argparse.Namespace, path: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     sc = ["known", "anonymous"]
+    rounds = res["rounds"]
     for k, name in enumerate(("beo boot", "dnsmasq")):
         ax1.bar([i + k * 0.4 for i in range(2)],
                 [res["dhcp"][(s, name)]["elapsed"] for s in sc], 0.4, label=name)  # fmt: skip
-        r = res["tftp"][name]
-        ax2.bar([k * 3, k * 3 + 1], [r["fastest"], r["slowest"]], 0.8, label=name)
+        for i, s in enumerate(sc):  # how many were bound when the run ended
+            r = res["dhcp"][(s, name)]
+            ax1.annotate(f"{r['bound']}/{args.dhcp_clients}", (i + k * 0.4, r["elapsed"]),
+                         ha="center", va="bottom", fontsize=8)  # fmt: skip
+        ax2.bar([i + k * 0.4 for i in range(len(rounds))],
+                [r[name]["aggregate"] / 1e6 for r in rounds], 0.4, label=name)  # fmt: skip
     ax1.set_xticks([0.2, 1.2], sc)
-    ax1.set_ylabel("seconds until all bound")
-    ax1.set_title(f"DHCP, {args.dhcp_clients} clients")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("seconds until all bound (log scale)")
+    ax1.set_title(f"DHCP, {args.dhcp_clients} clients at once (bars: bound/clients)")
     ax1.legend()
-    ax2.set_xticks([0, 1, 3, 4], ["fastest", "slowest"] * 2)
-    ax2.set_ylabel("seconds")
-    ax2.set_title(f"TFTP, {args.tftp_clients} x {args.tftp_size >> 20} MiB")
-    ax2.legend()
+    ax2.set_xticks([i + 0.2 for i in range(len(rounds))],
+                   [f"round {i + 1}" for i in range(len(rounds))])  # fmt: skip
+    ax2.set_ylabel("aggregate MB/s (clients x size / slowest)")
+    ax2.set_title(f"TFTP, {args.tftp_clients} curl x {args.tftp_size >> 20} MiB, "
+                  "servers alternating")  # fmt: skip
+    ax2.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
