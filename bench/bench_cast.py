@@ -18,8 +18,9 @@ Each time is printed with its ratio to the lower bound S/B, in one table,
 and drawn as a PNG (time vs N).  ``--runs K`` runs every tool but the star
 copy K times, rotating their order from run to run (the first tool after a
 pause pays for memory the host has to hand back to this VM), and reports the
-median; the star copy, bound by the head node's one port, runs once.  ``--loopback`` (no root needed): receivers
-on 127.0.3.x, beo cast vs a hand-started nettee chain vs N parallel ``cp``.
+median; the star copy, bound by the head node's one port, runs once.
+``--loopback`` (no root needed): receivers on 127.0.3.x, beo cast vs a
+hand-started nettee chain vs N parallel ``cp``.
 
     python bench/bench_cast.py                       # 64 MiB, 200 Mbit/s, N = 8, 16
     python bench/bench_cast.py --size 256M --rate 200mbit

@@ -129,6 +129,7 @@ def test_hosts_are_isolated_from_the_outside(vcluster8: VCluster) -> None:
 
 def test_switches_do_not_run_the_hosts_firewall(vcluster8: VCluster) -> None:
     """Where br_netfilter is loaded, bridged frames skip iptables in every switch."""
+    checked = 0
     for ns in vcluster8.plan.switch_namespaces():
         for k in ("iptables", "ip6tables", "arptables"):
             r = subprocess.run(["ip", "netns", "exec", ns, "cat",
@@ -136,6 +137,9 @@ def test_switches_do_not_run_the_hosts_firewall(vcluster8: VCluster) -> None:
                                capture_output=True, text=True)  # fmt: skip
             if r.returncode == 0:  # (no such file: br_netfilter is not loaded)
                 assert r.stdout.strip() == "0", (ns, k)
+                checked += 1
+    if not checked:
+        pytest.skip("br_netfilter is not loaded on this host: there is nothing to turn off")
 
 
 def test_sshd_and_teardown_leave_nothing(vcluster) -> None:

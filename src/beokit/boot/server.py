@@ -53,8 +53,9 @@ DRAIN_ROUNDS = 4  # recvmmsg batches per loop callback (DHCP and DNS get their t
 BUSY_ACKS = 2  # ACKs per batch read, on average over a tick: the server is behind
 MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
 MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else a mapping)
-HEADERS = [tftp.data_header(b) for b in range(65536)]  # DATA headers, built once
-HEADER_TABLE = b"".join(HEADERS)  # the same, back to back: block b's is at 4 * (b & 0xFFFF)
+# Every DATA header, built once, back to back: block b's is at 4 * (b & 0xFFFF)
+HEADER_TABLE = b"".join(tftp.data_header(b) for b in range(65536))
+HEADER_VIEW = memoryview(HEADER_TABLE)
 
 
 @dataclass
@@ -661,10 +662,12 @@ class BootServer:
                 off = (block - 1) * x.blksize
                 n = min(x.blksize, x.size - off)
                 view = ss.file.view
-                if view is not None:  # header + slice of the snapshot, no copy
-                    ss.sock.sendmsg((HEADERS[block & 0xFFFF], view[off : off + n]), (), 0, ss.peer)
+                h = (block & 0xFFFF) << 2
+                header = HEADER_VIEW[h : h + 4]
+                if view is not None:  # header + slice of the snapshot or mapping, no copy
+                    ss.sock.sendmsg((header, view[off : off + n]), (), 0, ss.peer)
                 else:
-                    ss.sock.sendto(HEADERS[block & 0xFFFF] + ss.file.read(off, n), ss.peer)
+                    ss.sock.sendmsg((header, ss.file.read(off, n)), (), 0, ss.peer)
                 nbytes = n + 4
         except (BlockingIOError, InterruptedError):
             return False  # socket buffer full: the retransmission timer covers it

@@ -511,7 +511,7 @@ class Relay:
             os.set_blocking(self.in_fd, False)
         except OSError:
             pass
-        batch = self._batching(self.in_fd)
+        batch = self._batching()
         poller = select.poll()
         poller.register(self.in_fd, select.POLLIN)
         in_mask = select.POLLIN
@@ -540,7 +540,7 @@ class Relay:
                         poller.unregister(self.in_fd)
                         self.in_fd = new
                         os.set_blocking(new, False)
-                        batch = self._batching(new)
+                        batch = self._batching()
                         poller.register(new, select.POLLIN)
                         in_mask = select.POLLIN
                         eof, asked, result.read_error = False, False, None
@@ -644,17 +644,17 @@ class Relay:
         result.eof = eof and result.read_error is None
         return result
 
-    def _batching(self, fd: int) -> int:
-        """The chunk size to gather from input ``fd``: ``batch`` for a TCP socket (its
+    def _batching(self) -> int:
+        """The chunk size to gather from the input: ``batch`` for a TCP socket (its
         SO_RCVLOWAT set to it), else 0 (a pipe, a file, a terminal: no batching)."""
         self.lowat = 1
         if self.batch <= 0 or self.low_latency or self._copy_in:
             return 0
-        return self.batch if self._set_lowat(self.batch, fd) else 0
+        return self.batch if self._set_lowat(self.batch) else 0
 
-    def _set_lowat(self, n: int, fd: int = -1) -> bool:
+    def _set_lowat(self, n: int) -> bool:
         try:
-            sock = socket.socket(fileno=self.in_fd if fd < 0 else fd)
+            sock = socket.socket(fileno=self.in_fd)
         except OSError:
             return False  # not a socket
         try:
