@@ -44,7 +44,8 @@ class Server:
     """``beo boot`` as a child process; stderr goes to ``log``."""
 
     def __init__(self, cfg: Path, *args: str, ports: dict[str, int] | None = None,
-                 ns: str | None = None, bind: str = SERVER) -> None:  # fmt: skip
+                 ns: str | None = None, bind: str = SERVER,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.log = cfg.parent / "server.log"
         p = dict(PORTS, **(ports or {}))
@@ -56,7 +57,8 @@ class Server:
         self.logf = open(self.log, "ab")  # noqa: SIM115
         self.start = self.log.stat().st_size
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, cwd=cfg.parent)  # fmt: skip
+                                     stderr=subprocess.STDOUT, cwd=cfg.parent,
+                                     env=None if env is None else {**os.environ, **env})  # fmt: skip
         self.wait_log("beo boot serving", 10)
 
     def text(self) -> str:

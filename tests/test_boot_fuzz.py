@@ -105,7 +105,7 @@ def test_transfer_any_ack_sequence_terminates(size, blksize, window, events):
 
 
 def state(x: tftp.Transfer) -> dict:
-    return {k: getattr(x, k) for k in tftp.Transfer.__slots__}
+    return {k: getattr(x, k) for k in tftp.Transfer.FIELDS}
 
 
 def _bytes_of(x: tftp.Transfer, b: int) -> int:

@@ -24,8 +24,10 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl
 TFTP_PORT = str(PORTS["tftp"])
 
 
-@pytest.fixture
-def served(tmp_path: Path):
+@pytest.fixture(params=["default", "pure"])
+def served(request, tmp_path: Path):
+    """A server with a few files; twice: as built (the compiled lock-step path where
+    it was built) and with BEOKIT_PURE_PYTHON=1 (the Python path)."""
     cfg = write_config(tmp_path, '[nettee]\norder = "node[1-4]"\n')
     root = tmp_path / "root"
     (root / "sub").mkdir()
@@ -33,7 +35,10 @@ def served(tmp_path: Path):
     (root / "sub" / "small.txt").write_text("hello\n")
     (tmp_path / "secret").write_text("secret\n")
     os.symlink(tmp_path / "secret", root / "escape")
-    with Server(cfg) as srv:
+    pure = request.param == "pure"
+    with Server(cfg, env={"BEOKIT_PURE_PYTHON": "1"} if pure else None) as srv:
+        path = "Python" if pure or not T.COMPILED else "compiled"
+        srv.wait_log(f"TFTP lock-step path: {path}")
         yield srv
 
 
@@ -351,15 +356,31 @@ def test_in_process_big_file_paths_and_clean_shutdown(tmp_path, monkeypatch, how
     assert len(os.listdir("/proc/self/fd")) == fds_before  # sockets and files: all closed
 
 
-def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch, path):
     """A send queue of 5 messages: windows of 16 and lock-step clients fill it again and
-    again mid-window (it is sent, the rest follows); every byte arrives, in order."""
+    again mid-window (it is sent, the rest follows); every byte arrives, in order. Both
+    lock-step paths: the compiled one and Python's."""
     import asyncio
     import hashlib
 
     from beokit.boot import config as C
     from beokit.boot import server as S
 
+    if path == "compiled" and S.FAST_ACKS is None:
+        pytest.skip("beokit.boot._lockstep was not built (no C compiler or Python headers)")
+    queued_in_c = []
+    if path == "python":
+        monkeypatch.setattr(S, "FAST_ACKS", None)
+    else:
+        real = S.FAST_ACKS
+
+        def spy(*args):
+            i, j = real(*args)
+            queued_in_c.append(j - args[6])
+            return i, j
+
+        monkeypatch.setattr(S, "FAST_ACKS", spy)
     monkeypatch.setattr(S, "BATCH", 5)
     cfg_path = write_config(tmp_path)
     data = os.urandom(3_000_017)
@@ -388,6 +409,8 @@ def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch):
     assert got[:3] == [data] * 3
     assert got[3:] == [(len(data), hashlib.sha256(data).hexdigest())] * 3
     assert srv.counters["tftp-done"] == 6
+    if path == "compiled":  # most of the curls' blocks went out through the compiled path
+        assert sum(queued_in_c) > 3 * len(data) // 1468 // 2
 
 
 def test_proxy_mode_on_loopback_ports(tmp_path):

@@ -45,6 +45,11 @@ from beokit.boot.dhcp import PXE_PORT, DhcpLogic
 from beokit.boot.fair import Load, RoundRobin, TokenBucket
 from beokit.boot.leases import LeaseDB
 
+FAST_ACKS = None  # beokit.boot._lockstep.acks, where it was built (see tftp.StateBase)
+if tftp.COMPILED:
+    from beokit.boot._lockstep import SLOT as _C_SLOT
+    from beokit.boot._lockstep import acks as FAST_ACKS
+
 log = logging.getLogger("beokit.boot")
 TICK = 0.1  # seconds between accounting ticks
 STALL = 0.5  # a transfer that got nothing for this long is "stalled"
@@ -257,6 +262,8 @@ BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data begins (CPy
 ACK_SLOT = struct.Struct("!Q8xHH")  # peer_key, opcode, block of a received slot
 ACK_SLOTS = struct.Struct(f"!Q8xHH{SLOT - 20}x")  # the same, a whole slot: iter_unpack
 PEER_SLOT = struct.Struct("!2xH4s")  # port, address of a received slot
+if FAST_ACKS is not None and _C_SLOT != SLOT:
+    FAST_ACKS = None  # a stale build: the Python path
 
 
 def _libc_mmsg() -> tuple | None:
@@ -734,7 +741,9 @@ class BootServer:
 
         Nearly every datagram of a busy server is a lock-step client's ACK of
         the block it was sent last: ``Transfer.step`` answers it without
-        ``ack_take``'s cases (``Transfer.expect`` says when).
+        ``ack_take``'s cases (``Transfer.expect`` says when), in C where
+        :mod:`beokit.boot._lockstep` was built (:data:`FAST_ACKS`), else
+        inline here; :meth:`_on_slot` takes every other datagram.
         """
         tx = self.tx
         assert tx is not None
@@ -742,7 +751,7 @@ class BootServer:
         slots = ACK_SLOTS.iter_unpack
         view, rlen, sq, iq = tx.view, tx.rlen, tx.sq, tx.iq
         hb = id(HEADER_TABLE) + BYTES_OFFSET  # block b's DATA header: at hb + 4 * (b & 0xFFFF)
-        ACK = tftp.ACK
+        on_slot = self._on_slot
         for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
             try:
                 n = tx.recv()
@@ -758,70 +767,97 @@ class BootServer:
             free = self.bucket.rate <= 0 and tx.calls is not None
             parked = self.parked
             j = tx.n
+            if free and FAST_ACKS is not None:
+                i = 0
+                while True:
+                    i, j = FAST_ACKS(tx.slots, tx.rhdr, tx.shdr, tx.siov, i, n, j, BATCH,
+                                     sessions, parked, hb, tx.keep, now)  # fmt: skip
+                    if i >= n:
+                        break
+                    key, op, block = ACK_SLOT.unpack_from(view, SLOT * i)
+                    j = on_slot(i, key, op, block, j, now, free)
+                    i += 1
+                tx.n = j
+                self._flush()
+                continue
             keep = tx.keep.append
             lens = rlen[14 : n * 16 : 16]  # each datagram's length
             for i, (key, op, block) in enumerate(slots(view[: n * SLOT])):
                 ss = sessions.get(key)
-                if ss is None:
-                    self.count("tftp-stray")  # not a transfer (or one that ended): ignore
+                if (ss is None or not free or block != ss.xfer.expect or lens[i] != 4
+                        or op != tftp.ACK or j == BATCH or not ss.base
+                        or (parked and key in parked)):  # fmt: skip
+                    j = on_slot(i, key, op, block, j, now, free)
+                    keep = tx.keep.append  # (a new list if it flushed)
                     continue
-                if op != ACK or lens[i] != 4:
-                    tx.n = j
-                    self._on_datagram(ss, tx.datagram(i)[1], now)
-                    j = tx.n
-                    continue
-                base = ss.base
-                if not base or not free or (parked and key in parked):  # a cap, parked, pread
-                    ss.xfer.on_ack(block, now)
-                    if ss.xfer.done:
-                        self.end_session(ss)
-                    elif key not in parked:
-                        self.make_ready(ss)
-                    continue
-                if j == BATCH:  # the queue is full: send it (a message of room for what follows)
-                    tx.n = j
-                    self._flush()
-                    j = 0
-                    keep = tx.keep.append
+                # a lock-step ACK: the next full block goes (Transfer.step)
                 x = ss.xfer
-                if block == x.expect:  # a lock-step ACK: the next full block goes
-                    b = x.step(now)
-                    bs = x.blksize
-                    sq[j * 8] = ss.name_addr
-                    k = j * 4
-                    iq[k] = hb + ((b & 0xFFFF) << 2)
-                    iq[k + 2] = base + (b - 1) * bs
-                    iq[k + 3] = bs
-                    keep(ss)
-                    j += 1
-                    continue
-                r = x.ack_take(block, now)
-                if not r:
-                    if x.done:
-                        self.end_session(ss)
-                    continue
-                bs, size = x.blksize, x.size
-                for b in r:  # (a window: it may fill the queue on the way)
-                    if j == BATCH:
-                        tx.n = j
-                        self._flush()
-                        j = 0
-                        keep = tx.keep.append
-                    if not b:  # the OACK
-                        tx.n = j
-                        tx.add(ss, tftp.build_oack(x.accepted))
-                        j += 1
-                        continue
-                    sq[j * 8] = ss.name_addr
-                    k = j * 4
-                    at = (b - 1) * bs
-                    iq[k] = hb + ((b & 0xFFFF) << 2)
-                    iq[k + 2] = base + at
-                    iq[k + 3] = bs if at + bs <= size else size - at
-                    keep(ss)
-                    j += 1
+                b = x.step(now)
+                bs = x.blksize
+                sq[j * 8] = ss.name_addr
+                k = j * 4
+                iq[k] = hb + ((b & 0xFFFF) << 2)
+                iq[k + 2] = ss.base + (b - 1) * bs
+                iq[k + 3] = bs
+                keep(ss)
+                j += 1
             tx.n = j
             self._flush()
+
+    def _on_slot(self, i: int, key: int, op: int, block: int, j: int, now: float,
+                 free: bool) -> int:  # fmt: skip
+        """Received datagram ``i`` of the transfer socket, anything but a lock-step ACK
+        ready to answer at once; returns the new length of the send queue (which it
+        may have flushed)."""
+        tx = self.tx
+        assert tx is not None
+        ss = self.sessions.get(key)
+        if ss is None:
+            self.count("tftp-stray")  # not a transfer (or one that ended): ignore
+            return j
+        if op != tftp.ACK or tx.rlen[i * 16 + 14] != 4:
+            tx.n = j
+            self._on_datagram(ss, tx.datagram(i)[1], now)
+            return tx.n
+        parked = self.parked
+        base = ss.base
+        if not base or not free or (parked and key in parked):  # a cap, parked, pread
+            ss.xfer.on_ack(block, now)
+            if ss.xfer.done:
+                self.end_session(ss)
+            elif key not in parked:
+                tx.n = j
+                self.make_ready(ss)
+                j = tx.n
+            return j
+        x = ss.xfer
+        r = x.ack_take(block, now)
+        if not r:
+            if x.done:
+                self.end_session(ss)
+            return j
+        sq, iq = tx.sq, tx.iq
+        hb = id(HEADER_TABLE) + BYTES_OFFSET
+        bs, size = x.blksize, x.size
+        for b in r:  # a window (or one block): it may fill the queue on the way
+            if j == BATCH:
+                tx.n = j
+                self._flush()
+                j = 0
+            if not b:  # the OACK
+                tx.n = j
+                tx.add(ss, tftp.build_oack(x.accepted))
+                j += 1
+                continue
+            sq[j * 8] = ss.name_addr
+            k = j * 4
+            at = (b - 1) * bs
+            iq[k] = hb + ((b & 0xFFFF) << 2)
+            iq[k + 2] = base + at
+            iq[k + 3] = bs if at + bs <= size else size - at
+            tx.keep.append(ss)
+            j += 1
+        return j
 
     def _flush(self) -> None:
         """Send the queued datagrams; rewind the transfers whose datagrams did not go out."""
@@ -1117,6 +1153,8 @@ class BootServer:
                           for k, s in self.listeners.items())  # fmt: skip
         log.warning("beo boot serving (%s%s%s)", "proxyDHCP, " if self.opts.proxy else "", socks,
                     f", http :{http_port}" if http_port else "")  # fmt: skip
+        log.info("TFTP lock-step path: %s", "compiled" if FAST_ACKS is not None else
+                 "Python (beokit.boot._lockstep not built or BEOKIT_PURE_PYTHON set)")  # fmt: skip
         ticker = asyncio.create_task(self.ticker())
         if ready is not None:
             ready.set()

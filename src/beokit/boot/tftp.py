@@ -11,6 +11,7 @@ go through with any block size.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -137,6 +138,32 @@ def build_rrq(name: str, mode: str = "octet", options: dict[str, str] | None = N
 
 NOTHING = range(0)  # no block to send
 
+# The fields Transfer.step() moves on: a compiled base class holds them where
+# beokit.boot._lockstep was built (the server's hot path then steps transfers
+# in C), a slotted one here otherwise (or with BEOKIT_PURE_PYTHON=1 set).
+HOT_FIELDS = ("next", "acked", "expect", "nblocks", "blksize", "packets_sent", "bytes_sent",
+              "timeout", "last_progress", "deadline")  # fmt: skip
+
+
+class _PyState:
+    __slots__ = HOT_FIELDS
+
+
+def _state_base() -> type:
+    if os.environ.get("BEOKIT_PURE_PYTHON"):
+        return _PyState
+    try:
+        from beokit.boot._lockstep import State
+    except ImportError:
+        return _PyState
+    if set(HOT_FIELDS) != {k for k, v in vars(State).items() if not k.startswith("_")}:
+        return _PyState  # a stale build
+    return State
+
+
+StateBase = _state_base()
+COMPILED = StateBase is not _PyState
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -164,7 +191,7 @@ def negotiate(options: dict[str, str], size: int, limits: Limits) -> dict[str, s
     return out
 
 
-class Transfer:
+class Transfer(StateBase):  # type: ignore[valid-type, misc]
     """One read transfer. Blocks are numbered 1..``nblocks`` (absolute, no wrap).
 
     The driver calls :meth:`ready` to learn which block to send next (or
@@ -183,10 +210,16 @@ class Transfer:
     :meth:`fail` ends a transfer from outside.
     """
 
-    __slots__ = ("size", "accepted", "blksize", "window", "timeout", "retries", "nblocks",
-                 "oack", "oack_len", "acked", "next", "tries", "started", "last_progress",
-                 "deadline", "done", "failed", "bytes_sent", "packets_sent", "retransmits",
-                 "expect")  # fmt: skip
+    __slots__ = ("size", "accepted", "window", "retries", "oack", "oack_len", "tries",
+                 "started", "done", "failed", "retransmits")  # fmt: skip
+    FIELDS = HOT_FIELDS + __slots__  # the whole state
+
+    def __getstate__(self) -> dict:  # (copy and pickle: the compiled base has no default)
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def __init__(self, size: int, options: dict[str, str], accepted: dict[str, str],
                  limits: Limits, now: float) -> None:  # fmt: skip
