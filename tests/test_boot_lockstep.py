@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,29 @@ def test_acks_rejects_bad_arguments_without_crashing():
     with pytest.raises(AttributeError):
         S.FAST_ACKS(*args[:4], 0, 1, 0, 4, {key: object()}, set(), 0, keep, 0.0)
     assert keep == []
+
+
+@built
+def test_acks_leaks_no_references():
+    """Every reference acks() takes it gives back (keep holds one per queued message
+    until the send, as the Python path does), over many calls."""
+    x = transfers([(1468 * 30_000, 1468)])[0]
+    key = S.peer_key("127.0.9.1", 40000)
+    ss = Sess(x, 0x5000_0000, 0x3000)
+    sess = {key: ss}
+    buf = Buffers(1)
+    parked = {S.peer_key("127.0.9.2", 40000)}  # a non-empty set: the membership test runs
+    refs = sys.getrefcount(ss), sys.getrefcount(x), sys.getrefcount(key)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(20_000):
+        buf.put(0, key, T.build_ack(x.expect))
+        keep: list = []
+        assert S.FAST_ACKS(buf.slots, buf.rhdr, buf.shdr, buf.siov, 0, 1, 0, 1, sess, parked,
+                           0, keep, 1.0) == (1, 1)  # fmt: skip
+        assert keep == [ss]
+        del keep
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert (sys.getrefcount(ss), sys.getrefcount(x), sys.getrefcount(key)) == refs
+    assert grown < 64 * 1024  # a leaked key int per call would be ~640 KB
