@@ -62,6 +62,7 @@ CONNECT_RETRY = 0.2
 END_WAIT = 10.0
 HEAL_WAIT = 10.0  # -heal: how long an orphan waits for an ancestor to adopt it
 ADOPT_TRY = 3.0  # -heal: how long a parent tries to reach one grandchild
+REASON_WAIT = 1.0  # a child that closed its data socket: how long its own reason may take
 DIGEST = "xxh3_128"
 UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT,
                errno.EADDRNOTAVAIL}  # fmt: skip
@@ -831,6 +832,22 @@ class Node:
             why = f"connection lost: {exc}"
         self._child_failed(link, (P.Code.NRF if self.pull else P.Code.NWF).value, link.name, why)
 
+    def _child_write_failed(self, link: ChildLink, exc: OSError) -> None:
+        """Writing to a child failed. If it closed its end (EPIPE, ECONNRESET) it is
+        usually collapsing and its own reason (LWF below it, say) is on the control
+        channel, a moment behind: the reader reports that, or NWF at the channel's end;
+        this reports NWF only if neither came within :data:`REASON_WAIT`. Anything
+        else, and -heal (which must hold the stream at once), is NWF now."""
+        why = f"write: {exc.strerror}"
+        healing = self.cfg.heal and not self.pull and self.relay is not None
+        if healing or link.peer is None or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            self._child_failed(link, P.Code.NWF.value, link.name, why)
+            return
+        t = threading.Timer(REASON_WAIT, self._child_failed,
+                            (link, P.Code.NWF.value, link.name, why))  # fmt: skip
+        t.daemon = True
+        t.start()
+
     def _child_failed(self, link: ChildLink, code: str, node: str, why: str) -> None:
         """A branch failed (write error, crash, stall, or a failure below it)."""
         with self.lock:
@@ -928,8 +945,7 @@ class Node:
         data = link.data
         _, maxwrite = self._io_caps()
         link.sink = Sink(f"child{link.index}", data.fileno(), "child", maxwrite=maxwrite,
-                         on_error=lambda s, e, lk=link: self._child_failed(
-                             lk, P.Code.NWF.value, lk.name, f"write: {e.strerror}"))  # fmt: skip
+                         on_error=lambda s, e, lk=link: self._child_write_failed(lk, e))
 
         def replay(segments: list[memoryview]) -> None:
             data.settimeout(HANDSHAKE_TIMEOUT)
@@ -1142,8 +1158,7 @@ class Node:
                 continue
             link.sink = Sink(f"child{link.index}", link.data.fileno(), "child",
                              maxwrite=maxwrite,
-                             on_error=lambda s, e, lk=link: self._child_failed(
-                                 lk, P.Code.NWF.value, lk.name, f"write: {e.strerror}"))  # fmt: skip
+                             on_error=lambda s, e, lk=link: self._child_write_failed(lk, e))
             sinks.append(link.sink)
         if self.out_fd is not None:
             if self.out_is_file:
