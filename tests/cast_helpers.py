@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,9 +18,24 @@ def cast(*args: str, stdin: bytes | None = None, timeout: float = 90, json_out: 
     """Run ``beo cast ARGS`` (with --json); (exit status, JSON document, stdout, stderr)."""
     argv = BEO + ["cast"] + (["--json"] if json_out else []) + list(args)
     full_env = dict(os.environ, **(env or {}))
-    p = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=full_env,
-                       stdin=None if stdin is not None else subprocess.DEVNULL)  # fmt: skip
-    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)  # fmt: skip
+    try:
+        bout, berr = p.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # keep what it said: interrupt it (its own cleanup runs), then kill it
+        p.send_signal(signal.SIGINT)
+        try:
+            bout, berr = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            try:
+                bout, berr = p.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                bout, berr = b"", b"(its output pipes stayed open)"
+        raise AssertionError(f"beo cast {' '.join(args)} did not finish within {timeout:g} s; "
+                             f"stderr:\n{berr.decode(errors='replace')[-4000:]}") from None
+    out, err = bout.decode(errors="replace"), berr.decode(errors="replace")
     doc = None
     if json_out and out.strip():
         doc = json.loads(out)
