@@ -87,7 +87,7 @@ class Buffers:
                 self.iq[j * 4 + 3])  # fmt: skip
 
 
-def reference(buf: Buffers, payloads: list, i: int, n: int, j: int, batch: int,
+def reference(buf: Buffers, i: int, n: int, j: int, batch: int,
               sessions: dict, parked: set, hb: int, now: float) -> tuple[int, int, list]:  # fmt: skip
     """What BootServer._on_transfers does in Python for the lock-step case, stopping
     where it would call _on_slot."""
@@ -167,7 +167,7 @@ def test_acks_is_step_and_queue_and_stops_where_python_decides(
                     for k, (key, x) in enumerate(zip(keys, copy.deepcopy(xs), strict=True))}  # fmt: skip
     c_sessions = {key: Sess(x, 0x1000_0000 * (k + 1), 0x2000 + 16 * k)
                   for k, (key, x) in enumerate(zip(keys, xs, strict=True))}  # fmt: skip
-    want_i, want_j, want = reference(buf, [], 0, n, j0, batch, ref_sessions, parked, hb, now)
+    want_i, want_j, want = reference(buf, 0, n, j0, batch, ref_sessions, parked, hb, now)
     keep: list = []
     got_i, got_j = S.FAST_ACKS(buf.slots, buf.rhdr, buf.shdr, buf.siov, 0, n, j0, batch,
                                c_sessions, parked, hb, keep, now)  # fmt: skip

@@ -259,6 +259,7 @@ IOV_PER_MSG = 2  # a datagram = its header + its block (or one whole buffer, and
 SLOT = 16 + 528  # per received datagram: sockaddr_in, then up to 528 bytes of payload
 MSG_DONTWAIT = 0x40
 BYTES_OFFSET = sys.getsizeof(b"") - 1  # where a bytes object's data begins (CPython)
+HEADER_ADDR = id(HEADER_TABLE) + BYTES_OFFSET  # block b's DATA header: at + 4 * (b & 0xFFFF)
 ACK_SLOT = struct.Struct("!Q8xHH")  # peer_key, opcode, block of a received slot
 ACK_SLOTS = struct.Struct(f"!Q8xHH{SLOT - 20}x")  # the same, a whole slot: iter_unpack
 PEER_SLOT = struct.Struct("!2xH4s")  # port, address of a received slot
@@ -750,7 +751,7 @@ class BootServer:
         sessions = self.sessions
         slots = ACK_SLOTS.iter_unpack
         view, rlen, sq, iq = tx.view, tx.rlen, tx.sq, tx.iq
-        hb = id(HEADER_TABLE) + BYTES_OFFSET  # block b's DATA header: at hb + 4 * (b & 0xFFFF)
+        hb = HEADER_ADDR
         on_slot = self._on_slot
         for _ in range(DRAIN_ROUNDS):  # while busy, serve ACKs without going back to select
             try:
@@ -826,9 +827,7 @@ class BootServer:
             if ss.xfer.done:
                 self.end_session(ss)
             elif key not in parked:
-                tx.n = j
-                self.make_ready(ss)
-                j = tx.n
+                self.make_ready(ss)  # (sends at once or through the round robin, not the queue)
             return j
         x = ss.xfer
         r = x.ack_take(block, now)
@@ -836,8 +835,7 @@ class BootServer:
             if x.done:
                 self.end_session(ss)
             return j
-        sq, iq = tx.sq, tx.iq
-        hb = id(HEADER_TABLE) + BYTES_OFFSET
+        sq, iq, hb = tx.sq, tx.iq, HEADER_ADDR
         bs, size = x.blksize, x.size
         for b in r:  # a window (or one block): it may fill the queue on the way
             if j == BATCH:

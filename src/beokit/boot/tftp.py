@@ -156,7 +156,7 @@ def _state_base() -> type:
         from beokit.boot._lockstep import State
     except ImportError:
         return _PyState
-    if set(HOT_FIELDS) != {k for k, v in vars(State).items() if not k.startswith("_")}:
+    if set(HOT_FIELDS) != {k for k in vars(State) if not k.startswith("_")}:
         return _PyState  # a stale build
     return State
 
