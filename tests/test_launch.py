@@ -170,6 +170,10 @@ def test_tree_is_faster_than_sequential_with_launch_cost() -> None:
     (["-R", "exec", "n[1-", "--", "true"], "bad node set"),
     (["-R", "exec", "-k", "0", "n1", "--", "true"], "bad fanout"),
     (["-R", "exec", "--", "true"], "no hosts"),
+    (["-R", "exec", "--timeout", "nan", "n1", "--", "true"], "bad timeout 'nan'"),
+    (["-R", "exec", "--launch-delay", "-1", "n1", "--", "true"], "bad delay '-1'"),
+    (["-R", "exec", "--connect-timeout", "inf", "n1", "--", "true"], "bad timeout 'inf'"),
+    (["-R", "exec", "--listen", "999.1.1.1", "n1", "--", "true"], "bad address '999.1.1.1'"),
 ])  # fmt: skip
 def test_usage_errors(args: list[str], message: str) -> None:
     cp = beo_run(*args)

@@ -55,3 +55,65 @@ def int_in(what: str, lo: int, hi: int, note: str = "") -> Callable[[str], int]:
 
     convert.__name__ = what
     return convert
+
+
+MAX_SECONDS = 1_000_000.0  # ~11.6 days: longer than any wait a command should make
+
+
+def float_in(what: str, lo: float, hi: float, *, lo_open: bool = False,
+             note: str = "") -> Callable[[str], float]:  # fmt: skip
+    """An argparse type: a finite number in [lo, hi] (``lo_open``: in (lo, hi]).
+
+    ``nan``, ``inf`` and values out of range are refused with a message that
+    names the value and the range (argparse turns it into one line, exit 2).
+    """
+    def show(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    low = f"> {show(lo)}" if lo_open else f">= {show(lo)}"
+
+    def convert(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not a number") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: must be a finite number")
+        if v < lo or (lo_open and v == lo) or v > hi:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: must be {low} and "
+                                             f"<= {show(hi)}{note}")  # fmt: skip
+        return v
+
+    convert.__name__ = what
+    return convert
+
+
+def seconds(what: str, *, zero_ok: bool = False, hi: float = MAX_SECONDS) -> Callable[[str], float]:
+    """An argparse type: a duration in seconds, > 0 (``zero_ok``: >= 0), finite, <= ``hi``."""
+    return float_in(what, 0.0, hi, lo_open=not zero_ok, note=" seconds")
+
+
+def ip_address(what: str) -> Callable[[str], str]:
+    """An argparse type: an IPv4 or IPv6 address literal (no name lookup), normalised."""
+    import ipaddress
+
+    def convert(text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not an IP address") from None
+
+    convert.__name__ = what
+    return convert
+
+
+def check_bindable(what: str, addr: str) -> None:
+    """UsageError unless this machine can listen on ``addr`` (an address literal)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))
+    except OSError as exc:
+        raise UsageError(f"bad {what} {addr!r}: cannot listen there: {exc.strerror}") from None

@@ -13,7 +13,15 @@ import threading
 import time
 from typing import Any
 
-from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from beokit.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    check_bindable,
+    ip_address,
+    seconds,
+)
 from beokit.launch import plan
 from beokit.launch.agent import Node
 from beokit.launch.backends import Backend, make_backend, start_fork_server
@@ -39,8 +47,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
                    help="remote command: ssh (default), rsh, exec (local, for tests) or a "
                    "template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
-    p.add_argument("--launch-delay", type=float, default=0.0, metavar="S",
-                   help="sleep S seconds per launch (stands for an rsh/ssh handshake)")
+    p.add_argument("--launch-delay", type=seconds("delay", zero_ok=True, hi=3600), default=0.0,
+                   metavar="S", help="sleep S seconds per launch (stands for an rsh/ssh "
+                   "handshake; at most 3600)")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
     for name, text in (("tree", "k-ary launch tree (default)"),
                        ("flat", "all from the root, K launches at a time (like pdsh)"),
@@ -50,9 +59,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     p.add_argument("-b", "--gather", action="store_true",
                    help="gather identical outputs under the node set that printed them")
-    p.add_argument("--timeout", type=float, default=0.0, metavar="S",
+    p.add_argument("--timeout", type=seconds("timeout", zero_ok=True), default=0.0, metavar="S",
                    help="kill the command on a node after S seconds (default: no limit)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--connect-timeout", type=seconds("timeout"), default=10.0, metavar="S",
                    help="a launched node must connect back within S seconds (default 10)")
     p.add_argument("-f", "--hostfile", metavar="FILE", help="hosts, one a line (or NodeSets)")
     p.add_argument("--ssh-args", default="", metavar="ARGS",
@@ -60,7 +69,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--remote-python", metavar="CMD",
                    help="python on the nodes (default python3). With -R exec, agents are "
                    "forked from a preloaded fork server unless CMD is given")  # fmt: skip
-    p.add_argument("--listen", metavar="ADDR",
+    p.add_argument("--listen", metavar="ADDR", type=ip_address("address"),
                    help="address the root listens on for its children (default "
                    "127.0.0.1 for exec, else all)")  # fmt: skip
     p.add_argument("--barrier", action="store_true",
@@ -85,7 +94,11 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
     rest = list(args.rest)
     patterns: list[str] = []
     if args.hostfile:
-        patterns += read_hostfile(args.hostfile)
+        try:
+            patterns += read_hostfile(args.hostfile)
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read host file {args.hostfile!r}: not UTF-8 text "
+                             f"(byte {exc.start})") from None  # fmt: skip
     elif rest and rest[0] != "--":
         patterns.append(rest.pop(0))
     if rest and rest[0] == "--":
@@ -171,10 +184,14 @@ def _run(args: argparse.Namespace) -> int:
     k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[mode]
     if k < 1:
         raise UsageError(f"bad fanout {k}: must be >= 1")
-    if args.connect_timeout <= 0 or args.timeout < 0:
-        raise UsageError("timeouts must be positive")
+    if args.listen:
+        check_bindable("--listen", args.listen)
     try:
-        backend: Backend = make_backend(args.rcmd, ssh_args=shlex.split(args.ssh_args),
+        ssh_args = shlex.split(args.ssh_args)
+    except ValueError as exc:
+        raise UsageError(f"bad --ssh-args {args.ssh_args!r}: {exc}") from None
+    try:
+        backend: Backend = make_backend(args.rcmd, ssh_args=ssh_args,
                                         delay=args.launch_delay,
                                         connect_timeout=args.connect_timeout,
                                         python=args.remote_python)  # fmt: skip
