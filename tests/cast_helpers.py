@@ -84,3 +84,84 @@ def wait_size(path: Path, size: int, timeout: float = 30) -> None:
             pass
         time.sleep(0.02)
     raise TimeoutError(f"{path} never reached {size} bytes")
+
+
+def start_cast(*args: str, stdin: int | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    """Start ``beo cast --json ARGS`` in the background (finish it with :func:`finish_cast`)."""
+    return subprocess.Popen(BEO + ["cast", "--json", *args],
+                            stdin=subprocess.DEVNULL if stdin is None else stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, **(env or {})))  # fmt: skip
+
+
+def finish_cast(p: subprocess.Popen, timeout: float = 90) -> tuple[int, dict | None, str]:
+    """Wait for a cast started by :func:`start_cast`: (exit status, JSON document, stderr)."""
+    try:
+        bout, berr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        bout, berr = p.communicate(timeout=10)
+        raise AssertionError(f"beo cast did not finish within {timeout:g} s; stderr:\n"
+                             f"{berr.decode(errors='replace')[-4000:]}") from None  # fmt: skip
+    out = bout.decode(errors="replace")
+    return p.returncode, (json.loads(out) if out.strip() else None), berr.decode(errors="replace")
+
+
+def wait_open(path: Path, timeout: float = 30) -> int:
+    """The pid of a process that has ``path`` open (waits for one to appear)."""
+    want = os.path.realpath(path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                    if os.readlink(fd.path) == want:
+                        return int(entry.name)
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise TimeoutError(f"no process opened {path}")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), now."""
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(entry.name)] = int(fields[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in found]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that still run (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+def wait_gone(pids: set[int], timeout: float = 20) -> set[int]:
+    """Wait (bounded) until none of ``pids`` runs; those still running."""
+    deadline = time.monotonic() + timeout
+    while (left := alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -182,3 +182,33 @@ def test_receiver_without_a_spec() -> None:
     p = subprocess.run([sys.executable, "-m", "beokit.cast.receiver"], input=b"",
                        capture_output=True, timeout=20)  # fmt: skip
     assert p.returncode == 2 and b"no valid spec on stdin" in p.stderr
+
+
+def test_hub_sheds_a_flood_without_threads_and_admits_a_receiver() -> None:
+    """300 silent connections from one address: the hub keeps at most PER_SOURCE of
+    them (the oldest go first), starts no thread for any, and a receiver from another
+    address is admitted at once."""
+    hub, receivers = _hub("n1")
+    threads = threading.active_count()  # the hub's own thread runs already
+    host, port = hub.address.rsplit(":", 1)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.socket()
+            s.bind(("127.0.9.1", 0))
+            s.connect((host, int(port)))
+            flood.append(s)
+        deadline = time.monotonic() + 20
+        while hub.refused < 300 - Hub.PER_SOURCE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.refused == 300 - Hub.PER_SOURCE
+        assert hub.peak_pending == Hub.PER_SOURCE
+        assert threading.active_count() == threads
+        p = _receiver(hub.address)
+        assert receivers["n1"].answered.wait(20)
+        assert receivers["n1"].hello is not None and receivers["n1"].hello["code"] == "LWF"
+        assert p.wait(20) == 1
+    finally:
+        for s in flood:
+            s.close()
+        hub.close()

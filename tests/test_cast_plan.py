@@ -218,3 +218,63 @@ def test_hosts_file() -> None:
     assert names == {"host1": "198.18.0.1", "h1": "198.18.0.1", "host2": "198.18.0.2"}
     with pytest.raises(UsageError, match="bad address 'host1'"):
         plan.parse_hosts_file("host1 198.18.0.1\n")
+
+
+SNAP = {"ino": 7, "dev": 1, "size": 100, "mtime_ns": 5, "ctime_ns": 6}
+
+
+@pytest.mark.parametrize(("after", "sent", "words"), [
+    (dict(SNAP), 100, ""),
+    (dict(SNAP), None, ""),
+    (dict(SNAP, size=40, mtime_ns=9), 40, "from 100 to 40 bytes"),
+    (dict(SNAP, size=140, mtime_ns=9), 140, "from 100 to 140 bytes"),
+    (dict(SNAP, mtime_ns=9, ctime_ns=9), 100, "written to"),
+    (dict(SNAP, ino=8), 100, "replaced"),
+    (dict(SNAP), 60, "60 bytes were sent; it had 100"),
+    ({"missing": 1}, None, "can no longer be read"),
+])  # fmt: skip
+def test_source_change(after: dict, sent: int | None, words: str) -> None:
+    why = plan.source_change(SNAP, after, sent)
+    assert (why == "") == (words == "") and words in why
+    if why:
+        assert why.startswith("SOURCE changed during the stream: ")
+    assert plan.source_change(None, None, 5) == ""  # stdin, a directory: nothing to compare
+    block = {"ino": 3, "dev": 1, "size": 100, "block": 1}  # no times: a device's node keeps them
+    assert plan.source_change(block, dict(block), 100) == ""
+
+
+def test_a_changed_source_fails_every_started_node_and_settle_says_what_dest_holds() -> None:
+    rows = [plan.Row("a", digest="ok"), plan.Row("b", codes=["NWF"], status="NWF", digest="-"),
+            plan.Row("c", codes=["LWF"], status="LWF", digest="n/a")]  # fmt: skip
+    plan.fail_all(rows, "", "SOURCE changed during the stream: replaced")
+    assert [r.codes for r in rows] == [["CHANGED"], ["NWF", "CHANGED"], ["LWF"]]
+    plan.settle(rows, {"a": {"t": "discarded", "dest": "unchanged"},
+                       "b": {"t": "discarded", "dest": "partial", "bytes": 10}})  # fmt: skip
+    assert [r.dest for r in rows] == ["unchanged", "partial", "unchanged"]
+    ok = [plan.Row("a"), plan.Row("b"), plan.Row("c")]
+    plan.settle(ok, {"a": {"t": "committed", "ok": True, "dest": "new"},
+                     "b": {"t": "committed", "ok": False, "why": "cannot rename",
+                           "dest": "unchanged"}})  # fmt: skip
+    assert [(r.status, r.dest) for r in ok] == [("OK", "new"), ("LWF", "unchanged"),
+                                                ("LOST", "unknown")]  # fmt: skip
+
+
+def test_interrupted_rows_name_every_node() -> None:
+    hosts = ["a", "b", "c", "d", "e", "f"]
+    launch = {h: {"t": "up"} for h in "abcd"}
+    launch["e"] = {"t": "fail", "code": "LWF", "why": "no room"}
+    finals = {"a": {"t": "committed", "ok": True, "dest": "new"},
+              "b": {"t": "aborted", "dest": "unchanged"},
+              "c": {"t": "aborted", "dest": "partial", "bytes": 4096}}  # fmt: skip
+    rows = plan.interrupted_rows(hosts, plan.plan_chains(hosts), launch=launch, finals=finals,
+                                 results={"a": {"bytes": 9, "seconds": 1.0}},
+                                 signame="SIGTERM")  # fmt: skip
+    got = {r.host: (r.status, r.dest) for r in rows}
+    assert got == {"a": ("OK", "new"), "b": ("SIG", "unchanged"), "c": ("SIG", "partial"),
+                   "d": ("SIG", "unknown"), "e": ("LWF", "unchanged"),
+                   "f": ("SIG", "unchanged")}  # fmt: skip
+    detail = {r.host: r.detail for r in rows}
+    assert detail["c"] == "beo cast stopped by SIGTERM: DEST holds a partial copy " \
+                          "(4,096 bytes, written in place)"
+    assert "no answer" in detail["d"] and "not started" in detail["f"]
+    assert rows[0].bytes == 9

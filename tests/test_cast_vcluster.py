@@ -73,10 +73,14 @@ def test_host_killed_mid_cast(vc: VCluster, shm: Path) -> None:
 
     def kill_host3() -> None:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # host3 is writing: pull the plug
-            if (shm / "host3").exists() and (shm / "host3").stat().st_size > 4 << 20:
-                vc.kill(3)
-                return
+        while time.monotonic() < deadline:  # host3 is writing (its temporary copy): pull the plug
+            for part in shm.glob(".host3.beo-cast-*"):
+                try:
+                    if part.stat().st_size > 4 << 20:
+                        vc.kill(3)
+                        return
+                except OSError:
+                    pass
             time.sleep(0.05)
 
     t = threading.Thread(target=kill_host3, daemon=True)
@@ -87,6 +91,7 @@ def test_host_killed_mid_cast(vc: VCluster, shm: Path) -> None:
     assert doc is not None
     nodes = by_host(doc)
     assert nodes["host3"]["status"] != "OK" and "LOST" in nodes["host3"]["codes"]
+    assert not (shm / "host3").exists()  # its DEST was never replaced by a partial copy
     for h in ("host1", "host2"):
         assert nodes[h]["status"] == "OK", nodes[h]
         assert filecmp.cmp(src, shm / h, shallow=False)

@@ -10,7 +10,9 @@ import sys
 import time
 from typing import Any
 
-from beokit.errors import EXIT_FAILURE, EXIT_USAGE, UsageError
+from beokit.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, check_bindable, ip_address, seconds
+
+MAX_TEXT = 64 << 20  # a host file, topology, hosts file or dolly config
 
 EPILOG = """\
 examples:
@@ -82,7 +84,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--fanout", type=int, default=8, metavar="K",
                    help="receivers are started through a K-ary launch tree, as beo run "
                    "does (O(log N) ssh hops; default 8)")  # fmt: skip
-    p.add_argument("--listen", metavar="ADDR",
+    p.add_argument("--listen", metavar="ADDR", type=ip_address("address"),
                    help="address the receivers call back to (default: this machine's "
                    "address on the route to the first node; 127.0.0.1 with -R exec)")  # fmt: skip
     p.add_argument(
@@ -120,6 +122,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="do not ask nettee to heal the chain around a dead node",
     )
     p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write a file DEST where it is (default: under a temporary name beside it, "
+        "renamed over DEST once verified). Needs no room for a second copy, but a failed "
+        "or interrupted cast leaves DEST partly written",
+    )
+    p.add_argument(
         "--no-fsync",
         dest="fsync",
         action="store_false",
@@ -127,14 +136,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds("timeout"),
         default=10.0,
         metavar="S",
         help="every receiver must answer within S seconds (default 10)",
     )
     p.add_argument(
         "--finish-timeout",
-        type=float,
+        type=seconds("timeout"),
         default=120.0,
         metavar="S",
         help="after the stream, wait at most S s for each node's fsync (default 120)",
@@ -155,6 +164,7 @@ def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]
 
     patterns: list[str] = []
     if args.hostfile:
+        read_text(args.hostfile, "host file")  # one clear line if it is not text
         patterns += read_hostfile(args.hostfile)
     if args.nodeset:
         patterns.append(args.nodeset)
@@ -164,6 +174,22 @@ def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]
     if not hosts:
         raise UsageError("no nodes: give NODESET, --hostfile or -f DOLLYCONF")
     return hosts
+
+
+def read_text(path: str, what: str) -> str:
+    """A small text file given on the command line; UsageError naming it if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_TEXT + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path!r}: {exc.strerror}") from None
+    if len(data) > MAX_TEXT:
+        raise UsageError(f"cannot read {what} {path!r}: larger than {MAX_TEXT >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {what} {path!r}: not UTF-8 text "
+                         f"(byte {exc.start})") from None  # fmt: skip
 
 
 def _source_kind(source: str) -> str:
@@ -192,11 +218,7 @@ def build_job(args: argparse.Namespace) -> Any:
 
     dolly = None
     if args.dolly:
-        try:
-            with open(args.dolly) as fh:
-                dolly = plan.parse_dollytab(fh.read())
-        except OSError as exc:
-            raise UsageError(f"cannot read dolly config {args.dolly!r}: {exc.strerror}") from None
+        dolly = plan.parse_dollytab(read_text(args.dolly, "dolly config"))
         if args.source and not args.nodeset:  # `beo cast -f conf NODESET`
             args.nodeset, args.source = args.source, None
         args.source = args.source or dolly.infile
@@ -214,36 +236,25 @@ def build_job(args: argparse.Namespace) -> Any:
     if args.exclude and kind != "dir":
         raise UsageError(f"--exclude {args.exclude[0]!r}: only for a directory SOURCE")
     plan.dest_kind(args.dest, kind)
-    if args.connect_timeout <= 0 or args.finish_timeout <= 0:
-        raise UsageError("timeouts must be positive")
     if args.fanout < 1:
         raise UsageError(f"bad --fanout {args.fanout}: must be >= 1")
     if args.listen:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(args.listen)
-        except ValueError:
-            raise UsageError(f"bad --listen {args.listen!r}: not an IP address") from None
+        check_bindable("--listen", args.listen)
     if args.port is not None and not 1 <= args.port <= 65534:
         raise UsageError(f"bad --port {args.port}: 1-65534 (P and P+1 are used)")
     if args.topology:
-        try:
-            with open(args.topology) as fh:
-                chains = plan.parse_topology(fh.read(), hosts, expand)
-        except OSError as exc:
-            raise UsageError(f"cannot read topology {args.topology!r}: {exc.strerror}") from None
+        chains = plan.parse_topology(read_text(args.topology, "topology"), hosts, expand)
     else:
         chains = plan.plan_chains(hosts, args.chains)
     resolve: dict[str, str] = {}
     if args.resolve:
-        try:
-            with open(args.resolve) as fh:
-                resolve = plan.parse_hosts_file(fh.read())
-        except OSError as exc:
-            raise UsageError(f"cannot read --resolve {args.resolve!r}: {exc.strerror}") from None
+        resolve = plan.parse_hosts_file(read_text(args.resolve, "--resolve"))
     try:
-        backend = make_backend(args.rcmd, ssh_args=shlex.split(args.ssh_args),
+        ssh_args = shlex.split(args.ssh_args)
+    except ValueError as exc:
+        raise UsageError(f"bad --ssh-args {args.ssh_args!r}: {exc}") from None
+    try:
+        backend = make_backend(args.rcmd, ssh_args=ssh_args,
                                connect_timeout=args.connect_timeout,
                                python=args.remote_python)  # fmt: skip
     except ValueError as exc:
@@ -256,49 +267,105 @@ def build_job(args: argparse.Namespace) -> Any:
         finish_timeout=args.finish_timeout, resolve=resolve, fanout=args.fanout,
         listen=args.listen or "",
         bind_local=backend.kind == "exec" or args.bind_each, as_root=os.geteuid() == 0,
+        in_place=args.in_place,
     )  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
-    from beokit.cast import display, driver, plan
+    from beokit.cast import display, driver
+
+    with driver.SignalGuard():
+        outcomes: list[Any] = []
+        rows: list[Any] = []
+        stopped: driver.Interrupted | None = None
+        live = None
+        try:
+            job = build_job(args)
+            live = display.LiveProgress(driver.source_size(job), job.hosts,
+                                        job.progress_nodes,
+                                        enabled=sys.stderr.isatty() and not args.json)  # fmt: skip
+            t0 = time.monotonic()
+            rows = _rounds(args, job, live, outcomes)
+        except driver.Interrupted as exc:
+            stopped = exc
+            if exc.outcome is not None:  # its rows include the rounds before it
+                outcomes.append(exc.outcome)
+                rows = exc.outcome.rows
+            elif outcomes:  # between two rounds
+                rows = _merged(outcomes)
+        finally:
+            if live is not None:
+                live.stop()
+        if stopped is not None and not outcomes:
+            print(f"beo cast: interrupted by {stopped.name} before any receiver was started",
+                  file=sys.stderr)  # fmt: skip
+            return 128 + stopped.signum
+        return _report(args, job, outcomes, rows, time.monotonic() - t0, stopped)
+
+
+def _rounds(args: argparse.Namespace, job: Any, live: Any, outcomes: list[Any]) -> list[Any]:
+    """The first run and every --retry round; the merged rows."""
+    from beokit.cast import driver, plan
     from beokit.hostlist import fold
 
-    job = build_job(args)
-    live = display.LiveProgress(driver.source_size(job), job.hosts, job.progress_nodes,
-                                enabled=sys.stderr.isatty() and not args.json)  # fmt: skip
-    t0 = time.monotonic()
-    outcomes = []
-    try:
-        out = driver.run_once(job, job.hosts, job.chains, on_progress=live.update,
-                              on_stage=live.stage)  # fmt: skip
-        outcomes.append(out)
-        rows = out.rows
-        for attempt in range(2, args.retry + 2):
-            again = plan.retry_hosts(rows)
-            if not again:
-                break
-            live.stage(f"retry {attempt - 1}: {fold(again)}")
-            print(f"beo cast: retrying {fold(again)} ({len(again)} node(s))", file=sys.stderr)
-            chains = plan.replan(job.chains, set(again))
+    out = driver.run_once(job, job.hosts, job.chains, on_progress=live.update,
+                          on_stage=live.stage)  # fmt: skip
+    outcomes.append(out)
+    rows = out.rows
+    for attempt in range(2, args.retry + 2):
+        again = plan.retry_hosts(rows)
+        if not again:
+            break
+        live.stage(f"retry {attempt - 1}: {fold(again)}")
+        print(f"beo cast: retrying {fold(again)} ({len(again)} node(s))", file=sys.stderr)
+        chains = plan.replan(job.chains, set(again))
+        try:
             more = driver.run_once(job, again, chains, attempt=attempt, on_progress=live.update,
                                    on_stage=live.stage)  # fmt: skip
-            outcomes.append(more)
-            rows = plan.merge(rows, more.rows)
-    except KeyboardInterrupt:
-        live.stop()
-        print("beo cast: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        live.stop()
-    elapsed = time.monotonic() - t0
+        except driver.Interrupted as exc:
+            if exc.outcome is not None:  # the rounds before keep their rows
+                exc.outcome.rows = plan.merge(rows, exc.outcome.rows)
+            raise
+        outcomes.append(more)
+        rows = plan.merge(rows, more.rows)
+    return rows
+
+
+def _merged(outcomes: list[Any]) -> list[Any]:
+    from beokit.cast import plan
+
+    rows = outcomes[0].rows
+    for out in outcomes[1:]:
+        rows = plan.merge(rows, out.rows)
+    return rows
+
+
+def _dest_summary(rows: list[Any]) -> str:
+    """What DEST holds, node set by node set: 'new on a[1-3]; partial on a4'."""
+    from beokit.hostlist import fold
+
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r.dest or "unknown", []).append(r.host)
+    words = {"new": "verified copy in place", "unchanged": "DEST unchanged",
+             "partial": "DEST holds a partial copy", "unknown": "DEST not known (no answer)"}
+    return "; ".join(f"{words.get(k, k)} on {fold(v)}" for k, v in groups.items())
+
+
+def _report(args: argparse.Namespace, job: Any, outcomes: list[Any], rows: list[Any],
+            elapsed: float, stopped: Any) -> int:  # fmt: skip
+    """The table (or JSON) and the stderr lines; the exit status."""
+    from beokit.cast import display, plan
+
     first = outcomes[0]
     status = plan.exit_status(rows)
     nfail = sum(not r.ok for r in rows)
+    changed = next((o.changed for o in outcomes if o.changed), "")
     if args.json:
         display.print_json({
             "source": job.source, "dest": job.dest, "bytes": first.bytes,
             "seconds": round(first.seconds, 3),
-                "stream_seconds": round(first.stream_seconds, 3), "elapsed": round(elapsed, 3),
+            "stream_seconds": round(first.stream_seconds, 3), "elapsed": round(elapsed, 3),
             "launch_seconds": round(first.launch_seconds, 3),
             "launch": {"fanout": job.fanout, "depth": first.launch_depth,
                        "refused": first.refused},
@@ -306,6 +373,7 @@ def _run(args: argparse.Namespace) -> int:
             "digest_algorithm": first.algo or "nettee -digest", "nettee_flags": first.flags,
             "chains": [{"label": c.label, "hosts": c.hosts} for c in job.chains],
             "attempts": len(outcomes), "failed": nfail, "error": first.error,
+            "source_changed": changed, "interrupted": stopped.name if stopped else "",
             "nodes": [r.to_dict() for r in rows]}, sys.stdout)  # fmt: skip
     else:
         secs = first.stream_seconds or first.seconds
@@ -314,13 +382,21 @@ def _run(args: argparse.Namespace) -> int:
             f"beo cast {job.source} -> {job.dest}: {first.bytes:,} bytes to "
             f"{len(job.hosts)} node(s), stream {secs:.2f} s ({rate:.1f} MB/s)"
         )
+        if stopped is not None:
+            title = f"beo cast {job.source} -> {job.dest}: stopped by {stopped.name}"
         display.print_table(rows, title, sys.stdout)
     for out in outcomes:
-        if out.error:
+        if out.error and not out.interrupted:
             print(f"beo cast: {out.error}", file=sys.stderr)
+    if changed:
+        print(f"beo cast: {changed}", file=sys.stderr)
     for r in rows:
         if not r.ok:
             print(f"beo cast: {r.host}: {r.status} ({r.detail})", file=sys.stderr)
+    if stopped is not None:
+        print(f"beo cast: interrupted by {stopped.name}: {_dest_summary(rows)}",
+              file=sys.stderr)  # fmt: skip
+        return 128 + stopped.signum
     if not args.json:
         print(f"beo cast: {len(rows)} node(s), {len(rows) - nfail} ok, {nfail} failed; "
               f"launch {first.launch_seconds:.2f} s, stream {first.seconds:.2f} s, "

@@ -67,7 +67,7 @@ def table(rows: list[Row], title: str) -> Table:
     if retried:
         cols.insert(-1, "try")
     if failed:
-        cols.append("detail")
+        cols += ["DEST", "detail"]
     for c in cols:
         t.add_column(c, justify="right" if c in ("bytes", "seconds", "MB/s", "try") else "left",
                      overflow="fold")  # fmt: skip
@@ -79,7 +79,7 @@ def table(rows: list[Row], title: str) -> Table:
         if retried:
             cells.insert(-1, str(r.attempt))
         if failed:
-            cells.append(r.detail)
+            cells += [r.dest or "-", r.detail]
         t.add_row(*cells)
     return t
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beokit.cast import plan
+from beokit.cast.hub import Hub, Receiver
 from beokit.cast.plan import Chain, Row
 from beokit.errors import UsageError
 from beokit.launch.backends import Backend
@@ -71,6 +72,7 @@ class Job:
     listen: str = ""  # where receivers call back (default: see callback_address)
     bind_local: bool = False  # -R exec: each receiver listens on its host's address
     as_root: bool = True
+    in_place: bool = False  # a file DEST is written in place, not renamed into place
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Outcome:
     flags: list[str] = field(default_factory=list)
     root_log: list[str] = field(default_factory=list)
     error: str = ""
+    changed: str = ""  # why SOURCE is known to have changed during the stream
+    interrupted: str = ""  # the signal's name when the cast was interrupted
 
 
 # --------------------------------------------------------------- nettee
@@ -127,130 +131,7 @@ def digest_algo() -> str:
 
 # ------------------------------------------------------------ receivers
 
-
-class Receiver:
-    """One node's receiver, seen from the root: its callback connection (JSON lines)."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.hello: dict[str, Any] | None = None
-        self.result: dict[str, Any] | None = None
-        self.progress = 0
-        self.answered = threading.Event()
-        self.finished = threading.Event()
-        self.conn: socket.socket | None = None
-        self.lock = threading.Lock()
-
-    def attach(self, conn: socket.socket, rfile: Any) -> None:
-        self.conn = conn
-        threading.Thread(target=self._read, args=(rfile,), daemon=True).start()
-
-    def fail(self, code: str, why: str) -> None:
-        """No answer will come: the node is out (once)."""
-        with self.lock:
-            if self.hello is None:
-                self.hello = {"t": "fail", "code": code, "why": why}
-        self.answered.set()
-        self.finished.set()
-
-    def _read(self, rfile: Any) -> None:
-        try:
-            for raw in rfile:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(msg, dict):
-                    continue
-                t = msg.get("t")
-                if t in ("up", "fail") and self.hello is None:
-                    with self.lock:
-                        self.hello = msg
-                    self.answered.set()
-                elif t == "progress":
-                    self.progress = int(msg.get("bytes") or 0)
-                elif t == "result":
-                    self.result = msg
-                    self.finished.set()
-        except (OSError, ValueError):
-            pass
-        # the connection closed: whatever was not said will not be
-        self.fail("DOWN", "the receiver closed its connection before answering")
-
-    def send(self, msg: dict[str, Any]) -> bool:
-        if self.conn is None:
-            return False
-        try:
-            self.conn.sendall((json.dumps(msg) + "\n").encode())
-            return True
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        """Close the connection: the receiver stops nettee (if any) and exits."""
-        if self.conn is not None:
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.conn.close()
-
-
-class Hub:
-    """Where receivers call back: accept, authenticate, hand each to its Receiver.
-
-    A connection must answer the challenge within HELLO_TIMEOUT with a valid
-    MAC for a host of this run that has no connection yet; anything else is
-    closed without a word.
-    """
-
-    HELLO_TIMEOUT = 10.0
-
-    def __init__(self, secret: str, receivers: dict[str, Receiver], addr: str) -> None:
-        self.secret = secret
-        self.receivers = receivers
-        self.sock = socket.create_server((addr, 0), backlog=1024)
-        host, port = self.sock.getsockname()[:2]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.refused = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
-
-    def _greet(self, conn: socket.socket) -> None:
-        rfile = None
-        try:
-            conn.settimeout(self.HELLO_TIMEOUT)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nonce = os.urandom(16).hex()
-            conn.sendall((json.dumps({"t": "challenge", "nonce": nonce}) + "\n").encode())
-            rfile = conn.makefile("rb")
-            hi = json.loads(rfile.readline(4096) or b"{}")
-            host, theirs = hi.get("host"), hi.get("nonce")
-            r = self.receivers.get(host) if isinstance(host, str) else None
-            if (hi.get("t") != "hi" or r is None or not isinstance(theirs, str)
-                    or not plan.mac_ok(self.secret, hi.get("mac"), "node", nonce, theirs, host)):
-                raise PermissionError("not a receiver of this run")  # fmt: skip
-            with r.lock:
-                if r.conn is not None or r.hello is not None:
-                    raise PermissionError(f"{host} is connected already")
-                r.conn = conn
-            mac = plan.channel_mac(self.secret, "root", theirs, nonce, host)
-            conn.sendall((json.dumps({"t": "ok", "mac": mac}) + "\n").encode())
-            conn.settimeout(None)
-            r.attach(conn, rfile)
-        except (OSError, ValueError, AttributeError):
-            self.refused += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
+__all__ = ["Hub", "Receiver", "Job", "Outcome", "Interrupted", "SignalGuard", "run_once"]
 
 
 def callback_address(job: Job, hosts: list[str]) -> str:
@@ -388,7 +269,9 @@ class Feeder:
         self.bytes = 0
         self.digest: str | None = None
         self.error = ""
+        self.changed = ""  # tar saw a file change as it read it
         self.tar: subprocess.Popen | None = None
+        self.tar_log: collections.deque[str] = collections.deque(maxlen=20)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -402,7 +285,9 @@ class Feeder:
             return sys.stdin.fileno()
         if self.job.source_kind == "dir":
             self.tar = subprocess.Popen(plan.tar_create(self.job.source, self.job.excludes),
-                                        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+                                        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)  # fmt: skip
+            threading.Thread(target=self._tar_log, args=(self.tar,), daemon=True).start()
             assert self.tar.stdout is not None
             return self.tar.stdout.fileno()
         return os.open(self.job.source, os.O_RDONLY)
@@ -441,11 +326,28 @@ class Feeder:
             if fd >= 0 and self.job.source_kind == "file":
                 os.close(fd)
             if self.tar is not None:
-                if self.error:
-                    self.tar.kill()
-                rc = self.tar.wait()
-                if rc != 0 and not self.error:
-                    self.error = f"tar exited with status {rc} reading {self.job.source}"
+                self._end_tar()
+
+    def _tar_log(self, tar: subprocess.Popen) -> None:
+        """tar's messages: kept (the last 20) and passed on to our stderr."""
+        assert tar.stderr is not None
+        for raw in tar.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.tar_log.append(line)
+            print(line, file=sys.stderr)
+
+    def _end_tar(self) -> None:
+        """GNU tar's exit status 1 ("some files differ"): a file changed as tar read it
+        (it checks each file's size, mtime and ctime before and after reading it)."""
+        assert self.tar is not None
+        if self.error:
+            self.tar.kill()
+        rc = self.tar.wait()
+        if rc == 1 and not self.error:
+            said = [ln for ln in self.tar_log if ln.startswith("tar:")]
+            self.changed = "a file changed while tar read it" + (f" ({said[-1]})" if said else "")
+        elif rc != 0 and not self.error:
+            self.error = f"tar exited with status {rc} reading {self.job.source}"
 
     def _splice(self, fd: int, out: int) -> None:
         """Zero-copy: nettee computes the digest itself (-digest)."""
@@ -548,178 +450,387 @@ def await_answers(receivers: dict[str, Receiver], deadline: float, timeout: floa
             r.close()
 
 
+def source_snapshot(job: Job) -> dict[str, int] | None:
+    """What SOURCE looks like now (a file or a device), to compare after the stream.
+
+    A regular file: size, mtime, ctime, inode and device; a block device: its
+    size (a write to a device leaves its node's times alone).  None for stdin
+    and a directory (tar checks every file it reads: :meth:`Feeder._end_tar`)
+    or when SOURCE cannot be looked at (the caller then has nothing to compare).
+    """
+    if job.source_kind != "file":
+        return None
+    try:
+        st = os.stat(job.source)
+        snap = {"ino": st.st_ino, "dev": st.st_dev, "size": st.st_size}
+        if stat.S_ISBLK(st.st_mode):
+            fd = os.open(job.source, os.O_RDONLY)
+            try:
+                snap["size"] = os.lseek(fd, 0, os.SEEK_END)
+            finally:
+                os.close(fd)
+            snap["block"] = 1
+        else:
+            snap.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return snap
+    except OSError:
+        return {"missing": 1}
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM during a cast; ``outcome`` holds every node's state when known."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+        self.outcome: Outcome | None = None
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (once) while this is entered.
+
+    A second signal during the clean-up that follows (bounded: a few seconds)
+    is noted and otherwise ignored, so that the clean-up finishes: receivers
+    told, temporary copies removed, nothing left running.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.fired: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.fired is None:
+            self.fired = signum
+            raise Interrupted(signum)
+
+
+ABORT_WAIT = 10.0  # on interruption, every receiver's account of its DEST within this
+
+
 def run_once(job: Job, hosts: list[str], chains: list[Chain], *, attempt: int = 1,
              on_progress: Progress | None = None,
              on_stage: Callable[[str], None] | None = None) -> Outcome:  # fmt: skip
-    """Distribute the source to ``hosts`` along ``chains``; one row per host."""
-    stage = on_stage or (lambda _s: None)
-    supported = nettee_flags()
-    extra = plan.resilience_args(job.heal, supported)
-    algo = None if plan.DIGEST_FLAG in extra else digest_algo()
-    secret = secrets.token_hex(32)
-    kind = plan.dest_kind(job.dest, job.source_kind)
-    binds = {h: _address(job, h) for h in hosts} if job.bind_local else {}
-    if job.port:
-        port = job.port
-    elif job.bind_local:
-        addrs = sorted({a for a in binds.values() if plan.is_loopback(a)})
-        port = free_port(addrs or ["127.0.0.1"])
-    else:
-        port = secrets.SystemRandom().randrange(20000, 60000)
-    t0 = time.monotonic()
-    stage(f"starting receivers on {len(hosts)} node(s)")
-    direct = direct_source(job, algo)
-    root_nettee = RootNettee(secret, stdin=not direct)
-    receivers = {h: Receiver(h) for h in hosts}
-    addr = callback_address(job, hosts)
-    try:
-        hub = Hub(secret, receivers, addr)
-    except OSError as exc:
-        root_nettee.cancel()
-        out = Outcome(rows=[], algo=algo, flags=extra)
-        out.error = f"cannot listen on {addr} for the receivers: {exc.strerror}"
-        launch_fail = {h: {"t": "fail", "code": "DOWN", "why": out.error} for h in hosts}
-        out.rows = plan.rows(hosts, chains, launch=launch_fail, report=None, results={},
-                             source_digest=None, stream_bytes=None, kind=kind,
-                             attempt=attempt)  # fmt: skip
-        return out
-    spec = plan.receiver_spec(secret=secret, callback=hub.address, dest=job.dest, kind=kind,
-                              digest=algo, fsync=job.fsync, progress=job.progress_nodes,
-                              bind_local=job.bind_local,
-                              resolve={h: binds[h] for h in hosts if h in binds
-                                       and binds[h] != h})  # fmt: skip
-    payload = json.dumps(spec, separators=(",", ":")).encode()
-    if len(payload) > plan.MAX_SPEC:  # thousands of --resolve entries: say so, start nothing
-        root_nettee.cancel()
-        hub.close()
-        raise UsageError(f"the receivers' spec is {len(payload)} bytes, more than "
-                         f"{plan.MAX_SPEC}: too many --resolve entries for one run")  # fmt: skip
-    launcher = Launch(job, hosts, payload, addr, receivers)
-    # every launch step has its own connect timeout: the deepest host may need them all
-    budget = job.connect_timeout * max(1, launcher.depth)
-    await_answers(receivers, t0 + budget, budget)
-    hub.close()
-    launch = {h: dict(r.hello or {}) for h, r in receivers.items()}
-    alive = {h for h, m in launch.items() if m.get("t") == "up"}
-    live_chains = plan.replan(chains, alive)
-    launch_seconds = time.monotonic() - t0
-    out = Outcome(rows=[], algo=algo, flags=extra, launch_seconds=launch_seconds,
-                  launch_depth=launcher.depth, refused=hub.refused)  # fmt: skip
-    if not live_chains:
-        root_nettee.cancel()
-        for r in receivers.values():
-            r.close()
-        launcher.close()
-        out.rows = plan.rows(hosts, chains, launch=launch, report=None, results={},
-                             source_digest=None, stream_bytes=None, kind=kind,
-                             attempt=attempt)  # fmt: skip
-        out.error = "no node could be started"
-        return out
-    nxt = plan.links(live_chains)
-    via = {h: c for c in live_chains for h in c.hosts}
-    for h in sorted(alive):
-        child = nxt.get(h)
-        child_addr = _address(job, via[h].data_name(child)) if child else None
-        args = plan.receiver_args(host=h, port=port, dest=plan.expand_dest(job.dest, h),
-                                  kind=kind, child=child_addr, bind=binds.get(h), extra=extra,
-                                  as_root=job.as_root)  # fmt: skip
-        receivers[h].send({"t": "go", "args": args})
-    work = tempfile.TemporaryDirectory(prefix="beo-cast-")
-    report_path = os.path.join(work.name, "report.json")
-    heads = [_address(job, c.data_name(c.hosts[0])) for c in live_chains]
-    stage(f"streaming to {len(alive)} node(s) in {len(live_chains)} chain(s)")
-    start = time.monotonic()
-    root_nettee.start(plan.root_args(children=heads, port=port, report=report_path, extra=extra,
-                                     source=os.path.abspath(job.source) if direct else "-"))  # fmt: skip
-    root = root_nettee.proc
-    log: collections.deque[str] = collections.deque(maxlen=200)
-    formed = threading.Event()
+    """Distribute the source to ``hosts`` along ``chains``; one row per host.
 
-    def read_root_log() -> None:
-        assert root.stderr is not None
-        for raw in root.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            log.append(line)
-            if "tree formed" in line:
-                formed.set()
-
-    logger = threading.Thread(target=read_root_log, daemon=True)
-    logger.start()
-    feeder: Feeder | FileProgress = (FileProgress(job, root) if direct
-                                     else Feeder(job, root.stdin, algo))  # fmt: skip
-    feeder.start()
-    form_deadline = start + job.connect_timeout + FORM_GRACE
+    On :class:`Interrupted` (raised by a :class:`SignalGuard`), every node is
+    told to stop and asked what its DEST holds, and the exception leaves
+    with ``outcome`` set to a row per node that says so.
+    """
+    cast = _Cast(job, hosts, chains, attempt, on_progress, on_stage)
+    done: Outcome | None = None
     try:
+        done = cast.run()
+        return done
+    except Interrupted as exc:
+        exc.outcome = cast.abort(exc.name)
+        raise
+    finally:
+        try:
+            cast.release()
+        except Interrupted as exc:  # the signal came during the clean-up: finish it
+            cast.release()
+            if done is not None:  # the run itself had ended: its rows are what happened
+                done.interrupted = exc.name
+                exc.outcome = done
+            raise
+
+
+class _Cast:
+    """One run of :func:`run_once`: what it started, so that any end can clean up."""
+
+    def __init__(self, job: Job, hosts: list[str], chains: list[Chain], attempt: int,
+                 on_progress: Progress | None,
+                 on_stage: Callable[[str], None] | None) -> None:  # fmt: skip
+        self.job, self.hosts, self.chains, self.attempt = job, hosts, chains, attempt
+        self.on_progress = on_progress
+        self.stage = on_stage or (lambda _s: None)
+        self.extra = plan.resilience_args(job.heal, nettee_flags())
+        self.algo = None if plan.DIGEST_FLAG in self.extra else digest_algo()
+        self.kind = plan.dest_kind(job.dest, job.source_kind)
+        self.receivers = {h: Receiver(h) for h in hosts}
+        self.root_nettee: RootNettee | None = None
+        self.root_started = False
+        self.hub: Hub | None = None
+        self.launcher: Launch | None = None
+        self.feeder: Feeder | FileProgress | None = None
+        self.work: tempfile.TemporaryDirectory[str] | None = None
+        self.launch: dict[str, dict[str, Any]] = {}
+        self.before: dict[str, int] | None = None  # SOURCE when the stream started
+        self.after: dict[str, int] | None = None  # ... and when it ended
+
+    # ------------------------------------------------------------ phases
+
+    def run(self) -> Outcome:
+        job = self.job
+        secret = secrets.token_hex(32)
+        binds = {h: _address(job, h) for h in self.hosts} if job.bind_local else {}
+        port = self._port(binds)
+        t0 = time.monotonic()
+        self.stage(f"starting receivers on {len(self.hosts)} node(s)")
+        direct = direct_source(job, self.algo)
+        self.root_nettee = RootNettee(secret, stdin=not direct)
+        failed = self._start_receivers(secret, binds)
+        if failed is not None:
+            return failed
+        alive = {h for h, m in self.launch.items() if m.get("t") == "up"}
+        live_chains = plan.replan(self.chains, alive)
+        assert self.launcher is not None and self.hub is not None
+        out = Outcome(rows=[], algo=self.algo, flags=self.extra,
+                      launch_seconds=time.monotonic() - t0, launch_depth=self.launcher.depth,
+                      refused=self.hub.refused)  # fmt: skip
+        if not live_chains:
+            out.rows = self._rows(report=None, results={}, digest=None, stream=None)
+            plan.settle(out.rows, {})
+            out.error = "no node could be started"
+            return out
+        self._go(live_chains, alive, port, binds)
+        report, seconds, log = self._stream(live_chains, port, direct)
+        self._finish(out, alive, report, seconds, log)
+        return out
+
+    def _port(self, binds: dict[str, str]) -> int:
+        if self.job.port:
+            return self.job.port
+        if self.job.bind_local:
+            addrs = sorted({a for a in binds.values() if plan.is_loopback(a)})
+            return free_port(addrs or ["127.0.0.1"])
+        return secrets.SystemRandom().randrange(20000, 60000)
+
+    def _start_receivers(self, secret: str, binds: dict[str, str]) -> Outcome | None:
+        """Hub, spec, launch, answers; an Outcome if nothing can go on."""
+        job = self.job
+        addr = callback_address(job, self.hosts)
+        try:
+            self.hub = Hub(secret, self.receivers, addr)
+        except OSError as exc:
+            out = Outcome(rows=[], algo=self.algo, flags=self.extra)
+            out.error = f"cannot listen on {addr} for the receivers: {exc.strerror}"
+            self.launch = {h: {"t": "fail", "code": "DOWN", "why": out.error} for h in self.hosts}
+            out.rows = self._rows(report=None, results={}, digest=None, stream=None)
+            plan.settle(out.rows, {})
+            return out
+        spec = plan.receiver_spec(secret=secret, callback=self.hub.address, dest=job.dest,
+                                  kind=self.kind, digest=self.algo, fsync=job.fsync,
+                                  progress=job.progress_nodes, bind_local=job.bind_local,
+                                  resolve={h: binds[h] for h in self.hosts if h in binds
+                                           and binds[h] != h},
+                                  in_place=job.in_place,
+                                  verdict_wait=job.finish_timeout + 60)  # fmt: skip
+        payload = json.dumps(spec, separators=(",", ":")).encode()
+        if len(payload) > plan.MAX_SPEC:  # thousands of --resolve entries: say so, start nothing
+            raise UsageError(f"the receivers' spec is {len(payload)} bytes, more than "
+                             f"{plan.MAX_SPEC}: too many --resolve entries for one run")  # fmt: skip
+        self.launcher = Launch(job, self.hosts, payload, addr, self.receivers)
+        # every launch step has its own connect timeout: the deepest host may need them all
+        budget = job.connect_timeout * max(1, self.launcher.depth)
+        await_answers(self.receivers, time.monotonic() + budget, budget)
+        self.hub.stop_accepting()
+        self.launch = {h: dict(r.hello or {}) for h, r in self.receivers.items()}
+        return None
+
+    def _go(self, live_chains: list[Chain], alive: set[str], port: int,
+            binds: dict[str, str]) -> None:  # fmt: skip
+        """Tell every node its nettee arguments (its child in the chain)."""
+        job = self.job
+        nxt = plan.links(live_chains)
+        via = {h: c for c in live_chains for h in c.hosts}
+        for h in sorted(alive):
+            child = nxt.get(h)
+            child_addr = _address(job, via[h].data_name(child)) if child else None
+            dest = str(self.launch[h].get("out") or plan.expand_dest(job.dest, h))
+            args = plan.receiver_args(host=h, port=port, dest=dest, kind=self.kind,
+                                      child=child_addr, bind=binds.get(h), extra=self.extra,
+                                      as_root=job.as_root)  # fmt: skip
+            self.receivers[h].send({"t": "go", "args": args})
+
+    def _stream(self, live_chains: list[Chain], port: int,
+                direct: bool) -> tuple[dict[str, Any] | None, float, list[str]]:  # fmt: skip
+        """Start the root nettee and feed it; (its report, its life in seconds, its log)."""
+        job = self.job
+        assert self.root_nettee is not None
+        self.work = tempfile.TemporaryDirectory(prefix="beo-cast-")
+        report_path = os.path.join(self.work.name, "report.json")
+        heads = [_address(job, c.data_name(c.hosts[0])) for c in live_chains]
+        alive = sum(len(c.hosts) for c in live_chains)
+        self.stage(f"streaming to {alive} node(s) in {len(live_chains)} chain(s)")
+        self.before = source_snapshot(job)
+        start = time.monotonic()
+        self.root_nettee.start(plan.root_args(children=heads, port=port, report=report_path,
+                                              extra=self.extra,
+                                              source=os.path.abspath(job.source) if direct
+                                              else "-"))  # fmt: skip
+        self.root_started = True
+        root = self.root_nettee.proc
+        log: collections.deque[str] = collections.deque(maxlen=200)
+        formed = threading.Event()
+        logger = threading.Thread(target=_read_root_log, args=(root, log, formed), daemon=True)
+        logger.start()
+        self.feeder = FileProgress(job, root) if direct else Feeder(job, root.stdin, self.algo)
+        self.feeder.start()
+        self._watch_root(root, start, formed, log)
+        seconds = time.monotonic() - start
+        self.feeder.join(timeout=10)
+        logger.join(timeout=2)
+        self.after = source_snapshot(job)
+        self._progress()
+        try:
+            with open(report_path) as fh:
+                report = json.load(fh)
+        except (OSError, ValueError):
+            report = None
+        return report, seconds, list(log)
+
+    def _watch_root(self, root: subprocess.Popen, start: float, formed: threading.Event,
+                    log: collections.deque[str]) -> None:  # fmt: skip
+        """Until the root nettee exits: progress, and the chain-forming deadline."""
+        form_deadline = start + self.job.connect_timeout + FORM_GRACE
         while root.poll() is None:
-            if on_progress is not None:
-                on_progress(feeder.bytes, {h: r.progress for h, r in receivers.items()})
+            self._progress()
             if not formed.is_set() and time.monotonic() > form_deadline:
                 log.append(f"beo cast: the chain did not form within "
                            f"{form_deadline - start:.0f} s; stopping")  # fmt: skip
-                root.send_signal(signal.SIGTERM)
-                try:
-                    root.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    root.kill()
-                break
+                _stop_process(root)
+                return
             try:
                 root.wait(timeout=0.1)  # returns the moment the root exits
             except subprocess.TimeoutExpired:
                 pass
-    except KeyboardInterrupt:
-        root.send_signal(signal.SIGTERM)
-        root.wait()
-        for r in receivers.values():
-            r.close()
-        launcher.close(grace=2.0)
-        work.cleanup()
-        raise
-    root.wait()
-    seconds = time.monotonic() - start
-    feeder.join(timeout=10)
-    logger.join(timeout=2)
-    if on_progress is not None:
-        on_progress(feeder.bytes, {h: r.progress for h, r in receivers.items()})
-    stage("waiting for every node's fsync and result")
-    end = time.monotonic() + job.finish_timeout
-    for h in alive:
-        receivers[h].finished.wait(max(0.0, end - time.monotonic()))
-    results = {h: r.result for h, r in receivers.items() if r.result is not None}
-    for r in receivers.values():
-        r.close()
-    launcher.close()
-    try:
-        with open(report_path) as fh:
-            report = json.load(fh)
-    except (OSError, ValueError):
-        report = None
-    work.cleanup()
-    stream = None
-    if report is not None and report.get("status") == "ok":
-        stream = int(report.get("bytes") or 0)
-    elif report is not None and not feeder.error:
-        stream = feeder.bytes
-    if direct and stream is not None:
-        feeder.last = stream  # the root's own count, not the last offset polled
-    out.rows = plan.rows(hosts, chains, launch=launch, report=report, results=results,
-                         source_digest=feeder.digest, stream_bytes=stream, kind=kind,
-                         attempt=attempt)  # fmt: skip
-    out.bytes = feeder.bytes
-    out.seconds = seconds
-    out.stream_seconds = float((report or {}).get("seconds") or 0.0)
-    root_node = ((report or {}).get("nodes") or [{}])[0]
-    out.digest = feeder.digest or (root_node.get("digest") if isinstance(root_node, dict) else None)
-    out.root_log = list(log)
-    if feeder.error:
-        out.error = feeder.error
-    elif report is None:
-        out.error = "the root nettee wrote no report: " + (log[-1] if log else "no message")
-    if out.error:
-        for row in out.rows:
-            if row.ok:
-                plan._add(row, "LRF", out.error)
-                row.status = " ".join(row.codes)
-    return out
+
+    def _progress(self) -> None:
+        if self.on_progress is not None and self.feeder is not None:
+            self.on_progress(self.feeder.bytes,
+                             {h: r.progress for h, r in self.receivers.items()})  # fmt: skip
+
+    def _finish(self, out: Outcome, alive: set[str], report: dict[str, Any] | None,
+                seconds: float, log: list[str]) -> None:  # fmt: skip
+        """Every node's result, the verdict, then commit the good copies, discard the rest."""
+        feeder = self.feeder
+        assert feeder is not None
+        self.stage("waiting for every node's fsync and result")
+        end = time.monotonic() + self.job.finish_timeout
+        for h in alive:
+            self.receivers[h].finished.wait(max(0.0, end - time.monotonic()))
+        results = {h: r.result for h, r in self.receivers.items() if r.result is not None}
+        stream = None
+        if report is not None and report.get("status") == "ok":
+            stream = int(report.get("bytes") or 0)
+        elif report is not None and not feeder.error:
+            stream = feeder.bytes
+        if isinstance(feeder, FileProgress) and stream is not None:
+            feeder.last = stream  # the root's own count, not the last offset polled
+        out.rows = self._rows(report=report, results=results, digest=feeder.digest, stream=stream)
+        out.bytes = feeder.bytes
+        out.seconds = seconds
+        out.stream_seconds = float((report or {}).get("seconds") or 0.0)
+        root_node = ((report or {}).get("nodes") or [{}])[0]
+        out.digest = feeder.digest or (root_node.get("digest") if isinstance(root_node, dict)
+                                       else None)  # fmt: skip
+        out.root_log = log
+        if feeder.error:
+            out.error = feeder.error
+        elif report is None:
+            out.error = "the root nettee wrote no report: " + (log[-1] if log else "no message")
+        completed = report is not None and report.get("status") == "ok"
+        sent = stream if completed else None  # the root's own count of a whole stream
+        tar_saw = feeder.changed if isinstance(feeder, Feeder) else ""
+        out.changed = tar_saw or plan.source_change(self.before, self.after, sent)
+        plan.fail_all(out.rows, out.error, out.changed)
+        self._settle(out.rows, alive)
+
+    def _settle(self, rows: list[Row], alive: set[str]) -> None:
+        """Commit (rename into place) every verified copy, discard the others: bounded."""
+        self.stage("moving every verified copy into place")
+        verdict = {r.host: r.ok for r in rows}
+        asked = [h for h in alive if self.receivers[h].send(
+            {"t": "commit" if verdict.get(h) else "discard"})]
+        end = time.monotonic() + self.job.finish_timeout
+        for h in asked:
+            self.receivers[h].settled.wait(max(0.0, end - time.monotonic()))
+        plan.settle(rows, {h: r.final for h, r in self.receivers.items() if r.final})
+
+    def _rows(self, *, report: dict[str, Any] | None, results: dict[str, dict[str, Any]],
+              digest: str | None, stream: int | None) -> list[Row]:  # fmt: skip
+        return plan.rows(self.hosts, self.chains, launch=self.launch, report=report,
+                         results=results, source_digest=digest, stream_bytes=stream,
+                         kind=self.kind, attempt=self.attempt)  # fmt: skip
+
+    # ------------------------------------------------------------ endings
+
+    def abort(self, signame: str) -> Outcome:
+        """Interrupted: stop the stream, ask every node to stop and say what DEST holds."""
+        self.stage(f"interrupted ({signame}): stopping every node")
+        if self.hub is not None:
+            self.hub.stop_accepting()  # no receiver joins a run that is ending
+        if self.root_started and self.root_nettee is not None:
+            _stop_process(self.root_nettee.proc)
+        if not self.launch:
+            self.launch = {h: dict(r.hello or {}) for h, r in self.receivers.items()}
+        asked = [r for r in self.receivers.values() if r.send({"t": "abort"})]
+        end = time.monotonic() + ABORT_WAIT
+        for r in asked:
+            r.settled.wait(max(0.0, end - time.monotonic()))
+        out = Outcome(rows=[], algo=self.algo, flags=self.extra, interrupted=signame)
+        out.rows = plan.interrupted_rows(
+            self.hosts, self.chains, launch=self.launch,
+            finals={h: r.final for h, r in self.receivers.items() if r.final},
+            results={h: r.result for h, r in self.receivers.items() if r.result},
+            signame=signame, attempt=self.attempt)  # fmt: skip
+        out.error = f"interrupted by {signame}"
+        return out
+
+    def release(self) -> None:
+        """Whatever ended the run: nothing of it is left running (each step bounded).
+
+        The hub goes first: every receiver's connection closes, so each one
+        still waiting removes its temporary copy and exits on its own before
+        the launch tree is asked to end (and, after its grace, killed).
+        """
+        if self.root_nettee is not None:
+            if self.root_started:
+                _stop_process(self.root_nettee.proc)
+            else:
+                self.root_nettee.cancel()
+        if self.hub is not None:
+            self.hub.close()
+        if self.launcher is not None:
+            self.launcher.close()
+        if self.feeder is not None:
+            self.feeder.join(timeout=5)
+        if self.work is not None:
+            self.work.cleanup()
+
+
+def _read_root_log(root: subprocess.Popen, log: collections.deque[str],
+                   formed: threading.Event) -> None:  # fmt: skip
+    assert root.stderr is not None
+    for raw in root.stderr:
+        line = raw.decode(errors="replace").rstrip()
+        log.append(line)
+        if "tree formed" in line:
+            formed.set()
+
+
+def _stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
 
 
 def remote_python_default(backend: Backend) -> str:

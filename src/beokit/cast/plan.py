@@ -51,7 +51,13 @@ CAST_CODES = {
     "BDG": "digest of what the node wrote differs from the source's",
     "SHORT": "the node wrote fewer (or more) bytes than the stream had",
     "LOST": "the receiver ended without a result (killed, connection lost)",
+    "CHANGED": "SOURCE changed during the stream (truncated, grown, rewritten or replaced)",
+    "SIG": "beo cast was stopped by SIGINT/SIGTERM before this node's copy was in place",
 }
+
+# What a node's DEST holds at the end (Row.dest): this cast's verified copy,
+# what it held before the cast, an incomplete copy written in place, or not known.
+DEST_STATES = ("new", "unchanged", "partial", "unknown")
 
 
 @dataclass
@@ -374,6 +380,7 @@ class Row:
     codes: list[str] = field(default_factory=list)
     detail: str = ""
     attempt: int = 1
+    dest: str = ""  # new | unchanged | partial | unknown (DEST_STATES); "" not settled
 
     @property
     def ok(self) -> bool:
@@ -477,6 +484,129 @@ def rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, A
     return out
 
 
+def _status(row: Row) -> None:
+    row.status = " ".join(row.codes) if row.codes else "OK"
+
+
+def _started(row: Row) -> bool:
+    """Did the node take part in the stream?  (:func:`rows` marks the ones that
+    failed their start-up check, or never answered, with digest ``n/a`` and a code.)"""
+    return row.digest != "n/a" or not row.codes
+
+
+def source_change(before: dict[str, int] | None, after: dict[str, int] | None,
+                  sent: int | None) -> str:  # fmt: skip
+    """Why SOURCE is known to have changed during the stream ("" if it is not).
+
+    ``before``/``after``: SOURCE looked at when the stream started and when it
+    ended (``ino dev size`` and, for a regular file, ``mtime_ns ctime_ns``;
+    ``{"missing": 1}`` if it could not be); ``sent``: the bytes the stream
+    carried, when it completed.  A file that shrank, grew, was rewritten in
+    place or replaced by another under its name, a device whose size changed,
+    or a stream whose length is not SOURCE's size at the start all count.
+    """
+    if before is None or before.get("missing"):
+        return ""  # nothing known to compare with (stdin; a directory: tar's own check)
+    head = "SOURCE changed during the stream: "
+    if after is None or after.get("missing"):
+        return head + "it can no longer be read (removed?)"
+    if (after["ino"], after["dev"]) != (before["ino"], before["dev"]):
+        return head + "another file has its name now (replaced)"
+    if after["size"] != before["size"]:
+        return head + f"its size went from {before['size']:,} to {after['size']:,} bytes"
+    if sent is not None and sent != before["size"]:
+        return head + f"{sent:,} bytes were sent; it had {before['size']:,} when the stream started"
+    if any(after.get(k) != before.get(k) for k in ("mtime_ns", "ctime_ns")):
+        return head + "it was written to (its modification time changed)"
+    return ""
+
+
+def fail_all(table: list[Row], error: str, changed: str) -> None:
+    """A failure of the whole stream: every node that took part is failed with it.
+
+    ``error`` (the root could not read SOURCE, wrote no report): ``LRF`` on the
+    nodes that were OK; ``changed`` (:func:`source_change`): ``CHANGED`` on
+    every node that was started, OK or not: none holds a copy of one version.
+    """
+    for row in table:
+        started = _started(row)
+        if error and row.ok:
+            _add(row, "LRF", error)
+        if changed and started:
+            _add(row, "CHANGED", changed)
+        _status(row)
+
+
+def settle(table: list[Row], finals: dict[str, dict[str, Any]]) -> None:
+    """The nodes' answers to the root's last word (commit or discard) into the rows.
+
+    A node told to commit that could not (rename failed) is ``LWF``; one that
+    did not answer is ``LOST`` (what its DEST holds is not known).  Every row
+    gets ``dest``: what DEST holds now (:data:`DEST_STATES`).
+    """
+    for row in table:
+        final = finals.get(row.host)
+        if final is None:
+            row.dest = "unknown" if _started(row) else "unchanged"
+            if row.ok:
+                _add(row, "LOST", "no answer to the commit: DEST not known to be in place")
+        else:
+            state = str(final.get("dest") or "unknown")
+            row.dest = state if state in DEST_STATES else "unknown"
+            if final.get("t") == "committed" and not final.get("ok"):
+                _add(row, "LWF", str(final.get("why") or "the copy could not be moved into place"))
+            elif row.ok and row.dest != "new":
+                _add(row, "LOST", f"told to commit, the node answered {final.get('t')!r}")
+        _status(row)
+
+
+_DEST_WORDS = {
+    "unchanged": "DEST unchanged",
+    "partial": "DEST holds a partial copy",
+    "unknown": "no answer: DEST may hold a partial copy",
+}
+
+
+def interrupted_rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, Any]],
+                     finals: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]],
+                     signame: str, attempt: int = 1) -> list[Row]:  # fmt: skip
+    """The rows of a cast stopped by a signal: what every node's DEST holds.
+
+    ``finals``: each node's answer to the root's ``abort`` (``dest``:
+    :data:`DEST_STATES`, ``bytes`` of a partial file); a node that had
+    committed its verified copy before the signal stays OK (``new``).
+    """
+    where = chain_of(chains)
+    out = []
+    for h in hosts:
+        row = Row(h, chain=where.get(h, "-"), digest="-", attempt=attempt)
+        up, final, res = launch.get(h) or {}, finals.get(h), results.get(h) or {}
+        if isinstance(res.get("bytes"), int):
+            row.bytes, row.seconds = res["bytes"], float(res.get("seconds") or 0.0)
+        if up.get("t") == "fail":
+            _add(row, str(up.get("code") or "DOWN"), str(up.get("why") or ""))
+            row.dest = "unchanged"
+        elif final is not None and final.get("dest") == "new":
+            row.dest = "new"
+        else:
+            state = str((final or {}).get("dest") or ("unknown" if up else "unchanged"))
+            row.dest = state if state in DEST_STATES else "unknown"
+            words = _DEST_WORDS.get(row.dest, "DEST unchanged")
+            if not up:
+                words = "not started: DEST unchanged"
+            size, removed = (final or {}).get("bytes"), (final or {}).get("removed")
+            if row.dest == "partial" and isinstance(size, int):
+                words += f" ({size:,} bytes, written in place)"
+                row.bytes = size
+            elif row.dest == "unchanged" and isinstance(removed, int) and removed:
+                words += f" (its partial copy, {removed:,} bytes, removed)"
+                row.bytes = removed
+            _add(row, "SIG", f"beo cast stopped by {signame}: {words}")
+        _status(row)
+        out.append(row)
+    return out
+
+
 def exit_status(table: list[Row]) -> int:
     """0 when every node is OK, 1 otherwise."""
     return 0 if table and all(r.ok for r in table) else 1
@@ -553,12 +683,18 @@ def mac_ok(secret: str, mac: Any, role: str, nonce_a: str, nonce_b: str, host: s
 
 
 def receiver_spec(*, secret: str, callback: str, dest: str, kind: str, digest: str | None,
-                  fsync: bool, progress: bool, bind_local: bool,
-                  resolve: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    """What every receiver reads on stdin (the same for all: per-host parts are derived)."""
+                  fsync: bool, progress: bool, bind_local: bool, resolve: dict[str, str],
+                  in_place: bool = False, verdict_wait: float = 600.0) -> dict[str, Any]:  # fmt: skip
+    """What every receiver reads on stdin (the same for all: per-host parts are derived).
+
+    ``in_place``: a file DEST is written where it is instead of under a
+    temporary name renamed into place; ``verdict_wait``: how long a receiver
+    waits, after its result, for the root's commit or discard.
+    """
     return {"v": CHANNEL_VERSION, "secret": secret, "callback": callback, "dest": dest,
             "kind": kind, "digest": digest, "fsync": fsync, "progress": progress,
-            "bind_local": bind_local, "resolve": resolve}  # fmt: skip
+            "bind_local": bind_local, "resolve": resolve, "in_place": in_place,
+            "verdict_wait": verdict_wait}  # fmt: skip
 
 
 def host_spec(spec: dict[str, Any], host: str) -> dict[str, Any]:

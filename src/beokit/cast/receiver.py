@@ -31,6 +31,7 @@ import collections
 import ctypes
 import json
 import os
+import queue
 import signal
 import socket
 import stat
@@ -51,6 +52,10 @@ class ChannelError(Exception):
     """The cast root could not be reached or did not prove it knows the secret."""
 
 
+class _Fatal(ChannelError):
+    """The root answered, but not with the secret: no second try."""
+
+
 class Channel:
     """The authenticated connection to the cast root: JSON lines both ways."""
 
@@ -60,9 +65,32 @@ class Channel:
         self.lock = threading.Lock()
 
     @classmethod
-    def connect(cls, callback: str, secret: str, host: str) -> Channel:
+    def connect(cls, callback: str, secret: str, host: str,
+                timeout: float = CONNECT_TIMEOUT) -> Channel:  # fmt: skip
+        """Reach the root and prove the secret both ways, within ``timeout`` seconds.
+
+        A connection the root closes before its handshake ends (the root's hub
+        sheds the oldest waiting connections under a flood) is tried again;
+        a refused connection, or a root that cannot prove the secret, is not.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.05
+        while True:
+            try:
+                return cls._handshake(callback, secret, host, deadline)
+            except (ConnectionRefusedError, _Fatal):
+                raise
+            except (OSError, ChannelError):
+                if time.monotonic() + pause >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+
+    @classmethod
+    def _handshake(cls, callback: str, secret: str, host: str, deadline: float) -> Channel:
         addr, _, port = callback.rpartition(":")
-        conn = socket.create_connection((addr.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT)
+        left = max(0.1, deadline - time.monotonic())
+        conn = socket.create_connection((addr.strip("[]"), int(port)), timeout=left)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             chan = cls(conn)
@@ -74,9 +102,11 @@ class Channel:
             chan.say({"t": "hi", "host": host, "nonce": ours,
                       "mac": plan.channel_mac(secret, "node", theirs, ours, host)})  # fmt: skip
             ok = chan.read()
+            if not ok:
+                raise ChannelError("the root closed the connection during the handshake")
             if ok.get("t") != "ok" or not plan.mac_ok(secret, ok.get("mac"), "root", ours,
                                                       theirs, host):  # fmt: skip
-                raise ChannelError(f"the root refused us or did not prove the secret: {ok}")
+                raise _Fatal(f"the root refused us or did not prove the secret: {ok}")
             conn.settimeout(None)
             return chan
         except BaseException:
@@ -186,7 +216,117 @@ def hasher(name: str) -> Any:
     return hashlib.new(name)
 
 
-def check(spec: dict[str, Any]) -> tuple[str, str] | None:
+class Output:
+    """Where this node's nettee writes, and what becomes of it.
+
+    A file DEST (absent, or a regular file) is written under a temporary
+    name beside it, ``.NAME.beo-cast-XXXXXXXX`` in DEST's directory, and
+    renamed over DEST only when the root says the copy is verified
+    (:meth:`commit`); a failed or interrupted cast removes it
+    (:meth:`discard`) and leaves DEST as it was.  A DEST symlink is followed
+    (the file it names is replaced).  The temporary file gets an existing
+    DEST's permission bits (and, as root, its owner).  A device, a FIFO, a
+    directory tree (tar), a ``|command`` and ``in_place`` are written in
+    place: on failure they hold whatever arrived.
+    """
+
+    def __init__(self, dest: str, kind: str, in_place: bool = False) -> None:
+        self.dest = dest
+        self.kind = kind
+        self.in_place = in_place or kind != "file"
+        self.path = dest  # what nettee writes
+        self.final = dest  # what a temporary copy replaces
+        self.temp: str | None = None
+        self.committed = False
+        self.written = False  # nettee was started on it
+        self.removed: int | None = None  # bytes of the temporary copy discard() removed
+
+    def prepare(self) -> None:
+        """Create what nettee will write (OSError if it cannot be)."""
+        if self.kind == "dir":
+            os.makedirs(self.dest, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".beo-cast-", dir=self.dest)
+            os.close(fd)
+            os.unlink(probe)
+            return
+        if self.kind != "file":
+            return
+        parent = os.path.dirname(self.dest)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        try:
+            st: os.stat_result | None = os.stat(self.dest)
+        except FileNotFoundError:
+            st = None
+        if self.in_place or (st is not None and not stat.S_ISREG(st.st_mode)):
+            self.in_place = True  # a device, a FIFO: written where it is
+            fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.close(fd)
+            return
+        self.final = os.path.realpath(self.dest) if os.path.islink(self.dest) else self.dest
+        folder, name = os.path.split(self.final)
+        temp = os.path.join(folder, f".{name[:200]}.beo-cast-{os.urandom(4).hex()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.temp = self.path = temp
+        try:
+            if st is not None:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                if os.geteuid() == 0:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+        finally:
+            os.close(fd)
+
+    def commit(self, fsync: bool) -> str | None:
+        """Move a verified temporary copy over DEST; None, or why it failed."""
+        if self.temp is None or self.committed:
+            self.committed = True
+            return None
+        try:
+            os.rename(self.temp, self.final)
+        except OSError as exc:
+            return f"cannot rename {self.temp} to {self.final}: {exc.strerror}"
+        self.committed = True
+        self.temp = None
+        if fsync:  # the rename itself on stable storage
+            try:
+                fd = os.open(os.path.dirname(self.final) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                return f"fsync of {os.path.dirname(self.final)}: {exc.strerror}"
+        return None
+
+    def discard(self) -> None:
+        """Remove an uncommitted temporary copy (DEST stays as it was)."""
+        if self.temp is not None:
+            try:
+                self.removed = os.stat(self.temp).st_size
+                os.unlink(self.temp)
+            except OSError:
+                pass
+            self.temp = None
+
+    def state(self) -> dict[str, Any]:
+        """What DEST holds now: ``new`` (this cast's verified copy), ``unchanged``
+        (as before the cast) or ``partial`` (written in place, incomplete)."""
+        if self.committed:
+            return {"dest": "new"}
+        if self.temp is not None or not self.in_place or not self.written:
+            return {"dest": "unchanged", "removed": self.removed}
+        out: dict[str, Any] = {"dest": "partial"}
+        if self.kind == "file":
+            try:
+                st = os.stat(self.dest)
+                if stat.S_ISREG(st.st_mode):
+                    out["bytes"] = st.st_size
+            except OSError:
+                pass
+        return out
+
+
+def check(spec: dict[str, Any], out: Output) -> tuple[str, str] | None:
     """Can this node do its part?  None, or (code, why)."""
     bind = spec.get("bind")
     if bind:
@@ -200,21 +340,17 @@ def check(spec: dict[str, Any]) -> tuple[str, str] | None:
                 s.bind((addr[0], 0))
         except OSError as exc:
             return "DOWN", f"cannot listen on {addr[0]}: {exc.strerror}"
-    dest, kind = spec["dest"], spec["kind"]
     try:
-        if kind == "file":
-            parent = os.path.dirname(dest)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.close(fd)
-        elif kind == "dir":
-            os.makedirs(dest, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".beo-cast-", dir=dest)
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        return "LWF", f"cannot write {exc.filename or dest}: {exc.strerror}"
+        out.prepare()
+    except (OSError, ValueError) as exc:
+        where = str(getattr(exc, "filename", None) or out.dest)
+        why = getattr(exc, "strerror", None) or str(exc)
+        if ".beo-cast-" not in os.path.basename(where):
+            return "LWF", f"cannot write {where}: {why}"
+        folder = os.path.dirname(where) or "."
+        # DEST itself may be writable where a new file beside it cannot be made
+        hint = "; --in-place writes DEST itself" if os.access(out.dest, os.W_OK) else ""
+        return "LWF", f"cannot write {out.dest}: no new file in {folder}: {why}{hint}"
     return None
 
 
@@ -265,79 +401,126 @@ def main() -> int:
         return 2
     host = os.environ.get("BEO_HOST") or socket.gethostname()
     spec = plan.host_spec(spec, host)
+    # a SIGTERM (the launcher, an administrator) ends us through the finally clauses
+    # below: nettee stopped, a temporary copy removed
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         chan = Channel.connect(callback, secret, host)
     except (OSError, ValueError, ChannelError) as exc:
         print(f"beo cast receiver {host}: cannot reach the cast root at {callback}: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1
+    out = Output(str(spec["dest"]), str(spec["kind"]), bool(spec.get("in_place")))
     try:
-        return serve(chan, spec, secret, host)
+        return serve(chan, spec, secret, host, out)
     except (OSError, ChannelError) as exc:  # the root went away: nothing more to say
         print(f"beo cast receiver {host}: {exc}", file=sys.stderr)
         return 1
     finally:
+        out.discard()  # unless committed: DEST stays as it was
         chan.conn.close()
 
 
-def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str) -> int:
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop(proc: Forked, done: threading.Event) -> None:
+    """Stop nettee (its process group): SIGTERM, then SIGKILL after 1 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        if not done.wait(1.0):
+            os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str, out: Output) -> int:
+    """Check, answer, run nettee on "go", report, then act on the root's verdict."""
     say = chan.say
-    problem = check(spec)
+    problem = check(spec, out)
     if problem is not None:
         say({"t": "fail", "code": problem[0], "why": problem[1], "host": host})
         return 1
     preload()
-    say({"t": "up", "host": host, "pid": os.getpid()})
+    say({"t": "up", "host": host, "pid": os.getpid(), "out": out.path,
+         "atomic": out.temp is not None})  # fmt: skip
     go = chan.read() or {"t": "cancel"}
     if go.get("t") != "go":
+        out.discard()
+        if go.get("t") == "abort":
+            say({"t": "aborted", "host": host, **out.state()})
         return 0
-    dest, kind = spec["dest"], spec["kind"]
-    start = time.monotonic()
+    inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+    done = threading.Event()
     try:
         proc = Forked([str(a) for a in go["args"]], {"NETTEE_SECRET": secret, "BEO_HOST": host})
     except OSError as exc:
         say({"t": "result", "rc": 127, "why": f"cannot run nettee: {exc}", "host": host})
         return 1
+    out.written = True
+    try:
+        res = _stream(chan, spec, host, out, proc, inbox, done)
+    finally:
+        if not done.is_set():  # an exception (SIGTERM): nettee must not outlive us
+            _stop(proc, done)
+    if res is None:  # aborted, or the root went away
+        out.discard()
+        say({"t": "aborted", "host": host, **out.state()})
+        return 0
+    say(res)
+    return _verdict(say, host, out, inbox, float(spec.get("verdict_wait") or 600.0),
+                    bool(spec.get("fsync", True)))  # fmt: skip
+
+
+def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: Forked,
+            inbox: queue.Queue[dict[str, Any]], done: threading.Event) -> dict[str, Any] | None:  # fmt: skip
+    """Wait for nettee, then fsync (and hash); the result, or None if the root said abort."""
+    dest, kind = out.path, out.kind
+    start = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    done = threading.Event()
+    aborted = threading.Event()
 
     def read_log() -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
             tail.append(raw.decode(errors="replace").rstrip())
 
-    def watch_root() -> None:
-        """The root went away (connection closed): stop nettee, nothing is left behind."""
-        try:
-            while chan.read():
-                pass
-        except (OSError, ChannelError):
-            pass
-        if not done.is_set() and proc.poll() is None:
+    def listen() -> None:
+        """The root's messages, in order; on abort or its end, stop nettee."""
+        while True:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                time.sleep(1.0)
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                msg = chan.read()
+            except (OSError, ChannelError):
+                msg = {}
+            if msg.get("t") not in ("abort", None):
+                inbox.put(msg)
+                continue
+            aborted.set()
+            inbox.put({"t": "abort"})
+            if not done.is_set():
+                _stop(proc, done)
+            return
 
     def progress() -> None:
         while not done.wait(PROGRESS_EVERY):
             try:
-                say({"t": "progress", "bytes": os.stat(dest).st_size})
+                chan.say({"t": "progress", "bytes": os.stat(dest).st_size})
             except OSError:
-                pass  # not created yet (or the root is gone: watch_root acts)
+                pass  # not created yet (or the root is gone: listen() acts)
 
     logger = threading.Thread(target=read_log, daemon=True)
     logger.start()
-    threading.Thread(target=watch_root, daemon=True).start()
+    threading.Thread(target=listen, daemon=True).start()
     if spec.get("progress") and kind == "file":
         threading.Thread(target=progress, daemon=True).start()
     rc = proc.wait()
     done.set()
     logger.join(timeout=2)
-    seconds = time.monotonic() - start
-    res: dict[str, Any] = {"t": "result", "host": host, "rc": rc, "seconds": round(seconds, 3),
+    if aborted.is_set():
+        return None
+    res: dict[str, Any] = {"t": "result", "host": host, "rc": rc,
+                           "seconds": round(time.monotonic() - start, 3),
                            "bytes": None, "fsync": None, "digest": None}  # fmt: skip
     errors = [ln for ln in tail if "nettee" in ln and ("failure" in ln or "error" in ln.lower())]
     if rc != 0:
@@ -350,17 +533,31 @@ def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str) -> int:
             res["bytes"] = st.st_size if regular else None
         except OSError as exc:
             res["why"] = f"{dest}: {exc.strerror}"
-    if spec.get("fsync", True):
-        res["fsync"] = sync(dest, kind)
-    else:
-        res["fsync"] = "skipped"
+    res["fsync"] = sync(dest, kind) if spec.get("fsync", True) else "skipped"
     if rc == 0 and regular and spec.get("digest"):
         try:
             res["digest"] = file_digest(dest, str(spec["digest"]))
         except OSError as exc:
             res["why"] = f"cannot reread {dest}: {exc.strerror}"
     res["log"] = list(tail)[-5:]
-    say(res)
+    return None if aborted.is_set() else res
+
+
+def _verdict(say: Any, host: str, out: Output, inbox: queue.Queue[dict[str, Any]],
+             wait: float, fsync: bool) -> int:  # fmt: skip
+    """The root's last word: commit (rename into place), discard or abort."""
+    try:
+        msg = inbox.get(timeout=wait)
+    except queue.Empty:
+        msg = {"t": "discard"}  # no verdict: the copy is not known to be good
+    if msg.get("t") == "commit":
+        why = out.commit(fsync)
+        say({"t": "committed", "host": host, "ok": why is None, "why": why or "",
+             **out.state()})  # fmt: skip
+        return 0 if why is None else 1
+    out.discard()
+    t = "aborted" if msg.get("t") == "abort" else "discarded"
+    say({"t": t, "host": host, **out.state()})
     return 0
 
 
