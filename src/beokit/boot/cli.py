@@ -20,6 +20,7 @@ from beokit.errors import EXIT_FAILURE, EXIT_OK, BeokitError, OneLineParser, Usa
 
 PROG = "beo boot"
 _PORT = int_in("port", 0, 65535, " (0 = off)")
+_DHCP_PORT = int_in("port", 0, 65534, " (0 = off; replies go to this port + 1)")
 
 
 def _addr(text: str) -> str:
@@ -59,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="",
         help="tie DHCP to this interface (SO_BINDTODEVICE), reply to 255.255.255.255",
     )
-    p.add_argument("--dhcp-port", type=_PORT, default=67, help="DHCP server port (default 67; "
+    p.add_argument("--dhcp-port", type=_DHCP_PORT, default=67, help="DHCP server port (default 67; "
                    "replies go to this port + 1; 0 = no DHCP)")  # fmt: skip
     p.add_argument("--tftp-port", type=_PORT, default=69, help="TFTP port (default 69, 0 = off)")
     p.add_argument("--dns-port", type=_PORT, default=53, help="DNS port (default 53, 0 = off)")
@@ -114,16 +115,23 @@ def _control(path: Path | None, req: dict) -> dict:
         s.settimeout(5)
         try:
             s.connect(str(path))
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
         except OSError as e:
-            raise BeokitError(f"cannot reach the server at {str(path)!r}: {e.strerror}") from None
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf or b"{}")
+            why = e.strerror or "no answer within 5 s"
+            raise BeokitError(f"cannot reach the server at {str(path)!r}: {why}") from None
+    try:
+        out = json.loads(buf or b"{}")
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise BeokitError(f"the server at {str(path)!r} gave no valid answer: {buf[:80]!r}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,24 +166,32 @@ def _run(args: argparse.Namespace) -> int:
 
         db = LeaseDB(cfg)
         if cfg.lease_file is not None and cfg.lease_file.exists():
-            db.load_json(cfg.lease_file.read_text(), 0.0)
+            try:
+                db.load_json(cfg.lease_file.read_text(), 0.0)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                raise UsageError(f"bad lease file {str(cfg.lease_file)!r}: {e}") from None
         text = dnsmasq_conf(cfg, db.admitted)
         if args.export_dnsmasq == "-":
             sys.stdout.write(text)
         else:
-            Path(args.export_dnsmasq).write_text(text)
+            try:
+                Path(args.export_dnsmasq).write_text(text)
+            except OSError as e:
+                raise UsageError(f"cannot write --export-dnsmasq {args.export_dnsmasq!r}: "
+                                 f"{e.strerror}") from None  # fmt: skip
         return EXIT_OK
     if not cfg.root.is_dir():
         raise UsageError(f"bad server.root {str(cfg.root)!r}: not a directory")
-    if args.check:
-        print(f"{args.config}: OK")
-        return EXIT_OK
-    from beokit.boot.server import Options, run_server
+    from beokit.boot.server import Options, check_paths, run_server
 
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s beo-boot %(levelname)s %(message)s",
-                        stream=sys.stderr)  # fmt: skip
     opts = Options(Path(args.config), bind=args.bind, interface=args.interface,
                    dhcp_port=args.dhcp_port, tftp_port=args.tftp_port, dns_port=args.dns_port,
                    pxe_port=args.pxe_port, http_port=args.http_port, proxy=args.proxy)  # fmt: skip
+    check_paths(cfg, opts)
+    if args.check:
+        print(f"{args.config}: OK")
+        return EXIT_OK
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s beo-boot %(levelname)s %(message)s",
+                        stream=sys.stderr)  # fmt: skip
     return run_server(opts, cfg)

@@ -21,6 +21,9 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
 _RATE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([kmg]?)(bit|b|bps)?\s*$", re.I)
 _RATE_MULT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+MAX_RATE = 10**13  # bits/s (10 Tbit/s): beyond is a typo, not a cap
+MAX_ORDER = 65536  # names in nettee.order
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(UsageError):
@@ -39,13 +42,16 @@ def normalize_mac(text: str) -> str:
 def parse_rate(text: str | int) -> int:
     """Bandwidth in bits/s: ``800mbit``, ``1g``, ``0`` (no cap)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(f"bad bandwidth {text!r}")
+        if not 0 <= text <= MAX_RATE:
+            raise ConfigError(f"bad bandwidth {text!r}: 0-{MAX_RATE} bits/s")
         return text
     m = _RATE_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"bad bandwidth {text!r} (e.g. 800mbit, 1g, 0 for no cap)")
-    return int(float(m.group(1)) * _RATE_MULT[m.group(2).lower()])
+    bps = float(m.group(1)) * _RATE_MULT[m.group(2).lower()] if m else -1.0
+    if not 0 <= bps <= MAX_RATE:
+        shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:40]) + "..."
+        raise ConfigError(f"bad bandwidth {shown} (e.g. 800mbit, 1g, 0 for no cap; "
+                          "at most 10000g)")  # fmt: skip
+    return int(bps)
 
 
 @dataclass(frozen=True)
@@ -278,7 +284,7 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
     name = _str(nodes, "name", "nodes", "node{n}")
     try:
         sample = name.format(n=7)
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
         raise ConfigError(
             f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}"
         ) from None
@@ -327,6 +333,10 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
         kw[attr] = value
     for key in ("kernel", "initrd", "cmdline"):
         kw[key] = _str(boot, key, "boot", "")
+    for key in ("bios", "uefi", "arm64", "ipxe_script", "kernel", "initrd", "cmdline"):
+        value = _str(boot, key, "boot", "")
+        if _CONTROL_RE.search(value):  # (a line break would add lines to the iPXE script)
+            raise ConfigError(f"bad boot.{key} {value!r}: control characters")
     kw["bandwidth_bps"] = parse_rate(tftp.get("bandwidth", 0))
     kw["max_blksize"] = _int(tftp, "max_blksize", "tftp", 512, 65464, 1468)
     kw["max_windowsize"] = _int(tftp, "max_windowsize", "tftp", 1, 256, 64)
@@ -343,12 +353,33 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
             raise ConfigError(f"bad nettee.order {order!r}: a node set, e.g. node[1-100]")
         from beokit.hostlist import expand
 
+        if _nodeset_bound(order) > MAX_ORDER:
+            raise ConfigError(f"bad nettee.order {order!r}: more than {MAX_ORDER} names")
         kw["nettee"] = Nettee(
             order=tuple(expand(order)),
             fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
             port=_int(nt, "port", "nettee", 1, 65535, 7000),
         )
     return Config(**kw)
+
+
+def _nodeset_bound(pattern: str) -> int:
+    """An upper bound of the names a NodeSet pattern expands to, from its text alone
+    (expanding ``node[1-99999999]`` would take minutes): the product, over its bracket
+    groups, of the numbers each names."""
+    total = 1
+    for group in re.findall(r"\[([^\]]*)\]", pattern):
+        n = 0
+        for part in group.split(","):
+            lo, _, hi = (x.strip()[:12] for x in part.split("/")[0].partition("-"))
+            if lo.isdigit() and hi.isdigit():
+                n += max(int(hi) - int(lo), 0) + 1
+            else:
+                n += 1
+        total *= max(n, 1)
+        if total > MAX_ORDER:
+            return total
+    return total
 
 
 def load(path: str | Path) -> Config:

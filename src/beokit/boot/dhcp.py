@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from beokit.boot.config import Config
-from beokit.boot.leases import Binding, LeaseDB
+from beokit.boot.leases import DECLINE_HOLD, Binding, LeaseDB
 
 IPv4 = ipaddress.IPv4Address
 ZERO = IPv4(0)
@@ -257,6 +258,7 @@ class DhcpLogic:
         self.client_port = client_port
         self.server_port = server_port
         self.counts: dict[str, int] = {}
+        self.notice: Callable[[str], None] | None = None  # the server's warning (rate-limited)
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -310,12 +312,14 @@ class DhcpLogic:
             rep.options[OPT_HOSTNAME] = b.name.encode()
 
     def _dest(self, req: Packet, rep: Packet, mtype: int, src: tuple[str, int]) -> tuple[str, int]:
-        """RFC 2131 section 4.1, without ARP injection (no raw sockets): broadcast instead."""
+        """RFC 2131 section 4.1, without ARP injection (no raw sockets): broadcast instead.
+        A ``ciaddr`` outside the subnet (a forged one: a client on this segment has an
+        address on it) gets the broadcast too, so that no reply is reflected off the net."""
         if req.giaddr != ZERO:
             return (str(req.giaddr), self.server_port)
         if mtype == NAK:
             return ("<broadcast>", self.client_port)
-        if req.ciaddr != ZERO:
+        if req.ciaddr != ZERO and req.ciaddr in self.cfg.subnet:
             return (str(req.ciaddr), self.client_port)
         return ("<broadcast>", self.client_port)
 
@@ -381,10 +385,7 @@ class DhcpLogic:
             self._boot_info(req, rep, b.name)
             return self._reply(req, rep, src, 0.0, str(b.ip))
         if mtype == DECLINE:
-            ip = req.opt_ip(OPT_REQUESTED_IP)
-            if ip is not None:
-                self.db.decline(key, str(ip), now)
-            self._count("DECLINE")
+            self._decline(req, key, now)
             return None
         if mtype == RELEASE:
             self.db.release(key, str(req.ciaddr))
@@ -403,6 +404,24 @@ class DhcpLogic:
             return self._reply(req, rep, src, 0.0, "inform")
         self._count("ignored")
         return None
+
+    def _decline(self, req: Packet, key: str, now: float) -> None:
+        """RFC 2131 section 4.3.3, from the client that holds the address only (see
+        ``LeaseDB.decline``); one addressed to another server is not ours to take."""
+        ip = req.opt_ip(OPT_REQUESTED_IP)
+        sid = req.opt_ip(OPT_SERVER_ID)
+        if ip is None or (sid is not None and sid != self.cfg.server):
+            self._count("DECLINE-ignored")
+            return
+        done = self.db.decline(key, str(ip), now)
+        if done == "ignored":
+            self._count("DECLINE-ignored")
+            return
+        self._count("DECLINE")
+        if self.notice is not None:  # RFC 2131: SHOULD notify the administrator
+            where = (f"set aside for {DECLINE_HOLD:.0f} s" if done == "declined"
+                     else "its fixed address: find the other host")  # fmt: skip
+            self.notice(f"DHCPDECLINE: {key} reports {ip} in use by another host ({where})")
 
     def _proxy(self, req: Packet, src: tuple[str, int], mtype: int | None,
                port: int) -> Reply | None:  # fmt: skip

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beokit.boot")
 CHUNK = 1 << 20  # bytes per sendfile call: the unit of turn-taking between clients
-MAX_HEADER = 16384
-IDLE = 30.0
+MAX_HEADER = 16384  # bytes of a request head (line and headers); more: 431
+MAX_HEADER_LINES = 100
+IDLE = 30.0  # seconds to wait for a whole request head (the first, or the next: keep-alive)
+SEND_STALL = 30.0  # seconds a reply may wait for the client to take any of it
+MAX_CONNECTIONS = 512  # at once (fewer where the descriptor limit is low)
+MAX_PER_ADDRESS = 128  # at once from one client address
+GRACE = 1.0  # an idle connection younger than this is never pushed out for a new one
+BACKLOG = 128  # listen() backlog, and the most connections asyncio accepts in one go
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -51,18 +57,87 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     return (start, end)
 
 
+class Conn:
+    """One connection: its address, and since when it waits for a request head
+    (``idle``; ``None`` while it is being answered)."""
+
+    __slots__ = ("task", "ip", "idle")
+
+    def __init__(self, task: asyncio.Task, ip: str, now: float) -> None:
+        self.task = task
+        self.ip = ip
+        self.idle: float | None = now
+
+
+def max_connections(nofile: int) -> int:
+    """The connection cap for a soft descriptor limit: each connection may hold two
+    descriptors (its socket and a file's), a burst of accepted connections waits to be
+    turned away, and the rest of the server needs some."""
+    return max(16, min(MAX_CONNECTIONS, (nofile - 2 * BACKLOG) // 2))
+
+
 class HttpServer:
+    """Connections are bounded (:data:`MAX_CONNECTIONS`, :data:`MAX_PER_ADDRESS`): when
+    full, a new connection pushes out the one that has waited longest for a request
+    head (for at least :data:`GRACE`), else it is closed at once. So idle or slowly
+    talking connections (slowloris) never keep a client that asks out; a request head
+    has :data:`IDLE` seconds and :data:`MAX_HEADER` bytes, and a reply that the client
+    does not take for :data:`SEND_STALL` seconds ends its connection."""
+
     def __init__(self, boot: BootServer, port: int) -> None:
         self.boot = boot
         self.port = port
         self.server: asyncio.AbstractServer | None = None
         self.clients: dict[str, dict] = {}  # peer -> {"bytes", "file", "since"}
         self.tasks: set[asyncio.Task] = set()
+        self.conns: dict[asyncio.Task, Conn] = {}  # in the order they came
+        self.per_address: dict[str, int] = {}
+        self.max_conns = MAX_CONNECTIONS
         self.turns = asyncio.Lock()  # round robin of the HTTP clients under a cap
 
     async def start(self) -> None:
+        import resource
+
+        self.max_conns = max_connections(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.server = await asyncio.start_server(self._client, self.boot.opts.bind, self.port,
-                                                 backlog=1024, reuse_address=True)  # fmt: skip
+                                                 backlog=BACKLOG, reuse_address=True,
+                                                 limit=MAX_HEADER)  # fmt: skip
+
+    def _admit(self, task: asyncio.Task, ip: str) -> bool:
+        """Make room for a new connection from ``ip``; False: none could be made."""
+        now = time.monotonic()
+        if self.per_address.get(ip, 0) >= MAX_PER_ADDRESS:
+            if not self._push_out(now, ip):
+                return False
+        if len(self.conns) >= self.max_conns and not self._push_out(now, None):
+            return False
+        self.conns[task] = Conn(task, ip, now)
+        self.per_address[ip] = self.per_address.get(ip, 0) + 1
+        return True
+
+    def _push_out(self, now: float, ip: str | None) -> bool:
+        """End the connection (of ``ip``, or any) that has waited longest for a request
+        head, if it has waited at least GRACE; False if there is none."""
+        oldest: Conn | None = None
+        for c in self.conns.values():
+            if c.idle is not None and (ip is None or c.ip == ip) and (
+                    oldest is None or c.idle < oldest.idle):  # type: ignore[operator]  # fmt: skip
+                oldest = c
+        if oldest is None or now - oldest.idle < GRACE:  # type: ignore[operator]
+            return False
+        self._forget(oldest.task)
+        oldest.task.cancel()
+        self.boot.count("http-pushed-out")
+        return True
+
+    def _forget(self, task: asyncio.Task) -> None:
+        c = self.conns.pop(task, None)
+        if c is not None:
+            left = self.per_address.get(c.ip, 1) - 1
+            if left > 0:
+                self.per_address[c.ip] = left
+            else:
+                self.per_address.pop(c.ip, None)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -75,29 +150,36 @@ class HttpServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.tasks.add(task)
         peer = writer.get_extra_info("peername")
         key = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.boot.count("http-connections")
+        if not self._admit(task, peer[0] if peer else "?"):
+            self.boot.count("http-refused-full")
+            writer.transport.abort()
+            return
+        self.tasks.add(task)
         try:
-            while await self._one(reader, writer, key):
+            while await self._one(reader, writer, key, self.conns.get(task)):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
             pass
         except asyncio.CancelledError:
             pass
         finally:
+            self._forget(task)
             self.clients.pop(key, None)
             self.tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
+            writer.close()  # (flushes what is left, for up to 2 s: a client that never
+            try:  # reads would keep the descriptor, so then the connection is dropped)
                 await asyncio.wait_for(writer.wait_closed(), 2)
+            except BaseException:  # noqa: BLE001 (cancelled, timed out, reset: all end here)
+                writer.transport.abort()
 
     async def _reply(self, writer: asyncio.StreamWriter, status: str, headers: dict[str, str],
                      body: bytes = b"") -> None:  # fmt: skip
         head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(head.encode() + b"\r\n" + body)
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), SEND_STALL)
 
     async def _error(self, writer: asyncio.StreamWriter, status: str, keep: bool) -> bool:
         body = (status + "\n").encode()
@@ -107,15 +189,19 @@ class HttpServer:
         return keep
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   key: str) -> bool:  # fmt: skip
+                   key: str, conn: Conn | None) -> bool:  # fmt: skip
+        if conn is not None:
+            conn.idle = time.monotonic()  # waiting for a head: may be pushed out
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE)
-        except asyncio.LimitOverrunError:
+        except (asyncio.LimitOverrunError, ValueError):
             await self._error(writer, "431 Request Header Fields Too Large", False)
             return False
         except asyncio.IncompleteReadError:
             return False
-        if len(head) > MAX_HEADER:
+        if conn is not None:
+            conn.idle = None
+        if len(head) > MAX_HEADER or head.count(b"\r\n") > MAX_HEADER_LINES + 2:
             await self._error(writer, "431 Request Header Fields Too Large", False)
             return False
         lines = head.decode("latin-1").split("\r\n")
@@ -137,7 +223,7 @@ class HttpServer:
         try:
             f = self.boot.open_served(name)
         except paths.PathRefused as e:
-            log.warning("HTTP %s refused: %s", key, e)
+            self.boot.warn("http-refused", "HTTP %s refused: %s", key, e)
             self.boot.count("http-refused")
             return await self._error(writer, "403 Forbidden", keep)
         except FileNotFoundError:
@@ -190,11 +276,12 @@ class HttpServer:
                         while not boot.bucket.take(n, time.monotonic()):  # the shared cap
                             boot.load.ran_dry()
                             await asyncio.sleep(max(boot.bucket.wait_for(n), 0.001))
-                if fobj is not None:
-                    sent = await loop.sendfile(writer.transport, fobj, off, n)
+                if fobj is not None:  # (a client that takes nothing for SEND_STALL s: gone)
+                    sent = await asyncio.wait_for(loop.sendfile(writer.transport, fobj, off, n),
+                                                  SEND_STALL)  # fmt: skip
                 else:
                     writer.write(f.read(off, n))
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), SEND_STALL)
                     sent = n
                 off += sent
                 left -= sent

@@ -35,6 +35,7 @@ IPv4 = ipaddress.IPv4Address
 OFFER_HOLD = 60.0
 POOL_OFFER_HOLD = 10.0  # seconds a pool address offered to a client is held for it  # seconds an auto-admit offer reserves its node number
 DECLINE_HOLD = 600.0  # seconds a declined pool address is skipped
+DECLINE_SHARE = 4  # at most 1/4 of the pool is held as declined at once (oldest forgotten)
 FORMAT = "beokit-boot-leases/1"
 
 
@@ -174,9 +175,60 @@ class LeaseDB:
         self.changed = True
         return True
 
-    def decline(self, key: str, ip: str, now: float) -> None:
-        self.declined[ip] = now + DECLINE_HOLD
+    def holds(self, key: str, ip: str, now: float) -> bool:
+        """Does client ``key`` hold ``ip``: its lease, the offer it was made, or its
+        fixed (host or node) address? O(1): no pool probing."""
+        lease = self.leases.get(key)
+        if lease is not None and lease.ip == ip and lease.expires > now:
+            return True
+        held = self.pool_offers.get(ip)
+        if held is not None and held[0] == key and held[1] > now:
+            return True
+        h = self._hosts.get(key)
+        if h is not None:
+            return str(h.ip) == ip
+        n = self._nodes.get(key)
+        if n is None:
+            offer = self.offers.get(key)
+            n = offer[0] if offer is not None and offer[1] > now else None
+        return n is not None and self.cfg.node_base is not None and str(self.cfg.node_ip(n)) == ip
+
+    def in_pool(self, ip: str) -> bool:
+        pool = self.cfg.pool
+        if pool is None:
+            return False
+        try:
+            a = IPv4(ip)
+        except ValueError:
+            return False
+        return pool[0] <= a <= pool[1]
+
+    def decline(self, key: str, ip: str, now: float) -> str:
+        """A DHCPDECLINE of ``ip`` from ``key`` (RFC 2131 section 4.3.3: the client found
+        the address in use). Only the client that holds the address (lease, offer or
+        fixed address) can decline it; anyone else's DECLINE is ignored. A pool address
+        is skipped for ``DECLINE_HOLD`` seconds, at most a quarter of the pool at once
+        (the oldest decline is forgotten first), so neither forged DECLINEs nor a flood
+        of real ones can empty the pool or grow the table past the pool's size.
+
+        Returns what was done: ``"declined"`` (a pool address set aside),
+        ``"fixed"`` (a node or host address: it cannot be replaced, the administrator
+        must find the other user) or ``"ignored"``.
+        """
+        if not self.holds(key, ip, now):
+            return "ignored"
         self.release(key, ip)
+        held = self.pool_offers.get(ip)
+        if held is not None and held[0] == key:
+            del self.pool_offers[ip]
+        if not self.in_pool(ip):
+            return "fixed"
+        self.declined.pop(ip, None)  # (re-insert: the dict's order is the declines' age)
+        self.declined[ip] = now + DECLINE_HOLD
+        cap = max(1, self.cfg.pool_size // DECLINE_SHARE)
+        while len(self.declined) > cap:
+            del self.declined[next(iter(self.declined))]
+        return "declined"
 
     def admit(self, key: str, n: int | None = None) -> int:
         """Give ``key`` a permanent node number (the lowest free one by default).

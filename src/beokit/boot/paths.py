@@ -10,6 +10,8 @@ Only regular files are served.
 from __future__ import annotations
 
 import os
+import stat
+import time
 from pathlib import Path, PurePosixPath
 
 
@@ -38,6 +40,21 @@ def clean_name(name: str) -> PurePosixPath:
     return p
 
 
+_ROOTS: dict[str, tuple[str, float]] = {}  # root -> (its real path, when found)
+ROOT_TTL = 1.0  # seconds: a root re-pointed (a symlink changed) is seen within this
+
+
+def _real_root(root: str) -> str:
+    now = time.monotonic()
+    hit = _ROOTS.get(root)
+    if hit is not None and now - hit[1] < ROOT_TTL:
+        return hit[0]
+    if len(_ROOTS) > 16:
+        _ROOTS.clear()
+    real = _ROOTS[root] = (os.path.realpath(root), now)
+    return real[0]
+
+
 def resolve(root: str | os.PathLike[str], name: str) -> Path:
     """The real path of ``name`` under ``root``, or :class:`PathRefused`.
 
@@ -46,13 +63,15 @@ def resolve(root: str | os.PathLike[str], name: str) -> Path:
     not exist.
     """
     rel = clean_name(name)
-    base = Path(root).resolve()
-    candidate = base.joinpath(*rel.parts)
-    real = Path(os.path.realpath(candidate))
-    if real != base and base not in real.parents:
-        raise PathRefused(f"{name!r} leads outside the root (to {str(real)!r})")
-    if not real.exists():
-        raise FileNotFoundError(name)
-    if not real.is_file():
+    # (os.path rather than pathlib: this runs for every request, forged ones included)
+    base = _real_root(os.fspath(root))
+    real = os.path.realpath(os.path.join(base, *rel.parts))
+    if real != base and not real.startswith(base.rstrip("/") + "/"):
+        raise PathRefused(f"{name!r} leads outside the root (to {real!r})")
+    try:
+        st = os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(name) from None
+    if not stat.S_ISREG(st.st_mode):
         raise PathRefused(f"{name!r} is not a regular file")
-    return real
+    return Path(real)

@@ -29,6 +29,7 @@ import json
 import logging
 import mmap
 import os
+import resource
 import signal
 import socket
 import stat
@@ -44,6 +45,7 @@ from beokit.boot import dns, fair, paths, tftp
 from beokit.boot.dhcp import PXE_PORT, DhcpLogic
 from beokit.boot.fair import Load, RoundRobin, TokenBucket
 from beokit.boot.leases import LeaseDB
+from beokit.errors import BeokitError
 
 FAST_ACKS = None  # beokit.boot._lockstep.acks, where it was built (see tftp.StateBase)
 if tftp.COMPILED:
@@ -58,6 +60,13 @@ DRAIN_ROUNDS = 4  # recvmmsg batches per loop callback (DHCP and DNS get their t
 BUSY_ACKS = 2  # ACKs per batch read, on average over a tick: the server is behind
 MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
 MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else a mapping)
+# Bounds against floods (see docs/boot.md, "Threat model and floods")
+MAX_TRANSFERS = 8192  # TFTP transfers at once; a request beyond gets ERROR "server busy"
+MAX_PER_ADDRESS = 256  # TFTP transfers at once from one client address
+MAX_UNCONFIRMED = 1024  # transfers whose client acknowledged nothing yet: the oldest goes
+WARN_WINDOW, WARN_BURST = 10.0, 20  # per-datagram warnings: at most 20 a kind in 10 s
+MAX_DEFERRED = 4096  # deferred DHCP offers waiting at once (more are dropped: clients retry)
+NOFILE_WANT = 65536  # the soft RLIMIT_NOFILE the server raises itself to (up to the hard one)
 # Every DATA header, built once, back to back: block b's is at 4 * (b & 0xFFFF)
 HEADER_TABLE = b"".join(tftp.data_header(b) for b in range(65536))
 HEADER_VIEW = memoryview(HEADER_TABLE)
@@ -124,6 +133,7 @@ class OpenFile:
             self.view = memoryview(mm)
             self.addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
         self.refs = 0
+        self.counted = False  # a netascii copy: its size is in FileTable.mem_bytes
 
     def read(self, offset: int, n: int) -> bytes:
         if self.view is not None:
@@ -140,6 +150,10 @@ def map_file(fd: int, size: int) -> mmap.mmap | None:
         return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
     except (OSError, ValueError):
         return None
+
+
+class NetasciiRefused(Exception):
+    """A netascii request for a file too big to convert in memory (``str``: the reason)."""
 
 
 class FileTable:
@@ -184,16 +198,46 @@ class FileTable:
         f.refs = 1
         return f
 
+    def netascii(self, f: OpenFile) -> OpenFile:
+        """The netascii form of ``f`` (``tftp.to_netascii``), in place of ``f`` (whose
+        reference it takes over): one converted copy per file version, shared, counted
+        with the snapshots. :class:`NetasciiRefused` when it would not fit."""
+        try:
+            if f.fd < 0:  # a virtual file (small, generated): converted for this transfer
+                return self.virtual(tftp.to_netascii(f.read(0, f.size)))
+            key = ("netascii", *f.key)
+            n = self.files.get(key)
+            if n is None:
+                if f.size > MEM_MAX or self.mem_bytes + 2 * f.size > MEM_TOTAL:
+                    raise NetasciiRefused(f"netascii needs a converted copy in memory; this "
+                                          f"file is over the limit ({MEM_MAX:,} bytes): use "
+                                          "octet (binary) mode")  # fmt: skip
+                raw = f.data if f.data is not None else read_all(f.fd, f.size)
+                data = tftp.to_netascii(raw)
+                n = self.files[key] = OpenFile(key, -1, len(data), data)
+                n.counted = True
+                self.mem_bytes += len(data)
+            n.refs += 1
+            return n
+        finally:
+            self.close(f)
+
     def close(self, f: OpenFile) -> None:
         """Drop a transfer's reference; the last one closes the descriptor.  The
         snapshot or mapping goes with the object, once no queued datagram needs it."""
         f.refs -= 1
-        if f.refs <= 0 and f.fd >= 0:
-            self.files.pop(f.key, None)
+        if f.refs > 0:
+            return
+        if self.files.get(f.key) is f:
+            del self.files[f.key]
+        if f.fd >= 0:
             os.close(f.fd)
             f.fd = -1
             if f.data is not None:
                 self.mem_bytes -= f.size
+        elif f.counted:
+            f.counted = False
+            self.mem_bytes -= f.size
 
     def close_all(self) -> None:
         for f in list(self.files.values()):
@@ -454,6 +498,12 @@ class BootServer:
         self.polls = self.polled = 0  # batches read with ACKs waiting, and those ACKs
         self.tx: Mmsg | None = None  # the transfers' shared socket (opened by serve)
         self.fair = cfg.fair
+        self.unconfirmed: dict[int, Session] = {}  # transfers in the order they began,
+        # until they end or a flood pushes them out (confirmed ones are skipped then)
+        self.per_address: dict[str, dict[int, Session]] = {}  # address -> its transfers
+        self.stalled_now = 0  # stalled() as of the last tick (DHCP reads it per datagram)
+        self.warned: dict[str, list] = {}  # kind -> [window start, warnings, suppressed]
+        self.logic.notice = lambda text: self.warn("dhcp-decline", "%s", text)
 
     # -- helpers ---------------------------------------------------------
     def effective(self, cfg: C.Config) -> C.Config:
@@ -465,6 +515,23 @@ class BootServer:
 
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
+
+    def warn(self, kind: str, fmt: str, *args: object) -> None:
+        """A warning caused by a datagram: at most ``WARN_BURST`` per kind in
+        ``WARN_WINDOW`` seconds, then one line saying how many were left out (a flood
+        must not fill the log)."""
+        now = time.monotonic()
+        w = self.warned.setdefault(kind, [now, 0, 0])
+        if now - w[0] >= WARN_WINDOW:
+            if w[2]:
+                log.warning("%d more %s warnings in the last %.0f s (not shown)", w[2], kind,
+                            now - w[0])  # fmt: skip
+            w[:] = [now, 0, 0]
+        if w[1] < WARN_BURST:
+            w[1] += 1
+            log.warning(fmt, *args)
+        else:
+            w[2] += 1
 
     @property
     def limits(self) -> tftp.Limits:
@@ -548,12 +615,14 @@ class BootServer:
     def stalled(self, now: float) -> int:
         return sum(1 for ss in self.sessions.values()
                    if ss.xfer.ready() is None and now - ss.xfer.last_progress > STALL
-                   and not ss.xfer.done)  # fmt: skip
+                   and not ss.xfer.done and ss.xfer.confirmed)  # fmt: skip
+        # (a transfer nobody acknowledged yet is no booting node: forged requests must
+        # not make the server defer the offers to newcomers)
 
     def on_dhcp(self, s: socket.socket, data: bytes, src: tuple[str, int], kind: str) -> None:
         now = time.time()
         self.count("dhcp-in")
-        defer = self.load.dhcp_delay(self.stalled(time.monotonic())) if self.sessions else 0.0
+        defer = self.load.dhcp_delay(self.stalled_now) if self.sessions else 0.0
         port = PXE_PORT if kind == "pxe" else 67  # whatever number --pxe-port gave it
         reply = self.logic.handle(data, src, now, defer=defer, port=port)
         if reply is None:
@@ -570,10 +639,13 @@ class BootServer:
                 s.sendto(reply.data, (host, dport))
                 self.count("dhcp-out")
             except OSError as e:
-                log.warning("DHCP reply to %s:%d: %s", host, dport, e)
+                self.warn("dhcp-send", "DHCP reply to %s:%d: %s", host, dport, e)
 
         if reply.delay > 0:
             assert self.loop is not None
+            if len(self.pending_replies) >= MAX_DEFERRED:
+                self.count("dhcp-deferred-dropped")  # the client retransmits its DISCOVER
+                return
             self.count("dhcp-deferred")
             h = self.loop.call_later(reply.delay, send)
             self.pending_replies.add(h)
@@ -629,19 +701,31 @@ class BootServer:
         if msg.mode != "octet" and msg.mode != "netascii":
             self._tftp_error(listener, src, tftp.E_ILLEGAL, "unsupported mode")
             return
+        busy = self._refuse_transfer(src)
+        if busy:
+            self.count("tftp-busy")
+            self._tftp_error(listener, src, tftp.E_UNDEF, busy)
+            return
         try:
             f = self.open_served(msg.filename)
+            if msg.mode == "netascii":
+                f = self.files.netascii(f)
         except paths.PathRefused as e:
-            log.warning("TFTP %s:%d refused: %s", src[0], src[1], e)
+            self.warn("tftp-refused", "TFTP %s:%d refused: %s", src[0], src[1], e)
             self.count("tftp-refused")
             self._tftp_error(listener, src, tftp.E_ACCESS, "access violation")
+            return
+        except NetasciiRefused as e:
+            self.count("tftp-netascii-refused")
+            self._tftp_error(listener, src, tftp.E_UNDEF, str(e))
             return
         except FileNotFoundError:
             log.info("TFTP %s:%d: %r not found", src[0], src[1], msg.filename)
             self._tftp_error(listener, src, tftp.E_NOTFOUND, "file not found")
             return
         except OSError as e:
-            log.warning("TFTP %s:%d %r: %s", src[0], src[1], msg.filename, e.strerror)
+            self.warn("tftp-unreadable", "TFTP %s:%d %r: %s", src[0], src[1], msg.filename,
+                      e.strerror)  # fmt: skip
             self._tftp_error(listener, src, tftp.E_ACCESS, "cannot read file")
             return
         now = time.monotonic()
@@ -653,11 +737,49 @@ class BootServer:
         if old is not None:  # the same client port asks again: it lost our first reply
             old.xfer.fail("restarted by a new request")
             self.end_session(old)
+        if len(self.unconfirmed) >= MAX_UNCONFIRMED:
+            self._push_out_unconfirmed(MAX_UNCONFIRMED - 1)
         self.sessions[ss.key] = ss
+        self.unconfirmed[ss.key] = ss
+        self.per_address.setdefault(src[0], {})[ss.key] = ss
         self.count("tftp-transfers")
         log.info("TFTP %s:%d <- %s (%d bytes, %s)", src[0], src[1], msg.filename, f.size,
                  accepted or "no options")  # fmt: skip
         self.make_ready(ss)
+
+    def _refuse_transfer(self, src: tuple[str, int]) -> str:
+        """Why a new request from ``src`` is refused now ("" = it is not): too many
+        transfers, or too many confirmed ones from its address (a request from the same
+        port replaces that port's transfer and is always taken)."""
+        if peer_key(*src) in self.sessions:
+            return ""
+        if len(self.sessions) >= MAX_TRANSFERS:
+            return f"server busy: {MAX_TRANSFERS} transfers at once"
+        mine = self.per_address.get(src[0])
+        if mine is not None and len(mine) >= MAX_PER_ADDRESS:
+            # its oldest unconfirmed transfer makes room (requests forged in the name of a
+            # node must not keep that node out); only confirmed ones make it refuse
+            for ss in mine.values():
+                if not ss.xfer.confirmed:
+                    ss.xfer.fail("pushed out by newer requests from its address (no ACK yet)")
+                    self.count("tftp-pushed-out")
+                    self.end_session(ss)
+                    return ""
+            return f"too many transfers from {src[0]} ({MAX_PER_ADDRESS} at once)"
+        return ""
+
+    def _push_out_unconfirmed(self, keep: int) -> None:
+        """Keep at most ``keep`` transfers whose client has acknowledged nothing, by
+        ending the oldest: such a client may not exist (a forged source address), and a
+        real one that lost its OACK or first block asks again (RFC 1350 clients retry)."""
+        uc = self.unconfirmed
+        while len(uc) > keep:
+            key = next(iter(uc))
+            ss = uc.pop(key)
+            if self.sessions.get(key) is ss and not ss.xfer.confirmed:
+                ss.xfer.fail("pushed out by newer requests (no ACK yet)")
+                self.count("tftp-pushed-out")
+                self.end_session(ss)
 
     def _send_block(self, ss: Session, block: int, now: float) -> bool:
         x = ss.xfer
@@ -901,21 +1023,33 @@ class BootServer:
         if self.sessions.get(fd) is not ss:
             return
         del self.sessions[fd]
+        if self.unconfirmed.get(fd) is ss:
+            del self.unconfirmed[fd]
+        ip = ss.peer[0]
+        mine = self.per_address.get(ip)
+        if mine is not None:
+            mine.pop(fd, None)
+            if not mine:
+                del self.per_address[ip]
         self.files.close(ss.file)
         self.rr.discard(fd)
         self.parked.discard(fd)
         x = ss.xfer
         self.load.count(x.bytes_sent - ss.counted_bytes, x.packets_sent - ss.counted_packets)
         secs = max(time.monotonic() - ss.started, 1e-6)
-        if x.done:
+        if not x.done and not x.confirmed:  # (a forged request, or a client gone at once)
+            self.count("tftp-unconfirmed-ended")
+            log.debug("TFTP %s:%d %s ended unconfirmed: %s", ss.peer[0], ss.peer[1], ss.name,
+                      x.failed or "stopped")  # fmt: skip
+        elif x.done:
             self.count("tftp-done")
             log.info("TFTP %s:%d %s: %d bytes in %.2f s (%.1f MB/s, %d retransmits)",
                      ss.peer[0], ss.peer[1], ss.name, x.size, secs, x.size / secs / 1e6,
                      x.retransmits)  # fmt: skip
         else:
             self.count("tftp-failed")
-            log.warning("TFTP %s:%d %s failed: %s", ss.peer[0], ss.peer[1], ss.name,
-                        x.failed or "stopped")  # fmt: skip
+            self.warn("tftp-failed", "TFTP %s:%d %s failed: %s", ss.peer[0], ss.peer[1],
+                      ss.name, x.failed or "stopped")  # fmt: skip
 
     # -- timers ------------------------------------------------------------
     async def ticker(self) -> None:
@@ -927,6 +1061,7 @@ class BootServer:
             self.account()
             self.load.tick()
             self.rebalance(now)
+            self.stalled_now = self.stalled(now)
             for ss in list(self.sessions.values()):
                 x = ss.xfer
                 if now >= x.deadline and not x.done:
@@ -1076,6 +1211,10 @@ class BootServer:
             "open_files": len(self.files.files),
             "snapshot_bytes": self.files.mem_bytes,
             "http_clients": dict(self.http.clients) if self.http is not None else {},
+            "http_connections": len(self.http.conns) if self.http is not None else 0,
+            "declined": len(self.db.declined),
+            "unconfirmed": sum(1 for ss in self.sessions.values() if not ss.xfer.confirmed),
+            "deferred_offers": len(self.pending_replies),
         }
 
     def dump(self) -> None:
@@ -1118,6 +1257,7 @@ class BootServer:
 
     # -- main ----------------------------------------------------------------
     async def serve(self, ready: asyncio.Event | None = None) -> None:
+        raise_nofile()
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.load_leases()
@@ -1213,6 +1353,43 @@ def write_atomic(path: Path, text: str) -> None:
             os.close(dfd)
 
 
+def raise_nofile(want: int = NOFILE_WANT) -> int:
+    """Raise the soft descriptor limit towards ``want`` (never past the hard one), as
+    servers do: the HTTP connection cap is sized from it. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < top:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+            soft = top
+    return soft
+
+
+def check_paths(cfg: C.Config, opts: Options | None = None) -> None:
+    """Fail early (usage error, naming the key and value) on what would otherwise end
+    the server later: a lease file or control socket in a directory that does not exist
+    or cannot be written, a control socket path too long for AF_UNIX, an unknown
+    ``--interface``."""
+    for key, p in (("server.lease_file", cfg.lease_file), ("server.control", cfg.control)):
+        if p is None:
+            continue
+        if not p.parent.is_dir():
+            raise C.ConfigError(f"bad {key} {str(p)!r}: no directory {str(p.parent)!r}")
+        if not os.access(p.parent, os.W_OK | os.X_OK):
+            raise C.ConfigError(f"bad {key} {str(p)!r}: cannot write in {str(p.parent)!r}")
+        if p.is_dir():
+            raise C.ConfigError(f"bad {key} {str(p)!r}: a directory")
+    if cfg.control is not None and len(os.fsencode(cfg.control)) > 107:
+        raise C.ConfigError(f"bad server.control {str(cfg.control)!r}: longer than the "
+                            "107 bytes of a Unix socket path")  # fmt: skip
+    if opts is not None and opts.interface:
+        try:
+            socket.if_nametoindex(opts.interface)
+        except OSError:
+            raise C.ConfigError(f"bad --interface {opts.interface!r}: no such network "
+                                "interface") from None  # fmt: skip
+
+
 def check_bind(opts: Options) -> None:
     """Fail early (usage error) on ports already taken or not allowed."""
     for port in (opts.dhcp_port, opts.tftp_port, opts.dns_port):
@@ -1223,11 +1400,14 @@ def check_bind(opts: Options) -> None:
 
 def run_server(opts: Options, cfg: C.Config) -> int:
     check_bind(opts)
+    check_paths(cfg, opts)
     server = BootServer(opts, cfg)
     try:
         asyncio.run(server.serve())
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise C.ConfigError(f"cannot bind {opts.bind}: {e.strerror}") from None
-        raise
+        if e.errno == errno.ENODEV:
+            raise C.ConfigError(f"bad --interface {opts.interface!r}: {e.strerror}") from None
+        raise BeokitError(f"cannot serve: {e.strerror or e}") from None
     return 0

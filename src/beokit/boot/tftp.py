@@ -4,7 +4,11 @@
 else), the ``build_*`` functions encode, :func:`negotiate` answers a
 request's options, and :class:`Transfer` is the state machine of one
 read-only transfer: which blocks to send now, what an ACK means, when to
-retransmit (exponential backoff, bounded tries). Block numbers roll over
+retransmit (exponential backoff, bounded tries). After an OACK nothing but
+the OACK goes out until the client acknowledges it (ACK 0), whatever window
+was negotiated (RFC 7440 section 4, RFC 2347), so a request with a forged
+source address draws only OACKs. :func:`to_netascii` converts a file for a
+``netascii`` request. Block numbers roll over
 past 65535 (to 0, as tftp-hpa, curl and dnsmasq do), so files of any size
 go through with any block size.
 """
@@ -134,6 +138,13 @@ def build_rrq(name: str, mode: str = "octet", options: dict[str, str] | None = N
     for k, v in (options or {}).items():
         body += k.encode() + b"\0" + v.encode() + b"\0"
     return struct.pack("!H", RRQ) + body
+
+
+def to_netascii(data: bytes) -> bytes:
+    """``data`` as netascii (RFC 1350, after RFC 764): CR becomes CR NUL, then LF
+    becomes CR LF. A netascii client (tftp-hpa's default mode) turns it back into
+    exactly ``data``; the block count and ``tsize`` are those of the result."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
 NOTHING = range(0)  # no block to send
@@ -271,6 +282,12 @@ class Transfer(StateBase):  # type: ignore[valid-type, misc]
         self.bytes_sent += self.blksize + 4
         return b
 
+    @property
+    def confirmed(self) -> bool:
+        """The client acknowledged the OACK or a block: it receives at the address it
+        sent from (the requester of a spoofed RRQ never does)."""
+        return self.acked >= (0 if self.oack else 1)
+
     def fail(self, why: str) -> None:
         """End the transfer from outside (a send error, the client's ERROR, a restart)."""
         if not self.failed:
@@ -287,7 +304,7 @@ class Transfer(StateBase):  # type: ignore[valid-type, misc]
             return None
         if self.next == 0:
             return 0
-        limit = min(self.acked + self.window, self.nblocks)
+        limit = min(self.acked + self.window if self.acked >= 0 else 0, self.nblocks)
         return self.next if self.next <= limit else None
 
     def sent(self, block: int, nbytes: int, now: float) -> None:
@@ -314,7 +331,9 @@ class Transfer(StateBase):  # type: ignore[valid-type, misc]
         if self.done or self.failed:
             return NOTHING
         first = self.next
-        last = self.acked + self.window
+        # nothing but the OACK until its ACK (RFC 7440 section 4, RFC 2347): a spoofed
+        # request must not draw a window of DATA to the address it names
+        last = self.acked + self.window if self.acked >= 0 else 0
         if last > self.nblocks:
             last = self.nblocks
         if first > last:
@@ -354,7 +373,7 @@ class Transfer(StateBase):  # type: ignore[valid-type, misc]
             self.next = k + 1
             self.deadline = now + self.timeout
         first = self.next
-        last = acked + self.window
+        last = acked + self.window if acked >= 0 else 0  # (the OACK's ACK first: see take)
         if last > nb:
             last = nb
         if first > last:
