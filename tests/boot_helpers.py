@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -45,7 +47,7 @@ class Server:
 
     def __init__(self, cfg: Path, *args: str, ports: dict[str, int] | None = None,
                  ns: str | None = None, bind: str = SERVER,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, nofile: int | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.log = cfg.parent / "server.log"
         p = dict(PORTS, **(ports or {}))
@@ -58,7 +60,10 @@ class Server:
         self.start = self.log.stat().st_size
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
                                      stderr=subprocess.STDOUT, cwd=cfg.parent,
-                                     env=None if env is None else {**os.environ, **env})  # fmt: skip
+                                     env=None if env is None else {**os.environ, **env},
+                                     preexec_fn=None if nofile is None else
+                                     lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                (nofile, nofile)))  # fmt: skip
         self.wait_log("beo boot serving", 10)
 
     def text(self) -> str:
@@ -102,6 +107,19 @@ class Server:
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def threads(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+        return 0
+
+    def status(self) -> dict:
+        """``beo boot status``: the server's state over its control socket."""
+        r = subprocess.run([sys.executable, "-m", "beokit.cli", "boot", "-c", str(self.cfg),
+                            "status"], capture_output=True, text=True, timeout=30,
+                           check=True)  # fmt: skip
+        return json.loads(r.stdout)
 
     def __enter__(self) -> Server:
         return self
