@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from beokit.dsh import packet as P
 from beokit.dsh import state as S
+from beokit.dsh.admission import Admission
 from beokit.dsh.daemon import parse_load_file
 
 SECRET = b"s3cret"
@@ -133,9 +134,30 @@ def test_query_handshake_and_best_line() -> None:
     line = P.format_best("n3", "10.0.0.3", 1.25, False)
     assert line == "best n3 10.0.0.3 1.250 other\n"
     assert P.parse_best(line) == ("n3", "10.0.0.3", 1.25, False)
-    for bad in ("", "error x", "best a b c d", "best a b x self"):
+    for bad in ("", "error x", "best a b c d", "best a b x self",
+                "best -oProxyCommand=x 1.2.3.4 0.1 other", "best a;b 1.2.3.4 0.1 other",
+                "best a\x1bb 1.2.3.4 0.1 other"):  # fmt: skip
         with pytest.raises(P.PacketError):
             P.parse_best(bad)
+    for good in ("n01", "node-7.cluster.example", "10.1.2.3", "user@n1", "N_1"):
+        assert P.check_node_name(good) == good
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=300), st.sampled_from(["best", "status"]))
+def test_signed_answers(answer: bytes, purpose: str) -> None:
+    """The daemon's answer MAC: checks for this query only, any change fails."""
+    data = P.sign_answer(SECRET, purpose, "n0nce", "c0ffee", answer)
+    body = P.check_answer(SECRET, purpose, "n0nce", "c0ffee", data)
+    assert body == (answer if answer.endswith(b"\n") else answer + b"\n")
+    for args in ((b"other", purpose, "n0nce", "c0ffee"), (SECRET, purpose, "n0nce", "c0ffef"),
+                 (SECRET, purpose, "nonce2", "c0ffee")):  # fmt: skip
+        with pytest.raises(P.PacketError):
+            P.check_answer(*args, data)
+    with pytest.raises(P.PacketError, match="not signed"):
+        P.check_answer(SECRET, purpose, "n0nce", "c0ffee", b"best n1 10.0.0.1 1.000 self\n")
+    assert P.query_cnonce(f"{'ab' * 32} best c0ffee\n") == "c0ffee"
+    assert P.query_cnonce("mac best") is None and P.query_cnonce("m b C0FFEE") is None
 
 
 # ------------------------------------------------------------- cluster file
@@ -394,3 +416,97 @@ def test_snapshot_and_text() -> None:
     assert "n2                   down  (never heard from)" in text
     assert text.splitlines()[2].split() == ["n1", "up", "0.50", "0.50", "0.50", "1", "0",
                                             "0.0", "1024M", "1.500", "0.2"]  # fmt: skip
+
+
+# --------------------------------------------------------------- admission
+
+
+def test_admission_sheds_the_biggest_source_then_the_oldest() -> None:
+    a = Admission(capacity=4, per_source=3)
+    k1, _ = a.admit("evil")
+    k2, _ = a.admit("evil")
+    k3, _ = a.admit("other")
+    k4, shed = a.admit("evil")
+    assert shed == [] and len(a) == 4
+    # full: the source with most pending loses its oldest
+    k5, shed = a.admit("client")
+    assert shed == [k1] and k5 is not None and a.pending("evil") == 2
+    # a source at its share loses its own oldest, even with room elsewhere
+    a.done(k3)
+    k6, _ = a.admit("evil")
+    assert a.pending("evil") == 3
+    k7, shed = a.admit("evil")
+    assert shed == [k2] and a.pending("evil") == 3
+    # a proven connection is never shed; when all are proven, the new one is refused
+    for k in (k4, k5, k6, k7):
+        a.serving(k)
+    assert a.admit("late") == (None, [])
+    a.done(k5)
+    assert a.admit("late")[0] is not None
+    a.done(k1)  # shed earlier: nothing happens
+    assert len(a) == 4
+    with pytest.raises(ValueError):
+        Admission(capacity=4, per_source=5)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["admit", "prove", "done"]), st.integers(0, 5),
+                          st.integers(0, 40)), max_size=120))  # fmt: skip
+def test_admission_invariants(ops: list[tuple[str, int, int]]) -> None:
+    """Bounded table and per-source share; proven ones never shed; only a biggest
+    source loses a connection, and its oldest; refused only when all are proven."""
+    a = Admission(capacity=8, per_source=3)
+    pending: dict[int, str] = {}  # key -> source, in admission order
+    proven: set[int] = set()
+    for op, src_i, pick in ops:
+        src = f"s{src_i}"
+        if op == "admit":
+            counts = {s: list(pending.values()).count(s) for s in set(pending.values())}
+            key, shed = a.admit(src)
+            assert len(shed) <= 1 and not set(shed) & proven
+            if key is None:
+                assert not pending and len(proven) == 8 and shed == []
+                continue
+            if shed:
+                victim = pending[shed[0]]
+                if counts.get(src, 0) >= 3:
+                    assert victim == src
+                else:
+                    assert counts[victim] == max(counts.values())
+                assert shed[0] == min(k for k, s in pending.items() if s == victim)
+                del pending[shed[0]]
+            pending[key] = src
+        elif pending or proven:
+            keys = sorted([*pending, *proven])
+            key = keys[pick % len(keys)]
+            if op == "prove":
+                a.serving(key)
+                if pending.pop(key, None) is not None:
+                    proven.add(key)
+            else:
+                a.done(key)
+                pending.pop(key, None)
+                proven.discard(key)
+        assert len(a) == len(pending) + len(proven) <= 8
+        assert all(a.pending(s) == list(pending.values()).count(s) <= 3
+                   for s in set(pending.values()))  # fmt: skip
+
+
+def test_replay_marks_kept_while_down_with_keep_marks() -> None:
+    """With a secret (keep_marks), a down member's last report still refuses older
+    ones: a captured report replayed after the member died does not bring it back.
+    A newer report does; SIGHUP (forget_marks) lets an older one in once."""
+    t = mk_table(keep_marks=True)
+    t.set_self(rep("n1"), 0.0)
+    t.receive(rep("n2", 1.0, t_ms=5000, seq=9), "10.0.0.2", 0.0)
+    t.tick(10.0)
+    assert not t.members["n2"].up
+    (e,) = t.receive(rep("n2", 0.0, t_ms=4000, seq=3), "10.0.0.2", 11.0)
+    assert e.kind == "reject" and "replayed" in e.detail and not t.members["n2"].up
+    assert t.receive(rep("n2", 2.0, t_ms=6000), "10.0.0.2", 12.0) == [S.Event("up", "n2")]
+    t.tick(20.0)
+    t.forget_marks()
+    assert t.receive(rep("n2", 0.5, t_ms=10), "10.0.0.2", 21.0) == [S.Event("up", "n2")]
+    t.tick(30.0)
+    (e,) = t.receive(rep("n2", 0.5, t_ms=5), "10.0.0.2", 31.0)  # once only
+    assert e.kind == "reject"

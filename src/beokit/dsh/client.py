@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -45,6 +46,21 @@ class NoDaemon(BeokitError):
     """No dshd answered (refused, timed out, or spoke nonsense)."""
 
 
+class Busy(NoDaemon):
+    """The dshd said "busy", or closed or reset the connection without an answer.
+
+    None of these says anything about its secret: the client tries again
+    (within its timeout), then runs locally saying what happened."""
+
+
+class Silent(Busy):
+    """No answer within the client's timeout."""
+
+
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds between tries of a busy daemon
+LINE_MAX = 4096
+
+
 def daemon_address(
     args: argparse.Namespace, default_port: int, port_opt: int | None
 ) -> tuple[str, int]:
@@ -65,27 +81,77 @@ def daemon_address(
 
 def query(host: str, port: int, purpose: str, request: str, secret: bytes | None,
           timeout: float) -> str:  # fmt: skip
-    """One TCP query to a dshd port; the whole answer as text."""
+    """One TCP query to a dshd port, tried again while the daemon is busy; the answer.
+
+    Raises :class:`Busy` if it stayed busy (or silent) for the whole ``timeout``,
+    :class:`NoDaemon` for anything else that is not an answer.
+    """
     where = f"{host}:{port}"
     deadline = time.monotonic() + timeout
+    tries = 0
+    for delay in (*RETRY_DELAYS, None):
+        tries += 1
+        try:
+            return _query_once(host, port, purpose, request, secret, deadline)
+        except Silent:
+            raise Silent(f"dshd at {where} did not answer within {timeout:g} s") from None
+        except Busy as e:
+            left = deadline - time.monotonic()
+            if delay is None or left < delay + 0.05:
+                again = f" ({tries} tries in {timeout - left:.1f} s)" if tries > 1 else ""
+                raise Busy(f"{e}{again}") from None
+            time.sleep(delay)
+    raise AssertionError(f"unreachable: {where}")
+
+
+def _no_secret_answer(purpose: str, line: str) -> bool:
+    """Does ``line`` start the answer of a daemon that has no secret (no challenge)?"""
+    if purpose == "best":
+        return line.startswith("best ")
+    return line.startswith(("{", "# dshd "))
+
+
+def _first_line(f, where: str) -> str:  # type: ignore[no-untyped-def]
+    """The daemon's first line; :class:`Busy` if it has none (zero bytes, reset, cut)."""
+    raw = f.readline(LINE_MAX)
+    if not raw:
+        raise Busy(f"dshd at {where} closed the connection without a word")
+    if not raw.endswith(b"\n") and len(raw) < LINE_MAX:
+        raise Busy(f"dshd at {where} closed the connection in mid-line")
+    line = raw.decode(errors="replace")
+    if line.startswith("error busy"):
+        raise Busy(f"dshd at {where} is busy")
+    if line.startswith("error no answer to the challenge"):  # we were too slow: again
+        raise Busy(f"dshd at {where}: {line[6:].strip()}")
+    return line
+
+
+def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes | None,
+                deadline: float) -> str:  # fmt: skip
+    where = f"{host}:{port}"
+    timeout = max(0.05, deadline - time.monotonic())
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             f = s.makefile("rb")
             if secret is not None:
-                first = f.readline(4096).decode(errors="replace")
-                if not first.startswith("auth "):
+                first = _first_line(f, where)
+                if _no_secret_answer(purpose, first):  # answered without a challenge
                     raise NoDaemon(f"dshd at {where} has no secret, but we have one "
                                    f"(unset ${'BEO_DSH_SECRET'} or --secret-file)")  # fmt: skip
-                mac = P.query_mac(secret, purpose, first.split()[1])
-                s.sendall(f"{mac} {request}\n".encode())
-                data = b""
+                if not first.startswith("auth ") or len(first.split()) != 2:
+                    raise NoDaemon(f"dshd at {where}: {_said(first)}")
+                nonce, cnonce = first.split()[1], secrets.token_hex(16)
+                mac = P.query_mac(secret, purpose, nonce)
+                s.sendall(f"{mac} {request or purpose} {cnonce}\n".encode())
+                data = _first_line(f, where).encode()
             else:
                 if request:
                     s.sendall(f"{request}\n".encode())
-                data = f.readline(4096)
-                if data.startswith(b"auth "):
+                first = _first_line(f, where)
+                if first.startswith("auth "):
                     raise NoDaemon(f"dshd at {where} asks for the shared secret: set "
                                    "$BEO_DSH_SECRET or --secret-file")  # fmt: skip
+                data = first.encode()
             while len(data) < MAX_REPLY:
                 s.settimeout(max(0.05, deadline - time.monotonic()))
                 chunk = f.read1(65536)
@@ -93,13 +159,24 @@ def query(host: str, port: int, purpose: str, request: str, secret: bytes | None
                     break
                 data += chunk
     except TimeoutError:
-        raise NoDaemon(f"no answer from dshd at {where} within {timeout:g} s") from None
+        raise Silent(where) from None
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        raise Busy(f"dshd at {where} reset the connection") from None
     except OSError as e:
         raise NoDaemon(f"no dshd at {where} ({e.strerror or e})") from None
-    text = data.decode(errors="replace")
-    if text.startswith("error "):
-        raise NoDaemon(f"dshd at {where}: {text[6:].strip()}")
-    return text
+    if data.startswith(b"error "):
+        raise NoDaemon(f"dshd at {where}: {data[6:].decode(errors='replace').strip()}")
+    if secret is not None:  # the answer must come from a holder of the secret
+        try:
+            data = P.check_answer(secret, purpose, nonce, cnonce, data)
+        except P.PacketError as e:
+            raise NoDaemon(f"dshd at {where}: {e}") from None
+    return data.decode(errors="replace")
+
+
+def _said(line: str) -> str:
+    line = line.strip()
+    return f"unexpected answer {line[:80]!r}" if not line.startswith("error ") else line[6:]
 
 
 def ask_best(args: argparse.Namespace, secret: bytes | None) -> tuple[str, str, float, bool]:
@@ -198,7 +275,8 @@ class Remote:
         self.pid_seen = threading.Event()
         self.signals: list[int] = []
         self.killers: list[subprocess.Popen] = []
-        argv = [*ssh, "-T", host, "--", f"sh -c {shlex.quote(remote_script(cmd, cwd))}"]
+        # "--" before NAME: whatever a daemon names, ssh never reads it as an option
+        argv = [*ssh, "-T", "--", host, f"sh -c {shlex.quote(remote_script(cmd, cwd))}"]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL if no_stdin else None, stderr=subprocess.PIPE,
             start_new_session=True,  # terminal Ctrl-C reaches us only: we forward it
@@ -246,7 +324,7 @@ class Remote:
             return
         with contextlib.suppress(OSError):
             self.killers.append(subprocess.Popen(
-                [*self.ssh, "-T", self.host, "--", f"sh -c {shlex.quote(kill_script(self.pid, sig))}"],
+                [*self.ssh, "-T", "--", self.host, f"sh -c {shlex.quote(kill_script(self.pid, sig))}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
             ))  # fmt: skip

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from beokit.dsh import packet as P
 from beokit.dsh import state as S
+from beokit.dsh.admission import Admission
 from beokit.errors import EXIT_OK, BeokitError, UsageError
 from beokit.mmsg import RECVMMSG as _RECVMMSG
 from beokit.mmsg import SENDMMSG as _SENDMMSG
@@ -40,9 +41,16 @@ RX_MAX_INTERVAL = 1.0  # ...but at least once a second
 RX_FILL = 0.5  # ...and before the socket buffer is this full (members report once a period)
 RX_TRUESIZE = 1024  # kernel memory per queued report (measured: 832 bytes on loopback)
 SOCK_BUF = 4 << 20  # UDP receive/send buffers: a 1000-member burst fits many times
-MAX_CONNECTIONS = 128  # concurrent TCP queries; more are closed at once
+MAX_CONNECTIONS = 128  # TCP queries held at once (both ports); who is shed: admission.py
+MAX_PER_SOURCE = 32  # connections of one source address that have not proved the secret
+HANDSHAKE_TIMEOUT = 1.0  # with a secret: the answer to the challenge must come within this
 QUERY_TIMEOUT = 3.0  # a TCP client must finish within this
+LINE_MAX = 4096  # a request line longer than this ends the connection
 REQUEST_WAIT = 0.25  # status port without a secret: wait this long for "json"/"text"
+BUSY = b"error busy\n"  # what a shed or refused connection reads (never zero bytes)
+LISTEN_BACKLOG = 512  # the kernel's queue of connections not yet accepted
+ACCEPT_BATCH = 32  # connections accepted (and admitted) per wake-up of a TCP port
+ACCEPT_PAUSE = 0.1  # a port whose accept failed (out of fds) rests this long
 SECRET_ENV = "BEO_DSH_SECRET"
 
 
@@ -379,6 +387,38 @@ def count_jobs(jobs_dir: str, own: set[str] | None) -> int:
 # ------------------------------------------------------------------- daemon
 
 
+@dataclass(slots=True)
+class _Conn:
+    """One TCP query in progress (its key in the admission table)."""
+
+    key: int
+    sock: socket.socket
+    task: asyncio.Task | None = None
+    answered: bool = False  # the answer (or an error line) is being sent
+    shed: bool = False  # closed to make room for another connection
+    sign: tuple[str, str, str] | None = None  # (purpose, nonce, client nonce): MAC the answer
+
+
+async def _read_line(sock: socket.socket) -> bytes:
+    """The peer's first line (with its newline); what came before EOF if none.
+
+    Plain ``loop.sock_recv`` on the socket, no transport or stream objects:
+    a connection leaves no reference cycle behind (asyncio 3.11's socket
+    transport is one), so a flood of them is freed as it goes, not at the
+    next full garbage collection. Raises ValueError past LINE_MAX bytes.
+    """
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while b"\n" not in buf:
+        if len(buf) > LINE_MAX:
+            raise ValueError("request line too long")
+        chunk = await loop.sock_recv(sock, LINE_MAX)
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf[: buf.index(b"\n") + 1]
+
+
 class Daemon:
     """One dshd: the table, its sockets and its timers."""
 
@@ -387,20 +427,22 @@ class Daemon:
         self.loaded = loaded
         self.table = S.Table(
             loaded.specs, loaded.self_name, period=cfg.period, expire_periods=cfg.expire,
-            extra_load=cfg.extra_load, score=loaded.score,
+            extra_load=cfg.extra_load, score=loaded.score, keep_marks=loaded.secret is not None,
         )  # fmt: skip
         self.table.set_members(loaded.specs, loaded.addresses)
         self.seq = 0
         self.rng = random.Random()
         self.udp: socket.socket | None = None
         self.extra_udp: list[socket.socket] = []
-        self.servers: list[asyncio.Server] = []
-        self.connections = 0
+        self.admission = Admission(MAX_CONNECTIONS, MAX_PER_SOURCE)
+        self.conns: dict[int, _Conn] = {}
         self.stats = {"sent": 0, "received": 0, "rejected": 0, "bad": 0, "queries": 0,
-                      "best": 0, "refused": 0, "send_errors": 0, "own": 0}  # fmt: skip
+                      "best": 0, "refused": 0, "send_errors": 0, "own": 0, "shed": 0,
+                      "busy": 0, "handshake_timeouts": 0}  # fmt: skip
         self.load_file_error: str | None = None
         self.stop_event: asyncio.Event | None = None
         self._last_reject_log = 0.0
+        self._last_accept_log = 0.0
         self._own_addrs: set[str] | None = None
         self.closed = False
         self.rx: list[MultiReceiver] = []
@@ -440,6 +482,8 @@ class Daemon:
             log.error("SIGHUP: keeping the old configuration: %s", e)
             return
         self.table.score = loaded.score
+        self.table.keep_marks = loaded.secret is not None
+        self.table.forget_marks()  # a member whose clock went back gets in again
         self.loaded = loaded
         self._set_targets()
         log.info("SIGHUP: %d members from %s", len(loaded.specs), self.cfg.cluster_file)
@@ -447,7 +491,9 @@ class Daemon:
     def dump(self) -> None:
         """SIGUSR1: the table and counters into the log."""
         snap = self.table.snapshot(time.monotonic())
-        log.warning("state dump (SIGUSR1): %s\n%s", json.dumps(self.stats),
+        log.warning("state dump (SIGUSR1): %s, %d TCP connections (%d not authenticated), "
+                    "%d tasks\n%s", json.dumps(self.stats), len(self.conns),
+                    self.admission.pending(), len(asyncio.all_tasks()),
                     S.format_status(snap).rstrip())  # fmt: skip
 
     # ---- sockets (bound before the loop starts, so -b reports bind errors)
@@ -493,7 +539,7 @@ class Daemon:
                 t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 t.bind((cfg.bind, port))
-                t.listen(128)
+                t.listen(LISTEN_BACKLOG)
                 t.setblocking(False)
                 self._tcp.append(t)
         except OSError as e:
@@ -640,87 +686,162 @@ class Daemon:
                 self._reject(f"from {e.name!r}: {e.detail}", time.monotonic())
 
     # ---- TCP queries
-    async def _challenge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         purpose: str) -> str | None:  # fmt: skip
-        """With a secret: challenge, check the answer; return the request word or None."""
-        secret = self.loaded.secret
-        assert secret is not None
-        nonce = secrets.token_hex(16)
-        writer.write(f"auth {nonce}\n".encode())
-        await writer.drain()
-        line = (await reader.readline()).decode(errors="replace")
-        ok, word = P.check_query(secret, purpose, nonce, line)
-        if not ok:
-            self.stats["refused"] += 1
-            writer.write(b"error authentication failed\n")
-            return None
-        return word
+    #
+    # The daemon accepts by itself (ACCEPT_BATCH a wake-up) so that every
+    # connection meets the admission table (admission.py) the moment it is
+    # accepted: an unauthenticated peer holds a slot for at most
+    # HANDSHAKE_TIMEOUT (with a secret) or REQUEST_WAIT (without one) and is shed
+    # first when the table is full; a shed or refused connection reads
+    # "error busy", never zero bytes. Open TCP connections: at most
+    # MAX_CONNECTIONS + ACCEPT_BATCH (shed ones close when their task next runs;
+    # until then nothing more is accepted).
 
-    async def handle_status(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:  # fmt: skip
-        async def serve() -> None:
-            if self.loaded.secret is not None:
-                word = await self._challenge(reader, writer, "status")
-                if word is None:
-                    return
-            else:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), REQUEST_WAIT)
-                    word = line.decode(errors="replace").strip()
-                except TimeoutError:
-                    word = ""
-            now = time.monotonic()
-            self.drain_all(now)  # the answer includes every report that has arrived
-            snap = self.table.snapshot(now)
-            snap["stats"] = dict(self.stats)
-            if word == "json":
-                writer.write(json.dumps(snap).encode() + b"\n")
-            else:
-                writer.write(S.format_status(snap).encode())
-
-        await self._serve(writer, serve)
-
-    async def handle_best(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:  # fmt: skip
-        async def serve() -> None:
-            if (
-                self.loaded.secret is not None
-                and await self._challenge(reader, writer, "best") is None
-            ):
+    def _on_accept(self, lsock: socket.socket, serve) -> None:  # type: ignore[no-untyped-def]
+        """The listening socket is readable: accept, admit (shedding) or refuse."""
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            if len(self.conns) >= MAX_CONNECTIONS + ACCEPT_BATCH:
+                return  # shed ones still closing: the kernel queue waits a loop turn
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            now = time.monotonic()
-            self.drain_all(now)  # decide on every report that has arrived
-            self._log_events(self.table.tick(now))
-            m = self.table.best(now)
-            if m is None:  # cannot happen while we run: this node is always up
-                writer.write(b"error no member up\n")
+            except OSError as e:  # out of fds or buffers: pause this port a moment
+                self._accept_failed(lsock, serve, e)
                 return
-            score = float(self.table.score(m, self.table.extra_load, now))
-            self.table.bump(m, now)
-            self.stats["best"] += 1
-            local = m.name == self.table.self_name
-            writer.write(P.format_best(m.name, m.address, score, local).encode())
-            log.debug("best: %s (score %.3f)", m.name, score)
+            self.stats["queries"] += 1
+            key, shed = self.admission.admit(peer[0])
+            for k in shed:
+                self._shed(k)
+            if key is None:  # every slot holds an authenticated client
+                self.stats["busy"] += 1
+                with contextlib.suppress(OSError):
+                    sock.send(BUSY, socket.MSG_DONTWAIT)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = self.conns[key] = _Conn(key, sock)
+            conn.task = loop.create_task(self._serve(conn, serve))  # held: not collected
 
-        await self._serve(writer, serve)
-
-    async def _serve(self, writer: asyncio.StreamWriter, serve) -> None:  # type: ignore[no-untyped-def]
-        self.stats["queries"] += 1
-        if self.connections >= MAX_CONNECTIONS:
-            self.stats["refused"] += 1
-            writer.transport.abort()
+    def _accept_failed(self, lsock: socket.socket, serve, e: OSError) -> None:  # type: ignore[no-untyped-def]
+        if e.errno == errno.ECONNABORTED:  # gone before we took it: next one
             return
-        self.connections += 1
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if now - self._last_accept_log > 10.0:
+            self._last_accept_log = now
+            log.warning("accept on port %d: %s; pausing it for %g s",
+                        lsock.getsockname()[1], e.strerror or e, ACCEPT_PAUSE)  # fmt: skip
+        loop.remove_reader(lsock)
+        loop.call_later(ACCEPT_PAUSE, self._listen_again, lsock, serve)
+
+    def _listen_again(self, lsock: socket.socket, serve) -> None:  # type: ignore[no-untyped-def]
+        if not self.closed and lsock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(lsock, self._on_accept, lsock, serve)
+
+    async def _serve(self, conn: _Conn, serve) -> None:  # type: ignore[no-untyped-def]
+        """One admitted connection: serve it, close it, free its slot."""
         try:
-            await asyncio.wait_for(serve(), QUERY_TIMEOUT)
-            await asyncio.wait_for(writer.drain(), QUERY_TIMEOUT)
+            answer = await asyncio.wait_for(serve(conn), QUERY_TIMEOUT)
+            secret = self.loaded.secret
+            if answer and conn.sign is not None and secret is not None:
+                answer = P.sign_answer(secret, *conn.sign, answer)
+            if answer and not conn.shed:
+                await asyncio.wait_for(self._send(conn, answer), QUERY_TIMEOUT)
         except (TimeoutError, OSError, ValueError) as e:  # slow, gone, or too long a line
             log.debug("query: %s", e)
         finally:
-            self.connections -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            del self.conns[conn.key]
+            self.admission.done(conn.key)
+            conn.sock.close()  # an answer not sent by now is dropped: no fd kept
+
+    async def _send(self, conn: _Conn, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(conn.sock, data)
+
+    def _shed(self, key: int) -> None:
+        """Close a pending connection to make room: "error busy" if it has no answer yet."""
+        conn = self.conns.get(key)
+        if conn is None or conn.shed:
+            return
+        conn.shed = True
+        self.stats["shed"] += 1
+        if not conn.answered:
+            with contextlib.suppress(OSError):
+                conn.sock.send(BUSY, socket.MSG_DONTWAIT)
+        with contextlib.suppress(OSError):  # its task wakes up (EOF, EPIPE) and closes it
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+    async def _challenge(self, conn: _Conn, purpose: str) -> str | None:
+        """With a secret: challenge, check the answer; return the request word or None
+        (then an error line has been sent, or the connection was shed)."""
+        secret = self.loaded.secret
+        assert secret is not None
+        nonce = secrets.token_hex(16)
+        await self._send(conn, f"auth {nonce}\n".encode())
+        try:
+            raw = await asyncio.wait_for(_read_line(conn.sock), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            self.stats["handshake_timeouts"] += 1
+            conn.answered = True
+            await self._send(conn, f"error no answer to the challenge within "
+                                   f"{HANDSHAKE_TIMEOUT:g} s\n".encode())  # fmt: skip
+            return None
+        if conn.shed:  # shut down under it to make room: it has read "error busy"
+            return None
+        line = raw.decode(errors="replace")
+        ok, word = P.check_query(secret, purpose, nonce, line)
+        if not ok:
+            self.stats["refused"] += 1
+            conn.answered = True
+            await self._send(conn, b"error authentication failed\n")
+            return None
+        self.admission.serving(conn.key)
+        cnonce = P.query_cnonce(line)
+        if cnonce is not None:  # the client checks who answers: sign the answer
+            conn.sign = (purpose, nonce, cnonce)
+        return word
+
+    async def serve_status(self, conn: _Conn) -> bytes:
+        """The status port: the table, as text or (``json``) JSON."""
+        if self.loaded.secret is not None:
+            word = await self._challenge(conn, "status")
+            if word is None:
+                return b""
+        else:
+            try:
+                line = await asyncio.wait_for(_read_line(conn.sock), REQUEST_WAIT)
+                word = line.decode(errors="replace").strip()
+            except TimeoutError:
+                word = ""
+            if conn.shed:
+                return b""
+        now = time.monotonic()
+        self.drain_all(now)  # the answer includes every report that has arrived
+        snap = self.table.snapshot(now)
+        snap["stats"] = dict(self.stats, connections=len(self.conns),
+                             unauthenticated=self.admission.pending())  # fmt: skip
+        conn.answered = True
+        if word == "json":
+            return json.dumps(snap).encode() + b"\n"
+        return S.format_status(snap).encode()
+
+    async def serve_best(self, conn: _Conn) -> bytes:
+        """The best port: the best member's line, and the extra-load bump on it."""
+        if self.loaded.secret is not None and await self._challenge(conn, "best") is None:
+            return b""
+        now = time.monotonic()
+        self.drain_all(now)  # decide on every report that has arrived
+        self._log_events(self.table.tick(now))
+        m = self.table.best(now)
+        conn.answered = True
+        if m is None:  # cannot happen while we run: this node is always up
+            return b"error no member up\n"
+        score = float(self.table.score(m, self.table.extra_load, now))
+        self.table.bump(m, now)
+        self.stats["best"] += 1
+        local = m.name == self.table.self_name
+        log.debug("best: %s (score %.3f)", m.name, score)
+        return P.format_best(m.name, m.address, score, local).encode()
 
     # ---- main
     async def run(self) -> None:
@@ -731,10 +852,8 @@ class Daemon:
         self.rx_buffer = min(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in
                              [self.udp, *self.extra_udp])  # fmt: skip
         status, best = self._tcp
-        self.servers = [
-            await asyncio.start_server(self.handle_status, sock=status, limit=4096),
-            await asyncio.start_server(self.handle_best, sock=best, limit=4096),
-        ]
+        loop.add_reader(status, self._on_accept, status, self.serve_status)
+        loop.add_reader(best, self._on_accept, best, self.serve_best)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.dump)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -751,8 +870,8 @@ class Daemon:
             self.closed = True
             if self.timer is not None:
                 self.timer.cancel()
-            for srv in self.servers:
-                srv.close()
+            for t in self._tcp:
+                loop.remove_reader(t)
             self.close()
             log.info("dshd %s: stopped", self.table.self_name)
 

@@ -163,8 +163,14 @@ def _why(magic: bytes, version: int, nlen: int, length_ok: bool) -> NoReturn:
 #
 # Without a secret the status and best ports answer at once (seed: "telnetting
 # to stport gives the state info"). With one, the daemon first sends
-# ``auth NONCE\n`` and the client answers ``MAC [REQUEST]\n`` where MAC is
-# HMAC-SHA256(secret, PURPOSE ":" NONCE) in hex; anything else is refused.
+# ``auth NONCE\n`` and the client answers ``MAC [REQUEST [CNONCE]]\n`` where MAC
+# is HMAC-SHA256(secret, "beokit-dsh-" PURPOSE ":" NONCE) in hex; anything else is
+# refused. With CNONCE (the client's own nonce) the daemon ends its answer with
+# ``mac HEX\n``, HMAC-SHA256(secret, "beokit-dsh-answer-" PURPOSE ":" NONCE ":"
+# CNONCE ":" ANSWER): the client knows the answer comes from a holder of the
+# secret, for this query (a recorded answer does not fit a new CNONCE).
+
+_NONCE_OK = frozenset("0123456789abcdef")
 
 
 def query_mac(secret: bytes, purpose: str, nonce: str) -> str:
@@ -181,6 +187,54 @@ def check_query(secret: bytes, purpose: str, nonce: str, line: str) -> tuple[boo
     return ok, (parts[1] if len(parts) > 1 else "")
 
 
+def query_cnonce(line: str) -> str | None:
+    """The client's nonce in its answer line (1-64 lowercase hex digits), or None."""
+    parts = line.split()
+    c = parts[2] if len(parts) > 2 else ""
+    return c if 0 < len(c) <= 64 and set(c) <= _NONCE_OK else None
+
+
+def answer_mac(secret: bytes, purpose: str, nonce: str, cnonce: str, answer: bytes) -> str:
+    """The daemon's MAC over its answer to one query (the ``mac HEX`` line)."""
+    head = f"beokit-dsh-answer-{purpose}:{nonce}:{cnonce}:".encode()
+    return hmac.new(secret, head + answer, hashlib.sha256).hexdigest()
+
+
+def sign_answer(secret: bytes, purpose: str, nonce: str, cnonce: str, answer: bytes) -> bytes:
+    """``answer`` (ended by a newline, added if missing), then its ``mac HEX`` line."""
+    if not answer.endswith(b"\n"):
+        answer += b"\n"
+    return answer + f"mac {answer_mac(secret, purpose, nonce, cnonce, answer)}\n".encode()
+
+
+def check_answer(secret: bytes, purpose: str, nonce: str, cnonce: str, data: bytes) -> bytes:
+    """The answer of a signed reply; raise :class:`PacketError` unless its MAC checks."""
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1  # the start of the last line
+    body, last = data[:cut], data[cut:]
+    if not (body and last.startswith(b"mac ") and last.endswith(b"\n")):
+        raise PacketError("answer not signed (a dshd without answer MACs, or not a dshd)")
+    want = answer_mac(secret, purpose, nonce, cnonce, body).encode()
+    if not hmac.compare_digest(last[4:-1], want):
+        raise PacketError("answer signed with another secret (or changed on the way)")
+    return body
+
+
+_NAME_BAD = frozenset(" \t\r\n\x00/\\'\"`$;&|<>()*?[]{}!#~")
+
+
+def check_node_name(name: str) -> str:
+    """A node name fit for ``ssh NAME``: no option (leading "-"), no shell or space
+    characters, no control characters, 1-255 bytes; raise :class:`PacketError`."""
+    if (
+        not name
+        or len(name.encode()) > MAX_NAME
+        or name.startswith("-")
+        or any(c in _NAME_BAD or not c.isprintable() for c in name)
+    ):
+        raise PacketError(f"bad node name {name[:80]!r}")
+    return name
+
+
 def format_best(name: str, address: str, score: float, local: bool) -> str:
     """The best port's answer line: ``best NAME ADDRESS SCORE self|other``."""
     return f"best {name} {address} {score:.3f} {'self' if local else 'other'}\n"
@@ -195,4 +249,4 @@ def parse_best(line: str) -> tuple[str, str, float, bool]:
         score = float(parts[3])
     except ValueError:
         raise PacketError(f"unexpected answer {line.strip()[:80]!r}") from None
-    return parts[1], parts[2], score, parts[4] == "self"
+    return check_node_name(parts[1]), parts[2], score, parts[4] == "self"

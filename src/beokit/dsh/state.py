@@ -101,6 +101,7 @@ class Member:
     extra: list[float] = field(default_factory=list)  # bump times, local clock
     accepted: int = 0
     rejected: int = 0
+    forget_mark: bool = False  # take its next report whatever its time (SIGHUP)
 
     @property
     def name(self) -> str:
@@ -200,8 +201,12 @@ class Table:
         extra_load: float = 1.0,
         extra_hold: float | None = None,
         score: ScoreFn = score_load,
+        keep_marks: bool = False,
     ) -> None:
         self.self_name = self_name
+        # True (with a secret): a down member's last (time, seq) still refuses older
+        # reports, so that a captured report replayed later cannot bring it back
+        self.keep_marks = keep_marks
         self.period = period
         self.expire_periods = expire_periods
         self.extra_load = extra_load
@@ -246,7 +251,8 @@ class Table:
         """Take a report that came from address ``source``.
 
         Accepted only from a member, from that member's address, never for
-        this node itself, and only if newer than the last one (no replays).
+        this node itself, and only if newer than the last one (no replays;
+        with ``keep_marks`` also while the member is down).
         (Called for every datagram: the usual case, a known member that is
         up, is the first branch.)
         """
@@ -277,15 +283,23 @@ class Table:
             m.rejected += 1
             return [Event("reject", m.name, f"from {source}, not its address {m.address}")]
         old = m.report
-        if m.up and old is not None and (report.sent_ms, report.seq) <= (old.sent_ms, old.seq):
+        marked = m.up or (self.keep_marks and not m.forget_mark)
+        if marked and old is not None and (report.sent_ms, report.seq) <= (old.sent_ms, old.seq):
             m.rejected += 1
             return [Event("reject", m.name, "old or replayed report")]
         events = _NONE if m.up else [Event("up", m.name)]
-        m.report, m.heard, m.up = report, now, True
+        m.report, m.heard, m.up, m.forget_mark = report, now, True, False
         m.accepted += 1
         if m.extra:
             self._clear_bumps(m, now)
         return events
+
+    def forget_marks(self) -> None:
+        """Let each down member's next report in whatever its time (for a member
+        whose clock went back while it was down; SIGHUP calls this)."""
+        for m in self.members.values():
+            if not m.up:
+                m.forget_mark = True
 
     def _clear_bumps(self, m: Member, now: float) -> None:
         if m.extra:
