@@ -22,7 +22,8 @@ examples:
   tar -C /srv -c . | beo cast - node[1-8] --to '|tar -C /srv -x'
   beo cast --chains 4 image.raw node[1-64] --to /scratch/image.raw
   beo cast -f dolly.conf                                       # dolly's config file
-exit status: 0 every node verified, 1 a node failed (named in the table), 2 bad input"""
+exit status: 0 every node verified, 1 a node failed (named in the table), 2 bad input,
+130/143 stopped by SIGINT/SIGTERM (every node named with what its DEST holds)"""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
