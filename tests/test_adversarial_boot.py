@@ -183,6 +183,42 @@ def test_forged_declines_cannot_empty_the_pool_or_grow_the_table(tmp_path):
         s.close()
 
 
+def test_decline_rules_in_the_lease_database():
+    """The pure layer: who may decline what (lease, offer, fixed node or host address),
+    and the quarter-of-the-pool bound with the oldest decline forgotten first."""
+    import tomllib
+
+    from beokit.boot import config as C
+    from beokit.boot.leases import LeaseDB
+
+    cfg = C.parse(tomllib.loads(SMALL_POOL + '[nodes]\nbase = "127.0.8.0"\ncount = 10\n'
+                                '[nodes.macs]\n"52:54:00:00:00:05" = 5\n[[hosts]]\n'
+                                'mac = "52:54:00:00:00:aa"\nip = "127.0.9.1"\nname = "fs"\n'),
+                  Path("/"))  # fmt: skip
+    db = LeaseDB(cfg)
+    b = db.binding("52:54:00:00:00:01", 0.0, reserve=True)  # an offer of a pool address
+    assert b is not None and b.kind == "temporary"
+    offered = str(b.ip)
+    assert db.decline("52:54:00:00:00:02", offered, 1.0) == "ignored"  # not its offer
+    other = "127.0.16.77" if offered != "127.0.16.77" else "127.0.16.78"
+    assert db.decline("52:54:00:00:00:01", other, 1.0) == "ignored"  # not the one it holds
+    assert db.decline("52:54:00:00:00:01", offered, 1.0) == "declined"
+    assert offered in db.declined and offered not in db.pool_offers
+    assert db.decline("52:54:00:00:00:05", "127.0.8.5", 1.0) == "fixed"  # its node address
+    assert db.decline("52:54:00:00:00:05", "127.0.8.6", 1.0) == "ignored"
+    assert db.decline("52:54:00:00:00:aa", "127.0.9.1", 1.0) == "fixed"
+    assert db.decline("52:54:00:00:00:aa", "10.1.2.3", 1.0) == "ignored"
+    assert len(db.declined) == 1
+    for k in range(200):  # 200 holders each decline their committed lease
+        key, now = f"52:54:00:01:00:{k:02x}", 3.0 + k
+        got = db.binding(key, now, reserve=True)
+        db.commit(key, got, now)
+        assert db.decline(key, str(got.ip), now) == "declined"
+    assert len(db.declined) == 256 // 4
+    assert offered not in db.declined  # the oldest went first
+    assert db.binding("52:54:00:02:00:00", 500.0) is not None  # the pool is not empty
+
+
 def ipaddress_random(rnd: random.Random) -> str:
     return socket.inet_ntoa(rnd.randbytes(4))
 
@@ -244,7 +280,8 @@ def test_tftp_hpa_default_netascii_mode_gets_the_file_byte_identical(tmp_path):
 @needs_tftp
 def test_netascii_of_a_file_too_big_to_convert_is_a_clear_error(tmp_path, monkeypatch):
     """Above the snapshot size the server refuses netascii with a TFTP ERROR that says
-    why and what to do (never sends the raw bytes as if converted)."""
+    why and what to do (never sends the raw bytes as if converted). A file fetched
+    twice in netascii is converted once (requests repeated or forged cost no CPU)."""
     import asyncio
 
     from beokit.boot import config as C
@@ -253,6 +290,7 @@ def test_netascii_of_a_file_too_big_to_convert_is_a_clear_error(tmp_path, monkey
     monkeypatch.setattr(S, "MEM_MAX", 100_000)
     cfg_path = write_config(tmp_path)
     (tmp_path / "root" / "big.txt").write_bytes(b"x\n" * 100_000)
+    (tmp_path / "root" / "small.txt").write_bytes(b"y\r\n" * 1000)
     port = PORTS["tftp"] + 102
     srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
                                  dns_port=0), C.load(cfg_path))  # fmt: skip
@@ -269,6 +307,10 @@ def test_netascii_of_a_file_too_big_to_convert_is_a_clear_error(tmp_path, monkey
             "tftp", SERVER, str(port), "-m", "binary", "-c", "get", "big.txt",
             str(tmp_path / "b"))  # fmt: skip
         await asyncio.wait_for(o.wait(), 30)
+        for k in range(2):
+            a = await asyncio.create_subprocess_exec(
+                "tftp", SERVER, str(port), "-c", "get", "small.txt", str(tmp_path / f"s{k}"))  # fmt: skip
+            await asyncio.wait_for(a.wait(), 30)
         srv.stopping.set()  # type: ignore[union-attr]
         await asyncio.wait_for(task, 10)
         return out.decode(), (tmp_path / "b").read_bytes()
@@ -277,6 +319,8 @@ def test_netascii_of_a_file_too_big_to_convert_is_a_clear_error(tmp_path, monkey
     assert "Error code 0: netascii" in text and "octet (binary) mode" in text, text
     assert octet == b"x\n" * 100_000
     assert srv.counters["tftp-netascii-refused"] == 1
+    assert [(tmp_path / f"s{k}").read_bytes() for k in range(2)] == [b"y\r\n" * 1000] * 2
+    assert srv.files.conversions == 1
 
 
 # ---------------------------------------------------------------------------

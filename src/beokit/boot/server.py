@@ -60,6 +60,7 @@ DRAIN_ROUNDS = 4  # recvmmsg batches per loop callback (DHCP and DNS get their t
 BUSY_ACKS = 2  # ACKs per batch read, on average over a tick: the server is behind
 MEM_MAX = 64 << 20  # files up to this size are served from a memory snapshot...
 MEM_TOTAL = 512 << 20  # ...while all snapshots together stay under this (else a mapping)
+NETASCII_KEEP = 64 << 20  # netascii copies kept after their last transfer (oldest go first)
 # Bounds against floods (see docs/boot.md, "Threat model and floods")
 MAX_TRANSFERS = 8192  # TFTP transfers at once; a request beyond gets ERROR "server busy"
 MAX_PER_ADDRESS = 256  # TFTP transfers at once from one client address
@@ -165,7 +166,10 @@ class FileTable:
 
     def __init__(self) -> None:
         self.files: dict[tuple, OpenFile] = {}
-        self.mem_bytes = 0  # bytes held in snapshots
+        self.mem_bytes = 0  # bytes held in snapshots (and netascii copies)
+        self.idle: dict[tuple, OpenFile] = {}  # netascii copies no transfer uses, oldest first
+        self.idle_bytes = 0
+        self.conversions = 0  # netascii copies made
 
     def open(self, path: Path) -> OpenFile:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -207,7 +211,11 @@ class FileTable:
                 return self.virtual(tftp.to_netascii(f.read(0, f.size)))
             key = ("netascii", *f.key)
             n = self.files.get(key)
+            if n is not None and self.idle.pop(key, None) is n:
+                self.idle_bytes -= n.size  # (kept from an earlier transfer: in use again)
             if n is None:
+                if self.mem_bytes + 2 * f.size > MEM_TOTAL:
+                    self._trim_idle(0)
                 if f.size > MEM_MAX or self.mem_bytes + 2 * f.size > MEM_TOTAL:
                     raise NetasciiRefused(f"netascii needs a converted copy in memory; this "
                                           f"file is over the limit ({MEM_MAX:,} bytes): use "
@@ -217,6 +225,7 @@ class FileTable:
                 n = self.files[key] = OpenFile(key, -1, len(data), data)
                 n.counted = True
                 self.mem_bytes += len(data)
+                self.conversions += 1
             n.refs += 1
             return n
         finally:
@@ -227,6 +236,11 @@ class FileTable:
         snapshot or mapping goes with the object, once no queued datagram needs it."""
         f.refs -= 1
         if f.refs > 0:
+            return
+        if f.counted and self.files.get(f.key) is f:  # a netascii copy: kept a while, so
+            self.idle[f.key] = f  # that requests repeated (or forged) do not convert again
+            self.idle_bytes += f.size
+            self._trim_idle(NETASCII_KEEP)
             return
         if self.files.get(f.key) is f:
             del self.files[f.key]
@@ -239,12 +253,26 @@ class FileTable:
             f.counted = False
             self.mem_bytes -= f.size
 
+    def _trim_idle(self, keep: int) -> None:
+        """Drop unused netascii copies, oldest first, until at most ``keep`` bytes stay."""
+        while self.idle and self.idle_bytes > keep:
+            key = next(iter(self.idle))
+            g = self.idle.pop(key)
+            self.idle_bytes -= g.size
+            if self.files.get(key) is g:
+                del self.files[key]
+            if g.counted:
+                g.counted = False
+                self.mem_bytes -= g.size
+
     def close_all(self) -> None:
         for f in list(self.files.values()):
             if f.fd >= 0:
                 os.close(f.fd)
                 f.fd = -1
         self.files.clear()
+        self.idle.clear()
+        self.idle_bytes = 0
         self.mem_bytes = 0
 
 
