@@ -183,6 +183,7 @@ def test_held_connections_to_the_best_port_leave_dsh_served(tmp_path: Path) -> N
         stats = c.status_json()["stats"]
         assert stats["shed"] + stats["handshake_timeouts"] > 0, stats
         assert c.procs[1].poll() is None
+    assert "TCP connections full: closing unauthenticated ones" in c.log(1).read_text()
 
 
 def test_held_connections_to_the_status_port_leave_top_served(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ reports = st.builds(
 # ------------------------------------------------------------------ packet
 
 
+@settings(deadline=None)  # no timed assertions: the box is shared
 @given(reports, st.sampled_from([None, SECRET]))
 def test_packet_roundtrip(r: P.Report, secret: bytes | None) -> None:
     data = P.encode(r, secret)
@@ -37,7 +38,7 @@ def test_packet_roundtrip(r: P.Report, secret: bytes | None) -> None:
     assert P.decode(data, None) == r  # a daemon without a secret ignores the MAC
 
 
-@settings(max_examples=60)
+@settings(deadline=None, max_examples=60)
 @given(reports, st.integers(0, 10_000), st.integers(1, 255))
 def test_any_flipped_byte_fails_the_mac(r: P.Report, pos: int, xor: int) -> None:
     data = bytearray(P.encode(r, SECRET))
@@ -54,6 +55,7 @@ def test_secret_required_and_wrong_secret() -> None:
         P.decode(P.encode(r, b"other"), SECRET)
 
 
+@settings(deadline=None)  # no timed assertions: the box is shared
 @given(st.binary(max_size=400))
 def test_decode_garbage_raises_only_packet_error(data: bytes) -> None:
     try:
@@ -93,7 +95,7 @@ def test_mac_is_keyed_blake2s_as_documented() -> None:
         P.decode(P.encode(r, long), long + b"x")
 
 
-@settings(max_examples=80)
+@settings(deadline=None, max_examples=80)
 @given(reports, st.sampled_from([None, SECRET]), st.data())
 def test_truncated_or_extended_packets_are_rejected(r: P.Report, secret: bytes | None,
                                                     data: st.DataObject) -> None:  # fmt: skip
@@ -105,6 +107,7 @@ def test_truncated_or_extended_packets_are_rejected(r: P.Report, secret: bytes |
         P.decode(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
 
 
+@settings(deadline=None)  # no timed assertions: the box is shared
 @given(reports, st.integers(0, 255).filter(lambda v: v != P.VERSION))
 def test_other_versions_are_rejected_even_with_a_good_mac(r: P.Report, version: int) -> None:
     body = bytearray(P.encode(r, SECRET)[: -P.MAC_LEN])
@@ -143,7 +146,7 @@ def test_query_handshake_and_best_line() -> None:
         assert P.check_node_name(good) == good
 
 
-@settings(max_examples=100)
+@settings(deadline=None, max_examples=100)
 @given(st.binary(max_size=300), st.sampled_from(["best", "status"]))
 def test_signed_answers(answer: bytes, purpose: str) -> None:
     """The daemon's answer MAC: checks for this query only, any change fails."""
@@ -272,7 +275,7 @@ class _RefTable:
         return "ok" if was_up else "up"
 
 
-@settings(max_examples=150)
+@settings(deadline=None, max_examples=150)
 @given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(0, 4),
                           st.integers(0, 3), st.booleans()), max_size=40))  # fmt: skip
 def test_receive_matches_the_plain_rules(steps: list[tuple[int, int, int, int, bool]]) -> None:
@@ -449,7 +452,7 @@ def test_admission_sheds_the_biggest_source_then_the_oldest() -> None:
         Admission(capacity=4, per_source=5)
 
 
-@settings(max_examples=200)
+@settings(deadline=None, max_examples=200)
 @given(st.lists(st.tuples(st.sampled_from(["admit", "prove", "done"]), st.integers(0, 5),
                           st.integers(0, 40)), max_size=120))  # fmt: skip
 def test_admission_invariants(ops: list[tuple[str, int, int]]) -> None:

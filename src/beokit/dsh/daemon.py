@@ -393,6 +393,7 @@ class _Conn:
 
     key: int
     sock: socket.socket
+    source: str
     task: asyncio.Task | None = None
     answered: bool = False  # the answer (or an error line) is being sent
     shed: bool = False  # closed to make room for another connection
@@ -442,7 +443,8 @@ class Daemon:
         self.load_file_error: str | None = None
         self.stop_event: asyncio.Event | None = None
         self._last_reject_log = 0.0
-        self._last_accept_log = 0.0
+        self._last_accept_log = -1e9
+        self._last_shed_log = -1e9
         self._own_addrs: set[str] | None = None
         self.closed = False
         self.rx: list[MultiReceiver] = []
@@ -720,7 +722,7 @@ class Daemon:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = self.conns[key] = _Conn(key, sock)
+            conn = self.conns[key] = _Conn(key, sock, peer[0])
             conn.task = loop.create_task(self._serve(conn, serve))  # held: not collected
 
     def _accept_failed(self, lsock: socket.socket, serve, e: OSError) -> None:  # type: ignore[no-untyped-def]
@@ -765,6 +767,11 @@ class Daemon:
             return
         conn.shed = True
         self.stats["shed"] += 1
+        now = time.monotonic()
+        if now - self._last_shed_log > 10.0:  # a flood must not flood the log
+            self._last_shed_log = now
+            log.warning("TCP connections full: closing unauthenticated ones ('error busy'; "
+                        "%d so far, this one from %s)", self.stats["shed"], conn.source)  # fmt: skip
         if not conn.answered:
             with contextlib.suppress(OSError):
                 conn.sock.send(BUSY, socket.MSG_DONTWAIT)
