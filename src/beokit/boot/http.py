@@ -12,11 +12,11 @@ from the same token bucket as TFTP, so HTTP and TFTP clients share one budget. P
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import os
 import re
+import socket
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -58,39 +58,42 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
 
 
 class Conn:
-    """One connection: its address, and since when it waits for a request head
-    (``idle``; ``None`` while it is being answered)."""
+    """One connection: its address, its task and transport, and since when it waits
+    for a request head (``idle``; ``None`` while it is being answered)."""
 
-    __slots__ = ("task", "ip", "idle")
+    __slots__ = ("ip", "idle", "task", "transport")
 
-    def __init__(self, task: asyncio.Task, ip: str, now: float) -> None:
-        self.task = task
+    def __init__(self, ip: str, now: float) -> None:
         self.ip = ip
         self.idle: float | None = now
+        self.task: asyncio.Task | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
 
 def max_connections(nofile: int) -> int:
     """The connection cap for a soft descriptor limit: each connection may hold two
-    descriptors (its socket and a file's), a burst of accepted connections waits to be
-    turned away, and the rest of the server needs some."""
+    descriptors (its socket and a file's), up to a backlog of pushed-out ones are
+    still closing, and the rest of the server needs some."""
     return max(16, min(MAX_CONNECTIONS, (nofile - 2 * BACKLOG) // 2))
 
 
 class HttpServer:
-    """Connections are bounded (:data:`MAX_CONNECTIONS`, :data:`MAX_PER_ADDRESS`): when
-    full, a new connection pushes out the one that has waited longest for a request
-    head (for at least :data:`GRACE`), else it is closed at once. So idle or slowly
-    talking connections (slowloris) never keep a client that asks out; a request head
-    has :data:`IDLE` seconds and :data:`MAX_HEADER` bytes, and a reply that the client
-    does not take for :data:`SEND_STALL` seconds ends its connection."""
+    """Connections are bounded (:data:`MAX_CONNECTIONS`, :data:`MAX_PER_ADDRESS`) where
+    they are accepted: when full, a new connection pushes out the one that has waited
+    longest for a request head (for at least :data:`GRACE`), else it is closed at
+    once, before any transport or task exists for it. So idle or slowly talking
+    connections (slowloris) never keep a client that asks out, and descriptors stay
+    under the cap plus one backlog; a request head has :data:`IDLE` seconds and
+    :data:`MAX_HEADER` bytes, and a reply that the client does not take for
+    :data:`SEND_STALL` seconds ends its connection."""
 
     def __init__(self, boot: BootServer, port: int) -> None:
         self.boot = boot
         self.port = port
-        self.server: asyncio.AbstractServer | None = None
+        self.sock: socket.socket | None = None
         self.clients: dict[str, dict] = {}  # peer -> {"bytes", "file", "since"}
         self.tasks: set[asyncio.Task] = set()
-        self.conns: dict[asyncio.Task, Conn] = {}  # in the order they came
+        self.conns: set[Conn] = set()
         self.per_address: dict[str, int] = {}
         self.max_conns = MAX_CONNECTIONS
         self.turns = asyncio.Lock()  # round robin of the HTTP clients under a cap
@@ -99,81 +102,125 @@ class HttpServer:
         import resource
 
         self.max_conns = max_connections(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        self.server = await asyncio.start_server(self._client, self.boot.opts.bind, self.port,
-                                                 backlog=BACKLOG, reuse_address=True,
-                                                 limit=MAX_HEADER)  # fmt: skip
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((self.boot.opts.bind, self.port))
+            s.listen(BACKLOG)
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+        asyncio.get_running_loop().add_reader(s.fileno(), self._on_accept)
 
-    def _admit(self, task: asyncio.Task, ip: str) -> bool:
-        """Make room for a new connection from ``ip``; False: none could be made."""
+    def _on_accept(self) -> None:
+        """Accept what waits (up to a backlog), each admitted or closed at once."""
+        loop = asyncio.get_running_loop()
+        assert self.sock is not None
+        for _ in range(BACKLOG):
+            try:
+                s, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of descriptors or memory: pause, do not spin
+                self.boot.warn("http-accept", "HTTP accept: %s (pausing 0.1 s)", e.strerror)
+                loop.remove_reader(self.sock.fileno())
+                loop.call_later(0.1, self._resume)
+                return
+            self.boot.count("http-connections")
+            conn = self._admit(peer[0])
+            if conn is None:
+                self.boot.count("http-refused-full")
+                s.close()
+                continue
+            s.setblocking(False)
+            conn.task = loop.create_task(self._client(s, conn, f"{peer[0]}:{peer[1]}"))
+            self.tasks.add(conn.task)
+
+    def _resume(self) -> None:
+        if self.sock is not None and self.sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_accept)
+
+    def _admit(self, ip: str) -> Conn | None:
+        """Make room for a new connection from ``ip``; None: none could be made."""
         now = time.monotonic()
-        if self.per_address.get(ip, 0) >= MAX_PER_ADDRESS:
-            if not self._push_out(now, ip):
-                return False
+        if self.per_address.get(ip, 0) >= MAX_PER_ADDRESS and not self._push_out(now, ip):
+            return None
         if len(self.conns) >= self.max_conns and not self._push_out(now, None):
-            return False
-        self.conns[task] = Conn(task, ip, now)
+            return None
+        conn = Conn(ip, now)
+        self.conns.add(conn)
         self.per_address[ip] = self.per_address.get(ip, 0) + 1
-        return True
+        return conn
 
     def _push_out(self, now: float, ip: str | None) -> bool:
         """End the connection (of ``ip``, or any) that has waited longest for a request
         head, if it has waited at least GRACE; False if there is none."""
         oldest: Conn | None = None
-        for c in self.conns.values():
+        for c in self.conns:
             if c.idle is not None and (ip is None or c.ip == ip) and (
                     oldest is None or c.idle < oldest.idle):  # type: ignore[operator]  # fmt: skip
                 oldest = c
         if oldest is None or now - oldest.idle < GRACE:  # type: ignore[operator]
             return False
-        self._forget(oldest.task)
-        oldest.task.cancel()
+        self._forget(oldest)
+        if oldest.transport is not None:
+            oldest.transport.abort()  # (its descriptor goes at the loop's next turn)
+        if oldest.task is not None:
+            oldest.task.cancel()
         self.boot.count("http-pushed-out")
         return True
 
-    def _forget(self, task: asyncio.Task) -> None:
-        c = self.conns.pop(task, None)
-        if c is not None:
-            left = self.per_address.get(c.ip, 1) - 1
+    def _forget(self, conn: Conn) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            left = self.per_address.get(conn.ip, 1) - 1
             if left > 0:
-                self.per_address[c.ip] = left
+                self.per_address[conn.ip] = left
             else:
-                self.per_address.pop(c.ip, None)
+                self.per_address.pop(conn.ip, None)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for t in list(self.tasks):
-                t.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        tasks = list(self.tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _client(self, sock: socket.socket, conn: Conn, key: str) -> None:
+        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        assert task is not None
-        peer = writer.get_extra_info("peername")
-        key = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.boot.count("http-connections")
-        if not self._admit(task, peer[0] if peer else "?"):
-            self.boot.count("http-refused-full")
-            writer.transport.abort()
-            return
-        self.tasks.add(task)
+        writer = None
         try:
-            while await self._one(reader, writer, key, self.conns.get(task)):
+            reader = asyncio.StreamReader(limit=MAX_HEADER, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            conn.transport = transport
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            while await self._one(reader, writer, key, conn):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
             pass
         except asyncio.CancelledError:
             pass
         finally:
-            self._forget(task)
+            self._forget(conn)
             self.clients.pop(key, None)
-            self.tasks.discard(task)
-            writer.close()  # (flushes what is left, for up to 2 s: a client that never
-            try:  # reads would keep the descriptor, so then the connection is dropped)
-                await asyncio.wait_for(writer.wait_closed(), 2)
-            except BaseException:  # noqa: BLE001 (cancelled, timed out, reset: all end here)
-                writer.transport.abort()
+            self.tasks.discard(task)  # type: ignore[arg-type]
+            if writer is None:
+                if conn.transport is None:
+                    sock.close()
+            else:
+                writer.close()  # (flushes what is left, for up to 2 s: a client that never
+                try:  # reads would keep the descriptor, so then the connection is dropped)
+                    await asyncio.wait_for(writer.wait_closed(), 2)
+                except BaseException:  # noqa: BLE001 (cancelled, timed out, reset: all end here)
+                    writer.transport.abort()
 
     async def _reply(self, writer: asyncio.StreamWriter, status: str, headers: dict[str, str],
                      body: bytes = b"") -> None:  # fmt: skip
@@ -189,9 +236,8 @@ class HttpServer:
         return keep
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   key: str, conn: Conn | None) -> bool:  # fmt: skip
-        if conn is not None:
-            conn.idle = time.monotonic()  # waiting for a head: may be pushed out
+                   key: str, conn: Conn) -> bool:  # fmt: skip
+        conn.idle = time.monotonic()  # waiting for a head: may be pushed out
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE)
         except (asyncio.LimitOverrunError, ValueError):
@@ -199,8 +245,7 @@ class HttpServer:
             return False
         except asyncio.IncompleteReadError:
             return False
-        if conn is not None:
-            conn.idle = None
+        conn.idle = None
         if len(head) > MAX_HEADER or head.count(b"\r\n") > MAX_HEADER_LINES + 2:
             await self._error(writer, "431 Request Header Fields Too Large", False)
             return False
