@@ -296,6 +296,21 @@ def test_a_file_option_that_is_not_text_is_one_line_and_status_2(shm: Path, opti
     assert f"{blob}': not UTF-8 text" in lines[0]
 
 
+@pytest.mark.parametrize("command", ["cast", "run"])
+def test_a_node_set_too_large_is_one_line_and_status_2(shm: Path, command: str) -> None:
+    """100,001 hosts (a typo away from 1,000): refused before a single launch.  The
+    backend is `false`, so that even a beokit without the bound would only fail fast."""
+    backend = ["-R", "false {host} {cmd}"]
+    if command == "cast":
+        rest = [*backend, "/etc/hostname", "n[1-100001]", "--to", str(shm / "x")]
+    else:
+        rest = [*backend, "n[1-100001]", "--", "true"]
+    cp = subprocess.run(BEO + [command, *rest], capture_output=True, text=True, timeout=60)
+    lines = cp.stderr.strip().splitlines()
+    assert cp.returncode == 2 and len(lines) == 1, cp.stderr[-2000:]
+    assert "the node set names 100,001 hosts: at most 100,000" in lines[0]
+
+
 # ------------------------------------------------------ item 11: hub flood
 
 FLOOD = 1000  # connections

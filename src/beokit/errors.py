@@ -58,6 +58,15 @@ def int_in(what: str, lo: int, hi: int, note: str = "") -> Callable[[str], int]:
 
 
 MAX_SECONDS = 1_000_000.0  # ~11.6 days: longer than any wait a command should make
+MAX_HOSTS = 100_000  # hosts in one command's node set (each is a launch, a process)
+
+
+def check_host_count(hosts: list[str]) -> None:
+    """UsageError if a node set names more than MAX_HOSTS hosts (a typo such as
+    ``n[1-1000000]`` would otherwise launch a million processes)."""
+    if len(hosts) > MAX_HOSTS:
+        raise UsageError(f"the node set names {len(hosts):,} hosts: at most {MAX_HOSTS:,} "
+                         f"(first {hosts[0]!r}, last {hosts[-1]!r})")  # fmt: skip
 
 
 def float_in(what: str, lo: float, hi: float, *, lo_open: bool = False,

@@ -10,7 +10,15 @@ import sys
 import time
 from typing import Any
 
-from beokit.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, check_bindable, ip_address, seconds
+from beokit.errors import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    UsageError,
+    check_bindable,
+    check_host_count,
+    ip_address,
+    seconds,
+)
 
 MAX_TEXT = 64 << 20  # a host file, topology, hosts file or dolly config
 
@@ -170,10 +178,15 @@ def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]
     if args.nodeset:
         patterns.append(args.nodeset)
     hosts: list[str] = list(dolly_hosts or [])
+    seen = set(hosts)
     for pat in patterns:
-        hosts += [h for h in expand(pat) if h not in hosts]
+        for h in expand(pat):
+            if h not in seen:
+                seen.add(h)
+                hosts.append(h)
     if not hosts:
         raise UsageError("no nodes: give NODESET, --hostfile or -f DOLLYCONF")
+    check_host_count(hosts)
     return hosts
 
 

@@ -19,6 +19,7 @@ from beokit.errors import (
     EXIT_USAGE,
     UsageError,
     check_bindable,
+    check_host_count,
     ip_address,
     seconds,
 )
@@ -108,8 +109,13 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
     if not rest:
         raise UsageError("no command: beo run NODESET -- COMMAND")
     hosts: list[str] = []
+    seen = set(hosts)
     for pat in patterns:
-        hosts += [h for h in expand(pat) if h not in hosts]
+        for h in expand(pat):
+            if h not in seen:
+                seen.add(h)
+                hosts.append(h)
+    check_host_count(hosts)
     command = rest[0] if len(rest) == 1 else shlex.join(rest)
     return hosts, command
 
