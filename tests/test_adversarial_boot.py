@@ -219,6 +219,23 @@ def test_decline_rules_in_the_lease_database():
     assert db.binding("52:54:00:02:00:00", 500.0) is not None  # the pool is not empty
 
 
+def test_replies_are_not_reflected_off_the_subnet():
+    """An INFORM (or a renewal) whose ciaddr lies outside the subnet, sent without a
+    relay, was answered by unicast to that address: a reflector. Now it is broadcast
+    on the boot network; an address on the subnet still gets its unicast."""
+    import tomllib
+
+    from beokit.boot import config as C
+    from beokit.boot.leases import LeaseDB
+
+    cfg = C.parse(tomllib.loads(SMALL_POOL), Path("/"))
+    logic = D.DhcpLogic(cfg, LeaseDB(cfg))
+    for ciaddr, dest in (("192.0.2.7", "<broadcast>"), ("127.0.16.9", "127.0.16.9")):
+        pkt = loadgen.request(D.INFORM, b"\x52\x54\0\0\0\x01", 7, "0.0.0.0", ciaddr=ciaddr)
+        reply = logic.handle(pkt, ("0.0.0.0", 68), 0.0)
+        assert reply is not None and reply.dest == (dest, 68), reply
+
+
 def ipaddress_random(rnd: random.Random) -> str:
     return socket.inet_ntoa(rnd.randbytes(4))
 
