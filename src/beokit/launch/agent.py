@@ -197,42 +197,104 @@ class Node:
 
     # ------------------------------------------------------- listening
 
-    def _accept(self) -> None:
-        assert self.listener is not None
-        while not self.closing:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
+    PER_SOURCE = 64  # unauthenticated connections waiting for their hello, per address
+    MAX_PENDING = 512  # ... and in all; past either, the oldest of that address goes
 
-    def _greet(self, conn: socket.socket) -> None:
-        """Read the hello of an accepted connection; hand it to its launch."""
-        conn.settimeout(HELLO_TIMEOUT)
-        buf = b""
-        try:
-            while b"\n" not in buf and len(buf) < 4096:
-                data = conn.recv(4096)
-                if not data:
-                    break
-                buf += data
-            line = buf.partition(b"\n")[0]  # the child sends nothing more before work
-            msg = plan.decode(line)
-            token = msg.get("token")
-            with self.lock:
-                # a dict lookup of a 128-bit random one-time token: nothing to learn
-                # from its timing, and it is removed on first use
-                slot = None
-                if msg["t"] == "hello" and isinstance(token, str):
-                    slot = self.pending.pop(token, None)
-            if slot is None:
-                conn.close()  # wrong or replayed token: not one of ours
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            slot.conn = conn
-            slot.ready.set()
-        except (OSError, plan.ProtocolError):
+    def _accept(self) -> None:
+        """Accept and read every child's hello in this one thread (a selector).
+
+        A stranger's connection costs a socket, never a thread: it must say
+        hello within HELLO_TIMEOUT, at most PER_SOURCE wait per source address
+        and MAX_PENDING in all (the oldest of the address, or of the address
+        holding the most, is closed first).
+        """
+        import selectors
+
+        assert self.listener is not None
+        listener = self.listener
+        listener.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+        waiting: dict[socket.socket, tuple[float, str, bytearray]] = {}  # oldest first
+
+        def drop(conn: socket.socket) -> None:
+            waiting.pop(conn, None)
+            sel.unregister(conn)
             conn.close()
+
+        def admit(conn: socket.socket, source: str) -> None:
+            mine = [c for c, w in waiting.items() if w[1] == source]
+            if len(mine) >= self.PER_SOURCE:
+                drop(mine[0])
+            elif len(waiting) >= self.MAX_PENDING:
+                counts = collections.Counter(w[1] for w in waiting.values())
+                greedy = counts.most_common(1)[0][0]
+                drop(next(c for c, w in waiting.items() if w[1] == greedy))
+            conn.setblocking(False)
+            waiting[conn] = (time.monotonic() + HELLO_TIMEOUT, source, bytearray())
+            sel.register(conn, selectors.EVENT_READ)
+
+        try:
+            while not self.closing:
+                for key, _ in sel.select(0.5):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock is listener:
+                        for _ in range(64):
+                            try:
+                                conn, peer = listener.accept()
+                            except BlockingIOError:
+                                break
+                            admit(conn, str(peer[0]))
+                        continue
+                    self._hello_bytes(sock, waiting, drop, sel)
+                now = time.monotonic()
+                for conn in [c for c, w in waiting.items() if w[0] <= now]:
+                    drop(conn)
+        except OSError:
+            pass  # the listener was closed: this node is ending
+        finally:
+            for conn in list(waiting):
+                drop(conn)
+            sel.close()
+
+    def _hello_bytes(self, conn: socket.socket, waiting: dict, drop: Callable,
+                     sel: Any) -> None:  # fmt: skip
+        """More bytes of a waiting connection's hello; hand it over once complete."""
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = waiting[conn][2]
+        buf += data
+        if not data or (b"\n" not in buf and len(buf) >= 4096):
+            drop(conn)
+            return
+        if b"\n" not in buf:
+            return
+        waiting.pop(conn)
+        sel.unregister(conn)
+        try:
+            msg = plan.decode(bytes(buf).partition(b"\n")[0])
+        except plan.ProtocolError:
+            conn.close()
+            return
+        token = msg.get("token")
+        with self.lock:
+            # a dict lookup of a 128-bit random one-time token: nothing to learn
+            # from its timing, and it is removed on first use
+            slot = None
+            if msg["t"] == "hello" and isinstance(token, str):
+                slot = self.pending.pop(token, None)
+        if slot is None:
+            conn.close()  # wrong or replayed token: not one of ours
+            return
+        conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        slot.conn = conn
+        slot.ready.set()
 
     # -------------------------------------------------------- children
 
