@@ -109,7 +109,7 @@ def test_connection_flood_on_the_launch_listener(tmp_path: Path) -> None:
 def test_output_into_a_closed_pipe_is_quiet() -> None:
     """`beo run --json ... | head -1`: no BrokenPipeError traceback, status 141."""
     sh = (f"{' '.join(BEO)} run -R exec --json '127.0.4.[1-40]' -- echo hi | head -c 10 "
-          ">/dev/null; echo rc=${{PIPESTATUS[0]}} >&2")  # fmt: skip
+          ">/dev/null; echo rc=${PIPESTATUS[0]} >&2")  # fmt: skip
     cp = subprocess.run(["bash", "-c", sh], capture_output=True, text=True, timeout=60,
                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
     assert "Traceback" not in cp.stderr and "rc=141" in cp.stderr, cp.stderr[-2000:]
