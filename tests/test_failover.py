@@ -142,9 +142,13 @@ def test_colrf_ends_the_stream_at_a_read_failure(tmp_path: Path) -> None:
                      text=True)  # fmt: skip
         server.close()
 
-        def feed(client: socket.socket = client) -> None:
+        def feed(client: socket.socket = client, out: Path = out) -> None:
             client.sendall(b"z" * (1 << 20))
-            time.sleep(0.5)
+            # the reset must come after the root read it all (a RST discards what is unread)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not (out.exists()
+                                                       and out.stat().st_size >= 1 << 20):  # fmt: skip
+                time.sleep(0.02)
             linger_zero = struct.pack("ii", 1, 0)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
             client.close()  # RST: the root's next read fails with ECONNRESET
