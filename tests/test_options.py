@@ -383,9 +383,20 @@ def test_buf_minwrite_larger_than_buf_size():
     assert "5000" in msg and "-buf_minwrite" in msg
 
 
-@pytest.mark.parametrize("name", ["", "x" * 128, "a\nb", "a\0b", "a\rb"])
+@pytest.mark.parametrize("name", ["", "x" * 128, "a\nb", "a\0b", "a\rb", "a\x1b[31mb", "a\u202eb"])
 def test_bad_name(name):
-    assert repr(name) in usage_error(["-name", name])
+    msg = usage_error(["-name", name])
+    assert "-name" in msg and msg.isprintable()
+    if len(name) <= 80:
+        assert repr(name) in msg
+
+
+def test_bad_name_is_shown_escaped_and_cut():
+    """Issue 19: ESC was accepted; a 100 KB name was echoed whole."""
+    msg = usage_error(["-name", "evil\x1b]0;title\x07"])
+    assert "unprintable character \\x1b at position 5" in msg and "\x1b" not in msg
+    msg = usage_error(["-name", "x" * 100_000])
+    assert len(msg) < 200 and "100000 characters" in msg and "longer than 127" in msg
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beokit.nettee.protocol import (
+    CODE_MAX,
     CODE_TEXT,
     DATA_HEADER,
     FRAME,
     MAGIC,
     MAX_FRAME,
+    NAME_MAX,
+    TEXT_MAX,
     VERSION,
     AuthError,
     Code,
@@ -33,6 +36,7 @@ from beokit.nettee.protocol import (
     hello,
     parse_data_header,
     parse_report,
+    printable,
     report,
     sort_codes,
     welcome,
@@ -621,13 +625,13 @@ def test_from_dict_optional_fields_default():
 
 NODE = st.builds(
     NodeResult,
-    name=st.text(max_size=20),
+    name=st.text(max_size=20).filter(str.isprintable),
     depth=st.integers(0, 1000),
     bytes_in=st.integers(0, 2**63),
     bytes_out=st.integers(0, 2**63),
     codes=st.lists(st.sampled_from([c.value for c in Code]), max_size=4),
     seconds=st.floats(0, 1e9, allow_nan=False),
-    detail=st.text(max_size=30),
+    detail=st.text(max_size=30).filter(str.isprintable),
     local_out=st.booleans(),
     fatal=st.booleans(),
 )
@@ -640,6 +644,44 @@ def test_report_round_trip_property(nodes):
 
 
 GOOD_NODE = {"name": "a", "depth": 0, "bytes_in": 0, "bytes_out": 0, "codes": [], "seconds": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=3000))
+def test_report_names_and_reasons_are_made_printable(name, text):
+    """Whatever a child puts in its report reaches the root's terminal escaped and bounded."""
+    node = {**GOOD_NODE, "name": name, "detail": text, "codes": [name], "digest": text}
+    (got,) = parse_report({"t": "report", "nodes": [node]})
+    for value, limit in ((got.name, NAME_MAX), (got.detail, TEXT_MAX), (got.codes[0], CODE_MAX),
+                         (got.digest, TEXT_MAX)):  # fmt: skip
+        assert value.isprintable() and len(value) <= limit
+    if name.isprintable() and len(name) <= NAME_MAX:
+        assert got.name == name  # a clean name is left alone
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit", "want"),
+    [
+        ("node34", 127, "node34"),
+        ("a\x1b[31mb", 127, "a\\x1b[31mb"),
+        ("two\nlines", 127, "two\\nlines"),
+        ("\u202eevil", 127, "\\u202eevil"),
+        ("x" * 200, 10, "xxxxxxx..."),
+        ("\x1b" * 10, 10, "\\x1b..."),
+        (42, 127, "42"),
+    ],
+)  # fmt: skip
+def test_printable_escapes_and_cuts(raw, limit, want):
+    assert printable(raw, limit) == want
+
+
+def test_names_from_the_handshake_are_made_printable():
+    welcome_msg = welcome(NONCE_C, NONCE_P, None, "\x1b]0;pwned\x07" + "y" * 500)
+    name = check_welcome(welcome_msg, NONCE_C, NONCE_P, None)
+    assert name.isprintable() and len(name) <= NAME_MAX and name.startswith("\\x1b]0;pwned")
+    with pytest.raises(AuthError) as exc:
+        check_welcome({"t": "refuse", "why": "\x1b[2J" * 1000}, NONCE_C, NONCE_P, None)
+    assert str(exc.value).isprintable() and len(str(exc.value)) < TEXT_MAX + 20
 
 
 @pytest.mark.parametrize(

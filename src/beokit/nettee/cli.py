@@ -11,6 +11,7 @@ from beokit.nettee import helptext
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.node import Node, node_name
 from beokit.nettee.options import Config, Help, Role, parse_args
+from beokit.nettee.text import shown
 
 HELP_TEXT = {
     Help.MAIN: helptext.USAGE,
@@ -28,9 +29,9 @@ def read_secret(cfg: Config) -> bytes | None:
             with open(cfg.secret_file, "rb") as fh:
                 secret = fh.read().strip()
         except OSError as exc:
-            raise UsageError(f"cannot read -secret_file {cfg.secret_file!r}: {exc.strerror}") from None
+            raise UsageError(f"cannot read -secret_file {shown(cfg.secret_file)}: {exc.strerror}") from None
         if not secret:
-            raise UsageError(f"-secret_file {cfg.secret_file!r} is empty")
+            raise UsageError(f"-secret_file {shown(cfg.secret_file)} is empty")
         return secret
     env = os.environ.get("NETTEE_SECRET")
     if env is not None:
@@ -46,10 +47,10 @@ def open_source(src: str) -> int:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise UsageError(f"cannot read -in {src!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot read -in {shown(src)}: {exc.strerror}") from None
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         os.close(fd)
-        raise UsageError(f"cannot read -in {src!r}: is a directory")
+        raise UsageError(f"cannot read -in {shown(src)}: is a directory")
     return fd
 
 
@@ -68,8 +69,43 @@ def open_output(cfg: Config) -> tuple[int | None, bool]:
         # no O_TRUNC: an existing file is truncated only when the stream starts
         fd = os.open(cfg.out, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise UsageError(f"cannot create -out {cfg.out!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot create -out {shown(cfg.out)}: {exc.strerror}") from None
     return fd, stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def check_report(cfg: Config) -> None:
+    """The root's -report PATH must be writable before any data moves.
+
+    The report is written at the end to a temporary name beside PATH and
+    renamed over it, so the probe does the same (a file created and removed
+    at once): nothing is left behind, and an existing report is untouched.
+    An existing PATH that is not a regular file (/dev/stdout) is written in
+    place instead, so it must be writable as it is.
+    """
+    path = cfg.report
+    if path is None or cfg.role is not Role.ROOT:
+        return
+    if not path:
+        raise UsageError("bad -report '': give a file name")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UsageError(f"cannot write -report {shown(path)}: {exc.strerror}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"cannot write -report {shown(path)}: is a directory")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write -report {shown(path)}: permission denied")
+        return
+    folder, base = os.path.split(path)
+    probe = os.path.join(folder, f".{base}.probe{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise UsageError(f"cannot write -report {shown(path)}: {exc.strerror}") from None
+    os.unlink(probe)
 
 
 def _settings(cfg: Config, log: NetteeLog, name: str) -> None:
@@ -89,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         local_fds = open_inputs(cfg)
         in_fd = local_fds[0] if cfg.role is Role.ROOT and local_fds else None
         out_fd, out_is_file = open_output(cfg)
+        check_report(cfg)
         try:
             log = NetteeLog(cfg.verbose, cfg.log, node_name(cfg))
         except OSError as exc:
-            raise UsageError(f"cannot open -log {cfg.log!r}: {exc.strerror}") from None
+            raise UsageError(f"cannot open -log {shown(cfg.log)}: {exc.strerror}") from None
     except UsageError as exc:
         print(f"nettee: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -60,10 +60,11 @@ Messages
   -v VERBOSE          bit mask: 1 errors, 2 settings, 4 messages, 8 periodic
                       status, 16 prefix the node name (default 1)
   -log LDST           - (stderr, default) or a file
-  -name STRING        node name in messages (default $MYHOSTNAME, $HOSTNAME,
-                      then gethostname())
+  -name STRING        node name in messages, 1-127 printable characters
+                      (default $MYHOSTNAME, $HOSTNAME, then gethostname())
   -q                  suppress "ignored signal" messages
-  -report FILE        root: write every node's result as JSON         [beokit]
+  -report FILE        root: write every node's result as JSON (checked
+                      writable before anything starts)                [beokit]
 
 Help
   -h -hexamples -herrors -hprocess -i
@@ -107,7 +108,8 @@ nettee error status codes
   LWF    local write failure (disk full, permissions, device error)
   NRF    network read failure (the parent died or stalled, or the stream
          arrived short of the parent's byte count)
-  LRF    local read failure (the input could not be read)
+  LRF    local read failure (the input could not be read, or the root's
+         input file shrank, grew or was rewritten during the stream)
   BBC    child returned incorrect byte count
   BSTAT  child returned unknown or bad status (no report from that node)
   NNF    could not connect to (one or more) child nodes

@@ -1,13 +1,16 @@
 """nettee's ``-v`` bit mask mapped onto :mod:`logging`.
 
 Bits: 1 errors, 2 command line settings, 4 messages, 8 periodic status,
-16 prepend the node name to every message.
+16 prepend the node name to every message.  Every message is one line with
+its unprintable characters escaped, whatever a peer put into it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from beokit.nettee.text import escaped
 
 ERRORS, SETTINGS, MESSAGES, STATUS, PREFIX = 1, 2, 4, 8, 16
 
@@ -31,19 +34,19 @@ class NetteeLog:
 
     def error(self, msg: str) -> None:
         if self.verbose & ERRORS:
-            self.logger.error(msg)
+            self.logger.error(escaped(msg))
 
     def settings(self, msg: str) -> None:
         if self.verbose & SETTINGS:
-            self.logger.info(msg)
+            self.logger.info(escaped(msg))
 
     def message(self, msg: str) -> None:
         if self.verbose & MESSAGES:
-            self.logger.info(msg)
+            self.logger.info(escaped(msg))
 
     def status(self, msg: str) -> None:
         if self.verbose & STATUS:
-            self.logger.info(msg)
+            self.logger.info(escaped(msg))
 
     def flush(self) -> None:
         for h in self.logger.handlers:

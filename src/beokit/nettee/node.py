@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 
 from beokit.nettee import protocol as P
 from beokit.nettee.command import SocketCommand
+from beokit.nettee.gate import LOG_LINES, Expect, Gate, Handshake, listener, send_now
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
-from beokit.nettee.options import DATA_LOWAT, HEAL_SOCKBUF, Config, Role
+from beokit.nettee.options import DATA_LOWAT, HEAL_SOCKBUF, MAX_NAME, Config, Role
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import (
     BATCH,
@@ -55,6 +56,7 @@ from beokit.nettee.relay import (
     Tap,
     zero_copy_available,
 )
+from beokit.nettee.source import Snapshot, change
 
 HANDSHAKE_TIMEOUT = 10.0
 HEARTBEAT = 0.5
@@ -63,6 +65,8 @@ END_WAIT = 10.0
 HEAL_WAIT = 10.0  # -heal: how long an orphan waits for an ancestor to adopt it
 ADOPT_TRY = 3.0  # -heal: how long a parent tries to reach one grandchild
 REASON_WAIT = 1.0  # a child that closed its data socket: how long its own reason may take
+MAX_OFFERS = 8  # welcomed would-be parents waiting for their data connection at once
+MAX_ADOPTERS = 2  # -heal: authenticated adoptions served at once (each needs a thread)
 DIGEST = "xxh3_128"
 UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT,
                errno.EADDRNOTAVAIL}  # fmt: skip
@@ -162,9 +166,53 @@ class ChildLink:
         return self.name or (str(self.hostlist[0]) if self.hostlist else "?")
 
 
+@dataclass(eq=False)
+class _Offer:
+    """A caller that passed the handshake; it becomes the parent once its data comes."""
+
+    peer: Peer
+    msg: dict
+    name: str
+    session: str
+    path: list[str]
+    expires: float
+    expect: Expect | None = None
+
+
+class _DataWait:
+    """A data connection a node waits for (an adopter's): expected before the
+    welcome goes out, so that it cannot arrive first."""
+
+    def __init__(self, gate: Gate, token: bytes, offset: int) -> None:
+        self.gate = gate
+        self.got: list[socket.socket] = []
+        self.arrived = threading.Event()
+        self.expect = gate.expect(token, offset, self._take)
+
+    def _take(self, sock: socket.socket) -> None:
+        self.got.append(sock)
+        self.arrived.set()
+
+    def result(self, timeout: float) -> socket.socket:
+        """The connection, within ``timeout`` seconds, or ProtocolError."""
+        if not self.arrived.wait(timeout) and (self.gate.forget(self.expect)
+                                               or not self.arrived.wait(1.0)):  # fmt: skip
+            raise P.ProtocolError("parent never opened its data connection")
+        return self.got[0]
+
+
+def _peer(hs: Handshake) -> Peer:
+    """A control connection the gate handed over, with whatever followed its first message."""
+    peer = Peer(hs.sock, hs.addr)
+    peer.dec, peer.queue = hs.decoder, list(hs.rest)
+    return peer
+
+
 def node_name(cfg: Config) -> str:
-    return cfg.name or os.environ.get("MYHOSTNAME") or os.environ.get("HOSTNAME") or (
+    """-name, else $MYHOSTNAME, $HOSTNAME, gethostname(); the last three made printable."""
+    name = cfg.name or os.environ.get("MYHOSTNAME") or os.environ.get("HOSTNAME") or (
         socket.gethostname())  # fmt: skip
+    return P.printable(name, MAX_NAME)
 
 
 class Node:
@@ -199,8 +247,11 @@ class Node:
         self.collapsing = False
         self.started = time.monotonic()
         self.stream_start = 0.0
-        self._ctrl_listener: socket.socket | None = None
-        self._data_listener: socket.socket | None = None
+        self.gate: Gate | None = None  # serves the ports of a non-root node
+        self._offers: list[_Offer] = []  # welcomed would-be parents, waiting for their data
+        self._chosen: tuple[_Offer, socket.socket] | None = None  # the parent, with its data
+        self._chosen_event = threading.Event()
+        self._adopters = threading.BoundedSemaphore(MAX_ADOPTERS)  # -heal: adoptions at once
         self._stop = threading.Event()
         self.local: Sink | None = None
         self.stream_seconds = 0.0
@@ -220,6 +271,7 @@ class Node:
         self.stream_fd: int | None = None  # a regular file holding the stream, -1: none
         self.parent_bound = False  # the parent keeps an in-memory replay window
         self.file_hasher: FileHasher | None = None
+        self.source_changed = ""  # the root's input file changed during the stream: why
 
     # ------------------------------------------------------------ entry
 
@@ -259,11 +311,14 @@ class Node:
         assert self.in_fd is not None
         if self.cfg.stm is not None:
             self.in_fd = self._stm_filter(self.in_fd, self.cfg.stm.encode())
+        source = self._source_snapshot()
         result = self._stream(self.in_fd, idle_timeout=0.0)
         if result.read_error is not None:
             self._local_read_failed(result.read_error)
         elif self.stm_error is not None:  # the -stm pump could not read the input
             self._local_read_failed(self.stm_error)
+        elif source is not None:
+            self._check_source(*source, result.bytes_in)
         if self.in_cmd is not None:
             failed = self.in_cmd.wait()
             if failed and P.Code.LRF.value not in self.codes:
@@ -295,6 +350,8 @@ class Node:
             self.log.error(f"cut off from the root: the failure report of the tree below {self.name}")
             self._print_summary(nodes)
         self._stop.set()
+        if self.gate is not None and self.gate.rejected > LOG_LINES:
+            self.log.error(f"{self.gate.rejected} connections from strangers rejected in all")
         self.log.message(
             f"done: {nodes[0].bytes_in} bytes received, {P.format_codes(self._all_codes(nodes))}"
         )
@@ -374,112 +431,135 @@ class Node:
     def _listen(self) -> None:
         cfg = self.cfg
         try:
-            self._ctrl_listener = _listener(cfg.bind, cfg.port + 1)
-            self._data_listener = _listener(cfg.bind, cfg.port)
+            ctrl = listener(cfg.bind, cfg.port + 1)
+            try:
+                data = listener(cfg.bind, cfg.port)
+            except OSError:
+                ctrl.close()
+                raise
         except OSError as exc:
             raise Fatal(P.Code.NRF, self.name,
                         f"cannot listen on {cfg.bind}:{cfg.port}/{cfg.port + 1}: {exc.strerror}") from None  # fmt: skip
+        self.gate = Gate(ctrl, data, greet=self._greet, on_message=self._on_handshake,
+                         log=self.log.error)  # fmt: skip
+        self.gate.start()
         self.log.message(f"waiting for a parent on {cfg.bind}:{cfg.port} (+1 control)")
 
     def _accept_parent(self) -> None:
-        assert self._ctrl_listener is not None
+        """Wait (bounded by -t) until a caller passed the handshake and opened its data
+        connection; the gate serves every caller meanwhile (see gate.py)."""
+        assert self.gate is not None
         deadline = time.monotonic() + self.cfg.timeout if self.cfg.timeout > 0 else None
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        while not self._chosen_event.wait(0.25):
+            self._expire_offers()
+            if deadline is not None and time.monotonic() > deadline:
                 raise Fatal(P.Code.NRF, self.name,
                             f"no parent connected within {self.cfg.timeout:g} s (-t)")  # fmt: skip
-            ready, _, _ = select.select([self._ctrl_listener], [], [], left)
-            if not ready:
-                continue
-            conn, addr = self._ctrl_listener.accept()
-            peer = Peer(conn, f"{addr[0]}:{addr[1]}")
-            try:
-                self._handshake_parent(peer)
-            except P.AuthError as exc:
-                self.log.error(f"authentication failed: parent at {peer.name}: {exc}")
-                peer.send({"t": "refuse", "why": f"authentication failed: {exc}"})
-                peer.close()
-                continue
-            except (P.ProtocolError, OSError) as exc:
-                self.log.error(f"rejected connection from {peer.name}: {exc}")
-                peer.close()
-                continue
-            if self._data_listener is not None and not self.cfg.heal:
-                self._data_listener.close()  # with -heal an adopter connects here later
-            threading.Thread(target=self._turn_away, name="busy", daemon=True).start()
-            threading.Thread(target=self._read_parent, args=(self.parent,), name="parent",
-                             daemon=True).start()  # fmt: skip
-            self.log.message(f"parent {self.parent_name} joined from {peer.name}")
-            return
-
-    def _handshake_parent(self, peer: Peer) -> None:
-        nonce_c = os.urandom(16)
-        peer.sock.settimeout(HANDSHAKE_TIMEOUT)
-        peer.sock.sendall(P.encode(P.hello(nonce_c, self.secret, self.name)))
-        msg = peer.recv(HANDSHAKE_TIMEOUT)
-        if msg.get("t") == "refuse":
-            raise P.AuthError(str(msg.get("why")))
-        nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
-        peer.sock.sendall(P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name)))
-        token = P.data_token(self.secret, nonce_c, nonce_p)
-        data = self._accept_data(token)
+        assert self._chosen is not None
+        offer, data = self._chosen
+        peer, msg = offer.peer, offer.msg
         self.parent_bound = bool(msg.get("bound"))
         if self.parent_bound:  # the parent's replay window counts on our receive buffer
             data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
         peer.sock.settimeout(None)
         peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer.last = time.monotonic()
-        self.parent = peer
-        self.parent_name = str(msg.get("name") or peer.name)
-        self.session = str(msg.get("session") or "")
-        self.path = [str(x) for x in msg["path"]] + [self.node_id]
+        self.parent_name = offer.name
+        self.session = offer.session
+        self.path = offer.path + [self.node_id]
         self.data_in = data
+        self.parent = peer
+        if not self.cfg.heal:
+            self.gate.close_data()  # with -heal an adopter connects here later
+        threading.Thread(target=self._read_parent, args=(self.parent,), name="parent",
+                         daemon=True).start()  # fmt: skip
+        self.log.message(f"parent {self.parent_name} joined from {peer.name}")
 
-    def _accept_data(self, token: bytes, offset: int = 0) -> socket.socket:
-        assert self._data_listener is not None
-        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise P.ProtocolError("parent never opened its data connection")
-            ready, _, _ = select.select([self._data_listener], [], [], left)
-            if not ready:
-                continue
-            conn, addr = self._data_listener.accept()
-            try:
-                conn.settimeout(max(left, 0.1))
-                raw = _recv_exact(conn, P.DATA_HEADER.size)
-                if P.parse_data_header(raw, token) != offset:
-                    raise P.ProtocolError(f"data connection at the wrong offset (want {offset})")
-            except (OSError, P.ProtocolError) as exc:
-                self.log.error(f"rejected data connection from {addr[0]}: {exc}")
-                conn.close()
-                continue
-            conn.settimeout(None)
-            return conn
+    def _greet(self) -> tuple[bytes, bytes | None]:
+        """What a new control connection hears first (gate thread): our hello, or,
+        once this node has its parent, a refusal (with -heal: a hello marked busy,
+        since the caller may be an ancestor come to adopt us)."""
+        chosen = self._chosen
+        nonce = os.urandom(16)
+        hello = P.hello(nonce, self.secret, self.name)
+        if chosen is None:
+            return P.encode(hello), nonce
+        why = f"{self.name} is already in a chain under {chosen[0].name}"
+        if not self.cfg.heal:
+            return P.encode({"t": "refuse", "busy": chosen[0].session, "why": why}), None
+        hello["busy"], hello["why"] = chosen[0].session, why
+        return P.encode(hello), nonce
 
-    def _turn_away(self) -> None:
-        lst = self._ctrl_listener
-        if lst is None:
+    def _on_handshake(self, hs: Handshake) -> None:
+        """The first message of a control connection (gate thread: must not block)."""
+        assert self.gate is not None
+        if self._chosen is None:
+            self._offer_parent(hs)
+        elif self.cfg.heal and hs.msg.get("adopt"):
+            self._adoption_request(hs)
+        else:  # a parent looking for a free node (it closes by itself), or a stranger
+            self.gate.reject(hs, None)
+
+    def _offer_parent(self, hs: Handshake) -> None:
+        """A would-be parent's join: check it, welcome it, wait for its data connection."""
+        assert self.gate is not None
+        msg, nonce_c = hs.msg, hs.context
+        try:
+            if msg.get("t") == "refuse":
+                raise P.AuthError(f"refused: {P.printable(msg.get('why', 'no reason given'))}")
+            nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
+        except P.AuthError as exc:
+            self.gate.reject(hs, f"authentication failed: parent at {hs.addr}: {exc}",
+                             {"t": "refuse", "why": f"authentication failed: {exc}"})  # fmt: skip
             return
-        while not self._stop.is_set():
-            try:
-                conn, addr = lst.accept()
-            except OSError:
+        except P.ProtocolError as exc:
+            self.gate.reject(hs, f"rejected connection from {hs.addr}: {exc}")
+            return
+        peer = _peer(hs)
+        offer = _Offer(peer, msg, name=P.printable(msg.get("name") or hs.addr, MAX_NAME),
+                       session=str(msg.get("session") or ""),
+                       path=[str(x) for x in msg["path"]],
+                       expires=time.monotonic() + HANDSHAKE_TIMEOUT)  # fmt: skip
+        token = P.data_token(self.secret, nonce_c, nonce_p)
+        offer.expect = self.gate.expect(token, 0, lambda sock: self._parent_data(offer, sock))
+        with self.lock:
+            self._offers.append(offer)
+            stale = self._offers[:-MAX_OFFERS] if len(self._offers) > MAX_OFFERS else []
+        for old in stale:
+            self._drop_offer(old, "too many would-be parents at once")
+        if not send_now(peer.sock, P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name))):
+            self._drop_offer(offer, "cannot send the welcome")
+
+    def _parent_data(self, offer: _Offer, data: socket.socket) -> None:
+        """A welcomed caller opened its data connection: it is our parent (gate thread)."""
+        with self.lock:
+            if self._chosen is not None or offer not in self._offers:
+                data.close()
                 return
-            if self.cfg.heal:
-                threading.Thread(target=self._adopted, args=(conn, f"{addr[0]}:{addr[1]}"),
-                                 name="adopt", daemon=True).start()  # fmt: skip
-                continue
-            try:
-                conn.settimeout(1.0)
-                conn.sendall(P.encode({"t": "refuse", "busy": self.session,
-                                       "why": f"{self.name} is already in a chain under "
-                                              f"{self.parent_name}"}))  # fmt: skip
-            except OSError:
-                pass
-            conn.close()
+            self._offers.remove(offer)
+            others, self._offers = self._offers, []
+            self._chosen = (offer, data)
+        for other in others:
+            self._drop_offer(other, None)
+        self._chosen_event.set()
+
+    def _drop_offer(self, offer: _Offer, why: str | None) -> None:
+        assert self.gate is not None
+        with self.lock:
+            if offer in self._offers:
+                self._offers.remove(offer)
+        if offer.expect is not None:
+            self.gate.forget(offer.expect)
+        offer.peer.close()
+        if why is not None:
+            self.log.error(f"rejected parent {offer.name} at {offer.peer.name}: {why}")
+
+    def _expire_offers(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [o for o in self._offers if o.expires < now]
+        for offer in late:
+            self._drop_offer(offer, "it never opened its data connection")
 
     def _read_parent(self, peer: Peer) -> None:
         why = "parent connection closed"
@@ -493,12 +573,12 @@ class Node:
                     kind = msg.get("t")
                     if kind == "end":
                         self.end_bytes = int(msg.get("bytes", -1))
-                        self.end_short = str(msg["short"]) if msg.get("short") else ""
+                        self.end_short = P.printable(msg["short"], P.TEXT_MAX) if msg.get("short") else ""
                         self.end_event.set()
                     elif kind == "abort":
                         if peer is not self.parent:
                             return  # a replaced parent (-heal)
-                        why = f"aborted by parent: {msg.get('why', '?')}"
+                        why = f"aborted by parent: {P.printable(msg.get('why', '?'), P.TEXT_MAX)}"
                         self._parent_failed(why, aborted=True)
                         return
                 data = peer.sock.recv(65536)
@@ -582,30 +662,39 @@ class Node:
             self.end_event.wait(0.02)
         return self.orphaned.is_set() and not self.gave_up
 
-    def _adopted(self, conn: socket.socket, addr: str) -> None:
-        """A control connection to a busy -heal node: an ancestor adopting it, or a refusal."""
-        peer = Peer(conn, addr)
+    def _adoption_request(self, hs: Handshake) -> None:
+        """An ancestor asks to adopt this -heal node (gate thread): check, then a worker."""
+        assert self.gate is not None
+        msg = hs.msg
         try:
-            nonce_c = os.urandom(16)
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            hello = P.hello(nonce_c, self.secret, self.name)
-            hello["busy"] = self.session
-            hello["why"] = f"{self.name} is already in a chain under {self.parent_name}"
-            conn.sendall(P.encode(hello))
-            msg = peer.recv(HANDSHAKE_TIMEOUT)
-            if not msg.get("adopt"):
-                peer.close()
-                return
-            nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
+            nonce_p = P.check_join(msg, hs.context, self.secret, self.node_id)
             path = [str(x) for x in msg["path"]]
             # the adopter must be one of our ancestors (it may itself have been
             # re-parented meanwhile, so compare its own id, not its whole path)
             if msg.get("session") != self.session or not path or path[-1] not in self.path[:-1]:
                 raise P.ProtocolError("adoption by a node that is not an ancestor in this chain")
+        except (P.ProtocolError, KeyError, TypeError) as exc:
+            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {exc}",
+                             {"t": "refuse", "why": str(exc)})  # fmt: skip
+            return
+        if not self._adopters.acquire(blocking=False):
+            why = "another adoption is under way"
+            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {why}",
+                             {"t": "refuse", "why": why})  # fmt: skip
+            return
+        threading.Thread(target=self._adopted, args=(hs, nonce_p, path), name="adopt",
+                         daemon=True).start()  # fmt: skip
+
+    def _adopted(self, hs: Handshake, nonce_p: bytes, path: list[str]) -> None:
+        """Complete an adoption: hold the stream, welcome the adopter with our byte
+        count, take its data connection and read on from it."""
+        peer = _peer(hs)
+        nonce_c, msg, addr = hs.context, hs.msg, hs.addr
+        try:
             with self._adopt_lock:
                 if self.gave_up or self.relay is None:
                     raise P.ProtocolError("too late to adopt this node")
-                self._orphan(f"adopted by {msg.get('name')}")
+                self._orphan(f"adopted by {P.printable(msg.get('name'), MAX_NAME)}")
                 deadline = time.monotonic() + HANDSHAKE_TIMEOUT
                 while not self.relay.waiting_input.wait(0.05):
                     if time.monotonic() > deadline:
@@ -613,17 +702,24 @@ class Node:
                 have = self.relay.bytes_in
                 welcome = P.welcome(nonce_c, nonce_p, self.secret, self.name)
                 welcome["have"] = have
-                conn.sendall(P.encode(welcome))
-                token = P.data_token(self.secret, nonce_c, nonce_p)
-                data = self._accept_data(token, offset=have)
+                # the adopter connects as soon as it reads the welcome: expect it first
+                assert self.gate is not None
+                wait = _DataWait(self.gate, P.data_token(self.secret, nonce_c, nonce_p), have)
+                try:
+                    peer.sock.settimeout(HANDSHAKE_TIMEOUT)
+                    peer.sock.sendall(P.encode(welcome))
+                except OSError:
+                    self.gate.forget(wait.expect)
+                    raise
+                data = wait.result(HANDSHAKE_TIMEOUT)
                 self.parent_bound = bool(msg.get("bound"))
                 if self.parent_bound:
                     data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
-                conn.settimeout(None)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer.sock.settimeout(None)
+                peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer.last = time.monotonic()
                 self.parent = peer
-                self.parent_name = str(msg.get("name") or addr)
+                self.parent_name = P.printable(msg.get("name") or addr, MAX_NAME)
                 self.path = path + [self.node_id]
                 self.data_in = data
                 self.orphaned.clear()
@@ -636,6 +732,8 @@ class Node:
             self.log.error(f"refused an adoption from {addr}: {exc}")
             peer.send({"t": "refuse", "why": str(exc)})
             peer.close()
+        finally:
+            self._adopters.release()
 
     def _check_end(self, received: int) -> None:
         deadline = time.monotonic() + END_WAIT
@@ -747,7 +845,7 @@ class Node:
             if msg.get("t") == "refuse" and "busy" in msg:
                 peer.close()
                 if msg["busy"] and msg["busy"] == self.session:
-                    raise Fatal(P.Code.NNF, str(ep), f"loop: {msg.get('why')}")
+                    raise Fatal(P.Code.NNF, str(ep), f"loop: {P.printable(msg.get('why'), P.TEXT_MAX)}")
                 raise _Retry()
             nonce_p = os.urandom(16)
             try:
@@ -803,15 +901,17 @@ class Node:
                     if kind == "ping":
                         link.progress = int(msg.get("bytes", 0))
                     elif kind == "ready":
-                        link.subtree = [str(n) for n in msg.get("nodes", [])] or [link.name]
+                        names = msg.get("nodes")
+                        names = names if isinstance(names, list) else []
+                        link.subtree = [P.printable(n) for n in names] or [link.name]
                         kids = msg.get("kids")
                         if isinstance(kids, list):
                             link.kids = [k for k in kids if isinstance(k, dict)]
                         link.ready.set()
                     elif kind == "fail":
-                        self._child_failed(link, str(msg.get("code", "BSTAT")),
-                                           str(msg.get("node", link.name)),
-                                           str(msg.get("why", "")))  # fmt: skip
+                        self._child_failed(link, P.printable(msg.get("code", "BSTAT"), P.CODE_MAX),
+                                           P.printable(msg.get("node", link.name)),
+                                           P.printable(msg.get("why", ""), P.TEXT_MAX))  # fmt: skip
                         return
                     elif kind == "report":
                         try:
@@ -896,7 +996,7 @@ class Node:
             todo = list(dead.kids)
             while todo:
                 kid = todo.pop(0)
-                name = str(kid.get("name", "?"))
+                name = P.printable(kid.get("name", "?"))
                 try:
                     at = self._adopt(kid)
                 except Fatal as f:
@@ -919,7 +1019,7 @@ class Node:
     def _adopt(self, kid: dict) -> int:
         """Take over one grandchild: handshake, replay what it lacks, add its output."""
         with self.lock:
-            link = ChildLink(len(self.links), (), name=str(kid.get("name", "?")), adopted=True)
+            link = ChildLink(len(self.links), (), name=P.printable(kid.get("name", "?")), adopted=True)
             self.links.append(link)
 
         def lost(why: str) -> Fatal:
@@ -1228,6 +1328,37 @@ class Node:
             self.detail = why
         self.log.error(f"local read failure (LRF): {why}; -colrf: ending the stream here")
 
+    def _source_snapshot(self) -> tuple[Snapshot, int] | None:
+        """The root's input file as the stream starts, and the offset it starts at
+        (None when the input is not a regular file read directly)."""
+        if self.cfg.stm is not None or self.in_cmd is not None or self.in_fd is None:
+            return None
+        try:
+            st = os.fstat(self.in_fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            return Snapshot.of(st), os.lseek(self.in_fd, 0, os.SEEK_CUR)
+        except OSError:
+            return None
+
+    def _check_source(self, start: Snapshot, offset: int, read: int) -> None:
+        """A source file that changed during the stream is LRF, fatal even with -colrf:
+        every node holds bytes that match no version of it (see source.py)."""
+        assert self.in_fd is not None
+        try:
+            why = change(start, offset, Snapshot.of(os.fstat(self.in_fd)), read)
+        except OSError as exc:
+            why = f"it cannot be examined any more ({exc.strerror})"
+        if not why:
+            return
+        why = f"source {','.join(self.cfg.inputs)} changed during the stream: {why}"
+        with self.lock:
+            self.codes.append(P.Code.LRF.value)
+            self.detail = why
+            self.fatal = True
+            self.source_changed = why
+        self.log.error(f"local read failure (LRF): {why}")
+
     def _end_children(self) -> None:
         for link in self.links:
             if link.data is None or link.dead or link.peer is None:
@@ -1242,6 +1373,8 @@ class Node:
                 end["short"] = f"{self.name}: {self.detail}"  # -conrf: we finished early
             elif self.end_short:
                 end["short"] = self.end_short
+            elif self.source_changed:  # every node below holds a copy of no version
+                end["short"] = f"{self.name}: {self.source_changed}"
             link.peer.send(end)
 
     def _collect(self) -> list[P.NodeResult]:
@@ -1265,7 +1398,7 @@ class Node:
             hasher = self.file_hasher.hasher if self.file_hasher.error is None else None
         elif self.tap is not None:
             hasher = self.tap.hasher
-        if hasher is not None:
+        if hasher is not None and not self.source_changed:  # a changed file: no digest
             me.digest = f"{DIGEST}:{hasher.hexdigest()}"  # type: ignore[attr-defined]
         nodes = [me]
         for link in self.links:
@@ -1363,11 +1496,16 @@ class Node:
                "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
         if self.heals:
             doc["heals"] = self.heals
-        tmp = f"{self.cfg.report}.tmp{os.getpid()}"
+        path = self.cfg.report
         try:
+            if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout: in place
+                with open(path, "w") as fh:
+                    json.dump(doc, fh, indent=1)
+                return
+            tmp = f"{path}.tmp{os.getpid()}"
             with open(tmp, "w") as fh:
                 json.dump(doc, fh, indent=1)
-            os.replace(tmp, self.cfg.report)
+            os.replace(tmp, path)
         except OSError as exc:
             self.log.error(f"cannot write report {self.cfg.report}: {exc.strerror}")
 
@@ -1465,23 +1603,3 @@ def _connect(host: str, port: int, timeout: float, bufsize: int = 0) -> socket.s
             err = exc
             s.close()
     raise err or OSError(errno.EHOSTUNREACH, f"no address for {host}")
-
-
-def _listener(addr: str, port: int, rcvbuf: int = 0) -> socket.socket:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if rcvbuf:  # inherited by accepted sockets, before the window is negotiated
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind((addr, port))
-    s.listen(16)
-    return s
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise P.ProtocolError("connection closed")
-        buf += chunk
-    return bytes(buf)

@@ -22,6 +22,7 @@ from enum import Enum
 
 from beokit.errors import UsageError
 from beokit.nettee.hostlists import Hostlist, parse_next, parse_port
+from beokit.nettee.text import NAME_MAX, printable, shown
 
 DEFAULT_PORT = 9997
 DEFAULT_BUF_SIZE = 1048576
@@ -35,7 +36,7 @@ DEFAULT_STALL = 5.0
 DATA_LOWAT = 1 << 20  # TCP_NOTSENT_LOWAT of data sockets: unsent bytes a hop may hold
 HEAL_SOCKBUF = 1 << 20  # SO_SNDBUF/SO_RCVBUF asked for on data sockets (kernel doubles)
 DEFAULT_WINDOW = 16 << 20
-MAX_NAME = 127
+MAX_NAME = NAME_MAX  # the man page: <= 127 characters
 
 # Options that take a value, and flags.  Aliases map to the canonical name.
 VALUE_OPTIONS = {
@@ -116,10 +117,10 @@ def _number(opt: str, text: str, *, minimum: int = 0, maximum: int | None = None
             raise ValueError
         value = int(text, 10)
     except ValueError:
-        raise UsageError(f"bad {opt} {text!r}: not an integer") from None
+        raise UsageError(f"bad {opt} {shown(text)}: not an integer") from None
     if value < minimum or (maximum is not None and value > maximum):
         hi = "" if maximum is None else f" and at most {maximum}"
-        raise UsageError(f"bad {opt} {text!r}: must be at least {minimum}{hi}")
+        raise UsageError(f"bad {opt} {shown(text)}: must be at least {minimum}{hi}")
     return value
 
 
@@ -129,10 +130,24 @@ def _seconds(opt: str, text: str) -> float:
             raise ValueError
         value = float(text)
     except ValueError:
-        raise UsageError(f"bad {opt} {text!r}: not a number of seconds") from None
+        raise UsageError(f"bad {opt} {shown(text)}: not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
-        raise UsageError(f"bad {opt} {text!r}: must be a finite number >= 0")
+        raise UsageError(f"bad {opt} {shown(text)}: must be a finite number >= 0")
     return value
+
+
+def check_name(name: str) -> str:
+    """-name: 1-127 printable characters (no ESC, newline, bidi override, ...)."""
+    if not name:
+        raise UsageError(f"bad -name '': give 1-{MAX_NAME} printable characters")
+    bad = next((i for i, c in enumerate(name) if not c.isprintable()), None)
+    if bad is not None:
+        raise UsageError(f"bad -name {shown(name)}: unprintable character "
+                         f"{printable(name[bad])} at position {bad + 1}; give 1-{MAX_NAME} "
+                         "printable characters")  # fmt: skip
+    if len(name) > MAX_NAME:
+        raise UsageError(f"bad -name {shown(name)}: longer than {MAX_NAME} characters")
+    return name
 
 
 def tokenize(argv: list[str]) -> dict[str, str]:
@@ -150,9 +165,9 @@ def tokenize(argv: list[str]) -> dict[str, str]:
             value = argv[i + 1]
             i += 1
         elif raw.startswith("--") and ALIASES.get(raw[1:], raw[1:]) in VALUE_OPTIONS | FLAG_OPTIONS:
-            raise UsageError(f"unknown option {raw!r}: nettee options take one dash ({raw[1:]})")
+            raise UsageError(f"unknown option {shown(raw)}: nettee options take one dash ({raw[1:]})")
         else:
-            raise UsageError(f"unknown option {raw!r} (nettee -h lists the options)")
+            raise UsageError(f"unknown option {shown(raw)} (nettee -h lists the options)")
         given[opt] = value  # repeated: the last one wins, as with getopt
         i += 1
     return given
@@ -190,10 +205,7 @@ def parse_args(argv: list[str]) -> Config:
             raise UsageError("bad -log '': give - (stderr) or a file name")
         cfg.log = given["-log"]
     if "-name" in given:
-        name = given["-name"]
-        if not name or len(name) > MAX_NAME or any(c in name for c in "\n\r\0"):
-            raise UsageError(f"bad -name {name!r}: 1-{MAX_NAME} printable characters")
-        cfg.name = name
+        cfg.name = check_name(given["-name"])
     for opt, lo in (("-buf_size", 4096), ("-buf_minread", 1), ("-buf_minwrite", 1),
                     ("-buf_maxread", 1), ("-buf_maxwrite", 1)):  # fmt: skip
         if opt in given:
@@ -220,7 +232,7 @@ def parse_args(argv: list[str]) -> Config:
 
     flow = given.get("-flow", "push")
     if flow not in ("push", "pull"):
-        raise UsageError(f"bad -flow {flow!r}: must be push or pull")
+        raise UsageError(f"bad -flow {shown(flow)}: must be push or pull")
     cfg.flow = flow
     cfg.cmd = given.get("-cmd")
     cfg.process = given.get("-process")
@@ -261,15 +273,15 @@ def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
     in_text = given.get("-in", d_in)
     sources = tuple(s.strip() for s in in_text.split(","))
     if any(not s for s in sources):
-        raise UsageError(f"bad -in {in_text!r}: empty source")
+        raise UsageError(f"bad -in {shown(in_text)}: empty source")
     if len(sources) > 1:
         if cfg.process is None:
-            raise UsageError(f"bad -in {in_text!r}: more than one source needs -process")
+            raise UsageError(f"bad -in {shown(in_text)}: more than one source needs -process")
         if sources.count("-") > 1:
-            raise UsageError(f"bad -in {in_text!r}: only one source may be stdin (-)")
+            raise UsageError(f"bad -in {shown(in_text)}: only one source may be stdin (-)")
         for s in ("none", "socket"):
             if s in sources:
-                raise UsageError(f"bad -in {in_text!r}: {s} cannot be one of several sources")
+                raise UsageError(f"bad -in {shown(in_text)}: {s} cannot be one of several sources")
     cfg.inputs = () if sources == ("none",) else sources
     cfg.out = given.get("-out", d_out)
     if cfg.out == "":
@@ -284,7 +296,7 @@ def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
         raise UsageError("-cmd needs -in socket or -out socket")
     if cfg.flow == "push" and cfg.role is not Role.ROOT and cfg.inputs and cfg.process is None:
         raise UsageError(
-            f"bad -in {in_text!r}: a non-root node takes local input only with -process"
+            f"bad -in {shown(in_text)}: a non-root node takes local input only with -process"
         )
     if cfg.flow == "push" and cfg.role is Role.ROOT and not cfg.inputs and cfg.process is None:
         raise UsageError("the root node needs an input (-in - or -in FILE)")

@@ -35,11 +35,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# every name and reason a peer sends passes through printable before it is shown
+from beokit.nettee.text import NAME_MAX as NAME_MAX
+from beokit.nettee.text import printable as printable
+
 VERSION = 1
 MAGIC = b"NTEEDATA"
 DATA_HEADER = struct.Struct("!8s16sQ")  # magic, token, stream offset
 FRAME = struct.Struct("!I")
 MAX_FRAME = 4 << 20  # a 1000-node report fits easily
+TEXT_MAX = 1000  # a reason (why, detail) taken from a peer
+CODE_MAX = 16  # an error code taken from a peer
 
 
 class ProtocolError(Exception):
@@ -158,7 +164,7 @@ def answer_hello(msg: dict, nonce_p: bytes, secret: bytes | None, name: str, ses
                  path: list[str]) -> tuple[dict, bytes]:  # fmt: skip
     """Parent side: check the child's hello, build the join; returns (join, nonce_c)."""
     if msg.get("t") == "refuse":
-        raise AuthError(f"refused: {msg.get('why', 'no reason given')}")
+        raise AuthError(f"refused: {printable(msg.get('why', 'no reason given'), TEXT_MAX)}")
     if msg.get("t") != "hello":
         raise ProtocolError(f"expected hello, got {msg.get('t')!r}")
     if msg.get("v") != VERSION:
@@ -210,7 +216,7 @@ def welcome(nonce_c: bytes, nonce_p: bytes, secret: bytes | None, name: str) -> 
 def check_welcome(msg: dict, nonce_c: bytes, nonce_p: bytes, secret: bytes | None) -> str:
     """Parent side: verify the child's proof; returns the child's name."""
     if msg.get("t") == "refuse":
-        raise AuthError(f"refused: {msg.get('why', 'no reason given')}")
+        raise AuthError(f"refused: {printable(msg.get('why', 'no reason given'), TEXT_MAX)}")
     if msg.get("t") != "welcome":
         raise ProtocolError(f"expected welcome, got {msg.get('t')!r}")
     if secret is not None:
@@ -223,7 +229,7 @@ def check_welcome(msg: dict, nonce_c: bytes, nonce_p: bytes, secret: bytes | Non
         if not ok:
             raise AuthError("child failed the shared-secret challenge (wrong secret)")
     name = msg.get("name")
-    return name if isinstance(name, str) and name else "?"
+    return printable(name) if isinstance(name, str) and name else "?"
 
 
 def data_header(token: bytes, offset: int = 0) -> bytes:
@@ -273,13 +279,15 @@ class NodeResult:
         if not isinstance(d, dict) or not isinstance(d.get("codes"), list):
             raise ProtocolError("bad node result: not an object with a list of codes")
         try:
-            return cls(name=str(d["name"]), depth=int(d["depth"]), bytes_in=int(d["bytes_in"]),
-                       bytes_out=int(d["bytes_out"]), bytes_up=int(d.get("bytes_up", 0)),
-                       codes=[str(c) for c in d["codes"]],
-                       seconds=float(d["seconds"]), detail=str(d.get("detail", "")),
+            return cls(name=printable(d["name"]), depth=int(d["depth"]),
+                       bytes_in=int(d["bytes_in"]), bytes_out=int(d["bytes_out"]),
+                       bytes_up=int(d.get("bytes_up", 0)),
+                       codes=[printable(c, CODE_MAX) for c in d["codes"]],
+                       seconds=float(d["seconds"]),
+                       detail=printable(d.get("detail", ""), TEXT_MAX),
                        local_out=bool(d.get("local_out", True)),
                        fatal=bool(d.get("fatal", False)),
-                       digest=str(d.get("digest", "")))  # fmt: skip
+                       digest=printable(d.get("digest", ""), TEXT_MAX))  # fmt: skip
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad node result: {exc}") from None
 
