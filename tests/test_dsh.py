@@ -595,35 +595,45 @@ def test_multisender_reaches_every_destination_and_skips_failures(use_mmsg: bool
             s.close()
 
 
-@pytest.mark.parametrize("use_mmsg", [True, False], ids=["recvmmsg", "recvfrom"])
-def test_multireceiver_batches_sources_and_cut_datagrams(use_mmsg: bool) -> None:
-    from beokit.dsh.daemon import MultiReceiver
+@pytest.mark.parametrize("use_mmsg", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_multireceiver_batches_sources_stamps_and_cut_datagrams(use_mmsg: bool) -> None:
+    from beokit.dsh.daemon import MultiReceiver, enable_timestamps
 
     rx = _udp("127.9.2.1")
     senders = [_udp(f"127.9.3.{i}") for i in range(1, 6)]
     try:
+        assert enable_timestamps(rx)
         r = MultiReceiver(rx, slots=8, use_mmsg=use_mmsg)
         assert r.recv() == []
         sent = []
+        t0 = time.time()
         for k in range(20):
             s = senders[k % 5]
             data = f"datagram {k}".encode() * (k + 1)
             s.sendto(data, rx.getsockname())
             sent.append((data[: MultiReceiver.SLOT], s.getsockname()[0]))
-        big = b"B" * 700  # longer than a slot: cut, so it can never decode as a report
+        big = b"B" * (MultiReceiver.SLOT + 300)  # longer than a slot: cut, never decodes
         senders[0].sendto(big, rx.getsockname())
         sent.append((big[: MultiReceiver.SLOT], "127.9.3.1"))
+        t1 = time.time()
         got: list[tuple[bytes, str]] = []
+        stamps = []
         sizes = []
         for _ in range(10):
             batch = r.recv()
             if not batch:
                 break
             sizes.append(len(batch))
-            got += batch
+            got += [(data, src) for data, src, _ in batch]
+            stamps += [stamp for _, _, stamp in batch]
         assert sizes == [8, 8, 5] and got == sent
+        # each datagram has the kernel's arrival time (wall clock), in sending order
+        assert all(s is not None and t0 - 0.01 <= s <= t1 + 0.01 for s in stamps), stamps
+        assert stamps == sorted(stamps)
         with pytest.raises(P.PacketError):
             P.decode(got[-1][0], None)
+        with pytest.raises(P.PacketError):
+            P.decode_gossip(got[-1][0], None)
     finally:
         for s in [rx, *senders]:
             s.close()

@@ -10,6 +10,7 @@ from beokit.errors import BeokitError, OneLineParser, int_in
 
 _PORT = int_in("port", 1, 65535)
 _PERIODS = int_in("period count", 1, 1000)
+_FANOUT = int_in("fanout", 1, 64)
 
 DEFAULT_STATUS_PORT = 8181
 DEFAULT_BEST_PORT = 8282
@@ -56,11 +57,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     d = sub.add_parser(
         "dshd",
         help="cluster load daemon: gossip load over UDP, answer status and best node",
-        description="Run on every node: read the cluster file, send this node's state (load "
-        "averages, CPUs, memory, running dsh jobs) every period over UDP to the other members, "
-        "keep the table of members heard from, answer the whole table on the status port "
-        "(TCP) and the least-loaded node on the best port (TCP). SIGHUP re-reads the cluster "
-        "file, SIGUSR1 logs the table. See docs/dsh.md.",
+        description="Run on every node: read the cluster file, gossip this node's state (load "
+        "averages, CPUs, memory, running dsh jobs) over UDP: 4 times a period to --fanout "
+        "members, with the least-loaded reports it knows (each signed by its origin), so "
+        "that the work per node does not grow with the cluster; keep the table of members "
+        "with a fresh report, answer it on the status port (TCP) and the least-loaded node "
+        "on the best port (TCP). SIGHUP re-reads the cluster file, SIGUSR1 logs the table. "
+        "See docs/dsh.md.",
         epilog="examples:  beo dshd -f /etc/beokit/dsh.cluster -b -p\n"
         "           beo dshd -f cluster --bind 127.0.1.1 --load-file /tmp/load1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -104,15 +107,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=_positive("period"),
         default=1.5,
         metavar="S",
-        help="seconds between state reports (default 1.5)",
+        help="the report period: 4 gossip rounds, each with a new measurement (default 1.5)",
     )
     d.add_argument(
         "--expire",
         type=_PERIODS,
         default=3,
         metavar="N",
-        help="drop a member not heard from for N periods (default 3)",
+        help="a member whose newest report (direct or relayed) is N periods old is down "
+        "(default 3)",
     )
+    d.add_argument("--fanout", type=_FANOUT, default=4, metavar="K",
+                   help="members each round's report goes to (4 rounds a period; default 4): "
+                   "a daemon sends and receives about 2*K*4 datagrams a period whatever the "
+                   "cluster's size")  # fmt: skip
     d.add_argument("--extra-load", type=_nonneg, default=1.0, metavar="L",
                    help="load added locally to the node the best port names, until its next "
                    "report (default 1.0)")  # fmt: skip

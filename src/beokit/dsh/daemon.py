@@ -1,8 +1,9 @@
 """``beo dshd``: the load daemon (asyncio; UDP gossip, TCP status and best ports).
 
-Thin driver around :mod:`beokit.dsh.state` and :mod:`beokit.dsh.packet`:
-it measures this node, sends the report, feeds received datagrams to the
-table, and answers the two TCP ports.
+Thin driver around :mod:`beokit.dsh.gossip`, :mod:`beokit.dsh.state` and
+:mod:`beokit.dsh.packet`: every round it measures this node, sends what the
+gossip state machine says to send, feeds the received datagrams (with their
+arrival times) to it, and answers the two TCP ports.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from beokit.dsh import gossip as G
 from beokit.dsh import packet as P
 from beokit.dsh import state as S
 from beokit.dsh.admission import Admission
@@ -36,10 +38,10 @@ from beokit.mmsg import MMsgHdr as _MMsgHdr
 
 log = logging.getLogger("beokit.dshd")
 
-RX_SLICES = 4  # the gossip sockets are drained this many times a period (one timer)
-RX_MAX_INTERVAL = 1.0  # ...but at least once a second
-RX_FILL = 0.5  # ...and before the socket buffer is this full (members report once a period)
+RX_MAX_INTERVAL = 1.0  # the gossip sockets are drained every round, and at least once a second
+RX_FILL = 0.5  # ...and before the socket buffer is this full (broadcast mode: N a period)
 RX_TRUESIZE = 1024  # kernel memory per queued report (measured: 832 bytes on loopback)
+RX_GOSSIP_TRUESIZE = 2304  # ...per queued gossip datagram (up to 1400 bytes)
 SOCK_BUF = 4 << 20  # UDP receive/send buffers: a 1000-member burst fits many times
 MAX_CONNECTIONS = 128  # TCP queries held at once (both ports); who is shed: admission.py
 MAX_PER_SOURCE = 32  # connections of one source address that have not proved the secret
@@ -98,6 +100,7 @@ class Config:
     gossip_port: int
     status_port: int
     best_port: int
+    fanout: int = G.FANOUT
 
 
 @dataclass
@@ -236,21 +239,43 @@ class MultiSender:
         return errors
 
 
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks it
+_SIZE_T = ctypes.sizeof(ctypes.c_size_t)
+_CMSG_HDR = _SIZE_T + 8  # struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type (int)
+_TIMESPEC = 2 * ctypes.sizeof(ctypes.c_long)
+_CMSG_SPACE = (_CMSG_HDR + _TIMESPEC + _SIZE_T - 1) // _SIZE_T * _SIZE_T
+
+
+def enable_timestamps(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram with its arrival time (SO_TIMESTAMPNS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
 class MultiReceiver:
     """Queued datagrams of a non-blocking IPv4 UDP socket, many per system call.
 
     ``recvmmsg(2)`` through ctypes into fixed buffers (``slots`` datagrams of
-    up to ``SLOT`` bytes, longer ones are cut, which no valid report is);
+    up to ``SLOT`` bytes, longer ones are cut, which no valid datagram is);
     the batch is copied out in one piece and split with precompiled structs,
     and the source addresses come as 4 raw bytes, turned into text through a
-    small cache (no getnameinfo per datagram, as socket.recvfrom does).
-    Without recvmmsg, a recvfrom loop gives the same answers.
+    small cache (no getnameinfo per datagram, as socket.recvfrom does). With
+    SO_TIMESTAMPNS on the socket each datagram also comes with the kernel's
+    arrival time (wall clock, seconds): the gossip ages count the time a
+    datagram waited in the socket. Without recvmmsg, a recvmsg loop gives the
+    same answers.
     """
 
-    SLOT = 512  # > P.MAX_PACKET: a valid report is never cut
+    SLOT = 2048  # > P.MAX_DATAGRAM and an Ethernet frame: a valid datagram is never cut
 
-    def __init__(self, sock: socket.socket, slots: int = 512, use_mmsg: bool = True) -> None:
-        self.sock, self.slots = sock, slots
+    def __init__(self, sock: socket.socket, slots: int = 512, use_mmsg: bool = True,
+                 cache: int = 4096) -> None:  # fmt: skip
+        self.sock, self.slots, self.cache = sock, slots, cache
         self._fn = _RECVMMSG if use_mmsg else None
         self._names: dict[bytes, str] = {}
         if self._fn is None:
@@ -258,24 +283,42 @@ class MultiReceiver:
         slot = self.SLOT
         self._bufs = ctypes.create_string_buffer(slots * slot)
         self._addrs = ctypes.create_string_buffer(slots * 16)
+        self._ctrl = ctypes.create_string_buffer(slots * _CMSG_SPACE)
         self._iovs = (_IOVec * slots)()
         self._msgs = (_MMsgHdr * slots)()
         bufs, addrs = ctypes.addressof(self._bufs), ctypes.addressof(self._addrs)
+        ctrl = ctypes.addressof(self._ctrl)
         for i in range(slots):
             self._iovs[i].base, self._iovs[i].len = bufs + i * slot, slot
             h = self._msgs[i].hdr
             h.name, h.namelen = addrs + 16 * i, 16
             h.iov, h.iovlen = ctypes.addressof(self._iovs[i]), 1
+            h.control, h.controllen = ctrl + _CMSG_SPACE * i, _CMSG_SPACE
         size, off = ctypes.sizeof(_MMsgHdr), _MMsgHdr.len.offset
+        cl = _MMsgHdr.hdr.offset + type(self._msgs[0].hdr).controllen.offset
+        szt = "Q" if _SIZE_T == 8 else "I"
         self._msize = size
-        self._len = struct.Struct(f"={off}xI{size - off - 4}x")  # msg_len of one mmsghdr
+        # (msg_controllen, msg_len) of one mmsghdr
+        self._len = struct.Struct(f"={cl}x{szt}{off - cl - _SIZE_T}xI{size - off - 4}x")
         self._src = struct.Struct("=4x4s8x")  # sin_addr of one sockaddr_in
+        self._cmsg = struct.Struct(f"={szt}ii{'qq' if _TIMESPEC == 16 else 'ii'}"
+                                   f"{_CMSG_SPACE - _CMSG_HDR - _TIMESPEC}x")  # fmt: skip
+        self._cl_off = cl
         self._msgs_view = memoryview(self._msgs).cast("B")
         self._addrs_view = memoryview(self._addrs).cast("B")
+        self._ctrl_view = memoryview(self._ctrl).cast("B")
         self._bufs_at, self._msgs_at = bufs, ctypes.addressof(self._msgs)
 
-    def recv(self) -> list[tuple[bytes, str]]:
-        """Up to ``slots`` (datagram, source address) pairs; [] when none is queued."""
+    def _name(self, raw: bytes) -> str:
+        src = socket.inet_ntoa(raw)
+        if len(self._names) >= self.cache:  # spoofed sources must not grow it without end
+            self._names.clear()
+        self._names[raw] = src
+        return src
+
+    def recv(self) -> list[tuple[bytes, str, float | None]]:
+        """Up to ``slots`` (datagram, source address, arrival time or None) triples;
+        [] when none is queued. The arrival time is the kernel's (wall clock)."""
         if self._fn is None:
             return self._recv_each()
         k = self._fn(self.sock.fileno(), self._msgs_at, self.slots, socket.MSG_DONTWAIT, None)
@@ -283,36 +326,44 @@ class MultiReceiver:
             err = ctypes.get_errno()
             if k == 0 or err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 return []
-            if err == errno.ENOSYS:  # no kernel support: recvfrom from now on
+            if err == errno.ENOSYS:  # no kernel support: recvmsg from now on
                 self._fn = None
                 return self._recv_each()
             raise OSError(err, os.strerror(err))
-        slot, names = self.SLOT, self._names
+        slot, names, name = self.SLOT, self._names, self._name
         blob = ctypes.string_at(self._bufs_at, k * slot)
         out = []
         at = 0
         lens = self._len.iter_unpack(self._msgs_view[: k * self._msize])
         srcs = self._src.iter_unpack(self._addrs_view[: k * 16])
-        for (n,), (raw,) in zip(lens, srcs, strict=True):
-            src = names.get(raw)
-            if src is None:
-                src = socket.inet_ntoa(raw)
-                if len(names) >= 4096:  # spoofed sources must not grow it without end
-                    names.clear()
-                names[raw] = src
-            out.append((blob[at : at + n], src))
+        stamps = self._cmsg.iter_unpack(self._ctrl_view[: k * _CMSG_SPACE])
+        for i, ((clen, n), (raw,), (_l, level, kind, sec, nsec)) in enumerate(
+                zip(lens, srcs, stamps, strict=True)):  # fmt: skip
+            ts = None
+            if clen == _CMSG_SPACE and level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                ts = sec + nsec * 1e-9
+            elif clen != _CMSG_SPACE:  # the kernel wrote another length: give the room back
+                struct.pack_into("Q" if _SIZE_T == 8 else "I", self._msgs_view,
+                                 i * self._msize + self._cl_off, _CMSG_SPACE)  # fmt: skip
+            out.append((blob[at : at + n], names.get(raw) or name(raw), ts))
             at += slot
         return out
 
-    def _recv_each(self) -> list[tuple[bytes, str]]:
+    def _recv_each(self) -> list[tuple[bytes, str, float | None]]:
         out = []
-        recvfrom, size = self.sock.recvfrom, self.SLOT
+        recvmsg, size = self.sock.recvmsg, self.SLOT
         for _ in range(self.slots):
             try:
-                data, (src, _port) = recvfrom(size)
+                data, anc, _flags, (src, _port) = recvmsg(size, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
-            out.append((data, src))
+            ts = None
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and \
+                        len(cdata) >= _TIMESPEC:  # fmt: skip
+                    sec, nsec = struct.unpack_from("qq" if _TIMESPEC == 16 else "ii", cdata)
+                    ts = sec + nsec * 1e-9
+            out.append((data, src, ts))
         return out
 
 
@@ -433,13 +484,14 @@ class Daemon:
         self.table.set_members(loaded.specs, loaded.addresses)
         self.seq = 0
         self.rng = random.Random()
+        self.gossip = G.Gossip(self.table, loaded.secret, G.Params(fanout=cfg.fanout), self.rng)
         self.udp: socket.socket | None = None
         self.extra_udp: list[socket.socket] = []
         self.admission = Admission(MAX_CONNECTIONS, MAX_PER_SOURCE)
         self.conns: dict[int, _Conn] = {}
         self.stats = {"sent": 0, "received": 0, "rejected": 0, "bad": 0, "queries": 0,
                       "best": 0, "refused": 0, "send_errors": 0, "own": 0, "shed": 0,
-                      "busy": 0, "handshake_timeouts": 0}  # fmt: skip
+                      "busy": 0, "handshake_timeouts": 0, "rounds": 0}  # fmt: skip
         self.load_file_error: str | None = None
         self.stop_event: asyncio.Event | None = None
         self._last_reject_log = 0.0
@@ -449,17 +501,26 @@ class Daemon:
         self.closed = False
         self.rx: list[MultiReceiver] = []
         self.rx_buffer = 1 << 20
-        self.next_send = 0.0
+        self.next_send = 0.0  # the next round
+        self.next_broadcast = 0.0  # broadcast mode: the next period's report
+        self.last_drain = 0.0
         self.timer: asyncio.Handle | None = None
         self._set_targets()
 
     # ---- configuration
+    @property
+    def broadcast(self) -> bool:
+        """--send-to: each period's report to the groups, no gossip (the old way)."""
+        return bool(self.cfg.send_to)
+
+    @property
+    def full_view(self) -> bool:
+        """Does every member's report reach this daemon each period (see gossip.py)?"""
+        return self.broadcast or self.gossip.full_view
+
     def _set_targets(self) -> None:
         ld = self.loaded
-        if self.cfg.send_to:
-            self.targets = list(self.cfg.send_to)
-        else:
-            self.targets = [a for n, a in ld.addresses.items() if n != ld.self_name]
+        self.targets = list(self.cfg.send_to)
         self.dests = [(a, self.cfg.gossip_port) for a in self.targets]
         self.sender: MultiSender | None = None  # built for the socket at the next send
         own = {ld.addresses[ld.self_name], ld.self_name, self.cfg.bind}
@@ -486,15 +547,28 @@ class Daemon:
         self.table.score = loaded.score
         self.table.keep_marks = loaded.secret is not None
         self.table.forget_marks()  # a member whose clock went back gets in again
+        self.gossip.secret = loaded.secret
+        self.gossip.members_changed()
         self.loaded = loaded
         self._set_targets()
         log.info("SIGHUP: %d members from %s", len(loaded.specs), self.cfg.cluster_file)
 
+    def snapshot(self, now: float) -> dict:
+        """The table as plain data, and how it is filled (the status port's JSON)."""
+        snap = self.table.snapshot(now)
+        p = self.gossip.params
+        snap["view"] = "full" if self.full_view else "partial"
+        snap["gossip"] = ({"mode": "broadcast", "send_to": list(self.cfg.send_to)}
+                          if self.broadcast else
+                          {"mode": "gossip", "fanout": p.fanout, "rounds": p.rounds,
+                           "candidates": p.candidates, "extra": p.extra})  # fmt: skip
+        return snap
+
     def dump(self) -> None:
         """SIGUSR1: the table and counters into the log."""
-        snap = self.table.snapshot(time.monotonic())
+        snap = self.snapshot(time.monotonic())
         log.warning("state dump (SIGUSR1): %s, %d TCP connections (%d not authenticated), "
-                    "%d tasks\n%s", json.dumps(self.stats), len(self.conns),
+                    "%d tasks\n%s", json.dumps(dict(self.stats, **self.gossip.stats)), len(self.conns),
                     self.admission.pending(), len(asyncio.all_tasks()),
                     S.format_status(snap).rstrip())  # fmt: skip
 
@@ -511,6 +585,7 @@ class Daemon:
                     u.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
             u.bind((cfg.bind, cfg.gossip_port))
             u.setblocking(False)
+            enable_timestamps(u)
             self.udp = u
             for addr in cfg.send_to:
                 ip = ipaddress.IPv4Address(addr)
@@ -528,6 +603,7 @@ class Daemon:
                     r.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
                     _big_buffers(r)
                     r.setblocking(False)
+                    enable_timestamps(r)
                     self.extra_udp.append(r)
                 elif cfg.bind != "0.0.0.0":  # broadcast: a bound socket does not see it
                     r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -535,6 +611,7 @@ class Daemon:
                     r.bind((addr, cfg.gossip_port))
                     _big_buffers(r)
                     r.setblocking(False)
+                    enable_timestamps(r)
                     self.extra_udp.append(r)
             self._tcp = []
             for port in (cfg.status_port, cfg.best_port):
@@ -577,11 +654,11 @@ class Daemon:
         )  # fmt: skip
 
     def send_report(self, now: float) -> None:
-        """Measure, encode once, send the same bytes to every destination."""
+        """Broadcast mode: measure, encode once, send the same bytes to every group."""
         report = self.measure()
-        self._log_events(self.table.set_self(report, now))
-        data = P.encode(report, self.loaded.secret)
-        assert self.udp is not None
+        self._log_events(self.gossip.set_self(report, now))
+        data = self.table.members[self.table.self_name].raw
+        assert self.udp is not None and data is not None
         if self.sender is None:
             try:
                 self.sender = MultiSender(self.udp, self.dests)
@@ -594,23 +671,42 @@ class Daemon:
                       self.sender.last_error)  # fmt: skip
         self.stats["sent"] += len(self.dests) - errors
         self.stats["send_errors"] += errors
+
+    def gossip_round(self, now: float) -> None:
+        """Gossip mode: measure, then this round's datagrams to ``fanout`` members."""
+        self._log_events(self.gossip.set_self(self.measure(), now))
         self._log_events(self.table.tick(now))
+        assert self.udp is not None
+        port, sendto = self.cfg.gossip_port, self.udp.sendto
+        for out in self.gossip.round(now, int(time.time() * 1000)):
+            try:
+                sendto(out.data, (out.address, port))
+                self.stats["sent"] += 1
+            except OSError as e:  # full buffer, unreachable: other members, other rounds
+                self.stats["send_errors"] += 1
+                log.debug("send to %s: %s", out.name, e)
+
+    def round_interval(self) -> float:
+        return self.cfg.period / self.gossip.params.rounds
 
     def rx_interval(self) -> float:
-        """How often the gossip sockets are drained: RX_SLICES times a period, at
-        least once every RX_MAX_INTERVAL, and often enough that the reports of
-        one interval (members / period of them) fill at most RX_FILL of the
-        socket's receive buffer (4 MiB as root; net.core.rmem_max otherwise)."""
+        """How often the gossip sockets are drained: every round, at least once every
+        RX_MAX_INTERVAL, and (broadcast mode, where every member's report comes here
+        each period) often enough that one interval's reports fill at most RX_FILL
+        of the socket's receive buffer (4 MiB as root; net.core.rmem_max otherwise).
+        With gossip what comes in does not depend on the number of members."""
         period = self.cfg.period
-        n = max(1, len(self.table.members))
-        fits = self.rx_buffer * RX_FILL / RX_TRUESIZE  # reports
-        return max(0.01, min(period / RX_SLICES, RX_MAX_INTERVAL, period * fits / n))
+        interval = min(self.round_interval(), RX_MAX_INTERVAL)
+        if self.broadcast:
+            n = max(1, len(self.table.members))
+            interval = min(interval, period * self.rx_buffer * RX_FILL / RX_TRUESIZE / n)
+        return max(0.01, interval)
 
     def on_timer(self) -> None:
-        """The daemon's one timer: drain the gossip sockets, send when due, re-arm.
+        """The daemon's one timer: drain the gossip sockets, gossip when due, re-arm.
 
         No reader callbacks: one wake-up reads a whole batch (one clock read,
-        no epoll_ctl) and the period's report goes out from the same wake-up.
+        no epoll_ctl) and the round's datagrams go out from the same wake-up.
         """
         if self.closed:
             return
@@ -619,10 +715,18 @@ class Daemon:
         try:
             self.drain_all(now)
             if now >= self.next_send:
-                self.next_send = now + self.cfg.period * self.rng.uniform(0.9, 1.1)
+                self.next_send = now + self.round_interval() * self.rng.uniform(0.9, 1.1)
+                self.stats["rounds"] += 1
                 try:
-                    self.send_report(now)
-                except Exception:  # ...nor one bad period the reports
+                    if not self.broadcast:
+                        self.gossip_round(now)
+                    elif now >= self.next_broadcast:
+                        self.next_broadcast = now + self.cfg.period * self.rng.uniform(0.9, 1.1)
+                        self.send_report(now)
+                        self._log_events(self.table.tick(now))
+                    else:
+                        self._log_events(self.table.tick(now))
+                except Exception:  # ...nor one bad round the reports
                     log.exception("dshd: sending the report failed")
         finally:
             if not self.closed:
@@ -630,19 +734,21 @@ class Daemon:
                 self.timer = loop.call_at(at, self.on_timer)
 
     def drain_all(self, now: float) -> None:
-        """Take every report that has arrived (the timer, and before answering a query)."""
+        """Take every datagram that has arrived (the timer, and before answering a query)."""
         try:
             for rx in self.rx:
                 self.drain(rx, now)
         except Exception:  # never let one bad batch stop the daemon
             log.exception("dshd: reading reports failed")
+        self.last_drain = now
 
     def drain(self, rx: MultiReceiver, now: float) -> None:
-        """Read every queued datagram (the hot path at 1000 members: kept lean)."""
-        secret = self.loaded.secret
-        decode, receive, recv = P.decode, self.table.receive, rx.recv
-        self_name = self.table.self_name
-        n = own = 0
+        """Read every queued datagram; each is dated by the kernel's arrival stamp
+        (the ages of relayed reports count the time it waited in the socket)."""
+        on_datagram, recv = self.gossip.on_datagram, rx.recv
+        wall = time.time()
+        waited_max = max(0.0, now - self.last_drain) + 0.05  # a wall clock step is no wait
+        n = 0
         try:
             for _ in range(1000):  # a bound, not a limit in practice: the buffer holds less
                 try:
@@ -651,24 +757,15 @@ class Daemon:
                     log.debug("recvmmsg: %s", e)
                     return
                 n += len(batch)
-                for data, src in batch:
-                    try:
-                        report = decode(data, secret)
-                    except P.PacketError as e:
-                        self.stats["bad"] += 1
-                        self._reject(f"{src}: {e}", now)
-                        continue
-                    if report.name == self_name:
-                        own += 1  # our broadcast coming back (or a fake: ignored too)
-                        continue
-                    events = receive(report, src, now)
+                for data, src, stamp in batch:
+                    at = now if stamp is None else now - min(max(0.0, wall - stamp), waited_max)
+                    events = on_datagram(data, src, at)
                     if events:
                         self._log_events(events)
                 if len(batch) < rx.slots:  # the queue is empty
                     return
         finally:
             self.stats["received"] += n
-            self.stats["own"] += own
 
     def _reject(self, what: str, now: float) -> None:
         self.stats["rejected"] += 1
@@ -680,10 +777,18 @@ class Daemon:
 
     def _log_events(self, events: list[S.Event]) -> None:
         for e in events:
-            if e.kind == "up":
-                log.info("member %s is up%s", e.name, f" ({e.detail})" if e.detail else "")
-            elif e.kind == "down":
-                log.warning("member %s is down: %s", e.name, e.detail)
+            kind = e.kind
+            if kind == "up":  # partial view: members come and go with the gossip
+                log.log(logging.INFO if self.full_view or e.detail else logging.DEBUG,
+                        "member %s is up%s", e.name, f" ({e.detail})" if e.detail else "")  # fmt: skip
+            elif kind == "down":
+                log.log(logging.WARNING if self.full_view else logging.DEBUG,
+                        "member %s is down: %s", e.name, e.detail)  # fmt: skip
+            elif kind == "own":
+                self.stats["own"] += 1  # our broadcast coming back (or a fake: ignored too)
+            elif kind == "bad":
+                self.stats["bad"] += 1
+                self._reject(f"{e.name}: {e.detail}", time.monotonic())
             else:
                 self._reject(f"from {e.name!r}: {e.detail}", time.monotonic())
 
@@ -824,8 +929,9 @@ class Daemon:
                 return b""
         now = time.monotonic()
         self.drain_all(now)  # the answer includes every report that has arrived
-        snap = self.table.snapshot(now)
-        snap["stats"] = dict(self.stats, connections=len(self.conns),
+        self._log_events(self.table.tick(now))  # ...and no member past its expiry
+        snap = self.snapshot(now)
+        snap["stats"] = dict(self.stats, **self.gossip.stats, connections=len(self.conns),
                              unauthenticated=self.admission.pending())  # fmt: skip
         conn.answered = True
         if word == "json":
@@ -855,7 +961,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         assert self.udp is not None
-        self.rx = [MultiReceiver(s) for s in [self.udp, *self.extra_udp]]
+        cache = 4096 + len(self.table.members)  # every member's address, and room
+        self.rx = [MultiReceiver(s, cache=cache) for s in [self.udp, *self.extra_udp]]
         self.rx_buffer = min(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in
                              [self.udp, *self.extra_udp])  # fmt: skip
         status, best = self._tcp
@@ -869,7 +976,7 @@ class Daemon:
                  self.table.self_name, len(self.table.members), self.cfg.bind,
                  self.cfg.gossip_port, self.cfg.status_port, self.cfg.best_port,
                  self.cfg.period, ", authenticated" if self.loaded.secret else "")  # fmt: skip
-        self.next_send = time.monotonic()
+        self.next_send = self.last_drain = time.monotonic()
         self.timer = loop.call_soon(self.on_timer)
         try:
             await self.stop_event.wait()
@@ -959,7 +1066,7 @@ def main(args: argparse.Namespace) -> int:
         expire=args.expire, extra_load=args.extra_load, score=args.score,
         send_to=list(args.send_to), load_file=_abs(args.load_file), jobs_dir=os.path.abspath(args.jobs_dir),
         secret_file=_abs(args.secret_file), gossip_port=args.gossip_port,
-        status_port=args.status_port, best_port=args.best_port,
+        status_port=args.status_port, best_port=args.best_port, fanout=args.fanout,
     )  # fmt: skip
     try:
         ipaddress.IPv4Address(cfg.bind)

@@ -11,6 +11,20 @@ One UDP datagram per report, big-endian::
 A receiver with a secret accepts only packets whose MAC checks; a receiver
 without one ignores the MAC. Freshness (replays) is the membership table's
 business: :mod:`beokit.dsh.state` keeps the newest (time, seq) per member.
+
+The gossip datagram (version 3, :func:`encode_gossip`) carries such reports,
+each still signed by its origin, from one member to another::
+
+    magic "BKdS" | version 3 u8 | flags u8 | sender length u8 | dest length u8
+    hop seq u32 | hop time ms u64 (the sender's wall clock) | count u16 | reserved u16
+    sender name | dest name
+    count x (age ms u32 | length u16 | a version-2 report, its origin's MAC included)
+    [MAC: 16 bytes, keyed BLAKE2s of everything before (another personalization)]
+
+The age is the relay's: how long ago the origin made the report, as far as
+the relays know (each adds the time the report spent with it). The hop MAC
+covers the ages, the names and the hop counter; the origin's MAC covers the
+report, so a relay cannot change a load.
 """
 
 from __future__ import annotations
@@ -64,7 +78,9 @@ class Report(NamedTuple):
 # took 0.7 us with precomputed pads and 1.6-3.5 us with hmac.digest (wire
 # version 1), twice that in the daemon's cache-cold batches.
 MAC_PERSON = b"bkdshrep"
+GOSSIP_PERSON = b"bkdsgsp3"  # the hop MAC of a gossip datagram: never the same as a report's
 _KEYS: dict[bytes, Any] = {}
+_GKEYS: dict[bytes, Any] = {}
 
 
 def mac_key(secret: bytes) -> bytes:
@@ -73,13 +89,13 @@ def mac_key(secret: bytes) -> bytes:
     return secret if len(secret) <= 32 else hashlib.sha256(secret).digest()
 
 
-def _keyed(secret: bytes) -> Any:
-    h = _KEYS.get(secret)
+def _keyed(secret: bytes, keys: dict[bytes, Any] = _KEYS, person: bytes = MAC_PERSON) -> Any:
+    h = keys.get(secret)
     if h is None:
-        h = hashlib.blake2s(key=mac_key(secret), digest_size=MAC_LEN, person=MAC_PERSON)
-        if len(_KEYS) >= 16:  # a few secrets in a process's life (SIGHUP): stay small
-            _KEYS.clear()
-        _KEYS[secret] = h
+        h = hashlib.blake2s(key=mac_key(secret), digest_size=MAC_LEN, person=person)
+        if len(keys) >= 16:  # a few secrets in a process's life (SIGHUP): stay small
+            keys.clear()
+        keys[secret] = h
     return h
 
 
@@ -157,6 +173,140 @@ def _why(magic: bytes, version: int, nlen: int, length_ok: bool) -> NoReturn:
     if nlen == 0 or not length_ok:
         raise PacketError("bad packet length")
     raise PacketError("unauthenticated packet")
+
+
+# ------------------------------------------------------------ gossip datagrams
+
+GOSSIP_VERSION = 3
+_GHEAD = struct.Struct("!4sBBBBIQHH")
+GOSSIP_HEAD_LEN = _GHEAD.size  # 24
+_REC = struct.Struct("!IH")  # age ms, length of the report
+RECORD_OVERHEAD = _REC.size  # 6
+MAX_DATAGRAM = 1400  # what a sender puts in one datagram: an Ethernet frame, with room
+MAX_AGE_MS = 0xFFFFFFFF
+_KEY = struct.Struct("!4sBBBBIQ")  # the first fields of a report: enough to order it
+
+
+class Datagram(NamedTuple):
+    """A decoded gossip datagram: who sent it to whom, and the reports it carries.
+
+    Each record is (age ms, report bytes as its origin signed them, and the
+    report's name, sent ms and seq read without checking its MAC: enough to
+    see whether it is news); the name is None for a record that cannot be a
+    report."""
+
+    sender: str
+    dest: str
+    hop_seq: int
+    hop_ms: int
+    records: list[tuple[int, bytes, str | None, int, int]]
+
+
+def version_of(data: bytes) -> int:
+    """The wire version of a datagram (0 if it is not one of ours)."""
+    return data[4] if len(data) > 4 and data[:4] == MAGIC else 0
+
+
+def gossip_size(sender: str, dest: str, reports: list[bytes], secret: bytes | None) -> int:
+    """The length :func:`encode_gossip` gives (to fill a datagram up to a size)."""
+    return (GOSSIP_HEAD_LEN + len(sender.encode()) + len(dest.encode())
+            + sum(RECORD_OVERHEAD + len(r) for r in reports) + (MAC_LEN if secret else 0))  # fmt: skip
+
+
+def encode_gossip(sender: str, dest: str, hop_seq: int, hop_ms: int,
+                  records: list[tuple[int, bytes]], secret: bytes | None = None) -> bytes:  # fmt: skip
+    """The gossip datagram from ``sender`` to ``dest`` carrying ``records`` ((age ms,
+    report bytes) pairs); with ``secret``, the hop MAC is added (each report keeps
+    its own, from its origin)."""
+    s, d = sender.encode(), dest.encode()
+    if not (0 < len(s) <= MAX_NAME and 0 < len(d) <= MAX_NAME):
+        raise PacketError(f"bad node name {sender!r} or {dest!r}: 1-{MAX_NAME} bytes")
+    if len(records) > 0xFFFF:
+        raise PacketError("too many records")
+    parts = [_GHEAD.pack(MAGIC, GOSSIP_VERSION, FLAG_MAC if secret else 0, len(s), len(d),
+                         hop_seq & 0xFFFFFFFF, max(0, hop_ms) & 0xFFFFFFFFFFFFFFFF,
+                         len(records), 0), s, d]  # fmt: skip
+    rec = _REC.pack
+    for age, raw in records:
+        parts.append(rec(max(0, min(age, MAX_AGE_MS)), len(raw)))
+        parts.append(raw)
+    data = b"".join(parts)
+    if secret:
+        h = (_GKEYS.get(secret) or _keyed(secret, _GKEYS, GOSSIP_PERSON)).copy()
+        h.update(data)
+        data += h.digest()
+    return data
+
+
+def decode_gossip(data: bytes, secret: bytes | None = None) -> Datagram:
+    """Parse a gossip datagram; raise :class:`PacketError` if malformed or not authentic.
+
+    Only the framing and the hop MAC are checked here: each report is checked
+    (its origin's MAC) by whoever takes it (:func:`decode`), and only if it is
+    news (:func:`report_key` orders it without the MAC)."""
+    n = len(data)
+    if n < GOSSIP_HEAD_LEN:
+        raise PacketError(f"short packet ({n} bytes)")
+    magic, version, flags, slen, dlen, hop_seq, hop_ms, count, _res = _GHEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise PacketError("not a dshd packet (bad magic)")
+    if version != GOSSIP_VERSION:
+        raise PacketError(f"unsupported version {version}")
+    end = n - (MAC_LEN if flags & FLAG_MAC else 0)
+    if secret is not None:
+        if not flags & FLAG_MAC:
+            raise PacketError("unauthenticated packet")
+        if end < GOSSIP_HEAD_LEN:
+            raise PacketError("bad packet length")
+        h = (_GKEYS.get(secret) or _keyed(secret, _GKEYS, GOSSIP_PERSON)).copy()
+        h.update(data[:end])
+        if not _compare(h.digest(), data[end:]):
+            raise PacketError("bad MAC")
+    at = GOSSIP_HEAD_LEN + slen + dlen
+    if slen == 0 or dlen == 0 or at > end:
+        raise PacketError("bad packet length")
+    try:
+        sender = data[GOSSIP_HEAD_LEN : GOSSIP_HEAD_LEN + slen].decode()
+        dest = data[GOSSIP_HEAD_LEN + slen : at].decode()
+    except UnicodeDecodeError:
+        raise PacketError("bad node name encoding") from None
+    records = []
+    rec, key = _REC.unpack_from, _KEY.unpack_from
+    for _ in range(count):
+        if at + RECORD_OVERHEAD > end:
+            raise PacketError("bad packet length")
+        age, length = rec(data, at)
+        at += RECORD_OVERHEAD
+        if length < HEAD_LEN or at + length > end:
+            raise PacketError("bad record length")
+        magic, version, flags, nlen, _res, seq, sent = key(data, at)
+        name = None
+        if (magic == MAGIC and version == VERSION and nlen
+                and length == HEAD_LEN + nlen + (MAC_LEN if flags & FLAG_MAC else 0)):  # fmt: skip
+            try:
+                name = data[at + HEAD_LEN : at + HEAD_LEN + nlen].decode()
+            except UnicodeDecodeError:
+                pass
+        records.append((age, data[at : at + length], name, sent, seq))
+        at += length
+    if at != end:
+        raise PacketError("bad packet length")
+    return Datagram(sender, dest, hop_seq, hop_ms, records)
+
+
+def report_key(raw: bytes) -> tuple[str, int, int]:
+    """(name, sent ms, seq) of a version-2 report, without checking its MAC: enough
+    to see whether it is news. Raise :class:`PacketError` if it cannot be a report."""
+    if len(raw) < HEAD_LEN:
+        raise PacketError(f"short packet ({len(raw)} bytes)")
+    magic, version, flags, nlen, _res, seq, sent = _KEY.unpack_from(raw)
+    if (magic != MAGIC or version != VERSION or nlen == 0
+            or len(raw) != HEAD_LEN + nlen + (MAC_LEN if flags & FLAG_MAC else 0)):  # fmt: skip
+        raise PacketError("not a report")
+    try:
+        return raw[HEAD_LEN : HEAD_LEN + nlen].decode(), sent, seq
+    except UnicodeDecodeError:
+        raise PacketError("bad node name encoding") from None
 
 
 # --------------------------------------------------------------- TCP queries

@@ -2,10 +2,18 @@
 
 Nothing here reads a clock or a socket: callers pass ``now`` (seconds, a
 monotonic clock) and the reports they received.
+
+A report comes either straight from its member (:meth:`Table.receive`, which
+checks the source address) or relayed by another member with its age
+(:meth:`Table.relay`). Either way the table keeps, per member, the newest
+report and when it was made (``origin``, on this daemon's clock): a member is
+up while that is less than the expiry ago, whoever brought the report.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import importlib
 import random
 from collections.abc import Callable, Iterable
@@ -102,6 +110,11 @@ class Member:
     accepted: int = 0
     rejected: int = 0
     forget_mark: bool = False  # take its next report whatever its time (SIGHUP)
+    origin: float | None = None  # when the report was made, on this daemon's clock
+    raw: bytes | None = None  # the report as its origin signed it (to relay it)
+    base: float = float("inf")  # its score without bumps (to rank candidates)
+    tie: int = 0  # tie-break among equal scores, salted per daemon
+    hop_mark: tuple[int, int] | None = None  # (ms, seq) of its newest gossip datagram
 
     @property
     def name(self) -> str:
@@ -184,6 +197,10 @@ class Event:
 _NONE: list[Event] = []  # shared empty answer: never appended to
 
 
+def _rank(m: Member) -> tuple[float, int]:
+    return m.base, m.tie
+
+
 class Table:
     """The membership table of one daemon.
 
@@ -202,8 +219,12 @@ class Table:
         extra_hold: float | None = None,
         score: ScoreFn = score_load,
         keep_marks: bool = False,
+        salt: bytes | None = None,
     ) -> None:
         self.self_name = self_name
+        # ties among equal scores are broken by a hash salted per daemon, so that
+        # daemons forward different ones of many idle members (not all the same)
+        self.salt = self_name.encode() if salt is None else salt
         # True (with a secret): a down member's last (time, seq) still refuses older
         # reports, so that a captured report replayed later cannot bring it back
         self.keep_marks = keep_marks
@@ -215,6 +236,7 @@ class Table:
         self.score = score
         self.members: dict[str, Member] = {}
         self.by_address: dict[str, Member] = {}
+        self.up_set: dict[str, Member] = {}  # the members up: all that is scanned per period
         self.unknown_rejected = 0
         self.set_members(specs)
 
@@ -230,25 +252,41 @@ class Table:
             m = old.get(s.name) or Member(s)
             m.spec = s
             m.address = addresses.get(s.name, m.address or s.name)
+            m.tie = int.from_bytes(hashlib.blake2s(s.name.encode(), digest_size=8,
+                                                   key=self.salt[:32]).digest(), "big")  # fmt: skip
             self.members[s.name] = m
         if self.self_name not in self.members:
             raise ConfigError(f"this node {self.self_name!r} is not a member")
         self.by_address = {m.address: m for m in self.members.values()}
+        self.up_set = {n: m for n, m in self.members.items() if m.up}
+        for m in self.up_set.values():  # the weights may have changed
+            m.base = self._base(m, 0.0)
 
     @property
     def expire_after(self) -> float:
         return self.expire_periods * self.period
 
     # ---- inputs
-    def set_self(self, report: Report, now: float) -> list[Event]:
+    def set_self(self, report: Report, now: float, raw: bytes | None = None) -> list[Event]:
+        """This node's own report, measured here (``raw``: as encoded, to send it)."""
         m = self.members[self.self_name]
         events = [] if m.up else [Event("up", m.name, "self")]
-        m.report, m.heard, m.up = report, now, True
+        m.report, m.heard, m.up, m.origin, m.raw = report, now, True, now, raw
+        m.base = self._base(m, now)
+        self.up_set[m.name] = m
         self._clear_bumps(m, now)
         return events
 
-    def receive(self, report: Report, source: str, now: float) -> list[Event]:
-        """Take a report that came from address ``source``.
+    def _base(self, m: Member, now: float) -> float:
+        try:
+            return float(self.score(m, 0.0, now))
+        except Exception:  # a custom scorer that fails ranks last (the answer still calls it)
+            return float("inf")
+
+    def receive(self, report: Report, source: str, now: float, raw: bytes | None = None,
+                age: float = 0.0) -> list[Event]:  # fmt: skip
+        """Take a report that came from address ``source`` (its member's own datagram;
+        ``age``: how long before ``now`` the member made it, as it says).
 
         Accepted only from a member, from that member's address, never for
         this node itself, and only if newer than the last one (no replays;
@@ -264,14 +302,57 @@ class Table:
             if old is not None and (
                 sent > old.sent_ms or (sent == old.sent_ms and report.seq > old.seq)
             ):
-                m.report, m.heard = report, now
+                origin = now - age
+                m.report, m.heard, m.raw = report, now, raw
+                if m.origin is None or origin > m.origin:
+                    m.origin = origin
+                m.base = self._base(m, now)
                 m.accepted += 1
                 if m.extra:
-                    self._clear_bumps(m, now)
+                    self._clear_bumps(m, m.origin)
                 return _NONE
-        return self._receive_slow(report, source, now)
+        return self._receive_slow(report, source, now, raw, age)
 
-    def _receive_slow(self, report: Report, source: str, now: float) -> list[Event]:
+    def is_news(self, m: Member, sent_ms: int, seq: int) -> bool:
+        """Would a report of ``m`` made at (sent_ms, seq) be taken (not old, not a replay)?"""
+        old = m.report
+        if old is None or not (m.up or (self.keep_marks and not m.forget_mark)):
+            return True
+        return sent_ms > old.sent_ms or (sent_ms == old.sent_ms and seq > old.seq)
+
+    def relay(self, report: Report, now: float, age: float, raw: bytes | None = None
+              ) -> list[Event]:  # fmt: skip
+        """Take a report of another member that a member relayed: made ``age`` seconds
+        before ``now`` (as the relays count). No address check (it comes from a
+        relay); the rest as :meth:`receive`. A report older than the expiry is
+        not taken: its member would be down at once."""
+        m = self.members.get(report.name)
+        if m is None:
+            self.unknown_rejected += 1
+            return [Event("reject", report.name, "not a member (relayed)")]
+        if m.name == self.self_name or age > self.expire_after:
+            return _NONE
+        if not self.is_news(m, report.sent_ms, report.seq):
+            return _NONE
+        return self._take(m, report, now, raw, age)
+
+    def _take(self, m: Member, report: Report, now: float, raw: bytes | None,
+              age: float) -> list[Event]:  # fmt: skip
+        events = _NONE if m.up else [Event("up", m.name)]
+        origin = now - age
+        if m.up and m.origin is not None and m.origin > origin:
+            origin = m.origin  # a newer report was not made before an older one
+        m.report, m.heard, m.up, m.forget_mark = report, now, True, False
+        m.origin, m.raw = origin, raw
+        m.base = self._base(m, now)
+        self.up_set[m.name] = m
+        m.accepted += 1
+        if m.extra:
+            self._clear_bumps(m, origin)
+        return events
+
+    def _receive_slow(self, report: Report, source: str, now: float, raw: bytes | None = None,
+                      age: float = 0.0) -> list[Event]:  # fmt: skip
         m = self.members.get(report.name)
         if m is None:
             self.unknown_rejected += 1
@@ -282,17 +363,10 @@ class Table:
         if source != m.address:
             m.rejected += 1
             return [Event("reject", m.name, f"from {source}, not its address {m.address}")]
-        old = m.report
-        marked = m.up or (self.keep_marks and not m.forget_mark)
-        if marked and old is not None and (report.sent_ms, report.seq) <= (old.sent_ms, old.seq):
+        if not self.is_news(m, report.sent_ms, report.seq):
             m.rejected += 1
             return [Event("reject", m.name, "old or replayed report")]
-        events = _NONE if m.up else [Event("up", m.name)]
-        m.report, m.heard, m.up, m.forget_mark = report, now, True, False
-        m.accepted += 1
-        if m.extra:
-            self._clear_bumps(m, now)
-        return events
+        return self._take(m, report, now, raw, age)
 
     def forget_marks(self) -> None:
         """Let each down member's next report in whatever its time (for a member
@@ -300,32 +374,47 @@ class Table:
         for m in self.members.values():
             if not m.up:
                 m.forget_mark = True
+                m.hop_mark = None
 
-    def _clear_bumps(self, m: Member, now: float) -> None:
+    def _clear_bumps(self, m: Member, made: float) -> None:
+        """Drop the bumps that a report made at ``made`` covers (made a hold after them)."""
         if m.extra:
-            m.extra = [t for t in m.extra if now - t < self.extra_hold]
+            m.extra = [t for t in m.extra if made - t < self.extra_hold]
 
     def tick(self, now: float) -> list[Event]:
-        """Expire members not heard from for ``expire_periods`` periods, and stale bumps."""
+        """Expire members whose newest report is more than ``expire_periods`` periods
+        old (the members up are scanned, not the whole cluster), and stale bumps."""
         events = []
         limit = self.expire_after
-        for m in self.members.values():
-            if m.up and m.name != self.self_name and m.heard is not None and now - m.heard > limit:
-                m.up = False
-                m.extra.clear()
-                events.append(Event("down", m.name, f"not heard from for {now - m.heard:.1f} s"))
-            if m.extra:  # a node that never reports again must not keep its bumps
-                m.extra = [t for t in m.extra if now - t < max(limit, 2 * self.extra_hold)]
+        cutoff = now - limit
+        me = self.self_name
+        gone = [n for n, m in self.up_set.items() if m.origin is not None and m.origin < cutoff
+                and n != me]  # fmt: skip
+        for name in gone:
+            m = self.up_set.pop(name)
+            m.up = False
+            m.extra.clear()
+            events.append(Event("down", name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
+        hold = max(limit, 2 * self.extra_hold)
+        for m in self.bumped():  # a node that never reports again must not keep its bumps
+            m.extra = [t for t in m.extra if now - t < hold]
         return events
+
+    def bumped(self) -> list[Member]:
+        return [m for m in self.up_set.values() if m.extra]
 
     # ---- outputs
     def scores(self, now: float) -> list[tuple[float, str]]:
         out = []
-        for m in self.members.values():
-            if m.up and m.report is not None:
+        for m in self.up_set.values():
+            if m.report is not None:
                 out.append((float(self.score(m, self.extra_load, now)), m.name))
         out.sort()
         return out
+
+    def ranked(self, k: int) -> list[Member]:
+        """The ``k`` best members up by their score without bumps (ties: salted hash)."""
+        return heapq.nsmallest(k, self.up_set.values(), key=_rank)
 
     def best(self, now: float, rng: random.Random | None = None) -> Member | None:
         """The member with the lowest score (ties: at random with ``rng``, else by name)."""
@@ -343,7 +432,7 @@ class Table:
             m.extra.append(now)
 
     def up_count(self) -> int:
-        return sum(1 for m in self.members.values() if m.up)
+        return len(self.up_set)
 
     def snapshot(self, now: float) -> dict:
         """The whole table as plain data (the status port's JSON)."""
@@ -353,7 +442,7 @@ class Table:
             row: dict = {
                 "name": m.name, "address": m.address, "up": m.up,
                 "self": m.name == self.self_name,
-                "age": None if m.heard is None else round(now - m.heard, 3),
+                "age": None if m.origin is None else round(now - m.origin, 3),
                 "load_weight": m.spec.load_weight, "mem_weight": m.spec.mem_weight,
                 "extra": round(m.extra_load(self.extra_load), 3),
             }  # fmt: skip
