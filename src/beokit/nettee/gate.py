@@ -248,19 +248,26 @@ class Gate:
                 nxt = self.pool.next_expiry()
                 timeout = 1.0 if nxt is None else min(1.0, max(0.0, nxt - time.monotonic()))
                 for key, _ in self._sel.select(timeout):
-                    what = key.data
-                    if what == "wake":
-                        _drain(self._wake_r)
-                    elif isinstance(what, _Held):
-                        self._readable(what)
-                    else:
-                        self._accept(key.fileobj, what)  # type: ignore[arg-type]
+                    try:
+                        self._event(key)
+                    except Exception as exc:  # the gate must outlive any one caller
+                        self._log(f"gate: {type(exc).__name__}: {exc}")
                 if self._close_data and self._data is not None:
                     self._drop_data_listener()
                 for held in self.pool.expired(time.monotonic()):
                     self._drop(held, f"sent nothing usable within {self.pool.wait:g} s")  # type: ignore[arg-type]
         finally:
             self._shutdown()
+
+    def _event(self, key: selectors.SelectorKey) -> None:
+        what = key.data
+        if what == "wake":
+            _drain(self._wake_r)
+        elif isinstance(what, _Held):
+            if what in self.pool:  # not dropped earlier in this same round
+                self._readable(what)
+        else:
+            self._accept(key.fileobj, what)  # type: ignore[arg-type]
 
     def _accept(self, lst: socket.socket, kind: str) -> None:
         for _ in range(ACCEPT_BATCH):
