@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from beokit import mmsg
+from beokit import linux
 from beokit.boot import config as C
 from beokit.boot import dns, fair, paths, tftp
 from beokit.boot.dhcp import PXE_PORT, DhcpLogic
@@ -343,10 +343,10 @@ def _libc_mmsg() -> tuple | None:
     """libc's sendmmsg/recvmmsg, if they, the mmsghdr layout (64 bytes, msg_len at
     byte 56: Mmsg writes the headers as 8-byte words) and the bytes layout are
     what we expect."""
-    snd, rcv = mmsg.SENDMMSG, mmsg.RECVMMSG
+    snd, rcv = linux.SENDMMSG, linux.RECVMMSG
     if snd is None or rcv is None:
         return None
-    if ctypes.sizeof(mmsg.MMsgHdr) != 64 or mmsg.MMsgHdr.len.offset != 56:
+    if ctypes.sizeof(linux.MMsgHdr) != 64 or linux.MMsgHdr.len.offset != 56:
         return None
     probe = b"beokit-probe"
     if ctypes.string_at(id(probe) + BYTES_OFFSET, len(probe)) != probe:

@@ -28,7 +28,6 @@ exits, so nothing is left running; the launcher then ends too.
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
 import os
 import queue
@@ -41,6 +40,7 @@ import threading
 import time
 from typing import Any
 
+from beokit import linux
 from beokit.cast import plan
 
 PROGRESS_EVERY = 0.5
@@ -364,9 +364,10 @@ def sync(dest: str, kind: str) -> str:
         return f"cannot open {dest}: {exc.strerror}"
     try:
         if kind == "dir":
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.syncfs(fd) != 0:
-                return f"syncfs {dest}: {os.strerror(ctypes.get_errno())}"
+            try:
+                linux.syncfs(fd)
+            except OSError as exc:
+                return f"syncfs {dest}: {exc.strerror}"
         else:
             os.fsync(fd)
     except OSError as exc:

@@ -25,7 +25,8 @@ import os
 import subprocess
 import threading
 
-from beokit.nettee.relay import Relay, RelayResult, Sink, make_pipe
+from beokit.linux import make_pipe
+from beokit.nettee.relay import Relay, RelayResult, Sink
 
 
 class Feeder:

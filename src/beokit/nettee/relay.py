@@ -21,9 +21,7 @@ fd refuses it (a terminal, an O_APPEND file), the same structure runs with
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import select
@@ -33,57 +31,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
-SPLICE_F_MOVE = 1
-SPLICE_F_NONBLOCK = 2
-SPLICE_F_MORE = 4
+from beokit.linux import (
+    SPLICE_F_MORE,
+    SPLICE_F_MOVE,
+    SPLICE_F_NONBLOCK,
+    make_pipe,
+    tee,
+    zero_copy_available,
+)
+
 INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
 BATCH_WAIT = 0.005  # ...or of what arrived within this many seconds of a chunk's first byte
 IDLE_LOOK = 0.02  # batching, nothing in hand: look for a trickle below SO_RCVLOWAT this often
 TAP_STEP = 256 << 10  # the tap copies and hashes this much at a time (stays in L2 cache)
-
-_tee: Callable[..., int] | None = None
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _tee = _libc.tee
-    _tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    _tee.restype = ctypes.c_ssize_t
-except (OSError, AttributeError):  # pragma: no cover - non-Linux
-    _tee = None
-
-
-def zero_copy_available() -> bool:
-    """True when splice/tee can carry the stream (Linux, not disabled)."""
-    return (
-        hasattr(os, "splice") and _tee is not None and os.environ.get("BEOKIT_NO_SPLICE") != "1"
-    )
-
-
-def tee(fd_in: int, fd_out: int, length: int) -> int:
-    assert _tee is not None
-    n = _tee(fd_in, fd_out, length, 0)
-    if n < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return n
-
-
-def make_pipe(size: int) -> tuple[int, int, int]:
-    """A pipe of (up to) ``size`` bytes; returns (read fd, write fd, capacity)."""
-    r, w = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
-    cap = 65536
-    if hasattr(fcntl, "F_SETPIPE_SZ") or os.uname().sysname == "Linux":
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, size)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: keep what we have
-        try:
-            cap = fcntl.fcntl(w, F_GETPIPE_SZ)
-        except OSError:
-            pass
-    return r, w, cap
 
 
 class Sink:
