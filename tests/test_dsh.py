@@ -181,6 +181,77 @@ def test_non_members_ignored_without_secret_too(tmp_path: Path) -> None:
         assert doc["stats"]["rejected"] >= 40
 
 
+def gossip_from(sender: str, dest: str, records: list[tuple[int, P.Report]], secret: bytes,
+                key: bytes | None = None, seq: int = 1) -> bytes:  # fmt: skip
+    """A version-3 datagram as member ``sender`` would send it (reports signed with
+    ``key``, default the secret; the hop MAC with the secret)."""
+    signed = [(age, P.encode(r, key or secret)) for age, r in records]
+    return P.encode_gossip(sender, dest, seq, int(time.time() * 1000), signed, secret)
+
+
+def member(m: list[dict], name: str) -> dict:
+    return next(r for r in m if r["name"] == name)
+
+
+def test_gossip_wire_path_relays_and_refuses_replays(tmp_path: Path) -> None:
+    """Issue 24 over real UDP: a member's datagram carrying another member's report
+    (signed at its origin) makes that member up with its load, and the daemon
+    relays it to the next daemon; the same datagram again, the datagram sent to
+    another daemon, a wrong hop MAC or a report signed with another key are
+    refused. Members 3 and 4 are sockets of the test, 1 and 2 real daemons."""
+    secret = "wire-path-secret"
+    text = "".join(f"{addr(i)}\n" for i in range(1, 5))
+    with cluster(tmp_path, 2, period=PERIOD, secret=secret, cluster_text=text) as c:
+        c.set_load(1, 3.0)
+        c.set_load(2, 3.0)
+        wait_for(lambda: all(member(c.status_json(1)["members"], addr(i)).get("load1") == 3.0
+                             for i in (1, 2)), 10, "convergence")  # fmt: skip
+        k = secret.encode()
+        now_ms = int(time.time() * 1000)
+        idle = P.Report(addr(4), 1, now_ms - 100, 0.0, 0.0, 0.0, 1)
+        data = gossip_from(addr(3), addr(1), [(0, P.Report(addr(3), 1, now_ms, 5.0, cpus=1)),
+                                              (100, idle)], k)  # fmt: skip
+        send_from(addr(3), (addr(1), c.gossip), data, count=1)
+        doc = wait_for(lambda: (d := c.status_json(1)) and member(d["members"], addr(4))["up"]
+                       and d, 5, "member 4 up through member 3")  # fmt: skip
+        row = member(doc["members"], addr(4))
+        assert row["load1"] == 0.0 and row["age"] >= 0.1  # made 0.1 s before it was sent
+        assert c.best_node(1) == addr(4)
+        # daemon 1 relays it (a candidate) to daemon 2, which never heard from 3 or 4
+        wait_for(lambda: addr(4) in c.up(2), 5, "member 4 up at daemon 2, relayed by 1")
+        assert member(c.status_json(2)["members"], addr(4))["age"] >= 0.1
+        stats = c.status_json(1)["stats"]
+        assert stats["records"] >= 2
+        rejected = stats["rejected"]
+        # refused: the same datagram again, to daemon 1 and to daemon 2; a wrong hop MAC
+        send_from(addr(3), (addr(1), c.gossip), data, count=1)
+        send_from(addr(3), (addr(2), c.gossip), data, count=1)
+        send_from(addr(3), (addr(1), c.gossip), gossip_from(
+            addr(3), addr(1), [(0, P.Report(addr(3), 2, now_ms + 1, 0.0))], b"wrong"), count=1)
+        # a report changed by a relay (signed with another key, hop MAC right): refused
+        busy = P.Report(addr(4), 2, now_ms + 50, 9.0, 9.0, 9.0, 1)
+        send_from(addr(3), (addr(1), c.gossip), gossip_from(
+            addr(3), addr(1), [(0, P.Report(addr(3), 3, now_ms + 60, 5.0)), (0, busy)], k,
+            key=b"not-the-secret", seq=5), count=1)  # fmt: skip
+        wait_for(lambda: c.status_json(1)["stats"]["rejected"] >= rejected + 3, 5,
+                 "rejections")  # fmt: skip
+        assert c.status_json(2)["stats"]["rejected"] >= 1
+        assert member(c.status_json(1)["members"], addr(4))["load1"] == 0.0
+        # nobody sends member 4's report again: it leaves both tables, never older than
+        # the expiry while up (its age is counted from when it was made, not received)
+        ages = []
+
+        def gone() -> bool:
+            rows = [member(c.status_json(i)["members"], addr(4)) for i in (1, 2)]
+            ages.extend(r["age"] for r in rows if r["up"])
+            return not any(r["up"] for r in rows)
+
+        wait_for(gone, 10, "member 4 expired at both daemons")
+        assert max(ages) <= 3 * PERIOD
+    log = c.log(1).read_text()
+    assert "old or replayed datagram" in log or "bad MAC" in log
+
+
 def test_ports_ask_for_the_secret(tmp_path: Path) -> None:
     secret = "s3"
     with cluster(tmp_path, 2, period=PERIOD, secret=secret) as c:

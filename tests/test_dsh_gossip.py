@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from beokit.dsh import packet as P
 from beokit.dsh import state as S
 from beokit.dsh.gossip import Gossip, Params
-from beokit.dsh.gossip_sim import SimCluster, SimConfig
+from beokit.dsh.gossip_sim import Outcome, SimCluster, SimConfig, first_everywhere, scenario
 
 SECRET = b"gossip-secret"
 
@@ -311,73 +310,10 @@ def test_targets_visit_every_member_once_per_pass() -> None:
 # ------------------------------------------------------------------ the cluster
 
 
-@dataclass
-class Outcome:
-    n: int
-    period: float
-    idle_best: float  # periods until every table's best answer names a newly idle member
-    busy_demoted: float  # ...until none names it once it is busy again
-    dead_up_before: int  # tables that had a dead member (the best) up just before it died
-    dead_up_late: int  # ...still up 0.05 s before its last report was 3 periods old
-    dead_late_error: float  # the most any table dated that report after it was made (s)
-    dead_gone: bool  # in no table 3 periods + 5 ms after its last report
-    sent_per_period: list[float]  # per member
-    received_per_period: list[float]
-    max_bytes: int
-    max_in_round: int
-    table_sizes: list[int]  # members up in a table (a sample of tables)
-
-
-def first_everywhere(c: SimCluster, pred, limit: float) -> float:  # type: ignore[no-untyped-def]
-    """Simulated seconds until ``pred(i)`` held at some point for every live member
-    (checked every third of a round); inf if not within ``limit``."""
-    start, pending = c.now, set(c.alive())
-    while pending and c.now < start + limit:
-        c.run_until(c.now + c.round / 3)
-        pending = {i for i in pending if not pred(i)}
-    return c.now - start if not pending else math.inf
-
-
-def scenario(n: int, loss: float, seed: int = 3) -> Outcome:
-    cfg = SimConfig(n=n, loss=loss, secret=SECRET, seed=seed)
-    rng = random.Random(seed)
-    loads = [rng.uniform(2.0, 6.0) for _ in range(n)]  # 2 CPUs: scores 1.5 to 3.5
-    c = SimCluster(cfg, loads)
-    per = cfg.period
-    c.run_until(4 * per)
-    x = n // 3
-    name = c.names[x]
-    c.set_load(x, 0.0)  # x is idle now: the best of the cluster (score 1.0)
-    idle = first_everywhere(c, lambda i: c.best(i) == name, 6 * per)
-    c.set_load(x, 9.0)  # ...and busy again (score 5.0)
-    busy = first_everywhere(c, lambda i: c.best(i) != name, 6 * per)
-    c.run_until(c.now + per)
-    d = min(range(n), key=lambda i: c.nodes[i].load)
-    dname = c.names[d]
-    before = sum(dname in c.up(i) for i in c.alive())
-    c.kill(d)
-    last = c.nodes[d].last_report
-    assert last is not None
-    expire = cfg.expire * per
-    c.run_until(last + expire - 0.05)
-    late = [c.nodes[i].table.members[dname] for i in c.alive() if dname in c.up(i)]
-    error = max((m.origin or 0.0) - last for m in late) if late else 0.0
-    c.run_until(last + expire + 0.005)
-    gone = all(dname not in c.up(i) for i in c.alive())
-    periods = c.now / per
-    return Outcome(
-        n, per, idle / per, busy / per, before, len(late), error, gone,
-        [nd.sent / periods for nd in c.nodes if nd.alive],
-        [nd.received / periods for nd in c.nodes if nd.alive],
-        max(nd.max_bytes for nd in c.nodes), max(nd.max_in_round for nd in c.nodes),
-        [len(c.up(i)) for i in c.alive()[:: max(1, n // 100)]],
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module", params=[
     1000, pytest.param(3000, marks=pytest.mark.slow)])  # fmt: skip
 def outcome(request: pytest.FixtureRequest) -> Outcome:
-    o = scenario(request.param, loss=0.05)
+    o = scenario(request.param, loss=0.05, secret=SECRET)
     print(f"\nN={o.n}: idle best everywhere in {o.idle_best:.2f} periods, busy demoted in "
           f"{o.busy_demoted:.2f}; a dead member up in {o.dead_up_before} tables, in "
           f"{o.dead_up_late} 0.05 s before its expiry (dated at most "
@@ -452,3 +388,22 @@ def test_skewed_wall_clocks_change_nothing() -> None:
         t = first_everywhere(c, lambda i: c.best(i) == "n00040", 6 * c.cfg.period)  # noqa: B023
         out.append(t)
     assert out[1] < math.inf and abs(out[1] - out[0]) <= 1.0 * 1.5
+
+
+def test_partial_view_status_lists_the_members_up() -> None:
+    """At 1000 members a table holds a few hundred: the status text (and beo top's
+    "top" request) list those up and say how many are not listed; "json" lists all."""
+    c = SimCluster(SimConfig(n=300), loads=[2.0 + i % 5 for i in range(300)])
+    c.run_until(3 * c.cfg.period)
+    t = c.nodes[0].table
+    assert not c.nodes[0].gossip.full_view
+    every, some = t.snapshot(c.now), t.snapshot(c.now, only_up=True)
+    assert len(every["members"]) == every["members_total"] == 300
+    assert len(some["members"]) == some["up"] == len(t.up_set) < 300
+    assert all(r["up"] for r in some["members"])
+    text = S.format_status(some)
+    head = text.splitlines()[0]
+    assert head.startswith(f"# dshd n00000: {some['up']}/300 up, period 1.5 s; partial view: ")
+    assert f"the {300 - some['up']} members without a report under 4.5 s old" in head
+    assert len(text.splitlines()) == 2 + some["up"]
+    assert "partial view" not in S.format_status(every)

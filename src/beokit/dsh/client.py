@@ -113,17 +113,22 @@ def _no_secret_answer(purpose: str, line: str) -> bool:
 
 def _first_line(f, where: str) -> str:  # type: ignore[no-untyped-def]
     """The daemon's first line; :class:`Busy` if it has none (zero bytes, reset, cut)."""
+    return _first_raw(f, where).decode(errors="replace")
+
+
+def _first_raw(f, where: str) -> bytes:  # type: ignore[no-untyped-def]
+    """The daemon's first line (up to LINE_MAX bytes of it), as bytes (a JSON status
+    is one long line: it must not be decoded in pieces); :class:`Busy` as above."""
     raw = f.readline(LINE_MAX)
     if not raw:
         raise Busy(f"dshd at {where} closed the connection without a word")
     if not raw.endswith(b"\n") and len(raw) < LINE_MAX:
         raise Busy(f"dshd at {where} closed the connection in mid-line")
-    line = raw.decode(errors="replace")
-    if line.startswith("error busy"):
+    if raw.startswith(b"error busy"):
         raise Busy(f"dshd at {where} is busy")
-    if line.startswith("error no answer to the challenge"):  # we were too slow: again
-        raise Busy(f"dshd at {where}: {line[6:].strip()}")
-    return line
+    if raw.startswith(b"error no answer to the challenge"):  # we were too slow: again
+        raise Busy(f"dshd at {where}: {raw[6:].decode(errors='replace').strip()}")
+    return bytes(raw)
 
 
 def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes | None,
@@ -143,18 +148,18 @@ def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes 
                 nonce, cnonce = first.split()[1], secrets.token_hex(16)
                 mac = P.query_mac(secret, purpose, nonce)
                 s.sendall(f"{mac} {request or purpose} {cnonce}\n".encode())
-                data = _first_line(f, where).encode()
+                data = bytearray(_first_raw(f, where))
             else:
                 if request:
                     s.sendall(f"{request}\n".encode())
-                first = _first_line(f, where)
-                if first.startswith("auth "):
+                raw = _first_raw(f, where)
+                if raw.startswith(b"auth "):
                     raise NoDaemon(f"dshd at {where} asks for the shared secret: set "
                                    "$BEO_DSH_SECRET or --secret-file")  # fmt: skip
-                data = first.encode()
-            while len(data) < MAX_REPLY:
+                data = bytearray(raw)
+            while len(data) < MAX_REPLY:  # a status of 10,000 members is a few MB
                 s.settimeout(max(0.05, deadline - time.monotonic()))
-                chunk = f.read1(65536)
+                chunk = f.read1(1 << 20)
                 if not chunk:
                     break
                 data += chunk
@@ -168,7 +173,7 @@ def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes 
         raise NoDaemon(f"dshd at {where}: {data[6:].decode(errors='replace').strip()}")
     if secret is not None:  # the answer must come from a holder of the secret
         try:
-            data = P.check_answer(secret, purpose, nonce, cnonce, data)
+            data = bytearray(P.check_answer(secret, purpose, nonce, cnonce, bytes(data)))
         except P.PacketError as e:
             raise NoDaemon(f"dshd at {where}: {e}") from None
     return data.decode(errors="replace")
@@ -189,9 +194,14 @@ def ask_best(args: argparse.Namespace, secret: bytes | None) -> tuple[str, str, 
         raise NoDaemon(f"dshd at {host}:{port}: {e}") from None
 
 
-def get_status(args: argparse.Namespace, secret: bytes | None) -> dict:
+def get_status(args: argparse.Namespace, secret: bytes | None, request: str = "json") -> dict:
+    """The status JSON: "json" lists every member; "top" only those up when the
+    daemon has a partial view (a daemon before issue 24 answers "top" with its
+    text: then "json" is asked)."""
     host, port = daemon_address(args, DEFAULT_STATUS_PORT, args.status_port)
-    text = query(host, port, "status", "json", secret, args.timeout)
+    text = query(host, port, "status", request, secret, args.timeout)
+    if request != "json" and text.startswith("# dshd "):
+        text = query(host, port, "status", "json", secret, args.timeout)
     try:
         doc = json.loads(text)
     except ValueError:
@@ -398,8 +408,12 @@ def dsh_main(args: argparse.Namespace) -> int:
 def status_table(doc: dict):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
-    t = Table(title=f"dshd {doc.get('node')}: {doc.get('up')}/{len(doc['members'])} up",
-              title_justify="left")  # fmt: skip
+    total = doc.get("members_total", len(doc["members"]))
+    title = f"dshd {doc.get('node')}: {doc.get('up')}/{total} up"
+    if len(doc["members"]) < total:
+        title += (f" (partial view: {total - len(doc['members'])} members without a fresh "
+                  "report here are not listed)")
+    t = Table(title=title, title_justify="left")
     for col, just in (("node", "left"), ("state", "left"), ("load 1 5 15", "right"),
                       ("cpus", "right"), ("jobs", "right"), ("extra", "right"),
                       ("mem free/total", "right"), ("score", "right"),
@@ -432,7 +446,7 @@ def top_main(args: argparse.Namespace, once: bool) -> int:
         return EXIT_OK
     console = Console() if sys.stdout.isatty() else Console(width=120)
     if once:
-        console.print(status_table(get_status(args, secret)))
+        console.print(status_table(get_status(args, secret, "top")))
         return EXIT_OK
     from rich.live import Live
     from rich.text import Text
@@ -441,7 +455,7 @@ def top_main(args: argparse.Namespace, once: bool) -> int:
     if not console.is_terminal:  # like top -b: one table per interval
         while True:
             try:
-                console.print(status_table(get_status(args, secret)))
+                console.print(status_table(get_status(args, secret, "top")))
             except NoDaemon as e:
                 console.print(f"beo top: {e}")
             sys.stdout.flush()
@@ -449,7 +463,7 @@ def top_main(args: argparse.Namespace, once: bool) -> int:
     with Live(console=console, auto_refresh=False) as live:
         while True:
             try:
-                live.update(status_table(get_status(args, secret)), refresh=True)
+                live.update(status_table(get_status(args, secret, "top")), refresh=True)
             except NoDaemon as e:
                 live.update(Text(f"beo top: {e}", style="red"), refresh=True)
             time.sleep(interval)

@@ -493,6 +493,8 @@ class Daemon:
                       "best": 0, "refused": 0, "send_errors": 0, "own": 0, "shed": 0,
                       "busy": 0, "handshake_timeouts": 0, "rounds": 0}  # fmt: skip
         self.load_file_error: str | None = None
+        self._proc: dict | None = None  # the last /proc (or load file) reading
+        self._proc_at = 0.0
         self.stop_event: asyncio.Event | None = None
         self._last_reject_log = 0.0
         self._last_accept_log = -1e9
@@ -553,9 +555,10 @@ class Daemon:
         self._set_targets()
         log.info("SIGHUP: %d members from %s", len(loaded.specs), self.cfg.cluster_file)
 
-    def snapshot(self, now: float) -> dict:
-        """The table as plain data, and how it is filled (the status port's JSON)."""
-        snap = self.table.snapshot(now)
+    def snapshot(self, now: float, all_members: bool = True) -> dict:
+        """The table as plain data, and how it is filled (the status port's JSON).
+        Not ``all_members`` and a partial view: only the members up are listed."""
+        snap = self.table.snapshot(now, only_up=not (all_members or self.full_view))
         p = self.gossip.params
         snap["view"] = "full" if self.full_view else "partial"
         snap["gossip"] = ({"mode": "broadcast", "send_to": list(self.cfg.send_to)}
@@ -566,7 +569,7 @@ class Daemon:
 
     def dump(self) -> None:
         """SIGUSR1: the table and counters into the log."""
-        snap = self.snapshot(time.monotonic())
+        snap = self.snapshot(time.monotonic(), all_members=False)
         log.warning("state dump (SIGUSR1): %s, %d TCP connections (%d not authenticated), "
                     "%d tasks\n%s", json.dumps(dict(self.stats, **self.gossip.stats)), len(self.conns),
                     self.admission.pending(), len(asyncio.all_tasks()),
@@ -632,7 +635,23 @@ class Daemon:
                 s.close()
 
     # ---- gossip
-    def measure(self) -> P.Report:
+    def measure(self, now: float | None = None) -> P.Report:
+        """This node's report: /proc (or the load file) read once a period (the
+        kernel's load averages move every 5 s), the dsh jobs counted each round."""
+        now = time.monotonic() if now is None else now
+        if self._proc is None or now - self._proc_at >= 0.9 * self.cfg.period:
+            self._proc, self._proc_at = self._read_load(), now
+        d = self._proc
+        jobs = count_jobs(self.cfg.jobs_dir, self._own_addrs)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return P.Report(
+            self.table.self_name, self.seq, int(time.time() * 1000),
+            float(d["load1"]), float(d["load5"]), float(d["load15"]), int(d["cpus"]),
+            int(d.get("jobs", jobs)), int(d["mem_total_kb"]), int(d["mem_free_kb"]),
+            int(self.cfg.period * 1000),
+        )  # fmt: skip
+
+    def _read_load(self) -> dict:
         d = measure_proc()
         if self.cfg.load_file:
             try:
@@ -644,18 +663,11 @@ class Daemon:
                 if self.load_file_error is None:
                     log.warning("load file %s: %s; using /proc", self.cfg.load_file, e)
                 self.load_file_error = str(e)
-        jobs = count_jobs(self.cfg.jobs_dir, self._own_addrs)
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        return P.Report(
-            self.table.self_name, self.seq, int(time.time() * 1000),
-            float(d["load1"]), float(d["load5"]), float(d["load15"]), int(d["cpus"]),
-            int(d.get("jobs", jobs)), int(d["mem_total_kb"]), int(d["mem_free_kb"]),
-            int(self.cfg.period * 1000),
-        )  # fmt: skip
+        return d
 
     def send_report(self, now: float) -> None:
         """Broadcast mode: measure, encode once, send the same bytes to every group."""
-        report = self.measure()
+        report = self.measure(now)
         self._log_events(self.gossip.set_self(report, now))
         data = self.table.members[self.table.self_name].raw
         assert self.udp is not None and data is not None
@@ -674,7 +686,7 @@ class Daemon:
 
     def gossip_round(self, now: float) -> None:
         """Gossip mode: measure, then this round's datagrams to ``fanout`` members."""
-        self._log_events(self.gossip.set_self(self.measure(), now))
+        self._log_events(self.gossip.set_self(self.measure(now), now))
         self._log_events(self.table.tick(now))
         assert self.udp is not None
         port, sendto = self.cfg.gossip_port, self.udp.sendto
@@ -930,11 +942,12 @@ class Daemon:
         now = time.monotonic()
         self.drain_all(now)  # the answer includes every report that has arrived
         self._log_events(self.table.tick(now))  # ...and no member past its expiry
-        snap = self.snapshot(now)
+        # "json": every member; "top" (beo top) and text: in a partial view only those up
+        snap = self.snapshot(now, all_members=word == "json")
         snap["stats"] = dict(self.stats, **self.gossip.stats, connections=len(self.conns),
                              unauthenticated=self.admission.pending())  # fmt: skip
         conn.answered = True
-        if word == "json":
+        if word in ("json", "top"):
             return json.dumps(snap).encode() + b"\n"
         return S.format_status(snap).encode()
 

@@ -23,7 +23,9 @@ The pure tests (tests/test_dsh_gossip.py) and the scale benchmark
 from __future__ import annotations
 
 import heapq
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from beokit.dsh import packet as P
@@ -156,3 +158,74 @@ class SimCluster:
             dest = self.nodes[self.by_address[out.address]]
             if dest.alive:
                 dest.inbox.append((now + self.cfg.latency, out.data, src))
+
+
+# ------------------------------------------------------------ a scenario
+
+
+@dataclass
+class Outcome:
+    """What :func:`scenario` measured (times in periods, of the simulated clock)."""
+
+    n: int
+    period: float
+    idle_best: float  # periods until every table's best answer names a newly idle member
+    busy_demoted: float  # ...until none names it once it is busy again
+    dead_up_before: int  # tables that had a dead member (the best) up just before it died
+    dead_up_late: int  # ...still up 0.05 s before its last report was 3 periods old
+    dead_late_error: float  # the most any table dated that report after it was made (s)
+    dead_gone: bool  # in no table 3 periods + 5 ms after its last report
+    sent_per_period: list[float]  # per member
+    received_per_period: list[float]
+    max_bytes: int
+    max_in_round: int
+    table_sizes: list[int]  # members up in a table (a sample of tables)
+
+
+def first_everywhere(c: SimCluster, pred: Callable[[int], bool], limit: float) -> float:
+    """Simulated seconds until ``pred(i)`` held at some point for every live member
+    (checked every third of a round); inf if not within ``limit``."""
+    start, pending = c.now, set(c.alive())
+    while pending and c.now < start + limit:
+        c.run_until(c.now + c.round / 3)
+        pending = {i for i in pending if not pred(i)}
+    return c.now - start if not pending else math.inf
+
+
+def scenario(n: int, loss: float, seed: int = 3, secret: bytes | None = None) -> Outcome:
+    """The tests' and the benchmark's run: N members (loads 2-6 on 2 CPUs) gossip for
+    4 periods; a middling member becomes idle (the best), then busy; then the best
+    member dies. Every table is looked at every third of a round."""
+    cfg = SimConfig(n=n, loss=loss, secret=secret, seed=seed)
+    rng = random.Random(seed)
+    loads = [rng.uniform(2.0, 6.0) for _ in range(n)]  # 2 CPUs: scores 1.5 to 3.5
+    c = SimCluster(cfg, loads)
+    per = cfg.period
+    c.run_until(4 * per)
+    x = n // 3
+    name = c.names[x]
+    c.set_load(x, 0.0)  # x is idle now: the best of the cluster (score 1.0)
+    idle = first_everywhere(c, lambda i: c.best(i) == name, 6 * per)
+    c.set_load(x, 9.0)  # ...and busy again (score 5.0)
+    busy = first_everywhere(c, lambda i: c.best(i) != name, 6 * per)
+    c.run_until(c.now + per)
+    d = min(range(n), key=lambda i: c.nodes[i].load)
+    dname = c.names[d]
+    before = sum(dname in c.up(i) for i in c.alive())
+    c.kill(d)
+    last = c.nodes[d].last_report
+    assert last is not None
+    expire = cfg.expire * per
+    c.run_until(last + expire - 0.05)
+    late = [c.nodes[i].table.members[dname] for i in c.alive() if dname in c.up(i)]
+    error = max((m.origin or 0.0) - last for m in late) if late else 0.0
+    c.run_until(last + expire + 0.005)
+    gone = all(dname not in c.up(i) for i in c.alive())
+    periods = c.now / per
+    return Outcome(
+        n, per, idle / per, busy / per, before, len(late), error, gone,
+        [nd.sent / periods for nd in c.nodes if nd.alive],
+        [nd.received / periods for nd in c.nodes if nd.alive],
+        max(nd.max_bytes for nd in c.nodes), max(nd.max_in_round for nd in c.nodes),
+        [len(c.up(i)) for i in c.alive()[:: max(1, n // 100)]],
+    )  # fmt: skip

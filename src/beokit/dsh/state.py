@@ -434,10 +434,11 @@ class Table:
     def up_count(self) -> int:
         return len(self.up_set)
 
-    def snapshot(self, now: float) -> dict:
-        """The whole table as plain data (the status port's JSON)."""
+    def snapshot(self, now: float, only_up: bool = False) -> dict:
+        """The table as plain data (the status port's JSON); ``only_up``: the rows of
+        the members up only (``members_total`` still counts them all)."""
         rows = []
-        for m in self.members.values():
+        for m in (self.up_set if only_up else self.members).values():
             r = m.report
             row: dict = {
                 "name": m.name, "address": m.address, "up": m.up,
@@ -456,14 +457,20 @@ class Table:
             rows.append(row)
         return {
             "node": self.self_name, "period": self.period, "expire_periods": self.expire_periods,
-            "extra_load": self.extra_load, "up": self.up_count(), "members": rows,
+            "extra_load": self.extra_load, "up": self.up_count(),
+            "members_total": len(self.members), "members": rows,
         }  # fmt: skip
 
 
 def format_status(snap: dict) -> str:
-    """The status port's text answer: one line per member, a header."""
-    lines = [f"# dshd {snap['node']}: {snap['up']}/{len(snap['members'])} up, "
-             f"period {snap['period']:g} s",
+    """The status port's text answer: one line per member listed, a header."""
+    total = snap.get("members_total", len(snap["members"]))
+    note = ""
+    if len(snap["members"]) < total:
+        note = (f"; partial view: the {total - snap['up']} members without a report under "
+                f"{snap['expire_periods'] * snap['period']:g} s old here are not listed")
+    lines = [f"# dshd {snap['node']}: {snap['up']}/{total} up, "
+             f"period {snap['period']:g} s{note}",
              f"{'name':<20} {'state':<5} {'load1':>6} {'load5':>6} {'load15':>6} {'cpus':>4} "
              f"{'jobs':>4} {'extra':>5} {'memfree':>9} {'score':>7} {'age':>6}"]  # fmt: skip
     for r in snap["members"]:
