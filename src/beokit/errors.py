@@ -29,6 +29,16 @@ class UsageError(BeokitError):
     exit_status = EXIT_USAGE
 
 
+class WireError(Exception):
+    """Bytes from the network that are not the protocol they claim to be.
+
+    The one base of every wire decoder's error (nettee's control messages, the
+    launcher's and beo cast's lines, dshd's packets, DHCP/TFTP/DNS datagrams):
+    a driver that catches ``WireError`` drops the message or the connection and
+    carries on; it never ends a command by itself.
+    """
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad input: one line on stderr naming the bad value, exit status 2.
 
