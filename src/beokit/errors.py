@@ -79,6 +79,29 @@ def check_host_count(hosts: list[str]) -> None:
                          f"(first {hosts[0]!r}, last {hosts[-1]!r})")  # fmt: skip
 
 
+MAX_TEXT = 64 << 20  # a text file named on a command line: host file, topology, config
+
+
+def read_text(path: str, what: str, limit: int = MAX_TEXT) -> str:
+    """A small text file named on the command line (a host file, a topology...).
+
+    :class:`UsageError` naming it if it cannot be read, is larger than
+    ``limit`` bytes or is not UTF-8 text (with the first bad byte's offset).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path!r}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"cannot read {what} {path!r}: larger than {limit >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {what} {path!r}: not UTF-8 text "
+                         f"(byte {exc.start})") from None  # fmt: skip
+
+
 def float_in(what: str, lo: float, hi: float, *, lo_open: bool = False,
              note: str = "") -> Callable[[str], float]:  # fmt: skip
     """An argparse type: a finite number in [lo, hi] (``lo_open``: in (lo, hi]).

@@ -17,10 +17,9 @@ from beokit.errors import (
     check_bindable,
     check_host_count,
     ip_address,
+    read_text,
     seconds,
 )
-
-MAX_TEXT = 64 << 20  # a host file, topology, hosts file or dolly config
 
 EPILOG = """\
 examples:
@@ -188,22 +187,6 @@ def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]
         raise UsageError("no nodes: give NODESET, --hostfile or -f DOLLYCONF")
     check_host_count(hosts)
     return hosts
-
-
-def read_text(path: str, what: str) -> str:
-    """A small text file given on the command line; UsageError naming it if unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_TEXT + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path!r}: {exc.strerror}") from None
-    if len(data) > MAX_TEXT:
-        raise UsageError(f"cannot read {what} {path!r}: larger than {MAX_TEXT >> 20} MiB")
-    try:
-        return data.decode()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"cannot read {what} {path!r}: not UTF-8 text "
-                         f"(byte {exc.start})") from None  # fmt: skip
 
 
 def _source_kind(source: str) -> str:

@@ -21,6 +21,7 @@ from beokit.errors import (
     check_bindable,
     check_host_count,
     ip_address,
+    read_text,
     seconds,
 )
 from beokit.launch import plan
@@ -95,11 +96,8 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
     rest = list(args.rest)
     patterns: list[str] = []
     if args.hostfile:
-        try:
-            patterns += read_hostfile(args.hostfile)
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"cannot read host file {args.hostfile!r}: not UTF-8 text "
-                             f"(byte {exc.start})") from None  # fmt: skip
+        read_text(args.hostfile, "host file")  # one clear line if it is not text
+        patterns += read_hostfile(args.hostfile)
     elif rest and rest[0] != "--":
         patterns.append(rest.pop(0))
     if rest and rest[0] == "--":
