@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from conftest import child_env, run_nettee, sha256, spawn, wait_all
 
-from beokit.nettee import protocol as P
+from beokit.nettee import handshake, messages, protocol
 from beokit.nettee.gate import PENDING_MAX, PER_SOURCE, Pool
 from beokit.nettee.localchain import free_port, start_chain
 
@@ -108,13 +108,13 @@ class Attack:
 
     def garbage(self, addr: str, port: int, source: str = STRANGERS[2]) -> None:
         """What a stranger may send to either port, each on its own connection."""
-        token_less = P.MAGIC + os.urandom(16) + (0).to_bytes(8, "big")
-        forged_join = P.encode({"t": "join", "v": P.VERSION, "nonce": os.urandom(16).hex(),
+        token_less = protocol.MAGIC + os.urandom(16) + (0).to_bytes(8, "big")
+        forged_join = protocol.encode_frame({"t": "join", "v": protocol.VERSION, "nonce": os.urandom(16).hex(),
                                 "mac": os.urandom(32).hex(), "name": "intruder",
                                 "session": "x", "path": []})  # fmt: skip
         for payload in (os.urandom(32), token_less, b"\xff\xff\xff\xff" + b"x" * 100,
-                        P.FRAME.pack(10) + b"not json!!", forged_join,
-                        P.encode({"t": "hello"}), b"NTEEDATA"):  # fmt: skip
+                        protocol.FRAME.pack(10) + b"not json!!", forged_join,
+                        protocol.encode_frame({"t": "hello"}), b"NTEEDATA"):  # fmt: skip
             try:
                 self.connect(addr, port, source).sendall(payload)
             except OSError:
@@ -461,7 +461,7 @@ EVIL = "\x1b[31mevil\x1b]0;pwned\x07\nFailures detected in chain: NONE" + "y" * 
 def _clean_output(text: str) -> None:
     assert "\x1b" not in text and "\x07" not in text
     for line in text.splitlines():
-        assert len(line) < 2 * P.TEXT_MAX, line[:200]
+        assert len(line) < 2 * protocol.TEXT_MAX, line[:200]
         assert line.isprintable(), line[:200]
 
 
@@ -492,7 +492,7 @@ class FakeChild:
         except BaseException as exc:  # reported by the test
             self.error = exc
 
-    def _recv(self, sock: socket.socket, dec: P.FrameDecoder, kind: str) -> dict:
+    def _recv(self, sock: socket.socket, dec: protocol.FrameDecoder, kind: str) -> dict:
         while True:
             chunk = sock.recv(65536)
             assert chunk, f"closed before {kind}"
@@ -503,23 +503,24 @@ class FakeChild:
     def _serve(self) -> None:
         ctrl, _ = self.ctrl.accept()
         ctrl.settimeout(30)
-        dec = P.FrameDecoder()
+        dec = protocol.FrameDecoder()
         nonce_c = os.urandom(16)
-        ctrl.sendall(P.encode(P.hello(nonce_c, None, "fake")))
+        ctrl.sendall(messages.encode(handshake.hello(nonce_c, None, "fake")))
         join = self._recv(ctrl, dec, "join")
-        ctrl.sendall(P.encode(P.welcome(nonce_c, bytes.fromhex(join["nonce"]), None, EVIL)))
+        ctrl.sendall(messages.encode(handshake.welcome(nonce_c, bytes.fromhex(join["nonce"]),
+                                                       None, EVIL)))  # fmt: skip
         data, _ = self.data.accept()
         data.settimeout(30)
-        header = data.recv(P.DATA_HEADER.size, socket.MSG_WAITALL)
-        assert P.parse_data_header(header, P.data_token(None, nonce_c,
+        header = data.recv(protocol.DATA_HEADER.size, socket.MSG_WAITALL)
+        assert protocol.parse_data_header(header, handshake.data_token(None, nonce_c,
                                                         bytes.fromhex(join["nonce"]))) == 0  # fmt: skip
-        ctrl.sendall(P.encode({"t": "ready", "nodes": [EVIL, EVIL + "2"]}))
+        ctrl.sendall(protocol.encode_frame({"t": "ready", "nodes": [EVIL, EVIL + "2"]}))
         while chunk := data.recv(1 << 20):
             self.received += len(chunk)
         end = self._recv(ctrl, dec, "end")
         node = {"name": EVIL, "depth": 0, "bytes_in": end["bytes"], "bytes_out": end["bytes"],
                 "codes": ["\x1b[1mLWF"], "seconds": 0.1, "detail": EVIL, "local_out": True}  # fmt: skip
-        ctrl.sendall(P.encode({"t": "report", "nodes": [node]}))
+        ctrl.sendall(protocol.encode_frame({"t": "report", "nodes": [node]}))
         time.sleep(0.5)
         ctrl.close()
         data.close()
@@ -549,7 +550,7 @@ def test_names_from_a_child_are_escaped_and_cut(tmp_path: Path, source: Path, po
     assert fake.received == source.stat().st_size
     report = json.loads((tmp_path / "r.json").read_text())
     child = report["nodes"][1]
-    assert child["name"].startswith("\\x1b[31mevil") and len(child["name"]) <= P.NAME_MAX
+    assert child["name"].startswith("\\x1b[31mevil") and len(child["name"]) <= protocol.NAME_MAX
     assert child["codes"] == ["\\x1b[1mLWF"]
 
 
@@ -562,18 +563,18 @@ def test_names_from_a_parent_are_escaped_and_cut(tmp_path: Path, port: int) -> N
     try:
         _wait_listening("127.0.0.2", port)
         ctrl = socket.create_connection(("127.0.0.2", port + 1), timeout=10)
-        dec = P.FrameDecoder()
+        dec = protocol.FrameDecoder()
         (hello,) = dec.feed(ctrl.recv(65536))
         nonce_c, nonce_p = bytes.fromhex(hello["nonce"]), os.urandom(16)
-        join, _ = P.answer_hello(hello, nonce_p, None, EVIL, "s", ["p"])
-        ctrl.sendall(P.encode(join))
+        join, _ = handshake.answer_hello(messages.decode(hello), nonce_p, None, EVIL, "s", ["p"])
+        ctrl.sendall(messages.encode(join))
         while not (msgs := dec.feed(ctrl.recv(65536))):
             pass
         assert msgs[0]["t"] == "welcome"
         data = socket.create_connection(("127.0.0.2", port), timeout=10)
-        data.sendall(P.data_header(P.data_token(None, nonce_c, nonce_p)) + b"z" * 1000)
+        data.sendall(protocol.data_header(handshake.data_token(None, nonce_c, nonce_p)) + b"z" * 1000)
         data.shutdown(socket.SHUT_WR)
-        ctrl.sendall(P.encode({"t": "end", "bytes": 1000, "short": EVIL}))
+        ctrl.sendall(protocol.encode_frame({"t": "end", "bytes": 1000, "short": EVIL}))
         assert wait_all([tip], timeout=30) == [0]
         ctrl.close()
         data.close()

@@ -1,13 +1,39 @@
-"""Tests for nettee's wire protocol: framing, handshake, data header, reports."""
+"""Tests for nettee's wire protocol: framing, typed messages, handshake, data header, reports."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from beokit import auth
+from beokit.errors import WireError
+from beokit.nettee.handshake import (
+    answer_hello,
+    check_join,
+    check_welcome,
+    data_token,
+    hello,
+    welcome,
+)
+from beokit.nettee.messages import (
+    Abort,
+    Adopted,
+    End,
+    Fail,
+    Heal,
+    Hello,
+    Join,
+    Kid,
+    MessageDecoder,
+    Ping,
+    Ready,
+    Refuse,
+    Report,
+    Welcome,
+    decode,
+)
+from beokit.nettee.messages import encode as encode_message
 from beokit.nettee.protocol import (
     CODE_MAX,
     CODE_TEXT,
@@ -23,24 +49,16 @@ from beokit.nettee.protocol import (
     FrameDecoder,
     NodeResult,
     ProtocolError,
-    answer_hello,
     chain_line,
     check_counts,
-    check_join,
-    check_welcome,
     child_line,
     data_header,
-    data_token,
-    encode,
     format_codes,
-    hello,
     parse_data_header,
-    parse_report,
     printable,
-    report,
     sort_codes,
-    welcome,
 )
+from beokit.nettee.protocol import encode_frame as encode
 
 NONCE_C = bytes(range(16))
 NONCE_P = bytes(range(100, 132))
@@ -49,10 +67,27 @@ CHILD_ID = "child-uuid"
 PATH = ["root-uuid", "mid-uuid"]
 
 
-def wire(msg: dict) -> dict:
-    """Send one message through encode/FrameDecoder, as it would cross the socket."""
-    (got,) = FrameDecoder().feed(encode(msg))
+def wire(msg):
+    """Send one message through encode/MessageDecoder, as it would cross the socket."""
+    (got,) = MessageDecoder().feed(encode_message(msg))
     return got
+
+
+def as_json(msg) -> dict:
+    """A message as the JSON object on the wire."""
+    (got,) = FrameDecoder().feed(encode_message(msg))
+    return got
+
+
+def parse_report(obj: dict) -> list[NodeResult]:
+    msg = decode(obj)
+    if not isinstance(msg, Report):
+        raise ProtocolError("bad report")
+    return list(msg.nodes)
+
+
+def report(nodes: list[NodeResult]) -> Report:
+    return Report(tuple(nodes))
 
 
 def frame(body: bytes) -> bytes:
@@ -266,6 +301,7 @@ def run_handshake(secret_c: bytes | None, secret_p: bytes | None, offset: int = 
 def test_happy_path(secret):
     h, join, w, name, _tok = run_handshake(secret, secret)
     assert name == "child"
+    h, join, w = as_json(h), as_json(join), as_json(w)
     assert h == {"t": "hello", "v": VERSION, "nonce": NONCE_C.hex(), "auth": secret is not None,
                  "name": "child"}  # fmt: skip
     assert join["t"] == "join" and join["v"] == VERSION
@@ -279,6 +315,15 @@ def test_happy_path(secret):
         assert join["mac"] != w["mac"]  # parent and child proofs use different labels
 
 
+def test_proofs_are_beokit_auth_macs_with_one_label_per_direction():
+    join, _ = answer_hello(hello(NONCE_C, SECRET, "c"), NONCE_P, SECRET, "p", "s", PATH)
+    assert join.mac == auth.mac(SECRET, "nettee-parent", NONCE_C, NONCE_P).hex()
+    w = welcome(NONCE_C, NONCE_P, SECRET, "c")
+    assert w.mac == auth.mac(SECRET, "nettee-child", NONCE_P, NONCE_C).hex()
+    assert data_token(SECRET, NONCE_C, NONCE_P) == auth.mac(SECRET, "nettee-data", NONCE_C,
+                                                            NONCE_P)[:16]  # fmt: skip
+
+
 def test_happy_path_with_offset():
     run_handshake(SECRET, SECRET, offset=2**40 + 7)
 
@@ -286,7 +331,7 @@ def test_happy_path_with_offset():
 def test_secret_never_crosses_the_wire():
     h, join, w, _name, _tok = run_handshake(SECRET, SECRET)
     for msg in (h, join, w):
-        blob = json.dumps(msg).encode()
+        blob = encode_message(msg)
         assert SECRET not in blob and SECRET.hex().encode() not in blob
 
 
@@ -301,9 +346,9 @@ def test_token_depends_on_secret_and_nonces():
 
 def test_check_welcome_name_fallback():
     w = {"t": "welcome", "mac": None}
-    assert check_welcome(w, NONCE_C, NONCE_P, None) == "?"
-    assert check_welcome({**w, "name": ""}, NONCE_C, NONCE_P, None) == "?"
-    assert check_welcome({**w, "name": 7}, NONCE_C, NONCE_P, None) == "?"
+    assert check_welcome(decode(w), NONCE_C, NONCE_P, None) == "?"
+    assert check_welcome(decode({**w, "name": ""}), NONCE_C, NONCE_P, None) == "?"
+    assert check_welcome(decode({**w, "name": 7}), NONCE_C, NONCE_P, None) == "?"
 
 
 # ---------------------------------------------------------------- wrong or missing secret
@@ -337,7 +382,7 @@ def test_join_proof_is_bound_to_the_nonces():
 def test_replayed_parent_proof_as_child_proof_fails():
     join, _ = answer_hello(hello(NONCE_C, SECRET, "c"), NONCE_P, SECRET, "p", "s", PATH)
     with pytest.raises(AuthError):
-        check_welcome({"t": "welcome", "mac": join["mac"], "name": "c"}, NONCE_C, NONCE_P, SECRET)
+        check_welcome(Welcome(join.mac, "c"), NONCE_C, NONCE_P, SECRET)
 
 
 def test_secret_on_child_only_parent_tells():
@@ -367,7 +412,7 @@ def test_secret_on_parent_only_parent_tells():
 def test_auth_error_for_peer_defaults_to_the_message():
     err = AuthError("wrong secret")
     assert str(err) == "wrong secret" and err.for_peer == "wrong secret"
-    assert isinstance(err, ProtocolError)
+    assert isinstance(err, ProtocolError) and isinstance(err, WireError)
 
 
 def test_secret_on_child_only_for_peer_wording():
@@ -394,7 +439,7 @@ def test_secret_on_parent_only_welcome_without_proof_fails():
 @pytest.mark.parametrize("mac", [None, 5, "", "zz", "00" * 32, "not hex at all"])
 def test_check_welcome_bad_proofs(mac):
     with pytest.raises(AuthError):
-        check_welcome({"t": "welcome", "mac": mac, "name": "c"}, NONCE_C, NONCE_P, SECRET)
+        check_welcome(decode({"t": "welcome", "mac": mac, "name": "c"}), NONCE_C, NONCE_P, SECRET)
 
 
 @pytest.mark.parametrize("mac, why", [("zz", "malformed"), ("00" * 32, "wrong secret"),
@@ -402,28 +447,30 @@ def test_check_welcome_bad_proofs(mac):
 def test_check_join_bad_proofs(mac, why):
     join = {"t": "join", "v": VERSION, "nonce": NONCE_P.hex(), "mac": mac, "path": []}
     with pytest.raises(AuthError, match=why):
-        check_join(join, NONCE_C, SECRET, CHILD_ID)
+        check_join(decode(join), NONCE_C, SECRET, CHILD_ID)
 
 
 def test_refuse_is_an_auth_error_with_the_reason():
     with pytest.raises(AuthError, match="refused: busy"):
-        answer_hello({"t": "refuse", "why": "busy"}, NONCE_P, None, "p", "s", PATH)
+        answer_hello(Refuse("busy"), NONCE_P, None, "p", "s", PATH)
     with pytest.raises(AuthError, match="refused: loop"):
-        check_welcome({"t": "refuse", "why": "loop"}, NONCE_C, NONCE_P, None)
+        check_welcome(decode({"t": "refuse", "why": "loop"}), NONCE_C, NONCE_P, None)
     with pytest.raises(AuthError, match="no reason given"):
-        check_welcome({"t": "refuse"}, NONCE_C, NONCE_P, None)
+        check_welcome(decode({"t": "refuse"}), NONCE_C, NONCE_P, None)
+    with pytest.raises(AuthError, match="refused: busy"):
+        check_join(Refuse("busy"), NONCE_C, None, CHILD_ID)
 
 
 # ---------------------------------------------------------------- malformed handshake messages
 
 
 def good_hello(**kw) -> dict:
-    return {**hello(NONCE_C, None, "child"), **kw}
+    return {**as_json(hello(NONCE_C, None, "child")), **kw}
 
 
 def good_join(**kw) -> dict:
-    join, _ = answer_hello(good_hello(), NONCE_P, None, "parent", "s", PATH)
-    return {**join, **kw}
+    join, _ = answer_hello(decode(good_hello()), NONCE_P, None, "parent", "s", PATH)
+    return {**as_json(join), **kw}
 
 
 @pytest.mark.parametrize(
@@ -442,7 +489,7 @@ def good_join(**kw) -> dict:
 )
 def test_answer_hello_rejects_bad_hello(msg):
     with pytest.raises(ProtocolError) as exc:
-        answer_hello(msg, NONCE_P, None, "p", "s", PATH)
+        answer_hello(decode(msg), NONCE_P, None, "p", "s", PATH)
     assert type(exc.value) is ProtocolError
 
 
@@ -460,13 +507,13 @@ def test_answer_hello_rejects_bad_hello(msg):
 )
 def test_check_join_rejects_bad_join(msg):
     with pytest.raises(ProtocolError) as exc:
-        check_join(msg, NONCE_C, None, CHILD_ID)
+        check_join(decode(msg), NONCE_C, None, CHILD_ID)
     assert type(exc.value) is ProtocolError
 
 
 def test_check_welcome_rejects_other_types():
     with pytest.raises(ProtocolError) as exc:
-        check_welcome({"t": "hello"}, NONCE_C, NONCE_P, None)
+        check_welcome(hello(NONCE_C, None, "c"), NONCE_C, NONCE_P, None)
     assert type(exc.value) is ProtocolError
 
 
@@ -614,8 +661,8 @@ def test_report_round_trip():
         node("node35", 3, bytes_in=500, codes=["NRF", "BBC"], fatal=True),
     ]  # fmt: skip
     msg = report(nodes)
-    assert msg["t"] == "report"
-    assert parse_report(wire(msg)) == nodes
+    assert as_json(msg)["t"] == "report"
+    assert list(wire(msg).nodes) == nodes
 
 
 def test_from_dict_optional_fields_default():
@@ -640,7 +687,7 @@ NODE = st.builds(
 @settings(max_examples=40, deadline=None)
 @given(st.lists(NODE, min_size=1, max_size=10))
 def test_report_round_trip_property(nodes):
-    assert parse_report(wire(report(nodes))) == nodes
+    assert list(wire(report(nodes)).nodes) == nodes
 
 
 GOOD_NODE = {"name": "a", "depth": 0, "bytes_in": 0, "bytes_out": 0, "codes": [], "seconds": 0}
@@ -677,10 +724,10 @@ def test_printable_escapes_and_cuts(raw, limit, want):
 
 def test_names_from_the_handshake_are_made_printable():
     welcome_msg = welcome(NONCE_C, NONCE_P, None, "\x1b]0;pwned\x07" + "y" * 500)
-    name = check_welcome(welcome_msg, NONCE_C, NONCE_P, None)
+    name = check_welcome(wire(welcome_msg), NONCE_C, NONCE_P, None)  # decode makes it printable
     assert name.isprintable() and len(name) <= NAME_MAX and name.startswith("\\x1b]0;pwned")
     with pytest.raises(AuthError) as exc:
-        check_welcome({"t": "refuse", "why": "\x1b[2J" * 1000}, NONCE_C, NONCE_P, None)
+        check_welcome(decode({"t": "refuse", "why": "\x1b[2J" * 1000}), NONCE_C, NONCE_P, None)
     assert str(exc.value).isprintable() and len(str(exc.value)) < TEXT_MAX + 20
 
 
@@ -712,7 +759,7 @@ def test_bad_reports(msg):
 @pytest.mark.parametrize("field", ["depth", "bytes_in", "bytes_out"])
 def test_infinite_count_in_report_is_protocol_error(field):
     # json.loads accepts the non-standard literal Infinity, so a peer can send this
-    msg = wire({"t": "report", "nodes": [{**GOOD_NODE, field: float("inf")}]})
+    (msg,) = FrameDecoder().feed(encode({"t": "report", "nodes": [{**GOOD_NODE, field: float("inf")}]}))
     with pytest.raises(ProtocolError):
         parse_report(msg)
 
@@ -731,3 +778,140 @@ def test_check_counts():
     # -flow pull: the child's report says what it sent up
     assert check_counts(50, [node(bytes_up=50)], pull=True) == []
     assert check_counts(50, [node(bytes_up=49)], pull=True) == ["BBC"]
+
+
+# ================================================================ typed messages
+
+KIDS = (Kid("n3", "127.0.0.3", 9997, (Kid("n4", "127.0.0.4", 7000),)),)
+EVERY_MESSAGE = [
+    Hello(NONCE_C, True, "child"),
+    Hello(NONCE_C, False, "child", busy="session-1", why="already in a chain"),
+    Join(NONCE_P, "ab" * 32, "parent", "session-1", tuple(PATH)),
+    Join(NONCE_P, None, "parent", "s", (), adopt=True, bound=True),
+    Welcome(None, "child"),
+    Welcome("cd" * 32, "child", have=12345),
+    Refuse("busy"),
+    Refuse("busy", busy="session-1"),
+    Ready(("n2", "n3")),
+    Ready(("n2",), kids=KIDS),
+    Ready(("n2",), kids=()),
+    Ping(),
+    Ping(received=2**40),
+    End(1000),
+    End(0, short="root: source changed"),
+    Abort("n3: NWF: connection lost"),
+    Fail("LWF", "n4", "write to /dev/full: No space left on device"),
+    Report((node("a", 0, bytes_in=5),)),
+    Report((node("a", 0),), heals=(Heal("n3", "n2", 1.5, 2.0, (Adopted("n4", 77),), ("n5",)),)),
+]
+
+
+@pytest.mark.parametrize("msg", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(msg):
+    assert wire(msg) == msg
+    assert decode(as_json(msg)) == msg
+
+
+def test_every_message_type_has_one_writer_and_one_reader():
+    from beokit.nettee import messages
+
+    types = {type(m) for m in EVERY_MESSAGE}
+    assert set(messages.WRITERS) == types
+    assert set(messages.READERS) == {t.TYPE for t in types}
+
+
+def test_messages_are_frozen():
+    with pytest.raises(AttributeError):
+        End(5).sent = 6  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        ({"t": "bogus"}, "unknown message type"),
+        ({"t": "end"}, "end with a bad bytes"),
+        ({"t": "end", "bytes": -1}, "not a byte count"),
+        ({"t": "end", "bytes": True}, "not a byte count"),
+        ({"t": "end", "bytes": 2**63}, "not a byte count"),
+        ({"t": "end", "bytes": "12"}, "not a byte count"),
+        ({"t": "ping", "bytes": 1.5}, "not a byte count"),
+        ({"t": "welcome", "mac": None, "have": -5}, "not a byte count"),
+        ({"t": "ready", "nodes": [], "kids": "x"}, "kids"),
+        ({"t": "ready", "nodes": [], "kids": [{"name": "a", "port": 1}]}, "without a host"),
+        ({"t": "ready", "nodes": [], "kids": [{"host": "h", "port": 0}]}, "valid port"),
+        ({"t": "ready", "nodes": [], "kids": [{"host": "h", "port": "1"}]}, "valid port"),
+        ({"t": "ready", "nodes": [], "kids": [{"host": "h", "port": 1, "kids": 5}]}, "kids"),
+        ({"t": "ready", "nodes": [], "kids": [5]}, "kids"),
+        ({"t": "report", "nodes": [GOOD_NODE], "heals": [5]}, "heals"),
+        ({"t": "report", "nodes": [GOOD_NODE], "heals": [{"detected": "x"}]}, "detected"),
+        ({"t": "report", "nodes": [GOOD_NODE], "heals": [{"adopted": [{"offset": -1}]}]},
+         "byte count"),
+        ({**good_join(), "adopt": "yes"}, "adopt"),
+        ({**good_join(), "path": [1, 2]}, "path"),
+        ({**good_hello(), "auth": 1}, "auth"),
+    ],
+)  # fmt: skip
+def test_readers_check_every_field(obj, words):
+    with pytest.raises(ProtocolError, match=words):
+        decode(obj)
+
+
+def test_a_bad_report_names_its_kind():
+    """The node tells a child's bad report (BSTAT) from a broken connection by it."""
+    with pytest.raises(ProtocolError) as exc:
+        MessageDecoder().feed(encode({"t": "report", "nodes": [{"name": "x"}]}))
+    assert exc.value.kind == "report"
+    with pytest.raises(ProtocolError) as exc:
+        decode({"t": "report", "nodes": []})
+    assert exc.value.kind == "report"
+
+
+def test_texts_from_a_peer_are_printable_and_bounded():
+    evil = "\x1b[31m" + "x" * 5000
+    msgs = [decode({"t": "fail", "code": evil, "node": evil, "why": evil}),
+            decode({"t": "abort", "why": evil}), decode({"t": "end", "bytes": 1, "short": evil}),
+            decode({"t": "refuse", "why": evil}), decode({"t": "ready", "nodes": [evil, 5]})]  # fmt: skip
+    fail, abort, end, refuse, ready = msgs
+    assert len(fail.code) <= CODE_MAX and len(fail.node) <= NAME_MAX and len(fail.why) <= TEXT_MAX
+    for text in (fail.code, fail.node, fail.why, abort.why, end.short, refuse.why, *ready.nodes):
+        assert text.isprintable() and len(text) <= TEXT_MAX
+    assert len(ready.nodes) == 1  # a name that is not a string is dropped
+
+
+def test_deeply_nested_kids_are_a_protocol_error_not_a_crash():
+    kid: dict = {"host": "h", "port": 1}
+    for _ in range(5000):
+        kid = {"host": "h", "port": 1, "kids": [kid]}
+    try:
+        raw = encode({"t": "ready", "nodes": [], "kids": [kid]})
+    except (ProtocolError, RecursionError):
+        return  # too deep to even encode here
+    with pytest.raises(ProtocolError):
+        MessageDecoder().feed(raw)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=64) | st.binary(max_size=64).map(frame), max_size=6))
+def test_message_decoder_on_arbitrary_bytes_only_raises_protocol_error(chunks):
+    d = MessageDecoder()
+    try:
+        for chunk in chunks:
+            for msg in d.feed(chunk):
+                assert type(msg).TYPE
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([m.TYPE for m in EVERY_MESSAGE]),
+       st.dictionaries(st.sampled_from(["v", "nonce", "auth", "name", "busy", "why", "mac",
+                                        "session", "path", "adopt", "bound", "have", "nodes",
+                                        "kids", "bytes", "short", "code", "node", "heals"]),
+                       JSON_VALUE, max_size=8))  # fmt: skip
+def test_decode_of_any_fields_gives_a_message_or_protocol_error(kind, fields):
+    try:
+        msg = decode({**fields, "t": kind})
+    except ProtocolError:
+        return
+    assert msg.TYPE == kind
+    assert wire(msg) == msg  # what was accepted can be sent on as it is

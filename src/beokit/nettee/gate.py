@@ -40,7 +40,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from beokit.nettee import protocol as P
+from beokit.nettee import protocol
+from beokit.nettee.messages import Message, MessageDecoder, encode
 
 PENDING_MAX = 64  # connections held before they proved themselves, both ports together
 PER_SOURCE = 16  # of them from one address
@@ -133,9 +134,9 @@ class Handshake:
     sock: socket.socket
     addr: str
     context: Any
-    msg: dict
-    rest: list[dict]
-    decoder: P.FrameDecoder
+    msg: Message
+    rest: list[Message]
+    decoder: MessageDecoder
 
 
 @dataclass(eq=False)
@@ -155,7 +156,7 @@ class _Held:
     context: Any = None
     got: int = 0  # bytes received so far
     header: bytearray = field(default_factory=bytearray)
-    decoder: P.FrameDecoder = field(default_factory=P.FrameDecoder)
+    decoder: MessageDecoder = field(default_factory=MessageDecoder)
 
 
 Greet = Callable[[], tuple[bytes, Any]]
@@ -226,10 +227,10 @@ class Gate:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(5.0)
 
-    def reject(self, hs: Handshake, why: str | None, reply: dict | None = None) -> None:
+    def reject(self, hs: Handshake, why: str | None, reply: Message | None = None) -> None:
         """Close a handed-over control connection, with an optional last message."""
         if reply is not None:
-            send_now(hs.sock, P.encode(reply))
+            send_now(hs.sock, encode(reply))
         _close(hs.sock)
         if why is not None:
             self._note(why)
@@ -289,7 +290,7 @@ class Gate:
             self._readable(held)  # a data header is usually there already
 
     def _readable(self, held: _Held) -> None:
-        want = P.DATA_HEADER.size - len(held.header) if held.kind == "data" else 65536
+        want = protocol.DATA_HEADER.size - len(held.header) if held.kind == "data" else 65536
         try:
             chunk = held.sock.recv(want)
         except BlockingIOError:
@@ -303,12 +304,12 @@ class Gate:
         held.got += len(chunk)
         if held.kind == "data":
             held.header += chunk
-            if len(held.header) == P.DATA_HEADER.size:
+            if len(held.header) == protocol.DATA_HEADER.size:
                 self._match(held)
             return
         try:
             msgs = held.decoder.feed(chunk)
-        except P.ProtocolError as exc:
+        except protocol.ProtocolError as exc:
             self._drop(held, str(exc))
             return
         if msgs:
@@ -333,13 +334,13 @@ class Gate:
 
     def _claim(self, raw: bytes) -> tuple[Expect | None, str]:
         """The expectation a data header answers (removed), or None and why not."""
-        if raw[: len(P.MAGIC)] != P.MAGIC:
+        if raw[: len(protocol.MAGIC)] != protocol.MAGIC:
             return None, "that is not nettee's"
         with self._lock:
             for exp in self._expects:
                 try:
-                    offset = P.parse_data_header(raw, exp.token)
-                except P.ProtocolError:
+                    offset = protocol.parse_data_header(raw, exp.token)
+                except protocol.ProtocolError:
                     continue  # another handshake's token
                 if offset != exp.offset:
                     return None, f"at offset {offset}, {exp.offset} expected"

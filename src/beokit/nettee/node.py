@@ -23,6 +23,7 @@ each control connection, and a peer silent for ``-stall`` seconds is dead.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -37,11 +38,30 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from beokit.nettee import protocol as P
+from beokit import auth
+from beokit.nettee import handshake, protocol
 from beokit.nettee.command import SocketCommand
 from beokit.nettee.gate import LOG_LINES, Expect, Gate, Handshake, listener, send_now
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.log import NetteeLog
+from beokit.nettee.messages import (
+    Abort,
+    Adopted,
+    End,
+    Fail,
+    Heal,
+    Hello,
+    Join,
+    Kid,
+    Message,
+    MessageDecoder,
+    Ping,
+    Ready,
+    Refuse,
+    Report,
+    Welcome,
+    encode,
+)
 from beokit.nettee.options import DATA_LOWAT, HEAL_SOCKBUF, MAX_NAME, Config, Role
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import (
@@ -75,7 +95,7 @@ UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETI
 class Fatal(Exception):
     """An unhandled failure: the node collapses the tree."""
 
-    def __init__(self, code: P.Code | str, node: str, why: str) -> None:
+    def __init__(self, code: protocol.Code | str, node: str, why: str) -> None:
         super().__init__(why)
         self.code = str(code)
         self.node = node
@@ -91,43 +111,43 @@ class _Unreachable(Exception):
 
 
 class Peer:
-    """A control connection: framed JSON both ways, sends serialized."""
+    """A control connection: typed messages both ways, sends serialized."""
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
         self.name = name
-        self.dec = P.FrameDecoder()
+        self.dec = MessageDecoder()
         self.lock = threading.Lock()
         self.last = time.monotonic()
-        self.queue: list[dict] = []
+        self.queue: list[Message] = []
 
-    def send(self, msg: dict) -> bool:
+    def send(self, msg: Message) -> bool:
         try:
             with self.lock:
-                self.sock.sendall(P.encode(msg))
+                self.sock.sendall(encode(msg))
             return True
         except OSError:
             return False
 
-    def drain(self, data: bytes) -> list[dict]:
+    def drain(self, data: bytes) -> list[Message]:
         """Messages left over from the handshake, then those in ``data``."""
         msgs, self.queue = self.queue, []
         return msgs + self.dec.feed(data)
 
-    def recv(self, timeout: float) -> dict:
+    def recv(self, timeout: float) -> Message:
         """Next message, within ``timeout`` seconds (handshake only)."""
         deadline = time.monotonic() + timeout
         while not self.queue:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise P.ProtocolError("timed out waiting for the peer")
+                raise protocol.ProtocolError("timed out waiting for the peer")
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                raise P.ProtocolError("timed out waiting for the peer") from None
+                raise protocol.ProtocolError("timed out waiting for the peer") from None
             if not data:
-                raise P.ProtocolError("connection closed during the handshake")
+                raise protocol.ProtocolError("connection closed during the handshake")
             self.queue.extend(self.dec.feed(data))
         self.sock.settimeout(None)
         return self.queue.pop(0)
@@ -150,14 +170,14 @@ class ChildLink:
     sink: Sink | None = None
     feeder: Feeder | None = None
     subtree: list[str] = field(default_factory=list)
-    results: list[P.NodeResult] | None = None
+    results: list[protocol.NodeResult] | None = None
     codes: list[str] = field(default_factory=list)
     failure: tuple[str, str, str] | None = None  # (node, code, why) when the branch failed
     ready: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     dead: bool = False
     progress: int = 0
-    kids: list[dict] = field(default_factory=list)  # -heal: the child's own children
+    kids: tuple[Kid, ...] = ()  # -heal: the child's own children
     base: int = 0  # stream offset where this link's sink started (adopted links)
     adopted: bool = False
 
@@ -171,7 +191,7 @@ class _Offer:
     """A caller that passed the handshake; it becomes the parent once its data comes."""
 
     peer: Peer
-    msg: dict
+    msg: Join
     name: str
     session: str
     path: list[str]
@@ -197,7 +217,7 @@ class _DataWait:
         """The connection, within ``timeout`` seconds, or ProtocolError."""
         if not self.arrived.wait(timeout) and (self.gate.forget(self.expect)
                                                or not self.arrived.wait(1.0)):  # fmt: skip
-            raise P.ProtocolError("parent never opened its data connection")
+            raise protocol.ProtocolError("parent never opened its data connection")
         return self.got[0]
 
 
@@ -212,7 +232,7 @@ def node_name(cfg: Config) -> str:
     """-name, else $MYHOSTNAME, $HOSTNAME, gethostname(); the last three made printable."""
     name = cfg.name or os.environ.get("MYHOSTNAME") or os.environ.get("HOSTNAME") or (
         socket.gethostname())  # fmt: skip
-    return P.printable(name, MAX_NAME)
+    return protocol.printable(name, MAX_NAME)
 
 
 class Node:
@@ -266,7 +286,7 @@ class Node:
         self.orphaned = threading.Event()  # parent lost mid-stream, waiting for an adopter
         self.gave_up = False  # nobody adopted this orphan in time
         self._adopt_lock = threading.Lock()
-        self.heals: list[dict] = []  # what this node healed, for the report
+        self.heals: list[Heal] = []  # what this node healed, for the report
         self.tap: Tap | None = None
         self.stream_fd: int | None = None  # a regular file holding the stream, -1: none
         self.parent_bound = False  # the parent keeps an in-memory replay window
@@ -293,7 +313,7 @@ class Node:
                 self.log.message(f"ignored signal {signal.Signals(signum).name}")
 
         def stop(signum: int, _frame: object) -> None:
-            self.collapse(P.Code.SIG, self.name, f"stopped by {signal.Signals(signum).name}")
+            self.collapse(protocol.Code.SIG, self.name, f"stopped by {signal.Signals(signum).name}")
 
         signal.signal(signal.SIGHUP, ignored)
         signal.signal(signal.SIGINT, stop)
@@ -321,7 +341,7 @@ class Node:
             self._check_source(*source, result.bytes_in)
         if self.in_cmd is not None:
             failed = self.in_cmd.wait()
-            if failed and P.Code.LRF.value not in self.codes:
+            if failed and protocol.Code.LRF.value not in self.codes:
                 self._local_read_failed(OSError(0, failed))
         self._end_children()
         nodes = self._collect()
@@ -353,7 +373,7 @@ class Node:
         if self.gate is not None and self.gate.rejected > LOG_LINES:
             self.log.error(f"{self.gate.rejected} connections from strangers rejected in all")
         self.log.message(
-            f"done: {nodes[0].bytes_in} bytes received, {P.format_codes(self._all_codes(nodes))}"
+            f"done: {nodes[0].bytes_in} bytes received, {protocol.format_codes(self._all_codes(nodes))}"
         )
         return 1 if any(n.fatal for n in nodes) else 0
 
@@ -393,7 +413,7 @@ class Node:
         if self.pull and self.data_in is not None:
             self.up_sink = Sink("parent", self.data_in.fileno(), "child", maxwrite=maxwrite,
                                 on_error=lambda s, e: self._parent_failed(
-                                    f"write to parent: {e.strerror}", P.Code.NWF))  # fmt: skip
+                                    f"write to parent: {e.strerror}", protocol.Code.NWF))  # fmt: skip
         result = self._stream(proc.stdout.fileno(), idle_timeout=0.0)
         status = proc.wait()
         if result.read_error is not None or status != 0:
@@ -438,7 +458,7 @@ class Node:
                 ctrl.close()
                 raise
         except OSError as exc:
-            raise Fatal(P.Code.NRF, self.name,
+            raise Fatal(protocol.Code.NRF, self.name,
                         f"cannot listen on {cfg.bind}:{cfg.port}/{cfg.port + 1}: {exc.strerror}") from None  # fmt: skip
         self.gate = Gate(ctrl, data, greet=self._greet, on_message=self._on_handshake,
                          log=self.log.error)  # fmt: skip
@@ -453,12 +473,12 @@ class Node:
         while not self._chosen_event.wait(0.25):
             self._expire_offers()
             if deadline is not None and time.monotonic() > deadline:
-                raise Fatal(P.Code.NRF, self.name,
+                raise Fatal(protocol.Code.NRF, self.name,
                             f"no parent connected within {self.cfg.timeout:g} s (-t)")  # fmt: skip
         assert self._chosen is not None
         offer, data = self._chosen
         peer, msg = offer.peer, offer.msg
-        self.parent_bound = bool(msg.get("bound"))
+        self.parent_bound = msg.bound
         if self.parent_bound:  # the parent's replay window counts on our receive buffer
             data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
         peer.sock.settimeout(None)
@@ -480,22 +500,21 @@ class Node:
         once this node has its parent, a refusal (with -heal: a hello marked busy,
         since the caller may be an ancestor come to adopt us)."""
         chosen = self._chosen
-        nonce = os.urandom(16)
-        hello = P.hello(nonce, self.secret, self.name)
+        nonce = auth.nonce()
+        hello = handshake.hello(nonce, self.secret, self.name)
         if chosen is None:
-            return P.encode(hello), nonce
+            return encode(hello), nonce
         why = f"{self.name} is already in a chain under {chosen[0].name}"
         if not self.cfg.heal:
-            return P.encode({"t": "refuse", "busy": chosen[0].session, "why": why}), None
-        hello["busy"], hello["why"] = chosen[0].session, why
-        return P.encode(hello), nonce
+            return encode(Refuse(why, busy=chosen[0].session)), None
+        return encode(dataclasses.replace(hello, busy=chosen[0].session, why=why)), nonce
 
     def _on_handshake(self, hs: Handshake) -> None:
         """The first message of a control connection (gate thread: must not block)."""
         assert self.gate is not None
         if self._chosen is None:
             self._offer_parent(hs)
-        elif self.cfg.heal and hs.msg.get("adopt"):
+        elif self.cfg.heal and isinstance(hs.msg, Join) and hs.msg.adopt:
             self._adoption_request(hs)
         else:  # a parent looking for a free node (it closes by itself), or a stranger
             self.gate.reject(hs, None)
@@ -505,29 +524,27 @@ class Node:
         assert self.gate is not None
         msg, nonce_c = hs.msg, hs.context
         try:
-            if msg.get("t") == "refuse":
-                raise P.AuthError(f"refused: {P.printable(msg.get('why', 'no reason given'))}")
-            nonce_p = P.check_join(msg, nonce_c, self.secret, self.node_id)
-        except P.AuthError as exc:
+            nonce_p = handshake.check_join(msg, nonce_c, self.secret, self.node_id)
+        except protocol.AuthError as exc:
             self.gate.reject(hs, f"authentication failed: parent at {hs.addr}: {exc}",
-                             {"t": "refuse", "why": f"authentication failed: {exc}"})  # fmt: skip
+                             Refuse(f"authentication failed: {exc}"))  # fmt: skip
             return
-        except P.ProtocolError as exc:
+        except protocol.ProtocolError as exc:
             self.gate.reject(hs, f"rejected connection from {hs.addr}: {exc}")
             return
+        assert isinstance(msg, Join)
         peer = _peer(hs)
-        offer = _Offer(peer, msg, name=P.printable(msg.get("name") or hs.addr, MAX_NAME),
-                       session=str(msg.get("session") or ""),
-                       path=[str(x) for x in msg["path"]],
+        offer = _Offer(peer, msg, name=msg.name or protocol.printable(hs.addr, MAX_NAME),
+                       session=msg.session, path=list(msg.path),
                        expires=time.monotonic() + HANDSHAKE_TIMEOUT)  # fmt: skip
-        token = P.data_token(self.secret, nonce_c, nonce_p)
+        token = handshake.data_token(self.secret, nonce_c, nonce_p)
         offer.expect = self.gate.expect(token, 0, lambda sock: self._parent_data(offer, sock))
         with self.lock:
             self._offers.append(offer)
             stale = self._offers[:-MAX_OFFERS] if len(self._offers) > MAX_OFFERS else []
         for old in stale:
             self._drop_offer(old, "too many would-be parents at once")
-        if not send_now(peer.sock, P.encode(P.welcome(nonce_c, nonce_p, self.secret, self.name))):
+        if not send_now(peer.sock, encode(handshake.welcome(nonce_c, nonce_p, self.secret, self.name))):
             self._drop_offer(offer, "cannot send the welcome")
 
     def _parent_data(self, offer: _Offer, data: socket.socket) -> None:
@@ -570,26 +587,25 @@ class Node:
                     if peer is not self.parent:
                         return  # replaced by an adopter (-heal)
                     peer.last = time.monotonic()
-                    kind = msg.get("t")
-                    if kind == "end":
-                        self.end_bytes = int(msg.get("bytes", -1))
-                        self.end_short = P.printable(msg["short"], P.TEXT_MAX) if msg.get("short") else ""
+                    if isinstance(msg, End):
+                        self.end_bytes = msg.sent
+                        self.end_short = msg.short
                         self.end_event.set()
-                    elif kind == "abort":
+                    elif isinstance(msg, Abort):
                         if peer is not self.parent:
                             return  # a replaced parent (-heal)
-                        why = f"aborted by parent: {P.printable(msg.get('why', '?'), P.TEXT_MAX)}"
+                        why = f"aborted by parent: {msg.why}"
                         self._parent_failed(why, aborted=True)
                         return
                 data = peer.sock.recv(65536)
                 if not data:
                     break
-        except (OSError, P.ProtocolError, ValueError) as exc:
+        except (OSError, protocol.ProtocolError, ValueError) as exc:
             why = f"parent connection lost: {exc}"
         if not self.report_sent and peer is self.parent:
             self._parent_failed(why)
 
-    def _parent_failed(self, why: str, code: P.Code = P.Code.NRF, aborted: bool = False) -> None:
+    def _parent_failed(self, why: str, code: protocol.Code = protocol.Code.NRF, aborted: bool = False) -> None:
         """The parent is gone (crash, stall, abort): NRF (NWF in pull), fatal unless -conrf."""
         if self.report_sent or self.upstream_gone.is_set():
             return
@@ -602,7 +618,7 @@ class Node:
             self._orphan(why)
             return
         if self.pull:
-            code = P.Code.NWF
+            code = protocol.Code.NWF
         if not (self.cfg.conwf if self.pull else self.cfg.conrf):
             self.collapse(code, self.name, why, tell_parent=not aborted)
             return
@@ -667,20 +683,19 @@ class Node:
         assert self.gate is not None
         msg = hs.msg
         try:
-            nonce_p = P.check_join(msg, hs.context, self.secret, self.node_id)
-            path = [str(x) for x in msg["path"]]
+            nonce_p = handshake.check_join(msg, hs.context, self.secret, self.node_id)
+            assert isinstance(msg, Join)
+            path = list(msg.path)
             # the adopter must be one of our ancestors (it may itself have been
             # re-parented meanwhile, so compare its own id, not its whole path)
-            if msg.get("session") != self.session or not path or path[-1] not in self.path[:-1]:
-                raise P.ProtocolError("adoption by a node that is not an ancestor in this chain")
-        except (P.ProtocolError, KeyError, TypeError) as exc:
-            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {exc}",
-                             {"t": "refuse", "why": str(exc)})  # fmt: skip
+            if msg.session != self.session or not path or path[-1] not in self.path[:-1]:
+                raise protocol.ProtocolError("adoption by a node that is not an ancestor in this chain")
+        except protocol.ProtocolError as exc:
+            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {exc}", Refuse(str(exc)))
             return
         if not self._adopters.acquire(blocking=False):
             why = "another adoption is under way"
-            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {why}",
-                             {"t": "refuse", "why": why})  # fmt: skip
+            self.gate.reject(hs, f"refused an adoption from {hs.addr}: {why}", Refuse(why))
             return
         threading.Thread(target=self._adopted, args=(hs, nonce_p, path), name="adopt",
                          daemon=True).start()  # fmt: skip
@@ -690,36 +705,36 @@ class Node:
         count, take its data connection and read on from it."""
         peer = _peer(hs)
         nonce_c, msg, addr = hs.context, hs.msg, hs.addr
+        assert isinstance(msg, Join)
         try:
             with self._adopt_lock:
                 if self.gave_up or self.relay is None:
-                    raise P.ProtocolError("too late to adopt this node")
-                self._orphan(f"adopted by {P.printable(msg.get('name'), MAX_NAME)}")
+                    raise protocol.ProtocolError("too late to adopt this node")
+                self._orphan(f"adopted by {msg.name}")
                 deadline = time.monotonic() + HANDSHAKE_TIMEOUT
                 while not self.relay.waiting_input.wait(0.05):
                     if time.monotonic() > deadline:
-                        raise P.ProtocolError("the stream from the old parent did not end")
+                        raise protocol.ProtocolError("the stream from the old parent did not end")
                 have = self.relay.bytes_in
-                welcome = P.welcome(nonce_c, nonce_p, self.secret, self.name)
-                welcome["have"] = have
+                welcome = handshake.welcome(nonce_c, nonce_p, self.secret, self.name, have)
                 # the adopter connects as soon as it reads the welcome: expect it first
                 assert self.gate is not None
-                wait = _DataWait(self.gate, P.data_token(self.secret, nonce_c, nonce_p), have)
+                wait = _DataWait(self.gate, handshake.data_token(self.secret, nonce_c, nonce_p), have)
                 try:
                     peer.sock.settimeout(HANDSHAKE_TIMEOUT)
-                    peer.sock.sendall(P.encode(welcome))
+                    peer.sock.sendall(encode(welcome))
                 except OSError:
                     self.gate.forget(wait.expect)
                     raise
                 data = wait.result(HANDSHAKE_TIMEOUT)
-                self.parent_bound = bool(msg.get("bound"))
+                self.parent_bound = msg.bound
                 if self.parent_bound:
                     data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEAL_SOCKBUF)
                 peer.sock.settimeout(None)
                 peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peer.last = time.monotonic()
                 self.parent = peer
-                self.parent_name = P.printable(msg.get("name") or addr, MAX_NAME)
+                self.parent_name = msg.name or protocol.printable(addr, MAX_NAME)
                 self.path = path + [self.node_id]
                 self.data_in = data
                 self.orphaned.clear()
@@ -728,9 +743,9 @@ class Node:
             threading.Thread(target=self._read_parent, args=(peer,), name="parent",
                              daemon=True).start()  # fmt: skip
             peer.send(self._ready())
-        except (P.ProtocolError, OSError, KeyError, TypeError) as exc:
+        except (protocol.ProtocolError, OSError) as exc:
             self.log.error(f"refused an adoption from {addr}: {exc}")
-            peer.send({"t": "refuse", "why": str(exc)})
+            peer.send(Refuse(str(exc)))
             peer.close()
         finally:
             self._adopters.release()
@@ -744,14 +759,14 @@ class Node:
             self.end_event.wait(0.1)
         if self.end_event.is_set() and self.end_short:
             with self.lock:  # our parent finished with -conrf: the stream was cut above it
-                self.codes.append(P.Code.NRF.value)
+                self.codes.append(protocol.Code.NRF.value)
                 self.fatal = self.fatal or not self.cfg.conrf
                 self.detail = f"stream cut upstream ({self.end_short}), {received} bytes received"
             self.log.error(f"network read failure (NRF): the stream was cut upstream "
                            f"({self.end_short}); {received} bytes received")  # fmt: skip
         if self.end_event.is_set() and self.end_bytes != received:
             with self.lock:
-                self.codes.append(P.Code.NRF.value)
+                self.codes.append(protocol.Code.NRF.value)
                 self.fatal = True
                 self.detail = f"received {received} of {self.end_bytes} bytes"
             self.log.error(f"short stream: received {received} of {self.end_bytes} bytes")
@@ -797,7 +812,7 @@ class Node:
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     if cfg.connf <= 0:
-                        raise Fatal(P.Code.NNF, str(ep),
+                        raise Fatal(protocol.Code.NNF, str(ep),
                                     f"child {ep} did not join within {cfg.timeout:g} s (-t)")  # fmt: skip
                     self.log.message(f"child {ep} did not join within {cfg.connf:g} s")
                     break
@@ -808,15 +823,15 @@ class Node:
                     time.sleep(CONNECT_RETRY)
                 except _Unreachable as exc:
                     if not cfg.wait_boot:
-                        raise Fatal(P.Code.NNF, str(ep),
+                        raise Fatal(protocol.Code.NNF, str(ep),
                                     f"child {ep} is not reachable ({exc}); -w waits for it") from None  # fmt: skip
                     time.sleep(1.0)
         # no candidate joined: the branch is dropped (only possible with -connf)
         names = ",".join(str(e) for e in link.hostlist)
         link.name = str(link.hostlist[0])
         link.dead = True
-        link.codes.append(P.Code.NNF.value)
-        link.failure = (link.name, P.Code.NNF.value, f"none of [{names}] joined")
+        link.codes.append(protocol.Code.NNF.value)
+        link.failure = (link.name, protocol.Code.NNF.value, f"none of [{names}] joined")
         link.done.set()
         self.log.error(f"could not connect to child {link.index} [{names}]: NNF")
 
@@ -840,39 +855,37 @@ class Node:
         peer = Peer(ctrl, str(ep))
         try:
             msg = peer.recv(HANDSHAKE_TIMEOUT)
-            if not adopt and msg.get("t") == "hello" and "busy" in msg:
-                msg = {"t": "refuse", "busy": msg["busy"], "why": msg.get("why")}  # -heal node
-            if msg.get("t") == "refuse" and "busy" in msg:
+            if not adopt and isinstance(msg, Hello) and msg.busy is not None:
+                msg = Refuse(msg.why, busy=msg.busy)  # a -heal node that has a parent
+            if isinstance(msg, Refuse) and msg.busy is not None:
                 peer.close()
-                if msg["busy"] and msg["busy"] == self.session:
-                    raise Fatal(P.Code.NNF, str(ep), f"loop: {P.printable(msg.get('why'), P.TEXT_MAX)}")
+                if msg.busy and msg.busy == self.session:
+                    raise Fatal(protocol.Code.NNF, str(ep), f"loop: {msg.why}")
                 raise _Retry()
-            nonce_p = os.urandom(16)
+            nonce_p = auth.nonce()
             try:
-                join, nonce_c = P.answer_hello(msg, nonce_p, self.secret, self.name,
-                                               self.session, self.path)  # fmt: skip
-            except P.AuthError as exc:
-                peer.send({"t": "refuse", "why": exc.for_peer})
+                # bound: our replay window needs bounded socket buffers
+                join, nonce_c = handshake.answer_hello(msg, nonce_p, self.secret, self.name,
+                                                       self.session, self.path, adopt=adopt,
+                                                       bound=self._bounded())  # fmt: skip
+            except protocol.AuthError as exc:
+                peer.send(Refuse(exc.for_peer))
                 raise
-            if adopt:
-                join["adopt"] = True
-            if self._bounded():
-                join["bound"] = True  # our replay window needs bounded socket buffers
-            ctrl.sendall(P.encode(join))
+            ctrl.sendall(encode(join))
             welcome = peer.recv(HANDSHAKE_TIMEOUT)
-            name = P.check_welcome(welcome, nonce_c, nonce_p, self.secret)
-            have = int(welcome.get("have", 0)) if adopt else 0
+            name = handshake.check_welcome(welcome, nonce_c, nonce_p, self.secret)
+            have = welcome.have if adopt and isinstance(welcome, Welcome) else 0
             data = _connect(host, port, HANDSHAKE_TIMEOUT,
                             HEAL_SOCKBUF if self._bounded() else 0)  # fmt: skip
             # at most DATA_LOWAT bytes wait unsent in each hop's send buffer: with
             # autotuning they were 1-3.6 MB a hop, drained after the last byte left the
             # root (0.04-0.15 s a hop at 200 Mbit/s, see docs/nettee.md "Pipeline latency")
             data.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, DATA_LOWAT)
-            data.sendall(P.data_header(P.data_token(self.secret, nonce_c, nonce_p), have))
-        except P.AuthError as exc:
+            data.sendall(protocol.data_header(handshake.data_token(self.secret, nonce_c, nonce_p), have))
+        except protocol.AuthError as exc:
             peer.close()
-            raise Fatal(P.Code.NNF, str(ep), f"child {ep}: authentication failed: {exc}") from None
-        except (P.ProtocolError, OSError, ValueError, TypeError) as exc:
+            raise Fatal(protocol.Code.NNF, str(ep), f"child {ep}: authentication failed: {exc}") from None
+        except (protocol.ProtocolError, OSError, ValueError, TypeError) as exc:
             peer.close()
             self.log.message(f"child {ep}: handshake failed ({exc}); retrying")
             raise _Retry() from None
@@ -897,40 +910,36 @@ class Node:
             while True:
                 for msg in peer.drain(data):
                     peer.last = time.monotonic()
-                    kind = msg.get("t")
-                    if kind == "ping":
-                        link.progress = int(msg.get("bytes", 0))
-                    elif kind == "ready":
-                        names = msg.get("nodes")
-                        names = names if isinstance(names, list) else []
-                        link.subtree = [P.printable(n) for n in names] or [link.name]
-                        kids = msg.get("kids")
-                        if isinstance(kids, list):
-                            link.kids = [k for k in kids if isinstance(k, dict)]
+                    if isinstance(msg, Ping):
+                        link.progress = msg.received or 0
+                    elif isinstance(msg, Ready):
+                        link.subtree = list(msg.nodes) or [link.name]
+                        if msg.kids is not None:
+                            link.kids = msg.kids
                         link.ready.set()
-                    elif kind == "fail":
-                        self._child_failed(link, P.printable(msg.get("code", "BSTAT"), P.CODE_MAX),
-                                           P.printable(msg.get("node", link.name)),
-                                           P.printable(msg.get("why", ""), P.TEXT_MAX))  # fmt: skip
+                    elif isinstance(msg, Fail):
+                        self._child_failed(link, msg.code, msg.node or link.name, msg.why)
                         return
-                    elif kind == "report":
-                        try:
-                            link.results = P.parse_report(msg)
-                            heals = msg.get("heals")
-                            if isinstance(heals, list):
-                                with self.lock:
-                                    self.heals.extend(h for h in heals if isinstance(h, dict))
-                        except P.ProtocolError as exc:
-                            link.codes.append(P.Code.BSTAT.value)
-                            link.failure = (link.name, P.Code.BSTAT.value, str(exc))
+                    elif isinstance(msg, Report):
+                        link.results = list(msg.nodes)
+                        with self.lock:
+                            self.heals.extend(msg.heals)
                         link.done.set()
                         return
                 data = peer.sock.recv(65536)
                 if not data:
                     break
-        except (OSError, P.ProtocolError, ValueError) as exc:
+        except protocol.ProtocolError as exc:
+            if exc.kind != Report.TYPE:
+                why = f"connection lost: {exc}"
+            else:  # a report that is not one: the child's status is unknown or bad
+                link.codes.append(protocol.Code.BSTAT.value)
+                link.failure = (link.name, protocol.Code.BSTAT.value, str(exc))
+                link.done.set()
+                return
+        except OSError as exc:
             why = f"connection lost: {exc}"
-        self._child_failed(link, (P.Code.NRF if self.pull else P.Code.NWF).value, link.name, why)
+        self._child_failed(link, (protocol.Code.NRF if self.pull else protocol.Code.NWF).value, link.name, why)
 
     def _child_write_failed(self, link: ChildLink, exc: OSError) -> None:
         """Writing to a child failed. If it closed its end (EPIPE, ECONNRESET) it is
@@ -941,10 +950,10 @@ class Node:
         why = f"write: {exc.strerror}"
         healing = self.cfg.heal and not self.pull and self.relay is not None
         if healing or link.peer is None or exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-            self._child_failed(link, P.Code.NWF.value, link.name, why)
+            self._child_failed(link, protocol.Code.NWF.value, link.name, why)
             return
         t = threading.Timer(REASON_WAIT, self._child_failed,
-                            (link, P.Code.NWF.value, link.name, why))  # fmt: skip
+                            (link, protocol.Code.NWF.value, link.name, why))  # fmt: skip
         t.daemon = True
         t.start()
 
@@ -967,10 +976,10 @@ class Node:
             self.collapse(code, node, why, link=link)
             return
         how = "-heal" if healing else "-conrf" if self.pull else "-conwf"
-        self.log.error(f"{P.child_line(link.index, link.label, link.codes)} ({node}: {why});"
+        self.log.error(f"{protocol.child_line(link.index, link.label, link.codes)} ({node}: {why});"
                        f" {how}: carrying on without it")  # fmt: skip
         if healing and link.peer is not None:  # a stalled node learns it was replaced
-            link.peer.send({"t": "abort", "why": f"declared dead by {self.name}: {why}"})
+            link.peer.send(Abort(f"declared dead by {self.name}: {why}"))
         self._cut(link)
         link.ready.set()
         if healing:
@@ -980,56 +989,49 @@ class Node:
 
     # ------------------------------------------------------------ -heal, parent side
 
-    def _report_msg(self, nodes: list[P.NodeResult]) -> dict:
-        msg = P.report(nodes)
-        if self.heals:  # what was healed in this subtree travels up to the root's -report
-            msg["heals"] = self.heals
-        return msg
+    def _report_msg(self, nodes: list[protocol.NodeResult]) -> Report:
+        # what was healed in this subtree travels up to the root's -report
+        return Report(tuple(nodes), tuple(self.heals))
 
     def _heal(self, dead: ChildLink, detected: float) -> None:
         """Adopt the dead child's children (or theirs, if they are dead too)."""
         relay = self.relay
         assert relay is not None
-        event: dict = {"dead": dead.name, "by": self.name, "detected": detected, "adopted": [],
-                       "lost": []}  # fmt: skip
+        adopted: list[Adopted] = []
+        lost: list[str] = []
         try:
             todo = list(dead.kids)
             while todo:
                 kid = todo.pop(0)
-                name = P.printable(kid.get("name", "?"))
                 try:
                     at = self._adopt(kid)
                 except Fatal as f:
-                    self.log.error(f"-heal: could not adopt {name}: {f.why}")
-                    event["lost"].append(name)
-                    todo.extend(k for k in kid.get("kids", []) if isinstance(k, dict))
+                    self.log.error(f"-heal: could not adopt {kid.name}: {f.why}")
+                    lost.append(kid.name)
+                    todo.extend(kid.kids)
                     continue
-                event["adopted"].append({"name": name, "offset": at})
+                adopted.append(Adopted(kid.name, at))
         finally:
-            event["resumed"] = time.time()
+            event = Heal(dead.name, self.name, detected, time.time(), tuple(adopted), tuple(lost))
             with self.lock:
                 dead.subtree = [dead.name]  # the others report for themselves
                 self.heals.append(event)
             relay.release()
-        took = event["resumed"] - detected
+        took = event.resumed - detected
         self.log.error(f"-heal: {dead.name} is lost; adopted "
-                       f"{', '.join(a['name'] for a in event['adopted']) or 'nobody'}"
+                       f"{', '.join(a.name for a in adopted) or 'nobody'}"
                        f" in {took * 1000:.0f} ms")  # fmt: skip
 
-    def _adopt(self, kid: dict) -> int:
+    def _adopt(self, kid: Kid) -> int:
         """Take over one grandchild: handshake, replay what it lacks, add its output."""
+        ep = Endpoint(kid.host, kid.port)
         with self.lock:
-            link = ChildLink(len(self.links), (), name=P.printable(kid.get("name", "?")), adopted=True)
+            link = ChildLink(len(self.links), (ep,), name=kid.name, adopted=True)
             self.links.append(link)
 
         def lost(why: str) -> Fatal:
-            return self._drop_adopted(link, P.Code.NNF, why)
+            return self._drop_adopted(link, protocol.Code.NNF, why)
 
-        try:
-            ep = Endpoint(str(kid["host"]), int(kid["port"]))
-        except (KeyError, TypeError, ValueError):
-            raise lost(f"bad child location {kid!r}") from None
-        link.hostlist = (ep,)
         deadline = time.monotonic() + ADOPT_TRY
         have = -1
         while have < 0:
@@ -1061,13 +1063,13 @@ class Node:
             return self._adopt_late(link, add, data)
         if not add.done.is_set() or not add.ok:
             why = f"replay failed: {add.why or 'the relay did not take the output'}"
-            raise self._drop_adopted(link, P.Code.NWF, why)
+            raise self._drop_adopted(link, protocol.Code.NWF, why)
         link.base = add.position
         self.log.message(f"-heal: {link.name} resumed at byte {have}, "
                          f"{add.position - have} bytes replayed")  # fmt: skip
         return have
 
-    def _drop_adopted(self, link: ChildLink, code: P.Code, why: str) -> Fatal:
+    def _drop_adopted(self, link: ChildLink, code: protocol.Code, why: str) -> Fatal:
         """An adoption failed: the link is dead and reported; returns the Fatal to raise."""
         with self.lock:
             link.dead = True
@@ -1099,11 +1101,11 @@ class Node:
             self.relay.catch_up(add, total)
             data.shutdown(socket.SHUT_WR)
         except (OSError, ValueError) as exc:
-            raise self._drop_adopted(link, P.Code.NWF, f"replay failed: {exc}") from None
+            raise self._drop_adopted(link, protocol.Code.NWF, f"replay failed: {exc}") from None
         link.sink = None
         link.base = total
         if link.peer is not None:
-            link.peer.send({"t": "end", "bytes": total})
+            link.peer.send(End(total))
         self.log.message(f"-heal: {link.name} resumed at byte {add.offset} after the end, "
                          f"{total - add.offset} bytes replayed")  # fmt: skip
         return add.offset
@@ -1167,21 +1169,18 @@ class Node:
 
         return reread
 
-    def _ready(self) -> dict:
-        msg: dict = {"t": "ready", "nodes": self._subtree_names()}
-        if self.cfg.heal:
-            msg["kids"] = self._kids()
-        return msg
+    def _ready(self) -> Ready:
+        return Ready(tuple(self._subtree_names()), self._kids() if self.cfg.heal else None)
 
-    def _kids(self) -> list[dict]:
+    def _kids(self) -> tuple[Kid, ...]:
         """Where this node's children are, for an ancestor that must adopt them."""
         out = []
         for lk in self.links:
             if lk.peer is None or lk.dead or lk.endpoint is None:
                 continue
             host, port = lk.endpoint.with_default(self.cfg.port)
-            out.append({"name": lk.name, "host": host, "port": port, "kids": lk.kids})
-        return out
+            out.append(Kid(lk.name, host, port, lk.kids))
+        return tuple(out)
 
     def _subtree_names(self) -> list[str]:
         names = [self.name]
@@ -1310,10 +1309,10 @@ class Node:
         dest = f"-cmd {self.cfg.cmd!r}" if self.out_cmd is not None else self.cfg.out
         why = exc.strerror if exc.errno == 0 else f"write to {dest}: {exc.strerror}"
         if not self.cfg.colwf:
-            self.collapse(P.Code.LWF, self.name, why)
+            self.collapse(protocol.Code.LWF, self.name, why)
             return
         with self.lock:
-            self.codes.append(P.Code.LWF.value)
+            self.codes.append(protocol.Code.LWF.value)
             self.detail = why
         self.log.error(f"local write failure (LWF): {why}; -colwf: relaying on")
 
@@ -1321,10 +1320,10 @@ class Node:
         src = f"-cmd {self.cfg.cmd!r}" if self.in_cmd is not None else ",".join(self.cfg.inputs)
         why = exc.strerror if exc.errno == 0 else f"read from {src}: {exc.strerror}"
         if not self.cfg.colrf:
-            self.collapse(P.Code.LRF, self.name, why)
+            self.collapse(protocol.Code.LRF, self.name, why)
             return
         with self.lock:
-            self.codes.append(P.Code.LRF.value)
+            self.codes.append(protocol.Code.LRF.value)
             self.detail = why
         self.log.error(f"local read failure (LRF): {why}; -colrf: ending the stream here")
 
@@ -1353,7 +1352,7 @@ class Node:
             return
         why = f"source {','.join(self.cfg.inputs)} changed during the stream: {why}"
         with self.lock:
-            self.codes.append(P.Code.LRF.value)
+            self.codes.append(protocol.Code.LRF.value)
             self.detail = why
             self.fatal = True
             self.source_changed = why
@@ -1368,26 +1367,26 @@ class Node:
             except OSError:
                 pass
             sent = link.base + (link.sink.sent if link.sink else 0)
-            end: dict = {"t": "end", "bytes": sent}
+            short = ""
             if self.upstream_gone.is_set() and not self.end_event.is_set():
-                end["short"] = f"{self.name}: {self.detail}"  # -conrf: we finished early
+                short = f"{self.name}: {self.detail}"  # -conrf: we finished early
             elif self.end_short:
-                end["short"] = self.end_short
+                short = self.end_short
             elif self.source_changed:  # every node below holds a copy of no version
-                end["short"] = f"{self.name}: {self.source_changed}"
-            link.peer.send(end)
+                short = f"{self.name}: {self.source_changed}"
+            link.peer.send(End(sent, short))
 
-    def _collect(self) -> list[P.NodeResult]:
+    def _collect(self) -> list[protocol.NodeResult]:
         """Wait for every child's report; merge them under this node's own result."""
         for link in self.links:
             while not link.done.wait(0.2):
                 pass
         out_bytes = self.local.sent if self.local is not None else 0
         produced = self.relay.bytes_in if self.relay else 0
-        me = P.NodeResult(name=self.name, depth=0,
+        me = protocol.NodeResult(name=self.name, depth=0,
                           bytes_in=produced if self.bytes_received is None else self.bytes_received,
                           bytes_up=self.up_sink.sent if self.up_sink is not None else 0,
-                          bytes_out=out_bytes, codes=P.sort_codes(self.codes),
+                          bytes_out=out_bytes, codes=protocol.sort_codes(self.codes),
                           seconds=round(self.stream_seconds, 3),
                           detail=self.detail, local_out=self.out_fd is not None,
                           fatal=self.fatal)  # fmt: skip
@@ -1413,11 +1412,11 @@ class Node:
                     detail = f"sent {head.bytes_up} bytes, {moved} arrived"
                 else:
                     moved, detail = sent, f"received {head.bytes_in} bytes, {sent} were sent"
-                if P.check_counts(moved, sub, self.pull):
-                    head.codes = P.sort_codes(head.codes + [P.Code.BBC.value])
+                if protocol.check_counts(moved, sub, self.pull):
+                    head.codes = protocol.sort_codes(head.codes + [protocol.Code.BBC.value])
                     head.fatal = True
                     head.detail = detail
-                    link.codes.append(P.Code.BBC.value)
+                    link.codes.append(protocol.Code.BBC.value)
                 for n in sub:
                     n.depth += 1
                 nodes.extend(sub)
@@ -1425,42 +1424,42 @@ class Node:
                 nodes.extend(self._lost_branch(link))
         return nodes
 
-    def _lost_branch(self, link: ChildLink) -> list[P.NodeResult]:
+    def _lost_branch(self, link: ChildLink) -> list[protocol.NodeResult]:
         """Results for a branch that sent no report: name every node in it."""
-        node, code, why = link.failure or (link.label, P.Code.BSTAT.value, "no report")
+        node, code, why = link.failure or (link.label, protocol.Code.BSTAT.value, "no report")
         # we are still running, so -conwf/-connf handled the loss; a bad report was not handled
-        fatal = code == P.Code.BSTAT.value
+        fatal = code == protocol.Code.BSTAT.value
         names = link.subtree or [link.label]
         out = []
         for i, name in enumerate(names):
             depth = 1 if i == 0 else 2
             if name == node:
-                out.append(P.NodeResult(name=name, depth=depth, codes=[code], detail=why,
+                out.append(protocol.NodeResult(name=name, depth=depth, codes=[code], detail=why,
                                         fatal=fatal))  # fmt: skip
             else:
-                out.append(P.NodeResult(name=name, depth=depth, codes=[P.Code.BSTAT.value],
+                out.append(protocol.NodeResult(name=name, depth=depth, codes=[protocol.Code.BSTAT.value],
                                         fatal=fatal,
                                         detail=f"no report: branch lost at {node} ({code})"))  # fmt: skip
         if node not in names:
-            out.insert(0, P.NodeResult(name=node, depth=2, codes=[code], detail=why, fatal=fatal))
+            out.insert(0, protocol.NodeResult(name=node, depth=2, codes=[code], detail=why, fatal=fatal))
         return out
 
     @staticmethod
-    def _all_codes(nodes: list[P.NodeResult]) -> list[str]:
+    def _all_codes(nodes: list[protocol.NodeResult]) -> list[str]:
         return [c for n in nodes for c in n.codes]
 
     # ------------------------------------------------------------ root summary
 
-    def _root_summary(self, nodes: list[P.NodeResult]) -> int:
-        for n in P.check_digests(nodes):
-            n.codes = P.sort_codes(n.codes + [P.Code.BDG.value])
+    def _root_summary(self, nodes: list[protocol.NodeResult]) -> int:
+        for n in protocol.check_digests(nodes):
+            n.codes = protocol.sort_codes(n.codes + [protocol.Code.BDG.value])
             n.fatal = True
             n.detail = f"digest {n.digest} differs from the root's {nodes[0].digest}"
             for link in self.links:  # the child line of the branch that holds it
                 if link.results and n in link.results:
-                    link.codes.append(P.Code.BDG.value)
+                    link.codes.append(protocol.Code.BDG.value)
         self._print_summary(nodes)
-        joined = [n for n in nodes[1:] if P.Code.NNF.value not in n.codes]
+        joined = [n for n in nodes[1:] if protocol.Code.NNF.value not in n.codes]
         status = 1 if any(n.fatal for n in nodes) else 0
         if self.links and not joined:
             self.log.error("no child joined: nothing was delivered")
@@ -1468,34 +1467,34 @@ class Node:
         self._write_report(nodes, "ok" if status == 0 else "failed", self.stream_seconds)
         return status
 
-    def _print_summary(self, nodes: list[P.NodeResult]) -> None:
+    def _print_summary(self, nodes: list[protocol.NodeResult]) -> None:
         total = nodes[0].bytes_in
         secs = max(self.stream_seconds, 1e-9)
         failed = any(n.codes for n in nodes)
         say = self.log.error if failed else self.log.message
         for link in self.links:
             own = list(link.codes) + (link.results[0].codes if link.results else [])
-            say(P.child_line(link.index, link.label, own))
-        say(P.chain_line(self._all_codes(nodes[1:])))
+            say(protocol.child_line(link.index, link.label, own))
+        say(protocol.chain_line(self._all_codes(nodes[1:])))
         for n in nodes:
             if n.codes:
-                self.log.error(f"node {n.name}: {P.format_codes(n.codes)} ({n.detail})")
+                self.log.error(f"node {n.name}: {protocol.format_codes(n.codes)} ({n.detail})")
         for n in nodes:
             self.log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
-                             f"{n.seconds:.2f} s, {P.format_codes(n.codes)}")  # fmt: skip
+                             f"{n.seconds:.2f} s, {protocol.format_codes(n.codes)}")  # fmt: skip
         verb = f"received {total} bytes from" if self.pull else f"sent {total} bytes to"
-        joined = sum(1 for n in nodes[1:] if P.Code.NNF.value not in n.codes)
+        joined = sum(1 for n in nodes[1:] if protocol.Code.NNF.value not in n.codes)
         self.log.message(f"{verb} {joined} node(s) in {secs:.2f} s "
                          f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
 
-    def _write_report(self, nodes: list[P.NodeResult], status: str, secs: float) -> None:
+    def _write_report(self, nodes: list[protocol.NodeResult], status: str, secs: float) -> None:
         if not self.cfg.report:
             return
         doc = {"status": status, "bytes": nodes[0].bytes_in if nodes else 0,
                "seconds": round(secs, 3), "session": self.session,
                "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
         if self.heals:
-            doc["heals"] = self.heals
+            doc["heals"] = [h.to_json() for h in self.heals]
         path = self.cfg.report
         try:
             if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout: in place
@@ -1536,16 +1535,16 @@ class Node:
             now = time.monotonic()
             received = self.relay.bytes_in if self.relay else 0
             if self.parent is not None and not self.report_sent:
-                self.parent.send({"t": "ping", "bytes": received})
+                self.parent.send(Ping(received))
                 stalled = self._silent(self.parent, now)
                 if stalled and not self.upstream_gone.is_set() and not self.end_event.is_set():
                     self._parent_failed(f"parent silent for {self.cfg.stall:g} s (stalled?)")
             for link in list(self.links):
                 if link.peer is None or link.dead or link.done.is_set():
                     continue
-                link.peer.send({"t": "ping"})
+                link.peer.send(Ping())
                 if self._silent(link.peer, now):
-                    self._child_failed(link, P.Code.NWF.value, link.name,
+                    self._child_failed(link, protocol.Code.NWF.value, link.name,
                                        f"silent for {self.cfg.stall:g} s (stalled?)")  # fmt: skip
             if self.log.on(8) and self.relay is not None and now - last_status >= 2.0:
                 rate = (received - last_bytes) / (now - last_status) / 1e6
@@ -1563,17 +1562,17 @@ class Node:
             self.collapsing = True
         code = str(code)
         if link is not None:
-            self.log.error(P.child_line(link.index, link.label, link.codes))
-        self.log.error(f"{node}: {P.CODE_TEXT.get(code, code)} ({code}): {why}")
-        self.log.error(P.chain_line([code]))
+            self.log.error(protocol.child_line(link.index, link.label, link.codes))
+        self.log.error(f"{node}: {protocol.CODE_TEXT.get(code, code)} ({code}): {why}")
+        self.log.error(protocol.chain_line([code]))
         self.log.error(f"collapsing the tree at {self.name}")
         if self.parent is not None and tell_parent:
-            self.parent.send({"t": "fail", "code": code, "node": node, "why": why})
+            self.parent.send(Fail(code, node, why))
         for lk in self.links:
             if lk.peer is not None and lk is not link:
-                lk.peer.send({"t": "abort", "why": f"{node}: {code}: {why}"})
+                lk.peer.send(Abort(f"{node}: {code}: {why}"))
         if self.cfg.role is Role.ROOT:
-            self._write_report([P.NodeResult(name=node, depth=0, codes=[code], detail=why,
+            self._write_report([protocol.NodeResult(name=node, depth=0, codes=[code], detail=why,
                                               fatal=True)], "collapsed", 0.0)  # fmt: skip
         for cmd in (self.in_cmd, self.out_cmd):
             if cmd is not None:

@@ -1,39 +1,33 @@
-"""nettee's wire protocol (pure logic, no I/O).
+"""nettee's wire protocol: the layers under the messages (pure logic, no I/O).
 
 Two TCP connections join a parent to each child, on the child's PORT+1
 (control) and PORT (data):
 
-* **control** carries length-prefixed JSON messages both ways: the
-  handshake (with an HMAC challenge-response when a shared secret is set),
-  heartbeats, the end-of-stream byte count, failure notices and the final
-  report of the child's whole subtree.
+* **control** carries length-prefixed JSON frames both ways; each frame is
+  one typed message of :mod:`beokit.nettee.messages` (the handshake of
+  :mod:`beokit.nettee.handshake`, heartbeats, the end-of-stream byte count,
+  failure notices and the final report of the child's whole subtree).
 * **data** starts with a fixed 32-byte header (magic, a token bound to the
   control handshake, the stream offset) and then carries the raw stream,
   nothing else, so the kernel can splice it.  The parent ends it with
   ``shutdown(SHUT_WR)``; a close without the control ``end`` message is a
   network read failure, never a silent short file.
 
-Handshake (child speaks first, so a wrong peer learns nothing)::
-
-    child  -> parent   hello   {v, nonce_c, auth, name}
-    parent -> child    join    {v, nonce_p, mac_p, name, session, path}
-    child  -> parent   welcome {mac_c, name}          (or refuse {why})
-    parent -> child    data connection: MAGIC token offset, then bytes
-
-    mac_p = HMAC-SHA256(secret, "nettee-parent" | nonce_c | nonce_p)
-    mac_c = HMAC-SHA256(secret, "nettee-child"  | nonce_p | nonce_c)
-    token = HMAC-SHA256(secret or nonce_c, "nettee-data" | nonce_c | nonce_p)[:16]
+This module holds what the others build on: the man page's error codes,
+the decode errors, the framing, the data header, and a node's result with
+the rules that compare results (byte counts, digests).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from beokit.errors import WireError
 
 # every name and reason a peer sends passes through printable before it is shown
 from beokit.nettee.text import NAME_MAX as NAME_MAX
@@ -48,8 +42,16 @@ TEXT_MAX = 1000  # a reason (why, detail) taken from a peer
 CODE_MAX = 16  # an error code taken from a peer
 
 
-class ProtocolError(Exception):
-    """The peer sent something that is not nettee's protocol."""
+class ProtocolError(WireError):
+    """The peer sent something that is not nettee's protocol.
+
+    ``kind`` is the type of the message that failed to decode, when it had
+    one (a bad ``report`` is the child's BSTAT, not a lost connection).
+    """
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class AuthError(ProtocolError):
@@ -96,15 +98,17 @@ _ORDER = list(Code)
 # ---------------------------------------------------------------- framing
 
 
-def encode(msg: dict) -> bytes:
-    body = json.dumps(msg, separators=(",", ":")).encode()
+def encode_frame(obj: dict) -> bytes:
+    """One frame: a 4-byte length, then compact JSON (messages.encode builds ``obj``)."""
+    body = json.dumps(obj, separators=(",", ":")).encode()
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes is too large")
     return FRAME.pack(len(body)) + body
 
 
 class FrameDecoder:
-    """Feed bytes, get whole messages (dicts with a string ``t``)."""
+    """Feed bytes, get whole frames (JSON objects with a string ``t``);
+    :class:`beokit.nettee.messages.MessageDecoder` turns them into messages."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -121,12 +125,12 @@ class FrameDecoder:
             body = bytes(self._buf[FRAME.size : FRAME.size + size])
             del self._buf[: FRAME.size + size]
             try:
-                msg = json.loads(body)
+                obj = json.loads(body)
             except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd nesting
                 raise ProtocolError(f"undecodable message: {str(exc)[:80]}") from None
-            if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+            if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
                 raise ProtocolError("message without a type")
-            out.append(msg)
+            out.append(obj)
         return out
 
     @property
@@ -134,102 +138,7 @@ class FrameDecoder:
         return len(self._buf)
 
 
-# ---------------------------------------------------------------- handshake
-
-
-def _mac(secret: bytes, label: bytes, a: bytes, b: bytes) -> bytes:
-    return hmac.new(secret, label + a + b, hashlib.sha256).digest()
-
-
-def data_token(secret: bytes | None, nonce_c: bytes, nonce_p: bytes) -> bytes:
-    return _mac(secret or nonce_c, b"nettee-data", nonce_c, nonce_p)[:16]
-
-
-def hello(nonce_c: bytes, secret: bytes | None, name: str) -> dict:
-    return {"t": "hello", "v": VERSION, "nonce": nonce_c.hex(), "auth": secret is not None,
-            "name": name}  # fmt: skip
-
-
-def _nonce(msg: dict, key: str = "nonce") -> bytes:
-    try:
-        value = bytes.fromhex(msg[key])
-    except (KeyError, TypeError, ValueError):
-        raise ProtocolError(f"{msg.get('t')} without a valid {key}") from None
-    if len(value) < 16:
-        raise ProtocolError(f"{msg.get('t')} nonce too short")
-    return value
-
-
-def answer_hello(msg: dict, nonce_p: bytes, secret: bytes | None, name: str, session: str,
-                 path: list[str]) -> tuple[dict, bytes]:  # fmt: skip
-    """Parent side: check the child's hello, build the join; returns (join, nonce_c)."""
-    if msg.get("t") == "refuse":
-        raise AuthError(f"refused: {printable(msg.get('why', 'no reason given'), TEXT_MAX)}")
-    if msg.get("t") != "hello":
-        raise ProtocolError(f"expected hello, got {msg.get('t')!r}")
-    if msg.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {msg.get('v')!r}, this nettee speaks {VERSION}")
-    nonce_c = _nonce(msg)
-    if msg.get("auth") and secret is None:
-        raise AuthError("it requires a shared secret and this node has none (set NETTEE_SECRET)",
-                        "the parent has no shared secret and this node requires one")
-    if not msg.get("auth") and secret is not None:
-        raise AuthError("it has no shared secret and this node requires one",
-                        "this node has no shared secret and the parent requires one "
-                        "(set NETTEE_SECRET)")
-    mac = _mac(secret, b"nettee-parent", nonce_c, nonce_p).hex() if secret else None
-    join = {"t": "join", "v": VERSION, "nonce": nonce_p.hex(), "mac": mac, "name": name,
-            "session": session, "path": path}  # fmt: skip
-    return join, nonce_c
-
-
-def check_join(msg: dict, nonce_c: bytes, secret: bytes | None, node_id: str) -> bytes:
-    """Child side: verify the parent's join; returns nonce_p or raises."""
-    if msg.get("t") != "join":
-        raise ProtocolError(f"expected join, got {msg.get('t')!r}")
-    if msg.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {msg.get('v')!r}, this nettee speaks {VERSION}")
-    nonce_p = _nonce(msg)
-    if secret is not None:
-        mac = msg.get("mac")
-        if not isinstance(mac, str):
-            raise AuthError("parent sent no proof of the shared secret (is NETTEE_SECRET set there?)")
-        try:
-            got = bytes.fromhex(mac)
-        except ValueError:
-            raise AuthError("parent sent a malformed proof") from None
-        if not hmac.compare_digest(got, _mac(secret, b"nettee-parent", nonce_c, nonce_p)):
-            raise AuthError("parent failed the shared-secret challenge (wrong secret)")
-    path = msg.get("path")
-    if not isinstance(path, list):
-        raise ProtocolError("join without a path")
-    if node_id in path:
-        raise ProtocolError("loop: this node is already upstream in the same chain")
-    return nonce_p
-
-
-def welcome(nonce_c: bytes, nonce_p: bytes, secret: bytes | None, name: str) -> dict:
-    mac = _mac(secret, b"nettee-child", nonce_p, nonce_c).hex() if secret else None
-    return {"t": "welcome", "mac": mac, "name": name}
-
-
-def check_welcome(msg: dict, nonce_c: bytes, nonce_p: bytes, secret: bytes | None) -> str:
-    """Parent side: verify the child's proof; returns the child's name."""
-    if msg.get("t") == "refuse":
-        raise AuthError(f"refused: {printable(msg.get('why', 'no reason given'), TEXT_MAX)}")
-    if msg.get("t") != "welcome":
-        raise ProtocolError(f"expected welcome, got {msg.get('t')!r}")
-    if secret is not None:
-        mac = msg.get("mac")
-        want = _mac(secret, b"nettee-child", nonce_p, nonce_c)
-        try:
-            ok = isinstance(mac, str) and hmac.compare_digest(bytes.fromhex(mac), want)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise AuthError("child failed the shared-secret challenge (wrong secret)")
-    name = msg.get("name")
-    return printable(name) if isinstance(name, str) and name else "?"
+# ---------------------------------------------------------------- data connection
 
 
 def data_header(token: bytes, offset: int = 0) -> bytes:
@@ -312,15 +221,6 @@ def chain_line(codes: Iterable[str]) -> str:
     return f"Failures detected in chain: {format_codes(codes)}"
 
 
-def parse_report(msg: dict) -> list[NodeResult]:
-    """A child's report: the results of every node of its subtree, itself first."""
-    if msg.get("t") != "report" or not isinstance(msg.get("nodes"), list) or not msg["nodes"]:
-        raise ProtocolError("bad report")
-    return [NodeResult.from_dict(d) for d in msg["nodes"]]
-
-
-def report(nodes: list[NodeResult]) -> dict:
-    return {"t": "report", "nodes": [n.to_dict() for n in nodes]}
 
 
 def check_counts(moved: int, results: list[NodeResult], pull: bool = False) -> list[str]:
