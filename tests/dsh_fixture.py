@@ -146,6 +146,18 @@ class Cluster:
 
         wait_for(settled, 10, f"loads {loads} on daemon {i}")
 
+    def settle_some(self, loads: dict[int, float], i: int = 1) -> None:
+        """Set loads, wait until daemon ``i`` shows them (the other members may be down)."""
+        for j, load in loads.items():
+            self.set_load(j, load)
+
+        def settled() -> bool:
+            ms = {m["name"]: m for m in self.status_json(i)["members"]}
+            return all(ms[addr(j)].get("load1") == load and ms[addr(j)]["extra"] == 0
+                       for j, load in loads.items())  # fmt: skip
+
+        wait_for(settled, 10, f"loads {loads} on daemon {i}")
+
     def best_node(self, i: int = 1) -> str:
         return query(addr(i), self.best, "best", "", self.secret, 5.0).split()[1]
 

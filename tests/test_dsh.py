@@ -252,6 +252,31 @@ def test_gossip_wire_path_relays_and_refuses_replays(tmp_path: Path) -> None:
     assert "old or replayed datagram" in log or "bad MAC" in log
 
 
+def test_ten_thousand_members_partial_view(tmp_path: Path) -> None:
+    """No ceiling below 10,000 members: a daemon in a cluster file of 10,000 (the
+    others not running: it gossips to them all the same, 4 datagrams a round)
+    answers; the status JSON of every member (a few MB, one line) is read whole by
+    beo top --json, and beo top --once lists the members up in this partial view
+    and says how many it leaves out."""
+    text = "".join(f"{addr(i)}\n" for i in (1, 2)) + "".join(
+        f"127.4.{i // 250}.{i % 250 + 1}\n" for i in range(9998))  # fmt: skip
+    with cluster(tmp_path, 1, period=PERIOD, cluster_text=text) as c:
+        c.settle_some({1: 0.5})
+        assert c.best_node(1) == addr(1)
+        cp = beo("top", "--json", "-d", addr(1), "-t", str(c.status), "--timeout", "10")
+        assert cp.returncode == 0, cp.stderr
+        doc = json.loads(cp.stdout)
+        assert doc["members_total"] == len(doc["members"]) == 10_000 and doc["up"] == 1
+        assert doc["view"] == "partial" and doc["gossip"]["fanout"] == 4
+        assert len(cp.stdout) > 1_000_000
+        cp = beo("top", "--once", "-d", addr(1), "-t", str(c.status), "--timeout", "10")
+        assert cp.returncode == 0, cp.stderr
+        assert "1/10000 up (partial view: 9999 members" in " ".join(cp.stdout.split())
+        assert addr(1) in cp.stdout and "127.4.0.1 " not in cp.stdout
+        st = c.status_json(1)["stats"]
+        assert 0 < st["sent"] + st["send_errors"] <= 4 * (st["rounds"] + 1)
+
+
 def test_ports_ask_for_the_secret(tmp_path: Path) -> None:
     secret = "s3"
     with cluster(tmp_path, 2, period=PERIOD, secret=secret) as c:

@@ -48,6 +48,7 @@ from beokit.dsh import packet as P
 from beokit.dsh.state import Event, Member, Table
 
 FANOUT = 4
+PARTNERS = 2
 ROUNDS = 4
 CANDIDATES = 8
 EXTRA = 4
@@ -58,6 +59,7 @@ class Params:
     """How much each daemon gossips (the defaults are the docs' arithmetic)."""
 
     fanout: int = FANOUT  # datagrams sent per round
+    partners: int = PARTNERS  # of them, to members that sent to this one lately
     rounds: int = ROUNDS  # rounds per period
     candidates: int = CANDIDATES  # least-loaded members in each datagram
     extra: int = EXTRA  # then recently demoted members, then a random sample
@@ -86,6 +88,7 @@ class Gossip:
         self._order: list[str] = []
         self._pos = 0
         self._top: list[str] = []  # the candidates of the last round
+        self._senders: dict[str, float] = {}  # member -> when its last datagram came
         self._demoted: dict[str, float] = {}  # name -> when it left the candidates
 
     # ---- configuration
@@ -93,8 +96,8 @@ class Gossip:
     def full_view(self) -> bool:
         """Does every member send to every other at least once a period (so that a
         member missing from the table is one that stopped reporting)?"""
-        p = self.params
-        return len(self.table.members) - 1 <= p.fanout * p.rounds
+        p, others = self.params, len(self.table.members) - 1
+        return others <= p.fanout or others <= (p.fanout - p.partners) * p.rounds
 
     def members_changed(self) -> None:
         """After :meth:`Table.set_members`: a new round-robin pass, no stale names."""
@@ -107,11 +110,21 @@ class Gossip:
         """This node's report (measured now): signed once, sent in every datagram."""
         return self.table.set_self(report, now, P.encode(report, self.secret))
 
-    def targets(self) -> list[str]:
-        """The next ``fanout`` members of the round-robin pass (distinct, never self)."""
-        members, me = self.table.members, self.table.self_name
-        want = min(self.params.fanout, len(members) - 1)
+    def targets(self, now: float | None = None) -> list[str]:
+        """This round's ``fanout`` destinations (distinct, never self): up to
+        ``partners`` taken at random among the members that sent to this one
+        within the expiry (members known to be alive, and as random as the
+        senders are: no member is everyone's partner), the others the next of
+        the round-robin pass over all members (which finds the rest)."""
+        members, me, p = self.table.members, self.table.self_name, self.params
+        want = min(p.fanout, len(members) - 1)
         out: list[str] = []
+        if now is not None and want < len(members) - 1 and p.partners:
+            limit = self.table.expire_after
+            self._senders = {n: t for n, t in self._senders.items()
+                             if now - t <= limit and n in members}  # fmt: skip
+            pool = list(self._senders)
+            out = self.rng.sample(pool, min(len(pool), p.partners, want))
         while len(out) < want:
             if self._pos >= len(self._order):
                 self._order = [n for n in members if n != me]
@@ -133,7 +146,7 @@ class Gossip:
         self._note_demoted([m.name for m in ranked[: p.candidates]], now)
         hot = [table.members[n] for n in sorted(self._demoted, key=self._demoted.__getitem__,
                                                 reverse=True)]  # fmt: skip
-        targets = self.targets()
+        targets = self.targets(now)
         pool = list(table.up_set.values())
         want = min(len(pool), p.extra + 2)  # a few more: some are taken already
         samples = [self.rng.sample(pool, want) for _ in targets]
@@ -221,6 +234,7 @@ class Gossip:
         why = self._check_sender(d, source)
         if why is not None:
             return [Event("reject", d.sender, why)]
+        self._senders[d.sender] = now
         members, me = table.members, table.self_name
         keep_marks, limit = table.keep_marks, table.expire_after
         events: list[Event] = []
