@@ -26,9 +26,7 @@ from boot_helpers import PORTS, SERVER, Server, write_config
 from dnslib import DNSRecord
 from vcluster_fixture import vcluster  # noqa: F401
 
-from beokit.boot import dhcp as D
-from beokit.boot import loadgen
-from beokit.boot import tftp as T
+from beokit.boot import dhcp, loadgen, tftp
 
 TFTP = (SERVER, PORTS["tftp"])
 DHCP = (SERVER, PORTS["dhcp"])
@@ -67,14 +65,14 @@ def test_oack_alone_until_ack0_then_retransmitted_with_bounded_tries(tmp_path):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.2.7", 0))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        rrq = T.build_rrq("img", "octet", BIG_OPTIONS)
+        rrq = tftp.build_rrq("img", "octet", BIG_OPTIONS)
         s.sendto(rrq, TFTP)
         # 1 + 3 tries after 0.2, 0.4, 0.8 s (then 1.6 s to give up): all within 6 s
         got = collect(s, 6.0)
-        kinds = [type(T.parse(d)).__name__ for d in got]
+        kinds = [type(tftp.parse(d)).__name__ for d in got]
         assert kinds == ["Oack"] * 4, kinds
         assert sum(map(len, got)) < 20 * len(rrq)  # (was ~8,000 x the request)
-        assert T.parse(got[0]).options == {"blksize": "65464", "windowsize": "64",
+        assert tftp.parse(got[0]).options == {"blksize": "65464", "windowsize": "64",
                                           "tsize": str(len(data))}  # fmt: skip
         assert srv.status()["counters"]["tftp-unconfirmed-ended"] == 1
         # a client that does acknowledge gets its window right after ACK 0, and the file
@@ -86,9 +84,9 @@ def test_oack_alone_until_ack0_then_retransmitted_with_bounded_tries(tmp_path):
 
 def test_transfer_state_machine_sends_only_the_oack_before_its_ack():
     """The pure layer, every path (ready/sent, take, ack_take, on_timer)."""
-    lim = T.Limits(max_blksize=65464, max_windowsize=64, timeout=1.0, retries=5)
-    acc = T.negotiate(BIG_OPTIONS, 10 << 20, lim)
-    x = T.Transfer(10 << 20, BIG_OPTIONS, acc, lim, 0.0)
+    lim = tftp.Limits(max_blksize=65464, max_windowsize=64, timeout=1.0, retries=5)
+    acc = tftp.negotiate(BIG_OPTIONS, 10 << 20, lim)
+    x = tftp.Transfer(10 << 20, BIG_OPTIONS, acc, lim, 0.0)
     assert list(x.take(0.0)) == [0] and not x.confirmed
     assert list(x.take(0.0)) == [] and x.ready() is None
     for stray in (1, 5, 63, 65535):  # ACKs of blocks never sent change nothing
@@ -101,7 +99,7 @@ def test_transfer_state_machine_sends_only_the_oack_before_its_ack():
     gaps = [b - a for a, b in zip(deadlines, deadlines[1:], strict=False)]
     assert gaps == sorted(gaps) and gaps[0] < gaps[-1]  # backoff (state, not timing)
     assert not x.on_timer(x.deadline) and x.failed  # bounded tries
-    y = T.Transfer(10 << 20, BIG_OPTIONS, acc, lim, 0.0)
+    y = tftp.Transfer(10 << 20, BIG_OPTIONS, acc, lim, 0.0)
     y.take(0.0)
     assert list(y.ack_take(0, 0.1)) == list(range(1, 65)) and y.confirmed
 
@@ -131,7 +129,7 @@ def relay_socket(addr: str) -> socket.socket:
 
 
 def decline(mac: bytes, ip: str, giaddr: str, server_id: str | None = SERVER) -> bytes:
-    return loadgen.request(D.DECLINE, mac, random.getrandbits(32), giaddr, requested=ip,
+    return loadgen.request(dhcp.DECLINE, mac, random.getrandbits(32), giaddr, requested=ip,
                            server_id=server_id)  # fmt: skip
 
 
@@ -188,10 +186,10 @@ def test_decline_rules_in_the_lease_database():
     and the quarter-of-the-pool bound with the oldest decline forgotten first."""
     import tomllib
 
-    from beokit.boot import config as C
+    from beokit.boot import config
     from beokit.boot.leases import LeaseDB
 
-    cfg = C.parse(tomllib.loads(SMALL_POOL + '[nodes]\nbase = "127.0.8.0"\ncount = 10\n'
+    cfg = config.parse(tomllib.loads(SMALL_POOL + '[nodes]\nbase = "127.0.8.0"\ncount = 10\n'
                                 '[nodes.macs]\n"52:54:00:00:00:05" = 5\n[[hosts]]\n'
                                 'mac = "52:54:00:00:00:aa"\nip = "127.0.9.1"\nname = "fs"\n'),
                   Path("/"))  # fmt: skip
@@ -225,13 +223,13 @@ def test_replies_are_not_reflected_off_the_subnet():
     on the boot network; an address on the subnet still gets its unicast."""
     import tomllib
 
-    from beokit.boot import config as C
+    from beokit.boot import config
     from beokit.boot.leases import LeaseDB
 
-    cfg = C.parse(tomllib.loads(SMALL_POOL), Path("/"))
-    logic = D.DhcpLogic(cfg, LeaseDB(cfg))
+    cfg = config.parse(tomllib.loads(SMALL_POOL), Path("/"))
+    logic = dhcp.DhcpLogic(cfg, LeaseDB(cfg))
     for ciaddr, dest in (("192.0.2.7", "<broadcast>"), ("127.0.16.9", "127.0.16.9")):
-        pkt = loadgen.request(D.INFORM, b"\x52\x54\0\0\0\x01", 7, "0.0.0.0", ciaddr=ciaddr)
+        pkt = loadgen.request(dhcp.INFORM, b"\x52\x54\0\0\0\x01", 7, "0.0.0.0", ciaddr=ciaddr)
         reply = logic.handle(pkt, ("0.0.0.0", 68), 0.0)
         assert reply is not None and reply.dest == (dest, 68), reply
 
@@ -273,21 +271,21 @@ def test_tftp_hpa_default_netascii_mode_gets_the_file_byte_identical(tmp_path):
             assert out.read_bytes() == TEXTY
             out.unlink()
         # tsize and the block count are those of the converted bytes
-        wire = T.to_netascii(TEXTY)
+        wire = tftp.to_netascii(TEXTY)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.2.11", 0))
         s.settimeout(10)
-        s.sendto(T.build_rrq("text", "netascii", {"tsize": "0", "blksize": "1468"}), TFTP)
+        s.sendto(tftp.build_rrq("text", "netascii", {"tsize": "0", "blksize": "1468"}), TFTP)
         data, peer = s.recvfrom(2048)
-        assert T.parse(data) == T.Oack({"tsize": str(len(wire)), "blksize": "1468"})
-        s.sendto(T.build_ack(0), peer)
+        assert tftp.parse(data) == tftp.Oack({"tsize": str(len(wire)), "blksize": "1468"})
+        s.sendto(tftp.build_ack(0), peer)
         got, block = bytearray(), 0
         while True:
-            msg = T.parse(s.recv(2048))
-            assert isinstance(msg, T.Data) and msg.block == (block + 1) & 0xFFFF
+            msg = tftp.parse(s.recv(2048))
+            assert isinstance(msg, tftp.Data) and msg.block == (block + 1) & 0xFFFF
             block += 1
             got += msg.payload
-            s.sendto(T.build_ack(msg.block), peer)
+            s.sendto(tftp.build_ack(msg.block), peer)
             if len(msg.payload) < 1468:
                 break
         assert bytes(got) == wire and block == len(wire) // 1468 + 1
@@ -301,16 +299,15 @@ def test_netascii_of_a_file_too_big_to_convert_is_a_clear_error(tmp_path, monkey
     twice in netascii is converted once (requests repeated or forged cost no CPU)."""
     import asyncio
 
-    from beokit.boot import config as C
-    from beokit.boot import server as S
+    from beokit.boot import config, files, server
 
-    monkeypatch.setattr(S, "MEM_MAX", 100_000)
+    monkeypatch.setattr(files, "MEM_MAX", 100_000)
     cfg_path = write_config(tmp_path)
     (tmp_path / "root" / "big.txt").write_bytes(b"x\n" * 100_000)
     (tmp_path / "root" / "small.txt").write_bytes(b"y\r\n" * 1000)
     port = PORTS["tftp"] + 102
-    srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
-                                 dns_port=0), C.load(cfg_path))  # fmt: skip
+    srv = server.BootServer(server.ServerOptions(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
+                                 dns_port=0), config.load(cfg_path))  # fmt: skip
 
     async def main() -> tuple[str, bytes]:
         ready = asyncio.Event()
@@ -466,16 +463,14 @@ def test_a_client_that_never_reads_its_reply_is_dropped(tmp_path, monkeypatch):
     and file forever; now the reply that waits SEND_STALL seconds ends it."""
     import asyncio
 
-    from beokit.boot import config as C
-    from beokit.boot import http as H
-    from beokit.boot import server as S
+    from beokit.boot import config, http, server
 
-    monkeypatch.setattr(H, "SEND_STALL", 1.0, raising=False)
+    monkeypatch.setattr(http, "SEND_STALL", 1.0, raising=False)
     cfg_path = write_config(tmp_path)
     (tmp_path / "root" / "big").write_bytes(os.urandom(64 << 20))
     port = HTTP + 100
-    srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=0,
-                                 dns_port=0, http_port=port), C.load(cfg_path))  # fmt: skip
+    srv = server.BootServer(server.ServerOptions(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=0,
+                                 dns_port=0, http_port=port), config.load(cfg_path))  # fmt: skip
 
     async def main() -> list[int]:
         ready = asyncio.Event()
@@ -558,18 +553,18 @@ def dhcp_junk(rnd: random.Random, giaddr: str, k: int) -> bytes:
     ip = f"127.0.{rnd.randrange(256)}.{rnd.randrange(256)}"
     kind = k % 7
     if kind == 0:
-        return loadgen.request(D.DISCOVER, mac, xid, giaddr)
+        return loadgen.request(dhcp.DISCOVER, mac, xid, giaddr)
     if kind == 1:
-        return loadgen.request(D.REQUEST, mac, xid, giaddr, requested=ip, server_id=SERVER)
+        return loadgen.request(dhcp.REQUEST, mac, xid, giaddr, requested=ip, server_id=SERVER)
     if kind == 2:
-        return loadgen.request(D.DECLINE, mac, xid, giaddr, requested=ip)
+        return loadgen.request(dhcp.DECLINE, mac, xid, giaddr, requested=ip)
     if kind == 3:
-        return loadgen.request(D.RELEASE, mac, xid, giaddr, ciaddr=ip)
+        return loadgen.request(dhcp.RELEASE, mac, xid, giaddr, ciaddr=ip)
     if kind == 4:
-        return loadgen.request(D.INFORM, mac, xid, giaddr, ciaddr=ipaddress_random(rnd))
+        return loadgen.request(dhcp.INFORM, mac, xid, giaddr, ciaddr=ipaddress_random(rnd))
     if kind == 5:
         return rnd.randbytes(rnd.randrange(1, 600))
-    pkt = bytearray(loadgen.request(D.DISCOVER, mac, xid, giaddr))
+    pkt = bytearray(loadgen.request(dhcp.DISCOVER, mac, xid, giaddr))
     pkt[rnd.randrange(236, len(pkt))] = rnd.randrange(256)  # a mangled option
     return bytes(pkt)
 
@@ -584,7 +579,7 @@ def test_requests_forged_in_a_clients_name_do_not_keep_it_out(tmp_path):
     (tmp_path / "root" / "img").write_bytes(img)
     with Server(cfg) as srv:
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        rrq = T.build_rrq("img", "octet", BIG_OPTIONS)
+        rrq = tftp.build_rrq("img", "octet", BIG_OPTIONS)
         rnd = random.Random(20)
         for k in range(2_000):
             raw.sendto(udp_raw(("127.0.2.20", 1024 + rnd.randrange(60000)), TFTP, rrq),
@@ -621,7 +616,7 @@ def test_flood_leaves_the_server_bounded_and_real_clients_served(tmp_path):
         relay = relay_socket("127.0.2.12")  # the relay the DHCP replies go to (drained)
         held = hold_idle(1000, [f"127.0.6.{i}" for i in range(1, 11)])
         peak = list(base)
-        rrq = T.build_rrq("img", "octet", BIG_OPTIONS)
+        rrq = tftp.build_rrq("img", "octet", BIG_OPTIONS)
         sent_tftp = 0
         for k in range(10_000):
             src = (f"127.0.7.{1 + k % 200}", 1024 + rnd.randrange(60000))
@@ -684,7 +679,7 @@ import random, socket, struct, sys, time
 sys.path.insert(0, sys.argv[4])
 from test_adversarial_boot import BIG_OPTIONS, dhcp_junk, hold_idle, udp_raw
 import test_adversarial_boot as A
-from beokit.boot import tftp as T
+from beokit.boot import tftp
 server, me, http_port, _ = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 A.SERVER, A.HTTP = server, http_port
 held = hold_idle(1000, [me])  # 1,000 idle connections (from one host: its cap is 128)
@@ -694,7 +689,7 @@ b.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
 b.bind(("0.0.0.0", 68))
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 rnd = random.Random(7)
-rrq = T.build_rrq("img", "octet", BIG_OPTIONS)
+rrq = tftp.build_rrq("img", "octet", BIG_OPTIONS)
 for k in range(10_000):
     pkt = bytearray(dhcp_junk(rnd, "0.0.0.0", k))
     if len(pkt) > 240:

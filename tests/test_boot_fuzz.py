@@ -8,13 +8,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beokit.boot import config as C
-from beokit.boot import dhcp as D
-from beokit.boot import dns, tftp
+from beokit.boot import config, dhcp, dns, tftp
 from beokit.boot.leases import LeaseDB
 from beokit.boot.loadgen import pxe_options, request
 
-CFG = C.parse({
+CFG = config.parse({
     "server": {"address": "10.0.0.1", "root": "/srv"},
     "network": {"subnet": "10.0.0.0/16", "pool": "10.0.200.0-10.0.200.15"},
     "nodes": {"base": "10.0.1.0", "count": 50, "admit": "auto"},
@@ -39,20 +37,20 @@ def mutated(data: bytes) -> st.SearchStrategy[bytes]:
 
 @FAST
 @given(st.one_of(st.binary(max_size=600), valid_dhcp(),
-                 mutated(request(D.REQUEST, b"\x01" * 6, 1, "0.0.0.0"))))  # fmt: skip
+                 mutated(request(dhcp.REQUEST, b"\x01" * 6, 1, "0.0.0.0"))))  # fmt: skip
 def test_dhcp_parser_and_logic_never_raise(data):
     try:
-        p = D.parse(data)
+        p = dhcp.parse(data)
         p.encode()
         _ = (p.client_key, p.arch, p.is_ipxe, p.user_classes, p.msg_type)
-    except D.DhcpError:
+    except dhcp.DhcpError:
         pass
     for proxy in (False, True):
-        lg = D.DhcpLogic(CFG, LeaseDB(CFG), proxy=proxy)
+        lg = dhcp.DhcpLogic(CFG, LeaseDB(CFG), proxy=proxy)
         r = lg.handle(data, ("10.0.0.5", 68), 1000.0)
         if r is not None:
-            D.parse(r.data)  # our replies always parse
-        lg.handle(data, ("10.0.0.5", 68), 1000.0, port=D.PXE_PORT)
+            dhcp.parse(r.data)  # our replies always parse
+        lg.handle(data, ("10.0.0.5", 68), 1000.0, port=dhcp.PXE_PORT)
 
 
 @FAST

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from beokit.boot import config as C
-from beokit.boot import dhcp as D
-from beokit.boot import dns, fair, paths, tftp
+from beokit.boot import config, dhcp, dns, fair, paths, tftp
 from beokit.boot.export import dnsmasq_conf
 from beokit.boot.leases import LeaseDB
 from beokit.boot.loadgen import mac_of, pxe_options, request
@@ -28,33 +26,33 @@ BASE = {
 }  # fmt: skip
 
 
-def cfg(**over) -> C.Config:
+def cfg(**over) -> config.BootConfig:
     doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
     for path, value in over.items():
         sec, key = path.split("__")
         doc.setdefault(sec, {})[key] = value
-    return C.parse(doc, Path("/"))
+    return config.parse(doc, Path("/"))
 
 
-def logic(c: C.Config | None = None, **kw) -> D.DhcpLogic:
+def logic(c: config.BootConfig | None = None, **kw) -> dhcp.DhcpLogic:
     c = c or cfg()
-    return D.DhcpLogic(c, LeaseDB(c), **kw)
+    return dhcp.DhcpLogic(c, LeaseDB(c), **kw)
 
 
 def mac(s: str) -> bytes:
     return bytes.fromhex(s.replace(":", ""))
 
 
-def dora(lg: D.DhcpLogic, m: bytes, now: float = 1000.0, extra=None) -> D.Packet:
-    offer = lg.handle(request(D.DISCOVER, m, 1, "0.0.0.0", extra=extra), ("0.0.0.0", 68), now)
+def dora(lg: dhcp.DhcpLogic, m: bytes, now: float = 1000.0, extra=None) -> dhcp.Packet:
+    offer = lg.handle(request(dhcp.DISCOVER, m, 1, "0.0.0.0", extra=extra), ("0.0.0.0", 68), now)
     assert offer is not None
-    o = D.parse(offer.data)
-    assert o.msg_type == D.OFFER
-    ack = lg.handle(request(D.REQUEST, m, 1, "0.0.0.0", requested=str(o.yiaddr),
+    o = dhcp.parse(offer.data)
+    assert o.msg_type == dhcp.OFFER
+    ack = lg.handle(request(dhcp.REQUEST, m, 1, "0.0.0.0", requested=str(o.yiaddr),
                             server_id="10.0.0.1", extra=extra), ("0.0.0.0", 68), now)  # fmt: skip
     assert ack is not None
-    a = D.parse(ack.data)
-    assert a.msg_type == D.ACK and a.yiaddr == o.yiaddr
+    a = dhcp.parse(ack.data)
+    assert a.msg_type == dhcp.ACK and a.yiaddr == o.yiaddr
     return a
 
 
@@ -72,15 +70,15 @@ def dora(lg: D.DhcpLogic, m: bytes, now: float = 1000.0, extra=None) -> D.Packet
     ({"server__colour": "red"}, "server.colour"),
 ])  # fmt: skip
 def test_config_errors_name_the_key(over, needle):
-    with pytest.raises(C.ConfigError, match=needle.replace(".", r"\.")):
+    with pytest.raises(config.BootConfigError, match=needle.replace(".", r"\.")):
         cfg(**over)
 
 
 def test_config_bad_mac_and_example_file_parses():
-    with pytest.raises(C.ConfigError, match="zz"):
-        C.normalize_mac("zz:54:00:00:00:01")
-    assert C.normalize_mac("52-54-00-AB-CD-EF") == "52:54:00:ab:cd:ef"
-    ex = C.load(Path(__file__).parent.parent / "contrib" / "boot.example.toml")
+    with pytest.raises(config.BootConfigError, match="zz"):
+        config.normalize_mac("zz:54:00:00:00:01")
+    assert config.normalize_mac("52-54-00-AB-CD-EF") == "52:54:00:ab:cd:ef"
+    ex = config.load(Path(__file__).parent.parent / "contrib" / "boot.example.toml")
     assert ex.node_ip(23) == IP("10.0.1.23") and ex.node_hostname(23) == "node23"
     assert ex.nettee.next_of("node5") == ["node6"]
 
@@ -88,8 +86,8 @@ def test_config_bad_mac_and_example_file_parses():
 def test_bad_toml_is_a_usage_error(tmp_path):
     p = tmp_path / "b.toml"
     p.write_text("[server\n")
-    with pytest.raises(C.ConfigError, match="bad TOML"):
-        C.load(p)
+    with pytest.raises(config.BootConfigError, match="bad TOML"):
+        config.load(p)
 
 
 # -- leases and DHCP ---------------------------------------------------------
@@ -98,13 +96,13 @@ def test_bad_toml_is_a_usage_error(tmp_path):
 def test_static_node_gets_linear_address_and_name():
     a = dora(logic(), mac("52:54:00:00:00:01"))
     assert a.yiaddr == IP("10.0.1.1")
-    assert a.options[D.OPT_HOSTNAME] == b"node1"
-    assert struct.unpack("!I", a.options[D.OPT_LEASE])[0] == 3600
+    assert a.options[dhcp.OPT_HOSTNAME] == b"node1"
+    assert struct.unpack("!I", a.options[dhcp.OPT_LEASE])[0] == 3600
 
 
 def test_fixed_host():
     a = dora(logic(), mac("52:54:00:00:01:00"))
-    assert a.yiaddr == IP("10.0.0.10") and a.options[D.OPT_HOSTNAME] == b"fileserver"
+    assert a.yiaddr == IP("10.0.0.10") and a.options[dhcp.OPT_HOSTNAME] == b"fileserver"
 
 
 def test_anonymous_offer_is_stable_without_state():
@@ -112,12 +110,12 @@ def test_anonymous_offer_is_stable_without_state():
     m = mac_of(77)
     offers = set()
     for now in (1000.0, 1001.0, 1500.0):
-        r = lg.handle(request(D.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), now)
-        offers.add(D.parse(r.data).yiaddr)
+        r = lg.handle(request(dhcp.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), now)
+        offers.add(dhcp.parse(r.data).yiaddr)
     assert len(offers) == 1
     # a fresh server (no state at all) offers the same address
-    r = logic().handle(request(D.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0)
-    assert D.parse(r.data).yiaddr in offers
+    r = logic().handle(request(dhcp.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0)
+    assert dhcp.parse(r.data).yiaddr in offers
     assert IP("10.0.200.0") <= offers.pop() <= IP("10.0.200.255")
 
 
@@ -131,17 +129,17 @@ def test_temporary_lease_then_admit_moves_the_node_at_renewal():
     lg = logic()
     m = mac_of(5)
     a = dora(lg, m)
-    assert struct.unpack("!I", a.options[D.OPT_LEASE])[0] == 30  # temporary
+    assert struct.unpack("!I", a.options[dhcp.OPT_LEASE])[0] == 30  # temporary
     temp = str(a.yiaddr)
     assert lg.db.admit("52:54:01:00:00:05", 42) == 42
     # the renewal (unicast, ciaddr = temporary address) is refused...
-    renew = request(D.REQUEST, m, 2, "0.0.0.0", ciaddr=temp)
+    renew = request(dhcp.REQUEST, m, 2, "0.0.0.0", ciaddr=temp)
     r = lg.handle(renew, (temp, 68), 1010.0)
-    assert D.parse(r.data).msg_type == D.NAK
+    assert dhcp.parse(r.data).msg_type == dhcp.NAK
     assert r.dest == ("<broadcast>", 68)
     # ...and the next DORA gives node 42
     a = dora(lg, m, 1011.0)
-    assert a.yiaddr == IP("10.0.1.42") and a.options[D.OPT_HOSTNAME] == b"node42"
+    assert a.yiaddr == IP("10.0.1.42") and a.options[dhcp.OPT_HOSTNAME] == b"node42"
     with pytest.raises(ValueError, match="already belongs"):
         lg.db.admit("52:54:01:00:00:06", 42)
 
@@ -156,23 +154,23 @@ def test_auto_admit_gives_lowest_free_numbers():
 def test_client_id_with_or_without_maps_to_one_node():
     lg = logic()
     m = mac("52:54:00:00:00:01")
-    with_id = {D.OPT_CLIENT_ID: b"\x01" + m}
-    other_id = {D.OPT_CLIENT_ID: b"\xff\x00\x01\x02\x03"}
+    with_id = {dhcp.OPT_CLIENT_ID: b"\x01" + m}
+    other_id = {dhcp.OPT_CLIENT_ID: b"\xff\x00\x01\x02\x03"}
     ips = {dora(lg, m, extra=e).yiaddr for e in (with_id, None, other_id)}
     assert ips == {IP("10.0.1.1")}
     # a client without a hardware address (InfiniBand) is keyed by its client id
-    p = D.parse(request(D.DISCOVER, b"", 1, "0.0.0.0", extra=other_id))
+    p = dhcp.parse(request(dhcp.DISCOVER, b"", 1, "0.0.0.0", extra=other_id))
     p.hlen, p.htype = 0, 32
-    assert p.client_key == "id:" + other_id[D.OPT_CLIENT_ID].hex()
+    assert p.client_key == "id:" + other_id[dhcp.OPT_CLIENT_ID].hex()
 
 
 def test_request_for_another_server_or_address():
     lg = logic()
     m = mac("52:54:00:00:00:01")
-    other = request(D.REQUEST, m, 1, "0.0.0.0", requested="10.0.1.1", server_id="10.0.0.99")
+    other = request(dhcp.REQUEST, m, 1, "0.0.0.0", requested="10.0.1.1", server_id="10.0.0.99")
     assert lg.handle(other, ("0.0.0.0", 68), 0.0) is None
-    wrong = request(D.REQUEST, m, 1, "0.0.0.0", requested="10.0.1.9")
-    assert D.parse(lg.handle(wrong, ("0.0.0.0", 68), 0.0).data).msg_type == D.NAK
+    wrong = request(dhcp.REQUEST, m, 1, "0.0.0.0", requested="10.0.1.9")
+    assert dhcp.parse(lg.handle(wrong, ("0.0.0.0", 68), 0.0).data).msg_type == dhcp.NAK
 
 
 def test_lease_file_round_trip():
@@ -203,61 +201,61 @@ def test_boot_file_by_architecture(arch, vendor, user, want):
     c = cfg(server__http_url="http://10.0.0.1:8080/")
     extra = pxe_options(arch, vendor)
     if user:
-        extra[D.OPT_USER_CLASS] = user
+        extra[dhcp.OPT_USER_CLASS] = user
     a = dora(logic(c), mac("52:54:00:00:00:01"), extra=extra)
-    assert a.file.decode() == want and a.options[D.OPT_BOOTFILE] == want.encode()
+    assert a.file.decode() == want and a.options[dhcp.OPT_BOOTFILE] == want.encode()
     assert a.siaddr == IP("10.0.0.1")
-    assert a.options[D.OPT_VENDOR_CLASS] == (b"HTTPClient" if vendor else b"PXEClient")
+    assert a.options[dhcp.OPT_VENDOR_CLASS] == (b"HTTPClient" if vendor else b"PXEClient")
 
 
 def test_nettee_topology_option_and_file():
     c = cfg(nettee__order="node[1-7]", nettee__fanout=2)
     a = dora(logic(c), mac("52:54:00:00:00:01"))
-    assert a.options[D.OPT_NETTEE] == b"nettee/node1.conf"
+    assert a.options[dhcp.OPT_NETTEE] == b"nettee/node1.conf"
     text = c.nettee.file_for("node2").decode()
     assert "next=node4,node5" in text and "upstream=node1" in text
 
 
 def test_relay_reply_goes_to_giaddr_and_echoes_option_82():
     lg = logic()
-    pkt = request(D.DISCOVER, mac_of(3), 1, "10.0.0.254", extra={D.OPT_RELAY: b"\x01\x02ab"})
+    pkt = request(dhcp.DISCOVER, mac_of(3), 1, "10.0.0.254", extra={dhcp.OPT_RELAY: b"\x01\x02ab"})
     r = lg.handle(pkt, ("10.0.0.254", 67), 0.0)
     assert r.dest == ("10.0.0.254", 67)
-    assert D.parse(r.data).options[D.OPT_RELAY] == b"\x01\x02ab"
+    assert dhcp.parse(r.data).options[dhcp.OPT_RELAY] == b"\x01\x02ab"
 
 
 def test_deferred_offer_only_for_newcomers():
     lg = logic()
-    r = lg.handle(request(D.DISCOVER, mac_of(1), 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0, defer=0.5)
+    r = lg.handle(request(dhcp.DISCOVER, mac_of(1), 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0, defer=0.5)
     assert r.delay == 0.5
     dora(lg, mac_of(1))
-    r = lg.handle(request(D.DISCOVER, mac_of(1), 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0, defer=0.5)
+    r = lg.handle(request(dhcp.DISCOVER, mac_of(1), 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0, defer=0.5)
     assert r.delay == 0.0
 
 
 def test_proxy_answers_only_pxe_clients_without_address():
     lg = logic(proxy=True)
     m = mac_of(4)
-    assert lg.handle(request(D.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0) is None
-    r = lg.handle(request(D.DISCOVER, m, 1, "0.0.0.0", extra=pxe_options(7)), ("0.0.0.0", 68), 0.0)
-    p = D.parse(r.data)
-    assert p.msg_type == D.OFFER and p.yiaddr == IP(0) and p.file == b"ipxe.efi"
-    assert D.OPT_LEASE not in p.options and p.options[D.OPT_VENDOR_CLASS] == b"PXEClient"
-    assert p.options[D.OPT_VENDOR] == bytes((6, 1, 8, 255))
+    assert lg.handle(request(dhcp.DISCOVER, m, 1, "0.0.0.0"), ("0.0.0.0", 68), 0.0) is None
+    r = lg.handle(request(dhcp.DISCOVER, m, 1, "0.0.0.0", extra=pxe_options(7)), ("0.0.0.0", 68), 0.0)
+    p = dhcp.parse(r.data)
+    assert p.msg_type == dhcp.OFFER and p.yiaddr == IP(0) and p.file == b"ipxe.efi"
+    assert dhcp.OPT_LEASE not in p.options and p.options[dhcp.OPT_VENDOR_CLASS] == b"PXEClient"
+    assert p.options[dhcp.OPT_VENDOR] == bytes((6, 1, 8, 255))
     # the boot-server request on port 4011 is answered to its sender
-    req = request(D.REQUEST, m, 2, "0.0.0.0", ciaddr="10.0.5.5", extra=pxe_options(0))
-    r = lg.handle(req, ("10.0.5.5", 68), 0.0, port=D.PXE_PORT)
-    assert r.dest == ("10.0.5.5", 68) and D.parse(r.data).msg_type == D.ACK
-    assert D.parse(r.data).file == b"pxelinux.0"
+    req = request(dhcp.REQUEST, m, 2, "0.0.0.0", ciaddr="10.0.5.5", extra=pxe_options(0))
+    r = lg.handle(req, ("10.0.5.5", 68), 0.0, port=dhcp.PXE_PORT)
+    assert r.dest == ("10.0.5.5", 68) and dhcp.parse(r.data).msg_type == dhcp.ACK
+    assert dhcp.parse(r.data).file == b"pxelinux.0"
 
 
 def test_codec_round_trip_and_long_options():
-    p = D.parse(request(D.DISCOVER, mac_of(1), 7, "0.0.0.0"))
+    p = dhcp.parse(request(dhcp.DISCOVER, mac_of(1), 7, "0.0.0.0"))
     p.options[200] = bytes(range(256)) * 2  # RFC 3396: split and joined again
-    q = D.parse(p.encode())
+    q = dhcp.parse(p.encode())
     assert q.options[200] == p.options[200] and q.xid == 7 and q.mac == "52:54:01:00:00:01"
-    with pytest.raises(D.DhcpError):
-        D.parse(b"\x01" * 100)
+    with pytest.raises(dhcp.DhcpError):
+        dhcp.parse(b"\x01" * 100)
 
 
 # -- TFTP ----------------------------------------------------------------------

@@ -16,8 +16,7 @@ import pytest
 from boot_helpers import PORTS, SERVER, Server, write_config
 from dnslib import DNSRecord
 
-from beokit.boot import loadgen
-from beokit.boot import tftp as T
+from beokit.boot import loadgen, tftp
 
 needs_tftp = pytest.mark.skipif(shutil.which("tftp") is None, reason="needs tftp-hpa (tftp)")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -37,7 +36,7 @@ def served(request, tmp_path: Path):
     os.symlink(tmp_path / "secret", root / "escape")
     pure = request.param == "pure"
     with Server(cfg, env={"BEOKIT_PURE_PYTHON": "1"} if pure else None) as srv:
-        path = "Python" if pure or not T.COMPILED else "compiled"
+        path = "Python" if pure or not tftp.COMPILED else "compiled"
         srv.wait_log(f"TFTP lock-step path: {path}")
         yield srv
 
@@ -110,12 +109,12 @@ def test_dhcp_relay_dora_leases_persist_and_admit(tmp_path):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.2.3", PORTS["dhcp"]))
         s.settimeout(5)
-        from beokit.boot import dhcp as D
+        from beokit.boot import dhcp
 
         s.sendto(
-            loadgen.request(D.REQUEST, m, 9, "127.0.2.3", ciaddr=temp), (SERVER, PORTS["dhcp"])
+            loadgen.request(dhcp.REQUEST, m, 9, "127.0.2.3", ciaddr=temp), (SERVER, PORTS["dhcp"])
         )
-        assert D.parse(s.recv(2048)).msg_type == D.NAK
+        assert dhcp.parse(s.recv(2048)).msg_type == dhcp.NAK
         s.close()
         again = loadgen.dora((SERVER, PORTS["dhcp"]), "127.0.2.2", 1, first=7, timeout=10)
         assert again.bound[m] == "127.0.8.23" and again.names[m] == "node23"
@@ -218,27 +217,27 @@ def _soak(tmp_path: Path, n: int) -> None:
         dhcp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         dhcp_sock.bind(("127.0.2.5", PORTS["dhcp"]))
         dhcp_sock.settimeout(5)
-        from beokit.boot import dhcp as D
+        from beokit.boot import dhcp
 
         samples = []
         for i in range(n):
             kind = i % 4
             if kind == 0:  # a whole small TFTP transfer (a session on the transfer socket)
-                sock.sendto(T.build_rrq("f", "octet", {"blksize": "1024"}), (SERVER, PORTS["tftp"]))
+                sock.sendto(tftp.build_rrq("f", "octet", {"blksize": "1024"}), (SERVER, PORTS["tftp"]))
                 while True:
                     data, src = sock.recvfrom(2048)
-                    msg = T.parse(data)
-                    if isinstance(msg, T.Data):
-                        sock.sendto(T.build_ack(msg.block), src)
+                    msg = tftp.parse(data)
+                    if isinstance(msg, tftp.Data):
+                        sock.sendto(tftp.build_ack(msg.block), src)
                         if len(msg.payload) < 1024:
                             break
-                    elif not isinstance(msg, T.Data):
-                        sock.sendto(T.build_ack(0), src)
+                    elif not isinstance(msg, tftp.Data):
+                        sock.sendto(tftp.build_ack(0), src)
             elif kind == 1:  # a refused name
-                sock.sendto(T.build_rrq("../etc/passwd"), (SERVER, PORTS["tftp"]))
-                assert isinstance(T.parse(sock.recv(2048)), T.Error)
+                sock.sendto(tftp.build_rrq("../etc/passwd"), (SERVER, PORTS["tftp"]))
+                assert isinstance(tftp.parse(sock.recv(2048)), tftp.Error)
             elif kind == 2:
-                dhcp_sock.sendto(loadgen.request(D.DISCOVER, loadgen.mac_of(i % 500), i,
+                dhcp_sock.sendto(loadgen.request(dhcp.DISCOVER, loadgen.mac_of(i % 500), i,
                                                  "127.0.2.5"), (SERVER, PORTS["dhcp"]))  # fmt: skip
                 dhcp_sock.recv(2048)
             else:
@@ -309,28 +308,27 @@ def test_in_process_big_file_paths_and_clean_shutdown(tmp_path, monkeypatch, how
     pread where it cannot be mapped); a SIGTERM-like stop closes everything."""
     import asyncio
 
-    from beokit.boot import config as C
-    from beokit.boot import server as S
+    from beokit.boot import config, files, server
 
-    monkeypatch.setattr(S, "MEM_MAX", 0)  # no snapshot for any file
+    monkeypatch.setattr(files, "MEM_MAX", 0)  # no snapshot for any file
     if how == "pread":
-        monkeypatch.setattr(S, "map_file", lambda fd, size: None)
+        monkeypatch.setattr(files, "map_file", lambda fd, size: None)
     seen = []
-    real_open = S.FileTable.open
+    real_open = files.FileTable.open
 
     def spy(self, path):
         f = real_open(self, path)
         seen.append((f.data is None, f.mm is not None, f.addr != 0))
         return f
 
-    monkeypatch.setattr(S.FileTable, "open", spy)
+    monkeypatch.setattr(files.FileTable, "open", spy)
     cfg_path = write_config(tmp_path)
     data = os.urandom(700_001)
     (tmp_path / "root" / "img").write_bytes(data)
-    opts = S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=PORTS["tftp"] + 100,
+    opts = server.ServerOptions(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=PORTS["tftp"] + 100,
                      dns_port=0)  # fmt: skip
     fds_before = len(os.listdir("/proc/self/fd"))
-    srv = S.BootServer(opts, C.load(cfg_path))
+    srv = server.BootServer(opts, config.load(cfg_path))
 
     async def main() -> bytes:
         ready = asyncio.Event()
@@ -364,30 +362,29 @@ def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch, pa
     import asyncio
     import hashlib
 
-    from beokit.boot import config as C
-    from beokit.boot import server as S
+    from beokit.boot import config, server, tftp_server, tftp_socket
 
-    if path == "compiled" and S.FAST_ACKS is None:
+    if path == "compiled" and tftp_server.FAST_ACKS is None:
         pytest.skip("beokit.boot._lockstep was not built (no C compiler or Python headers)")
     queued_in_c = []
     if path == "python":
-        monkeypatch.setattr(S, "FAST_ACKS", None)
+        monkeypatch.setattr(tftp_server, "FAST_ACKS", None)
     else:
-        real = S.FAST_ACKS
+        real = tftp_server.FAST_ACKS
 
         def spy(*args):
             i, j = real(*args)
             queued_in_c.append(j - args[6])
             return i, j
 
-        monkeypatch.setattr(S, "FAST_ACKS", spy)
-    monkeypatch.setattr(S, "BATCH", 5)
+        monkeypatch.setattr(tftp_server, "FAST_ACKS", spy)
+    monkeypatch.setattr(tftp_socket, "BATCH", 5)
     cfg_path = write_config(tmp_path)
     data = os.urandom(3_000_017)
     (tmp_path / "root" / "w.bin").write_bytes(data)
     port = PORTS["tftp"] + 101
-    srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
-                                 dns_port=0), C.load(cfg_path))  # fmt: skip
+    srv = server.BootServer(server.ServerOptions(cfg_path, bind=SERVER, dhcp_port=0, tftp_port=port,
+                                 dns_port=0), config.load(cfg_path))  # fmt: skip
 
     async def main() -> list:
         ready = asyncio.Event()
@@ -414,7 +411,7 @@ def test_windows_and_lock_step_across_full_send_queues(tmp_path, monkeypatch, pa
 
 
 def test_proxy_mode_on_loopback_ports(tmp_path):
-    from beokit.boot import dhcp as D
+    from beokit.boot import dhcp
 
     cfg = write_config(tmp_path)
     with Server(cfg, "--proxy"):
@@ -422,33 +419,33 @@ def test_proxy_mode_on_loopback_ports(tmp_path):
         relay.bind(("127.0.2.7", PORTS["dhcp"]))
         relay.settimeout(1.5)
         m = loadgen.mac_of(9)
-        plain = loadgen.request(D.DISCOVER, m, 1, "127.0.2.7")
+        plain = loadgen.request(dhcp.DISCOVER, m, 1, "127.0.2.7")
         relay.sendto(plain, (SERVER, PORTS["dhcp"]))
         with pytest.raises(TimeoutError):
             relay.recv(2048)  # not a PXE client: no answer at all
-        pxe = loadgen.request(D.DISCOVER, m, 2, "127.0.2.7", extra=loadgen.pxe_options(9))
+        pxe = loadgen.request(dhcp.DISCOVER, m, 2, "127.0.2.7", extra=loadgen.pxe_options(9))
         relay.sendto(pxe, (SERVER, PORTS["dhcp"]))
-        offer = D.parse(relay.recv(2048))
-        assert offer.msg_type == D.OFFER and str(offer.yiaddr) == "0.0.0.0"
-        assert offer.file == b"ipxe.efi" and offer.options[D.OPT_VENDOR_CLASS] == b"PXEClient"
+        offer = dhcp.parse(relay.recv(2048))
+        assert offer.msg_type == dhcp.OFFER and str(offer.yiaddr) == "0.0.0.0"
+        assert offer.file == b"ipxe.efi" and offer.options[dhcp.OPT_VENDOR_CLASS] == b"PXEClient"
         relay.close()
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         client.bind(("127.0.2.8", 0))
         client.settimeout(5)
-        req = loadgen.request(D.REQUEST, m, 3, "0.0.0.0", ciaddr="127.0.2.8",
+        req = loadgen.request(dhcp.REQUEST, m, 3, "0.0.0.0", ciaddr="127.0.2.8",
                               extra=loadgen.pxe_options(0))  # fmt: skip
         client.sendto(req, (SERVER, PORTS["pxe"]))
-        ack = D.parse(client.recv(2048))
-        assert ack.msg_type == D.ACK and ack.file == b"pxelinux.0"
+        ack = dhcp.parse(client.recv(2048))
+        assert ack.msg_type == dhcp.ACK and ack.file == b"pxelinux.0"
         client.close()
 
 
 def test_batched_transfer_socket_round_trip():
-    """Mmsg: one recvmmsg reads ACKs from several clients (told apart by their
+    """The transfer socket: one recvmmsg reads ACKs from several clients (told apart by their
     address and port), one sendmmsg answers each with its own datagram."""
-    from beokit.boot import server as S
+    from beokit.boot import tftp_sessions, tftp_socket
 
-    tx = S.Mmsg("127.0.0.1")
+    tx = tftp_socket.TransferSocket("127.0.0.1")
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         for c in clients:
@@ -456,29 +453,29 @@ def test_batched_transfer_socket_round_trip():
             c.settimeout(2)
         port = tx.sock.getsockname()[1]
         for k, c in enumerate(clients):
-            c.sendto(T.build_ack(k + 1), ("127.0.0.1", port))
+            c.sendto(tftp.build_ack(k + 1), ("127.0.0.1", port))
         c.sendto(b"\x00\x05\x00\x01oops\x00", ("127.0.0.1", port))  # an ERROR: slow path
         got, deadline = [], time.monotonic() + 2
         while len(got) < 4 and time.monotonic() < deadline:
             n = tx.recv()
             got += [
-                (*S.ACK_SLOT.unpack_from(tx.view, i * S.SLOT), tx.datagram(i)) for i in range(n)
+                (*tftp_socket.ACK_SLOT.unpack_from(tx.view, i * tftp_socket.SLOT), tx.datagram(i)) for i in range(n)
             ]
-        keys = {S.peer_key(*c.getsockname()): c for c in clients}
+        keys = {tftp_sessions.peer_key(*c.getsockname()): c for c in clients}
         assert [(keys[k], op, b) for k, op, b, _ in got] == [
-            (clients[0], T.ACK, 1), (clients[1], T.ACK, 2), (clients[2], T.ACK, 3),
-            (clients[2], T.ERROR, 1)]  # fmt: skip
+            (clients[0], tftp.ACK, 1), (clients[1], tftp.ACK, 2), (clients[2], tftp.ACK, 3),
+            (clients[2], tftp.ERROR, 1)]  # fmt: skip
         assert got[3][3] == (clients[2].getsockname(), b"\x00\x05\x00\x01oops\x00")
         sessions = []
         for k, c in enumerate(clients):
-            ss = S.Session(tx.sock, c.getsockname(), "x", None, None, 0.0)  # type: ignore[arg-type]
+            ss = tftp_sessions.Session(tx.sock, c.getsockname(), "x", None, None, 0.0)  # type: ignore[arg-type]
             sessions.append(ss)
-            tx.add(ss, T.build_data(k + 1, bytes([k]) * (100 + k)))  # kept until sent
+            tx.add(ss, tftp.build_data(k + 1, bytes([k]) * (100 + k)))  # kept until sent
         assert tx.calls is None or tx.n == 3
         assert tx.flush() == []
         for k, c in enumerate(clients):
             if tx.calls is not None:
-                assert c.recvfrom(2048) == (T.build_data(k + 1, bytes([k]) * (100 + k)),
+                assert c.recvfrom(2048) == (tftp.build_data(k + 1, bytes([k]) * (100 + k)),
                                             ("127.0.0.1", port))  # fmt: skip
     finally:
         tx.close()
@@ -488,19 +485,18 @@ def test_batched_transfer_socket_round_trip():
 
 def test_parking_only_while_the_server_is_behind(tmp_path):
     """Fairness parking: only when ACKs queue up (or a cap ran dry); never on an idle server."""
-    from beokit.boot import config as C
-    from beokit.boot import server as S
+    from beokit.boot import config, server
 
     cfg_path = write_config(tmp_path)
-    srv = S.BootServer(S.Options(cfg_path, bind=SERVER, dhcp_port=0, dns_port=0), C.load(cfg_path))
-    srv.polls, srv.polled = 10, 12  # about one ACK per batch: the server keeps up
-    assert not srv.busy() and (srv.polls, srv.polled) == (0, 0)
-    srv.polls, srv.polled = 10, 75  # ACKs wait for the server
-    assert srv.busy()
-    assert not srv.busy()  # counters reset each tick
+    srv = server.BootServer(server.ServerOptions(cfg_path, bind=SERVER, dhcp_port=0, dns_port=0), config.load(cfg_path))
+    srv.tftp.polls, srv.tftp.polled = 10, 12  # about one ACK per batch: the server keeps up
+    assert not srv.tftp.busy() and (srv.tftp.polls, srv.tftp.polled) == (0, 0)
+    srv.tftp.polls, srv.tftp.polled = 10, 75  # ACKs wait for the server
+    assert srv.tftp.busy()
+    assert not srv.tftp.busy()  # counters reset each tick
     srv.bucket.rate = 1e6  # with a cap: busy when the bucket ran dry recently
-    assert not srv.busy()
+    assert not srv.tftp.busy()
     srv.load.cap_bytes_per_s = 1e6
     srv.load.ran_dry()
     srv.load.tick()
-    assert srv.busy()
+    assert srv.tftp.busy()

@@ -142,23 +142,27 @@ def run(args: argparse.Namespace) -> int:
         return e.exit_status
 
 
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from beokit.boot import config as C
+    from beokit.boot import config
 
     if not getattr(args, "config", None):
         raise UsageError("missing -c CONFIG")
-    cfg = C.load(args.config)
+    cfg = config.load(args.config)
     cmd = args.boot_command
     if cmd == "admit":
-        mac = C.normalize_mac(args.mac)
+        mac = config.normalize_mac(args.mac)
         out = _control(cfg.control, {"cmd": "admit", "mac": mac, "node": args.node})
         if not out.get("ok"):
             raise UsageError(f"admit {mac}: {out.get('error')}")
-        print(f"{out['mac']} is node {out['node']}: {out['name']} {out['ip']}")
+        _print(f"{out['mac']} is node {out['node']}: {out['name']} {out['ip']}\n")
         return EXIT_OK
     if cmd == "status":
         out = _control(cfg.control, {"cmd": "dump"})
-        print(json.dumps(out, indent=1))
+        _print(json.dumps(out, indent=1) + "\n")
         return EXIT_OK if out.get("ok") else EXIT_FAILURE
     if args.export_dnsmasq is not None:
         from beokit.boot.export import dnsmasq_conf
@@ -172,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise UsageError(f"bad lease file {str(cfg.lease_file)!r}: {e}") from None
         text = dnsmasq_conf(cfg, db.admitted)
         if args.export_dnsmasq == "-":
-            sys.stdout.write(text)
+            _print(text)
         else:
             try:
                 Path(args.export_dnsmasq).write_text(text)
@@ -182,14 +186,14 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not cfg.root.is_dir():
         raise UsageError(f"bad server.root {str(cfg.root)!r}: not a directory")
-    from beokit.boot.server import Options, check_paths, run_server
+    from beokit.boot.server import ServerOptions, check_paths, run_server
 
-    opts = Options(Path(args.config), bind=args.bind, interface=args.interface,
+    opts = ServerOptions(Path(args.config), bind=args.bind, interface=args.interface,
                    dhcp_port=args.dhcp_port, tftp_port=args.tftp_port, dns_port=args.dns_port,
                    pxe_port=args.pxe_port, http_port=args.http_port, proxy=args.proxy)  # fmt: skip
     check_paths(cfg, opts)
     if args.check:
-        print(f"{args.config}: OK")
+        _print(f"{args.config}: OK\n")
         return EXIT_OK
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s beo-boot %(levelname)s %(message)s",

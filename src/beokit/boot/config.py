@@ -1,9 +1,10 @@
 """The ``beo boot`` configuration: a TOML file read with :mod:`tomllib`.
 
 Pure: :func:`parse` turns the decoded TOML table into a checked
-:class:`Config`, raising :class:`ConfigError` (a ``UsageError``: one line,
+:class:`BootConfig`, raising :class:`BootConfigError` (a ``UsageError``: one line,
 exit status 2) that names the bad key and value. See
-``contrib/boot.example.toml`` for every key.
+``contrib/boot.example.toml`` for every key. :class:`ServerOptions` holds the
+server's command-line settings (ports, bind address, proxy mode).
 """
 
 from __future__ import annotations
@@ -26,7 +27,26 @@ MAX_ORDER = 65536  # names in nettee.order
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class ConfigError(UsageError):
+PXE_PORT = 4011  # the PXE boot-server port (proxyDHCP requests)
+
+
+@dataclass
+class ServerOptions:
+    """The server's command-line settings that are not in the config file."""
+
+    config_path: Path
+    bind: str = "0.0.0.0"
+    interface: str = ""
+    dhcp_port: int = 67
+    tftp_port: int = 69
+    dns_port: int = 53
+    pxe_port: int = PXE_PORT
+    http_port: int | None = None  # None: from the config (0 = off)
+    proxy: bool = False
+    no_dhcp: bool = False
+
+
+class BootConfigError(UsageError):
     """A bad configuration value (names the key and the value)."""
 
 
@@ -35,7 +55,7 @@ def normalize_mac(text: str) -> str:
     hexdigits = re.sub(r"[^0-9a-fA-F]", "", text)
     mac = ":".join(hexdigits[i : i + 2] for i in range(0, len(hexdigits), 2)).lower()
     if len(hexdigits) != 12 or not MAC_RE.match(mac) or re.search(r"[^0-9a-fA-F:.\-]", text):
-        raise ConfigError(f"bad MAC address {text!r} (e.g. 52:54:00:12:34:56)")
+        raise BootConfigError(f"bad MAC address {text!r} (e.g. 52:54:00:12:34:56)")
     return mac
 
 
@@ -43,13 +63,13 @@ def parse_rate(text: str | int) -> int:
     """Bandwidth in bits/s: ``800mbit``, ``1g``, ``0`` (no cap)."""
     if isinstance(text, int) and not isinstance(text, bool):
         if not 0 <= text <= MAX_RATE:
-            raise ConfigError(f"bad bandwidth {text!r}: 0-{MAX_RATE} bits/s")
+            raise BootConfigError(f"bad bandwidth {text!r}: 0-{MAX_RATE} bits/s")
         return text
     m = _RATE_RE.match(str(text))
     bps = float(m.group(1)) * _RATE_MULT[m.group(2).lower()] if m else -1.0
     if not 0 <= bps <= MAX_RATE:
         shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:40]) + "..."
-        raise ConfigError(f"bad bandwidth {shown} (e.g. 800mbit, 1g, 0 for no cap; "
+        raise BootConfigError(f"bad bandwidth {shown} (e.g. 800mbit, 1g, 0 for no cap; "
                           "at most 10000g)")  # fmt: skip
     return int(bps)
 
@@ -93,7 +113,7 @@ class Nettee:
 
 
 @dataclass(frozen=True)
-class Config:
+class BootConfig:
     server: ipaddress.IPv4Address
     root: Path
     subnet: ipaddress.IPv4Network
@@ -178,46 +198,42 @@ def _ip(table: dict, key: str, where: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(str(value))
     except ValueError:
-        raise ConfigError(f"bad {where}.{key} {value!r}: an IPv4 address") from None
+        raise BootConfigError(f"bad {where}.{key} {value!r}: an IPv4 address") from None
 
 
 def _int(table: dict, key: str, where: str, lo: int, hi: int, default: int) -> int:
     value = table.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ConfigError(f"bad {where}.{key} {value!r}: an integer {lo}-{hi}")
+        raise BootConfigError(f"bad {where}.{key} {value!r}: an integer {lo}-{hi}")
     return value
 
 
 def _float(table: dict, key: str, where: str, lo: float, hi: float, default: float) -> float:
     value = table.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ConfigError(f"bad {where}.{key} {value!r}: a number {lo}-{hi}")
+        raise BootConfigError(f"bad {where}.{key} {value!r}: a number {lo}-{hi}")
     return float(value)
 
 
 def _str(table: dict, key: str, where: str, default: str) -> str:
     value = table.get(key, default)
     if not isinstance(value, str):
-        raise ConfigError(f"bad {where}.{key} {value!r}: a string")
+        raise BootConfigError(f"bad {where}.{key} {value!r}: a string")
     return value
 
 
 def _known(table: dict, where: str, keys: set[str]) -> None:
     for k in table:
         if k not in keys:
-            raise ConfigError(f"unknown key {where}.{k} (known: {', '.join(sorted(keys))})")
+            raise BootConfigError(f"unknown key {where}.{k} (known: {', '.join(sorted(keys))})")
 
 
-def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
+def parse(doc: dict[str, Any], base_dir: Path | None = None) -> BootConfig:
     """Check a decoded TOML document; relative paths are taken from ``base_dir``."""
     _known(doc, "config", {"server", "network", "nodes", "hosts", "boot", "tftp", "nettee"})
     base_dir = base_dir or Path.cwd()
-    srv = doc.get("server", {})
-    net = doc.get("network", {})
-    nodes = doc.get("nodes", {})
-    boot = doc.get("boot", {})
-    tftp = doc.get("tftp", {})
-    nt = doc.get("nettee", {})
+    srv, net, nodes = doc.get("server", {}), doc.get("network", {}), doc.get("nodes", {})
+    boot, tftp, nt = doc.get("boot", {}), doc.get("tftp", {}), doc.get("nettee", {})
     _known(srv, "server", {"address", "root", "lease_file", "control", "http_port", "http_url"})
     _known(net, "network", {"subnet", "router", "dns", "domain", "lease_time",
                             "temporary_lease_time", "pool"})  # fmt: skip
@@ -226,15 +242,27 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
     _known(tftp, "tftp", {"bandwidth", "max_blksize", "max_windowsize", "timeout", "retries",
                           "defer_max", "fair"})  # fmt: skip
     _known(nt, "nettee", {"order", "fanout", "port"})
+    kw = _server_and_network(srv, net, base_dir)
+    kw.update(_nodes(nodes, kw))
+    kw["hosts"] = _hosts(doc.get("hosts", []))
+    kw.update(_boot(boot))
+    kw.update(_tftp(tftp))
+    if nt:
+        kw["nettee"] = _nettee(nt)
+    return BootConfig(**kw)
+
+
+def _server_and_network(srv: dict, net: dict, base_dir: Path) -> dict[str, Any]:
+    """[server] and [network]: the keyword arguments of :class:`BootConfig` they give."""
     for key in ("address", "root"):
         if key not in srv:
-            raise ConfigError(f"missing server.{key}")
+            raise BootConfigError(f"missing server.{key}")
     if "subnet" not in net:
-        raise ConfigError("missing network.subnet")
+        raise BootConfigError("missing network.subnet")
     try:
         subnet = ipaddress.IPv4Network(str(net["subnet"]), strict=False)
     except ValueError:
-        raise ConfigError(f"bad network.subnet {net['subnet']!r}: e.g. 10.0.0.0/16") from None
+        raise BootConfigError(f"bad network.subnet {net['subnet']!r}: e.g. 10.0.0.0/16") from None
     server = _ip(srv, "address", "server")
 
     def path(table: dict, key: str, where: str) -> Path | None:
@@ -242,11 +270,9 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
             return None
         return base_dir / _str(table, key, where, "")
 
-    root = path(srv, "root", "server")
-    assert root is not None
     kw: dict[str, Any] = {
         "server": server,
-        "root": root,
+        "root": path(srv, "root", "server"),
         "subnet": subnet,
         "lease_file": path(srv, "lease_file", "server"),
         "control": path(srv, "control", "server"),
@@ -256,11 +282,12 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
         "lease_time": _int(net, "lease_time", "network", 60, 10**7, 3600),
         "temporary_lease_time": _int(net, "temporary_lease_time", "network", 10, 10**7, 30),
     }
+    assert kw["root"] is not None
     if "router" in net:
         kw["router"] = _ip(net, "router", "network")
     dns = net.get("dns", [str(server)])
     if not isinstance(dns, list):
-        raise ConfigError(f"bad network.dns {dns!r}: a list of addresses")
+        raise BootConfigError(f"bad network.dns {dns!r}: a list of addresses")
     kw["dns"] = tuple(_ip({"dns": d}, "dns", "network") for d in dns)
     if "pool" in net:
         text = _str(net, "pool", "network", "")
@@ -268,99 +295,125 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> Config:
         try:
             lo, hi = (ipaddress.IPv4Address(x.strip()) for x in lo_hi)
         except ValueError:
-            raise ConfigError(f"bad network.pool {text!r}: e.g. 10.0.9.0-10.0.9.255") from None
+            raise BootConfigError(f"bad network.pool {text!r}: e.g. 10.0.9.0-10.0.9.255") from None
         if hi < lo or lo not in subnet or hi not in subnet:
-            raise ConfigError(f"bad network.pool {text!r}: a range inside {subnet}")
+            raise BootConfigError(f"bad network.pool {text!r}: a range inside {subnet}")
         kw["pool"] = (lo, hi)
+    return kw
+
+
+def _nodes(nodes: dict, kw: dict[str, Any]) -> dict[str, Any]:
+    """[nodes], checked against the subnet and pool already in ``kw``."""
+    out: dict[str, Any] = {}
+    subnet = kw["subnet"]
     if "base" in nodes:
         base = _ip(nodes, "base", "nodes")
         count = _int(nodes, "count", "nodes", 0, 65000, 0)
         if base not in subnet or base + count not in subnet:
-            raise ConfigError(f"bad nodes.base {str(base)!r}: nodes 0-{count} leave {subnet}")
-        kw.update(node_base=base, node_count=count)
+            raise BootConfigError(f"bad nodes.base {str(base)!r}: nodes 0-{count} leave {subnet}")
+        out.update(node_base=base, node_count=count)
         pool = kw.get("pool")
         if pool and not (int(pool[1]) < int(base) or int(pool[0]) > int(base) + count):
-            raise ConfigError(f"network.pool overlaps the node addresses {base}+0..{count}")
+            raise BootConfigError(f"network.pool overlaps the node addresses {base}+0..{count}")
     name = _str(nodes, "name", "nodes", "node{n}")
     try:
         sample = name.format(n=7)
     except (KeyError, IndexError, ValueError, TypeError, AttributeError):
-        raise ConfigError(
+        raise BootConfigError(
             f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}"
         ) from None
     if "{n" not in name or not NAME_RE.match(sample):
-        raise ConfigError(f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}")
-    kw["node_name"] = name
+        raise BootConfigError(f"bad nodes.name {name!r}: a pattern with {{n}}, e.g. node{{n:03d}}")
+    out["node_name"] = name
     admit = _str(nodes, "admit", "nodes", "manual")
     if admit not in ("manual", "auto"):
-        raise ConfigError(f"bad nodes.admit {admit!r}: manual or auto")
-    kw["admit"] = admit
+        raise BootConfigError(f"bad nodes.admit {admit!r}: manual or auto")
+    out["admit"] = admit
     macs = nodes.get("macs", {})
     if not isinstance(macs, dict):
-        raise ConfigError("bad nodes.macs: a table MAC = node number")
+        raise BootConfigError("bad nodes.macs: a table MAC = node number")
     node_macs: dict[str, int] = {}
     for mac, n in macs.items():
         m = normalize_mac(mac)
-        n = _int({mac: n}, mac, "nodes.macs", 0, kw.get("node_count", 0), 0)
+        n = _int({mac: n}, mac, "nodes.macs", 0, out.get("node_count", 0), 0)
         if n in node_macs.values():
-            raise ConfigError(f"bad nodes.macs.{mac}: node {n} given twice")
+            raise BootConfigError(f"bad nodes.macs.{mac}: node {n} given twice")
         node_macs[m] = n
-    if node_macs and "node_base" not in kw:
-        raise ConfigError("nodes.macs needs nodes.base")
-    kw["node_macs"] = node_macs
-    hosts = doc.get("hosts", [])
+    if node_macs and "node_base" not in out:
+        raise BootConfigError("nodes.macs needs nodes.base")
+    out["node_macs"] = node_macs
+    return out
+
+
+def _hosts(hosts: Any) -> tuple[Host, ...]:
+    """[[hosts]]: fixed addresses and names."""
     if not isinstance(hosts, list):
-        raise ConfigError("bad hosts: an array of tables [[hosts]]")
+        raise BootConfigError("bad hosts: an array of tables [[hosts]]")
     hs = []
     for i, h in enumerate(hosts):
         where = f"hosts[{i}]"
         if not isinstance(h, dict):
-            raise ConfigError(f"bad {where}: a table")
+            raise BootConfigError(f"bad {where}: a table")
         _known(h, where, {"mac", "ip", "name"})
         for key in ("mac", "ip", "name"):
             if key not in h:
-                raise ConfigError(f"missing {where}.{key}")
+                raise BootConfigError(f"missing {where}.{key}")
         hname = _str(h, "name", where, "")
         if not NAME_RE.match(hname):
-            raise ConfigError(f"bad {where}.name {hname!r}")
+            raise BootConfigError(f"bad {where}.name {hname!r}")
         hs.append(Host(normalize_mac(_str(h, "mac", where, "")), _ip(h, "ip", where), hname))
-    kw["hosts"] = tuple(hs)
+    return tuple(hs)
+
+
+def _boot(boot: dict) -> dict[str, Any]:
+    """[boot]: boot file names (at most 127 bytes: the BOOTP file field), kernel line."""
+    out: dict[str, Any] = {}
     for key, attr in (("bios", "boot_bios"), ("uefi", "boot_uefi"), ("arm64", "boot_arm64"),
                       ("ipxe_script", "ipxe_script")):  # fmt: skip
-        value = _str(boot, key, "boot", Config.__dataclass_fields__[attr].default)  # type: ignore[arg-type]
+        value = _str(boot, key, "boot", BootConfig.__dataclass_fields__[attr].default)  # type: ignore[arg-type]
         if len(value.encode()) > 127:
-            raise ConfigError(f"bad boot.{key} {value!r}: at most 127 bytes")
-        kw[attr] = value
+            raise BootConfigError(f"bad boot.{key} {value!r}: at most 127 bytes")
+        out[attr] = value
     for key in ("kernel", "initrd", "cmdline"):
-        kw[key] = _str(boot, key, "boot", "")
+        out[key] = _str(boot, key, "boot", "")
     for key in ("bios", "uefi", "arm64", "ipxe_script", "kernel", "initrd", "cmdline"):
         value = _str(boot, key, "boot", "")
         if _CONTROL_RE.search(value):  # (a line break would add lines to the iPXE script)
-            raise ConfigError(f"bad boot.{key} {value!r}: control characters")
-    kw["bandwidth_bps"] = parse_rate(tftp.get("bandwidth", 0))
-    kw["max_blksize"] = _int(tftp, "max_blksize", "tftp", 512, 65464, 1468)
-    kw["max_windowsize"] = _int(tftp, "max_windowsize", "tftp", 1, 256, 64)
-    kw["tftp_timeout"] = _float(tftp, "timeout", "tftp", 0.05, 255, 1.0)
-    kw["tftp_retries"] = _int(tftp, "retries", "tftp", 1, 20, 5)
-    kw["defer_max"] = _float(tftp, "defer_max", "tftp", 0, 10, 1.0)
+            raise BootConfigError(f"bad boot.{key} {value!r}: control characters")
+    return out
+
+
+def _tftp(tftp: dict) -> dict[str, Any]:
+    """[tftp]: the cap, option limits, timers and fairness."""
+    out = {
+        "bandwidth_bps": parse_rate(tftp.get("bandwidth", 0)),
+        "max_blksize": _int(tftp, "max_blksize", "tftp", 512, 65464, 1468),
+        "max_windowsize": _int(tftp, "max_windowsize", "tftp", 1, 256, 64),
+        "tftp_timeout": _float(tftp, "timeout", "tftp", 0.05, 255, 1.0),
+        "tftp_retries": _int(tftp, "retries", "tftp", 1, 20, 5),
+        "defer_max": _float(tftp, "defer_max", "tftp", 0, 10, 1.0),
+    }
     fair_ = tftp.get("fair", True)
     if not isinstance(fair_, bool):
-        raise ConfigError(f"bad tftp.fair {fair_!r}: true or false")
-    kw["fair"] = fair_
-    if nt:
-        order = nt.get("order", "")
-        if not isinstance(order, str) or not order:
-            raise ConfigError(f"bad nettee.order {order!r}: a node set, e.g. node[1-100]")
-        from beokit.hostlist import expand
+        raise BootConfigError(f"bad tftp.fair {fair_!r}: true or false")
+    out["fair"] = fair_
+    return out
 
-        if _nodeset_bound(order) > MAX_ORDER:
-            raise ConfigError(f"bad nettee.order {order!r}: more than {MAX_ORDER} names")
-        kw["nettee"] = Nettee(
-            order=tuple(expand(order)),
-            fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
-            port=_int(nt, "port", "nettee", 1, 65535, 7000),
-        )
-    return Config(**kw)
+
+def _nettee(nt: dict) -> Nettee:
+    """[nettee]: the topology handed to the nodes."""
+    order = nt.get("order", "")
+    if not isinstance(order, str) or not order:
+        raise BootConfigError(f"bad nettee.order {order!r}: a node set, e.g. node[1-100]")
+    from beokit.hostlist import expand
+
+    if _nodeset_bound(order) > MAX_ORDER:
+        raise BootConfigError(f"bad nettee.order {order!r}: more than {MAX_ORDER} names")
+    return Nettee(
+        order=tuple(expand(order)),
+        fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
+        port=_int(nt, "port", "nettee", 1, 65535, 7000),
+    )
 
 
 def _nodeset_bound(pattern: str) -> int:
@@ -382,17 +435,17 @@ def _nodeset_bound(pattern: str) -> int:
     return total
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path) -> BootConfig:
     """Read and check a TOML config file."""
     p = Path(path)
     try:
         text = p.read_bytes().decode()
     except OSError as e:
-        raise ConfigError(f"cannot read config {str(p)!r}: {e.strerror}") from None
+        raise BootConfigError(f"cannot read config {str(p)!r}: {e.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config {str(p)!r} is not UTF-8 text") from None
+        raise BootConfigError(f"config {str(p)!r} is not UTF-8 text") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"bad TOML in {str(p)!r}: {e}") from None
+        raise BootConfigError(f"bad TOML in {str(p)!r}: {e}") from None
     return parse(doc, p.resolve().parent)

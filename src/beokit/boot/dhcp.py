@@ -3,7 +3,7 @@
 Sans-IO: :func:`parse` turns a datagram into a :class:`Packet` (or raises
 :class:`DhcpError`, and nothing else), :meth:`Packet.encode` turns it back,
 and :class:`DhcpLogic` decides, for one received packet, which reply to send
-where (and after what delay). The server (``server.py``) only moves bytes.
+where (and after what delay). The server (``listeners.py``) only moves bytes.
 
 Full mode answers everything (addresses + boot information); proxy mode
 (``--proxy``, the PXE specification's proxyDHCP) answers only PXE clients,
@@ -18,8 +18,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from beokit.boot.config import Config
+from beokit.boot.config import PXE_PORT, BootConfig
 from beokit.boot.leases import DECLINE_HOLD, Binding, LeaseDB
+from beokit.errors import WireError
 
 IPv4 = ipaddress.IPv4Address
 ZERO = IPv4(0)
@@ -48,11 +49,11 @@ ARCH_EFI_ARM64, ARCH_HTTP_X64, ARCH_HTTP_ARM64 = 11, 16, 19
 ARCH_NAMES = {0: "bios", 6: "uefi-ia32", 7: "uefi-x64", 9: "uefi-x64", 10: "uefi-arm32",
               11: "uefi-arm64", 16: "http-x64", 19: "http-arm64"}  # fmt: skip
 
-PXE_PORT = 4011
 
 
-class DhcpError(ValueError):
-    """A datagram that is not a well-formed DHCP/BOOTP message."""
+class DhcpError(WireError, ValueError):
+    """A datagram that is not a well-formed DHCP/BOOTP message (a ``WireError``; still a
+    ``ValueError`` for older callers)."""
 
 
 def _ip(b: bytes) -> IPv4:
@@ -212,7 +213,7 @@ def parse(data: bytes) -> Packet:
 # ---------------------------------------------------------------------------
 
 
-def boot_file(cfg: Config, pkt: Packet, name: str = "") -> str:
+def boot_file(cfg: BootConfig, pkt: Packet, name: str = "") -> str:
     """The file (or URL) a PXE/HTTP/iPXE client should load next."""
     if pkt.is_ipxe and cfg.ipxe_script:
         if cfg.http_url:
@@ -250,7 +251,7 @@ class Reply:
 class DhcpLogic:
     """Decides the reply to each request, against a :class:`LeaseDB`."""
 
-    def __init__(self, cfg: Config, db: LeaseDB, *, proxy: bool = False,
+    def __init__(self, cfg: BootConfig, db: LeaseDB, *, proxy: bool = False,
                  client_port: int = 68, server_port: int = 67) -> None:  # fmt: skip
         self.cfg = cfg
         self.db = db

@@ -11,11 +11,27 @@ from __future__ import annotations
 
 import ipaddress
 
-from dnslib import PTR, QTYPE, RCODE, RR, A, DNSError, DNSRecord
+from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 from beokit.boot.leases import LeaseDB
+from beokit.errors import WireError
 
 TTL = 60
+
+
+class DnsError(WireError):
+    """A datagram that is not a DNS query."""
+
+
+def parse(query: bytes) -> DNSRecord:
+    """Decode one DNS query datagram; :class:`DnsError` if it is not one."""
+    try:
+        req = DNSRecord.parse(query)
+    except Exception as e:  # dnslib raises assorted errors on garbage (DNSError and others)
+        raise DnsError(f"not a DNS message: {e}") from None
+    if req.header.qr or not req.questions:
+        raise DnsError("not a query" if req.header.qr else "a query without a question")
+    return req
 
 
 def _ptr_ip(qname: str) -> ipaddress.IPv4Address | None:
@@ -31,10 +47,8 @@ def _ptr_ip(qname: str) -> ipaddress.IPv4Address | None:
 def answer(query: bytes, db: LeaseDB) -> bytes | None:
     """The reply to one DNS query datagram, or ``None`` to drop it."""
     try:
-        req = DNSRecord.parse(query)
-    except (DNSError, Exception):  # dnslib raises assorted errors on garbage
-        return None
-    if req.header.qr or not req.questions:
+        req = parse(query)
+    except DnsError:
         return None
     reply = req.reply()
     reply.header.ra = 0

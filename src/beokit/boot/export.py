@@ -7,10 +7,10 @@ per-node nettee topology files and TFTP bandwidth sharing.
 
 from __future__ import annotations
 
-from beokit.boot.config import Config
+from beokit.boot.config import BootConfig
 
 
-def dnsmasq_conf(cfg: Config, admitted: dict[str, int] | None = None) -> str:
+def dnsmasq_conf(cfg: BootConfig, admitted: dict[str, int] | None = None) -> str:
     nodes = dict(admitted or {})
     nodes.update(cfg.node_macs)
     out = [

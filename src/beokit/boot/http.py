@@ -18,13 +18,14 @@ import os
 import re
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from beokit.boot import paths
-
-if TYPE_CHECKING:
-    from beokit.boot.server import BootServer
+from beokit.boot.counters import Counters
+from beokit.boot.fair import Load, TokenBucket
+from beokit.boot.files import OpenFile
 
 log = logging.getLogger("beokit.boot")
 CHUNK = 1 << 20  # bytes per sendfile call: the unit of turn-taking between clients
@@ -37,6 +38,25 @@ MAX_PER_ADDRESS = 128  # at once from one client address
 GRACE = 1.0  # an idle connection younger than this is never pushed out for a new one
 BACKLOG = 128  # listen() backlog, and the most connections asyncio accepts in one go
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class HttpContext:
+    """What the HTTP server needs of the boot server, and nothing else.
+
+    ``open_file(name)`` gives a requested name's file as TFTP serves it (virtual
+    files included; raises ``paths.PathRefused``, ``FileNotFoundError`` or another
+    ``OSError``) and ``close_file`` gives it back; ``bucket`` and ``load`` are the
+    bandwidth budget shared with TFTP (a cap when ``bucket.rate > 0``); ``stats``
+    takes the counters and rate-limited warnings.
+    """
+
+    bind: str
+    open_file: Callable[[str], OpenFile]
+    close_file: Callable[[OpenFile], None]
+    bucket: TokenBucket
+    load: Load
+    stats: Counters
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -87,8 +107,8 @@ class HttpServer:
     :data:`MAX_HEADER` bytes, and a reply that the client does not take for
     :data:`SEND_STALL` seconds ends its connection."""
 
-    def __init__(self, boot: BootServer, port: int) -> None:
-        self.boot = boot
+    def __init__(self, ctx: HttpContext, port: int) -> None:
+        self.ctx = ctx
         self.port = port
         self.sock: socket.socket | None = None
         self.clients: dict[str, dict] = {}  # peer -> {"bytes", "file", "since"}
@@ -105,7 +125,7 @@ class HttpServer:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((self.boot.opts.bind, self.port))
+            s.bind((self.ctx.bind, self.port))
             s.listen(BACKLOG)
             s.setblocking(False)
         except BaseException:
@@ -124,14 +144,14 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # out of descriptors or memory: pause, do not spin
-                self.boot.warn("http-accept", "HTTP accept: %s (pausing 0.1 s)", e.strerror)
+                self.ctx.stats.warn("http-accept", "HTTP accept: %s (pausing 0.1 s)", e.strerror)
                 loop.remove_reader(self.sock.fileno())
                 loop.call_later(0.1, self._resume)
                 return
-            self.boot.count("http-connections")
+            self.ctx.stats.count("http-connections")
             conn = self._admit(peer[0])
             if conn is None:
-                self.boot.count("http-refused-full")
+                self.ctx.stats.count("http-refused-full")
                 s.close()
                 continue
             s.setblocking(False)
@@ -169,7 +189,7 @@ class HttpServer:
             oldest.transport.abort()  # (its descriptor goes at the loop's next turn)
         if oldest.task is not None:
             oldest.task.cancel()
-        self.boot.count("http-pushed-out")
+        self.ctx.stats.count("http-pushed-out")
         return True
 
     def _forget(self, conn: Conn) -> None:
@@ -266,10 +286,10 @@ class HttpServer:
             return keep
         name = unquote(urlsplit(target).path)
         try:
-            f = self.boot.open_served(name)
+            f = self.ctx.open_file(name)
         except paths.PathRefused as e:
-            self.boot.warn("http-refused", "HTTP %s refused: %s", key, e)
-            self.boot.count("http-refused")
+            self.ctx.stats.warn("http-refused", "HTTP %s refused: %s", key, e)
+            self.ctx.stats.count("http-refused")
             return await self._error(writer, "403 Forbidden", keep)
         except FileNotFoundError:
             return await self._error(writer, "404 Not Found", keep)
@@ -297,14 +317,14 @@ class HttpServer:
             await self._reply(writer, status, hdrs)
             if method == "GET" and count:
                 await self._body(writer, f, start, count, key, name)
-            self.boot.count("http-done")
+            self.ctx.stats.count("http-done")
         finally:
-            self.boot.files.close(f)
+            self.ctx.close_file(f)
         return keep
 
-    async def _body(self, writer: asyncio.StreamWriter, f, start: int, count: int, key: str,
-                    name: str) -> None:  # fmt: skip
-        boot = self.boot
+    async def _body(self, writer: asyncio.StreamWriter, f: OpenFile, start: int, count: int,
+                    key: str, name: str) -> None:  # fmt: skip
+        bucket, load = self.ctx.bucket, self.ctx.load
         loop = asyncio.get_running_loop()
         acct = self.clients.setdefault(key, {"bytes": 0, "file": name, "since": time.monotonic()})
         acct["file"] = name
@@ -315,12 +335,12 @@ class HttpServer:
             off, left = start, count
             while left > 0:
                 n = min(CHUNK, left)  # turns of 1 MiB: clients starting together end together
-                if boot.bucket.rate > 0:  # under a cap: smaller turns, taken in FIFO order
-                    n = min(n, max(int(boot.bucket.burst) // 4, 16384))
+                if bucket.rate > 0:  # under a cap: smaller turns, taken in FIFO order
+                    n = min(n, max(int(bucket.burst) // 4, 16384))
                     async with self.turns:  # asyncio.Lock wakes waiters first come first served
-                        while not boot.bucket.take(n, time.monotonic()):  # the shared cap
-                            boot.load.ran_dry()
-                            await asyncio.sleep(max(boot.bucket.wait_for(n), 0.001))
+                        while not bucket.take(n, time.monotonic()):  # the shared cap
+                            load.ran_dry()
+                            await asyncio.sleep(max(bucket.wait_for(n), 0.001))
                 if fobj is not None:  # (a client that takes nothing for SEND_STALL s: gone)
                     sent = await asyncio.wait_for(loop.sendfile(writer.transport, fobj, off, n),
                                                   SEND_STALL)  # fmt: skip
@@ -331,7 +351,7 @@ class HttpServer:
                 off += sent
                 left -= sent
                 acct["bytes"] += sent
-                boot.load.count(sent)
+                load.count(sent)
                 await asyncio.sleep(0)  # the next client's turn
         finally:
             if fobj is not None:

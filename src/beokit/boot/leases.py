@@ -29,7 +29,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from beokit.boot.config import Config
+from beokit.boot.config import BootConfig
 
 IPv4 = ipaddress.IPv4Address
 OFFER_HOLD = 60.0
@@ -63,7 +63,7 @@ class Binding:
 class LeaseDB:
     """All DHCP state of the server: admitted nodes and active leases."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: BootConfig) -> None:
         self.cfg = cfg
         self.admitted: dict[str, int] = {}  # key -> node number (beyond the config's)
         self.leases: dict[str, Lease] = {}
@@ -74,7 +74,7 @@ class LeaseDB:
         self.changed = False
         self.reconfigure(cfg)
 
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, cfg: BootConfig) -> None:
         self.cfg = cfg
         self._hosts = {h.mac: h for h in cfg.hosts}
         self._ip_owner: dict[str, str] = {str(h.ip): h.mac for h in cfg.hosts}

@@ -14,8 +14,9 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from beokit.boot import dhcp as D
+from beokit.boot import dhcp, tftp
 
 
 def mac_of(i: int, prefix: bytes = b"\x52\x54\x01") -> bytes:
@@ -25,15 +26,15 @@ def mac_of(i: int, prefix: bytes = b"\x52\x54\x01") -> bytes:
 def request(mtype: int, mac: bytes, xid: int, giaddr: str, *, requested: str | None = None,
             server_id: str | None = None, ciaddr: str = "0.0.0.0",
             extra: dict[int, bytes] | None = None) -> bytes:  # fmt: skip
-    p = D.Packet(op=D.BOOTREQUEST, xid=xid, chaddr=mac.ljust(16, b"\0"),
+    p = dhcp.Packet(op=dhcp.BOOTREQUEST, xid=xid, chaddr=mac.ljust(16, b"\0"),
                  giaddr=ipaddress.IPv4Address(giaddr), ciaddr=ipaddress.IPv4Address(ciaddr),
                  hops=1)  # fmt: skip
-    p.options[D.OPT_MSG_TYPE] = bytes([mtype])
-    p.options[D.OPT_PARAMS] = bytes([1, 3, 6, 12, 15, 28, 51, 54, 66, 67])
+    p.options[dhcp.OPT_MSG_TYPE] = bytes([mtype])
+    p.options[dhcp.OPT_PARAMS] = bytes([1, 3, 6, 12, 15, 28, 51, 54, 66, 67])
     if requested:
-        p.options[D.OPT_REQUESTED_IP] = ipaddress.IPv4Address(requested).packed
+        p.options[dhcp.OPT_REQUESTED_IP] = ipaddress.IPv4Address(requested).packed
     if server_id:
-        p.options[D.OPT_SERVER_ID] = ipaddress.IPv4Address(server_id).packed
+        p.options[dhcp.OPT_SERVER_ID] = ipaddress.IPv4Address(server_id).packed
     p.options.update(extra or {})
     return p.encode()
 
@@ -69,9 +70,9 @@ def dora(server: tuple[str, int], giaddr: str, n: int, *, timeout: float = 30.0,
     def send(mac: bytes) -> None:
         st, offered = state[mac]
         if st == "discover":
-            pkt = request(D.DISCOVER, mac, xid_of[mac], giaddr, extra=extra)
+            pkt = request(dhcp.DISCOVER, mac, xid_of[mac], giaddr, extra=extra)
         else:
-            pkt = request(D.REQUEST, mac, xid_of[mac], giaddr, requested=offered,
+            pkt = request(dhcp.REQUEST, mac, xid_of[mac], giaddr, requested=offered,
                           server_id=server_id, extra=extra)  # fmt: skip
         while True:
             try:
@@ -98,23 +99,23 @@ def dora(server: tuple[str, int], giaddr: str, n: int, *, timeout: float = 30.0,
                     except BlockingIOError:
                         break
                     try:
-                        p = D.parse(data)
-                    except D.DhcpError:
+                        p = dhcp.parse(data)
+                    except dhcp.DhcpError:
                         continue
                     mac = by_xid.get(p.xid)
                     if mac is None or mac in res.bound:
                         continue
                     t = p.msg_type
-                    if t == D.OFFER and state[mac][0] == "discover":
-                        sid = p.opt_ip(D.OPT_SERVER_ID)
+                    if t == dhcp.OFFER and state[mac][0] == "discover":
+                        sid = p.opt_ip(dhcp.OPT_SERVER_ID)
                         server_id = str(sid) if sid else server_id
                         state[mac] = ("request", str(p.yiaddr))
                         send(mac)
-                    elif t == D.ACK and state[mac][0] == "request":
+                    elif t == dhcp.ACK and state[mac][0] == "request":
                         res.bound[mac] = str(p.yiaddr)
-                        res.names[mac] = p.options.get(D.OPT_HOSTNAME, b"").decode()
+                        res.names[mac] = p.options.get(dhcp.OPT_HOSTNAME, b"").decode()
                         res.files[mac] = p.file.decode(errors="replace")
-                    elif t == D.NAK:
+                    elif t == dhcp.NAK:
                         res.naks += 1
                         state[mac] = ("discover", None)
                         send(mac)
@@ -131,8 +132,8 @@ def dora(server: tuple[str, int], giaddr: str, n: int, *, timeout: float = 30.0,
 def pxe_options(arch: int = 0, vendor: bytes | None = None) -> dict[int, bytes]:
     """Options a PXE ROM sends: vendor class PXEClient:Arch:xxxxx, option 93, UUID."""
     vc = vendor or f"PXEClient:Arch:{arch:05d}:UNDI:002001".encode()
-    return {D.OPT_VENDOR_CLASS: vc, D.OPT_ARCH: struct.pack("!H", arch),
-            D.OPT_NDI: b"\x01\x02\x01", D.OPT_UUID: b"\x00" + bytes(16)}  # fmt: skip
+    return {dhcp.OPT_VENDOR_CLASS: vc, dhcp.OPT_ARCH: struct.pack("!H", arch),
+            dhcp.OPT_NDI: b"\x01\x02\x01", dhcp.OPT_UUID: b"\x00" + bytes(16)}  # fmt: skip
 
 
 def pxe_client(iface: str, mac: bytes, *, arch: int = 0, wait: float = 2.0,
@@ -157,7 +158,7 @@ def pxe_client(iface: str, mac: bytes, *, arch: int = 0, wait: float = 2.0,
     def send(pkt: bytes, dest: tuple[str, int]) -> None:
         s.sendto(pkt, dest)
 
-    def collect(seconds: float, want: int | None = None) -> list[D.Packet]:
+    def collect(seconds: float, want: int | None = None) -> list[dhcp.Packet]:
         got, end = [], time.monotonic() + seconds
         while time.monotonic() < end:
             try:
@@ -165,41 +166,41 @@ def pxe_client(iface: str, mac: bytes, *, arch: int = 0, wait: float = 2.0,
             except TimeoutError:
                 continue
             try:
-                p = D.parse(data)
-            except D.DhcpError:
+                p = dhcp.parse(data)
+            except dhcp.DhcpError:
                 continue
-            if p.op == D.BOOTREPLY and p.xid == xid and (want is None or p.msg_type == want):
+            if p.op == dhcp.BOOTREPLY and p.xid == xid and (want is None or p.msg_type == want):
                 got.append(p)
                 if want is not None:
                     break
         return got
 
     def pkt(mtype: int, **kw) -> bytes:
-        p = D.parse(request(mtype, mac, xid, "0.0.0.0", extra=extra, **kw))
+        p = dhcp.parse(request(mtype, mac, xid, "0.0.0.0", extra=extra, **kw))
         p.flags = 0x8000  # broadcast replies: this client has no address yet
         p.hops = 0
         return p.encode()
 
     try:
-        send(pkt(D.DISCOVER), ("255.255.255.255", server_port))
+        send(pkt(dhcp.DISCOVER), ("255.255.255.255", server_port))
         offers = collect(wait)
         for p in offers:
-            out["offers"].append({"server": str(p.opt_ip(D.OPT_SERVER_ID)), "yiaddr": str(p.yiaddr),
+            out["offers"].append({"server": str(p.opt_ip(dhcp.OPT_SERVER_ID)), "yiaddr": str(p.yiaddr),
                                   "file": p.file.decode(), "vendor": p.vendor_class.decode()})  # fmt: skip
-        addr = next((p for p in offers if p.yiaddr != D.ZERO), None)
-        proxy = next((p for p in offers if p.yiaddr == D.ZERO and p.file), None)
+        addr = next((p for p in offers if p.yiaddr != dhcp.ZERO), None)
+        proxy = next((p for p in offers if p.yiaddr == dhcp.ZERO and p.file), None)
         if addr is not None:
-            send(pkt(D.REQUEST, requested=str(addr.yiaddr),
-                     server_id=str(addr.opt_ip(D.OPT_SERVER_ID))), ("255.255.255.255", server_port))  # fmt: skip
-            acks = collect(wait, D.ACK)
+            send(pkt(dhcp.REQUEST, requested=str(addr.yiaddr),
+                     server_id=str(addr.opt_ip(dhcp.OPT_SERVER_ID))), ("255.255.255.255", server_port))  # fmt: skip
+            acks = collect(wait, dhcp.ACK)
             if acks:
                 out["ack"] = {"yiaddr": str(acks[0].yiaddr),
-                              "server": str(acks[0].opt_ip(D.OPT_SERVER_ID))}  # fmt: skip
+                              "server": str(acks[0].opt_ip(dhcp.OPT_SERVER_ID))}  # fmt: skip
         if proxy is not None:
-            sid = str(proxy.opt_ip(D.OPT_SERVER_ID))
+            sid = str(proxy.opt_ip(dhcp.OPT_SERVER_ID))
             ciaddr = out["ack"]["yiaddr"] if out["ack"] else "0.0.0.0"
-            send(pkt(D.REQUEST, ciaddr=ciaddr), (sid, pxe_port))
-            acks = collect(wait, D.ACK)
+            send(pkt(dhcp.REQUEST, ciaddr=ciaddr), (sid, pxe_port))
+            acks = collect(wait, dhcp.ACK)
             if acks:
                 out["boot_ack"] = {"server": sid, "file": acks[0].file.decode(),
                                    "siaddr": str(acks[0].siaddr)}  # fmt: skip
@@ -219,73 +220,78 @@ def tftp_get(server: tuple[str, int], name: str, *, blksize: int = 1468, windows
     """
     import hashlib
 
-    from beokit.boot import tftp as T
-
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-    if bind:
-        s.bind((bind, 0))
-    s.settimeout(timeout)
-    h = None if sink else hashlib.sha256()
-    opts = {"blksize": str(blksize), "tsize": "0"}
-    if windowsize > 1:
-        opts["windowsize"] = str(windowsize)
-    s.sendto(T.build_rrq(name, "octet", opts), server)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        if bind:
+            s.bind((bind, 0))
+        s.settimeout(timeout)
+        opts = {"blksize": str(blksize), "tsize": "0"}
+        if windowsize > 1:
+            opts["windowsize"] = str(windowsize)
+        s.sendto(tftp.build_rrq(name, "octet", opts), server)
+        h = None if sink else hashlib.sha256()
+        total = _receive_file(s, blksize, h)
+        return total, (h.hexdigest() if h is not None else "")
+    finally:
+        s.close()
+
+
+def _receive_file(s: socket.socket, blksize: int, h: Any) -> int:
+    """The blocks of a requested file, acknowledged window by window; bytes received.
+    ``h``: a hash object fed with them (or None)."""
     peer = None
     blk, window, got, total, since_ack = blksize, 1, 0, 0, 0
     last_ack = b""
     tries = 0
     negotiated = False
-    try:
-        while True:
-            try:
-                data, src = s.recvfrom(65536)
-            except TimeoutError:
-                tries += 1
-                if tries > 5:
-                    raise
-                if last_ack and peer:
-                    s.sendto(last_ack, peer)
-                continue
-            if peer is None:
-                peer = src
-                s.connect(peer)
-            elif src != peer:
-                continue
-            tries = 0
-            op = data[1]
-            if op == T.OACK:
-                o = T.parse(data)
-                blk = int(o.options.get("blksize", 512))
-                window = int(o.options.get("windowsize", 1))
-                negotiated = True
-                last_ack = T.build_ack(0)
-                s.send(last_ack)
-                continue
-            if op == T.ERROR:
-                raise OSError(f"TFTP error: {T.parse(data)}")
-            if op != T.DATA:
-                continue
-            if not negotiated:  # DATA without an OACK: the server ignored the options
-                blk, window, negotiated = 512, 1, True
-            block = (data[2] << 8) | data[3]
-            if block == (got + 1) & 0xFFFF:
-                got += 1
-                payload = data[4:]
-                total += len(payload)
-                if h is not None:
-                    h.update(payload)
-                since_ack += 1
-                last = len(payload) < blk
-                if last or since_ack >= window:
-                    last_ack = T.build_ack(block)
-                    s.send(last_ack)
-                    since_ack = 0
-                if last:
-                    return total, (h.hexdigest() if h is not None else "")
-            else:  # out of order: say what we have, the server rewinds
-                last_ack = T.build_ack(got & 0xFFFF)
+    while True:
+        try:
+            data, src = s.recvfrom(65536)
+        except TimeoutError:
+            tries += 1
+            if tries > 5:
+                raise
+            if last_ack and peer:
+                s.sendto(last_ack, peer)
+            continue
+        if peer is None:
+            peer = src
+            s.connect(peer)
+        elif src != peer:
+            continue
+        tries = 0
+        op = data[1]
+        if op == tftp.OACK:
+            o = tftp.parse(data)
+            blk = int(o.options.get("blksize", 512))
+            window = int(o.options.get("windowsize", 1))
+            negotiated = True
+            last_ack = tftp.build_ack(0)
+            s.send(last_ack)
+            continue
+        if op == tftp.ERROR:
+            raise OSError(f"TFTP error: {tftp.parse(data)}")
+        if op != tftp.DATA:
+            continue
+        if not negotiated:  # DATA without an OACK: the server ignored the options
+            blk, window, negotiated = 512, 1, True
+        block = (data[2] << 8) | data[3]
+        if block == (got + 1) & 0xFFFF:
+            got += 1
+            payload = data[4:]
+            total += len(payload)
+            if h is not None:
+                h.update(payload)
+            since_ack += 1
+            last = len(payload) < blk
+            if last or since_ack >= window:
+                last_ack = tftp.build_ack(block)
                 s.send(last_ack)
                 since_ack = 0
-    finally:
-        s.close()
+            if last:
+                return total
+        else:  # out of order: say what we have, the server rewinds
+            last_ack = tftp.build_ack(got & 0xFFFF)
+            s.send(last_ack)
+            since_ack = 0

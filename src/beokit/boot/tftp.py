@@ -19,6 +19,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from beokit.errors import WireError
+
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 # error codes
 E_UNDEF, E_NOTFOUND, E_ACCESS, E_FULL, E_ILLEGAL, E_TID, E_EXISTS, E_USER, E_OPTION = range(9)
@@ -27,8 +29,8 @@ DEFAULT_BLKSIZE = 512
 MAX_NAME = 512
 
 
-class TftpError(ValueError):
-    """A malformed TFTP datagram."""
+class TftpError(WireError, ValueError):
+    """A malformed TFTP datagram (a ``WireError``; still a ``ValueError`` for older callers)."""
 
 
 @dataclass(frozen=True)
