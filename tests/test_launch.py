@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -153,6 +155,58 @@ def test_command_timeout() -> None:
     assert cp.returncode == 1
     res = as_json(cp)["results"]
     assert res["n1"]["rc"] == 0 and res["n2"]["error"] == "command timed out after 1 s"
+
+
+def _running(tag: str) -> list[int]:
+    """Pids of the processes ``sleep TAG``."""
+    out = []
+    for entry in os.scandir("/proc"):
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            if entry.name.isdigit() and argv[:2] == [b"sleep", tag.encode()]:
+                out.append(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("sig, extra", [(signal.SIGTERM, []), (signal.SIGINT, ["--leaf-agents"]),
+                                        (signal.SIGTERM, ["--json", "--leaf-agents"])],
+                         ids=["TERM", "INT-agents", "TERM-json"])  # fmt: skip
+def test_stopped_run_kills_every_command_and_names_the_unfinished(
+        tmp_path: Path, sig: int, extra: list[str]) -> None:  # fmt: skip
+    """SIGTERM (as SIGINT): every command of the tree is killed, under agents too,
+    the hosts that had not finished are named, exit status 128 + the signal."""
+    tag = f"{300 + random.random():.9f}"  # sleep's argument: our commands, no one else's
+    cmd = f"touch {tmp_path}/$BEO_HOST; exec sleep {tag}"
+    p = subprocess.Popen([*BEO, "run", "-R", "exec", "-k", "2", *extra, "n[1-6]", "--", cmd],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.iterdir())) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_running(tag)) == 6
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    name = signal.Signals(sig).name
+    assert p.returncode == 128 + sig, err
+    assert f"beo run: interrupted by {name}: n[1-6] had not finished (commands killed)" in err
+    assert "Traceback" not in err
+    if "--json" in extra:
+        doc = json.loads(out)
+        assert doc["interrupted"] == name and doc["failed"] == 6
+        assert doc["results"]["n4"]["error"] == f"not finished: beo run was stopped by {name}"
+    else:
+        assert f"n[1-6]: not finished: beo run was stopped by {name}" in err
+    deadline = time.monotonic() + 10  # SIGKILLed already; gone once reaped
+    while _running(tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running(tag) == []
 
 
 def test_tree_is_faster_than_sequential_with_launch_cost() -> None:

@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from beokit import framing
+from beokit.errors import WireError
 from beokit.launch import plan
 
 
@@ -58,9 +60,9 @@ def test_depth_of_modes() -> None:
 
 def test_root_plans() -> None:
     hosts = ["a", "b", "c", "d"]
-    assert plan.root_plan("flat", hosts, 2) == plan.Plan([["a"], ["b"], ["c"], ["d"]], 2, 0)
+    assert plan.root_plan("flat", hosts, 2) == plan.LaunchPlan([["a"], ["b"], ["c"], ["d"]], 2, 0)
     assert plan.root_plan("sequential", hosts, 9).window == 1
-    assert plan.root_plan("ring", hosts, 3) == plan.Plan([hosts], 1, 1)
+    assert plan.root_plan("ring", hosts, 3) == plan.LaunchPlan([hosts], 1, 1)
     assert plan.child_groups(["x", "y"], 0) == []
     with pytest.raises(ValueError):
         plan.root_plan("star", hosts, 2)
@@ -79,8 +81,8 @@ messages = st.one_of(
 
 @given(st.lists(messages), st.integers(1, 50))
 def test_decoder_reassembles_any_chunking(msgs: list[dict], chunk: int) -> None:
-    wire = b"".join(plan.encode(m) for m in msgs)
-    dec = plan.Decoder()
+    wire = b"".join(framing.encode(m) for m in msgs)
+    dec = framing.LineDecoder(plan.MAX_LINE)
     out = []
     for i in range(0, len(wire), chunk):
         out += dec.feed(wire[i : i + chunk])
@@ -90,8 +92,8 @@ def test_decoder_reassembles_any_chunking(msgs: list[dict], chunk: int) -> None:
 @given(st.binary())
 def test_decoder_never_crashes_on_garbage(data: bytes) -> None:
     try:
-        plan.Decoder(max_line=1000).feed(data)
-    except plan.ProtocolError:
+        framing.LineDecoder(max_line=1000).feed(data)
+    except WireError:
         pass
 
 
@@ -99,12 +101,12 @@ def test_header_round_trip_and_errors() -> None:
     hdr = plan.parse_header(plan.header("t0k", "127.0.0.1:99", "n1"))
     assert (hdr["token"], hdr["parent"], hdr["h"]) == ("t0k", "127.0.0.1:99", "n1")
     assert plan.split_parent(hdr["parent"]) == ("127.0.0.1", 99)
-    with pytest.raises(plan.ProtocolError):
-        plan.parse_header(plan.encode({"t": "header", "v": 99}))
-    with pytest.raises(plan.ProtocolError):
+    with pytest.raises(WireError):
+        plan.parse_header(framing.encode({"t": "header", "v": 99}))
+    with pytest.raises(WireError):
         plan.split_parent("nohost")
-    with pytest.raises(plan.ProtocolError):
-        plan.Decoder(max_line=10).feed(b"x" * 20)
+    with pytest.raises(WireError):
+        framing.LineDecoder(max_line=10).feed(b"x" * 20)
 
 
 @given(st.binary(max_size=4096))
@@ -112,7 +114,7 @@ def test_header_carries_input_bytes(data: bytes) -> None:
     hdr = plan.parse_header(plan.header("t", "a:1", "n1", data))
     assert plan.header_payload(hdr) == data
     assert plan.header_payload(plan.parse_header(plan.header("t", "a:1", "n1"))) is None
-    with pytest.raises(plan.ProtocolError):
+    with pytest.raises(WireError):
         plan.header_payload({"in": "not base64!"})
 
 

@@ -1,13 +1,21 @@
-"""The small shared modules: beokit.auth, beokit.proc, beokit.errors."""
+"""The small shared modules: beokit.auth, beokit.proc, beokit.framing, beokit.net, beokit.errors."""
 
 from __future__ import annotations
 
+import io
+import os
+import signal
+import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beokit import auth, proc
+from beokit import auth, framing, net, proc
 from beokit.errors import WireError
 
 
@@ -42,3 +50,156 @@ def test_wire_error_is_not_a_usage_error() -> None:
     from beokit.errors import BeokitError
 
     assert not issubclass(WireError, BeokitError)
+
+
+# ------------------------------------------------------------------ framing
+
+messages = st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=20),
+                           max_size=4).map(lambda d: {**d, "t": "m"})  # fmt: skip
+
+
+@given(st.lists(messages, max_size=6), st.integers(1, 40))
+def test_framing_reassembles_any_chunking(msgs: list[dict], chunk: int) -> None:
+    wire = b"".join(framing.encode(m) for m in msgs)
+    dec = framing.LineDecoder()
+    out = []
+    for i in range(0, len(wire), chunk):
+        out += dec.feed(wire[i : i + chunk])
+    assert out == msgs
+
+
+@given(st.binary(max_size=300))
+def test_framing_garbage_is_a_wire_error_or_messages(data: bytes) -> None:
+    try:
+        for m in framing.LineDecoder(max_line=100).feed(data):
+            assert isinstance(m["t"], str)
+    except WireError:
+        pass
+
+
+def test_framing_refuses_what_is_not_a_message() -> None:
+    for line in (b"[1]", b'{"t": 1}', b"{}", b"\xff", b"not json"):
+        with pytest.raises(WireError):
+            framing.decode(line)
+    assert framing.decode(b'{"t":"x","a":1}\n') == {"t": "x", "a": 1}
+    with pytest.raises(WireError, match="longer than 10"):
+        framing.LineDecoder(max_line=10).feed(b"x" * 11)
+    assert framing.LineBuffer(max_line=10).lines(b"x" * 30 + b"\n\n  \ny") == [b"x" * 30]
+
+
+def test_read_message_ends_and_bounds() -> None:
+    stream = io.BytesIO(framing.encode({"t": "a"}) + b"z" * 50)
+    assert framing.read_message(stream, 40) == {"t": "a"}
+    with pytest.raises(WireError, match="longer than 40"):
+        framing.read_message(stream, 40)
+    assert framing.read_message(io.BytesIO(b""), 40) is None
+
+
+# ---------------------------------------------------------------------- net
+
+
+def test_host_port_round_trip() -> None:
+    for host in ("127.0.0.1", "::1", "node7"):
+        assert net.split_host_port(net.host_port(host, 80)) == (host, 80)
+    assert net.host_port("::1", 9) == "[::1]:9"
+    for bad in ("nohost", "a:", ":80", "a:b", "a:70000"):
+        with pytest.raises(ValueError, match="bad address"):
+            net.split_host_port(bad)
+
+
+def test_free_port_pair_is_free() -> None:
+    port = net.free_port(["127.0.0.1"])
+    for p in (port, port + 1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+# --------------------------------------------------------------------- proc
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_fork_python_runs_a_named_worker_in_its_own_session() -> None:
+    r, w = os.pipe()
+
+    def work() -> int:
+        print(f"{os.getsid(0) == os.getpid()} {_comm(os.getpid())} {sys.argv}", file=sys.stderr)
+        return 7
+
+    pid = proc.fork_python(work, name="bk-worker", stderr=w, argv=["x", "y"])
+    os.close(w)
+    child = proc.ForkedChild(pid)
+    with os.fdopen(r, "rb") as fh:
+        assert fh.read() == b"True bk-worker ['x', 'y']\n"
+    assert child.wait() == 7 and child.poll() == 7
+
+
+def test_fork_python_exit_codes() -> None:
+    def boom() -> int:
+        raise RuntimeError("boom")
+
+    def leave() -> int:
+        raise SystemExit(4)
+
+    def killed() -> int:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    r, w = os.pipe()
+    codes = [proc.ForkedChild(proc.fork_python(f, name="bk-t", stderr=w)).wait()
+             for f in (boom, leave, killed)]  # fmt: skip
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        assert b"bk-t: RuntimeError('boom')" in fh.read()
+    assert codes == [1, 4, -9]
+    assert proc.describe_exit(codes[2], "worker") == "worker killed by signal 9 (SIGKILL)"
+
+
+def test_fork_server_forks_a_worker_per_request(tmp_path: Path) -> None:
+    path = str(tmp_path / "forks")
+    server = proc.start_fork_server(path, "builtins:exec", name="bk-forked")
+    try:
+        out = tmp_path / "out"
+        code = f"import os; open({str(out)!r}, 'w').write(open('/proc/self/comm').read())\n"
+        worker = proc.request_fork(path, code.encode())
+        assert worker.wait(timeout=20) == 0 and worker.poll() == 0
+        assert out.read_text() == "bk-forked\n"
+        sleeper = proc.request_fork(path, b"import time; time.sleep(60)\n")
+        with pytest.raises(subprocess.TimeoutExpired):
+            sleeper.wait(timeout=0.1)
+        proc.kill_group(sleeper)
+        assert sleeper.wait(timeout=20) == 0  # gone (its code is the server's to read)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_shell_command_output_status_and_timeout() -> None:
+    cmd = proc.ShellCommand("cat; echo err >&2; exit 3", input=b"in\n")
+    assert cmd.finish(timeout=20) == proc.Finished(3, b"in\n", b"err\n", None)
+    slow = proc.ShellCommand("echo started; exec sleep 30")
+    done = slow.finish(timeout=0.5)
+    assert done.returncode is None and done.error == "command timed out after 0.5 s"
+    assert done.out == b"started\n" and not slow.running()
+
+
+def test_stop_terms_then_kills() -> None:
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; sleep 30"],
+                                stdout=subprocess.PIPE)  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    assert proc.stop(stubborn, grace=0.2) == -signal.SIGKILL
+    assert proc.stop(subprocess.Popen(["sleep", "30"])) == -signal.SIGTERM
+
+
+def test_signal_guard_raises_once() -> None:
+    with proc.SignalGuard() as guard, pytest.raises(proc.Interrupted) as exc:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert exc.value.name == "SIGTERM" and exc.value.exit_status == 143
+    assert guard.fired == signal.SIGTERM
+    with proc.SignalGuard() as guard:
+        guard.fired = signal.SIGINT  # fired already: a second signal is noted, not raised
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)

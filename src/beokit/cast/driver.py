@@ -44,6 +44,7 @@ from beokit.cast.plan import Chain, Row
 from beokit.errors import UsageError
 from beokit.launch.backends import Backend
 from beokit.nettee.localchain import free_port
+from beokit.proc import Interrupted, SignalGuard
 
 CHUNK = 1 << 20
 FORM_GRACE = 15.0  # after go, the root must have formed the tree within this (+connect timeout)
@@ -162,7 +163,7 @@ class Launch:
     def __init__(self, job: Job, hosts: list[str], payload: bytes, addr: str,
                  receivers: dict[str, Receiver]) -> None:  # fmt: skip
         from beokit.launch import plan as lplan
-        from beokit.launch.agent import Node
+        from beokit.launch.agent import Agent
 
         self.receivers = receivers
         command = f"{job.remote_python} -m beokit.cast.receiver"
@@ -180,7 +181,7 @@ class Launch:
         advertise = addr
         if addr in ("0.0.0.0", "::"):
             advertise = "@ssh" if job.backend.kind == "ssh" else socket.gethostname()
-        self.node = Node(None, the_plan.groups, the_plan.window, cfg, self._emit, addr,
+        self.node = Agent(None, the_plan.groups, the_plan.window, cfg, self._emit, addr,
                          advertise, payload)  # fmt: skip
         self.thread = threading.Thread(target=self.node.run, daemon=True)
         self.thread.start()
@@ -475,45 +476,6 @@ def source_snapshot(job: Job) -> dict[str, int] | None:
         return snap
     except OSError:
         return {"missing": 1}
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM during a cast; ``outcome`` holds every node's state when known."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.name = signal.Signals(signum).name
-        super().__init__(self.name)
-        self.outcome: Outcome | None = None
-
-
-class SignalGuard:
-    """SIGINT and SIGTERM raise :class:`Interrupted` (once) while this is entered.
-
-    A second signal during the clean-up that follows (bounded: a few seconds)
-    is noted and otherwise ignored, so that the clean-up finishes: receivers
-    told, temporary copies removed, nothing left running.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.fired: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> SignalGuard:
-        for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.fired is None:
-            self.fired = signum
-            raise Interrupted(signum)
 
 
 ABORT_WAIT = 10.0  # on interruption, every receiver's account of its DEST within this

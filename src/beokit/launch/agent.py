@@ -1,24 +1,28 @@
-"""The launcher's I/O driver: a :class:`Node` launches its children and relays.
+"""The launcher's I/O driver: an :class:`Agent` launches its children and relays.
 
-The root (``beo run``) and every agent run the same :class:`Node`:
+The root (``beo run``) and every agent on the nodes run the same :class:`Agent`:
 
 1. for each group of hosts (head + share), launch the head through the
    backend with a fresh random token on its stdin, wait (bounded) until it
-   connects back and says hello with that token, send it its share;
+   connects back and says hello with that token
+   (:class:`~beokit.launch.listen.HelloListener`), send it its share;
 2. relay what comes up from that child (progress, results, heartbeats) to
    its own parent, until the child says ``done``;
    a head with no share (a *leaf*) gets no agent: the backend process runs
-   the command itself and this node reads its output and exit status
-   (:meth:`Node._leaf`), as pdsh does;
+   the command itself and this agent reads its output and exit status
+   (:func:`~beokit.launch.leaf.run_leaf`), as pdsh does;
 3. if a head cannot be launched (down, refused, hanging), report it by name
    and launch the next host of its group in its place: the subtree is
-   re-parented to this node.  If a child is lost later, the hosts of its
+   re-parented to this agent.  If a child is lost later, the hosts of its
    share that were never launched are re-parented the same way, the others
    are reported lost.
 
 Every child proceeds at its own pace: one thread per child (the seed's
 multi-threaded design).  Every wait is bounded: connect timeout, heartbeat
-timeout, the user's command timeout.  Standard library only.
+timeout, the user's command timeout.  :func:`main` is the entry point of an
+agent on a node (:data:`~beokit.launch.backends.BOOTSTRAP` calls it).
+
+Standard library only (:mod:`beokit.launch.ship` lists what is shipped).
 """
 
 from __future__ import annotations
@@ -33,53 +37,30 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from beokit import framing
+from beokit.errors import WireError
+from beokit.launch import plan
+from beokit.launch.backends import Backend, environ
+from beokit.launch.leaf import EXIT_GRACE, run_leaf
+from beokit.launch.listen import HelloListener, Slot
+from beokit.launch.ship import zipapp_bytes
+from beokit.proc import ShellCommand, kill_group, request_fork, signal_name
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
     Emit = Callable[[dict[str, Any]], None]
 
-from beokit.launch import plan
-from beokit.launch.backends import Backend, environ, fork_agent, set_shipped, zipapp_bytes
-
 HEARTBEAT_EVERY = 1.0
 HEARTBEAT_TIMEOUT = 10.0  # a child silent this long is lost
-HELLO_TIMEOUT = 5.0  # an accepted connection must say hello within this
-EXIT_GRACE = 5.0  # a finished child's launch process must exit within this
+FORKED_AGENT = "beo-agent"  # what ps and top call an agent forked by the fork server
 
 
-def _feed(proc: subprocess.Popen, data: bytes) -> None:
-    """Write ``data`` to ``proc``'s stdin and close it, from a thread of its own:
-    the command may read it late (or never) while we read its output."""
-
-    def write() -> None:
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(data)
-            proc.stdin.close()
-        except (OSError, ValueError):
-            pass  # it ended already (or does not read): its reader sees the end
-
-    threading.Thread(target=write, daemon=True).start()
-
-
-def _killpg(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _Slot:
-    def __init__(self) -> None:
-        self.ready = threading.Event()
-        self.conn: socket.socket | None = None
-
-
-class Node:
+class Agent:
     """Launch ``groups`` (``window`` launches in flight), relay results to ``emit``.
 
-    ``host`` is this node's own name (None at the root, which runs no command);
+    ``host`` is this agent's own host (None at the root, which runs no command);
     ``cfg`` is the run configuration every agent receives (command, fanout,
     timeouts, backend spec).
     """
@@ -97,12 +78,14 @@ class Node:
         self._emit = emit
         self.bind = bind
         self.advertise = advertise
-        self.pending: dict[str, _Slot] = {}
-        self.procs: set[subprocess.Popen] = set()
+        self.parent_addr = ""
+        self.leaves: set[subprocess.Popen] = set()  # leaf processes (killed on close)
+        self.launches: set[Any] = set()  # agents' launch processes
+        self.children: set[socket.socket] = set()  # connections of launched agents
         self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
+        self.listener: HelloListener | None = None
         self.closing = False
-        self.command: subprocess.Popen | None = None
+        self.command: ShellCommand | None = None
         # --barrier: commands wait for release() (root: all hosts up; agents: go)
         self.barrier = bool(cfg.get("barrier"))
         self.released = threading.Event()
@@ -113,15 +96,23 @@ class Node:
         with self.emit_lock:
             self._emit(msg)
 
+    def track(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.leaves.add(proc)
+
+    def untrack(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.leaves.discard(proc)
+
     # ------------------------------------------------------------- run
 
     def run(self) -> None:
         """Launch every group and run the command; return when all have ended."""
         threads = []
         if self.groups:
-            self.listener = socket.create_server((self.bind, 0), backlog=128)
-            self.parent_addr = f"{self.advertise}:{self.listener.getsockname()[1]}"
-            threading.Thread(target=self._accept, daemon=True).start()
+            self.listener = HelloListener(self.bind)
+            self.parent_addr = f"{self.advertise}:{self.listener.port}"
+            self.listener.start()
         # children first: their launches are on the critical path, our command is not
         threads += [threading.Thread(target=self._subtree, args=(g,), daemon=True)
                     for g in self.groups]  # fmt: skip
@@ -136,17 +127,26 @@ class Node:
             self.close()
 
     def close(self) -> None:
-        """Stop listening; kill whatever this node launched and still runs."""
+        """Stop: no more launches; our command and leaves are killed; every launched
+        agent is told to stop and loses its connection to us (it then kills its
+        own command and subtree and exits; its thread here waits EXIT_GRACE for
+        that, then kills its launch process)."""
         self.closing = True
         if self.listener is not None:
             self.listener.close()
         with self.lock:
-            procs = list(self.procs)
-        if self.command is not None and self.command.poll() is None:
-            procs.append(self.command)
-        for p in procs:
+            children, leaves = list(self.children), list(self.leaves)
+        for conn in children:
+            try:
+                conn.sendall(framing.encode(plan.STOP))  # a few bytes: never blocks
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.command is not None:
+            self.command.kill()
+        for p in leaves:
             if p.poll() is None:
-                _killpg(p)
+                kill_group(p)
 
     def release(self) -> None:
         """--barrier: start the command here and pass go to every child (once)."""
@@ -159,7 +159,7 @@ class Node:
         for start in waiting:
             start()
 
-    def _on_release(self, start: Callable[[], None]) -> None:
+    def on_release(self, start: Callable[[], None]) -> None:
         """Call ``start`` at release (at once if released already)."""
         with self.lock:
             if not self.released.is_set():
@@ -175,126 +175,17 @@ class Node:
         while self.barrier and not self.released.wait(1.0):
             if self.closing:
                 return
-        feed = subprocess.DEVNULL if self.payload is None else subprocess.PIPE
         try:
-            self.command = subprocess.Popen(
-                ["/bin/sh", "-c", self.cfg["command"]], stdin=feed,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ(self.host),
-                start_new_session=True)  # fmt: skip
+            self.command = ShellCommand(self.cfg["command"], env=environ(self.host),
+                                        input=self.payload)  # fmt: skip
         except OSError as exc:
             self.emit(plan.result(self.host, None, error=f"cannot run command: {exc}"))
             return
-        error = None
-        try:
-            out, err = self.command.communicate(self.payload, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _killpg(self.command)
-            out, err = self.command.communicate()
-            error = f"command timed out after {timeout:g} s"
-        rc = self.command.returncode if error is None else None
-        self.emit(plan.result(self.host, rc, out.decode(errors="replace"),
-                              err.decode(errors="replace"), error))  # fmt: skip
-
-    # ------------------------------------------------------- listening
-
-    PER_SOURCE = 64  # unauthenticated connections waiting for their hello, per address
-    MAX_PENDING = 512  # ... and in all; past either, the oldest of that address goes
-
-    def _accept(self) -> None:
-        """Accept and read every child's hello in this one thread (a selector).
-
-        A stranger's connection costs a socket, never a thread: it must say
-        hello within HELLO_TIMEOUT, at most PER_SOURCE wait per source address
-        and MAX_PENDING in all (the oldest of the address, or of the address
-        holding the most, is closed first).
-        """
-        import selectors
-
-        assert self.listener is not None
-        listener = self.listener
-        listener.setblocking(False)
-        sel = selectors.DefaultSelector()
-        sel.register(listener, selectors.EVENT_READ)
-        waiting: dict[socket.socket, tuple[float, str, bytearray]] = {}  # oldest first
-
-        def drop(conn: socket.socket) -> None:
-            waiting.pop(conn, None)
-            sel.unregister(conn)
-            conn.close()
-
-        def admit(conn: socket.socket, source: str) -> None:
-            mine = [c for c, w in waiting.items() if w[1] == source]
-            if len(mine) >= self.PER_SOURCE:
-                drop(mine[0])
-            elif len(waiting) >= self.MAX_PENDING:
-                counts = collections.Counter(w[1] for w in waiting.values())
-                greedy = counts.most_common(1)[0][0]
-                drop(next(c for c, w in waiting.items() if w[1] == greedy))
-            conn.setblocking(False)
-            waiting[conn] = (time.monotonic() + HELLO_TIMEOUT, source, bytearray())
-            sel.register(conn, selectors.EVENT_READ)
-
-        try:
-            while not self.closing:
-                for key, _ in sel.select(0.5):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
-                    if sock is listener:
-                        for _ in range(64):
-                            try:
-                                conn, peer = listener.accept()
-                            except BlockingIOError:
-                                break
-                            admit(conn, str(peer[0]))
-                        continue
-                    self._hello_bytes(sock, waiting, drop, sel)
-                now = time.monotonic()
-                for conn in [c for c, w in waiting.items() if w[0] <= now]:
-                    drop(conn)
-        except OSError:
-            pass  # the listener was closed: this node is ending
-        finally:
-            for conn in list(waiting):
-                drop(conn)
-            sel.close()
-
-    def _hello_bytes(self, conn: socket.socket, waiting: dict, drop: Callable,
-                     sel: Any) -> None:  # fmt: skip
-        """More bytes of a waiting connection's hello; hand it over once complete."""
-        try:
-            data = conn.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        buf = waiting[conn][2]
-        buf += data
-        if not data or (b"\n" not in buf and len(buf) >= 4096):
-            drop(conn)
-            return
-        if b"\n" not in buf:
-            return
-        waiting.pop(conn)
-        sel.unregister(conn)
-        try:
-            msg = plan.decode(bytes(buf).partition(b"\n")[0])
-        except plan.ProtocolError:
-            conn.close()
-            return
-        token = msg.get("token")
-        with self.lock:
-            # a dict lookup of a 128-bit random one-time token: nothing to learn
-            # from its timing, and it is removed on first use
-            slot = None
-            if msg["t"] == "hello" and isinstance(token, str):
-                slot = self.pending.pop(token, None)
-        if slot is None:
-            conn.close()  # wrong or replayed token: not one of ours
-            return
-        conn.setblocking(True)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        slot.conn = conn
-        slot.ready.set()
+        if self.closing:  # close() came while it started: it may have missed it
+            self.command.kill()
+        done = self.command.finish(timeout)
+        self.emit(plan.result(self.host, done.returncode, done.out.decode(errors="replace"),
+                              done.err.decode(errors="replace"), done.error))  # fmt: skip
 
     # -------------------------------------------------------- children
 
@@ -303,7 +194,7 @@ class Node:
         while group and not self.closing:
             head, rest = group[0], group[1:]
             if not rest and not self.cfg.get("leaf_agents"):
-                self.emit(self._leaf(head))
+                self.emit(run_leaf(self, head))
                 return
             with self.window:
                 conn, proc, error = self._launch(head)
@@ -311,228 +202,92 @@ class Node:
                 self.emit(plan.result(head, None, error=error))
                 group = rest  # re-parent: the next host takes the head's place
                 continue
-            assert proc is not None
+            with self.lock:
+                self.children.add(conn)
             try:
                 group = self._relay(conn, head, rest)
             finally:
+                with self.lock:
+                    self.children.discard(conn)
                 conn.close()
-                try:
-                    proc.wait(timeout=EXIT_GRACE)
-                except subprocess.TimeoutExpired:
-                    _killpg(proc)
-                    proc.wait()
-                with self.lock:
-                    self.procs.discard(proc)
+                self._reap_launch(proc)
 
-    # ----------------------------------------------------------- leaves
-
-    def _leaf(self, host: str) -> dict[str, Any]:
-        """Run the command on a leaf host through the backend itself, as pdsh does.
-
-        A host with no share needs no agent: the backend process runs the
-        command (see :meth:`Backend.leaf_command`) and this node reads its
-        output and exit status.  The marker line ends the connect timeout
-        (down: the backend exits first; hanging: no marker in time).
-        Returns the host's result message.
-        """
-        self.window.acquire()
-        held = True
+    def _reap_launch(self, proc: Any) -> None:
+        """A child agent is done (or lost): its launch process must end, bounded."""
         try:
-            self.emit(plan.state(host, "launched"))
-            if self.backend.delay:
-                time.sleep(self.backend.delay)  # the simulated rsh/ssh handshake
-            if self.closing:
-                return plan.result(host, None, error="launch cancelled")
-            local = self.backend.kind == "exec"  # a local process: up once it exists
-            command = self.cfg["command"]
-            payload = self.payload
-            if local:
-                argv, env = ["/bin/sh", "-c", command], environ(host)
-                if self.barrier:  # wait for the go line, then run the command
-                    rest = "" if payload is not None else " </dev/null"
-                    argv = ["/bin/sh", "-c", f'read _go || exit 125; exec /bin/sh -c "$0"{rest}',
-                            command]  # fmt: skip
-            else:
-                argv = self.backend.argv(host, self.backend.leaf_command(
-                    host, command, self.barrier, stdin=payload is not None))  # fmt: skip
-                env = None
-            piped = self.barrier or payload is not None
-            try:
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-                                        env=env, start_new_session=True)  # fmt: skip
-            except OSError as exc:
-                return plan.result(host, None, error=f"cannot launch: {exc}")
-            with self.lock:
-                self.procs.add(proc)
-            if payload is not None and not self.barrier:
-                _feed(proc, payload)
-            try:
-                res, held = self._leaf_io(host, proc, up=local)
-                return res
-            finally:
-                if proc.poll() is None:
-                    _killpg(proc)
-                proc.wait()
-                with self.lock:
-                    self.procs.discard(proc)
-        finally:
-            if held:
-                self.window.release()
-
-    def _leaf_io(self, host: str, proc: subprocess.Popen,
-                 up: bool = False) -> tuple[dict[str, Any], bool]:  # fmt: skip
-        """Read a leaf's stdout/stderr to the end with bounded waits.
-
-        ``up``: the command runs already (no marker to wait for: exec backend).
-        Returns (result, whether the launch window slot is still held).
-        """
-        import selectors
-
-        assert proc.stdout is not None and proc.stderr is not None
-        connect_timeout = float(self.cfg.get("connect_timeout", 10))
-        timeout = float(self.cfg.get("timeout") or 0)
-        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-        out_fd = proc.stdout.fileno()
-        sel = selectors.DefaultSelector()
-        for fd in bufs:
-            sel.register(fd, selectors.EVENT_READ)
-        held = True
-        start = 0
-        deadline = time.monotonic() + connect_timeout
-        go = threading.Event()  # --barrier: the go line was written to the leaf
-
-        def running() -> float:
-            """The leaf is up: free the window slot; the new deadline."""
-            nonlocal held
-            self.window.release()
-            held = False
-            self.emit(plan.state(host, "running"))
-            if self.barrier:
-                self._on_release(lambda: self._go_leaf(proc, go))
-            return time.monotonic() + timeout if timeout else float("inf")
-
-        if up:
-            deadline = running()
-        error = None
-        try:
-            while sel.get_map() and error is None:
-                if self.closing:
-                    error = "launch cancelled" if not up else "cancelled"
-                    break
-                if self.barrier and up and not go.is_set():
-                    deadline = float("inf")  # --timeout counts from the release
-                elif self.barrier and up and deadline == float("inf") and timeout:
-                    deadline = self.released_at + timeout
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    error = (f"command timed out after {timeout:g} s" if up
-                             else f"no contact within {connect_timeout:g} s")  # fmt: skip
-                    break
-                for key, _ in sel.select(min(wait, 1.0)):
-                    data = os.read(key.fd, 1 << 16)
-                    if not data:
-                        sel.unregister(key.fd)
-                        continue
-                    bufs[key.fd] += data
-                    if key.fd == out_fd and not up:
-                        i = bufs[out_fd].find(plan.LEAF_MARKER + b"\n")
-                        if i >= 0 and (i == 0 or bufs[out_fd][i - 1 : i] == b"\n"):
-                            up = True
-                            start = i + len(plan.LEAF_MARKER) + 1
-                            deadline = running()
-        finally:
-            sel.close()
-        if error is not None:
-            _killpg(proc)
-            if not up:
-                return plan.result(host, None, error=error), held
-        else:
-            try:
-                proc.wait(timeout=EXIT_GRACE)  # the pipes are closed: it is ending
-            except subprocess.TimeoutExpired:
-                _killpg(proc)
-        proc.wait()
-        raw = bytes(bufs[out_fd][start:])
-        status: int | None = proc.returncode
-        if self.backend.kind == "rsh" and up:  # the status comes as the last stdout line
-            raw, status = plan.split_status(raw)
-            if status is None and error is None:
-                error = "rsh: the remote exit status did not arrive (connection lost?)"
-        out = raw.decode(errors="replace")
-        err = bufs[proc.stderr.fileno()].decode(errors="replace")
-        if not up:
-            lines = [ln.strip() for ln in (bytes(bufs[out_fd]).decode(errors="replace")
-                                           + "\n" + err).splitlines() if ln.strip()]  # fmt: skip
-            why = " ".join(lines[-3:]) or "no message"
-            error = f"launch failed (exit {proc.returncode}): {why}"
-            return plan.result(host, None, error=error), held
-        rc = status if error is None else None
-        return plan.result(host, rc, out, err, error), held
-
-    def _go_leaf(self, proc: subprocess.Popen, go: threading.Event) -> None:
-        """--barrier: write the go line to a waiting leaf (its command starts)."""
-        _feed(proc, b"go\n" + (self.payload or b""))
-        go.set()
-
-    def _launch(self, head: str) -> tuple[socket.socket | None, subprocess.Popen | None, str]:
-        token = os.urandom(16).hex()
-        slot = _Slot()
+            proc.wait(timeout=EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            proc.wait()
         with self.lock:
-            self.pending[token] = slot
+            self.launches.discard(proc)
+
+    def _start_agent(self, head: str, hdr: bytes) -> Any:
+        """The process that becomes ``head``'s agent (OSError if it cannot start)."""
+        forks = self.cfg.get("forkserver") if self.backend.kind == "exec" else None
+        if forks:
+            return request_fork(forks, hdr)
+        proc = subprocess.Popen(self.backend.argv(head, self.backend.agent_command()),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(hdr)
+            proc.stdin.flush()
+        except OSError:
+            pass  # the process died already: seen by the caller
+        return proc
+
+    def _launch(self, head: str) -> tuple[socket.socket | None, Any, str]:
+        """Start ``head``'s agent and wait (bounded) for its hello: (connection, its
+        launch process, "") or (None, None, why it failed)."""
+        assert self.listener is not None
+        token, slot = self.listener.expect()
         self.emit(plan.state(head, "launched"))
         if self.backend.delay:
             time.sleep(self.backend.delay)  # the simulated rsh/ssh handshake
-        hdr = plan.header(token, self.parent_addr, head, self.payload)
-        forks = self.cfg.get("forkserver") if self.backend.kind == "exec" else None
         try:
-            if forks:
-                proc: Any = fork_agent(forks, hdr)
-            else:
-                proc = subprocess.Popen(self.backend.argv(head, self.backend.agent_command()),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            proc = self._start_agent(head, plan.header(token, self.parent_addr, head,
+                                                       self.payload))  # fmt: skip
         except OSError as exc:
-            with self.lock:
-                self.pending.pop(token, None)
+            self.listener.forget(token)
             return None, None, f"cannot launch: {exc}"
         with self.lock:
-            self.procs.add(proc)
+            self.launches.add(proc)
         tail: collections.deque[str] = collections.deque(maxlen=3)
-        reader = threading.Thread(target=self._read_launch_output, args=(proc, tail), daemon=True)
-        if not forks:
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(hdr)
-                proc.stdin.flush()
-            except OSError:
-                pass  # the process died already: seen below
+        reader = None
+        if proc.stdout is not None:  # not a forked agent: watch its launch channel
+            reader = threading.Thread(target=self._read_launch_output, args=(proc, tail),
+                                      daemon=True)  # fmt: skip
             reader.start()
-        deadline = time.monotonic() + float(self.cfg.get("connect_timeout", 10))
-        error = ""
-        while not slot.ready.wait(0.02):
-            if self.closing:
-                error = "launch cancelled"
-            elif proc.poll() is not None:
-                if reader.is_alive():
-                    reader.join(1)
-                why = " ".join(tail) or "no message"
-                error = f"launch failed (exit {proc.returncode}): {why}"
-            elif time.monotonic() > deadline:
-                error = f"no contact within {self.cfg.get('connect_timeout', 10):g} s"
-            if error:
+        error = self._await_hello(slot, proc, reader, tail)
+        if error:
+            self.listener.forget(token)
+            if not slot.ready.is_set():
+                kill_group(proc)
+                proc.wait()
                 with self.lock:
-                    self.pending.pop(token, None)
-                if not slot.ready.is_set():
-                    _killpg(proc)
-                    proc.wait()
-                    with self.lock:
-                        self.procs.discard(proc)
-                    return None, None, error
-                break
+                    self.launches.discard(proc)
+                return None, None, error
         self.emit(plan.state(head, "running"))
         assert slot.conn is not None
         return slot.conn, proc, ""
+
+    def _await_hello(self, slot: Slot, proc: Any, reader: threading.Thread | None,
+                     tail: collections.deque[str]) -> str:  # fmt: skip
+        """Wait for the child's hello: "" once it came, else why it will not."""
+        connect_timeout = float(self.cfg.get("connect_timeout", 10))
+        deadline = time.monotonic() + connect_timeout
+        while not slot.ready.wait(0.02):
+            if self.closing:
+                return "launch cancelled"
+            if proc.poll() is not None:
+                if reader is not None and reader.is_alive():
+                    reader.join(1)
+                return plan.launch_failed(proc.returncode, " ".join(tail) or "no message")
+            if time.monotonic() > deadline:
+                return f"no contact within {connect_timeout:g} s"
+        return ""
 
     def _read_launch_output(self, proc: subprocess.Popen, tail: collections.deque[str]) -> None:
         """Watch the launch channel: ship the zipapp on request, keep the last lines."""
@@ -554,7 +309,7 @@ class Node:
     def _relay(self, conn: socket.socket, head: str, rest: list[str]) -> list[str]:
         """Relay the child's messages up until ``done``; return hosts to re-parent."""
         try:
-            conn.sendall(plan.encode(plan.work(rest, self.cfg)))
+            conn.sendall(framing.encode(plan.work(rest, self.cfg)))
         except OSError as exc:
             self.emit(plan.result(head, None, error=f"lost after launch: {exc}"))
             return rest
@@ -562,33 +317,39 @@ class Node:
 
             def go() -> None:
                 try:
-                    conn.sendall(plan.encode(plan.GO))
+                    conn.sendall(framing.encode(plan.GO))
                 except OSError:
                     pass  # lost: the relay loop below sees it
 
-            self._on_release(go)
+            self.on_release(go)
         missing = {head, *rest}
         launched: set[str] = {head}
-        decoder = plan.Decoder()
+        reason = self._relay_until_done(conn, head, missing, launched)
+        if not reason:
+            return []
+        lost = [h for h in sorted(missing) if h in launched]
+        for host in lost:
+            self.emit(plan.result(host, None, error=f"lost: {head}: {reason}"))
+        return [h for h in rest if h not in launched]
+
+    def _relay_until_done(self, conn: socket.socket, head: str, missing: set[str],
+                          launched: set[str]) -> str:  # fmt: skip
+        """Pass the child's messages up: "" once it said done, else why it was lost."""
+        decoder = framing.LineDecoder(plan.MAX_LINE)
         conn.settimeout(HEARTBEAT_TIMEOUT)
-        reason = ""
-        while not reason:
+        while True:
             try:
                 data = conn.recv(1 << 16)
             except TimeoutError:
-                reason = f"no heartbeat for {HEARTBEAT_TIMEOUT:g} s"
-                break
+                return f"no heartbeat for {HEARTBEAT_TIMEOUT:g} s"
             except OSError as exc:
-                reason = f"connection lost: {exc}"
-                break
+                return f"connection lost: {exc}"
             if not data:
-                reason = "connection closed"
-                break
+                return "connection closed"
             try:
                 msgs = decoder.feed(data)
-            except plan.ProtocolError as exc:
-                reason = str(exc)
-                break
+            except WireError as exc:
+                return str(exc)
             for msg in msgs:
                 t = msg["t"]
                 if t == "hb":
@@ -596,26 +357,114 @@ class Node:
                 if t == "done":
                     for host in sorted(missing):
                         self.emit(plan.result(host, None, error=f"no result (via {head})"))
-                    return []
+                    return ""
                 if t == "st" and msg.get("s") == "launched":
                     launched.add(msg.get("h", ""))
                 elif t == "res":
                     missing.discard(msg.get("h", ""))
                 self.emit(msg)
-        lost = [h for h in sorted(missing) if h in launched]
-        for host in lost:
-            self.emit(plan.result(host, None, error=f"lost: {head}: {reason}"))
-        return [h for h in rest if h not in launched]
 
 
 # ------------------------------------------------------------------ agent
 
 
-def shipped(path: str) -> None:
-    """Called by the bootstrap when it ran us from a shipped zipapp at ``path``."""
-    with open(path, "rb") as fh:
-        set_shipped(fh.read())
-    os.unlink(path)  # every module the agent needs is imported already
+class ParentLink:
+    """An agent's connection to its parent: hello and work, then messages up
+    (results, heartbeats) and ``go`` down.  Losing it stops the agent."""
+
+    def __init__(self, sock: socket.socket, host: str, first: list[dict[str, Any]],
+                 decoder: framing.LineDecoder) -> None:  # fmt: skip
+        self.sock = sock
+        self.host = host
+        self.first = first  # the work message, and a go that came with it
+        self.decoder = decoder
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.agent: Agent | None = None
+        self._stopping = threading.Lock()
+
+    @classmethod
+    def connect(cls, parent: tuple[str, int], token: str, host: str) -> ParentLink:
+        """Say hello with our token; return once the parent sent our work."""
+        sock = socket.create_connection(parent, timeout=10)
+        # small messages, relayed at once: no Nagle (with delayed ACKs it held
+        # a second message ~40 ms at every level)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(framing.encode(plan.hello(token, host)))
+        sock.settimeout(30)
+        decoder = framing.LineDecoder(plan.MAX_LINE)
+        msgs: list[dict[str, Any]] = []
+        while not msgs:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("parent closed the connection")
+            msgs = decoder.feed(data)
+        return cls(sock, host, msgs, decoder)
+
+    def start(self, agent: Agent) -> None:
+        """Heartbeats up, the parent watched; SIGTERM/SIGHUP stop the agent."""
+        self.agent = agent
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _f: self.abort(f"stopped by {signal_name(signum)}"))
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        try:
+            with self.lock:
+                self.sock.sendall(framing.encode(msg))
+        except OSError as exc:
+            self.abort(f"parent lost: {exc}")
+
+    def finish(self) -> None:
+        """Our subtree is done: say so and hang up."""
+        self.finished.set()
+        self.send(plan.DONE)
+        with self.lock:
+            self.sock.close()
+
+    def abort(self, why: str) -> None:
+        """Stop everything this agent started, now, and exit (``why`` "": quietly,
+        as the parent asked).  Once: a second call returns while the first ends us."""
+        if not self._stopping.acquire(blocking=False):
+            return
+        if why:
+            print(f"beo agent {self.host}: {why}; stopping", file=sys.stderr)
+        if self.agent is not None:
+            self.agent.close()
+        os._exit(1)
+
+    def _heartbeat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_EVERY)
+            self.send(plan.HEARTBEAT)
+
+    def _obey(self, msgs: list[dict[str, Any]]) -> None:
+        """The parent's word: ``stop`` (end quietly) or ``go`` (--barrier)."""
+        assert self.agent is not None
+        kinds = {m["t"] for m in msgs}
+        if "stop" in kinds:
+            self.abort("")
+        if "go" in kinds:
+            self.agent.release()
+
+    def _watch(self) -> None:
+        self._obey(self.first[1:])
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            if not data and not self.finished.is_set():
+                self.abort("parent closed the connection")
+            if not data:
+                return
+            try:
+                self._obey(self.decoder.feed(data))
+            except WireError as exc:
+                self.abort(f"parent: {exc}")
 
 
 def _local_addresses() -> tuple[str | None, str | None]:
@@ -634,85 +483,29 @@ def main(header_line: bytes | None = None) -> int:
         hdr = plan.parse_header(header_line)
         phost, pport = plan.split_parent(hdr["parent"])
         payload = plan.header_payload(hdr)
-    except plan.ProtocolError as exc:
+    except WireError as exc:
         print(f"beo agent: {exc}", file=sys.stderr)
         return 2
     ssh_client, ssh_server = _local_addresses()
     if phost == "@ssh":
         phost = ssh_client or "127.0.0.1"
     try:
-        up = socket.create_connection((phost, pport), timeout=10)
-        # small messages, relayed at once: no Nagle (with delayed ACKs it held
-        # a second message ~40 ms at every level)
-        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        up.sendall(plan.encode(plan.hello(hdr["token"], hdr["h"])))
-        up.settimeout(30)
-        decoder = plan.Decoder()
-        msgs: list[dict[str, Any]] = []
-        while not msgs:
-            data = up.recv(1 << 16)
-            if not data:
-                raise ConnectionError("parent closed the connection")
-            msgs = decoder.feed(data)
-    except (OSError, plan.ProtocolError) as exc:
+        parent = ParentLink.connect((phost, pport), hdr["token"], hdr["h"])
+    except (OSError, WireError) as exc:
         print(f"beo agent {hdr['h']}: parent {phost}:{pport}: {exc}", file=sys.stderr)
         return 1
-    if msgs[0]["t"] != "work":
-        print(f"beo agent: expected work, got {msgs[0]['t']!r}", file=sys.stderr)
+    work = parent.first[0]
+    if work["t"] != "work":
+        print(f"beo agent: expected work, got {work['t']!r}", file=sys.stderr)
         return 1
-    cfg = msgs[0]["cfg"]
-    groups = plan.child_groups(msgs[0]["hosts"], int(cfg.get("fanout", 0)))
+    cfg = work["cfg"]
+    groups = plan.child_groups(work["hosts"], int(cfg.get("fanout", 0)))
     bind = ssh_server or cfg.get("agent_bind", "127.0.0.1")
-    send_lock = threading.Lock()
-    finished = threading.Event()
-    node: Node
-
-    def abort(why: str) -> None:
-        print(f"beo agent {hdr['h']}: {why}; stopping", file=sys.stderr)
-        node.close()
-        os._exit(1)
-
-    def send(msg: dict[str, Any]) -> None:
-        try:
-            with send_lock:
-                up.sendall(plan.encode(msg))
-        except OSError as exc:
-            abort(f"parent lost: {exc}")
-
-    def heartbeat() -> None:
-        while True:
-            time.sleep(HEARTBEAT_EVERY)
-            send(plan.HEARTBEAT)
-
-    def watch_parent() -> None:
-        if any(m["t"] == "go" for m in msgs[1:]):
-            node.release()
-        while True:
-            try:
-                data = up.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                data = b""
-            if not data and not finished.is_set():
-                abort("parent closed the connection")
-            if not data:
-                return
-            try:
-                if any(m["t"] == "go" for m in decoder.feed(data)):
-                    node.release()
-            except plan.ProtocolError as exc:
-                abort(f"parent: {exc}")
-
     advertise = hdr["h"] if bind in ("0.0.0.0", "::") else bind
-    node = Node(hdr["h"], groups, len(groups), cfg, send, bind, advertise, payload)
-    threading.Thread(target=heartbeat, daemon=True).start()
-    threading.Thread(target=watch_parent, daemon=True).start()
-    node.run()
-    finished.set()
-    send(plan.DONE)
-    with send_lock:
-        up.close()
+    agent = Agent(hdr["h"], groups, len(groups), cfg, parent.send, bind, advertise, payload)
+    parent.start(agent)
+    agent.run()
+    parent.finish()
     return 0
 
 

@@ -6,7 +6,8 @@ ConnectTimeout), ``rsh``, ``exec`` (run locally: every "host" is a name, for
 tests and single-box demos; ``delay`` stands for the handshake cost) and a
 user template with ``{host}`` and ``{cmd}``.
 
-Standard library only: this module is shipped to nodes with the agent.
+Standard library only: this module is shipped to nodes with the agent
+(:mod:`beokit.launch.ship`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 BUILTIN = ("ssh", "rsh", "exec")
-AGENT_MODULES = ("__init__.py", "launch/__init__.py", "launch/plan.py",
-                 "launch/agent.py", "launch/backends.py")  # fmt: skip
 
 # The remote command: read the header line from stdin, import the agent, or,
 # if beokit is not importable there, ask the parent for a zipapp of it on the
-# same channel (marker line on stdout; length line and zip bytes on stdin).
+# same channel (marker line on stdout; length line and zip bytes on stdin; see
+# beokit.launch.ship).
 BOOTSTRAP = """\
 import sys{path}
 h=sys.stdin.buffer.readline()
@@ -40,7 +40,8 @@ except ImportError:
  f=tempfile.NamedTemporaryFile(prefix="beokit-",suffix=".zip",delete=False)
  f.write(d);f.close();sys.path.insert(0,f.name)
  from beokit.launch import agent
- agent.shipped(f.name)
+ from beokit.launch import ship
+ ship.shipped(f.name)
 sys.exit(agent.main(h))
 """
 
@@ -134,203 +135,8 @@ def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float =
     return Backend(kind, template, list(ssh_args or []), connect_timeout, delay, python)
 
 
-_ZIP: bytes | None = None
-
-
-def set_shipped(data: bytes) -> None:
-    """This process was shipped: its own zipapp is ``data`` (to ship on)."""
-    global _ZIP
-    _ZIP = data
-
-
-def zipapp_bytes() -> bytes:
-    """A zip of the agent's modules, importable from ``sys.path`` (cached)."""
-    global _ZIP
-    if _ZIP is None:
-        import io
-        import zipfile
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../beokit
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel in AGENT_MODULES:
-                with open(os.path.join(root, rel), "rb") as fh:
-                    zf.writestr(f"beokit/{rel}", fh.read())
-        _ZIP = buf.getvalue()
-    return _ZIP
-
-
 def environ(host: str) -> dict[str, str]:
     """The environment of the user's command on ``host``."""
     env = dict(os.environ)
     env["BEO_HOST"] = host
     return env
-
-
-# ------------------------------------------------------------ fork server
-#
-# On one box, starting a fresh interpreter for every simulated host costs
-# ~45 ms of CPU, and hundreds of them queue on a few cores: the benchmark
-# would measure the box, not the tree.  On a cluster that start-up runs on
-# each node's own CPU, in parallel.  So ``-R exec`` forks agents from a small
-# single-threaded server that has imported the agent once (as multiprocessing's
-# forkserver does); the agents then speak the same protocol as over ssh.
-
-
-class ForkedAgent:
-    """An agent forked by the fork server, with the part of Popen's API we use."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self.stdin = self.stdout = None
-        try:
-            self._fd: int | None = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._fd, self.returncode = None, 0  # gone already
-        except (OSError, AttributeError):
-            self._fd = None
-
-    def _ended(self, timeout: float | None) -> bool:
-        import select
-        import time
-
-        if self.returncode is not None:
-            return True
-        if self._fd is None:  # no pidfd (old kernel): poll the pid (no zombies: see serve)
-            deadline = time.monotonic() + (timeout or 0)
-            while True:
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    self.returncode = 0
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-        if select.select([self._fd], [], [], timeout)[0]:
-            os.close(self._fd)
-            self._fd, self.returncode = None, 0  # the server reaps it: code unknown
-            return True
-        return False
-
-    def poll(self) -> int | None:
-        self._ended(0)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if not self._ended(timeout):
-            import subprocess
-
-            raise subprocess.TimeoutExpired(f"agent {self.pid}", timeout or 0)
-        return self.returncode or 0
-
-
-def fork_agent(path: str, header_line: bytes, timeout: float = 10) -> ForkedAgent:
-    """Ask the fork server at ``path`` for an agent that gets ``header_line``."""
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        while True:  # a full backlog says EAGAIN: the server is busy forking, retry
-            try:
-                s.connect(path)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.005)
-        s.sendall(header_line)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            data = s.recv(64)
-            if not data:
-                raise OSError("fork server closed the connection")
-            reply += data
-    return ForkedAgent(int(reply))
-
-
-def serve_forks(path: str) -> None:
-    """The fork server: fork an agent per request; exit when our parent is gone."""
-    import gc
-    import signal
-    import socket
-
-    from beokit.launch import agent, plan
-
-    parent = os.getppid()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the agents
-    # what is imported now is shared by every agent: keep the collector off it, so
-    # forked agents do not copy those pages (copy-on-write) by touching them
-    # ... and resolve once: getaddrinfo loads glibc's NSS modules, ~2-3 ms in
-    # every agent otherwise
-    for name in ("127.0.0.1", "localhost"):
-        try:
-            socket.getaddrinfo(name, 1, 0, socket.SOCK_STREAM)
-        except OSError:
-            pass
-    gc.collect()
-    gc.freeze()
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(path)
-    srv.listen(4096)
-    srv.settimeout(1)
-    while os.getppid() == parent:
-        try:
-            conn, _ = srv.accept()
-        except TimeoutError:
-            continue
-        conn.settimeout(5)
-        try:
-            line = b""
-            while not line.endswith(b"\n") and len(line) < plan.MAX_HEADER:
-                data = conn.recv(1 << 16)
-                if not data:
-                    break
-                line += data
-            pid = os.fork()
-            if pid == 0:
-                rc = 1
-                try:
-                    srv.close()
-                    conn.close()
-                    os.setsid()
-                    try:  # "beo-agent" in ps/top rather than "python"
-                        with open("/proc/self/comm", "w") as fh:
-                            fh.write("beo-agent")
-                    except OSError:
-                        pass
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    null = os.open(os.devnull, os.O_RDWR)
-                    os.dup2(null, 0)
-                    os.dup2(null, 1)
-                    rc = agent.main(line)
-                finally:
-                    sys.stderr.flush()
-                    os._exit(rc)
-            conn.sendall(b"%d\n" % pid)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-
-def start_fork_server(path: str) -> Any:
-    """Start :func:`serve_forks` on ``path``; returns its Popen (the caller ends it)."""
-    import subprocess
-    import time
-
-    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = (f"import sys; sys.path.insert(0, {src!r}); "
-            f"from beokit.launch.backends import serve_forks; serve_forks({path!r})")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise OSError("the exec backend's fork server did not start")
-        time.sleep(0.01)
-    return proc

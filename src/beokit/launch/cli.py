@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -11,8 +12,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from beokit import proc
 from beokit.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -25,8 +28,9 @@ from beokit.errors import (
     seconds,
 )
 from beokit.launch import plan
-from beokit.launch.agent import Node
-from beokit.launch.backends import Backend, make_backend, start_fork_server
+from beokit.launch.agent import FORKED_AGENT, Agent
+from beokit.launch.backends import Backend, make_backend
+from beokit.launch.leaf import EXIT_GRACE
 
 DEFAULT_FANOUT = {"tree": 3, "flat": 32, "sequential": 1, "ring": 1}
 
@@ -182,81 +186,119 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace) -> int:
-    hosts, command = _hosts_and_command(args)
-    mode = args.mode
-    k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[mode]
-    if k < 1:
-        raise UsageError(f"bad fanout {k}: must be >= 1")
-    if args.listen:
-        check_bindable("--listen", args.listen)
+def _backend(args: argparse.Namespace) -> Backend:
+    """The backend of ``-R`` and its options; UsageError if they are bad."""
     try:
         ssh_args = shlex.split(args.ssh_args)
     except ValueError as exc:
         raise UsageError(f"bad --ssh-args {args.ssh_args!r}: {exc}") from None
     try:
-        backend: Backend = make_backend(args.rcmd, ssh_args=ssh_args,
-                                        delay=args.launch_delay,
-                                        connect_timeout=args.connect_timeout,
-                                        python=args.remote_python)  # fmt: skip
+        return make_backend(args.rcmd, ssh_args=ssh_args, delay=args.launch_delay,
+                            connect_timeout=args.connect_timeout,
+                            python=args.remote_python)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _addresses(args: argparse.Namespace, backend: Backend) -> tuple[str, str]:
+    """(where the root listens for its children, the address it tells them)."""
+    if args.listen:
+        check_bindable("--listen", args.listen)
     listen = args.listen or ("127.0.0.1" if backend.kind == "exec" else "0.0.0.0")
     if listen not in ("0.0.0.0", "::"):
-        advertise = listen
-    elif backend.kind == "ssh":
-        advertise = "@ssh"  # the agent takes our address from SSH_CONNECTION
-    else:
-        advertise = socket.gethostname()
+        return listen, listen
+    if backend.kind == "ssh":
+        return listen, "@ssh"  # the agent takes our address from SSH_CONNECTION
+    return listen, socket.gethostname()
+
+
+@contextlib.contextmanager
+def _fork_server(cfg: dict[str, Any], wanted: bool) -> Iterator[None]:
+    """-R exec: agents forked from a preloaded server (``cfg["forkserver"]``)."""
+    if not wanted:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="beo-run-") as tmp:
+        cfg["forkserver"] = os.path.join(tmp, "forks")
+        server = proc.start_fork_server(cfg["forkserver"], "beokit.launch.agent:main",
+                                        plan.MAX_HEADER, name=FORKED_AGENT)  # fmt: skip
+        try:
+            yield
+        finally:
+            server.kill()
+            server.wait()
+
+
+def _run(args: argparse.Namespace) -> int:
+    hosts, command = _hosts_and_command(args)
+    k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[args.mode]
+    if k < 1:
+        raise UsageError(f"bad fanout {k}: must be >= 1")
+    backend = _backend(args)
+    listen, advertise = _addresses(args, backend)
     payload = read_input(args.input) if args.input else None
-    the_plan = plan.root_plan(mode, hosts, k)
+    the_plan = plan.root_plan(args.mode, hosts, k)
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
            "agent_bind": "127.0.0.1" if backend.kind == "exec" else listen,
            "leaf_agents": args.leaf_agents, "barrier": args.barrier}  # fmt: skip
-    forks = None
-    tmp = None
-    if backend.kind == "exec" and not args.remote_python:
-        tmp = tempfile.TemporaryDirectory(prefix="beo-run-")
-        cfg["forkserver"] = os.path.join(tmp.name, "forks")
-        try:
-            forks = start_fork_server(cfg["forkserver"])
-        except OSError as exc:
-            tmp.cleanup()
-            print(f"beo run: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-    collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
-    node = Node(None, the_plan.groups, the_plan.window, cfg, collector, listen, advertise,
-                payload)  # fmt: skip
-    if args.barrier:
-        collector.on_all_up = node.release
-    start = time.monotonic()
     try:
-        worker = threading.Thread(target=node.run, daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        node.close()
-        collector.stop()
-        print("beo run: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        collector.stop()
-        if forks is not None:
-            forks.kill()
-            forks.wait()
-        if tmp is not None:
-            tmp.cleanup()
-    elapsed = time.monotonic() - start
-    results = collector.results
+        with _fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+            collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
+            agent = Agent(None, the_plan.groups, the_plan.window, cfg, collector, listen,
+                          advertise, payload)  # fmt: skip
+            if args.barrier:
+                collector.on_all_up = agent.release
+            start = time.monotonic()
+            stopped = _run_tree(agent, collector)
+            elapsed = time.monotonic() - start
+    except OSError as exc:  # the fork server did not start
+        print(f"beo run: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return _report(args, hosts, k, dict(collector.results), elapsed, stopped)
+
+
+STOP_WAIT = EXIT_GRACE + 2.0  # after SIGINT/SIGTERM, the tree's commands are killed within this
+
+
+def _run_tree(agent: Agent, collector: Collector) -> proc.Interrupted | None:
+    """Run the tree to its end; or, on SIGINT or SIGTERM, stop it: every command
+    is killed, every agent ends (bounded by STOP_WAIT).  The Interrupted, if one
+    came, with ``outcome`` the hosts whose result had arrived by then."""
+    worker = threading.Thread(target=agent.run, daemon=True)
+    stopped = None
+    with proc.SignalGuard():
+        try:
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.2)
+        except proc.Interrupted as exc:  # once: a second signal is ignored while we stop
+            stopped = exc
+            stopped.outcome = set(collector.results)
+            collector.stop()
+            agent.close()
+            worker.join(STOP_WAIT)
+    collector.stop()
+    return stopped
+
+
+def _report(args: argparse.Namespace, hosts: list[str], k: int, results: dict[str, Any],
+            elapsed: float, stopped: proc.Interrupted | None) -> int:  # fmt: skip
+    """Outputs, failures and the summary (or the JSON document); the exit status."""
+    unfinished = []
+    if stopped is not None:
+        unfinished = [h for h in hosts if h not in stopped.outcome]
+        for h in unfinished:
+            results[h] = plan.result(h, None, error=f"not finished: beo run was stopped by "
+                                                    f"{stopped.name}")  # fmt: skip
     for h in hosts:  # nothing is lost silently
         results.setdefault(h, plan.result(h, None, error="no result"))
     nfail = sum(plan.failed(r) for r in results.values())
-    steps = plan.depth(mode, len(hosts), k)
+    mode, steps = args.mode, plan.depth(args.mode, len(hosts), k)
     if args.json:
         doc = {"mode": mode, "fanout": k, "hosts": len(hosts), "elapsed": round(elapsed, 4),
                "depth": steps, "failed": nfail,
+               "interrupted": stopped.name if stopped is not None else "",
                "results": {h: {"rc": r["rc"], "stdout": r["out"], "stderr": r["err"],
                                "error": r["error"]} for h, r in results.items()},
                "gathered": [{"nodes": ns, "count": n, "stdout": text}
@@ -269,6 +311,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"beo run: {nodes}: {reason}", file=sys.stderr)
         print(f"beo run: {len(hosts)} hosts, {len(hosts) - nfail} ok, {nfail} failed in "
               f"{elapsed:.2f} s ({mode}, k={k}, {steps} launch steps)", file=sys.stderr)  # fmt: skip
+    if stopped is not None:
+        left = f"{plan.fold(unfinished)} had not finished (commands killed)" if unfinished \
+            else "every host had finished"
+        print(f"beo run: interrupted by {stopped.name}: {left}", file=sys.stderr)
+        return stopped.exit_status
     return EXIT_FAILURE if nfail else EXIT_OK
 
 

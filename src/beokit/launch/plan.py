@@ -2,20 +2,25 @@
 
 * splitting a host list among k children and the schedules of the four
   modes (tree, flat, sequential, ring);
-* the wire messages of the launcher protocol (JSON lines) as encode/decode
-  functions and an incremental :class:`Decoder`;
+* the wire messages of the launcher protocol: one JSON object a line
+  (:mod:`beokit.framing`), built by the functions below and checked by
+  :func:`parse_header`; decode errors are :class:`~beokit.errors.WireError`;
 * progress counting (:class:`Tally`) and output gathering (:func:`gather`),
   which folds identical outputs into one block with the NodeSet that
   printed them, like ``clush -b``.
 
 This module is shipped to nodes where beokit is not installed, so it imports
-only the standard library at module level (ClusterShell lazily, at the root).
+only the standard library and beokit's shipped modules at module level
+(ClusterShell lazily, at the root).
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, NamedTuple
+
+from beokit import framing, net
+from beokit.errors import WireError
+from beokit.proc import describe_exit
 
 if TYPE_CHECKING:
     from typing import Any
@@ -44,10 +49,6 @@ def split_status(out: bytes) -> tuple[bytes, int | None]:
     if not value.isdigit():
         return out, None
     return out[:i], int(value)
-
-
-class ProtocolError(Exception):
-    """A peer sent something that is not a launcher message."""
 
 
 # --------------------------------------------------------------- schedules
@@ -132,7 +133,7 @@ def depth(mode: str, n: int, k: int) -> int:
     raise ValueError(f"unknown mode {mode!r}")
 
 
-class Plan(NamedTuple):
+class LaunchPlan(NamedTuple):
     """What the root does: launch ``groups`` (head + share), ``window`` at a time.
 
     ``child_fanout`` is the k every launched agent uses to split its share
@@ -144,7 +145,7 @@ class Plan(NamedTuple):
     child_fanout: int
 
 
-def root_plan(mode: str, hosts: list[str], k: int) -> Plan:
+def root_plan(mode: str, hosts: list[str], k: int) -> LaunchPlan:
     """The root's schedule for each mode.
 
     * tree: k groups launched at once; every agent splits its share in k.
@@ -159,13 +160,13 @@ def root_plan(mode: str, hosts: list[str], k: int) -> Plan:
         raise ValueError(f"fanout must be >= 1, not {k}")
     if mode == "tree":
         groups = pack(hosts, k)
-        return Plan(groups, max(1, len(groups)), k)
+        return LaunchPlan(groups, max(1, len(groups)), k)
     if mode == "flat":
-        return Plan([[h] for h in hosts], k, 0)
+        return LaunchPlan([[h] for h in hosts], k, 0)
     if mode == "sequential":
-        return Plan([[h] for h in hosts], 1, 0)
+        return LaunchPlan([[h] for h in hosts], 1, 0)
     if mode == "ring":
-        return Plan([list(hosts)] if hosts else [], 1, 1)
+        return LaunchPlan([list(hosts)] if hosts else [], 1, 1)
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -186,44 +187,10 @@ def child_groups(share: list[str], fanout: int) -> list[list[str]]:
 #                    done {}             the whole subtree has finished (seed's -1)
 #   parent -> child: work {hosts, cfg}   the child's share and the run config
 #                    go {}               --barrier: all hosts are up, run the command now
+#                    stop {}             the run was stopped (SIGINT/SIGTERM at the root):
+#                                        kill the command and the subtree, exit quietly
 # The child's stdin carries one header line {v, token, parent, h} before that:
 # the token is fresh per launch and never appears on a command line.
-
-
-def encode(msg: dict[str, Any]) -> bytes:
-    """One message as a JSON line."""
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-
-
-def decode(line: bytes) -> dict[str, Any]:
-    """Parse one JSON line into a message; :class:`ProtocolError` if it is not one."""
-    try:
-        msg = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"bad message: {exc}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-        raise ProtocolError(f"bad message: {line[:80]!r}")
-    return msg
-
-
-class Decoder:
-    """Incremental decoder: feed bytes as they arrive, get whole messages."""
-
-    def __init__(self, max_line: int = MAX_LINE) -> None:
-        self._buf = bytearray()
-        self._max = max_line
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buf += data
-        out = []
-        while (i := self._buf.find(b"\n")) >= 0:
-            line = bytes(self._buf[:i])
-            del self._buf[: i + 1]
-            if line.strip():
-                out.append(decode(line))
-        if len(self._buf) > self._max:
-            raise ProtocolError(f"message longer than {self._max} bytes")
-        return out
 
 
 def header(token: str, parent: str, host: str, payload: bytes | None = None) -> bytes:
@@ -234,7 +201,7 @@ def header(token: str, parent: str, host: str, payload: bytes | None = None) -> 
         import base64
 
         msg["in"] = base64.b64encode(payload).decode()
-    return encode(msg)
+    return framing.encode(msg)
 
 
 def header_payload(hdr: dict[str, Any]) -> bytes | None:
@@ -248,16 +215,17 @@ def header_payload(hdr: dict[str, Any]) -> bytes | None:
     try:
         return base64.b64decode(str(data), validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError("bad header: its input is not base64") from None
+        raise WireError("bad header: its input is not base64") from None
 
 
 def parse_header(line: bytes) -> dict[str, Any]:
-    msg = decode(line)
+    """A child's header line, checked; :class:`WireError` if it is not one."""
+    msg = framing.decode(line)
     if msg["t"] != "header" or msg.get("v") != PROTOCOL:
-        raise ProtocolError(f"bad header (protocol {msg.get('v')!r}, want {PROTOCOL})")
+        raise WireError(f"bad header (protocol {msg.get('v')!r}, want {PROTOCOL})")
     for key in ("token", "parent", "h"):
         if not isinstance(msg.get(key), str):
-            raise ProtocolError(f"header lacks {key!r}")
+            raise WireError(f"header lacks {key!r}")
     return msg
 
 
@@ -282,14 +250,15 @@ def result(host: str, rc: int | None, out: str = "", err: str = "",
 HEARTBEAT = {"t": "hb"}
 DONE = {"t": "done"}
 GO = {"t": "go"}  # parent -> child, with --barrier: every host is up, start the command
+STOP = {"t": "stop"}  # parent -> child: the run was stopped: kill everything, end quietly
 
 
 def split_parent(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) into its parts."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ProtocolError(f"bad parent address {text!r}")
-    return host.strip("[]"), int(port)
+    """``HOST:PORT`` (``[v6]:PORT`` too) into its parts; :class:`WireError` if bad."""
+    try:
+        return net.split_host_port(text)
+    except ValueError:
+        raise WireError(f"bad parent address {text!r}") from None
 
 
 # ------------------------------------------------------ progress, gathering
@@ -351,6 +320,22 @@ def gather(outputs: dict[str, str]) -> list[tuple[str, int, str]]:
     return sorted(blocks, key=lambda b: by_text[b[2]][0])
 
 
+def launch_failed(returncode: int | None, why: str) -> str:
+    """A launch process that ended before its host was up: "launch failed (exit 255):
+    ssh: connect to host ..." (a signal in :func:`beokit.proc.describe_exit`'s words)."""
+    how = describe_exit(returncode) if returncode is not None and returncode < 0 else \
+        f"exit {returncode}"
+    return f"launch failed ({how}): {why}"
+
+
+def exit_reason(rc: Any) -> str:
+    """Why a host whose command ended with ``rc`` failed: "exited with exit code 3",
+    or :func:`beokit.proc.describe_exit`'s words for a signal."""
+    if isinstance(rc, int) and rc < 0:
+        return describe_exit(rc)
+    return f"exited with exit code {rc}"
+
+
 def gather_codes(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """Failed hosts folded by reason: ``[(nodeset, "exited with exit code 3")]``."""
     by_reason: dict[str, list[str]] = {}
@@ -358,7 +343,7 @@ def gather_codes(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         if res.get("error"):
             reason = str(res["error"])
         elif res.get("rc") != 0:
-            reason = f"exited with exit code {res.get('rc')}"
+            reason = exit_reason(res.get("rc"))
         else:
             continue
         by_reason.setdefault(reason, []).append(host)
