@@ -146,6 +146,23 @@ def test_dns_answers_cluster_names(tmp_path):
     # the stdlib resolver path is not used: we never touch the system's DNS config
 
 
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``beo boot status | head``: a reader gone before the output is written is no
+    "Exception ignored ... BrokenPipeError" message at exit; status 141, as cat's."""
+    cfg = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as users run it
+    with Server(cfg):
+        r, w = os.pipe()
+        os.close(r)  # the reader has left
+        try:
+            p = subprocess.run([sys.executable, "-m", "beokit.cli", "boot", "-c", str(cfg),
+                                "status"], stdout=w, stderr=subprocess.PIPE, text=True,
+                               timeout=30, env=env)  # fmt: skip
+        finally:
+            os.close(w)
+    assert (p.returncode, p.stderr) == (141, "")
+
+
 def test_sighup_reloads_without_dropping_transfers_and_sigusr1_dumps(tmp_path):
     cfg = write_config(tmp_path, '[tftp]\nbandwidth = "16mbit"\n')
     data = os.urandom(4 * 1024 * 1024)

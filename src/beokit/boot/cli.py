@@ -143,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(text: str) -> None:
+    """Write to stdout now: a reader that has gone (``beo boot status | head``) shows
+    here, as a BrokenPipeError the ``beo`` command ends quietly on (status 141), not
+    as an error message when the interpreter flushes at exit."""
     sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """The lease file: the lease database restored at start, written whenever it changes.
 
-Each write is atomic (temporary file, fsync, rename: a crash leaves the old
-file or the new one, whole) and runs in a worker thread, one at a time:
-changes made while a write runs are written by the next one.
+Each write is atomic (a temporary file of its own, fsync, rename: a crash
+leaves the old file or the new one, whole) and runs in a worker thread, one at
+a time: changes made while a write runs are written by the next one.  Once
+:meth:`LeaseFile.close` has begun no new write starts; it waits for the one in
+flight, then writes the final state itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,15 +24,23 @@ log = logging.getLogger("beokit.boot")
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    """Write ``text`` to ``path`` so that a crash leaves the old or the new file, whole.
+
+    The temporary file has a name of its own (``.NAME.XXXXXXXX.tmp`` beside it), so
+    that two writers never share one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     with contextlib.suppress(OSError):
         dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -62,7 +73,7 @@ class LeaseFile:
     def schedule(self) -> None:
         """Write the database soon (in a worker thread), unless a write runs (the next
         one then takes the changes) or the server is stopping."""
-        if self.path is None or self.writing is not None:
+        if self.path is None or self.writing is not None or self.closing:
             return
         self.db.changed = False
         text = self.db.to_json()
