@@ -17,8 +17,8 @@ from beokit.nettee.options import (
     DEFAULT_PORT,
     FLAG_OPTIONS,
     VALUE_OPTIONS,
-    Config,
     Help,
+    NetteeConfig,
     Role,
     parse_args,
     tokenize,
@@ -105,14 +105,14 @@ def test_explicit_in_out_override_defaults():
     assert cfg.inputs == () and cfg.out == "/tmp/x"
 
 
-# ---------------------------------------------------------------- Config.role
+# ---------------------------------------------------------------- NetteeConfig.role
 
 
 def test_role_property():
-    assert Config().role is Role.TIP
-    assert Config(next=((Endpoint("a"),),)).role is Role.INTERNAL
-    assert Config(root=True, next=((Endpoint("a"),),)).role is Role.ROOT
-    assert Config(root=True).role is Role.ROOT
+    assert NetteeConfig().role is Role.TIP
+    assert NetteeConfig(next=((Endpoint("a"),),)).role is Role.INTERNAL
+    assert NetteeConfig(root=True, next=((Endpoint("a"),),)).role is Role.ROOT
+    assert NetteeConfig(root=True).role is Role.ROOT
 
 
 # ---------------------------------------------------------------- every option as spelled
@@ -483,7 +483,7 @@ def test_parse_args_only_raises_usage_error(argv):
         cfg = parse_args(argv)
     except UsageError:
         return
-    assert isinstance(cfg, Config)
+    assert isinstance(cfg, NetteeConfig)
     if cfg.help is None:
         assert 1 <= cfg.port <= 65534
         assert 0 <= cfg.verbose <= 31

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beokit import auth
@@ -29,7 +29,7 @@ from beokit.nettee.messages import (
     Ping,
     Ready,
     Refuse,
-    Report,
+    SubtreeReport,
     Welcome,
     decode,
 )
@@ -81,13 +81,13 @@ def as_json(msg) -> dict:
 
 def parse_report(obj: dict) -> list[NodeResult]:
     msg = decode(obj)
-    if not isinstance(msg, Report):
+    if not isinstance(msg, SubtreeReport):
         raise ProtocolError("bad report")
     return list(msg.nodes)
 
 
-def report(nodes: list[NodeResult]) -> Report:
-    return Report(tuple(nodes))
+def report(nodes: list[NodeResult]) -> SubtreeReport:
+    return SubtreeReport(tuple(nodes))
 
 
 def frame(body: bytes) -> bytes:
@@ -684,7 +684,7 @@ NODE = st.builds(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(st.lists(NODE, min_size=1, max_size=10))
 def test_report_round_trip_property(nodes):
     assert list(wire(report(nodes)).nodes) == nodes
@@ -801,8 +801,8 @@ EVERY_MESSAGE = [
     End(0, short="root: source changed"),
     Abort("n3: NWF: connection lost"),
     Fail("LWF", "n4", "write to /dev/full: No space left on device"),
-    Report((node("a", 0, bytes_in=5),)),
-    Report((node("a", 0),), heals=(Heal("n3", "n2", 1.5, 2.0, (Adopted("n4", 77),), ("n5",)),)),
+    SubtreeReport((node("a", 0, bytes_in=5),)),
+    SubtreeReport((node("a", 0),), heals=(Heal("n3", "n2", 1.5, 2.0, (Adopted("n4", 77),), ("n5",)),)),
 ]
 
 

@@ -10,7 +10,7 @@ from beokit.errors import EXIT_USAGE, UsageError
 from beokit.nettee import helptext
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.node import Node, node_name
-from beokit.nettee.options import Config, Help, Role, parse_args
+from beokit.nettee.options import Help, NetteeConfig, Role, parse_args
 from beokit.nettee.text import shown
 
 HELP_TEXT = {
@@ -22,7 +22,7 @@ HELP_TEXT = {
 }
 
 
-def read_secret(cfg: Config) -> bytes | None:
+def read_secret(cfg: NetteeConfig) -> bytes | None:
     """The shared secret: -secret_file PATH, else $NETTEE_SECRET, else none."""
     if cfg.secret_file is not None:
         try:
@@ -54,12 +54,12 @@ def open_source(src: str) -> int:
     return fd
 
 
-def open_inputs(cfg: Config) -> list[int]:
+def open_inputs(cfg: NetteeConfig) -> list[int]:
     """Open every -in source before anything starts ("socket": started later by -cmd)."""
     return [open_source(src) for src in cfg.inputs if src != "socket"]
 
 
-def open_output(cfg: Config) -> tuple[int | None, bool]:
+def open_output(cfg: NetteeConfig) -> tuple[int | None, bool]:
     """Open -out before anything starts; returns (fd, is_regular_file)."""
     if cfg.out in ("none", "socket"):
         return None, False
@@ -73,7 +73,7 @@ def open_output(cfg: Config) -> tuple[int | None, bool]:
     return fd, stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def check_report(cfg: Config) -> None:
+def check_report(cfg: NetteeConfig) -> None:
     """The root's -report PATH must be writable before any data moves.
 
     The report is written at the end to a temporary name beside PATH and
@@ -108,7 +108,7 @@ def check_report(cfg: Config) -> None:
     os.unlink(probe)
 
 
-def _settings(cfg: Config, log: NetteeLog, name: str) -> None:
+def _settings(cfg: NetteeConfig, log: NetteeLog, name: str) -> None:
     log.settings(f"node {name}, role {cfg.role.value}, flow {cfg.flow}, port {cfg.port}")
     for opt, value in cfg.given.items():
         log.settings(f"  {opt} {value}".rstrip())

@@ -9,9 +9,10 @@ the relay splices to and from the socket like any other fd.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
+
+from beokit.proc import describe_exit
 
 
 class SocketCommand:
@@ -50,9 +51,7 @@ class SocketCommand:
         self.sock.close()
         if status == 0:
             return None
-        if status < 0:
-            return f"-cmd {self.command!r} killed by {signal.Signals(-status).name}"
-        return f"-cmd {self.command!r} exited with status {status}"
+        return describe_exit(status, f"-cmd {self.command!r}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

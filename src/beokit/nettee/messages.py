@@ -17,7 +17,7 @@ the same protocol version, which the handshake checks first.
     child  -> parent   Ready    (the subtree below it has formed)
     both ways          Ping     (heartbeat; child -> parent carries its byte count)
     parent -> child    End      (the stream's byte count, after the data)
-    child  -> parent   Report   (the results of its whole subtree)
+    child  -> parent   SubtreeReport (report: the results of its whole subtree)
     parent -> child    Abort    (collapse, downwards)
     child  -> parent   Fail     (collapse, upwards)
 
@@ -182,7 +182,7 @@ class Heal:
 
 
 @dataclass(frozen=True)
-class Report:
+class SubtreeReport:
     """The results of the sender's whole subtree, itself first, and what was
     healed in it (for the root's -report)."""
 
@@ -191,7 +191,7 @@ class Report:
     heals: tuple[Heal, ...] = ()
 
 
-Message = Hello | Join | Welcome | Refuse | Ready | Ping | End | Abort | Fail | Report
+Message = Hello | Join | Welcome | Refuse | Ready | Ping | End | Abort | Fail | SubtreeReport
 
 
 # ---------------------------------------------------------------- writers
@@ -236,7 +236,7 @@ def _write_ready(m: Ready) -> dict:
     return out
 
 
-def _write_report(m: Report) -> dict:
+def _write_report(m: SubtreeReport) -> dict:
     out: dict[str, Any] = {"nodes": [n.to_dict() for n in m.nodes]}
     if m.heals:
         out["heals"] = [h.to_json() for h in m.heals]
@@ -253,7 +253,7 @@ WRITERS: dict[type, Callable[[Any], dict]] = {
     End: lambda m: {"bytes": m.sent, "short": m.short} if m.short else {"bytes": m.sent},
     Abort: lambda m: {"why": m.why},
     Fail: lambda m: {"code": m.code, "node": m.node, "why": m.why},
-    Report: _write_report,
+    SubtreeReport: _write_report,
 }
 
 
@@ -389,7 +389,7 @@ def _read_heal(f: _Fields, obj: object) -> Heal:
                 times[1], tuple(adopted), lost)  # fmt: skip
 
 
-def _read_report(f: _Fields) -> Report:
+def _read_report(f: _Fields) -> SubtreeReport:
     nodes = f.obj.get("nodes")
     if not isinstance(nodes, list) or not nodes:
         raise ProtocolError("bad report", f.kind)
@@ -399,7 +399,7 @@ def _read_report(f: _Fields) -> Report:
         raise ProtocolError(str(exc), f.kind) from None
     heals = f.obj.get("heals", [])
     heals = tuple(_read_heal(f, h) for h in heals) if isinstance(heals, list) else ()
-    return Report(results, heals)
+    return SubtreeReport(results, heals)
 
 
 READERS: dict[str, Callable[[_Fields], Message]] = {
@@ -414,7 +414,7 @@ READERS: dict[str, Callable[[_Fields], Message]] = {
     Abort.TYPE: lambda f: Abort(f.text("why", default="?")),
     Fail.TYPE: lambda f: Fail(f.text("code", CODE_MAX, "BSTAT") or "BSTAT",
                               f.text("node", NAME_MAX), f.text("why")),  # fmt: skip
-    Report.TYPE: _read_report,
+    SubtreeReport.TYPE: _read_report,
 }
 
 

@@ -67,7 +67,7 @@ class Help(Enum):
 
 
 @dataclass
-class Config:
+class NetteeConfig:
     next: tuple[Hostlist, ...] = ()
     root: bool = False
     inputs: tuple[str, ...] = ()
@@ -173,21 +173,33 @@ def tokenize(argv: list[str]) -> dict[str, str]:
     return given
 
 
-def parse_args(argv: list[str]) -> Config:
+def parse_args(argv: list[str]) -> NetteeConfig:
     """Parse and validate a nettee command line; raise UsageError on bad input."""
     given = tokenize(argv)
-    cfg = Config(given=given)
+    cfg = NetteeConfig(given=given)
     for h in Help:
         if h.value in given:
             cfg.help = h
             return cfg
+    _flags(cfg, given)
+    _values(cfg, given)
+    _buffers(cfg, given)
+    _modes(cfg, given)
+    _inputs_outputs(cfg, given)
+    return cfg
 
+
+def _flags(cfg: NetteeConfig, given: dict[str, str]) -> None:
     cfg.root = "-root" in given
     cfg.wait_boot = "-w" in given
     cfg.quiet = "-q" in given
     cfg.colrf, cfg.colwf = "-colrf" in given, "-colwf" in given
     cfg.conrf, cfg.conwf = "-conrf" in given, "-conwf" in given
+    cfg.heal, cfg.digest, cfg.fsync = "-heal" in given, "-digest" in given, "-fsync" in given
 
+
+def _values(cfg: NetteeConfig, given: dict[str, str]) -> None:
+    """The options that take one value, each checked on its own."""
     if "-next" in given:
         cfg.next = parse_next(given["-next"])
     if "-port" in given:
@@ -206,6 +218,18 @@ def parse_args(argv: list[str]) -> Config:
         cfg.log = given["-log"]
     if "-name" in given:
         cfg.name = check_name(given["-name"])
+    if "-bind" in given:
+        if not given["-bind"]:
+            raise UsageError("bad -bind '': give an address")
+        cfg.bind = given["-bind"]
+    if "-secret_file" in given:
+        cfg.secret_file = given["-secret_file"]
+    if "-report" in given:
+        cfg.report = given["-report"]
+
+
+def _buffers(cfg: NetteeConfig, given: dict[str, str]) -> None:
+    """-buf_* and -window, and how they bound each other."""
     for opt, lo in (("-buf_size", 4096), ("-buf_minread", 1), ("-buf_minwrite", 1),
                     ("-buf_maxread", 1), ("-buf_maxwrite", 1)):  # fmt: skip
         if opt in given:
@@ -216,20 +240,14 @@ def parse_args(argv: list[str]) -> Config:
         raise UsageError(
             f"bad -buf_minwrite {cfg.buf_minwrite}: larger than -buf_size {cfg.buf_size}"
         )
-    if "-bind" in given:
-        if not given["-bind"]:
-            raise UsageError("bad -bind '': give an address")
-        cfg.bind = given["-bind"]
-    if "-secret_file" in given:
-        cfg.secret_file = given["-secret_file"]
-    if "-report" in given:
-        cfg.report = given["-report"]
-    cfg.heal, cfg.digest, cfg.fsync = "-heal" in given, "-digest" in given, "-fsync" in given
     if "-window" in given:
         cfg.window = _number("-window", given["-window"], minimum=1 << 20, maximum=1 << 34)
     else:  # cover 3 pipes and 4 (doubled) socket buffers in flight across one hop
         cfg.window = max(DEFAULT_WINDOW, 4 * cfg.buf_size + 8 * HEAL_SOCKBUF)
 
+
+def _modes(cfg: NetteeConfig, given: dict[str, str]) -> None:
+    """-flow, -cmd, -process, -stm, -heal, -digest: which go together."""
     flow = given.get("-flow", "push")
     if flow not in ("push", "pull"):
         raise UsageError(f"bad -flow {shown(flow)}: must be push or pull")
@@ -257,9 +275,6 @@ def parse_args(argv: list[str]) -> Config:
     if cfg.root and not cfg.next:
         raise UsageError("-root needs -next: the root node has at least one child")
 
-    _inputs_outputs(cfg, given)
-    return cfg
-
 
 def _defaults(flow: str, role: Role) -> tuple[str, str]:
     """Default (-in, -out) per flow and role, as the man page lists them."""
@@ -268,7 +283,7 @@ def _defaults(flow: str, role: Role) -> tuple[str, str]:
     return ("-", "none") if role is Role.TIP else ("none", "-")
 
 
-def _inputs_outputs(cfg: Config, given: dict[str, str]) -> None:
+def _inputs_outputs(cfg: NetteeConfig, given: dict[str, str]) -> None:
     d_in, d_out = _defaults(cfg.flow, cfg.role)
     in_text = given.get("-in", d_in)
     sources = tuple(s.strip() for s in in_text.split(","))

@@ -1,0 +1,198 @@
+"""What a node reports: its own result, its subtree's, and the root's summary.
+
+Each node waits for every child's report, checks the byte counts (BBC),
+names every node of a branch that sent none, and sends the merged list up
+(``SubtreeReport``); the root compares digests (BDG), prints the man page's lines
+and writes ``-report`` JSON.  A node cut off from the root (``-conrf``)
+prints the summary of its part of the tree itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from beokit.nettee import protocol
+from beokit.nettee.links import ChildLink
+from beokit.nettee.messages import Ready, SubtreeReport
+from beokit.nettee.policy import Failure, Phase, Who, decide
+
+if TYPE_CHECKING:
+    from beokit.nettee.node import Node
+
+
+@dataclass
+class OwnResult:
+    """This node's failures: codes, the last reason, and whether its data (or, at the
+    root, the stream) cannot be trusted."""
+
+    codes: list[str] = field(default_factory=list)
+    detail: str = ""
+    fatal: bool = False
+
+    def add(self, code: str, why: str, fatal: bool = False) -> None:
+        if code:
+            self.codes.append(code)
+        self.detail = why
+        self.fatal = self.fatal or fatal
+
+
+def all_codes(nodes: list[protocol.NodeResult]) -> list[str]:
+    return [c for n in nodes for c in n.codes]
+
+
+class Reporter:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def subtree_names(self) -> list[str]:
+        node = self.node
+        names = [node.name]
+        for link in node.links:
+            names.extend(link.subtree if link.subtree else ([link.label] if link.peer else []))
+        return names
+
+    def ready(self) -> Ready:
+        node = self.node
+        return Ready(tuple(self.subtree_names()), node.healer.kids() if node.cfg.heal else None)
+
+    def report(self, nodes: list[protocol.NodeResult]) -> SubtreeReport:
+        # what was healed in this subtree travels up to the root's -report
+        return SubtreeReport(tuple(nodes), tuple(self.node.healer.heals))
+
+    def collect(self) -> list[protocol.NodeResult]:
+        """Wait for every child's report; merge them under this node's own result."""
+        node = self.node
+        for link in node.links:
+            while not link.done.wait(0.2):
+                pass
+        nodes = [self._me()]
+        for link in node.links:
+            if link.feeder is not None:
+                link.feeder.join()
+            if link.results is not None:
+                nodes.extend(self._branch(link, link.results))
+            else:
+                nodes.extend(self._lost_branch(link))
+        return nodes
+
+    def _me(self) -> protocol.NodeResult:
+        node, streamer = self.node, self.node.streamer
+        produced = node.relay.bytes_in if node.relay else 0
+        return protocol.NodeResult(
+            name=node.name, depth=0,
+            bytes_in=produced if node.bytes_received is None else node.bytes_received,
+            bytes_up=streamer.up_sink.sent if streamer.up_sink is not None else 0,
+            bytes_out=streamer.local.sent if streamer.local is not None else 0,
+            codes=protocol.sort_codes(node.own.codes), seconds=round(streamer.seconds, 3),
+            detail=node.own.detail, local_out=node.out_fd is not None, fatal=node.own.fatal,
+            digest=streamer.digest())  # fmt: skip
+
+    def _branch(self, link: ChildLink, sub: list[protocol.NodeResult]) -> list[protocol.NodeResult]:
+        """A child's report: its count checked against ours (BBC), one level deeper."""
+        head = sub[0]
+        if self.node.pull:  # the child sent, we received
+            moved = link.feeder.received if link.feeder else 0
+            detail = f"sent {head.bytes_up} bytes, {moved} arrived"
+        else:
+            moved, detail = link.sent, f"received {head.bytes_in} bytes, {link.sent} were sent"
+        if protocol.check_counts(moved, sub, self.node.pull):
+            d = decide(Failure(Who.BAD_COUNT, Phase.REPORTED), self.node.options)
+            head.codes = protocol.sort_codes(head.codes + [d.code])
+            head.fatal = head.fatal or d.fatal
+            head.detail = detail
+            link.codes.append(d.code)
+        for n in sub:
+            n.depth += 1
+        return sub
+
+    @staticmethod
+    def _lost_branch(link: ChildLink) -> list[protocol.NodeResult]:
+        """Results for a branch that sent no report: name every node in it."""
+        loss = link.failure
+        node, code, why = (loss.node, loss.code, loss.why) if loss else (
+            link.label, protocol.Code.BSTAT.value, "no report")  # fmt: skip
+        # the loss was handled (we are running), unless the policy says the data is untrusted
+        fatal = loss.fatal if loss else True
+        names = link.subtree or [link.label]
+        out = []
+        for i, name in enumerate(names):
+            depth = 1 if i == 0 else 2
+            if name == node:
+                out.append(protocol.NodeResult(name=name, depth=depth, codes=[code], detail=why,
+                                               fatal=fatal))  # fmt: skip
+            else:
+                out.append(protocol.NodeResult(name=name, depth=depth, codes=[protocol.Code.BSTAT.value],
+                                               fatal=fatal,
+                                               detail=f"no report: branch lost at {node} ({code})"))  # fmt: skip
+        if node not in names:
+            out.insert(0, protocol.NodeResult(name=node, depth=2, codes=[code], detail=why,
+                                              fatal=fatal))  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------ the root's summary
+
+    def root_summary(self, nodes: list[protocol.NodeResult]) -> int:
+        node = self.node
+        for n in protocol.check_digests(nodes):
+            d = decide(Failure(Who.BAD_DIGEST, Phase.REPORTED), node.options)
+            n.codes = protocol.sort_codes(n.codes + [d.code])
+            n.fatal = n.fatal or d.fatal
+            n.detail = f"digest {n.digest} differs from the root's {nodes[0].digest}"
+            for link in node.links:  # the child line of the branch that holds it
+                if link.results and n in link.results:
+                    link.codes.append(d.code)
+        self.print_summary(nodes)
+        joined = [n for n in nodes[1:] if protocol.Code.NNF.value not in n.codes]
+        status = 1 if any(n.fatal for n in nodes) else 0
+        if node.links and not joined:
+            node.log.error("no child joined: nothing was delivered")
+            status = 1
+        self.write_report(nodes, "ok" if status == 0 else "failed", node.streamer.seconds)
+        return status
+
+    def print_summary(self, nodes: list[protocol.NodeResult]) -> None:
+        node = self.node
+        log = node.log
+        total = nodes[0].bytes_in
+        secs = max(node.streamer.seconds, 1e-9)
+        failed = any(n.codes for n in nodes)
+        say = log.error if failed else log.message
+        for link in node.links:
+            own = list(link.codes) + (link.results[0].codes if link.results else [])
+            say(protocol.child_line(link.index, link.label, own))
+        say(protocol.chain_line(all_codes(nodes[1:])))
+        for n in nodes:
+            if n.codes:
+                log.error(f"node {n.name}: {protocol.format_codes(n.codes)} ({n.detail})")
+        for n in nodes:
+            log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
+                        f"{n.seconds:.2f} s, {protocol.format_codes(n.codes)}")  # fmt: skip
+        verb = f"received {total} bytes from" if node.pull else f"sent {total} bytes to"
+        joined = sum(1 for n in nodes[1:] if protocol.Code.NNF.value not in n.codes)
+        log.message(f"{verb} {joined} node(s) in {secs:.2f} s "
+                    f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
+
+    def write_report(self, nodes: list[protocol.NodeResult], status: str, secs: float) -> None:
+        node = self.node
+        path = node.cfg.report
+        if not path:
+            return
+        doc = {"status": status, "bytes": nodes[0].bytes_in if nodes else 0,
+               "seconds": round(secs, 3), "session": node.session,
+               "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
+        if node.healer.heals:
+            doc["heals"] = [h.to_json() for h in node.healer.heals]
+        try:
+            if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout: in place
+                with open(path, "w") as fh:
+                    json.dump(doc, fh, indent=1)
+                return
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as fh:
+                json.dump(doc, fh, indent=1)
+            os.replace(tmp, path)
+        except OSError as exc:
+            node.log.error(f"cannot write report {path}: {exc.strerror}")
