@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cast_helpers import by_host, cast, nettee_pid, wait_size
 
-from beokit.cast.driver import nettee_flags
+from beokit.cast.root import nettee_flags
 from beokit.cli import main
 
 HOSTS = "127.0.3.[2-9]"

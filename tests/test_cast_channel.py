@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from beokit.cast import plan
-from beokit.cast.driver import Hub, Receiver
+from beokit.cast import channel
+from beokit.cast.hub import Hub, Receiver
 
 SECRET = os.urandom(32).hex()
 
@@ -50,12 +50,12 @@ def _closed(conn: socket.socket) -> bool:
 
 
 def test_macs_bind_role_nonces_and_host() -> None:
-    m = plan.channel_mac(SECRET, "node", "a", "b", "n1")
-    assert plan.mac_ok(SECRET, m, "node", "a", "b", "n1")
+    m = channel.channel_mac(SECRET, "node", "a", "b", "n1")
+    assert channel.mac_ok(SECRET, m, "node", "a", "b", "n1")
     for args in (("root", "a", "b", "n1"), ("node", "b", "a", "n1"), ("node", "a", "b", "n2")):
-        assert not plan.mac_ok(SECRET, m, *args)
-    assert not plan.mac_ok("0" * 64, m, "node", "a", "b", "n1")
-    assert not plan.mac_ok(SECRET, None, "node", "a", "b", "n1")
+        assert not channel.mac_ok(SECRET, m, *args)
+    assert not channel.mac_ok("0" * 64, m, "node", "a", "b", "n1")
+    assert not channel.mac_ok(SECRET, None, "node", "a", "b", "n1")
 
 
 def test_hub_admits_a_receiver_that_proves_the_secret() -> None:
@@ -65,18 +65,18 @@ def test_hub_admits_a_receiver_that_proves_the_secret() -> None:
         assert ch["t"] == "challenge"
         mine = os.urandom(16).hex()
         hi = {"t": "hi", "host": "n1", "nonce": mine,
-              "mac": plan.channel_mac(SECRET, "node", ch["nonce"], mine, "n1")}  # fmt: skip
+              "mac": channel.channel_mac(SECRET, "node", ch["nonce"], mine, "n1")}  # fmt: skip
         conn.sendall((json.dumps(hi) + "\n").encode())
         msgs = _lines(conn)
         ok = next(msgs)
-        assert ok["t"] == "ok" and plan.mac_ok(SECRET, ok["mac"], "root", mine, ch["nonce"], "n1")
+        assert ok["t"] == "ok" and channel.mac_ok(SECRET, ok["mac"], "root", mine, ch["nonce"], "n1")
         conn.sendall(b'{"t": "up", "host": "n1"}\n')
         assert receivers["n1"].answered.wait(5) and receivers["n1"].hello["t"] == "up"
         assert receivers["n1"].send({"t": "go", "args": []})
         assert next(msgs) == {"t": "go", "args": []}
         # a second connection for n1, even with a valid MAC, is refused
         conn2, ch2 = _connect(hub)
-        hi2 = dict(hi, mac=plan.channel_mac(SECRET, "node", ch2["nonce"], mine, "n1"))
+        hi2 = dict(hi, mac=channel.channel_mac(SECRET, "node", ch2["nonce"], mine, "n1"))
         conn2.sendall((json.dumps(hi2) + "\n").encode())
         assert _closed(conn2)
         conn.shutdown(socket.SHUT_RDWR)  # the receiver goes away: the root sees the end
@@ -103,7 +103,7 @@ def test_hub_refuses_without_a_word(case: str, monkeypatch: pytest.MonkeyPatch) 
         elif case == "stranger host":
             host = "n9"
         hi = {"t": "hi", "host": host, "nonce": mine,
-              "mac": plan.channel_mac(secret, "node", nonce, mine, host)}  # fmt: skip
+              "mac": channel.channel_mac(secret, "node", nonce, mine, host)}  # fmt: skip
         if case == "garbage":
             conn.sendall(b"\x00\xff not json\n")
         elif case != "silent":
@@ -118,7 +118,7 @@ def test_hub_refuses_without_a_word(case: str, monkeypatch: pytest.MonkeyPatch) 
 
 
 def _receiver(callback: str, host: str = "n1") -> subprocess.Popen:
-    spec = plan.receiver_spec(secret=SECRET, callback=callback, dest="/proc/beokit-none/x",
+    spec = channel.receiver_spec(secret=SECRET, callback=callback, dest="/proc/beokit-none/x",
                               kind="file", digest=None, fsync=False, progress=False,
                               bind_local=False, resolve={})  # fmt: skip
     p = subprocess.Popen([sys.executable, "-m", "beokit.cast.receiver"], stdin=subprocess.PIPE,

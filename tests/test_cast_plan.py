@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beokit.cast import plan
+from beokit.cast import channel, dollytab, plan, verdict
 from beokit.errors import UsageError
 from beokit.hostlist import expand
 
@@ -92,19 +92,19 @@ endconfig
 
 
 def test_dollytab_is_read() -> None:
-    cfg = plan.parse_dollytab(DOLLYTAB)
+    cfg = dollytab.parse_dollytab(DOLLYTAB)
     assert (cfg.infile, cfg.outfile, cfg.server) == ("/dev/sda5", "/dev/sda5", "node1")
     assert cfg.hosts == ["node2", "node3", "node4", "node5"] and not cfg.compressed
-    assert plan.dolly_dest(cfg) == "/dev/sda5"
+    assert dollytab.dolly_dest(cfg) == "/dev/sda5"
 
 
 def test_dollytab_on_one_line_with_options() -> None:
     # the form of openSUSE's sample dolly.conf: words, not lines
     text = ("compressed infile /srv/img.gz outfile /dev/sdb segsize 4096 server node1 "
             "hyphennormal fanout 2 firstclient n1 lastclient n2 clients 2 n1 n2 endconfig")  # fmt: skip
-    cfg = plan.parse_dollytab(text)
+    cfg = dollytab.parse_dollytab(text)
     assert cfg.compressed and cfg.fanout == 2 and cfg.hosts == ["n1", "n2"]
-    assert plan.dolly_dest(cfg) == "|gunzip -c > /dev/sdb"
+    assert dollytab.dolly_dest(cfg) == "|gunzip -c > /dev/sdb"
 
 
 @pytest.mark.parametrize(
@@ -123,13 +123,13 @@ def test_dollytab_on_one_line_with_options() -> None:
 )
 def test_bad_dollytab_names_the_entry(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        plan.parse_dollytab(text)
+        dollytab.parse_dollytab(text)
 
 
 @given(st.text(max_size=200))
 def test_dollytab_parser_never_crashes(text: str) -> None:
     try:
-        plan.parse_dollytab(text)
+        dollytab.parse_dollytab(text)
     except UsageError:
         pass
 
@@ -138,7 +138,7 @@ def test_dest_kinds_and_host_expansion() -> None:
     assert plan.dest_kind("/tmp/x", "file") == "file"
     assert plan.dest_kind("/srv", "dir") == "dir"
     assert plan.dest_kind("|tar -x", "stdin") == "cmd"
-    assert plan.expand_dest("/tmp/{host}/img", "n1") == "/tmp/n1/img"
+    assert channel.expand_dest("/tmp/{host}/img", "n1") == "/tmp/n1/img"
     with pytest.raises(UsageError):
         plan.dest_kind("|  ", "file")
 
@@ -176,10 +176,10 @@ def test_rows_all_good() -> None:
     up = {"t": "up"}
     report = _report([{"name": h, "bytes_out": 100, "seconds": 1.0, "codes": []} for h in "ab"])
     res = {h: {"rc": 0, "bytes": 100, "fsync": "ok", "digest": "ff"} for h in "ab"}
-    rows = plan.rows(["a", "b"], chains, launch={"a": up, "b": up}, report=report, results=res,
+    rows = verdict.rows(["a", "b"], chains, launch={"a": up, "b": up}, report=report, results=res,
                      source_digest="FF", stream_bytes=100, kind="file")  # fmt: skip
     assert [r.status for r in rows] == ["OK", "OK"] and [r.digest for r in rows] == ["ok", "ok"]
-    assert rows[0].rate == pytest.approx(1e-4) and plan.exit_status(rows) == 0
+    assert rows[0].rate == pytest.approx(1e-4) and verdict.exit_status(rows) == 0
 
 
 def test_rows_name_every_failure() -> None:
@@ -195,19 +195,19 @@ def test_rows_name_every_failure() -> None:
            "b": {"rc": -9, "bytes": 50, "fsync": "ok"},
            "c": {"rc": 0, "bytes": 100, "fsync": "fsync /x: Input/output error", "digest": "ff"},
            "d": {"rc": 0, "bytes": 100, "fsync": "ok", "digest": "ff"}}  # fmt: skip
-    rows = plan.rows(hosts, chains, launch=launch, report=_report(nodes), results=res,
+    rows = verdict.rows(hosts, chains, launch=launch, report=_report(nodes), results=res,
                      source_digest="ff", stream_bytes=100, kind="file")  # fmt: skip
     got = {r.host: r.codes for r in rows}
     assert got == {"a": ["BDG"], "b": ["NWF", "LOST", "SHORT"], "c": ["SYNC"],
                    "d": ["BSTAT"], "e": ["LWF"], "f": ["DOWN"]}  # fmt: skip
-    assert "Permission denied" in rows[4].detail and plan.exit_status(rows) == 1
-    assert plan.retry_hosts(rows) == ["a", "b", "c", "d", "e"]
+    assert "Permission denied" in rows[4].detail and verdict.exit_status(rows) == 1
+    assert verdict.retry_hosts(rows) == ["a", "b", "c", "d", "e"]
 
 
 def test_merge_and_eta() -> None:
-    first = [plan.Row("a"), plan.Row("b", codes=["NWF"], status="NWF")]
-    again = [plan.Row("b", attempt=2)]
-    merged = plan.merge(first, again)
+    first = [verdict.Row("a"), verdict.Row("b", codes=["NWF"], status="NWF")]
+    again = [verdict.Row("b", attempt=2)]
+    merged = verdict.merge(first, again)
     assert [r.ok for r in merged] == [True, True] and merged[1].attempt == 2
     assert plan.eta(25, 100, 1.0) == pytest.approx(3.0)
     assert plan.eta(0, 100, 1.0) is None and plan.eta(5, None, 1.0) is None
@@ -234,25 +234,25 @@ SNAP = {"ino": 7, "dev": 1, "size": 100, "mtime_ns": 5, "ctime_ns": 6}
     ({"missing": 1}, None, "can no longer be read"),
 ])  # fmt: skip
 def test_source_change(after: dict, sent: int | None, words: str) -> None:
-    why = plan.source_change(SNAP, after, sent)
+    why = verdict.source_change(SNAP, after, sent)
     assert (why == "") == (words == "") and words in why
     if why:
         assert why.startswith("SOURCE changed during the stream: ")
-    assert plan.source_change(None, None, 5) == ""  # stdin, a directory: nothing to compare
+    assert verdict.source_change(None, None, 5) == ""  # stdin, a directory: nothing to compare
     block = {"ino": 3, "dev": 1, "size": 100, "block": 1}  # no times: a device's node keeps them
-    assert plan.source_change(block, dict(block), 100) == ""
+    assert verdict.source_change(block, dict(block), 100) == ""
 
 
 def test_a_changed_source_fails_every_started_node_and_settle_says_what_dest_holds() -> None:
-    rows = [plan.Row("a", digest="ok"), plan.Row("b", codes=["NWF"], status="NWF", digest="-"),
-            plan.Row("c", codes=["LWF"], status="LWF", digest="n/a")]  # fmt: skip
-    plan.fail_all(rows, "", "SOURCE changed during the stream: replaced")
+    rows = [verdict.Row("a", digest="ok"), verdict.Row("b", codes=["NWF"], status="NWF", digest="-"),
+            verdict.Row("c", codes=["LWF"], status="LWF", digest="n/a")]  # fmt: skip
+    verdict.fail_all(rows, "", "SOURCE changed during the stream: replaced")
     assert [r.codes for r in rows] == [["CHANGED"], ["NWF", "CHANGED"], ["LWF"]]
-    plan.settle(rows, {"a": {"t": "discarded", "dest": "unchanged"},
+    verdict.settle(rows, {"a": {"t": "discarded", "dest": "unchanged"},
                        "b": {"t": "discarded", "dest": "partial", "bytes": 10}})  # fmt: skip
     assert [r.dest for r in rows] == ["unchanged", "partial", "unchanged"]
-    ok = [plan.Row("a"), plan.Row("b"), plan.Row("c")]
-    plan.settle(ok, {"a": {"t": "committed", "ok": True, "dest": "new"},
+    ok = [verdict.Row("a"), verdict.Row("b"), verdict.Row("c")]
+    verdict.settle(ok, {"a": {"t": "committed", "ok": True, "dest": "new"},
                      "b": {"t": "committed", "ok": False, "why": "cannot rename",
                            "dest": "unchanged"}})  # fmt: skip
     assert [(r.status, r.dest) for r in ok] == [("OK", "new"), ("LWF", "unchanged"),
@@ -266,7 +266,7 @@ def test_interrupted_rows_name_every_node() -> None:
     finals = {"a": {"t": "committed", "ok": True, "dest": "new"},
               "b": {"t": "aborted", "dest": "unchanged"},
               "c": {"t": "aborted", "dest": "partial", "bytes": 4096}}  # fmt: skip
-    rows = plan.interrupted_rows(hosts, plan.plan_chains(hosts), launch=launch, finals=finals,
+    rows = verdict.interrupted_rows(hosts, plan.plan_chains(hosts), launch=launch, finals=finals,
                                  results={"a": {"bytes": 9, "seconds": 1.0}},
                                  signame="SIGTERM")  # fmt: skip
     got = {r.host: (r.status, r.dest) for r in rows}

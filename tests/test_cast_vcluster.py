@@ -16,7 +16,7 @@ import pytest
 from cast_helpers import by_host, cast
 from vcluster_fixture import VCluster, make_cluster, needs_vcluster
 
-from beokit.cast.driver import nettee_flags
+from beokit.cast.root import nettee_flags
 
 pytestmark = [needs_vcluster, pytest.mark.root]
 PREFIX = "bkc"

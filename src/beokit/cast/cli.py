@@ -209,17 +209,18 @@ def _source_kind(source: str) -> str:
 
 def build_job(args: argparse.Namespace) -> Any:
     """Check every argument and build the driver's Job (UsageError on bad input)."""
-    from beokit.cast import driver, plan
+    from beokit.cast import dollytab, launcher, plan
+    from beokit.cast.job import Job
     from beokit.hostlist import expand
     from beokit.launch.backends import make_backend
 
     dolly = None
     if args.dolly:
-        dolly = plan.parse_dollytab(read_text(args.dolly, "dolly config"))
+        dolly = dollytab.parse_dollytab(read_text(args.dolly, "dolly config"))
         if args.source and not args.nodeset:  # `beo cast -f conf NODESET`
             args.nodeset, args.source = args.source, None
         args.source = args.source or dolly.infile
-        args.dest = args.dest or plan.dolly_dest(dolly)
+        args.dest = args.dest or dollytab.dolly_dest(dolly)
         if args.chains == 1 and dolly.fanout > 1:
             args.chains = dolly.fanout
     if not args.source:
@@ -256,9 +257,9 @@ def build_job(args: argparse.Namespace) -> Any:
                                python=args.remote_python)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return driver.Job(
+    return Job(
         source=args.source, source_kind=kind, hosts=hosts, chains=chains, dest=args.dest,
-        backend=backend, remote_python=args.remote_python or driver.remote_python_default(backend),
+        backend=backend, remote_python=args.remote_python or launcher.remote_python_default(backend),
         port=args.port, heal=args.heal, fsync=args.fsync, excludes=list(args.exclude),
         progress_nodes=args.nodes_progress, connect_timeout=args.connect_timeout,
         finish_timeout=args.finish_timeout, resolve=resolve, fanout=args.fanout,
@@ -269,21 +270,23 @@ def build_job(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from beokit.cast import display, driver
+    from beokit.cast import display
+    from beokit.cast.feed import source_size
+    from beokit.proc import Interrupted, SignalGuard
 
-    with driver.SignalGuard():
+    with SignalGuard():
         outcomes: list[Any] = []
         rows: list[Any] = []
-        stopped: driver.Interrupted | None = None
+        stopped: Interrupted | None = None
         live = None
         try:
             job = build_job(args)
-            live = display.LiveProgress(driver.source_size(job), job.hosts,
+            live = display.LiveProgress(source_size(job), job.hosts,
                                         job.progress_nodes,
                                         enabled=sys.stderr.isatty() and not args.json)  # fmt: skip
             t0 = time.monotonic()
             rows = _rounds(args, job, live, outcomes)
-        except driver.Interrupted as exc:
+        except Interrupted as exc:
             stopped = exc
             if exc.outcome is not None:  # its rows include the rounds before it
                 outcomes.append(exc.outcome)
@@ -302,15 +305,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _rounds(args: argparse.Namespace, job: Any, live: Any, outcomes: list[Any]) -> list[Any]:
     """The first run and every --retry round; the merged rows."""
-    from beokit.cast import driver, plan
+    from beokit.cast import driver, plan, verdict
     from beokit.hostlist import fold
+    from beokit.proc import Interrupted
 
     out = driver.run_once(job, job.hosts, job.chains, on_progress=live.update,
                           on_stage=live.stage)  # fmt: skip
     outcomes.append(out)
     rows = out.rows
     for attempt in range(2, args.retry + 2):
-        again = plan.retry_hosts(rows)
+        again = verdict.retry_hosts(rows)
         if not again:
             break
         live.stage(f"retry {attempt - 1}: {fold(again)}")
@@ -319,21 +323,21 @@ def _rounds(args: argparse.Namespace, job: Any, live: Any, outcomes: list[Any]) 
         try:
             more = driver.run_once(job, again, chains, attempt=attempt, on_progress=live.update,
                                    on_stage=live.stage)  # fmt: skip
-        except driver.Interrupted as exc:
+        except Interrupted as exc:
             if exc.outcome is not None:  # the rounds before keep their rows
-                exc.outcome.rows = plan.merge(rows, exc.outcome.rows)
+                exc.outcome.rows = verdict.merge(rows, exc.outcome.rows)
             raise
         outcomes.append(more)
-        rows = plan.merge(rows, more.rows)
+        rows = verdict.merge(rows, more.rows)
     return rows
 
 
 def _merged(outcomes: list[Any]) -> list[Any]:
-    from beokit.cast import plan
+    from beokit.cast import verdict
 
     rows = outcomes[0].rows
     for out in outcomes[1:]:
-        rows = plan.merge(rows, out.rows)
+        rows = verdict.merge(rows, out.rows)
     return rows
 
 
@@ -352,10 +356,10 @@ def _dest_summary(rows: list[Any]) -> str:
 def _report(args: argparse.Namespace, job: Any, outcomes: list[Any], rows: list[Any],
             elapsed: float, stopped: Any) -> int:  # fmt: skip
     """The table (or JSON) and the stderr lines; the exit status."""
-    from beokit.cast import display, plan
+    from beokit.cast import display, verdict
 
     first = outcomes[0]
-    status = plan.exit_status(rows)
+    status = verdict.exit_status(rows)
     nfail = sum(not r.ok for r in rows)
     changed = next((o.changed for o in outcomes if o.changed), "")
     if args.json:

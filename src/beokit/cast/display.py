@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from beokit.cast.plan import Row
+from beokit.cast.verdict import Row
 
 
 class LiveProgress:

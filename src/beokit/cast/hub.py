@@ -1,8 +1,9 @@
 """Where the receivers of ``beo cast`` call the root back: one thread, bounded.
 
 Every receiver connects to the root's :class:`Hub`, both prove the run's
-secret (:func:`beokit.cast.plan.channel_mac`), and the node's messages
-(JSON lines) then arrive over that connection to its :class:`Receiver`.
+secret (:mod:`beokit.cast.channel`: the handshake, on :mod:`beokit.auth`),
+and the node's messages (JSON lines, :mod:`beokit.framing`) then arrive
+over that connection to its :class:`Receiver`.
 
 The hub is one thread around one selector: it accepts, challenges,
 authenticates and then reads every receiver.  Someone on the network who
@@ -10,7 +11,7 @@ connects without the secret costs a socket and a few hundred bytes, never a
 thread, and cannot hold one for long or in numbers:
 
 * an unauthenticated connection must send its ``hi`` line (at most
-  :data:`LINE_MAX` bytes) within :attr:`Hub.HELLO_TIMEOUT`;
+  :data:`~beokit.cast.channel.HELLO_MAX` bytes) within :attr:`Hub.HELLO_TIMEOUT`;
 * at most :attr:`Hub.PER_SOURCE` of them wait at a time per source address,
   and :attr:`Hub.MAX_PENDING` in all; past either bound the oldest waiting
   connection of that source (or of the source holding the most) is closed.
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import json
-import os
 import selectors
 import socket
 import threading
@@ -33,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from beokit.cast import plan
+from beokit import framing, net
+from beokit.cast import channel
+from beokit.errors import WireError
 
-LINE_MAX = 4096  # the hi line of an unauthenticated connection
-MSG_MAX = 1 << 20  # one message of an authenticated receiver
 SEND_TIMEOUT = 10.0  # a message to a receiver (tiny) must leave within this
 
 
@@ -60,7 +59,7 @@ class Receiver:
         self.settled = threading.Event()  # its answer to commit/discard/abort, or its end
         self.conn: socket.socket | None = None
         self.lock = threading.Lock()
-        self._buf = bytearray()
+        self._lines = framing.LineBuffer(channel.MSG_MAX)
 
     def fail(self, code: str, why: str) -> None:
         """No answer will come: the node is out (once)."""
@@ -72,22 +71,22 @@ class Receiver:
         self.settled.set()
 
     def feed(self, data: bytes) -> bool:
-        """Bytes from the connection; False if the receiver broke the protocol."""
-        self._buf += data
-        while (i := self._buf.find(b"\n")) >= 0:
-            line = bytes(self._buf[:i])
-            del self._buf[: i + 1]
-            self._message(line)
-        return len(self._buf) <= MSG_MAX
-
-    def _message(self, raw: bytes) -> None:
+        """Bytes from the connection; False if the receiver broke the protocol
+        (a line longer than :data:`~beokit.cast.channel.MSG_MAX`).  A line that
+        is not a message is skipped."""
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(msg, dict):
-            return
-        t = msg.get("t")
+            lines = self._lines.lines(data)
+        except WireError:
+            return False
+        for line in lines:
+            try:
+                self._message(framing.decode(line))
+            except WireError:
+                continue
+        return True
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
         if t in ("up", "fail") and self.hello is None:
             with self.lock:
                 self.hello = msg
@@ -112,7 +111,7 @@ class Receiver:
         if self.conn is None:
             return False
         try:
-            self.conn.sendall((json.dumps(msg) + "\n").encode())
+            self.conn.sendall(framing.encode(msg))
             return True
         except OSError:
             return False
@@ -156,7 +155,7 @@ class Hub:
         self.sock = socket.create_server((addr, 0), backlog=1024)
         self.sock.setblocking(False)
         host, port = self.sock.getsockname()[:2]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = net.host_port(host, port)
         self.refused = 0  # connections closed unauthenticated (bad MAC, silent, evicted)
         self.peak_pending = 0
         self.pending: dict[socket.socket, _Pending] = {}  # oldest first
@@ -266,11 +265,11 @@ class Hub:
             greedy = max(self.by_source.values(), key=len)
             self._drop(next(iter(greedy)))
             mine = self.by_source.setdefault(source, collections.OrderedDict())
-        nonce = os.urandom(16).hex()
+        nonce = channel.nonce()
         try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.send((json.dumps({"t": "challenge", "nonce": nonce}) + "\n").encode())
+            conn.send(framing.encode(channel.challenge(nonce)))
         except OSError:
             self.refused += 1
             conn.close()
@@ -302,13 +301,13 @@ class Hub:
         if p is None:
             return
         try:
-            data = conn.recv(LINE_MAX)
+            data = conn.recv(channel.HELLO_MAX)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         p.buf += data
-        if not data or (b"\n" not in p.buf and len(p.buf) >= LINE_MAX):
+        if not data or (b"\n" not in p.buf and len(p.buf) >= channel.HELLO_MAX):
             self._drop(conn)
             return
         if b"\n" not in p.buf:
@@ -321,10 +320,9 @@ class Hub:
         r, theirs = got
         self._forget(conn)
         self.sel.unregister(conn)
-        mac = plan.channel_mac(self.secret, "root", theirs, p.nonce, r.host)
         try:
             conn.settimeout(SEND_TIMEOUT)  # main-thread sends wait (bounded); reads follow select
-            conn.sendall((json.dumps({"t": "ok", "mac": mac}) + "\n").encode())
+            conn.sendall(framing.encode(channel.ok(self.secret, r.host, p.nonce, theirs)))
         except OSError:
             conn.close()
             r.ended()
@@ -338,15 +336,13 @@ class Hub:
         """The receiver a valid ``hi`` line names (claimed for this connection) and its
         nonce, or None."""
         try:
-            hi = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(hi, dict):
+            hi = framing.decode(line)
+        except WireError:
             return None
         host, theirs = hi.get("host"), hi.get("nonce")
         r = self.receivers.get(host) if isinstance(host, str) else None
-        if (hi.get("t") != "hi" or r is None or not isinstance(theirs, str) or len(theirs) > 64
-                or not plan.mac_ok(self.secret, hi.get("mac"), "node", p.nonce, theirs, host)):
+        if (hi["t"] != "hi" or r is None or not isinstance(theirs, str) or len(theirs) > 64
+                or not channel.mac_ok(self.secret, hi.get("mac"), "node", p.nonce, theirs, host)):
             return None  # fmt: skip
         with r.lock:
             if r.conn is not None or r.hello is not None:

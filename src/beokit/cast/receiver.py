@@ -5,8 +5,8 @@ does), which gives it the run's spec on stdin (``--input``: inside the ssh
 channel, never on a command line): ``{"secret", "callback", "dest", "kind",
 "digest", "fsync", "progress", "bind_local", "resolve"}``.  Its host name is
 ``$BEO_HOST``.  It then calls the cast root back at ``callback`` over TCP,
-both sides prove they know the secret (:func:`beokit.cast.plan.channel_mac`),
-and the rest is one JSON object a line over that connection:
+both sides prove they know the secret (:mod:`beokit.cast.channel`), and the
+rest is one JSON object a line over that connection (:mod:`beokit.framing`):
 
 1. node -> root: the node checks that it can do its part (the bind address
    exists, DEST can be created and written) and says ``{"t": "up"}`` or
@@ -23,6 +23,10 @@ and the rest is one JSON object a line over that connection:
 
 If the root goes away (the connection closes) the node stops nettee and
 exits, so nothing is left running; the launcher then ends too.
+
+This program runs on the nodes: it imports the standard library and
+beokit's ``auth``, ``errors``, ``framing``, ``linux``, ``net``, ``proc`` and
+``cast.channel`` (and, to run it, ``beokit.nettee``).
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ import threading
 import time
 from typing import Any
 
-from beokit import linux
-from beokit.cast import plan
+from beokit import framing, linux, net
+from beokit.cast import channel
+from beokit.cast.channel import hasher
+from beokit.errors import WireError
+from beokit.proc import ForkedChild, describe_exit, fork_python
 
 PROGRESS_EVERY = 0.5
 HASH_CHUNK = 1 << 20
@@ -88,9 +95,8 @@ class Channel:
 
     @classmethod
     def _handshake(cls, callback: str, secret: str, host: str, deadline: float) -> Channel:
-        addr, _, port = callback.rpartition(":")
         left = max(0.1, deadline - time.monotonic())
-        conn = socket.create_connection((addr.strip("[]"), int(port)), timeout=left)
+        conn = socket.create_connection(net.split_host_port(callback), timeout=left)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             chan = cls(conn)
@@ -98,14 +104,13 @@ class Channel:
             theirs = challenge.get("nonce")
             if challenge.get("t") != "challenge" or not isinstance(theirs, str):
                 raise ChannelError("no challenge from the root")
-            ours = os.urandom(16).hex()
-            chan.say({"t": "hi", "host": host, "nonce": ours,
-                      "mac": plan.channel_mac(secret, "node", theirs, ours, host)})  # fmt: skip
+            ours = channel.nonce()
+            chan.say(channel.hi(secret, host, theirs, ours))
             ok = chan.read()
             if not ok:
                 raise ChannelError("the root closed the connection during the handshake")
-            if ok.get("t") != "ok" or not plan.mac_ok(secret, ok.get("mac"), "root", ours,
-                                                      theirs, host):  # fmt: skip
+            if ok.get("t") != "ok" or not channel.mac_ok(secret, ok.get("mac"), "root", ours,
+                                                         theirs, host):  # fmt: skip
                 raise _Fatal(f"the root refused us or did not prove the secret: {ok}")
             conn.settimeout(None)
             return chan
@@ -115,105 +120,46 @@ class Channel:
 
     def read(self) -> dict[str, Any]:
         """The next message; ``{}`` at the end of the connection."""
-        line = self.rfile.readline(plan.MAX_SPEC)
-        if not line:
-            return {}
         try:
-            msg = json.loads(line)
-        except ValueError:
-            raise ChannelError(f"bad message from the root: {line[:60]!r}") from None
-        return msg if isinstance(msg, dict) else {}
+            return framing.read_message(self.rfile, channel.MAX_SPEC) or {}
+        except WireError as exc:
+            raise ChannelError(f"from the root: {exc}") from None
 
     def say(self, msg: dict[str, Any]) -> None:
-        data = (json.dumps(msg) + "\n").encode()
+        data = framing.encode(msg)
         with self.lock:
             self.conn.sendall(data)
 
 
-class Forked:
-    """nettee forked from this receiver, which imported it while the launch was going on.
+def start_nettee(args: list[str], env: dict[str, str]) -> ForkedChild:
+    """nettee, forked from this receiver, which imported it while the launch went on.
 
     Starting a fresh interpreter and importing nettee costs ~0.2 s of CPU; a
     cast starts every node's nettee at the same moment ("go"), so on a box
     shared by many nodes those starts queued on the cores, inside the cast's
-    time.  A fork of the preloaded receiver starts in ~1 ms.  The child is
-    named ``nettee`` (``/proc/PID/comm``: what ``ps -e``, ``top`` and
-    ``pkill nettee`` see); its command line stays the receiver's.
+    time.  A fork of the preloaded receiver starts in ~1 ms
+    (:func:`beokit.proc.fork_python`).  The child is named ``nettee``
+    (``/proc/PID/comm``: what ``ps -e``, ``top`` and ``pkill nettee`` see);
+    its command line stays the receiver's; its stderr is the returned
+    child's ``stderr`` (a pipe).
     """
+    from beokit.nettee.cli import main as nettee_main
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        from beokit.nettee.cli import main as nettee_main
-
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: become nettee
-            rc = 1
-            try:
-                os.setsid()
-                null = os.open(os.devnull, os.O_RDWR)
-                os.dup2(null, 0)
-                os.dup2(null, 1)
-                os.dup2(w, 2)
-                os.closerange(3, 1 << 16)  # the root's channel, the pipe ends: not ours
-                sys.stdin = sys.stdout = open(os.devnull, "r+")  # noqa: SIM115
-                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-                os.environ.update(env)
-                sys.argv = ["nettee", *args]
-                try:
-                    with open("/proc/self/comm", "w") as fh:
-                        fh.write("nettee")
-                except OSError:
-                    pass
-                rc = nettee_main(args)
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else 1
-            except BaseException as exc:  # noqa: BLE001 - report it, never return into the receiver
-                print(f"nettee: {exc!r}", file=sys.stderr)
-            finally:
-                try:
-                    sys.stderr.flush()
-                finally:
-                    os._exit(rc)
+    r, w = os.pipe()
+    try:
+        pid = fork_python(lambda: nettee_main(args), name="nettee", stderr=w, env=env,
+                          argv=["nettee", *args])  # fmt: skip
+    except OSError:
+        os.close(r)
+        raise
+    finally:
         os.close(w)
-        self.pid = pid
-        self.stderr = os.fdopen(r, "rb")
-        self.returncode: int | None = None
-        self._lock = threading.Lock()
-
-    def _reap(self, flags: int) -> int | None:
-        with self._lock:
-            if self.returncode is None:
-                try:
-                    got, status = os.waitpid(self.pid, flags)
-                except ChildProcessError:
-                    return self.returncode
-                if got:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-            return self.returncode
-
-    def poll(self) -> int | None:
-        return self._reap(os.WNOHANG)
-
-    def wait(self) -> int:
-        rc = self._reap(0)
-        assert rc is not None
-        return rc
+    return ForkedChild(pid, os.fdopen(r, "rb"))
 
 
 def preload() -> None:
-    """Import nettee now, during the launch, so that :class:`Forked` starts at once."""
+    """Import nettee now, during the launch, so that :func:`start_nettee` starts at once."""
     import beokit.nettee.cli  # noqa: F401
-
-
-def hasher(name: str) -> Any:
-    """A hash object by name: ``xxh3_128`` (xxhash) or a hashlib name."""
-    if name == "xxh3_128":
-        import xxhash
-
-        return xxhash.xxh3_128()
-    import hashlib
-
-    return hashlib.new(name)
 
 
 class Output:
@@ -392,7 +338,7 @@ def file_digest(dest: str, algo: str) -> str | None:
 
 
 def main() -> int:
-    raw = sys.stdin.buffer.read(plan.MAX_SPEC + 1)
+    raw = sys.stdin.buffer.read(channel.MAX_SPEC + 1)
     try:
         spec = json.loads(raw)
         secret = str(spec["secret"])
@@ -401,7 +347,7 @@ def main() -> int:
         print("beo cast receiver: no valid spec on stdin (started by beo cast?)", file=sys.stderr)
         return 2
     host = os.environ.get("BEO_HOST") or socket.gethostname()
-    spec = plan.host_spec(spec, host)
+    spec = channel.host_spec(spec, host)
     # a SIGTERM (the launcher, an administrator) ends us through the finally clauses
     # below: nettee stopped, a temporary copy removed
     signal.signal(signal.SIGTERM, _terminated)
@@ -426,7 +372,7 @@ def _terminated(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop(proc: Forked, done: threading.Event) -> None:
+def _stop(proc: ForkedChild, done: threading.Event) -> None:
     """Stop nettee (its process group): SIGTERM, then SIGKILL after 1 s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -455,7 +401,8 @@ def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str, out: Outp
     inbox: queue.Queue[dict[str, Any]] = queue.Queue()
     done = threading.Event()
     try:
-        proc = Forked([str(a) for a in go["args"]], {"NETTEE_SECRET": secret, "BEO_HOST": host})
+        proc = start_nettee([str(a) for a in go["args"]],
+                            {"NETTEE_SECRET": secret, "BEO_HOST": host})  # fmt: skip
     except OSError as exc:
         say({"t": "result", "rc": 127, "why": f"cannot run nettee: {exc}", "host": host})
         return 1
@@ -474,7 +421,7 @@ def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str, out: Outp
                     bool(spec.get("fsync", True)))  # fmt: skip
 
 
-def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: Forked,
+def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: ForkedChild,
             inbox: queue.Queue[dict[str, Any]], done: threading.Event) -> dict[str, Any] | None:  # fmt: skip
     """Wait for nettee, then fsync (and hash); the result, or None if the root said abort."""
     dest, kind = out.path, out.kind
@@ -525,7 +472,7 @@ def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: F
                            "bytes": None, "fsync": None, "digest": None}  # fmt: skip
     errors = [ln for ln in tail if "nettee" in ln and ("failure" in ln or "error" in ln.lower())]
     if rc != 0:
-        res["why"] = (errors or list(tail) or [f"nettee exited with status {rc}"])[-1]
+        res["why"] = (errors or list(tail) or [describe_exit(rc, "nettee")])[-1]
     regular = False
     if kind == "file":
         try:
