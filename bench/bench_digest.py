@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from beokit.cli import parse_size
 from beokit.linux import make_pipe
-from beokit.nettee.relay import TAP_STEP, Ring
+from beokit.nettee.sinks import TAP_STEP, Ring
 
 CHUNK = 1 << 20
 STEP = 1 << 20  # bytes the tap reads at a time (relay.TAP_STEP)

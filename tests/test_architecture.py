@@ -36,9 +36,7 @@ KNOWN: set[str] = {
     'class Chain in beokit.cast.plan, beokit.nettee.localchain',
     'cycle beokit.cli <-> beokit.nettee.demo',
     'cycle beokit.dsh.cli <-> beokit.dsh.client',
-    'function beokit.nettee.relay.run',
     'module beokit.dsh.daemon',
-    'module beokit.nettee.relay',
 }
 
 

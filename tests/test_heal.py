@@ -314,7 +314,7 @@ def test_heal_digest_usage_errors(argv: list[str], bad: str) -> None:
 
 
 def test_ring_segments_wrap_and_bounds() -> None:
-    from beokit.nettee.relay import Ring
+    from beokit.nettee.sinks import Ring
 
     ring = Ring(10)
     for chunk in (b"abcdef", b"ghijkl"):  # the second write wraps
@@ -335,7 +335,7 @@ def test_file_hasher_follows_a_growing_file(tmp_path: Path) -> None:
     """FileHasher hashes a file while it is written, across mmap windows."""
     import xxhash
 
-    from beokit.nettee.relay import FileHasher
+    from beokit.nettee.filehash import FileHasher
 
     FileHasher.WINDOW = 1 << 20  # several windows for a small file
     path = tmp_path / "f"

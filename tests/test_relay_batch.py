@@ -16,12 +16,13 @@ import time
 
 import pytest
 
-from beokit.nettee import relay as R
+from beokit.nettee import relay
+from beokit.nettee.sinks import Sink
 
-pytestmark = pytest.mark.skipif(not R.zero_copy_available(), reason="splice/tee not available")
+pytestmark = pytest.mark.skipif(not relay.zero_copy_available(), reason="splice/tee not available")
 
 
-class Counting(R.Relay):
+class Counting(relay.Relay):
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
         self.chunks: list[int] = []
@@ -40,7 +41,7 @@ class Harness:
         self.rx, _ = ls.accept()
         ls.close()
         self.out_r, out_w = os.pipe()
-        self.sink = R.Sink("out", out_w, "local", maxwrite=1 << 20)
+        self.sink = Sink("out", out_w, "local", maxwrite=1 << 20)
         self.relay = Counting(self.rx.fileno(), [self.sink], buf_size=1 << 20, minread=128,
                               minwrite=1, maxread=1 << 20, maxwrite=1 << 20,
                               batch=batch)  # fmt: skip
@@ -48,7 +49,7 @@ class Harness:
         self.arrivals: list[tuple[float, int]] = []  # (time, total bytes so far)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.result: R.RelayResult | None = None
+        self.result: relay.RelayResult | None = None
         self.runner = threading.Thread(target=self._run, daemon=True)
         self.runner.start()
         self.out_w = out_w
@@ -91,14 +92,14 @@ def paced(sock: socket.socket, data: bytes, piece: int, rate: float) -> None:
 
 def test_slow_bulk_stream_goes_out_in_large_chunks() -> None:
     data = os.urandom(4 << 20)
-    h = Harness(R.BATCH)
+    h = Harness(relay.BATCH)
     try:
         paced(h.tx, data, 16 << 10, 20e6)  # 20 MB/s in 16 KiB writes: 256 writes
     finally:
         h.close()
     assert bytes(h.got) == data
     # unbatched, nearly every write would be a chunk of its own (~256 of 16 KiB)
-    assert len(h.relay.chunks) <= len(data) // (R.BATCH // 4), h.relay.chunks
+    assert len(h.relay.chunks) <= len(data) // (relay.BATCH // 4), h.relay.chunks
     assert sum(h.relay.chunks) == len(data)
 
 
@@ -111,11 +112,11 @@ def test_without_batching_every_write_is_a_chunk() -> None:
     finally:
         h.close()
     assert bytes(h.got) == data
-    assert len(h.relay.chunks) > len(data) // (R.BATCH // 4)
+    assert len(h.relay.chunks) > len(data) // (relay.BATCH // 4)
 
 
 def test_a_trickle_comes_out_promptly() -> None:
-    h = Harness(R.BATCH)
+    h = Harness(relay.BATCH)
     try:
         h.tx.sendall(b"x" * 100)  # far below SO_RCVLOWAT: the kernel will not wake us
         assert h.wait_for(100, 2.0) < 1.0
@@ -130,15 +131,15 @@ def test_a_trickle_comes_out_promptly() -> None:
         h.wait_for(sent + (4 << 20), 10.0)
     finally:
         h.close()
-    assert h.relay.lowat == R.BATCH  # large chunks again: back to the low-water mark
+    assert h.relay.lowat == relay.BATCH  # large chunks again: back to the low-water mark
     assert h.got[:100] == b"x" * 100 and h.got[100:300] == b"y" * 200
 
 
 def test_a_pause_mid_chunk_does_not_hold_the_bytes_back() -> None:
-    h = Harness(R.BATCH)
+    h = Harness(relay.BATCH)
     try:
-        h.tx.sendall(os.urandom(R.BATCH * 3 + 1000))  # three chunks and a remainder
-        h.wait_for(R.BATCH * 3 + 1000, 2.0)
+        h.tx.sendall(os.urandom(relay.BATCH * 3 + 1000))  # three chunks and a remainder
+        h.wait_for(relay.BATCH * 3 + 1000, 2.0)
     finally:
         h.close()
-    assert len(h.got) == R.BATCH * 3 + 1000
+    assert len(h.got) == relay.BATCH * 3 + 1000

@@ -33,7 +33,7 @@ from beokit.nettee.messages import (
 )
 from beokit.nettee.policy import Phase
 from beokit.nettee.process import Feeder
-from beokit.nettee.relay import Sink
+from beokit.nettee.sinks import Sink
 
 if TYPE_CHECKING:
     from beokit.nettee.node import Node

@@ -48,8 +48,9 @@ from beokit.nettee.messages import Abort, End, Fail, SubtreeReport
 from beokit.nettee.options import MAX_NAME, NetteeConfig, Role
 from beokit.nettee.policy import Action, Decision, Failure, Options, Phase, Who, decide
 from beokit.nettee.process import Feeder, start_process
-from beokit.nettee.relay import Relay, Sink
+from beokit.nettee.relay import Relay
 from beokit.nettee.report import OwnResult, Reporter, all_codes
+from beokit.nettee.sinks import Sink
 from beokit.nettee.stream import Streamer
 from beokit.proc import describe_exit, signal_name
 

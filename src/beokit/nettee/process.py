@@ -26,7 +26,8 @@ import subprocess
 import threading
 
 from beokit.linux import make_pipe
-from beokit.nettee.relay import Relay, RelayResult, Sink
+from beokit.nettee.relay import Relay, RelayResult
+from beokit.nettee.sinks import Sink
 
 
 class Feeder:

@@ -12,7 +12,8 @@ local disk all proceed at once.  A chunk is handed to an output only when
 that output's pipe is empty, which makes every ``tee`` complete (a partial
 tee could not be resumed: tee always copies from the head of the pipe).
 Memory is bounded by (outputs + 1) pipes of ``buf_size`` bytes, whatever
-the stream size.
+the stream size.  The outputs are sinks.py's; ``-heal`` adds outputs to a
+running relay (:class:`Adoption`) and replaces its input.
 
 Where splice is not available (another OS, ``BEOKIT_NO_SPLICE=1``) or an
 fd refuses it (a terminal, an O_APPEND file), the same structure runs with
@@ -22,7 +23,6 @@ fd refuses it (a terminal, an O_APPEND file), the same structure runs with
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import select
 import socket
@@ -39,271 +39,13 @@ from beokit.linux import (
     tee,
     zero_copy_available,
 )
+from beokit.nettee.sinks import Sink, Tap, write_all
 
 INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
 BATCH_WAIT = 0.005  # ...or of what arrived within this many seconds of a chunk's first byte
 IDLE_LOOK = 0.02  # batching, nothing in hand: look for a trickle below SO_RCVLOWAT this often
-TAP_STEP = 256 << 10  # the tap copies and hashes this much at a time (stays in L2 cache)
-
-
-class Sink:
-    """One output of the relay: a child's data socket, the local -out, or a discard.
-
-    A writer thread drains the sink's pipe into its fd.  On a write error it
-    records the error, calls ``on_error`` (which decides between collapse and
-    carrying on) and from then on only discards.
-    """
-
-    def __init__(self, label: str, fd: int, kind: str, *, maxwrite: int,
-                 on_error: Callable[[Sink, OSError], None] | None = None,
-                 fsync: bool = False) -> None:  # fmt: skip
-        self.label = label
-        self.fd = fd
-        self.kind = kind  # "child" | "local" | "discard"
-        self.maxwrite = maxwrite
-        self.on_error = on_error
-        self.fsync = fsync
-        self.sent = 0
-        self.alive = True
-        self.error: OSError | None = None
-        self.copy_mode = not zero_copy_available()
-        self.pipe_r = self.pipe_w = -1
-        self.capacity = 0
-        self._work = threading.Semaphore(0)
-        self._pending = 0
-        self._notify = -1
-        self._buf: memoryview | None = None
-        self._done = self._taken = 0
-        self._thread: threading.Thread | None = None
-
-    def open(self, size: int, notify_fd: int) -> int:
-        self.pipe_r, self.pipe_w, self.capacity = make_pipe(size)
-        self._notify = notify_fd
-        self._thread = threading.Thread(target=self._run, name=f"sink-{self.label}", daemon=True)
-        self._thread.start()
-        return self.capacity
-
-    def give(self, n: int) -> None:
-        self._pending = n
-        self._work.release()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.give(-1)
-            self._thread.join()
-            self._thread = None
-        for fd in (self.pipe_r, self.pipe_w):
-            if fd >= 0:
-                os.close(fd)
-        self.pipe_r = self.pipe_w = -1
-
-    def kill(self) -> None:
-        """Stop writing to this output (used when a peer is declared dead)."""
-        self.alive = False
-
-    def _run(self) -> None:
-        while True:
-            self._work.acquire()
-            n = self._pending
-            if n < 0:
-                return
-            self.drain(n)
-            os.write(self._notify, (1).to_bytes(8, "little"))
-
-    def drain(self, n: int) -> None:
-        """Move a chunk of ``n`` bytes from the pipe to the output (or drop it).
-
-        The writer thread calls it; so does the relay itself in low-latency mode.
-        """
-        if not self.alive:
-            self._discard(n)
-            return
-        try:
-            self._write(n)
-        except OSError as exc:
-            self.alive = False
-            self.error = exc
-            self._discard(n - self._taken)
-            if self.on_error is not None:
-                self.on_error(self, exc)
-
-    def _write(self, n: int) -> None:
-        self._done = 0  # bytes of this chunk written to the output
-        self._taken = 0  # bytes of this chunk taken out of the pipe
-        while self._done < n:
-            want = min(n - self._done, self.maxwrite)
-            if not self.copy_mode:
-                flags = SPLICE_F_MOVE | (SPLICE_F_MORE if want < n - self._done else 0)
-                try:
-                    k = os.splice(self.pipe_r, self.fd, want, flags=flags)
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and self._done == 0 and self.sent == 0:
-                        self.copy_mode = True  # this fd does not take splice
-                        continue
-                    raise
-            else:
-                if self._buf is None:
-                    self._buf = memoryview(bytearray(min(self.maxwrite, 1 << 20)))
-                got = os.readv(self.pipe_r, [self._buf[: min(want, len(self._buf))]])
-                self._taken += got
-                k = _write_all(self.fd, self._buf[:got])
-            if k == 0:
-                raise OSError(errno.EIO, "output accepted no data")
-            if not self.copy_mode:
-                self._taken += k
-            self._done += k
-            self.sent += k
-            if not self.alive:
-                raise OSError(errno.ECONNABORTED, "output abandoned")
-
-    def _discard(self, n: int) -> None:
-        """Empty the rest of a chunk from the pipe (never blocks)."""
-        os.set_blocking(self.pipe_r, False)
-        while n > 0:
-            try:
-                chunk = os.read(self.pipe_r, min(n, 1 << 16))
-            except OSError:  # EAGAIN: nothing more is there
-                return
-            if not chunk:
-                return
-            n -= len(chunk)
-
-    def finish(self) -> None:
-        """Flush the local output to stable storage when asked (fsync)."""
-        if self.fsync and self.alive and self.kind == "local":
-            try:
-                os.fsync(self.fd)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EROFS):
-                    self.alive = False
-                    self.error = exc
-                    if self.on_error is not None:
-                        self.on_error(self, exc)
-
-
-def _write_all(fd: int, data: memoryview) -> int:
-    done = 0
-    while done < len(data):
-        done += os.write(fd, data[done:])
-    return done
-
-
-class Ring:
-    """The last ``size`` bytes of the stream, addressed by absolute offset.
-
-    The replay window of ``-heal``: a parent re-sends from it what an adopted
-    grandchild lost with its dead parent.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.buf = memoryview(bytearray(size))
-        self.end = 0  # absolute offset just past the newest byte
-
-    @property
-    def start(self) -> int:
-        return max(0, self.end - self.size)
-
-    def free(self, n: int) -> list[memoryview]:
-        """Where the next ``n`` (<= size) bytes go: one or two slices of the buffer."""
-        at = self.end % self.size
-        first = min(n, self.size - at)
-        return [self.buf[at : at + first]] + ([self.buf[: n - first]] if n > first else [])
-
-    def segments(self, start: int, stop: int) -> list[memoryview]:
-        """Slices holding the bytes [start, stop); they must lie within the window."""
-        if not self.start <= start <= stop <= self.end:
-            raise ValueError(f"[{start}, {stop}) is outside the window [{self.start}, {self.end})")
-        out, pos = [], start
-        while pos < stop:
-            at = pos % self.size
-            k = min(stop - pos, self.size - at)
-            out.append(self.buf[at : at + k])
-            pos += k
-        return out
-
-
-class Tap(Sink):
-    """An output that keeps the stream in user space: digest and replay window.
-
-    It is the one place where the stream is copied into Python's memory
-    (one ``readv`` per chunk from its pipe into the ring); the digest is
-    computed over the ring in place, no second copy.
-    """
-
-    def __init__(self, ring: Ring, hasher: object | None) -> None:
-        super().__init__("tap", -1, "tap", maxwrite=ring.size)
-        self.ring = ring
-        self.hasher = hasher
-
-    def _write(self, n: int) -> None:
-        self._done = self._taken = 0
-        while self._done < n:
-            want = min(n - self._done, self.ring.size, TAP_STEP)
-            got = os.readv(self.pipe_r, self.ring.free(want))
-            if got == 0:
-                raise OSError(errno.EIO, "tap pipe ended early")
-            if self.hasher is not None:
-                for seg in self.ring.free(got):
-                    self.hasher.update(seg)  # type: ignore[attr-defined]
-            self.ring.end += got
-            self._done += got
-            self._taken += got
-            self.sent += got
-
-
-class FileHasher:
-    """Digest of a regular file that is being written (or read) by the relay.
-
-    Where the stream lands in a regular file (a node's ``-out FILE``, the
-    root's ``-in FILE``), the digest needs no copy: a thread follows the
-    file as it grows and hashes it through ``mmap`` from the page cache.
-    ``progress()`` says how many bytes of the file hold the stream so far.
-    """
-
-    WINDOW = 64 << 20  # bytes mapped at a time
-    PERIOD = 0.05  # seconds between looks at the file: a few MB behind, one mmap per look
-
-    def __init__(self, fd: int, progress: Callable[[], int], hasher: object) -> None:
-        self.fd = fd
-        self.progress = progress
-        self.hasher = hasher
-        self.hashed = 0
-        self.error: OSError | None = None
-        self._final = -1
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="file-digest", daemon=True)
-        self._thread.start()
-
-    def _hash_to(self, target: int) -> None:
-        page = mmap.ALLOCATIONGRANULARITY
-        while self.hashed < target:
-            base = self.hashed - self.hashed % page
-            stop = min(target, base + self.WINDOW)
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault in at once
-            with mmap.mmap(self.fd, stop - base, flags=flags, prot=mmap.PROT_READ,
-                           offset=base) as m:  # fmt: skip
-                with memoryview(m) as mv:
-                    self.hasher.update(mv[self.hashed - base :])  # type: ignore[attr-defined]
-            self.hashed = stop
-
-    def _run(self) -> None:
-        try:
-            while True:
-                final = self._final
-                self._hash_to(self.progress() if final < 0 else final)
-                if final >= 0:
-                    return
-                self._wake.wait(self.PERIOD)
-        except (OSError, ValueError) as exc:  # the file shrank or vanished under us
-            self.error = exc if isinstance(exc, OSError) else OSError(0, str(exc))
-
-    def finish(self, total: int) -> None:
-        """Hash up to ``total`` bytes and stop."""
-        self._final = total
-        self._wake.set()
-        self._thread.join()
+AGAIN, NEXT, STOP = "again", "next", "stop"  # what a step of the relay's loop says
 
 
 ENDED = "the stream has ended"
@@ -335,6 +77,28 @@ class RelayResult:
     eof: bool
     read_error: OSError | None = None
     timed_out: bool = False
+
+
+@dataclass
+class _Loop:
+    """The relay loop's state between two steps."""
+
+    poller: select.poll
+    r0: int  # the staging pipe P0
+    w0: int
+    cap: int  # bytes P0 (and every output pipe) holds
+    buf: memoryview  # for inputs that refuse splice
+    batch: int
+    result: RelayResult
+    in_mask: int = select.POLLIN
+    filled: int = 0  # bytes in P0
+    busy: int = 0  # outputs still writing the last chunk
+    since: float = 0.0  # when the first byte of the chunk in P0 arrived (batching)
+    eof: bool = False
+    p0_full: bool = False
+    asked: bool = False  # on_input_end was asked about this input
+    looked: bool = False  # a trickle was looked for (not woken by the kernel)
+    last_data: float = field(default_factory=time.monotonic)
 
 
 class Relay:
@@ -459,6 +223,25 @@ class Relay:
         return [self._discard]
 
     def run(self) -> RelayResult:
+        loop = self._open()
+        try:
+            while True:
+                step = NEXT
+                for part in (self._step_adds, self._step_input, self._step_end,
+                             self._step_distribute, self._step_read, self._step_wait):  # fmt: skip
+                    step = part(loop)
+                    if step is not NEXT:
+                        break
+                if step is STOP:
+                    break
+        finally:
+            self._close(loop)
+        result = loop.result
+        result.bytes_in = self.bytes_in
+        result.eof = loop.eof and result.read_error is None
+        return result
+
+    def _open(self) -> _Loop:
         self._evfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         r0, w0, cap = make_pipe(self.buf_size)
         if self.tap is not None:
@@ -472,138 +255,164 @@ class Relay:
             os.set_blocking(self.in_fd, False)
         except OSError:
             pass
-        batch = self._batching()
         poller = select.poll()
         poller.register(self.in_fd, select.POLLIN)
-        in_mask = select.POLLIN
         poller.register(self._evfd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
-        filled = busy = 0
-        since = 0.0  # when the first byte of the chunk in P0 arrived (batching)
-        eof = p0_full = asked = looked = False
-        result = RelayResult(0, False)
-        last_data = time.monotonic()
+        return _Loop(poller, r0, w0, cap, buf, self._batching(), RelayResult(0, False))
+
+    def _close(self, loop: _Loop) -> None:
+        for s in self.sinks:
+            s.stop()
+        if self._discard is not None:
+            self._discard.stop()
+            os.close(self._discard.fd)
+        os.close(loop.r0)
+        os.close(loop.w0)
+        os.close(self._evfd)
+        with self._lock:
+            adds, self._adds = self._adds, []
+            os.close(self._wake)
+            self._wake = -1
+            self.finished = True
+        for add in adds:  # never leave an adopter waiting: it replays itself
+            add.why = ENDED
+            add.done.set()
+
+    def _hand_out(self, loop: _Loop) -> None:
+        loop.busy = self._distribute(loop.r0, loop.filled)
+        loop.filled, loop.p0_full = 0, False
+
+    def _step_adds(self, loop: _Loop) -> str:
+        """Outputs to add (-heal) go in at a chunk boundary, once every output is idle."""
+        if loop.busy or not self._adds:
+            return NEXT
+        if loop.filled:  # hand out what P0 holds first: adds start at a boundary
+            self._hand_out(loop)
+            return AGAIN
+        self._apply_adds()
+        return NEXT
+
+    def _step_input(self, loop: _Loop) -> str:
+        """The input was lost (-heal): wait for its replacement, or for word to end."""
+        if not self.waiting_input.is_set():
+            return NEXT
+        with self._lock:
+            new = self._inputs.pop(0) if self._inputs else -1
+        if new is None:  # no replacement: end here
+            self.waiting_input.clear()
+            return NEXT
+        if new < 0:
+            loop.busy -= self._wait(loop.poller, -1)
+            return AGAIN
+        self.waiting_input.clear()  # a new parent took over: read on from it
+        loop.poller.unregister(self.in_fd)
+        self.in_fd = new
+        os.set_blocking(new, False)
+        loop.batch = self._batching()
+        loop.poller.register(new, select.POLLIN)
+        loop.in_mask = select.POLLIN
+        loop.eof, loop.asked, loop.result.read_error = False, False, None
+        loop.last_data = time.monotonic()
+        return AGAIN
+
+    def _step_end(self, loop: _Loop) -> str:
+        """At the end of the input, with everything written: ask whether another input
+        comes (-heal); else stop, once no heal holds the relay."""
+        if not (loop.eof and loop.filled == 0 and loop.busy == 0):
+            return NEXT
+        if not loop.asked and self.on_input_end is not None:
+            loop.asked = True
+            if self.on_input_end(loop.result.read_error):
+                self.waiting_input.set()  # wait for a replacement input
+                return AGAIN
+        if self._holds == 0 and not self._adds:
+            return STOP
+        return NEXT
+
+    def _step_distribute(self, loop: _Loop) -> str:
+        """Hand the chunk in P0 to the outputs when it is due."""
+        filled, batch = loop.filled, loop.batch
+        if not filled or loop.busy:
+            return NEXT
+        due = (filled >= self.minwrite or loop.eof or loop.p0_full
+               or loop.cap - filled < self.minread)  # fmt: skip
+        if not due or (batch and not (filled >= batch or loop.eof or loop.p0_full
+                                      or time.monotonic() - loop.since >= BATCH_WAIT)):  # fmt: skip
+            return NEXT
+        if batch and self.lowat == 1 and filled >= batch // 2:
+            self._set_lowat(batch)  # chunks fill up again: back to bulk
+        self._hand_out(loop)
+        return AGAIN
+
+    def _can_read(self, loop: _Loop) -> bool:
+        return (not loop.eof and not loop.p0_full and loop.cap - loop.filled >= self.minread
+                and self._holds == 0)  # fmt: skip
+
+    def _step_read(self, loop: _Loop) -> str:
+        """Read what the input has into P0 (never blocks)."""
+        if not self._can_read(loop):
+            return NEXT
         try:
-            while True:
-                if busy == 0 and self._adds:
-                    if filled:  # hand out what P0 holds first: adds start at a boundary
-                        busy = self._distribute(r0, filled)
-                        filled, p0_full = 0, False
-                        continue
-                    self._apply_adds()
-                if self.waiting_input.is_set():
-                    with self._lock:
-                        new = self._inputs.pop(0) if self._inputs else -1
-                    if new is None:  # no replacement: end here
-                        self.waiting_input.clear()
-                    elif new >= 0:  # a new parent took over: read on from it
-                        self.waiting_input.clear()
-                        poller.unregister(self.in_fd)
-                        self.in_fd = new
-                        os.set_blocking(new, False)
-                        batch = self._batching()
-                        poller.register(new, select.POLLIN)
-                        in_mask = select.POLLIN
-                        eof, asked, result.read_error = False, False, None
-                        last_data = time.monotonic()
-                        continue
-                    else:
-                        busy -= self._wait(poller, -1)
-                        continue
-                if eof and filled == 0 and busy == 0:
-                    if not asked and self.on_input_end is not None:
-                        asked = True
-                        if self.on_input_end(result.read_error):
-                            self.waiting_input.set()  # wait for a replacement input
-                            continue
-                    if self._holds == 0 and not self._adds:
-                        break
-                if filled and busy == 0 and (filled >= self.minwrite or eof or p0_full
-                                             or cap - filled < self.minread) and (
-                        not batch or filled >= batch or eof or p0_full
-                        or time.monotonic() - since >= BATCH_WAIT):  # fmt: skip
-                    if batch and self.lowat == 1 and filled >= batch // 2:
-                        self._set_lowat(batch)  # chunks fill up again: back to bulk
-                    busy = self._distribute(r0, filled)
-                    filled, p0_full = 0, False
-                    continue
-                can_read = (not eof and not p0_full and cap - filled >= self.minread
-                            and self._holds == 0)  # fmt: skip
-                if can_read:
-                    want = min(self.maxread, cap - filled)
-                    try:
-                        n = self._read(w0, want, buf)
-                    except BlockingIOError:
-                        n = -1
-                    except OSError as exc:
-                        result.read_error = exc
-                        eof = True
-                        continue
-                    if n == 0:
-                        eof = True
-                        continue
-                    if n > 0:
-                        if not filled:
-                            since = time.monotonic()
-                        if looked:
-                            looked = False
-                            self._set_lowat(1)  # a trickle: found by looking, not woken
-                        filled += n
-                        self.bytes_in += n
-                        last_data = time.monotonic()
-                        continue
-                    # EAGAIN: the input is empty, or P0 is full
-                    if filled and poller.poll(0) and self._in_ready(poller):
-                        p0_full = True
-                        continue
-                want_in = select.POLLIN if can_read else 0
-                if want_in != in_mask:  # never poll the input while P0 cannot take more
-                    poller.modify(self.in_fd, want_in)
-                    in_mask = want_in
-                timeout_ms = -1
-                if can_read and self.idle_timeout > 0 and busy == 0:
-                    left = last_data + self.idle_timeout - time.monotonic()
-                    if left <= 0:
-                        if not asked and self.on_input_end is not None:
-                            asked = True  # a silent input may be replaced (-heal)
-                            if self.on_input_end(TimeoutError("no data")):
-                                eof = True
-                                self.waiting_input.set()
-                                continue
-                        result.timed_out = True
-                        break
-                    timeout_ms = int(left * 1000) + 1
-                look = bool(batch) and can_read and not filled and self.lowat > 1
-                if batch and can_read and (filled or look):
-                    # the chunk in P0 goes at its deadline; below SO_RCVLOWAT the kernel
-                    # does not wake us, so look for a trickle every IDLE_LOOK
-                    due = BATCH_WAIT - (time.monotonic() - since) if filled else IDLE_LOOK
-                    ms = max(int(due * 1000) + 1, 1)
-                    timeout_ms = ms if timeout_ms < 0 else min(timeout_ms, ms)
-                busy -= self._wait(poller, timeout_ms)
-                looked = look and self._quiet
-                if busy:
-                    last_data = time.monotonic()  # waiting on outputs is not idleness
-        finally:
-            for s in self.sinks:
-                s.stop()
-            if self._discard is not None:
-                self._discard.stop()
-                os.close(self._discard.fd)
-            os.close(r0)
-            os.close(w0)
-            os.close(self._evfd)
-            with self._lock:
-                adds, self._adds = self._adds, []
-                os.close(self._wake)
-                self._wake = -1
-                self.finished = True
-            for add in adds:  # never leave an adopter waiting: it replays itself
-                add.why = ENDED
-                add.done.set()
-        result.bytes_in = self.bytes_in
-        result.eof = eof and result.read_error is None
-        return result
+            n = self._read(loop.w0, min(self.maxread, loop.cap - loop.filled), loop.buf)
+        except BlockingIOError:
+            n = -1
+        except OSError as exc:
+            loop.result.read_error = exc
+            loop.eof = True
+            return AGAIN
+        if n == 0:
+            loop.eof = True
+            return AGAIN
+        if n > 0:
+            if not loop.filled:
+                loop.since = time.monotonic()
+            if loop.looked:
+                loop.looked = False
+                self._set_lowat(1)  # a trickle: found by looking, not woken
+            loop.filled += n
+            self.bytes_in += n
+            loop.last_data = time.monotonic()
+            return AGAIN
+        # EAGAIN: the input is empty, or P0 is full
+        if loop.filled and loop.poller.poll(0) and self._in_ready(loop.poller):
+            loop.p0_full = True
+            return AGAIN
+        return NEXT
+
+    def _step_wait(self, loop: _Loop) -> str:
+        """Nothing to do now: wait for the input, an output, a poke or a deadline."""
+        can_read = self._can_read(loop)
+        want_in = select.POLLIN if can_read else 0
+        if want_in != loop.in_mask:  # never poll the input while P0 cannot take more
+            loop.poller.modify(self.in_fd, want_in)
+            loop.in_mask = want_in
+        timeout_ms = -1
+        if can_read and self.idle_timeout > 0 and loop.busy == 0:
+            left = loop.last_data + self.idle_timeout - time.monotonic()
+            if left <= 0:
+                if not loop.asked and self.on_input_end is not None:
+                    loop.asked = True  # a silent input may be replaced (-heal)
+                    if self.on_input_end(TimeoutError("no data")):
+                        loop.eof = True
+                        self.waiting_input.set()
+                        return AGAIN
+                loop.result.timed_out = True
+                return STOP
+            timeout_ms = int(left * 1000) + 1
+        batch = loop.batch
+        look = bool(batch) and can_read and not loop.filled and self.lowat > 1
+        if batch and can_read and (loop.filled or look):
+            # the chunk in P0 goes at its deadline; below SO_RCVLOWAT the kernel
+            # does not wake us, so look for a trickle every IDLE_LOOK
+            due = BATCH_WAIT - (time.monotonic() - loop.since) if loop.filled else IDLE_LOOK
+            ms = max(int(due * 1000) + 1, 1)
+            timeout_ms = ms if timeout_ms < 0 else min(timeout_ms, ms)
+        loop.busy -= self._wait(loop.poller, timeout_ms)
+        loop.looked = look and self._quiet
+        if loop.busy:
+            loop.last_data = time.monotonic()  # waiting on outputs is not idleness
+        return AGAIN
 
     def _batching(self) -> int:
         """The chunk size to gather from the input: ``batch`` for a TCP socket (its
@@ -658,7 +467,7 @@ class Relay:
                 self._copy_in = True  # e.g. a terminal on stdin
         got = os.readv(self.in_fd, [buf[:want]])
         if got:
-            _write_all(w0, buf[:got])
+            write_all(w0, buf[:got])
         return got
 
     def _distribute(self, r0: int, n: int) -> int:
@@ -676,7 +485,7 @@ class Relay:
             while len(data) < n:
                 data += os.read(r0, n - len(data))
             for s in live:
-                _write_all(s.pipe_w, memoryview(data))
+                write_all(s.pipe_w, memoryview(data))
         if self.low_latency and n <= INLINE_MAX:
             for s in live:
                 s.drain(n)

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 
 from beokit.linux import zero_copy_available
 from beokit.nettee.command import SocketCommand
+from beokit.nettee.filehash import FileHasher
 from beokit.nettee.links import ChildLink
 from beokit.nettee.messages import End
 from beokit.nettee.options import Role
 from beokit.nettee.policy import Phase, Who
-from beokit.nettee.relay import BATCH, FileHasher, Relay, RelayResult, Ring, Sink, Tap
+from beokit.nettee.relay import BATCH, Relay, RelayResult
+from beokit.nettee.sinks import Ring, Sink, Tap
 from beokit.nettee.source import Snapshot, change
 
 if TYPE_CHECKING:
