@@ -19,6 +19,9 @@ standard ports, the clients in host2.
     python bench/bench_boot.py --tftp-clients 100 --tftp-size 30M   # issue 10 sizes
     python bench/bench_boot.py --http-clients 100 --http-size 100M  # issue 11 sizes
     python bench/bench_boot.py --png docs/bench-boot.png
+    git worktree add /tmp/wt-old HEAD~3   # before/after a change, same run:
+    python bench/bench_boot.py --dhcp-clients 0 --http-clients 0 --no-dnsmasq \
+        --old-src /tmp/wt-old/src --tftp-clients 100 --tftp-size 30M --rounds 5
 
 Needs root (network namespaces) and dnsmasq.
 """
@@ -41,6 +44,7 @@ from beokit.vcluster import plan as P
 
 PREFIX = "bkbb"
 PY = sys.executable
+OLD = "beo boot (old)"  # --old-src: the same server from another source tree
 
 DORA = """
 import json, sys
@@ -135,10 +139,12 @@ count = 1500
 """)
         return p
 
-    def start_beo(self, cfg: Path) -> subprocess.Popen:
+    def start_beo(self, cfg: Path, src: str | None = None) -> subprocess.Popen:
+        """beo boot in host1; ``src``: from that source tree (PYTHONPATH) instead."""
         log = open(self.tmp / "beo.log", "ab")  # noqa: SIM115
+        env = None if src is None else {**os.environ, "PYTHONPATH": src}
         p = subprocess.Popen([*self.ns(1), PY, "-m", "beokit.cli", "boot", "-c", str(cfg)],
-                             stdout=log, stderr=log, cwd=self.tmp)  # fmt: skip
+                             stdout=log, stderr=log, cwd=self.tmp, env=env)  # fmt: skip
         self.wait_port(p, "67" if "dhcp" in str(cfg) else "69")
         return p
 
@@ -214,9 +220,14 @@ def run(args: argparse.Namespace) -> dict:
         b = Bench(Path(d), args)
         try:
             n = args.dhcp_clients
-            for scenario, known, first in (("known", n, 0), ("anonymous", 0, 0)):
+            servers = [("beo boot", b.start_beo)]
+            if args.old_src:
+                servers.append((OLD, lambda c: b.start_beo(c, args.old_src)))
+            if not args.no_dnsmasq:
+                servers.append(("dnsmasq", b.start_dnsmasq))
+            for scenario, known, first in (("known", n, 0), ("anonymous", 0, 0)) if n else ():
                 cfg = b.config(known)
-                for name, start in (("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)):
+                for name, start in servers:
                     p = start(cfg)
                     try:
                         r = b.dora(n, first)
@@ -231,7 +242,6 @@ def run(args: argparse.Namespace) -> dict:
                 f.write(os.urandom(size))
             os.chmod(b.root / "image", 0o644)
             cfg = b.config(0)
-            servers = [("beo boot", b.start_beo), ("dnsmasq", b.start_dnsmasq)]
             results["rounds"] = []
             for rnd in range(args.rounds):  # alternate the order: the box's load drifts
                 results["rounds"].append({})
@@ -333,71 +343,96 @@ def http_part(b: Bench, args: argparse.Namespace) -> dict:
 
 
 def report(res: dict, args: argparse.Namespace) -> None:
+    if args.dhcp_clients:
+        report_dhcp(res, args)
+    report_tftp(res, args)
+    if res["window"]:
+        report_window(res, args)
+    if "http" in res:
+        report_http(res, args)
+
+
+def report_dhcp(res: dict, args: argparse.Namespace) -> None:
     n = args.dhcp_clients
+    names = list(dict.fromkeys(name for _, name in res["dhcp"]))
     print(f"\n## DHCP: {n} clients doing DORA at once (time until all bound)\n")
-    print("| scenario | beo boot | dnsmasq | dnsmasq / beo boot |")
-    print("|---|---|---|---|")
+    print("| scenario | " + " | ".join(names) + " | " +
+          " | ".join(f"{x} / beo boot" for x in names[1:]) + " |")  # fmt: skip
+    print("|---" * (2 * len(names)) + "|")
+
+    def cell(r: dict) -> str:
+        done = "" if r["bound"] == n else f" ({r['bound']}/{n} bound, stopped)"
+        return f"{r['elapsed']:.2f} s, {r['naks']} NAKs{done}"
+
     for scenario in ("known", "anonymous"):
-        a, d = res["dhcp"][(scenario, "beo boot")], res["dhcp"][(scenario, "dnsmasq")]
+        rs = [res["dhcp"][(scenario, name)] for name in names]
+        ratios = [f"{r['elapsed'] / rs[0]['elapsed']:.1f}x" for r in rs[1:]]
+        print(f"| {scenario} | " + " | ".join(cell(r) for r in rs) + " | " +
+              " | ".join(ratios) + " |")  # fmt: skip
 
-        def cell(r: dict) -> str:
-            done = "" if r["bound"] == n else f" ({r['bound']}/{n} bound, stopped)"
-            return f"{r['elapsed']:.2f} s, {r['naks']} NAKs{done}"
 
-        print(f"| {scenario} | {cell(a)} | {cell(d)} | {d['elapsed'] / a['elapsed']:.1f}x |")
+def _cpu_per_mb(r: dict) -> float:
+    return (r["user"] + r["sys"]) / max(r["mb"], 1e-9)
+
+
+def report_tftp(res: dict, args: argparse.Namespace) -> None:
     mib = args.tftp_size / (1 << 20)
     print(f"\n## TFTP: {args.tftp_clients} curl clients x {mib:g} MiB, blksize 1468\n")
     print("| round | server | ok | aggregate MB/s | slowest s | fastest s | fairness "
           "(fastest/slowest) | server CPU user + sys s | CPU ms per MB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    ratios, cpu_ratios = [], []
     for i, rnd in enumerate(res["rounds"]):
-        for name in ("beo boot", "dnsmasq"):
-            r = rnd[name]
+        for name, r in rnd.items():
             fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
-            cpu = r["user"] + r["sys"]
             print(f"| {i + 1} | {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | "
                   f"{r['slowest']:.2f} | {r['fastest']:.2f} | {fair:.2f} | {r['user']:.2f} + "
-                  f"{r['sys']:.2f} | {cpu / max(r['mb'], 1e-9) * 1000:.2f} |")  # fmt: skip
-        a, d = rnd["beo boot"], rnd["dnsmasq"]
-        ratios.append(a["aggregate"] / d["aggregate"])
-        cpu_ratios.append(((a["user"] + a["sys"]) / a["mb"]) / ((d["user"] + d["sys"]) / d["mb"]))
-    each = ", ".join(f"{x:.2f}" for x in ratios)
+                  f"{r['sys']:.2f} | {_cpu_per_mb(r) * 1000:.2f} |")  # fmt: skip
+    for other in ("dnsmasq", OLD):
+        if other not in res["rounds"][0]:
+            continue
+        ratios = [rnd["beo boot"]["aggregate"] / rnd[other]["aggregate"] for rnd in res["rounds"]]
+        cpu = [_cpu_per_mb(rnd["beo boot"]) / _cpu_per_mb(rnd[other]) for rnd in res["rounds"]]
+        med = lambda xs: f" (median {statistics.median(xs):.2f})" if len(xs) > 1 else ""  # noqa: E731
+        print(f"\nthroughput ratio beo boot / {other}: " + ", ".join(f"{x:.2f}" for x in ratios)
+              + med(ratios))  # fmt: skip
+        print(f"server CPU per MB, beo boot / {other}: " + ", ".join(f"{x:.2f}" for x in cpu)
+              + med(cpu))  # fmt: skip
+
+
+def report_window(res: dict, args: argparse.Namespace) -> None:
+    mib = args.tftp_size / (1 << 20)
+    print(f"\n## TFTP: {args.tftp_clients} RFC 7440 clients (windowsize {args.window}, "
+          f"blksize 1468) x {mib:g} MiB, started together\n")  # fmt: skip
+    print("| server | ok | aggregate MB/s | slowest s | fastest s | fairness |")
+    print("|---|---|---|---|---|---|")
+    for name, r in res["window"].items():
+        fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+        print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
+              f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
+    if "dnsmasq" not in res["window"]:
+        return
+    a, d = res["window"]["beo boot"], res["window"]["dnsmasq"]
     print(
-        f"\nthroughput ratio beo boot / dnsmasq: {each}"
-        + (f" (median {statistics.median(ratios):.2f})" if len(ratios) > 1 else "")
+        f"\nwindowsize throughput ratio beo boot / dnsmasq: "
+        f"{a['aggregate'] / d['aggregate']:.2f} (dnsmasq ignores windowsize)"
     )
-    print("server CPU per MB, beo boot / dnsmasq: " + ", ".join(f"{x:.2f}" for x in cpu_ratios))
-    if res["window"]:
-        print(f"\n## TFTP: {args.tftp_clients} RFC 7440 clients (windowsize {args.window}, "
-              f"blksize 1468) x {mib:g} MiB, started together\n")  # fmt: skip
-        print("| server | ok | aggregate MB/s | slowest s | fastest s | fairness |")
-        print("|---|---|---|---|---|---|")
-        for name in ("beo boot", "dnsmasq"):
-            r = res["window"][name]
-            fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
-            print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
-                  f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
-        a, d = res["window"]["beo boot"], res["window"]["dnsmasq"]
-        print(
-            f"\nwindowsize throughput ratio beo boot / dnsmasq: "
-            f"{a['aggregate'] / d['aggregate']:.2f} (dnsmasq ignores windowsize)"
-        )
-    if "http" in res:
-        h = res["http"]
-        mib = args.http_size / (1 << 20)
-        print(f"\n## HTTP boot: {args.http_clients} HTTP clients x {mib:g} MiB "
-              f"({args.http_tftp_clients} over TFTP, blksize 1468)\n")  # fmt: skip
-        print("| server | clients ok | aggregate MB/s | slowest s | fastest s | fairness |")
-        print("|---|---|---|---|---|---|")
-        for name, r in h.items():
-            fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
-            print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
-                  f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
-        ht, tt = h["beo boot HTTP"]["aggregate"], h["beo boot TFTP"]["aggregate"]
-        hs = h["python http.server"]["aggregate"]
-        print(f"\nHTTP / TFTP aggregate: {ht / tt:.1f}x; beo boot HTTP / http.server: "
-              f"{ht / hs:.2f}x")  # fmt: skip
+
+
+def report_http(res: dict, args: argparse.Namespace) -> None:
+    h = res["http"]
+    mib = args.http_size / (1 << 20)
+    print(f"\n## HTTP boot: {args.http_clients} HTTP clients x {mib:g} MiB "
+          f"({args.http_tftp_clients} over TFTP, blksize 1468)\n")  # fmt: skip
+    print("| server | clients ok | aggregate MB/s | slowest s | fastest s | fairness |")
+    print("|---|---|---|---|---|---|")
+    for name, r in h.items():
+        fair = r["fastest"] / r["slowest"] if r["slowest"] else 0
+        print(f"| {name} | {r['ok']} | {r['aggregate'] / 1e6:.1f} | {r['slowest']:.2f} | "
+              f"{r['fastest']:.2f} | {fair:.2f} |")  # fmt: skip
+    ht, tt = h["beo boot HTTP"]["aggregate"], h["beo boot TFTP"]["aggregate"]
+    hs = h["python http.server"]["aggregate"]
+    print(f"\nHTTP / TFTP aggregate: {ht / tt:.1f}x; beo boot HTTP / http.server: "
+          f"{ht / hs:.2f}x")  # fmt: skip
 
 
 def plot(res: dict, args: argparse.Namespace, path: str) -> None:
@@ -473,13 +508,19 @@ def main() -> int:
     )
     ap.add_argument("--http-size", type=parse_size, default=parse_size("16M"))
     ap.add_argument("--png", metavar="FILE", help="also draw the results")
+    ap.add_argument("--old-src", metavar="DIR", help="also run beo boot from this source tree "
+                    "(PYTHONPATH=DIR, e.g. a git worktree's src) in each TFTP round: before/after")
+    ap.add_argument("--no-dnsmasq", action="store_true", help="leave dnsmasq out of the TFTP "
+                    "rounds (with --old-src: old against new only)")  # fmt: skip
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("dnsmasq") is None:
         sys.exit("bench_boot: needs root (network namespaces) and dnsmasq")
     res = run(args)
     report(res, args)
-    if args.png:
+    if args.png and args.dhcp_clients and not args.no_dnsmasq:
         plot(res, args, args.png)
+    elif args.png:
+        print("--png needs the DHCP part and dnsmasq: no plot", file=sys.stderr)
     return 0
 
 

@@ -77,7 +77,7 @@ _TIMESPEC = 2 * ctypes.sizeof(ctypes.c_long)
 CMSG_SPACE = (_CMSG_HDR + _TIMESPEC + _SIZE_T - 1) // _SIZE_T * _SIZE_T  # one timestamp
 _CMSG = struct.Struct(f"={'Q' if _SIZE_T == 8 else 'I'}ii{'qq' if _TIMESPEC == 16 else 'ii'}")
 _PEER = struct.Struct("!2xH4s")  # port, address of a sockaddr_in
-NAME_CACHE = 4096  # source addresses kept as text (spoofed sources must not grow it without end)
+NAME_CACHE = 4096  # source addresses kept as text, by default (bounded: spoofed sources)
 
 
 def address_of(data: bytes) -> int:
@@ -133,12 +133,14 @@ class UdpBatch:
 
     ``batch``: datagrams per ``recvmmsg`` and per ``sendmmsg``; ``size``: the longest
     payload read whole; ``iovs``: iovecs per queued message; ``timestamps``: each
-    datagram's arrival time (SO_TIMESTAMPNS, set on the socket here); ``use_mmsg``:
-    False forces the one-call-per-datagram path.
+    datagram's arrival time (SO_TIMESTAMPNS, set on the socket here); ``names``:
+    source addresses kept as text (a full cache starts again: spoofed sources cannot
+    grow it); ``use_mmsg``: False forces the one-call-per-datagram path.
     """
 
     def __init__(self, sock: socket.socket, *, batch: int = 64, size: int = 2048,
-                 iovs: int = 1, timestamps: bool = False, use_mmsg: bool = True) -> None:  # fmt: skip
+                 iovs: int = 1, timestamps: bool = False, names: int = NAME_CACHE,
+                 use_mmsg: bool = True) -> None:  # fmt: skip
         self.sock = sock
         self.fd = sock.fileno()
         self.batch, self.size, self.iovs = batch, size, iovs
@@ -149,6 +151,7 @@ class UdpBatch:
         self._setup_recv()
         self._setup_send()
         self._names: dict[bytes, str] = {}
+        self.names = names
         self._fan: tuple | None = None  # (mmsghdr array, names, count) of set_destinations
         self.dests: list[tuple[str, int]] = []
         self.last_error: OSError | None = None
@@ -244,7 +247,7 @@ class UdpBatch:
     def _ip(self, raw: bytes) -> str:
         ip = self._names.get(raw)
         if ip is None:
-            if len(self._names) >= NAME_CACHE:
+            if len(self._names) >= self.names:
                 self._names.clear()
             ip = self._names[raw] = socket.inet_ntoa(raw)
         return ip

@@ -1,6 +1,6 @@
 /*
  * beo boot's TFTP hot path, compiled (optional: the pure Python path in
- * server.py / tftp.py does the same where this module was not built).
+ * tftp_server.py / tftp.py does the same where this module was not built).
  *
  * Nearly every datagram a busy TFTP server reads is a lock-step client's ACK
  * of the block it was sent last (every PXE ROM, curl, tftp-hpa).  For each
@@ -10,13 +10,14 @@
  *
  *   State   the base class of tftp.Transfer: the fields step() touches, as C
  *           members (Python reads and writes them like any slot).
- *   acks()  runs Transfer.step() and the queueing of BootServer._on_transfers
+ *   acks()  runs Transfer.step() and the queueing of TftpServer.on_transfers
  *           over a recvmmsg batch while each datagram is such an ACK, and
  *           returns where it stopped; Python handles that datagram (anything
  *           else: a window, a retransmission, the last block, a stray, a
  *           full queue) and calls again.
  *
- * The memory layouts are those server.Mmsg sets up (checked there and here):
+ * The memory layouts are those tftp_socket.TransferSocket sets up (on
+ * beokit.udp.UdpBatch, which checks them; SLOT is checked in tftp_server):
  * mmsghdr is 64 bytes with msg_len at byte 56; a received slot is the
  * sender's sockaddr_in (16 bytes) and the payload; a queued message has two
  * iovecs (16 bytes each): the DATA header and the block.

@@ -291,7 +291,7 @@ class TftpServer:
         it stops at."""
         i, j = 0, tx.n
         while True:
-            i, j = FAST_ACKS(tx.slots, tx.rhdr, tx.shdr, tx.siov, i, n, j, tx.batch,  # type: ignore[misc]
+            i, j = FAST_ACKS(tx.slots, tx.rhdr, tx.shdr, tx.siov, i, n, j, tx.batch,
                              self.sessions, self.parked, HEADER_ADDR, tx.keep, now)  # fmt: skip
             if i >= n:
                 break
@@ -390,17 +390,18 @@ class TftpServer:
     def _flush(self) -> None:
         """Send the queued datagrams; rewind the transfers whose datagrams did not go out."""
         assert self.tx is not None
-        for ss, left, err in self.tx.flush():
-            if self.sessions.get(ss.key) is not ss:  # type: ignore[attr-defined]
+        for owner, left, err in self.tx.flush():
+            ss: Session = owner  # type: ignore[assignment]  (every owner queued is a session)
+            if self.sessions.get(ss.key) is not ss:
                 continue
-            x = ss.xfer  # type: ignore[attr-defined]
+            x = ss.xfer
             x.unsend(max(x.next - left, 0), x.next)  # the retransmission timer resends them
             if (
                 not isinstance(err, (BlockingIOError, InterruptedError))
                 and err.errno != errno.EAGAIN
             ):
                 x.fail(f"send: {err.strerror}")
-                self.end_session(ss)  # type: ignore[arg-type]
+                self.end_session(ss)
 
     def _on_datagram(self, ss: Session, data: bytes, now: float) -> None:
         """Anything but a plain ACK on an uncapped, unparked transfer with ready datagrams."""
