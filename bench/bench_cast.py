@@ -42,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from beokit.cli import parse_size  # noqa: E402
-from beokit.nettee.localchain import free_port, nettee_command  # noqa: E402
+from beokit.net import free_port  # noqa: E402
+from beokit.nettee.localchain import nettee_command  # noqa: E402
 
 PREFIX = "bkcb"
 WORK = Path("/dev/shm") / "bkcb-bench"
@@ -70,13 +71,12 @@ def clean(out: Path) -> None:
 
 class Cluster:
     def __init__(self, n: int, rate: str, mtu: int = 1500) -> None:
-        from beokit.vcluster import driver
-        from beokit.vcluster import plan as P
+        from beokit.vcluster import driver, plan
 
         driver.down(PREFIX)
-        self.state = driver.up(P.Spec(n=n, rate_bps=P.parse_rate(rate), prefix=PREFIX, sshd=True,
-                                      mtu=mtu))  # fmt: skip
-        self.rate_bps = P.parse_rate(rate)
+        self.state = driver.up(plan.Spec(n=n, rate_bps=plan.parse_rate(rate), prefix=PREFIX,
+                                         sshd=True, mtu=mtu))  # fmt: skip
+        self.rate_bps = plan.parse_rate(rate)
         self.ssh_config = self.state.ssh_config
         for i in range(1, n + 1):  # multicast for udpcast: a route in every host
             sh(self.ns(i) + ["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"])

@@ -13,8 +13,7 @@ import pytest
 import vcluster_fixture
 from vcluster_fixture import TEST_PREFIX, VCluster, iperf3, needs_iperf3, needs_vcluster
 
-from beokit.vcluster import driver
-from beokit.vcluster import plan as P
+from beokit.vcluster import driver, plan
 
 pytestmark = [needs_vcluster, pytest.mark.root]
 vcluster = vcluster_fixture.vcluster
@@ -42,8 +41,8 @@ while True:
 def assert_nothing_left(prefix: str) -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    assert not [n for n in P.parse_netns_list(netns) if n.startswith(f"{prefix}-")], netns
-    assert not [n for n in P.parse_link_names(links) if n.startswith(f"{prefix}-")], links
+    assert not [n for n in plan.parse_netns_list(netns) if n.startswith(f"{prefix}-")], netns
+    assert not [n for n in plan.parse_link_names(links) if n.startswith(f"{prefix}-")], links
     assert not list(Path("/etc/netns").glob(f"{prefix}-*"))
     assert not driver.state_dir(prefix).exists()
 
@@ -161,7 +160,7 @@ def test_sshd_and_teardown_leave_nothing(vcluster) -> None:
     # a crash: the state file is gone, `down` still finds everything by prefix
     (driver.state_dir(prefix) / "state.json").unlink()
     report = vc.down()
-    assert len(report.namespaces) == 3 + 2 and report.links == [P.controller_link(prefix)]
+    assert len(report.namespaces) == 3 + 2 and report.links == [plan.controller_link(prefix)]
     assert report.processes >= 3
     assert not report.remaining
     assert not [p for p in sshd_pids if alive(p)]
@@ -183,7 +182,7 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         r = subprocess.run([*beo, "status", "--json", "--name", prefix], capture_output=True,
                            text=True)  # fmt: skip
         addr2 = json.loads(r.stdout)["hosts"][1]["nics"][0]["address"]
-        assert ipaddress.IPv4Address(addr2) in P.BASE_NET
+        assert ipaddress.IPv4Address(addr2) in plan.BASE_NET
         r = subprocess.run([*beo, "exec", "--name", prefix, "host2", "--", "sh", "-c",
                             "ip -br addr; exit 3"], capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 3 and f"{addr2}/20" in r.stdout
@@ -199,11 +198,11 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
 def test_failure_midway_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = TEST_PREFIX + "r"
     driver.down(prefix)
-    orig = P.Plan.create_commands
-    monkeypatch.setattr(P.Plan, "create_commands",
+    orig = plan.ClusterPlan.create_commands
+    monkeypatch.setattr(plan.ClusterPlan, "create_commands",
                         lambda self: [*orig(self), ["ip", "link", "set", "dev", "bkt-nosuch0", "up"]])  # fmt: skip
     with pytest.raises(driver.VClusterError, match="bkt-nosuch0"):
-        driver.up(P.Spec(n=2, rate_bps=10**8, prefix=prefix))
+        driver.up(plan.Spec(n=2, rate_bps=10**8, prefix=prefix))
     assert_nothing_left(prefix)
 
 

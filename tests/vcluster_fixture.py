@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from beokit.vcluster import driver
-from beokit.vcluster import plan as P
+from beokit.vcluster import driver, plan
 
 REASON = driver.unavailable_reason()
 needs_vcluster = pytest.mark.skipif(REASON is not None, reason=f"virtual cluster: {REASON}")
@@ -40,7 +39,7 @@ class VCluster:
         self.n = state.plan.spec.n
 
     def ns(self, host: int) -> str:
-        return P.host_ns(self.prefix, host)
+        return plan.host_ns(self.prefix, host)
 
     def addr(self, host: int, nic: int = 0) -> str:
         return self.plan.address(nic, host)
@@ -76,7 +75,7 @@ class VCluster:
         return driver.kill(self.state, host)
 
     def slow(self, host: int, rate: str) -> None:
-        driver.slow(self.state, host, P.parse_rate(rate))
+        driver.slow(self.state, host, plan.parse_rate(rate))
 
     def down(self) -> driver.DownReport:
         return driver.down(self.prefix)
@@ -114,7 +113,7 @@ def make_cluster(n: int = 4, rate: str = "100mbit", prefix: str = TEST_PREFIX,
     if REASON:
         pytest.skip(f"virtual cluster: {REASON}")
     driver.down(prefix)  # leftovers of a crashed run
-    spec = P.Spec(n=n, rate_bps=P.parse_rate(rate), prefix=prefix, **kw)
+    spec = plan.Spec(n=n, rate_bps=plan.parse_rate(rate), prefix=prefix, **kw)
     return VCluster(driver.up(spec))
 
 

@@ -13,7 +13,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
 from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError, OneLineParser
-from beokit.vcluster import plan as P
+from beokit.proc import signal_name
+from beokit.vcluster import plan
 
 if TYPE_CHECKING:
     from beokit.vcluster import driver as driver_t
@@ -27,7 +28,7 @@ def _type(fn: Callable[[str], T], what: str) -> Callable[[str], T]:
     def convert(text: str) -> T:
         try:
             return fn(text)
-        except P.PlanError as e:
+        except plan.PlanError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad {what} {text!r}") from None
@@ -41,9 +42,9 @@ def _count(what: str, lo: int, hi: int) -> Callable[[str], int]:
         try:
             v = int(text)
         except ValueError:
-            raise P.PlanError(f"bad {what} {text!r}: a number {lo}-{hi}") from None
+            raise plan.PlanError(f"bad {what} {text!r}: a number {lo}-{hi}") from None
         if not lo <= v <= hi:
-            raise P.PlanError(f"bad {what} {text!r}: {lo}-{hi}")
+            raise plan.PlanError(f"bad {what} {text!r}: {lo}-{hi}")
         return v
 
     return _type(convert, what)
@@ -56,7 +57,7 @@ def _signal(text: str) -> int:
     try:
         return int(signal.Signals[f"SIG{t}"])
     except KeyError:
-        raise P.PlanError(f"bad signal {text!r} (e.g. KILL, TERM, 9)") from None
+        raise plan.PlanError(f"bad signal {text!r} (e.g. KILL, TERM, 9)") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,32 +72,32 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     vc.__class__ = OneLineParser  # made by the umbrella's subparsers; same state, one-line errors
     name = OneLineParser(add_help=False)
-    name.add_argument("--name", default=P.DEFAULT_PREFIX, type=_type(P.check_prefix, "name"),
+    name.add_argument("--name", default=plan.DEFAULT_PREFIX, type=_type(plan.check_prefix, "name"),
                       metavar="PREFIX",
                       help="name prefix of every namespace and link (default bk)")  # fmt: skip
     cmds = vc.add_subparsers(dest="vc_command", metavar="ACTION", parser_class=OneLineParser)
 
     up = cmds.add_parser("up", parents=[name], help="build the cluster",
                          description="Build N hosts, K switches per network, M NICs per host.")  # fmt: skip
-    up.add_argument("-n", "--hosts", type=_count("host count", 1, P.MAX_HOSTS), required=True,
+    up.add_argument("-n", "--hosts", type=_count("host count", 1, plan.MAX_HOSTS), required=True,
                     metavar="N", help="number of hosts")  # fmt: skip
-    up.add_argument("--rate", type=_type(P.parse_rate, "rate"), default=P.parse_rate("1gbit"),
+    up.add_argument("--rate", type=_type(plan.parse_rate, "rate"), default=plan.parse_rate("1gbit"),
                     help="per-port rate, each direction (default 1gbit)")  # fmt: skip
-    up.add_argument("--delay", type=_type(P.parse_delay, "delay"), default=0,
+    up.add_argument("--delay", type=_type(plan.parse_delay, "delay"), default=0,
                     help="one-way delay added on every port end, e.g. 0.2ms (default 0)")  # fmt: skip
-    up.add_argument("--switches", type=_count("switch count", 1, P.MAX_SWITCHES), default=1,
+    up.add_argument("--switches", type=_count("switch count", 1, plan.MAX_SWITCHES), default=1,
                     metavar="K", help="switches per network; hosts fill them in blocks, "
                     "switch k>0 has a trunk to switch 0 (default 1)")  # fmt: skip
-    up.add_argument("--nics", type=_count("NIC count", 1, P.MAX_NICS), default=1, metavar="M",
+    up.add_argument("--nics", type=_count("NIC count", 1, plan.MAX_NICS), default=1, metavar="M",
                     help="NICs per host; NIC j is on network j, 198.18.16j.0/20 (default 1)")  # fmt: skip
-    up.add_argument("--trunk-rate", type=_type(P.parse_rate, "rate"), default=0,
+    up.add_argument("--trunk-rate", type=_type(plan.parse_rate, "rate"), default=0,
                     help="rate of the trunks between switches (default: --rate)")  # fmt: skip
     up.add_argument("--sshd", action="store_true",
                     help="start sshd in every host and write an ssh_config for `ssh -F`")  # fmt: skip
-    up.add_argument("--net", type=_count("network number", 0, P.MAX_NETS - 1), default=None,
+    up.add_argument("--net", type=_count("network number", 0, plan.MAX_NETS - 1), default=None,
                     help="NIC j gets /20 number NET+j of 198.18.0.0/15 (default: the first "
                     "free one, so several clusters can be up at once)")  # fmt: skip
-    up.add_argument("--mtu", type=_count("MTU", P.MIN_MTU, P.MAX_MTU), default=P.DEFAULT_MTU,
+    up.add_argument("--mtu", type=_count("MTU", plan.MIN_MTU, plan.MAX_MTU), default=plan.DEFAULT_MTU,
                     help="MTU of every link (default 1500; 9000 for jumbo frames, as "
                     "cluster data networks often use)")  # fmt: skip
     up.add_argument("--no-controller", action="store_true",
@@ -118,7 +119,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ln = cmds.add_parser("link", parents=[name], help="pull or plug a host's cable: link down|up HOST")
     ln.add_argument("state", choices=["up", "down"])
     ln.add_argument("host", metavar="HOST")
-    ln.add_argument("--nic", type=_count("NIC", 0, P.MAX_NICS - 1), help="only NIC J (default all)")
+    ln.add_argument("--nic", type=_count("NIC", 0, plan.MAX_NICS - 1), help="only NIC J (default all)")
 
     kl = cmds.add_parser("kill", parents=[name], help="kill every process in a host")
     kl.add_argument("host", metavar="HOST")
@@ -127,8 +128,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     sl = cmds.add_parser("slow", parents=[name], help="re-shape a host's port: slow HOST RATE")
     sl.add_argument("host", metavar="HOST")
-    sl.add_argument("rate", type=_type(P.parse_rate, "rate"), metavar="RATE")
-    sl.add_argument("--nic", type=_count("NIC", 0, P.MAX_NICS - 1), help="only NIC J (default all)")
+    sl.add_argument("rate", type=_type(plan.parse_rate, "rate"), metavar="RATE")
+    sl.add_argument("--nic", type=_count("NIC", 0, plan.MAX_NICS - 1), help="only NIC J (default all)")
     return vc
 
 
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return ACTIONS[action](args)
-    except P.PlanError as e:
+    except plan.PlanError as e:
         sys.stderr.write(f"{PROG} {action}: {e}\n")
         return EXIT_USAGE
     except BeokitError as e:
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from beokit.vcluster import driver
 
-    spec = P.Spec(n=args.hosts, rate_bps=args.rate, delay_us=args.delay, switches=args.switches,
+    spec = plan.Spec(n=args.hosts, rate_bps=args.rate, delay_us=args.delay, switches=args.switches,
                   nics=args.nics, prefix=args.name, trunk_rate_bps=args.trunk_rate,
                   controller=not args.no_controller, sshd=args.sshd,
                   net=0 if args.net is None else args.net, mtu=args.mtu).validate()  # fmt: skip
@@ -161,8 +162,8 @@ def _up(args: argparse.Namespace) -> int:
     state = driver.up(spec, auto_net=args.net is None)
     dt = time.monotonic() - t0
     print(f"vcluster {spec.prefix}: {spec.n} hosts host1..host{spec.n} "
-          f"(namespaces {P.host_ns(spec.prefix, 1)}..), {spec.switches * spec.nics} switch(es), "
-          f"{P.format_rate(spec.rate_bps)} per port each way"
+          f"(namespaces {plan.host_ns(spec.prefix, 1)}..), {spec.switches * spec.nics} switch(es), "
+          f"{plan.format_rate(spec.rate_bps)} per port each way"
           + (f", {spec.delay_us}us delay per port end" if spec.delay_us else "")
           + f", up in {dt:.1f}s")  # fmt: skip
     pl = state.plan
@@ -170,11 +171,11 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  network {j}: {pl.network(j)}  host1 {pl.address(j, 1)} .. host{spec.n} "
               f"{pl.address(j, spec.n)}")  # fmt: skip
     if spec.controller:
-        print(f"  controller: {pl.controller_address()} on {P.controller_link(spec.prefix)}")
+        print(f"  controller: {pl.controller_address()} on {plan.controller_link(spec.prefix)}")
     if state.ssh_config:
         print(f"  ssh: ssh -F {state.ssh_config} host1")
     print("  run: beo vcluster exec host1 -- CMD    clean up: beo vcluster down"
-          + (f" --name {spec.prefix}" if spec.prefix != P.DEFAULT_PREFIX else ""))  # fmt: skip
+          + (f" --name {spec.prefix}" if spec.prefix != plan.DEFAULT_PREFIX else ""))  # fmt: skip
     return EXIT_OK
 
 
@@ -229,9 +230,9 @@ def _exec(args: argparse.Namespace) -> int:
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        raise P.PlanError("exec needs a command: exec HOST -- CMD")
+        raise plan.PlanError("exec needs a command: exec HOST -- CMD")
     state = driver.State.load(args.name)
-    ns = P.parse_target(args.host, state.plan.spec)
+    ns = plan.parse_target(args.host, state.plan.spec)
     driver.require()
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
@@ -242,35 +243,31 @@ def _host(args: argparse.Namespace) -> tuple[ModuleType, driver_t.State, int, in
     from beokit.vcluster import driver
 
     state = driver.State.load(args.name)
-    i = P.parse_host(args.host, state.plan.spec.n, state.prefix)
+    i = plan.parse_host(args.host, state.plan.spec.n, state.prefix)
     nic = getattr(args, "nic", None)
     if nic is not None and nic >= state.plan.spec.nics:
-        raise P.PlanError(f"bad NIC {nic!r}: 0-{state.plan.spec.nics - 1}")
+        raise plan.PlanError(f"bad NIC {nic!r}: 0-{state.plan.spec.nics - 1}")
     return driver, state, i, nic
 
 
 def _link(args: argparse.Namespace) -> int:
     driver, state, i, nic = _host(args)
     driver.link(state, i, args.state == "up", nic)
-    print(f"{P.host_name(i)}: link {args.state}")
+    print(f"{plan.host_name(i)}: link {args.state}")
     return EXIT_OK
 
 
 def _kill(args: argparse.Namespace) -> int:
     driver, state, i, _ = _host(args)
     n = driver.kill(state, i, args.signal)
-    try:
-        name = signal.Signals(args.signal).name
-    except ValueError:
-        name = f"signal {args.signal}"
-    print(f"{P.host_name(i)}: sent {name} to {n} processes")
+    print(f"{plan.host_name(i)}: sent {signal_name(args.signal)} to {n} processes")
     return EXIT_OK
 
 
 def _slow(args: argparse.Namespace) -> int:
     driver, state, i, nic = _host(args)
     driver.slow(state, i, args.rate, nic)
-    print(f"{P.host_name(i)}: port shaped to {P.format_rate(args.rate)} each way")
+    print(f"{plan.host_name(i)}: port shaped to {plan.format_rate(args.rate)} each way")
     return EXIT_OK
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from beokit.errors import BeokitError
-from beokit.vcluster import plan as P
+from beokit.proc import describe_exit
+from beokit.vcluster import plan
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def run(argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.
     log.debug("run %s", " ".join(argv))
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
-        raise VClusterError(f"`{' '.join(argv)}` failed: {r.stderr.strip() or r.returncode}")
+        why = r.stderr.strip() or describe_exit(r.returncode)
+        raise VClusterError(f"`{' '.join(argv)}` failed: {why}")
     return r
 
 
@@ -67,7 +69,7 @@ def run_all(cmds: list[list[str]]) -> None:
 
 
 def state_dir(prefix: str) -> Path:
-    return STATE_ROOT / P.check_prefix(prefix)
+    return STATE_ROOT / plan.check_prefix(prefix)
 
 
 # --- state -------------------------------------------------------------------
@@ -77,7 +79,7 @@ def state_dir(prefix: str) -> Path:
 class State:
     """What ``up`` made, kept in ``STATE_ROOT/PREFIX/state.json``."""
 
-    plan: P.Plan
+    plan: plan.ClusterPlan
     rates: dict[int, int] = field(default_factory=dict)  # host -> bps after `slow`
     ssh_config: str | None = None
     created: float = 0.0
@@ -107,7 +109,7 @@ class State:
             raise VClusterError(
                 f"no virtual cluster {prefix!r} (no {path}); start one with `beo vcluster up`"
             ) from None
-        return cls(P.Plan.from_json(data), {int(k): v for k, v in data["rates"].items()},
+        return cls(plan.ClusterPlan.from_json(data), {int(k): v for k, v in data["rates"].items()},
                    data.get("ssh_config"), data.get("created", 0.0))  # fmt: skip
 
 
@@ -145,19 +147,19 @@ def kill_namespace(ns: str, sig: int = signal.SIGKILL, wait: float = 3.0) -> int
 # --- up / down ---------------------------------------------------------------
 
 
-def leftovers(prefix: str) -> P.Leftovers:
+def leftovers(prefix: str) -> plan.Leftovers:
     netns = run(["ip", "netns", "list"]).stdout
     links = run(["ip", "-o", "link", "show"]).stdout
-    return P.find_leftovers(prefix, netns, links)
+    return plan.find_leftovers(prefix, netns, links)
 
 
-def up(spec: P.Spec, auto_net: bool = True) -> State:
+def up(spec: plan.Spec, auto_net: bool = True) -> State:
     """Build the cluster; on any failure tear down everything made so far.
 
     With ``auto_net`` the networks are the first /20s of 198.18.0.0/15 that
     no route of this (root) namespace and no other cluster uses yet.
     """
-    P.Plan.build(spec)  # validate before touching anything
+    plan.ClusterPlan.build(spec)  # validate before touching anything
     reason = unavailable_reason()
     if reason:
         raise VClusterError(f"cannot build a virtual cluster: {reason}")
@@ -167,24 +169,24 @@ def up(spec: P.Spec, auto_net: bool = True) -> State:
             f"run `beo vcluster down --name {spec.prefix}` first"
         )
     sshd = _find_sshd() if spec.sshd else None
-    used = P.used_networks(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout)
+    used = plan.used_networks(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout)
     used |= networks_of_other_clusters()
     if auto_net:
-        spec = dataclasses.replace(spec, net=P.pick_net(spec.nics, used))
+        spec = dataclasses.replace(spec, net=plan.pick_net(spec.nics, used))
     elif spec.controller and spec.net in used:
-        raise VClusterError(f"network {P.network(0, spec.net)} is already routed here "
+        raise VClusterError(f"network {plan.network(0, spec.net)} is already routed here "
                             "(another virtual cluster?): choose another --net")  # fmt: skip
-    plan = P.Plan.build(spec)
-    state = State(plan, created=time.time())
+    cluster = plan.ClusterPlan.build(spec)
+    state = State(cluster, created=time.time())
     try:
         state.save()
-        run_all(plan.create_commands())
-        hosts = plan.etc_hosts()
-        for ns in plan.host_namespaces():
+        run_all(cluster.create_commands())
+        hosts = cluster.etc_hosts()
+        for ns in cluster.host_namespaces():
             (ETC_NETNS / ns).mkdir(parents=True, exist_ok=True)
             (ETC_NETNS / ns / "hosts").write_text(hosts)
         if sshd:
-            state.ssh_config = str(start_sshd(plan, sshd))
+            state.ssh_config = str(start_sshd(cluster, sshd))
         state.save()
     except BaseException as e:
         log.info("building %s failed (%s); rolling back", spec.prefix, e)
@@ -213,16 +215,16 @@ class DownReport:
     namespaces: list[str]
     links: list[str]
     processes: int
-    remaining: P.Leftovers
+    remaining: plan.Leftovers
 
 
 def down(prefix: str) -> DownReport:
     """Kill every process in the cluster's namespaces and delete them, by prefix."""
-    P.check_prefix(prefix)
+    plan.check_prefix(prefix)
     require()
     left = leftovers(prefix)
     killed = sum(kill_namespace(ns) for ns in left.namespaces)
-    for argv in P.teardown_commands(left):
+    for argv in plan.teardown_commands(left):
         r = run(argv, check=False)
         if r.returncode != 0:
             log.warning("%s: %s", " ".join(argv), r.stderr.strip())
@@ -274,9 +276,9 @@ Host *
 """
 
 
-def start_sshd(plan: P.Plan, sshd: str) -> Path:
+def start_sshd(cluster: plan.ClusterPlan, sshd: str) -> Path:
     """Generate keys, start an sshd on port 22 in every host, write an ssh_config."""
-    d = state_dir(plan.prefix) / "ssh"
+    d = state_dir(cluster.prefix) / "ssh"
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     for key in ("host_ed25519_key", "id_ed25519"):
@@ -284,23 +286,23 @@ def start_sshd(plan: P.Plan, sshd: str) -> Path:
              "-f", str(d / key)])  # fmt: skip
     shutil.copyfile(d / "id_ed25519.pub", d / "authorized_keys")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    for i, ns in enumerate(plan.host_namespaces(), start=1):
-        conf = d / f"sshd-{P.host_name(i)}.conf"
-        conf.write_text(SSHD_CONFIG.format(d=d, host=P.host_name(i)))
+    for i, ns in enumerate(cluster.host_namespaces(), start=1):
+        conf = d / f"sshd-{plan.host_name(i)}.conf"
+        conf.write_text(SSHD_CONFIG.format(d=d, host=plan.host_name(i)))
         run(["ip", "netns", "exec", ns, sshd, "-f", str(conf)])
     deadline = time.monotonic() + 10
-    for ns in plan.host_namespaces():  # sshd may listen only after it has daemonized
+    for ns in cluster.host_namespaces():  # sshd may listen only after it has daemonized
         while not run(["ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :22"]).stdout.strip():
             if time.monotonic() > deadline:
                 raise VClusterError(f"sshd in {ns} does not listen on port 22")
             time.sleep(0.05)
     entries = []
-    for pt in plan.ports:
-        names = f"{P.host_name(pt.host)}-{pt.dev}"
+    for pt in cluster.ports:
+        names = f"{plan.host_name(pt.host)}-{pt.dev}"
         if pt.nic == 0:
-            names = f"{P.host_name(pt.host)} {names}"
+            names = f"{plan.host_name(pt.host)} {names}"
         entries.append(f"Host {names}\n    HostName {pt.address}\n")
-    cfg = state_dir(plan.prefix) / "ssh_config"
+    cfg = state_dir(cluster.prefix) / "ssh_config"
     cfg.write_text("".join(entries) + SSH_CONFIG_TAIL.format(d=d))
     return cfg
 
@@ -323,7 +325,7 @@ def slow(state: State, i: int, rate_bps: int, nic: int | None = None) -> None:
 
 def kill(state: State, i: int, sig: int = signal.SIGKILL) -> int:
     require()
-    return kill_namespace(P.host_ns(state.prefix, i), sig)
+    return kill_namespace(plan.host_ns(state.prefix, i), sig)
 
 
 # --- status ------------------------------------------------------------------
@@ -348,30 +350,30 @@ def _link_state(host_side: dict | None, switch_side: dict | None) -> str:
 
 def status(state: State) -> dict:
     require()
-    plan, spec = state.plan, state.plan.spec
-    sw_links = {ns: _links(ns) for ns in plan.switch_namespaces()}
+    cluster, spec = state.plan, state.plan.spec
+    sw_links = {ns: _links(ns) for ns in cluster.switch_namespaces()}
     hosts = []
-    for i, ns in enumerate(plan.host_namespaces(), start=1):
+    for i, ns in enumerate(cluster.host_namespaces(), start=1):
         h_links = _links(ns)
         nics = [{
             "nic": pt.dev, "address": pt.address,
-            "switch": P.switch_name(pt.nic, pt.switch), "port": pt.port,
+            "switch": plan.switch_name(pt.nic, pt.switch), "port": pt.port,
             "link": _link_state(h_links.get(pt.dev), sw_links[pt.switch_ns].get(pt.port)),
-        } for pt in plan.ports_of(i)]  # fmt: skip
+        } for pt in cluster.ports_of(i)]  # fmt: skip
         hosts.append({
-            "host": P.host_name(i), "namespace": ns, "rate": P.format_rate(state.rate_of(i)),
+            "host": plan.host_name(i), "namespace": ns, "rate": plan.format_rate(state.rate_of(i)),
             "rate_bps": state.rate_of(i), "processes": len(pids_in(ns)), "nics": nics,
         })  # fmt: skip
     return {
         "name": spec.prefix,
         "hosts": hosts,
-        "switches": [P.switch_name(j, k) for j in range(spec.nics)
+        "switches": [plan.switch_name(j, k) for j in range(spec.nics)
                      for k in range(spec.switches)],  # fmt: skip
-        "rate": P.format_rate(spec.rate_bps),
-        "trunk_rate": P.format_rate(spec.trunk_bps),
+        "rate": plan.format_rate(spec.rate_bps),
+        "trunk_rate": plan.format_rate(spec.trunk_bps),
         "delay_us": spec.delay_us,
-        "networks": [f"{plan.network(j)}" for j in range(spec.nics)],
-        "controller": (f"{plan.controller_address()} ({P.controller_link(spec.prefix)})"
+        "networks": [f"{cluster.network(j)}" for j in range(spec.nics)],
+        "controller": (f"{cluster.controller_address()} ({plan.controller_link(spec.prefix)})"
                        if spec.controller else None),  # fmt: skip
         "ssh_config": state.ssh_config,
         "state_dir": str(state_dir(spec.prefix)),

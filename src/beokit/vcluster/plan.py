@@ -1,7 +1,7 @@
 """Virtual cluster planning: names, addresses and the ``ip``/``tc`` commands.
 
 Pure logic, no I/O.  A :class:`Spec` (what the user asked for) becomes a
-:class:`Plan`: every namespace, every port, every address, and the exact
+:class:`ClusterPlan`: every namespace, every port, every address, and the exact
 argv lists that build the cluster.  The driver runs those lists; the tests
 read them.
 
@@ -312,12 +312,12 @@ class Port:
 
 
 @dataclass
-class Plan:
+class ClusterPlan:
     spec: Spec
     ports: list[Port] = field(default_factory=list)
 
     @classmethod
-    def build(cls, spec: Spec) -> Plan:
+    def build(cls, spec: Spec) -> ClusterPlan:
         spec.validate()
         p = spec.prefix
         ports = [
@@ -454,7 +454,7 @@ class Plan:
         return {"spec": asdict(self.spec)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Plan:
+    def from_json(cls, data: dict) -> ClusterPlan:
         return cls.build(Spec(**data["spec"]))
 
 
