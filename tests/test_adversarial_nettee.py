@@ -403,6 +403,46 @@ def test_a_source_that_changes_during_the_stream_is_lrf(tmp_path: Path, change: 
     assert "the stream was cut upstream" in tip.stderr.read().decode()
 
 
+TRUNCATE_WHILE_HASHING = """
+import os, sys, xxhash
+from beokit.nettee.filehash import FileHasher
+path = sys.argv[1]
+with open(path, "wb") as fh:
+    fh.write(os.urandom(8 << 20))
+
+class Truncating:
+    # the hash of the first bytes is where the digest thread is when the file shrinks
+    def __init__(self):
+        self.h, self.cut = xxhash.xxh3_128(), False
+    def update(self, data):
+        if not self.cut:
+            self.cut = True
+            os.truncate(path, 1 << 20)
+        self.h.update(data)
+
+fd = os.open(path, os.O_RDONLY)
+h = FileHasher(fd, lambda: 8 << 20, Truncating())  # the relay has read all 8 MiB
+h.finish(8 << 20)
+print("error:", h.error)
+"""
+
+
+def test_the_file_digest_survives_a_file_truncated_while_it_hashes(tmp_path: Path) -> None:
+    """-digest follows the root's -in FILE a few MB behind the relay.  It hashed through
+    a memory map, so a source truncated while a window was being hashed (someone shrinks
+    the file during the stream) raised SIGBUS at the first page past the new end and
+    killed the root.  Now it reads with pread into a buffer: the hasher records the
+    error and the process lives, and the root reports the changed source as LRF (the
+    chain-level case: test_a_source_that_changes_during_the_stream_is_lrf).  The file
+    is truncated from inside the hasher's first update, deterministically mid-hash."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", TRUNCATE_WHILE_HASHING, str(tmp_path / "f")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, f"exit {r.returncode} (-7: SIGBUS): {r.stderr}"
+    assert "error: " in r.stdout and "the file ends at 1048576 bytes" in r.stdout, r.stdout
+
+
 def test_an_unchanged_source_file_is_not_reported(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(os.urandom(16 * MIB))

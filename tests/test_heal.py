@@ -332,12 +332,11 @@ def test_ring_segments_wrap_and_bounds() -> None:
 
 
 def test_file_hasher_follows_a_growing_file(tmp_path: Path) -> None:
-    """FileHasher hashes a file while it is written, across mmap windows."""
+    """FileHasher hashes a file while it is written, across its read blocks."""
     import xxhash
 
     from beokit.nettee.filehash import FileHasher
 
-    FileHasher.WINDOW = 1 << 20  # several windows for a small file
     path = tmp_path / "f"
     data = os.urandom(5 * MIB + 4097)
     written = 0

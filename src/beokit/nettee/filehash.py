@@ -1,23 +1,33 @@
-"""``-digest`` where the stream lands in a regular file: hash the file as it grows."""
+"""``-digest`` where the stream lands in a regular file: hash the file as it grows.
+
+A node's ``-out FILE`` and the root's ``-in FILE`` hold the stream, so the
+digest needs no copy of it in the relay: a thread follows the file and
+hashes what the relay has moved so far (``progress()``), a few MB behind.
+
+It reads with ``pread`` into one reused buffer, not through a memory map:
+a file truncated under a map (someone shrinks the root's source during the
+stream) raises SIGBUS at the next access, which kills the process; ``pread``
+just returns fewer bytes, and the hasher records the error (the root then
+reports the changed source as LRF, see source.py).
+"""
 
 from __future__ import annotations
 
-import mmap
+import errno
+import os
 import threading
 from collections.abc import Callable
+
+BLOCK = 1 << 20  # bytes read and hashed at a time (the buffer is reused)
 
 
 class FileHasher:
     """Digest of a regular file that is being written (or read) by the relay.
 
-    Where the stream lands in a regular file (a node's ``-out FILE``, the
-    root's ``-in FILE``), the digest needs no copy: a thread follows the
-    file as it grows and hashes it through ``mmap`` from the page cache.
     ``progress()`` says how many bytes of the file hold the stream so far.
     """
 
-    WINDOW = 64 << 20  # bytes mapped at a time
-    PERIOD = 0.05  # seconds between looks at the file: a few MB behind, one mmap per look
+    PERIOD = 0.05  # seconds between looks at the file
 
     def __init__(self, fd: int, progress: Callable[[], int], hasher: object) -> None:
         self.fd = fd
@@ -25,22 +35,22 @@ class FileHasher:
         self.hasher = hasher
         self.hashed = 0
         self.error: OSError | None = None
+        self._buf = bytearray(BLOCK)
         self._final = -1
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="file-digest", daemon=True)
         self._thread.start()
 
     def _hash_to(self, target: int) -> None:
-        page = mmap.ALLOCATIONGRANULARITY
+        view = memoryview(self._buf)
         while self.hashed < target:
-            base = self.hashed - self.hashed % page
-            stop = min(target, base + self.WINDOW)
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault in at once
-            with mmap.mmap(self.fd, stop - base, flags=flags, prot=mmap.PROT_READ,
-                           offset=base) as m:  # fmt: skip
-                with memoryview(m) as mv:
-                    self.hasher.update(mv[self.hashed - base :])  # type: ignore[attr-defined]
-            self.hashed = stop
+            want = min(target - self.hashed, BLOCK)
+            got = os.preadv(self.fd, [view[:want]], self.hashed)
+            if got <= 0:
+                raise OSError(errno.EIO, f"the file ends at {self.hashed} bytes, "
+                                         f"{target} were written to it")  # fmt: skip
+            self.hasher.update(view[:got])  # type: ignore[attr-defined]
+            self.hashed += got
 
     def _run(self) -> None:
         try:
@@ -50,8 +60,8 @@ class FileHasher:
                 if final >= 0:
                     return
                 self._wake.wait(self.PERIOD)
-        except (OSError, ValueError) as exc:  # the file shrank or vanished under us
-            self.error = exc if isinstance(exc, OSError) else OSError(0, str(exc))
+        except OSError as exc:  # the file shrank or vanished under us
+            self.error = exc
 
     def finish(self, total: int) -> None:
         """Hash up to ``total`` bytes and stop."""
