@@ -31,8 +31,6 @@ KNOWN: set[str] = {
     'alias beokit.dsh.daemon: state as S',
     'alias beokit.dsh.gossip: packet as P',
     'alias beokit.dsh.gossip_sim: packet as P',
-    'class Chain in beokit.cast.plan, beokit.nettee.localchain',
-    'cycle beokit.cli <-> beokit.nettee.demo',
     'cycle beokit.dsh.cli <-> beokit.dsh.client',
     'module beokit.dsh.daemon',
 }

@@ -102,7 +102,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "demo":
         from beokit.nettee.demo import run_demo
 
-        return run_demo(args.nodes, args.size, args.keep, Console())
+        return run_demo(args.nodes, args.size, args.keep, Console(), beo=main)
     if args.command == "exec":
         from beokit.nettee.execute import run as run_exec
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -35,16 +36,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_demo(nodes: int, size: int, keep: str | None, console: Console) -> int:
+def run_demo(nodes: int, size: int, keep: str | None, console: Console,
+             beo: Callable[[list[str]], int]) -> int:  # fmt: skip
     """``beo cast -R exec`` of a generated image to ``nodes`` receivers on loopback.
 
-    The whole of beo cast runs for real: a receiver per node on 127.0.0.2..,
-    a fresh secret over each receiver's stdin, one nettee chain with -heal
-    and -digest, fsync, the per-node table.  The demo then checks every copy
-    against the image with sha256 on its own, independently of beo cast.
+    The whole of beo cast runs for real (``beo``: the umbrella command's
+    entry point, given by :mod:`beokit.cli`): a receiver per node on
+    127.0.0.2.., a fresh secret over each receiver's stdin, one nettee chain
+    with -heal and -digest, fsync, the per-node table.  The demo then checks
+    every copy against the image with sha256 on its own, independently of
+    beo cast.
     """
-    from beokit.cli import main as beo
-
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="beokit-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / "image.bin"

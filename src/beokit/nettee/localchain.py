@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from beokit.net import free_port
+
+# free_port lives in beokit.net; it stays importable from here for the tests
+# and benchmarks that start local chains
+__all__ = ["LocalChain", "free_port", "nettee_command", "start_chain"]
 
 
 def nettee_command() -> list[str]:
@@ -26,24 +30,8 @@ def nettee_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "beokit.nettee.cli"]
 
 
-def free_port(addrs: list[str], start: int = 20000, stop: int = 60000) -> int:
-    """A port P such that P and P+1 can be bound on every address."""
-    rng = secrets.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(start, stop - 1)
-        try:
-            for addr in addrs:
-                for p in (port, port + 1):
-                    with socket.socket() as s:
-                        s.bind((addr, p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
 @dataclass
-class Chain:
+class LocalChain:
     """A running local chain; ``wait()`` returns every node's exit status."""
 
     root: subprocess.Popen
@@ -81,7 +69,7 @@ def start_chain(src: str | Path, receivers: int, workdir: str | Path, *, port: i
                 secret: str | None = None, root_args: list[str] | None = None,
                 node_args: list[str] | None = None, outputs: list[str] | None = None,
                 verbose: int = 1, env: dict[str, str] | None = None,
-                stdin: int | IO[bytes] | None = None) -> Chain:  # fmt: skip
+                stdin: int | IO[bytes] | None = None) -> LocalChain:  # fmt: skip
     """Start ``receivers`` receivers (tip first) and the root; returns at once."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -106,4 +94,4 @@ def start_chain(src: str | Path, receivers: int, workdir: str | Path, *, port: i
                   "127.0.0.1", "-report", str(report), "-v", str(verbose), "-log", str(logs[0])]  # fmt: skip
     root = subprocess.Popen(args + (root_args or []), env=penv,
                             stdin=subprocess.DEVNULL if stdin is None else stdin)  # fmt: skip
-    return Chain(root, procs, outs, addrs, report, logs)
+    return LocalChain(root, procs, outs, addrs, report, logs)
