@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -122,8 +123,8 @@ def test_name_order(env: dict, args: list[str], want: str, port: int, tmp_path: 
     base.pop("MYHOSTNAME", None)
     base.pop("HOSTNAME", None)
     base.update(env)
-    r = run_nettee("-bind", "127.0.0.2", "-port", str(port), "-t", "0.3", "-v", "17", *args,
-                   env=base)  # fmt: skip
+    # no -bind: with one, the address is the default name (test_name_defaults_to_the_bind_address)
+    r = run_nettee("-port", str(port), "-t", "0.3", "-v", "17", *args, env=base)
     assert f"[{want}] nettee:" in r.stderr.decode()
 
 
@@ -131,8 +132,40 @@ def test_name_falls_back_to_gethostname(port: int) -> None:
     base = child_env()
     base.pop("MYHOSTNAME", None)
     base.pop("HOSTNAME", None)
-    r = run_nettee("-bind", "127.0.0.2", "-port", str(port), "-t", "0.3", "-v", "17", env=base)
+    r = run_nettee("-port", str(port), "-t", "0.3", "-v", "17", env=base)
     assert f"[{socket.gethostname()}] nettee:" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("args, want", [([], "127.0.0.2"), (["-name", "given"], "given")])
+def test_name_defaults_to_the_bind_address(args: list[str], want: str, port: int) -> None:
+    """Several nodes on one machine: -bind without -name names the node by its address,
+    whatever $MYHOSTNAME, $HOSTNAME and the host name say (issue 20)."""
+    r = run_nettee("-bind", "127.0.0.2", "-port", str(port), "-t", "0.3", "-v", "17", *args,
+                   env=child_env(MYHOSTNAME="my", HOSTNAME="host"))  # fmt: skip
+    assert f"[{want}] nettee:" in r.stderr.decode()
+
+
+def test_reports_name_nodes_on_one_machine_apart(tmp_path: Path, source: Path, port: int) -> None:
+    """Three receivers on one machine without -name (the host name would call all three
+    the same): the root's lines and -report name each by its -bind address, with "addr"
+    beside the name; with -name the address is put beside it."""
+    env = child_env(MYHOSTNAME="vm", HOSTNAME="vm")
+    tips = [spawn("-bind", f"127.0.0.{i}", "-port", str(port), "-out", "none", "-t", "30",
+                  *(["-name", "named"] if i == 4 else []), env=env) for i in (2, 3, 4)]  # fmt: skip
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2,127.0.0.3,127.0.0.4:" + str(port),
+                 "-in", str(source), "-v", "5", "-name", "root", "-report",
+                 str(tmp_path / "r.json"), env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert wait_all([root, *tips]) == [0, 0, 0, 0]
+    err = root.stderr.read()
+    assert "Failures detected in child 0 [127.0.0.2]: NONE" in err
+    assert "Failures detected in child 1 [127.0.0.3]: NONE" in err
+    assert f"node named: {source.stat().st_size} bytes in" in err
+    assert f"NONE at 127.0.0.4:{port}" in err
+    assert "vm" not in err
+    nodes = json.loads((tmp_path / "r.json").read_text())["nodes"]
+    assert [(n["name"], n["addr"]) for n in nodes] == [
+        ("root", ""), ("127.0.0.2", "127.0.0.2"), ("127.0.0.3", "127.0.0.3"),
+        ("named", f"127.0.0.4:{port}")]  # fmt: skip
 
 
 def test_second_parent_is_turned_away(tmp_path: Path, source: Path, port: int) -> None:

@@ -61,7 +61,8 @@ Messages
                       status, 16 prefix the node name (default 1)
   -log LDST           - (stderr, default) or a file
   -name STRING        node name in messages, 1-127 printable characters
-                      (default $MYHOSTNAME, $HOSTNAME, then gethostname())
+                      (default: the -bind address if given, else $MYHOSTNAME,
+                      $HOSTNAME, then gethostname())
   -q                  suppress "ignored signal" messages
   -report FILE        root: write every node's result as JSON (checked
                       writable before anything starts)                [beokit]

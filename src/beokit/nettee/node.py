@@ -45,7 +45,7 @@ from beokit.nettee.heal import Healer
 from beokit.nettee.links import BranchLoss, ChildLink, Fatal, Heartbeat, Peer
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.messages import Abort, End, Fail, SubtreeReport
-from beokit.nettee.options import MAX_NAME, NetteeConfig, Role
+from beokit.nettee.options import MAX_NAME, NetteeConfig, Role, bind_address
 from beokit.nettee.policy import Action, Decision, Failure, Options, Phase, Who, decide
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import Relay
@@ -58,9 +58,10 @@ REASON_WAIT = 1.0  # a child that closed its data socket: how long its own reaso
 
 
 def node_name(cfg: NetteeConfig) -> str:
-    """-name, else $MYHOSTNAME, $HOSTNAME, gethostname(); the last three made printable."""
-    name = cfg.name or os.environ.get("MYHOSTNAME") or os.environ.get("HOSTNAME") or (
-        socket.gethostname())  # fmt: skip
+    """-name, else the -bind address (several nodes on one machine are told apart),
+    else $MYHOSTNAME, $HOSTNAME, gethostname(); made printable."""
+    name = cfg.name or bind_address(cfg) or os.environ.get("MYHOSTNAME") or (
+        os.environ.get("HOSTNAME") or socket.gethostname())  # fmt: skip
     return protocol.printable(name, MAX_NAME)
 
 

@@ -111,6 +111,11 @@ class NetteeConfig:
         return Role.INTERNAL if self.next else Role.TIP
 
 
+def bind_address(cfg: NetteeConfig) -> str:
+    """The -bind address when one was given, else ""."""
+    return cfg.bind if "-bind" in cfg.given else ""
+
+
 def _number(opt: str, text: str, *, minimum: int = 0, maximum: int | None = None) -> int:
     try:
         if not re.fullmatch(r"-?[0-9]+", text):

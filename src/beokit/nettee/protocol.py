@@ -40,6 +40,7 @@ FRAME = struct.Struct("!I")
 MAX_FRAME = 4 << 20  # a 1000-node report fits easily
 TEXT_MAX = 1000  # a reason (why, detail) taken from a peer
 CODE_MAX = 16  # an error code taken from a peer
+ADDR_MAX = 300  # a node's address (host or host:port) taken from a peer
 
 
 class ProtocolError(WireError):
@@ -175,13 +176,14 @@ class NodeResult:
     local_out: bool = True
     fatal: bool = False  # an unhandled failure: this node's output cannot be trusted
     digest: str = ""  # -digest: "xxh3_128:<hex>" of what the node wrote (root: read)
+    addr: str = ""  # where the node was reached (its parent's -next entry; the root's -bind)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "depth": self.depth, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "bytes_up": self.bytes_up, "codes": self.codes,
                 "seconds": self.seconds,
                 "detail": self.detail, "local_out": self.local_out,
-                "fatal": self.fatal, "digest": self.digest}  # fmt: skip
+                "fatal": self.fatal, "digest": self.digest, "addr": self.addr}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> NodeResult:
@@ -196,7 +198,8 @@ class NodeResult:
                        detail=printable(d.get("detail", ""), TEXT_MAX),
                        local_out=bool(d.get("local_out", True)),
                        fatal=bool(d.get("fatal", False)),
-                       digest=printable(d.get("digest", ""), TEXT_MAX))  # fmt: skip
+                       digest=printable(d.get("digest", ""), TEXT_MAX),
+                       addr=printable(d.get("addr", ""), ADDR_MAX))  # fmt: skip
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"bad node result: {exc}") from None
 

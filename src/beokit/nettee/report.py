@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from beokit.nettee import protocol
 from beokit.nettee.links import ChildLink
 from beokit.nettee.messages import Ready, SubtreeReport
+from beokit.nettee.options import bind_address
 from beokit.nettee.policy import Failure, Phase, Who, decide
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ class OwnResult:
 
 def all_codes(nodes: list[protocol.NodeResult]) -> list[str]:
     return [c for n in nodes for c in n.codes]
+
+
+def _at(n: protocol.NodeResult) -> str:
+    """The node's address beside its name in the root's lines (when it adds anything)."""
+    return f" at {n.addr}" if n.addr and n.addr != n.name else ""
 
 
 class Reporter:
@@ -88,11 +94,12 @@ class Reporter:
             bytes_out=streamer.local.sent if streamer.local is not None else 0,
             codes=protocol.sort_codes(node.own.codes), seconds=round(streamer.seconds, 3),
             detail=node.own.detail, local_out=node.out_fd is not None, fatal=node.own.fatal,
-            digest=streamer.digest())  # fmt: skip
+            digest=streamer.digest(), addr=bind_address(node.cfg))  # fmt: skip
 
     def _branch(self, link: ChildLink, sub: list[protocol.NodeResult]) -> list[protocol.NodeResult]:
         """A child's report: its count checked against ours (BBC), one level deeper."""
         head = sub[0]
+        head.addr = link.addr or head.addr  # as this node reached it
         if self.node.pull:  # the child sent, we received
             moved = link.feeder.received if link.feeder else 0
             detail = f"sent {head.bytes_up} bytes, {moved} arrived"
@@ -130,6 +137,9 @@ class Reporter:
         if node not in names:
             out.insert(0, protocol.NodeResult(name=node, depth=2, codes=[code], detail=why,
                                               fatal=fatal))  # fmt: skip
+        for n in out:
+            if n.depth == 1:  # the child this node reached
+                n.addr = link.addr
         return out
 
     # ------------------------------------------------------------ the root's summary
@@ -166,10 +176,11 @@ class Reporter:
         say(protocol.chain_line(all_codes(nodes[1:])))
         for n in nodes:
             if n.codes:
-                log.error(f"node {n.name}: {protocol.format_codes(n.codes)} ({n.detail})")
+                log.error(f"node {n.name}: {protocol.format_codes(n.codes)} ({n.detail})"
+                          f"{_at(n)}")  # fmt: skip
         for n in nodes:
             log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
-                        f"{n.seconds:.2f} s, {protocol.format_codes(n.codes)}")  # fmt: skip
+                        f"{n.seconds:.2f} s, {protocol.format_codes(n.codes)}{_at(n)}")  # fmt: skip
         verb = f"received {total} bytes from" if node.pull else f"sent {total} bytes to"
         joined = sum(1 for n in nodes[1:] if protocol.Code.NNF.value not in n.codes)
         log.message(f"{verb} {joined} node(s) in {secs:.2f} s "
