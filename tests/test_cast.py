@@ -384,3 +384,37 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], message: str,
     assert main(["cast", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_root_nettee_learns_the_chain_formed_from_its_events(shm: Path) -> None:
+    """beo cast's root nettee says "formed" (and "end") on NETTEE_EVENT_FD: the
+    cast knows the chain formed with no word of it in the log (-v 0)."""
+    from beokit.cast.root import RootNettee
+    from beokit.net import free_port
+    from beokit.nettee.localchain import nettee_command
+
+    src = _source(shm / "e.bin", 1 << 20)
+    secret = os.urandom(32).hex()
+    port = free_port(["127.0.3.2"])
+    node = subprocess.Popen(nettee_command() + ["-bind", "127.0.3.2", "-port", str(port),
+                                                "-name", "127.0.3.2", "-out", str(shm / "e.out"),
+                                                "-v", "0"],
+                            env=dict(os.environ, NETTEE_SECRET=secret),
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    root = RootNettee(secret, stdin=False)
+    try:
+        root.start(["-root", "-next", f"127.0.3.2:{port}", "-port", str(port), "-in", str(src),
+                    "-name", "root", "-v", "0"])  # fmt: skip
+        assert root.proc.wait(timeout=60) == 0
+        root.join(timeout=10)
+        assert node.wait(timeout=60) == 0
+    finally:
+        for p in (root.proc, node):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert root.formed.is_set()
+    assert [e["event"] for e in root.events] == ["formed", "end"], root.events
+    assert root.events[0]["nodes"] == 2 and root.events[1]["bytes"] == 1 << 20
+    assert not any("tree formed" in line for line in root.log), list(root.log)
+    assert filecmp.cmp(src, shm / "e.out", shallow=False)

@@ -117,12 +117,10 @@ class RootNettee:
             self.proc.wait()
 
     def _read_log(self) -> None:
+        """Its stderr, the last lines kept (the report's error, ``root_log``)."""
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
-            if "tree formed" in line:  # until nettee writes events (NETTEE_EVENT_FD)
-                self.formed.set()
+            self.log.append(raw.decode(errors="replace").rstrip())
 
     def _read_events(self) -> None:
         """One JSON object a line; unknown keys and kinds are skipped (forward compatible)."""
