@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from beokit.proc import describe_exit
+
 
 def make_source(path: Path, size: int) -> str:
     """Write ``size`` pseudo-random bytes (an embedded default image); return its sha256."""
@@ -62,8 +64,8 @@ def run_demo(nodes: int, size: int, keep: str | None, console: Console,
                       f"to the image (sha256 {digest[:16]}...)[/]")  # fmt: skip
     else:
         bad = [p.name for p, ok in zip(outputs, same, strict=True) if not ok]
-        console.print(f"[red]distribution failed[/] (beo cast exit {status}; differing or "
-                      f"missing: {', '.join(bad) or 'none'})")  # fmt: skip
+        console.print(f"[red]distribution failed[/] ({describe_exit(status, 'beo cast')}; "
+                      f"differing or missing: {', '.join(bad) or 'none'})")  # fmt: skip
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
