@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from beokit.net import free_port
 from beokit.nettee.demo import sha256_file
-from beokit.nettee.localchain import free_port, nettee_command
+from beokit.nettee.localchain import nettee_command
 
 NETTEE = nettee_command()
 
