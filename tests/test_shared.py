@@ -101,7 +101,7 @@ def test_read_message_ends_and_bounds() -> None:
 def test_host_port_round_trip() -> None:
     for host in ("127.0.0.1", "::1", "node7"):
         assert net.split_host_port(net.host_port(host, 80)) == (host, 80)
-    assert net.host_port("::1", 9) == "[::1]:9"
+    assert net.host_port("::1", 9) == net.host_port("[::1]", 9) == "[::1]:9"
     for bad in ("nohost", "a:", ":80", "a:b", "a:70000"):
         with pytest.raises(ValueError, match="bad address"):
             net.split_host_port(bad)

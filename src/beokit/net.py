@@ -11,7 +11,7 @@ import socket
 
 def host_port(host: str, port: int) -> str:
     """``HOST:PORT``, an IPv6 address in brackets (``[::1]:80``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def split_host_port(text: str) -> tuple[str, int]:
