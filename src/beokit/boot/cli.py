@@ -15,8 +15,12 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from beokit.errors import EXIT_FAILURE, EXIT_OK, BeokitError, OneLineParser, UsageError, int_in
+
+if TYPE_CHECKING:
+    from beokit.boot.config import BootConfig
 
 PROG = "beo boot"
 _PORT = int_in("port", 0, 65535, " (0 = off)")
@@ -86,6 +90,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         const="-",
         help="write an equivalent dnsmasq config to FILE (default stdout) and exit",
     )
+    p.add_argument(
+        "--dump-leases",
+        metavar="FILE",
+        nargs="?",
+        const="-",
+        help="write the leases and admitted nodes of the lease journal as JSON to FILE "
+        "(default stdout) and exit (a running server: `status`)",
+    )
     p.add_argument("--check", action="store_true", help="check the config and exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: packets)")
     sub2 = p.add_subparsers(dest="boot_command", metavar="SUBCOMMAND")
@@ -150,6 +162,41 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def _write_out(where: str, text: str, option: str) -> None:
+    if where == "-":
+        _print(text)
+        return
+    try:
+        Path(where).write_text(text)
+    except OSError as e:
+        raise UsageError(f"cannot write {option} {where!r}: {e.strerror}") from None
+
+
+def _offline(cfg: BootConfig, args: argparse.Namespace) -> int:
+    """--export-dnsmasq and --dump-leases: from the config and the lease journal on disk."""
+    import time
+
+    from beokit.boot import lease_file
+    from beokit.boot.export import dnsmasq_conf
+    from beokit.boot.leases import LeaseDB
+
+    db = LeaseDB(cfg)
+    path = cfg.lease_file
+    if path is not None and path.exists():
+        try:
+            problem = lease_file.read_into(db, path, time.time())
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"bad lease file {str(path)!r}: {e}") from None
+        if problem:
+            sys.stderr.write(f"{PROG}: lease journal {str(path)!r}: {problem}; only the "
+                             "records before it are shown\n")  # fmt: skip
+    if args.export_dnsmasq is not None:
+        _write_out(args.export_dnsmasq, dnsmasq_conf(cfg, db.admitted), "--export-dnsmasq")
+    if args.dump_leases is not None:
+        _write_out(args.dump_leases, db.to_json(), "--dump-leases")
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     from beokit.boot import config
 
@@ -168,26 +215,8 @@ def _run(args: argparse.Namespace) -> int:
         out = _control(cfg.control, {"cmd": "dump"})
         _print(json.dumps(out, indent=1) + "\n")
         return EXIT_OK if out.get("ok") else EXIT_FAILURE
-    if args.export_dnsmasq is not None:
-        from beokit.boot.export import dnsmasq_conf
-        from beokit.boot.leases import LeaseDB
-
-        db = LeaseDB(cfg)
-        if cfg.lease_file is not None and cfg.lease_file.exists():
-            try:
-                db.load_json(cfg.lease_file.read_text(), 0.0)
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                raise UsageError(f"bad lease file {str(cfg.lease_file)!r}: {e}") from None
-        text = dnsmasq_conf(cfg, db.admitted)
-        if args.export_dnsmasq == "-":
-            _print(text)
-        else:
-            try:
-                Path(args.export_dnsmasq).write_text(text)
-            except OSError as e:
-                raise UsageError(f"cannot write --export-dnsmasq {args.export_dnsmasq!r}: "
-                                 f"{e.strerror}") from None  # fmt: skip
-        return EXIT_OK
+    if args.export_dnsmasq is not None or args.dump_leases is not None:
+        return _offline(cfg, args)
     if not cfg.root.is_dir():
         raise UsageError(f"bad server.root {str(cfg.root)!r}: not a directory")
     from beokit.boot.server import ServerOptions, check_paths, run_server

@@ -41,6 +41,9 @@ FORMAT = "beokit-boot-leases/1"
 
 @dataclass
 class Lease:
+    """One client's lease. Never changed in place (a renewal is a new ``Lease``): the
+    journal's compaction reads a snapshot of the table in another thread."""
+
     key: str  # MAC "52:54:..." or "id:<hex client id>"
     ip: str
     name: str
@@ -71,7 +74,10 @@ class LeaseDB:
         self.declined: dict[str, float] = {}  # pool ip -> until
         self.pool_offers: dict[str, tuple[str, float]] = {}  # pool ip -> (key, until)
         self.by_ip: dict[str, str] = {}  # leased ip -> key
-        self.changed = False
+        # The changes since the journal last took them, one tuple each (its record's fields:
+        # ``lease_journal``): ("lease", key, ip, name, expires, kind, client id),
+        # ("release", key), ("admit", key, n). Expiry needs none.
+        self.events: list[tuple] = []
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: BootConfig) -> None:
@@ -162,7 +168,8 @@ class LeaseDB:
         self.leases[key] = lease
         self.by_ip[lease.ip] = key
         self.pool_offers.pop(lease.ip, None)
-        self.changed = True
+        self.events.append(("lease", key, lease.ip, lease.name, lease.expires, lease.kind,
+                            client_id))  # fmt: skip
         return lease
 
     def release(self, key: str, ip: str) -> bool:
@@ -172,7 +179,7 @@ class LeaseDB:
         del self.leases[key]
         if self.by_ip.get(ip) == key:
             del self.by_ip[ip]
-        self.changed = True
+        self.events.append(("release", key))
         return True
 
     def holds(self, key: str, ip: str, now: float) -> bool:
@@ -263,7 +270,7 @@ class LeaseDB:
         for k, (m, _t) in list(self.offers.items()):
             if m == n and k != key:
                 del self.offers[k]
-        self.changed = True
+        self.events.append(("admit", key, n))
         return n
 
     def expire(self, now: float) -> int:
@@ -279,8 +286,6 @@ class LeaseDB:
             del self.offers[k]
         for ip in [ip for ip, t in self.declined.items() if t <= now]:
             del self.declined[ip]
-        if gone:
-            self.changed = True
         return len(gone)
 
     # -- names (for DNS) -------------------------------------------------
@@ -302,9 +307,18 @@ class LeaseDB:
         n = self.cfg.node_of_ip(ip)
         return None if n is None else self.cfg.node_hostname(n)
 
-    # -- persistence -----------------------------------------------------
+    # -- persistence (the journal: ``lease_journal``, ``lease_file``) ------
+    def restore(self, admitted: dict[str, int], leases: dict[str, Lease]) -> None:
+        """Start from this state (a replayed journal): no change recorded."""
+        self.admitted = dict(admitted)
+        self.leases = dict(leases)
+        self.by_ip = {x.ip: x.key for x in self.leases.values()}
+        self.reconfigure(self.cfg)
+        self.events = []
+
     def to_json(self) -> str:
-        """The lease file: admitted node numbers and active leases (JSON)."""
+        """The JSON export (``beo boot --dump-leases``; the lease file of the previous
+        version): admitted node numbers and active leases."""
         doc: dict[str, Any] = {
             "format": FORMAT,
             "admitted": dict(sorted(self.admitted.items())),
@@ -313,7 +327,8 @@ class LeaseDB:
         return json.dumps(doc, indent=1) + "\n"
 
     def load_json(self, text: str, now: float) -> None:
-        """Restore from :meth:`to_json` (expired leases are dropped). ``ValueError`` if bad."""
+        """Restore from :meth:`to_json` (expired leases are dropped). ``ValueError`` if bad.
+        The lease file of the previous version is this JSON: read once, then journaled."""
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError("not a beokit boot lease file")
@@ -323,8 +338,4 @@ class LeaseDB:
             lease = Lease(**{k: item[k] for k in Lease.__dataclass_fields__ if k in item})
             if lease.expires > now:
                 leases[lease.key] = lease
-        self.admitted = admitted
-        self.leases = leases
-        self.by_ip = {x.ip: x.key for x in leases.values()}
-        self.reconfigure(self.cfg)
-        self.changed = False
+        self.restore(admitted, leases)

@@ -173,7 +173,7 @@ class Listeners:
                 self._defer(b.sock, reply, host, dport)
             else:
                 self._reply(b, "dhcp", reply.data, host, dport)
-        if self.db.changed:
+        if self.db.events:
             self.leases_changed()
 
     def _defer(self, s: socket.socket, reply: Reply, host: str, dport: int) -> None:

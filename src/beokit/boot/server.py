@@ -9,11 +9,13 @@ the control socket.  The parts (docs/architecture.md has the map):
   on the one batched transfer socket (``tftp_socket``) over ``tftp_sessions``;
 * ``files``: what is served (snapshots, mappings, netascii copies, virtual
   files); ``http.HttpServer`` serves it too, through an ``http.HttpContext``;
-* ``lease_file.LeaseFile``: the lease database on disk (atomic writes);
+* ``lease_file.LeaseFile``: the lease journal on disk (appended by a writer
+  thread, compacted in the background; format in ``lease_journal``);
 * the pure decisions: ``dhcp``, ``leases``, ``tftp``, ``dns``, ``fair``, ``paths``.
 
-Nothing blocks the loop: the sockets are non-blocking, the lease file is
-written in a worker thread.  Signals: SIGHUP re-reads the config and re-opens
+Nothing blocks the loop: the sockets are non-blocking, the lease journal is
+written by its own thread, ``status`` and SIGUSR1 go through the lease table
+a piece at a time.  Signals: SIGHUP re-reads the config and re-opens
 the listening sockets (transfers in flight keep the transfer socket and go
 on); SIGUSR1 logs the leases and the transfers; SIGTERM/SIGINT stop cleanly.
 """
@@ -47,6 +49,7 @@ __all__ = ["BootServer", "ServerOptions", "check_bind", "check_paths", "run_serv
 
 log = logging.getLogger("beokit.boot")
 NOFILE_WANT = 65536  # the soft RLIMIT_NOFILE the server raises itself to (up to the hard one)
+CHUNK = 500  # leases per piece of `status` and of the SIGUSR1 dump (the loop runs between)
 
 
 class BootServer:
@@ -71,11 +74,12 @@ class BootServer:
                                            self.bucket, self.load)  # fmt: skip
         self.listeners = Listeners(opts, cfg, self.stats, self.db, self.logic,
                                    on_tftp=self.tftp.on_request, dhcp_delay=self.dhcp_delay,
-                                   leases_changed=self.leases.schedule)  # fmt: skip
+                                   leases_changed=self.leases.soon)  # fmt: skip
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
         self.control_server: asyncio.AbstractServer | None = None
         self.http: HttpServer | None = None
+        self.dumping: asyncio.Task | None = None
         self.started = time.monotonic()
 
     def effective(self, cfg: BootConfig) -> BootConfig:
@@ -99,8 +103,11 @@ class BootServer:
             line = await asyncio.wait_for(reader.readline(), 5)
             try:
                 req = json.loads(line)
+                if isinstance(req, dict) and req.get("cmd") == "dump":
+                    await self._send_state(writer)
+                    return
                 out = self.control(req)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
                 out = {"ok": False, "error": str(e)}
             writer.write(json.dumps(out).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), 5)
@@ -115,13 +122,31 @@ class BootServer:
             mac = config.normalize_mac(str(req["mac"]))
             n = req.get("node")
             got = self.db.admit(mac, None if n is None else int(n))
-            self.leases.schedule()
+            self.leases.handoff()
             ip, name = self.cfg.node_ip(got), self.cfg.node_hostname(got)
             log.info("admitted %s as node %d (%s, %s)", mac, got, name, ip)
             return {"ok": True, "mac": mac, "node": got, "ip": str(ip), "name": name}
-        if cmd == "dump":
-            return {"ok": True, **self.state()}
         raise ValueError(f"unknown command {cmd!r}")
+
+    async def _send_state(self, writer: asyncio.StreamWriter) -> None:
+        """``beo boot status``: one JSON line, the lease table sent :data:`CHUNK` leases
+        at a time, the loop serving datagrams between chunks (no stall with 20,000 leases).
+        The tables are copied first (references only), so the answer is one moment's."""
+        leases = list(self.db.leases.values())
+        admitted = list(self.db.admitted.items())
+        head = json.dumps({"ok": True, **self.state()})
+        writer.write(head[:-1].encode() + b', "leases": [')
+        for i in range(0, len(leases), CHUNK):
+            part = json.dumps([vars(x) for x in leases[i : i + CHUNK]])[1:-1]
+            writer.write((", " if i else "").encode() + part.encode())
+            await asyncio.wait_for(writer.drain(), 10)
+        writer.write(b'], "admitted": {')
+        for i in range(0, len(admitted), CHUNK):
+            part = json.dumps(dict(admitted[i : i + CHUNK]))[1:-1]
+            writer.write((", " if i else "").encode() + part.encode())
+            await asyncio.wait_for(writer.drain(), 10)
+        writer.write(b"}}\n")
+        await asyncio.wait_for(writer.drain(), 10)
 
     async def _start_control(self) -> None:
         if self.cfg.control is None:
@@ -137,13 +162,14 @@ class BootServer:
 
     # -- state ---------------------------------------------------------------
     def state(self) -> dict:
+        """Everything ``status`` shows but the lease and admission tables."""
         now = time.monotonic()
         t = self.tftp.state(now)
         return {
             "uptime": round(now - self.started, 1),
             "counters": dict(sorted({**self.counters, **self.logic.counts}.items())),
-            "leases": [vars(x) for x in self.db.leases.values()],
-            "admitted": self.db.admitted,
+            "lease_count": len(self.db.leases),
+            "journal": self.leases.status(),
             "transfers": t["transfers"],
             "tick": t["tick"],
             "open_files": len(self.files.files),
@@ -156,16 +182,29 @@ class BootServer:
         }
 
     def dump(self) -> None:
+        """SIGUSR1: the state in the log; the leases by a task, :data:`CHUNK` lines at a
+        time (one dump at once: a second signal while it runs is ignored)."""
+        if self.dumping is not None and not self.dumping.done():
+            return
         st = self.state()
-        log.warning("SIGUSR1 state: %d leases, %d transfers, counters %s", len(st["leases"]),
-                    len(st["transfers"]), st["counters"])  # fmt: skip
-        for x in st["leases"]:
-            log.warning("  lease %s %s %s %s expires in %.0f s", x["key"], x["ip"], x["name"],
-                        x["kind"], x["expires"] - time.time())  # fmt: skip
+        log.warning("SIGUSR1 state: %d leases, %d transfers, journal %s, counters %s",
+                    st["lease_count"], len(st["transfers"]), st["journal"].get("state"),
+                    st["counters"])  # fmt: skip
         for t in st["transfers"]:
             log.warning("  transfer %s %s %d/%d bytes", t["peer"], t["file"], t["bytes"], t["size"])
         for peer, c in st["http_clients"].items():
             log.warning("  http %s %s %d bytes", peer, c["file"], c["bytes"])
+        self.dumping = asyncio.get_running_loop().create_task(self._dump_leases())
+
+    async def _dump_leases(self) -> None:
+        leases = list(self.db.leases.values())
+        for i in range(0, len(leases), CHUNK):
+            now = time.time()
+            for x in leases[i : i + CHUNK]:
+                log.warning("  lease %s %s %s %s expires in %.0f s", x.key, x.ip, x.name, x.kind,
+                            x.expires - now)  # fmt: skip
+            await asyncio.sleep(0)
+        log.warning("SIGUSR1 state: end of the %d leases", len(leases))
 
     def reload(self) -> None:
         try:
@@ -173,12 +212,11 @@ class BootServer:
         except BootConfigError as e:
             log.error("SIGHUP: keeping the old config: %s", e)
             return
-        old_lease_file = self.cfg.lease_file
         self.cfg = cfg
         self.db.reconfigure(cfg)
         self.logic.cfg = cfg
         self.listeners.cfg = cfg
-        self.leases.path = cfg.lease_file
+        self.leases.move(cfg.lease_file)
         self.tftp.configure(cfg)
         self.load.cap_bytes_per_s = cfg.bandwidth_bps / 8
         self.load.defer_max = cfg.defer_max
@@ -191,8 +229,6 @@ class BootServer:
             log.error("SIGHUP: cannot re-open the sockets (%s); stopping", e)
             assert self.stopping is not None
             self.stopping.set()
-        if cfg.lease_file != old_lease_file:
-            self.db.changed = True
         log.warning("SIGHUP: config re-read from %s, sockets re-opened, %d transfers kept",
                     self.opts.config_path, len(self.tftp.sessions))  # fmt: skip
 
@@ -207,8 +243,7 @@ class BootServer:
             if now - last_expire > 5:
                 last_expire = now
                 self.db.expire(time.time())
-            if self.db.changed:
-                self.leases.schedule()
+            self.leases.tick(now)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         raise_nofile()
