@@ -114,6 +114,34 @@ def test_free_port_pair_is_free() -> None:
             s.bind(("127.0.0.1", p))
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_free_port_pair_ipv6_and_an_address_not_ours() -> None:
+    # beo cast -R exec ... '::1' raised "no free port pair found" (an AF_INET socket for ::1)
+    port = net.free_port(["::1", "127.0.0.2"])
+    for p in (port, port + 1):
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", p))
+    with pytest.raises(OSError, match="cannot listen on 192.0.2.7"):
+        net.free_port(["192.0.2.7"])
+
+
+def test_source_address_is_ours_on_the_route() -> None:
+    assert net.source_address("127.0.0.5") == "127.0.0.1"
+    assert net.source_address("no-such-host.invalid") is None
+    addr, tried = net.reachable_address(["nosuch.invalid", "127.0.0.9"], lambda h: h)
+    assert (addr, tried) == ("127.0.0.1", ["nosuch.invalid"])
+    assert net.reachable_address(["a.invalid"], lambda h: h) == (None, ["a.invalid"])
+
+
 # --------------------------------------------------------------------- proc
 
 
@@ -183,6 +211,56 @@ def test_shell_command_output_status_and_timeout() -> None:
     done = slow.finish(timeout=0.5)
     assert done.returncode is None and done.error == "command timed out after 0.5 s"
     assert done.out == b"started\n" and not slow.running()
+
+
+def forked_echo() -> int:
+    """A ForkedCommand's program (test_forked_command_...): stdin, env, both outputs."""
+    data = sys.stdin.read()
+    print(f"{data} {os.environ.get('BK_X')} {os.getsid(0) == os.getpid()}")
+    print("to stderr", file=sys.stderr)
+    if data == "sleep":
+        time.sleep(30)
+    return 5
+
+
+def test_forked_command_is_a_shell_command_without_the_interpreter() -> None:
+    cmd = proc.ForkedCommand("test_shared:forked_echo", env={"BK_X": "x1"}, input=b"hello",
+                             name="bk-forked")  # fmt: skip
+    assert cmd.finish(timeout=20) == proc.Finished(5, b"hello x1 True\n", b"to stderr\n", None)
+    assert not cmd.running()
+    big = b"y" * (1 << 20)  # more than a pipe holds: written while the outputs are read
+    done = proc.ForkedCommand("test_shared:forked_echo", input=big).finish(timeout=20)
+    assert done.returncode == 5 and done.out == big + b" None True\n"
+    slow = proc.ForkedCommand("test_shared:forked_echo", input=b"sleep")
+    done = slow.finish(timeout=0.5)
+    assert done.returncode is None and done.error == "command timed out after 0.5 s"
+    assert done.out == b"sleep None True\n" and not slow.running()
+    with pytest.raises(ImportError):
+        proc.ForkedCommand("test_shared_no_such_module:main")
+
+
+def test_shipped_modules_import_from_memory_with_their_byte_code(tmp_path: Path) -> None:
+    """A node without beokit: the zip the launcher ships, imported by a bare python
+    (-I -S: no beokit on its path); once the file is gone, later imports of
+    beokit.* come from memory, as byte code compiled by this Python."""
+    from beokit.launch import ship
+
+    extra = ("auth.py", "linux.py", "cast/__init__.py", "cast/channel.py", "cast/receiver.py",
+             "nettee/")  # fmt: skip
+    zpath = tmp_path / "b.zip"
+    zpath.write_bytes(ship.zipapp_bytes(extra))
+    code = (f"import sys; sys.path.insert(0, {str(zpath)!r})\n"
+            "from beokit.launch import agent, ship\n"
+            f"ship.shipped({str(zpath)!r})\n"
+            "import os; assert not os.path.exists(sys.argv[1])\n"
+            "import beokit.cast.receiver, beokit.nettee.cli\n"
+            "print(beokit.nettee.cli.__spec__.origin, ship.zipapp_bytes() == open(sys.argv[2], 'rb').read())")  # fmt: skip
+    copy = tmp_path / "copy.zip"
+    copy.write_bytes(zpath.read_bytes())
+    cp = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(zpath), str(copy)],
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "shipped:beokit/nettee/cli.py True\n"
 
 
 def test_stop_terms_then_kills() -> None:

@@ -7,10 +7,17 @@ been started.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import NoReturn
+
+# argparse is imported only where a parser or an argument type is used: beo cast's
+# receivers and the launcher's agents import this module on every node, and argparse
+# (with gettext) is ~15 ms of their start-up there.
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -39,16 +46,35 @@ class WireError(Exception):
     """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the bad value, exit status 2.
+def _one_line_parser() -> type[argparse.ArgumentParser]:
+    import argparse
 
-    A subcommand parser made by the umbrella's ``add_subparsers`` gets this
-    behaviour with ``parser.__class__ = OneLineParser`` (same state).
-    """
+    class OneLineParser(argparse.ArgumentParser):
+        """Bad input: one line on stderr naming the bad value, exit status 2.
 
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message}\n")
-        sys.exit(EXIT_USAGE)
+        A subcommand parser made by the umbrella's ``add_subparsers`` gets this
+        behaviour with ``parser.__class__ = OneLineParser`` (same state).
+        """
+
+        def error(self, message: str) -> NoReturn:
+            sys.stderr.write(f"{self.prog}: {message}\n")
+            sys.exit(EXIT_USAGE)
+
+    return OneLineParser
+
+
+def __getattr__(name: str) -> Any:
+    """``OneLineParser`` (an argparse.ArgumentParser) is made on first use."""
+    if name == "OneLineParser":
+        cls = globals()["OneLineParser"] = _one_line_parser()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _type_error(message: str) -> Exception:
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
 
 
 def int_in(what: str, lo: int, hi: int, note: str = "") -> Callable[[str], int]:
@@ -58,9 +84,9 @@ def int_in(what: str, lo: int, hi: int, note: str = "") -> Callable[[str], int]:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}") from None
+            raise _type_error(f"bad {what} {text!r}") from None
         if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: {lo}-{hi}{note}")
+            raise _type_error(f"bad {what} {text!r}: {lo}-{hi}{note}")
         return v
 
     convert.__name__ = what
@@ -118,11 +144,11 @@ def float_in(what: str, lo: float, hi: float, *, lo_open: bool = False,
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not a number") from None
+            raise _type_error(f"bad {what} {text!r}: not a number") from None
         if v != v or v in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: must be a finite number")
+            raise _type_error(f"bad {what} {text!r}: must be a finite number")
         if v < lo or (lo_open and v == lo) or v > hi:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: must be {low} and "
+            raise _type_error(f"bad {what} {text!r}: must be {low} and "
                                              f"<= {show(hi)}{note}")  # fmt: skip
         return v
 
@@ -143,7 +169,7 @@ def ip_address(what: str) -> Callable[[str], str]:
         try:
             return str(ipaddress.ip_address(text))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: not an IP address") from None
+            raise _type_error(f"bad {what} {text!r}: not an IP address") from None
 
     convert.__name__ = what
     return convert

@@ -1,4 +1,4 @@
-"""Small network helpers shared by the pillars: ``HOST:PORT`` text and free ports.
+"""Small network helpers shared by the pillars: ``HOST:PORT`` text, free ports, routes.
 
 Standard library only (the launcher ships it to nodes).
 """
@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import secrets
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def host_port(host: str, port: int) -> str:
@@ -23,17 +27,65 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def family(addr: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address literal (``::1``, ``[::1]``), else AF_INET."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def free_port(addrs: list[str], start: int = 20000, stop: int = 60000) -> int:
-    """A port P such that P and P+1 can be bound on every address (nettee's pair)."""
+    """A port P such that P and P+1 can be bound on every address (nettee's pair).
+
+    OSError naming the address when one of ``addrs`` cannot be bound at all
+    (not an address of this machine), RuntimeError when 200 random pairs were
+    all taken.
+    """
+    for addr in addrs:  # an address we cannot bind on makes every port "taken"
+        with socket.socket(family(addr)) as s:
+            try:
+                s.bind((addr.strip("[]"), 0))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from None
     rng = secrets.SystemRandom()
     for _ in range(200):
         port = rng.randrange(start, stop - 1)
         try:
             for addr in addrs:
                 for p in (port, port + 1):
-                    with socket.socket() as s:
-                        s.bind((addr, p))
+                    with socket.socket(family(addr)) as s:
+                        s.bind((addr.strip("[]"), p))
         except OSError:
             continue
         return port
     raise RuntimeError("no free port pair found")
+
+
+def source_address(host: str) -> str | None:
+    """This machine's address on its route to ``host`` (a name or an address), or
+    None if ``host`` has no address here or no route.  No packet is sent (a UDP
+    socket's connect only asks the kernel for the route)."""
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    for fam, _, _, _, sa in infos:
+        with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(sa)
+            except OSError:
+                continue
+            return str(probe.getsockname()[0])
+    return None
+
+
+def reachable_address(hosts: list[str], name_of: Callable[[str], str],
+                      tries: int = 8) -> tuple[str | None, list[str]]:  # fmt: skip
+    """The address of this machine that ``hosts`` can reach it at: its source address
+    on the route to the first of them (at most ``tries``) whose name (``name_of``:
+    a data address, ssh's HostName) has an address here; ``(None, tried)`` if none has."""
+    tried = []
+    for h in hosts[:tries]:
+        addr = source_address(name_of(h))
+        if addr is not None:
+            return addr, tried
+        tried.append(h)
+    return None, tried

@@ -19,15 +19,19 @@ is not installed, and beo cast's receiver imports it there.
 from __future__ import annotations
 
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+
+# subprocess, select and socket are imported where they are used: beo cast's
+# receiver and the launcher's agent import this module first thing on every node
+# (dataclasses alone, with inspect, was ~50 ms of a receiver's start-up).
 
 SHELL = "/bin/sh"
 
@@ -80,6 +84,8 @@ def kill_group(proc: Any, sig: int = signal.SIGKILL) -> None:
 
 def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
     """SIGTERM, then SIGKILL after ``grace`` seconds; reaped either way."""
+    import subprocess
+
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -97,14 +103,25 @@ def shell_argv(command: str) -> list[str]:
     return [SHELL, "-c", command]
 
 
-@dataclass
 class Finished:
-    """How a shell command ended: ``returncode`` None if it was stopped (``error`` says why)."""
+    """How a command ended: ``returncode`` None if it was stopped (``error`` says why)."""
 
-    returncode: int | None
-    out: bytes
-    err: bytes
-    error: str | None = None
+    __slots__ = ("returncode", "out", "err", "error")
+
+    def __init__(self, returncode: int | None, out: bytes, err: bytes,
+                 error: str | None = None) -> None:  # fmt: skip
+        self.returncode = returncode
+        self.out = out
+        self.err = err
+        self.error = error
+
+    def __repr__(self) -> str:
+        return (f"Finished(returncode={self.returncode!r}, out={self.out!r}, err={self.err!r}, "
+                f"error={self.error!r})")  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Finished) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
 
 class ShellCommand:
@@ -116,6 +133,8 @@ class ShellCommand:
 
     def __init__(self, command: str, *, env: dict[str, str] | None = None,
                  input: bytes | None = None) -> None:  # fmt: skip
+        import subprocess
+
         self.input = input
         self.proc = subprocess.Popen(
             shell_argv(command), stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
@@ -124,6 +143,8 @@ class ShellCommand:
 
     def finish(self, timeout: float | None = None) -> Finished:
         """Feed the input, read both outputs to the end; kill it after ``timeout`` seconds."""
+        import subprocess
+
         try:
             out, err = self.proc.communicate(self.input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -190,20 +211,24 @@ class SignalGuard:
 # ----------------------------------------------------------------- forking
 
 
-def _child(main: Callable[[], int | None], name: str, stderr: int | None,
+def _child(main: Callable[[], int | None], name: str, fds: tuple[int | None, int | None, int | None],
            env: dict[str, str] | None, argv: list[str] | None) -> None:  # fmt: skip
     """In a forked child: become the worker, run ``main``, never return."""
     rc = 1
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a fork server ignores it
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # not the parent's handlers
+            signal.signal(sig, signal.SIG_DFL)
+        stdin, stdout, stderr = fds
         null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
+        os.dup2(null if stdin is None else stdin, 0)
+        os.dup2(null if stdout is None else stdout, 1)
         if stderr is not None:
             os.dup2(stderr, 2)
         os.closerange(3, 1 << 16)  # the parent's sockets and pipes are not ours
-        sys.stdin = sys.stdout = open(os.devnull, "r+")  # noqa: SIM115
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         if env:
             os.environ.update(env)
@@ -222,25 +247,113 @@ def _child(main: Callable[[], int | None], name: str, stderr: int | None,
         print(f"{name or 'worker'}: {exc!r}", file=sys.stderr)
     finally:
         try:
+            sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(rc)
 
 
 def fork_python(main: Callable[[], int | None], *, name: str = "", stderr: int | None = None,
-                env: dict[str, str] | None = None, argv: list[str] | None = None) -> int:  # fmt: skip
+                env: dict[str, str] | None = None, argv: list[str] | None = None,
+                stdin: int | None = None, stdout: int | None = None) -> int:  # fmt: skip
     """Fork this (preloaded) interpreter into a worker that runs ``main()``; its pid.
 
-    The worker has its own session, /dev/null on stdin and stdout, ``stderr``
-    (a descriptor; None: ours) on fd 2 and no other descriptor of ours; it is
-    called ``name`` in ``/proc/PID/comm``; ``env`` is added to its environment
-    and ``argv`` becomes its ``sys.argv``.  It exits with ``main``'s return
-    value (``SystemExit``'s code; 1 after any other exception, printed).
+    The worker has its own session, ``stdin`` and ``stdout`` (descriptors;
+    None: /dev/null) on fds 0 and 1, ``stderr`` (None: ours) on fd 2 and no
+    other descriptor of ours, and the default handlers of SIGTERM, SIGHUP and
+    SIGINT; it is called ``name`` in ``/proc/PID/comm``; ``env`` is added to
+    its environment and ``argv`` becomes its ``sys.argv``.  It exits with
+    ``main``'s return value (``SystemExit``'s code; 1 after any other
+    exception, printed), without the interpreter's clean-up (``os._exit``).
     """
     pid = os.fork()
     if pid == 0:
-        _child(main, name, stderr, env, argv)
+        _child(main, name, (stdin, stdout, stderr), env, argv)
     return pid
+
+
+class ForkedCommand:
+    """A Python function run like a shell command, in a fork of this interpreter.
+
+    What :class:`ShellCommand` does for ``sh -c``, for ``module:function``
+    (imported here, before the fork): ``input`` on its stdin, stdout and
+    stderr captured, its own session, ``env`` added to its environment; the
+    function's return value is the exit status.  A process that imported the
+    program once (an agent of the launch tree) starts it in a millisecond
+    instead of the 50-200 ms of CPU a fresh interpreter and its imports cost.
+    """
+
+    def __init__(self, entry: str, *, env: dict[str, str] | None = None,
+                 input: bytes | None = None, name: str = "") -> None:  # fmt: skip
+        target = _target(entry)
+        stdin, self._in = os.pipe()
+        self._out, stdout = os.pipe()
+        self._err, stderr = os.pipe()
+        try:
+            self.pid = fork_python(lambda: target(), name=name, env=env, stdin=stdin,
+                                   stdout=stdout, stderr=stderr)  # fmt: skip
+        except OSError:
+            for fd in (self._in, self._out, self._err):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (stdin, stdout, stderr):  # the child's ends
+                os.close(fd)
+        self.child = ForkedChild(self.pid)
+        self.input = input or b""
+
+    def running(self) -> bool:
+        return self.child.poll() is None
+
+    def kill(self) -> None:
+        if self.child.poll() is None:
+            kill_group(self.child)
+
+    def finish(self, timeout: float | None = None) -> Finished:
+        """Feed the input, read both outputs to the end; kill it after ``timeout`` seconds."""
+        import selectors
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bufs = {self._out: bytearray(), self._err: bytearray()}
+        pending = memoryview(self.input)
+        with selectors.DefaultSelector() as sel:
+            for fd in bufs:
+                sel.register(fd, selectors.EVENT_READ)
+            if pending:
+                os.set_blocking(self._in, False)
+                sel.register(self._in, selectors.EVENT_WRITE)
+            else:
+                os.close(self._in)
+            error = None
+            while len(sel.get_map()) > 0:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    kill_group(self.child)
+                    error = f"command timed out after {timeout:g} s"
+                    deadline = None
+                    continue
+                for key, _ in sel.select(wait):
+                    fd = key.fd
+                    if fd == self._in:
+                        try:
+                            pending = pending[os.write(fd, pending[: 1 << 16]):]
+                        except (BrokenPipeError, BlockingIOError) as exc:
+                            if isinstance(exc, BlockingIOError):
+                                continue
+                            pending = pending[:0]
+                        if not pending:
+                            sel.unregister(fd)
+                            os.close(fd)
+                        continue
+                    data = os.read(fd, 1 << 16)
+                    if data:
+                        bufs[fd] += data
+                    else:
+                        sel.unregister(fd)
+                        os.close(fd)
+        rc = self.child.wait()
+        return Finished(None if error else rc, bytes(bufs[self._out]), bytes(bufs[self._err]),
+                        error)  # fmt: skip
 
 
 class ForkedChild:
@@ -302,6 +415,8 @@ class Watched:
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.01)
+        import select
+
         if select.select([self._fd], [], [], timeout)[0]:
             os.close(self._fd)
             self._fd, self.returncode = None, 0
@@ -314,6 +429,8 @@ class Watched:
 
     def wait(self, timeout: float | None = None) -> int:
         if not self._ended(timeout):
+            import subprocess
+
             raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
         return self.returncode or 0
 
@@ -325,7 +442,7 @@ class Watched:
 # request is one line, handed to the program's entry point ``f(line) -> int``.
 
 
-def _target(spec: str) -> Callable[[bytes], int | None]:
+def _target(spec: str) -> Callable[..., int | None]:
     import importlib
 
     module, _, name = spec.partition(":")
@@ -359,13 +476,17 @@ def _read_request(conn: Any, limit: int) -> bytes:
     return line
 
 
-def serve_forks(path: str, target: str, max_request: int = 1 << 20, name: str = "") -> None:
+def serve_forks(path: str, target: str, max_request: int = 1 << 20, name: str = "",
+                preload: tuple[str, ...] = ()) -> None:  # fmt: skip
     """The fork server on UNIX socket ``path``: a worker running ``target``
-    (``"module:function"``, imported now) per request line; the reply is its pid.
-    Returns when our parent is gone."""
+    (``"module:function"``, imported now, with every module of ``preload``) per
+    request line; the reply is its pid.  Returns when our parent is gone."""
+    import importlib
     import socket
 
     entry = _target(target)
+    for module in preload:
+        importlib.import_module(module)
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     _preload()
@@ -390,12 +511,18 @@ def serve_forks(path: str, target: str, max_request: int = 1 << 20, name: str = 
             conn.close()
 
 
-def start_fork_server(path: str, target: str, max_request: int = 1 << 20,
-                      name: str = "") -> subprocess.Popen:  # fmt: skip
-    """Start :func:`serve_forks` in a site-less interpreter; its Popen (the caller ends it)."""
+def start_fork_server(path: str, target: str, max_request: int = 1 << 20, name: str = "",
+                      preload: tuple[str, ...] = ()) -> subprocess.Popen:  # fmt: skip
+    """Start :func:`serve_forks` in a site-less interpreter (this one's ``sys.path``, so
+    that it finds what this one finds, without the site set-up); its Popen (the caller
+    ends it)."""
+    import subprocess
+
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (f"import sys; sys.path.insert(0, {src!r}); from beokit.proc import serve_forks; "
-            f"serve_forks({path!r}, {target!r}, {max_request!r}, {name!r})")  # fmt: skip
+    paths = [src] + [p for p in sys.path if p and p != src]
+    code = (f"import sys; sys.path[:0] = {paths!r}; from beokit.proc import serve_forks; "
+            f"serve_forks({path!r}, {target!r}, {max_request!r}, {name!r}, "
+            f"{tuple(preload)!r})")  # fmt: skip
     server = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not os.path.exists(path):

@@ -152,7 +152,7 @@ class Hub:
     def __init__(self, secret: str, receivers: dict[str, Receiver], addr: str) -> None:
         self.secret = secret
         self.receivers = receivers
-        self.sock = socket.create_server((addr, 0), backlog=1024)
+        self.sock = socket.create_server((addr, 0), family=net.family(addr), backlog=1024)
         self.sock.setblocking(False)
         host, port = self.sock.getsockname()[:2]
         self.address = net.host_port(host, port)

@@ -44,7 +44,8 @@ from beokit.launch.backends import Backend, environ
 from beokit.launch.leaf import EXIT_GRACE, run_leaf
 from beokit.launch.listen import HelloListener, Slot
 from beokit.launch.ship import zipapp_bytes
-from beokit.proc import ShellCommand, kill_group, request_fork, signal_name
+from beokit.net import host_port
+from beokit.proc import ForkedCommand, ShellCommand, kill_group, request_fork, signal_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +53,10 @@ if TYPE_CHECKING:
 
     Emit = Callable[[dict[str, Any]], None]
 
+# The command's environment names the address this host reached its launch parent
+# from: the node's address on the network of the tree (beo cast's receivers report
+# it as their data address when the node's name means nothing to the root).
+ADDRESS_ENV = "BEO_ADDR"
 HEARTBEAT_EVERY = 1.0
 HEARTBEAT_TIMEOUT = 10.0  # a child silent this long is lost
 FORKED_AGENT = "beo-agent"  # what ps and top call an agent forked by the fork server
@@ -78,6 +83,7 @@ class Agent:
         self._emit = emit
         self.bind = bind
         self.advertise = advertise
+        self.address = ""  # this host's address toward its parent (BEO_ADDR of its command)
         self.parent_addr = ""
         self.leaves: set[subprocess.Popen] = set()  # leaf processes (killed on close)
         self.launches: set[Any] = set()  # agents' launch processes
@@ -109,10 +115,8 @@ class Agent:
     def run(self) -> None:
         """Launch every group and run the command; return when all have ended."""
         threads = []
-        if self.groups:
-            self.listener = HelloListener(self.bind)
-            self.parent_addr = f"{self.advertise}:{self.listener.port}"
-            self.listener.start()
+        if self.groups and not self._listen():
+            self.groups = []
         # children first: their launches are on the critical path, our command is not
         threads += [threading.Thread(target=self._subtree, args=(g,), daemon=True)
                     for g in self.groups]  # fmt: skip
@@ -125,6 +129,23 @@ class Agent:
                 t.join()
         finally:
             self.close()
+
+    def _listen(self) -> bool:
+        """Listen for the children's hellos; if this host cannot, every host of the
+        groups is failed with the reason (the root shows it) and False."""
+        try:
+            self.listener = HelloListener(self.bind)
+        except OSError as exc:
+            where = f"on {self.host}" if self.host else "here"
+            why = (f"not launched: cannot listen {where} on {self.bind or 'all addresses'} "
+                   f"for the launch tree: {exc.strerror or exc}")  # fmt: skip
+            for group in self.groups:
+                for h in group:
+                    self.emit(plan.result(h, None, error=why))
+            return False
+        self.parent_addr = host_port(self.advertise, self.listener.port)
+        self.listener.start()
+        return True
 
     def close(self) -> None:
         """Stop: no more launches; our command and leaves are killed; every launched
@@ -175,10 +196,17 @@ class Agent:
         while self.barrier and not self.released.wait(1.0):
             if self.closing:
                 return
+        env = environ(self.host)
+        if self.address:
+            env[ADDRESS_ENV] = self.address
         try:
-            self.command = ShellCommand(self.cfg["command"], env=environ(self.host),
-                                        input=self.payload)  # fmt: skip
-        except OSError as exc:
+            entry = self.cfg.get("entry")
+            if entry:  # a Python program: forked from this agent, which imported it
+                self.command = ForkedCommand(str(entry), env=env, input=self.payload,
+                                             name=str(self.cfg.get("entry_name") or ""))  # fmt: skip
+            else:
+                self.command = ShellCommand(self.cfg["command"], env=env, input=self.payload)
+        except (OSError, ImportError) as exc:
             self.emit(plan.result(self.host, None, error=f"cannot run command: {exc}"))
             return
         if self.closing:  # close() came while it started: it may have missed it
@@ -294,7 +322,7 @@ class Agent:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(plan.SHIP_MARKER):
-                data = zipapp_bytes()
+                data = zipapp_bytes(tuple(self.cfg.get("ship") or ()))
                 try:
                     assert proc.stdin is not None
                     proc.stdin.write(b"%d\n" % len(data) + data)
@@ -467,12 +495,26 @@ class ParentLink:
                 self.abort(f"parent: {exc}")
 
 
-def _local_addresses() -> tuple[str | None, str | None]:
-    """(parent's address, our address) as sshd saw them, if we came over ssh."""
+def _ssh_client() -> str | None:
+    """The address our parent's ssh came from, if sshd started us (``@ssh``)."""
     conn = os.environ.get("SSH_CONNECTION", "").split()
-    if len(conn) == 4:
-        return conn[0], conn[2]
-    return None, None
+    return conn[0] if len(conn) == 4 else None
+
+
+def _bind_and_advertise(cfg: dict[str, Any], address: str) -> tuple[str, str]:
+    """Where this agent listens for its children and the address it tells them.
+
+    ``address`` is this host's end of its connection to its parent: an
+    address of this host on the tree's network, which its children (on that
+    network too) can reach.  The agent listens on every address of that
+    family, not on the parent's ``--listen`` address (which is not this
+    host's), unless the run names one (``agent_bind``: 127.0.0.1 with
+    ``-R exec``).
+    """
+    bind = str(cfg.get("agent_bind") or "")
+    if bind and bind not in ("0.0.0.0", "::"):
+        return bind, bind
+    return ("::" if ":" in address else "0.0.0.0"), address
 
 
 def main(header_line: bytes | None = None) -> int:
@@ -486,13 +528,12 @@ def main(header_line: bytes | None = None) -> int:
     except WireError as exc:
         print(f"beo agent: {exc}", file=sys.stderr)
         return 2
-    ssh_client, ssh_server = _local_addresses()
     if phost == "@ssh":
-        phost = ssh_client or "127.0.0.1"
+        phost = _ssh_client() or "127.0.0.1"
     try:
         parent = ParentLink.connect((phost, pport), hdr["token"], hdr["h"])
     except (OSError, WireError) as exc:
-        print(f"beo agent {hdr['h']}: parent {phost}:{pport}: {exc}", file=sys.stderr)
+        print(f"beo agent {hdr['h']}: parent {host_port(phost, pport)}: {exc}", file=sys.stderr)
         return 1
     work = parent.first[0]
     if work["t"] != "work":
@@ -500,13 +541,17 @@ def main(header_line: bytes | None = None) -> int:
         return 1
     cfg = work["cfg"]
     groups = plan.child_groups(work["hosts"], int(cfg.get("fanout", 0)))
-    bind = ssh_server or cfg.get("agent_bind", "127.0.0.1")
-    advertise = hdr["h"] if bind in ("0.0.0.0", "::") else bind
+    address = str(parent.sock.getsockname()[0])
+    bind, advertise = _bind_and_advertise(cfg, address)
     agent = Agent(hdr["h"], groups, len(groups), cfg, parent.send, bind, advertise, payload)
+    agent.address = address
     parent.start(agent)
     agent.run()
     parent.finish()
-    return 0
+    # nothing of ours is left to clean up: skip the interpreter's own (tens of ms a node)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,25 @@ class Backend:
                     f"printf '\\n{STATUS_MARKER.decode()}%d\\n' $?")  # fmt: skip
         return f"{head}exec /bin/sh -c {shlex.quote(command)}{redirect}"
 
+    def hostname(self, host: str) -> str:
+        """The name or address this backend reaches ``host`` at: with ssh, ssh's own
+        answer (``ssh -G``: the ``HostName`` of an ssh_config alias, ``--ssh-args``
+        included); the name itself otherwise."""
+        if self.kind != "ssh":
+            return host
+        import subprocess
+
+        try:
+            out = subprocess.run(["ssh", "-G", *self.ssh_args, host], capture_output=True,
+                                 text=True, timeout=10, stdin=subprocess.DEVNULL).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return host
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "hostname" and value.strip():
+                return value.strip()
+        return host
+
     def spec(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
 

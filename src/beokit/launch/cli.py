@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import threading
@@ -15,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from beokit import proc
+from beokit import net, proc
 from beokit.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -200,8 +199,16 @@ def _backend(args: argparse.Namespace) -> Backend:
         raise UsageError(str(exc)) from None
 
 
-def _addresses(args: argparse.Namespace, backend: Backend) -> tuple[str, str]:
-    """(where the root listens for its children, the address it tells them)."""
+def _addresses(args: argparse.Namespace, backend: Backend,
+               hosts: list[str]) -> tuple[str, str]:  # fmt: skip
+    """(where the root listens for its children, the address it tells them).
+
+    With ssh the agents take ours from ``SSH_CONNECTION`` (``@ssh``).  With a
+    template (``ip netns exec``, ``docker exec``, a site's own wrapper) nothing
+    tells them: the root's host name may mean nothing on the nodes, so they are
+    told this machine's address on the route to the first host that has an
+    address here; if none has, say so now (``--listen`` fixes it).
+    """
     if args.listen:
         check_bindable("--listen", args.listen)
     listen = args.listen or ("127.0.0.1" if backend.kind == "exec" else "0.0.0.0")
@@ -209,7 +216,14 @@ def _addresses(args: argparse.Namespace, backend: Backend) -> tuple[str, str]:
         return listen, listen
     if backend.kind == "ssh":
         return listen, "@ssh"  # the agent takes our address from SSH_CONNECTION
-    return listen, socket.gethostname()
+    if backend.kind == "exec":
+        return listen, "127.0.0.1"  # every "host" is this machine
+    addr, tried = net.reachable_address(hosts, backend.hostname)
+    if addr is None:
+        raise UsageError(f"cannot tell the hosts where to call back: {plan.fold(tried)} "
+                         "has no address on this machine; give --listen ADDR (this "
+                         "machine's address on the hosts' network)")  # fmt: skip
+    return listen, addr
 
 
 @contextlib.contextmanager
@@ -235,12 +249,14 @@ def _run(args: argparse.Namespace) -> int:
     if k < 1:
         raise UsageError(f"bad fanout {k}: must be >= 1")
     backend = _backend(args)
-    listen, advertise = _addresses(args, backend)
+    listen, advertise = _addresses(args, backend, hosts)
     payload = read_input(args.input) if args.input else None
     the_plan = plan.root_plan(args.mode, hosts, k)
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
-           "agent_bind": "127.0.0.1" if backend.kind == "exec" else listen,
+           # agents listen on their own host: loopback here (exec), else every
+           # address of the family their parent link uses (never the root's --listen)
+           "agent_bind": "127.0.0.1" if backend.kind == "exec" else "",
            "leaf_agents": args.leaf_agents, "barrier": args.barrier}  # fmt: skip
     try:
         with _fork_server(cfg, backend.kind == "exec" and not args.remote_python):

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from beokit import framing
+from beokit import framing, net
 from beokit.errors import WireError
 
 HELLO_MAX = 4096  # a hello line is short
@@ -46,7 +46,7 @@ class HelloListener:
     MAX_PENDING = 512  # ... and in all; past either, the oldest of that address goes
 
     def __init__(self, bind: str, backlog: int = 128) -> None:
-        self.sock = socket.create_server((bind, 0), backlog=backlog)
+        self.sock = socket.create_server((bind, 0), family=net.family(bind), backlog=backlog)
         self.port: int = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.slots: dict[str, Slot] = {}
