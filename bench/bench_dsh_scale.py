@@ -556,7 +556,12 @@ def main() -> int:
                    "commit before issue 24, with src/beokit)")  # fmt: skip
     p.add_argument("--sim-sizes", default="1000", help="part 2 sizes ('' to skip)")
     p.add_argument("--plot", metavar="PNG", help="draw CPU and datagrams against N")
+    p.add_argument("--plot-from", metavar="FILE",
+                   help="only draw --plot from the part-1 table of an earlier run's output")  # fmt: skip
     a = p.parse_args()
+    if a.plot_from:
+        plot(rows_of(Path(a.plot_from).read_text()), a.plot or "bench-dsh.png")
+        return 0
     sizes = [int(x) for x in a.sizes.split(",") if x]
     modes = ["gossip"] + (["old"] if a.old_tree else [])
     print(f"## 1. one real dshd among N members (N-1 impersonated), period {a.period:g} s, "
@@ -591,6 +596,10 @@ def main() -> int:
                   f"the daemon's table was seen up past the expiry {r.get('dead_up_late')} "
                   f"times; {r['up']} members up in the daemon's table")
     sim_sizes = [int(x) for x in a.sim_sizes.split(",") if x]
+    if any(n > SIM_MAX for n in sim_sizes):
+        print(f"\n(part 2 skips sizes above {SIM_MAX}: each simulated member holds a table of "
+              "every member, N² in all: 10,000 took 24 GB and the OOM killer)")
+        sim_sizes = [n for n in sim_sizes if n <= SIM_MAX]
     if sim_sizes:
         print("\n## 2. every table: all N members' gossip in one process, simulated clock, "
               "5 % loss\n")
@@ -610,6 +619,21 @@ def main() -> int:
     if a.plot:
         plot(rows, a.plot)
     return 0
+
+
+SIM_MAX = 4000
+
+
+def rows_of(text: str) -> list[dict]:
+    """The part-1 rows (N, design, CPU, datagrams) of a run's printed table."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and cells[0].isdigit() and "(" in cells[1]:
+            rows.append({"n": int(cells[0]), "mode": "gossip" if "new" in cells[1] else "old",
+                         "cpu_stat": float(cells[2].split("/")[0]), "in": float(cells[3]),
+                         "out": float(cells[4])})  # fmt: skip
+    return rows
 
 
 def plot(rows: list[dict], path: str) -> None:

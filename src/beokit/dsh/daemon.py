@@ -274,8 +274,8 @@ class MultiReceiver:
     SLOT = 2048  # > P.MAX_DATAGRAM and an Ethernet frame: a valid datagram is never cut
 
     def __init__(self, sock: socket.socket, slots: int = 512, use_mmsg: bool = True,
-                 cache: int = 4096) -> None:  # fmt: skip
-        self.sock, self.slots, self.cache = sock, slots, cache
+                 cache: int = 4096, stamps: bool = True) -> None:  # fmt: skip
+        self.sock, self.slots, self.cache, self.stamps = sock, slots, cache, stamps
         self._fn = _RECVMMSG if use_mmsg else None
         self._names: dict[bytes, str] = {}
         if self._fn is None:
@@ -293,7 +293,8 @@ class MultiReceiver:
             h = self._msgs[i].hdr
             h.name, h.namelen = addrs + 16 * i, 16
             h.iov, h.iovlen = ctypes.addressof(self._iovs[i]), 1
-            h.control, h.controllen = ctrl + _CMSG_SPACE * i, _CMSG_SPACE
+            if stamps:  # room for the arrival stamp (SO_TIMESTAMPNS)
+                h.control, h.controllen = ctrl + _CMSG_SPACE * i, _CMSG_SPACE
         size, off = ctypes.sizeof(_MMsgHdr), _MMsgHdr.len.offset
         cl = _MMsgHdr.hdr.offset + type(self._msgs[0].hdr).controllen.offset
         szt = "Q" if _SIZE_T == 8 else "I"
@@ -336,6 +337,11 @@ class MultiReceiver:
         at = 0
         lens = self._len.iter_unpack(self._msgs_view[: k * self._msize])
         srcs = self._src.iter_unpack(self._addrs_view[: k * 16])
+        if not self.stamps:
+            for (_clen, n), (raw,) in zip(lens, srcs, strict=True):
+                out.append((blob[at : at + n], names.get(raw) or name(raw), None))
+                at += slot
+            return out
         stamps = self._cmsg.iter_unpack(self._ctrl_view[: k * _CMSG_SPACE])
         for i, ((clen, n), (raw,), (_l, level, kind, sec, nsec)) in enumerate(
                 zip(lens, srcs, stamps, strict=True)):  # fmt: skip
@@ -352,9 +358,10 @@ class MultiReceiver:
     def _recv_each(self) -> list[tuple[bytes, str, float | None]]:
         out = []
         recvmsg, size = self.sock.recvmsg, self.SLOT
+        room = _CMSG_SPACE if self.stamps else 0
         for _ in range(self.slots):
             try:
-                data, anc, _flags, (src, _port) = recvmsg(size, _CMSG_SPACE)
+                data, anc, _flags, (src, _port) = recvmsg(size, room)
             except (BlockingIOError, InterruptedError):
                 break
             ts = None
@@ -588,7 +595,8 @@ class Daemon:
                     u.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
             u.bind((cfg.bind, cfg.gossip_port))
             u.setblocking(False)
-            enable_timestamps(u)
+            if not cfg.send_to:
+                enable_timestamps(u)
             self.udp = u
             for addr in cfg.send_to:
                 ip = ipaddress.IPv4Address(addr)
@@ -606,7 +614,6 @@ class Daemon:
                     r.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
                     _big_buffers(r)
                     r.setblocking(False)
-                    enable_timestamps(r)
                     self.extra_udp.append(r)
                 elif cfg.bind != "0.0.0.0":  # broadcast: a bound socket does not see it
                     r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -614,7 +621,6 @@ class Daemon:
                     r.bind((addr, cfg.gossip_port))
                     _big_buffers(r)
                     r.setblocking(False)
-                    enable_timestamps(r)
                     self.extra_udp.append(r)
             self._tcp = []
             for port in (cfg.status_port, cfg.best_port):
@@ -756,11 +762,15 @@ class Daemon:
 
     def drain(self, rx: MultiReceiver, now: float) -> None:
         """Read every queued datagram; each is dated by the kernel's arrival stamp
-        (the ages of relayed reports count the time it waited in the socket)."""
+        (the ages of relayed reports count the time it waited in the socket).
+        A report sent alone (version 2: broadcast mode, N of them a period) takes
+        the lean path Gossip.on_datagram takes for it, inlined here."""
         on_datagram, recv = self.gossip.on_datagram, rx.recv
+        decode, receive, secret = P.decode, self.table.receive, self.loaded.secret
+        self_name, version = self.table.self_name, P.VERSION
         wall = time.time()
         waited_max = max(0.0, now - self.last_drain) + 0.05  # a wall clock step is no wait
-        n = 0
+        n = own = 0
         try:
             for _ in range(1000):  # a bound, not a limit in practice: the buffer holds less
                 try:
@@ -770,14 +780,28 @@ class Daemon:
                     return
                 n += len(batch)
                 for data, src, stamp in batch:
-                    at = now if stamp is None else now - min(max(0.0, wall - stamp), waited_max)
-                    events = on_datagram(data, src, at)
+                    if len(data) > 4 and data[4] == version:
+                        try:
+                            report = decode(data, secret)
+                        except P.PacketError as e:
+                            self.stats["bad"] += 1
+                            self._reject(f"{src}: {e}", now)
+                            continue
+                        if report.name == self_name:
+                            own += 1  # our broadcast coming back (or a fake: ignored too)
+                            continue
+                        events = receive(report, src, now, data)
+                    else:
+                        at = now if stamp is None else now - min(max(0.0, wall - stamp),
+                                                                 waited_max)  # fmt: skip
+                        events = on_datagram(data, src, at)
                     if events:
                         self._log_events(events)
                 if len(batch) < rx.slots:  # the queue is empty
                     return
         finally:
             self.stats["received"] += n
+            self.stats["own"] += own
 
     def _reject(self, what: str, now: float) -> None:
         self.stats["rejected"] += 1
@@ -975,7 +999,9 @@ class Daemon:
         self.stop_event = asyncio.Event()
         assert self.udp is not None
         cache = 4096 + len(self.table.members)  # every member's address, and room
-        self.rx = [MultiReceiver(s, cache=cache) for s in [self.udp, *self.extra_udp]]
+        stamps = not self.broadcast  # the ages of relayed reports (reports come direct else)
+        self.rx = [MultiReceiver(s, cache=cache, stamps=stamps)
+                   for s in [self.udp, *self.extra_udp]]  # fmt: skip
         self.rx_buffer = min(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in
                              [self.udp, *self.extra_udp])  # fmt: skip
         status, best = self._tcp

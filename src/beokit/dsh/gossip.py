@@ -1,9 +1,12 @@
 """Gossip whose cost per node does not grow with the cluster (pure: no clock, no socket).
 
 Every round (``rounds`` a period) a daemon sends one datagram to each of
-``fanout`` members, taken in turn from a shuffled list of all the others
-(every member is visited once per pass, in a new order each pass). A datagram
-carries, each as its origin signed it and with its age:
+``fanout`` members: ``partners`` of them taken at random among the members
+whose datagrams came within the expiry (alive: when most of the cluster file
+is switched off the live ones still gossip among themselves), the others in
+turn from a shuffled list of all the others (every member is visited once
+per pass, in a new order each pass). A datagram carries, each as its origin
+signed it and with its age:
 
 1. the sender's own report, measured this round;
 2. the ``candidates`` least-loaded members the sender knows (by score
@@ -142,7 +145,7 @@ class Gossip:
         me = table.members[table.self_name]
         if me.raw is None or me.origin is None:
             return []
-        ranked = [m for m in table.ranked(p.candidates + 2) if m is not me]
+        ranked = [m for m in table.ranked(p.candidates + 2, now) if m is not me]
         self._note_demoted([m.name for m in ranked[: p.candidates]], now)
         hot = [table.members[n] for n in sorted(self._demoted, key=self._demoted.__getitem__,
                                                 reverse=True)]  # fmt: skip

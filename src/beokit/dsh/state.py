@@ -112,7 +112,7 @@ class Member:
     forget_mark: bool = False  # take its next report whatever its time (SIGHUP)
     origin: float | None = None  # when the report was made, on this daemon's clock
     raw: bytes | None = None  # the report as its origin signed it (to relay it)
-    base: float = float("inf")  # its score without bumps (to rank candidates)
+    base: float | None = None  # its score without bumps (to rank candidates; None: not yet)
     tie: int = 0  # tie-break among equal scores, salted per daemon
     hop_mark: tuple[int, int] | None = None  # (ms, seq) of its newest gossip datagram
 
@@ -198,7 +198,7 @@ _NONE: list[Event] = []  # shared empty answer: never appended to
 
 
 def _rank(m: Member) -> tuple[float, int]:
-    return m.base, m.tie
+    return m.base, m.tie  # type: ignore[return-value]  # ranked() scores them first
 
 
 class Table:
@@ -260,7 +260,7 @@ class Table:
         self.by_address = {m.address: m for m in self.members.values()}
         self.up_set = {n: m for n, m in self.members.items() if m.up}
         for m in self.up_set.values():  # the weights may have changed
-            m.base = self._base(m, 0.0)
+            m.base = None
 
     @property
     def expire_after(self) -> float:
@@ -272,7 +272,7 @@ class Table:
         m = self.members[self.self_name]
         events = [] if m.up else [Event("up", m.name, "self")]
         m.report, m.heard, m.up, m.origin, m.raw = report, now, True, now, raw
-        m.base = self._base(m, now)
+        m.base = None
         self.up_set[m.name] = m
         self._clear_bumps(m, now)
         return events
@@ -306,7 +306,7 @@ class Table:
                 m.report, m.heard, m.raw = report, now, raw
                 if m.origin is None or origin > m.origin:
                     m.origin = origin
-                m.base = self._base(m, now)
+                m.base = None  # scored when ranked (gossip), not for every report
                 m.accepted += 1
                 if m.extra:
                     self._clear_bumps(m, m.origin)
@@ -344,7 +344,7 @@ class Table:
             origin = m.origin  # a newer report was not made before an older one
         m.report, m.heard, m.up, m.forget_mark = report, now, True, False
         m.origin, m.raw = origin, raw
-        m.base = self._base(m, now)
+        m.base = None
         self.up_set[m.name] = m
         m.accepted += 1
         if m.extra:
@@ -387,21 +387,22 @@ class Table:
         events = []
         limit = self.expire_after
         cutoff = now - limit
-        me = self.self_name
-        gone = [n for n, m in self.up_set.items() if m.origin is not None and m.origin < cutoff
-                and n != me]  # fmt: skip
-        for name in gone:
-            m = self.up_set.pop(name)
+        me = self.members[self.self_name]
+        gone, bumped = [], []
+        for m in self.up_set.values():  # one pass, the members up only
+            if m.origin < cutoff and m is not me:  # type: ignore[operator]
+                gone.append(m)
+            elif m.extra:
+                bumped.append(m)
+        for m in gone:
+            del self.up_set[m.name]
             m.up = False
             m.extra.clear()
-            events.append(Event("down", name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
+            events.append(Event("down", m.name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
         hold = max(limit, 2 * self.extra_hold)
-        for m in self.bumped():  # a node that never reports again must not keep its bumps
+        for m in bumped:  # a node that never reports again must not keep its bumps
             m.extra = [t for t in m.extra if now - t < hold]
         return events
-
-    def bumped(self) -> list[Member]:
-        return [m for m in self.up_set.values() if m.extra]
 
     # ---- outputs
     def scores(self, now: float) -> list[tuple[float, str]]:
@@ -412,8 +413,11 @@ class Table:
         out.sort()
         return out
 
-    def ranked(self, k: int) -> list[Member]:
+    def ranked(self, k: int, now: float = 0.0) -> list[Member]:
         """The ``k`` best members up by their score without bumps (ties: salted hash)."""
+        for m in self.up_set.values():
+            if m.base is None:
+                m.base = self._base(m, now)
         return heapq.nsmallest(k, self.up_set.values(), key=_rank)
 
     def best(self, now: float, rng: random.Random | None = None) -> Member | None:
