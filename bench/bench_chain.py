@@ -533,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "/dev/null; removed after each run")  # fmt: skip
     ap.add_argument("--timeout", type=float, help="per run (default 60 s + 20 s per GiB)")
     ap.add_argument("--nettee", default=shutil.which("nettee"), help="nettee executable")
+    ap.add_argument("--baseline", metavar="EXE",
+                    help="also run every nettee tool with this executable (an older checkout, "
+                         "e.g. a script running it from a git worktree), interleaved, and print "
+                         "the change against it")  # fmt: skip
     ap.add_argument("--socat", default=shutil.which("socat"), help="socat executable")
     args = ap.parse_args(argv)
 
@@ -548,6 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "socat" in tools and not args.socat:
         ap.error("socat is not on PATH (apt-get install socat) - or give --socat")
     size, nodes = args.size, args.nodes
+    if args.baseline:  # the same tools with the baseline executable, interleaved
+        for t in [t for t in tools if t != "socat"]:
+            LABELS[f"old-{t}"] = f"{LABELS[t]} [baseline]"
+            if t in VARIANTS:
+                VARIANTS[f"old-{t}"] = VARIANTS[t]
+            tools.append(f"old-{t}")
     if args.socat_block:
         LABELS["socat"] = f"socat -b {args.socat_block}+tee+socat"
     width = max(len(LABELS[t]) for t in tools)
@@ -574,8 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         r = run_socat(args.socat, src, size, nodes, port, logdir, timeout,
                                       args.socat_tip, args.socat_block)  # fmt: skip
                     else:
-                        r = run_nettee(args.nettee, src, size, nodes, port, logdir, timeout,
-                                       splice=row.tool != "copy",
+                        old = row.tool.startswith("old-")
+                        r = run_nettee(args.baseline if old else args.nettee, src, size, nodes,
+                                       port, logdir, timeout,
+                                       splice=row.tool.removeprefix("old-") != "copy",
                                        extra=VARIANTS.get(row.tool, ()),
                                        out_dir=args.out_dir)  # fmt: skip
                         for f in args.out_dir.glob("node*.out") if args.out_dir else ():
@@ -602,10 +614,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows, nodes, size))
     base = next((r for r in rows if r.tool == "nettee"), None)
     for r in rows:
-        if r.tool in VARIANTS and base is not None:
+        if r.tool in VARIANTS and base is not None and not r.tool.startswith("old-"):
             cost = r.median / base.median - 1
             print(f"cost of {LABELS[r.tool]} against plain nettee, same run: "
                   f"{cost * 100:+.1f} % time (median {r.median:.3f} s vs {base.median:.3f} s)")
+    by_tool = {r.tool: r for r in rows}
+    for r in rows:
+        old = by_tool.get(f"old-{r.tool}")
+        if old is not None:
+            print(f"{LABELS[r.tool]} against the baseline, same run: "
+                  f"{(r.median / old.median - 1) * 100:+.1f} % time (median {r.median:.3f} s vs "
+                  f"{old.median:.3f} s; runs {' '.join(f'{x.seconds:.2f}' for x in r.runs)} vs "
+                  f"{' '.join(f'{x.seconds:.2f}' for x in old.runs)})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({
             "date": dt.datetime.now().isoformat(timespec="seconds"), "nodes": nodes,

@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--double", action="store_true",
                     help="also kill node 5 at the same time (needs --nodes >= 7)")  # fmt: skip
     ap.add_argument("--nettee", default="nettee", help="nettee executable")
+    ap.add_argument("--baseline", metavar="EXE",
+                    help="also run the heal case with this executable (an older checkout), "
+                         "interleaved, and print the change against it")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the runs here as JSON")
     args = ap.parse_args(argv)
     if args.nodes < (7 if args.double else 4):
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     heal: list[dict] = []
     classic: list[dict] = []
+    base: list[dict] = []
     created = False
     try:
         created = make_source(src, args.size)
@@ -192,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
                 c = run_classic(args.nettee, src, args.size, args.nodes, victims,
                                 args.kill_after, pick_port(hosts, used), d, env)  # fmt: skip
                 classic.append(c)
+                if args.baseline:
+                    d = Path(tmp) / f"baseline{k}"
+                    d.mkdir()
+                    base.append(run_heal(args.baseline, src, args.size, args.nodes, victims,
+                                         args.kill_after, pick_port(hosts, used), d, env))  # fmt: skip
+                    b = base[-1]
+                    print(f"run {k}/{args.runs}: baseline heal detect {b['detect'] * 1000:6.1f} "
+                          f"ms, recover {b['recover'] * 1000:6.1f} ms, total {b['total']:6.3f} s",
+                          flush=True)  # fmt: skip
                 print(f"run {k}/{args.runs}: heal detect {h['detect'] * 1000:6.1f} ms, recover "
                       f"{h['recover'] * 1000:6.1f} ms, total {h['total']:6.3f} s | without "
                       f"-heal: collapse {c['collapse']:.3f} s + rerun {c['rerun']:.3f} s",
@@ -222,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{max(c['total'] for c in classic):.3f} s |")  # fmt: skip
     print(f"healing is {med(classic, 'total') / med(heal, 'total'):.2f}x faster than collapse "
           f"and rerun (medians, same invocation)")  # fmt: skip
+    for key, label, unit in (("detect", "detected", 1000), ("recover", "resumed", 1000),
+                             ("total", "whole distribution", 1)):  # fmt: skip
+        if base:
+            new, old = med(heal, key), med(base, key)
+            print(f"against the baseline, same run: {label} {new * unit:.3f} vs "
+                  f"{old * unit:.3f} {'ms' if unit > 1 else 's'} ({(new / old - 1) * 100:+.1f} %)")
     if args.json:
-        args.json.write_text(json.dumps({"heal": heal, "classic": classic}, indent=1))
+        args.json.write_text(json.dumps({"heal": heal, "classic": classic, "baseline": base},
+                                        indent=1))  # fmt: skip
     return 0
 
 
