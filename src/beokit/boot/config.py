@@ -9,6 +9,7 @@ server's command-line settings (ports, bind address, proxy mode).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -89,19 +90,24 @@ class Nettee:
     fanout: int = 1
     port: int = 7000
 
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Each host's place in ``order`` (a dict: ``name in order`` is asked for every
+        DHCP reply, with up to 65,536 hosts)."""
+        return {name: i for i, name in enumerate(self.order)}
+
     def next_of(self, name: str) -> list[str]:
         """The hosts ``name`` forwards to: its children in a tree of ``fanout``."""
-        try:
-            i = self.order.index(name)
-        except ValueError:
+        i = self.position.get(name)
+        if i is None:
             return []
         first = i * self.fanout + 1
         return list(self.order[first : first + self.fanout])
 
     def file_for(self, name: str) -> bytes | None:
-        if name not in self.order:
+        i = self.position.get(name)
+        if i is None:
             return None
-        i = self.order.index(name)
         parent = "" if i == 0 else self.order[(i - 1) // self.fanout]
         nxt = ",".join(self.next_of(name))
         return (
@@ -333,11 +339,13 @@ def _nodes(nodes: dict, kw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(macs, dict):
         raise BootConfigError("bad nodes.macs: a table MAC = node number")
     node_macs: dict[str, int] = {}
+    numbers: set[int] = set()
     for mac, n in macs.items():
         m = normalize_mac(mac)
         n = _int({mac: n}, mac, "nodes.macs", 0, out.get("node_count", 0), 0)
-        if n in node_macs.values():
+        if n in numbers:
             raise BootConfigError(f"bad nodes.macs.{mac}: node {n} given twice")
+        numbers.add(n)
         node_macs[m] = n
     if node_macs and "node_base" not in out:
         raise BootConfigError("nodes.macs needs nodes.base")

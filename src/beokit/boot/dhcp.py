@@ -86,7 +86,7 @@ class Packet:
 
     @property
     def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.chaddr[: min(self.hlen, 16)])
+        return self.chaddr[: min(self.hlen, 16)].hex(":")
 
     @property
     def client_key(self) -> str:
@@ -278,7 +278,7 @@ class DhcpLogic:
     def _boot_info(self, req: Packet, rep: Packet, name: str) -> None:
         cfg = self.cfg
         if not (req.is_pxe or req.is_ipxe):
-            if name and cfg.nettee.order and name in cfg.nettee.order:
+            if name and cfg.nettee.order and name in cfg.nettee.position:
                 rep.options[OPT_NETTEE] = nettee_path(name).encode()
             return
         f = boot_file(cfg, req, name)
@@ -292,7 +292,7 @@ class DhcpLogic:
             rep.options[OPT_VENDOR] = bytes((6, 1, 8, END))
         if OPT_UUID in req.options:
             rep.options[OPT_UUID] = req.options[OPT_UUID]
-        if name and cfg.nettee.order and name in cfg.nettee.order:
+        if name and cfg.nettee.order and name in cfg.nettee.position:
             rep.options[OPT_NETTEE] = nettee_path(name).encode()
 
     def _address_options(self, rep: Packet, b: Binding) -> None:
@@ -367,7 +367,7 @@ class DhcpLogic:
         if mtype == REQUEST:
             sid = req.opt_ip(OPT_SERVER_ID)
             if sid is not None and sid != self.cfg.server:
-                self.db.offers.pop(key, None)  # the client chose another server
+                self.db.forget_offer(key)  # the client chose another server
                 self._count("other-server")
                 return None
             wanted = req.opt_ip(OPT_REQUESTED_IP) or (req.ciaddr if req.ciaddr != ZERO else None)

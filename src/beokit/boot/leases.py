@@ -15,6 +15,14 @@ Who gets which address (first match wins):
    its number. Its next renewal is then NAKed and it comes back for its node
    address.
 
+Every per-packet question is O(1) in the size of the tables (the server
+holds 20,000 leases and more): a client's own lease and offer are found by
+its key; the first free pool address from the hash, and the lowest free node
+number, by a :class:`~beokit.boot.free_map.FreeMap` that counts the holders
+of each address (lease, offer, decline, fixed host) and node number (owner,
+offer); expiry pops a heap of lease ends and the fronts of the offer and
+decline tables, which are kept in the order they expire.
+
 Identity is the hardware address (``chaddr``) for Ethernet, whatever client
 identifier is or is not sent (PXE ROMs send one, many OS clients do not, or
 the reverse): one NIC, one node. Clients without a usable hardware address
@@ -23,17 +31,20 @@ the reverse): one NIC, one node. Clients without a usable hardware address
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import json
+import socket
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from beokit.boot.config import BootConfig
+from beokit.boot.free_map import FreeMap
 
 IPv4 = ipaddress.IPv4Address
-OFFER_HOLD = 60.0
-POOL_OFFER_HOLD = 10.0  # seconds a pool address offered to a client is held for it  # seconds an auto-admit offer reserves its node number
+OFFER_HOLD = 60.0  # seconds an auto-admit offer reserves its node number
+POOL_OFFER_HOLD = 10.0  # seconds a pool address offered to a client is held for it
 DECLINE_HOLD = 600.0  # seconds a declined pool address is skipped
 DECLINE_SHARE = 4  # at most 1/4 of the pool is held as declined at once (oldest forgotten)
 FORMAT = "beokit-boot-leases/1"
@@ -52,8 +63,7 @@ class Lease:
     client_id: str = ""
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     """What a client should have now (not yet a lease)."""
 
     ip: IPv4
@@ -64,29 +74,136 @@ class Binding:
 
 
 class LeaseDB:
-    """All DHCP state of the server: admitted nodes and active leases."""
+    """All DHCP state of the server: admitted nodes and active leases.
+
+    The tables are public for reading (``status``, tests); change them through the
+    methods only, which keep the occupancy maps and the expiry order with them."""
 
     def __init__(self, cfg: BootConfig) -> None:
         self.cfg = cfg
         self.admitted: dict[str, int] = {}  # key -> node number (beyond the config's)
         self.leases: dict[str, Lease] = {}
-        self.offers: dict[str, tuple[int, float]] = {}  # auto-admit reservations
-        self.declined: dict[str, float] = {}  # pool ip -> until
-        self.pool_offers: dict[str, tuple[str, float]] = {}  # pool ip -> (key, until)
+        self.offers: dict[str, tuple[int, float]] = {}  # auto-admit holds, in expiry order
+        self.declined: dict[str, float] = {}  # pool ip -> until, in expiry order
+        self.pool_offers: dict[str, tuple[str, float]] = {}  # pool ip -> (key, until), same
+        self.offer_of: dict[str, str] = {}  # key -> the pool ip it was offered
         self.by_ip: dict[str, str] = {}  # leased ip -> key
         # The changes since the journal last took them, one tuple each (its record's fields:
         # ``lease_journal``): ("lease", key, ip, name, expires, kind, client id),
         # ("release", key), ("admit", key, n). Expiry needs none.
         self.events: list[tuple] = []
+        self._expiry: list[tuple[float, str]] = []  # heap of (lease end, key); stale ones too
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: BootConfig) -> None:
+        """A new config (start, SIGHUP): the fixed tables and both maps, rebuilt (O(N))."""
         self.cfg = cfg
         self._hosts = {h.mac: h for h in cfg.hosts}
         self._ip_owner: dict[str, str] = {str(h.ip): h.mac for h in cfg.hosts}
+        self._host_by_name = {h.name.lower(): h.ip for h in cfg.hosts}
+        self._host_by_ip = {h.ip: h.name for h in cfg.hosts}
         self._nodes: dict[str, int] = dict(self.admitted)
         self._nodes.update(cfg.node_macs)
         self._node_owner = {n: k for k, n in self._nodes.items()}
+        self._pool_lo = int(cfg.pool[0]) if cfg.pool is not None else 0
+        self._pool_size = cfg.pool_size
+        self.pool_map = FreeMap(self._pool_size)
+        for table in (self.by_ip, self.pool_offers, self.declined, self._ip_owner):
+            for ip in table:
+                self._take_ip(ip)
+        self.node_map = FreeMap(cfg.node_count + 1 if cfg.node_base is not None else 0)
+        if self.node_map.size:
+            self.node_map.take(0)  # (never given automatically: numbering starts at 1)
+        for n in self._node_owner:
+            self._take_node(n)
+        for n, _until in self.offers.values():
+            self._take_node(n)
+
+    # -- the occupancy maps ----------------------------------------------
+    def _pool_index(self, ip: str) -> int:
+        """The offset of ``ip`` in the pool, -1 outside it."""
+        try:
+            i = int.from_bytes(socket.inet_aton(ip), "big") - self._pool_lo
+        except OSError:
+            return -1
+        return i if 0 <= i < self._pool_size else -1
+
+    def _take_ip(self, ip: str) -> None:
+        i = self._pool_index(ip)
+        if i >= 0:
+            self.pool_map.take(i)
+
+    def _give_ip(self, ip: str) -> None:
+        i = self._pool_index(ip)
+        if i >= 0:
+            self.pool_map.give(i)
+
+    def _take_node(self, n: int) -> None:
+        if 0 <= n < self.node_map.size:
+            self.node_map.take(n)
+
+    def _give_node(self, n: int) -> None:
+        if 0 <= n < self.node_map.size:
+            self.node_map.give(n)
+
+    def _set_lease_ip(self, ip: str, key: str) -> None:
+        if ip not in self.by_ip:
+            self._take_ip(ip)
+        self.by_ip[ip] = key
+
+    def _drop_lease_ip(self, ip: str, key: str) -> None:
+        if self.by_ip.get(ip) == key:
+            del self.by_ip[ip]
+            self._give_ip(ip)
+
+    def _set_pool_offer(self, ip: str, key: str, until: float) -> None:
+        old = self.pool_offers.pop(ip, None)  # (re-inserted: the table stays in expiry order)
+        if old is None:
+            self._take_ip(ip)
+        elif old[0] != key and self.offer_of.get(old[0]) == ip:
+            del self.offer_of[old[0]]
+        prev = self.offer_of.get(key)
+        if prev is not None and prev != ip:
+            self._drop_pool_offer(prev)
+        self.pool_offers[ip] = (key, until)
+        self.offer_of[key] = ip
+
+    def _drop_pool_offer(self, ip: str) -> None:
+        held = self.pool_offers.pop(ip, None)
+        if held is not None:
+            self._give_ip(ip)
+            if self.offer_of.get(held[0]) == ip:
+                del self.offer_of[held[0]]
+
+    def _set_node_offer(self, key: str, n: int, until: float) -> None:
+        old = self.offers.pop(key, None)
+        if old is not None:
+            self._give_node(old[0])
+        self.offers[key] = (n, until)
+        self._take_node(n)
+
+    def _drop_node_offer(self, key: str) -> None:
+        old = self.offers.pop(key, None)
+        if old is not None:
+            self._give_node(old[0])
+
+    def forget_offer(self, key: str) -> None:
+        """The client chose another server, or took its lease: its holds go (a node
+        number for auto-admission, a pool address)."""
+        self._drop_node_offer(key)
+        ip = self.offer_of.get(key)
+        if ip is not None:
+            self._drop_pool_offer(ip)
+
+    def _set_owner(self, key: str, n: int) -> None:
+        current = self._nodes.get(key)
+        if current is not None and current != n and self._node_owner.get(current) == key:
+            del self._node_owner[current]
+            self._give_node(current)
+        if self._node_owner.get(n) != key:
+            self._node_owner[n] = key
+            self._take_node(n)
+        self._nodes[key] = n
 
     # -- queries ---------------------------------------------------------
     def node_of(self, key: str) -> int | None:
@@ -105,36 +222,43 @@ class LeaseDB:
         return ip in self._ip_owner or self.declined.get(ip, 0) > now
 
     def _pool_ip(self, key: str, now: float, reserve: bool = False) -> IPv4 | None:
-        """Hash of the key into the pool, probing past addresses held by others.
+        """The client's pool address: the one it holds (lease, then offer), else the first
+        free one at or after the hash of its key, wrapping round.
 
-        The same client always hashes to the same start, so repeated DISCOVERs
-        get the same offer; an offer is held for a few seconds (``reserve``)
-        so that a thousand clients booting at once do not collide on it.
+        The same client always hashes to the same start, so repeated DISCOVERs get the
+        same offer; an offer is held for a few seconds (``reserve``) so that a thousand
+        clients booting at once do not collide on it.
         """
-        cfg = self.cfg
-        if cfg.pool is None:
+        if self.cfg.pool is None:
             return None
         lease = self.leases.get(key)
-        if lease and lease.kind == "temporary" and lease.expires > now:
-            return IPv4(lease.ip)
-        size = cfg.pool_size
-        start = zlib.crc32(key.encode()) % size
-        for k in range(size):
-            ip = cfg.pool[0] + (start + k) % size
-            s = str(ip)
-            if self._taken(s, key, now):
-                continue
-            if reserve:
-                self.pool_offers[s] = (key, now + POOL_OFFER_HOLD)
-            return ip
-        return None
+        ip: str | None = None
+        if lease is not None and lease.kind == "temporary" and self._pool_index(lease.ip) >= 0:
+            if lease.expires > now:
+                return IPv4(lease.ip)
+            if not self._taken(lease.ip, key, now):
+                ip = lease.ip  # (expired, not swept yet, nobody else's: the same again)
+        if ip is None:
+            ip = self.offer_of.get(key)  # (its time may have run out: the same again)
+            if ip is not None and self.pool_offers[ip][1] <= now and self._taken(ip, key, now):
+                ip = None
+        if ip is None:
+            i = self.pool_map.first_free(zlib.crc32(key.encode()) % self._pool_size)
+            if i is None and self.expire(now):  # (addresses whose time ran out: free now)
+                i = self.pool_map.first_free(zlib.crc32(key.encode()) % self._pool_size)
+            if i is None:
+                return None
+            ip = socket.inet_ntoa((self._pool_lo + i).to_bytes(4, "big"))
+        if reserve:
+            self._set_pool_offer(ip, key, now + POOL_OFFER_HOLD)
+        return IPv4(ip)
 
-    def _free_node(self, key: str, now: float) -> int | None:
-        held = {n for k, (n, t) in self.offers.items() if t > now and k != key}
-        for n in range(1, self.cfg.node_count + 1):
-            if n not in self._node_owner and n not in held:
-                return n
-        return None
+    def _free_node(self, now: float) -> int | None:
+        """The lowest node number nobody owns or holds (auto-admission)."""
+        n = self.node_map.first_free(1)
+        if n is None and self.expire(now):
+            n = self.node_map.first_free(1)
+        return n
 
     def binding(self, key: str, now: float, *, reserve: bool = False) -> Binding | None:
         """The address this client should have; ``None`` when none is free."""
@@ -145,9 +269,9 @@ class LeaseDB:
         n = self._nodes.get(key)
         if n is None and cfg.admit == "auto" and cfg.node_base is not None:
             held = self.offers.get(key)
-            n = held[0] if held and held[1] > now else self._free_node(key, now)
+            n = held[0] if held and held[1] > now else self._free_node(now)
             if n is not None and reserve:
-                self.offers[key] = (n, now + OFFER_HOLD)
+                self._set_node_offer(key, n, now + OFFER_HOLD)
         if n is not None:
             return Binding(cfg.node_ip(n), cfg.node_hostname(n), "node", cfg.lease_time, n)
         ip = self._pool_ip(key, now, reserve)
@@ -160,25 +284,32 @@ class LeaseDB:
         """A DHCPACK: record the lease (and an auto-admitted node number)."""
         if b.kind == "node" and b.node is not None and key not in self._nodes:
             self.admit(key, b.node)
-        self.offers.pop(key, None)
-        lease = Lease(key, str(b.ip), b.name, now + b.lease_time, b.kind, client_id)
+        self.forget_offer(key)
+        ip = str(b.ip)
+        lease = Lease(key, ip, b.name, now + b.lease_time, b.kind, client_id)
         old = self.leases.get(key)
-        if old is not None and self.by_ip.get(old.ip) == key:
-            del self.by_ip[old.ip]
+        if old is not None and old.ip != ip:
+            self._drop_lease_ip(old.ip, key)
         self.leases[key] = lease
-        self.by_ip[lease.ip] = key
-        self.pool_offers.pop(lease.ip, None)
-        self.events.append(("lease", key, lease.ip, lease.name, lease.expires, lease.kind,
-                            client_id))  # fmt: skip
+        self._set_lease_ip(ip, key)
+        self._drop_pool_offer(ip)
+        self._push_expiry(lease)
+        self.events.append(("lease", key, ip, lease.name, lease.expires, lease.kind, client_id))
         return lease
+
+    def _push_expiry(self, lease: Lease) -> None:
+        heap = self._expiry
+        heapq.heappush(heap, (lease.expires, lease.key))
+        if len(heap) > 2 * len(self.leases) + 1024:  # renewals left stale entries: rebuild
+            self._expiry = [(x.expires, k) for k, x in self.leases.items()]
+            heapq.heapify(self._expiry)
 
     def release(self, key: str, ip: str) -> bool:
         lease = self.leases.get(key)
         if lease is None or lease.ip != ip:
             return False
         del self.leases[key]
-        if self.by_ip.get(ip) == key:
-            del self.by_ip[ip]
+        self._drop_lease_ip(ip, key)
         self.events.append(("release", key))
         return True
 
@@ -201,14 +332,7 @@ class LeaseDB:
         return n is not None and self.cfg.node_base is not None and str(self.cfg.node_ip(n)) == ip
 
     def in_pool(self, ip: str) -> bool:
-        pool = self.cfg.pool
-        if pool is None:
-            return False
-        try:
-            a = IPv4(ip)
-        except ValueError:
-            return False
-        return pool[0] <= a <= pool[1]
+        return self._pool_index(ip) >= 0
 
     def decline(self, key: str, ip: str, now: float) -> str:
         """A DHCPDECLINE of ``ip`` from ``key`` (RFC 2131 section 4.3.3: the client found
@@ -227,15 +351,20 @@ class LeaseDB:
         self.release(key, ip)
         held = self.pool_offers.get(ip)
         if held is not None and held[0] == key:
-            del self.pool_offers[ip]
+            self._drop_pool_offer(ip)
         if not self.in_pool(ip):
             return "fixed"
-        self.declined.pop(ip, None)  # (re-insert: the dict's order is the declines' age)
+        if self.declined.pop(ip, None) is None:  # (re-inserted: the order is the declines' age)
+            self._take_ip(ip)
         self.declined[ip] = now + DECLINE_HOLD
-        cap = max(1, self.cfg.pool_size // DECLINE_SHARE)
+        cap = max(1, self._pool_size // DECLINE_SHARE)
         while len(self.declined) > cap:
-            del self.declined[next(iter(self.declined))]
+            self._drop_declined(next(iter(self.declined)))
         return "declined"
+
+    def _drop_declined(self, ip: str) -> None:
+        if self.declined.pop(ip, None) is not None:
+            self._give_ip(ip)
 
     def admit(self, key: str, n: int | None = None) -> int:
         """Give ``key`` a permanent node number (the lowest free one by default).
@@ -252,7 +381,8 @@ class LeaseDB:
         if n is None:
             if current is not None:
                 return current
-            n = self._free_node(key, float("inf"))
+            # (an administrator's admission: offers' holds do not count; O(count), rare)
+            n = next((m for m in range(1, cfg.node_count + 1) if m not in self._node_owner), None)
             if n is None:
                 raise ValueError(f"no free node number (nodes.count = {cfg.node_count})")
         if not 0 <= n <= cfg.node_count:
@@ -262,31 +392,38 @@ class LeaseDB:
             raise ValueError(f"node {n} already belongs to {owner}")
         if key in cfg.node_macs and cfg.node_macs[key] != n:
             raise ValueError(f"{key} is node {cfg.node_macs[key]} in the config")
-        if current is not None and current != n:
-            self._node_owner.pop(current, None)
         self.admitted[key] = n
-        self._nodes[key] = n
-        self._node_owner[n] = key
-        for k, (m, _t) in list(self.offers.items()):
-            if m == n and k != key:
-                del self.offers[k]
+        self._set_owner(key, n)
+        for k in [k for k, (m, _t) in self.offers.items() if m == n and k != key]:
+            self._drop_node_offer(k)
         self.events.append(("admit", key, n))
         return n
 
     def expire(self, now: float) -> int:
-        """Drop expired leases, offers and declines; the number of leases dropped."""
-        gone = [k for k, x in self.leases.items() if x.expires <= now]
-        for k in gone:
-            ip = self.leases.pop(k).ip
-            if self.by_ip.get(ip) == k:
-                del self.by_ip[ip]
-        for ip in [ip for ip, (_, t) in self.pool_offers.items() if t <= now]:
-            del self.pool_offers[ip]
-        for k in [k for k, (_, t) in self.offers.items() if t <= now]:
-            del self.offers[k]
-        for ip in [ip for ip, t in self.declined.items() if t <= now]:
-            del self.declined[ip]
-        return len(gone)
+        """Drop expired leases, offers and declines; the number of leases dropped.
+        O(what expired): the heap of lease ends, the fronts of the other tables."""
+        gone = 0
+        heap, leases = self._expiry, self.leases
+        while heap and heap[0][0] <= now:
+            _t, key = heapq.heappop(heap)
+            x = leases.get(key)
+            if x is not None and x.expires <= now:
+                del leases[key]
+                self._drop_lease_ip(x.ip, key)
+                gone += 1
+        for table, drop in ((self.pool_offers, self._drop_pool_offer),
+                            (self.offers, self._drop_node_offer)):  # fmt: skip
+            while table:
+                k, v = next(iter(table.items()))
+                if v[1] > now:
+                    break
+                drop(k)
+        while self.declined:
+            ip, until = next(iter(self.declined.items()))
+            if until > now:
+                break
+            self._drop_declined(ip)
+        return gone
 
     # -- names (for DNS) -------------------------------------------------
     def name_to_ip(self, name: str) -> IPv4 | None:
@@ -294,16 +431,16 @@ class LeaseDB:
         dom = "." + self.cfg.domain.lower()
         if dom != "." and name.endswith(dom):
             name = name[: -len(dom)]
-        for h in self.cfg.hosts:
-            if h.name.lower() == name:
-                return h.ip
+        ip = self._host_by_name.get(name)
+        if ip is not None:
+            return ip
         n = self.cfg.node_of_name(name)
         return None if n is None else self.cfg.node_ip(n)
 
     def ip_to_name(self, ip: IPv4) -> str | None:
-        for h in self.cfg.hosts:
-            if h.ip == ip:
-                return h.name
+        name = self._host_by_ip.get(ip)
+        if name is not None:
+            return name
         n = self.cfg.node_of_ip(ip)
         return None if n is None else self.cfg.node_hostname(n)
 
@@ -313,6 +450,8 @@ class LeaseDB:
         self.admitted = dict(admitted)
         self.leases = dict(leases)
         self.by_ip = {x.ip: x.key for x in self.leases.values()}
+        self._expiry = [(x.expires, k) for k, x in self.leases.items()]
+        heapq.heapify(self._expiry)
         self.reconfigure(self.cfg)
         self.events = []
 
