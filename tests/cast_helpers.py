@@ -46,32 +46,48 @@ def by_host(doc: dict) -> dict[str, dict]:
     return {n["host"]: n for n in doc["nodes"]}
 
 
-def nettee_pid(name: str, timeout: float = 20) -> int:
-    """The pid of the nettee started with ``-name NAME`` (waits for it to appear).
+def _listening_inodes(addr: str) -> set[str]:
+    """Inodes of the TCP sockets listening on IPv4 ``addr`` (any port), from /proc/net/tcp."""
+    want = "".join(f"{int(b):02X}" for b in reversed(addr.split(".")))
+    found = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        f = line.split()
+        if len(f) > 9 and f[3] == "0A" and f[1].split(":")[0] == want:
+            found.add(f[9])
+    return found
 
-    A beo cast receiver forks its nettee (named ``nettee`` in /proc/PID/comm,
-    with the receiver's command line and environment, BEO_HOST=NAME).
+
+def nettee_pid(name: str, timeout: float = 20) -> int:
+    """The pid of the nettee of the receiver of host ``name`` (an address in 127/8,
+    which that nettee binds: -R exec), waiting for it to appear.
+
+    A beo cast receiver is forked from its node's agent and forks its nettee
+    (``nettee`` in /proc/PID/comm); neither is exec'd, so their command lines
+    and environments are the fork server's: the nettee is known by the address
+    it listens on.  A nettee started on its own (``-bind NAME``) is found the same way.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-                if Path(entry.path, "comm").read_bytes() == b"nettee\n":
-                    env = Path(entry.path, "environ").read_bytes().split(b"\0")
-                    if b"BEO_HOST=" + name.encode() in env:
-                        return int(entry.name)
-            except OSError:
-                continue
-            is_nettee = any(a.endswith(b"nettee") or b"beokit.nettee.cli" in a for a in argv[:4])
-            if is_nettee and b"-name" in argv:
-                i = argv.index(b"-name")
-                if argv[i + 1 : i + 2] == [name.encode()] and b"-root" not in argv:
-                    return int(entry.name)
+        inodes = _listening_inodes(name)
+        if inodes:
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    if Path(entry.path, "comm").read_bytes() != b"nettee\n":
+                        continue
+                    for fd in os.scandir(f"{entry.path}/fd"):
+                        link = os.readlink(fd.path)
+                        if link.startswith("socket:[") and link[8:-1] in inodes:
+                            return int(entry.name)
+                except OSError:
+                    continue
         time.sleep(0.05)
-    raise TimeoutError(f"no nettee -name {name}")
+    raise TimeoutError(f"no nettee listening on {name}")
 
 
 def wait_size(path: Path, size: int, timeout: float = 30) -> None:

@@ -212,7 +212,8 @@ class SignalGuard:
 
 
 def _child(main: Callable[[], int | None], name: str, fds: tuple[int | None, int | None, int | None],
-           env: dict[str, str] | None, argv: list[str] | None) -> None:  # fmt: skip
+           env: dict[str, str] | None, argv: list[str] | None,
+           pass_fds: tuple[int, ...] = ()) -> None:  # fmt: skip
     """In a forked child: become the worker, run ``main``, never return."""
     rc = 1
     try:
@@ -226,7 +227,12 @@ def _child(main: Callable[[], int | None], name: str, fds: tuple[int | None, int
         os.dup2(null if stdout is None else stdout, 1)
         if stderr is not None:
             os.dup2(stderr, 2)
-        os.closerange(3, 1 << 16)  # the parent's sockets and pipes are not ours
+        low = 3  # the parent's sockets and pipes are not ours (but those passed on)
+        for fd in sorted(f for f in pass_fds if f >= 3):
+            os.set_inheritable(fd, True)
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 1 << 16)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -255,12 +261,14 @@ def _child(main: Callable[[], int | None], name: str, fds: tuple[int | None, int
 
 def fork_python(main: Callable[[], int | None], *, name: str = "", stderr: int | None = None,
                 env: dict[str, str] | None = None, argv: list[str] | None = None,
-                stdin: int | None = None, stdout: int | None = None) -> int:  # fmt: skip
+                stdin: int | None = None, stdout: int | None = None,
+                pass_fds: tuple[int, ...] = ()) -> int:  # fmt: skip
     """Fork this (preloaded) interpreter into a worker that runs ``main()``; its pid.
 
     The worker has its own session, ``stdin`` and ``stdout`` (descriptors;
     None: /dev/null) on fds 0 and 1, ``stderr`` (None: ours) on fd 2 and no
-    other descriptor of ours, and the default handlers of SIGTERM, SIGHUP and
+    other descriptor of ours but ``pass_fds`` (kept at their numbers), and the
+    default handlers of SIGTERM, SIGHUP and
     SIGINT; it is called ``name`` in ``/proc/PID/comm``; ``env`` is added to
     its environment and ``argv`` becomes its ``sys.argv``.  It exits with
     ``main``'s return value (``SystemExit``'s code; 1 after any other
@@ -268,7 +276,7 @@ def fork_python(main: Callable[[], int | None], *, name: str = "", stderr: int |
     """
     pid = os.fork()
     if pid == 0:
-        _child(main, name, (stdin, stdout, stderr), env, argv)
+        _child(main, name, (stdin, stdout, stderr), env, argv, pass_fds)
     return pid
 
 

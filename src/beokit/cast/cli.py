@@ -257,9 +257,9 @@ def build_job(args: argparse.Namespace) -> Any:
                                python=args.remote_python)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return Job(
+    job = Job(
         source=args.source, source_kind=kind, hosts=hosts, chains=chains, dest=args.dest,
-        backend=backend, remote_python=args.remote_python or launcher.remote_python_default(backend),
+        backend=backend, fork_server=backend.kind == "exec" and not args.remote_python,
         port=args.port, heal=args.heal, fsync=args.fsync, excludes=list(args.exclude),
         progress_nodes=args.nodes_progress, connect_timeout=args.connect_timeout,
         finish_timeout=args.finish_timeout, resolve=resolve, fanout=args.fanout,
@@ -267,6 +267,8 @@ def build_job(args: argparse.Namespace) -> Any:
         bind_local=backend.kind == "exec" or args.bind_each, as_root=os.geteuid() == 0,
         in_place=args.in_place,
     )  # fmt: skip
+    job.callback = launcher.callback_address(job, hosts)  # before anything starts
+    return job
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -353,6 +355,23 @@ def _dest_summary(rows: list[Any]) -> str:
     return "; ".join(f"{words.get(k, k)} on {fold(v)}" for k, v in groups.items())
 
 
+def _title(job: Any, first: Any, stopped: Any) -> str:
+    """The table's title: what was sent, to how many nodes, how fast; or why nothing was."""
+    head = f"beo cast {job.source} -> {job.dest}"
+    n = len(job.hosts)
+    if stopped is not None:
+        return f"{head}: stopped by {stopped.name}"
+    if first.bytes == 0 and (first.error or first.changed):
+        return f"{head}: nothing sent to {n} node(s): {first.error or first.changed}"
+    if first.bytes == 0 and not first.stream_seconds and not first.seconds:
+        return f"{head}: nothing sent to {n} node(s)"
+    secs = first.stream_seconds or first.seconds
+    if first.bytes == 0:
+        return f"{head}: SOURCE is empty: 0 bytes to {n} node(s), stream {secs:.2f} s"
+    rate = first.bytes / secs / 1e6 if secs else 0.0
+    return f"{head}: {first.bytes:,} bytes to {n} node(s), stream {secs:.2f} s ({rate:.1f} MB/s)"
+
+
 def _report(args: argparse.Namespace, job: Any, outcomes: list[Any], rows: list[Any],
             elapsed: float, stopped: Any) -> int:  # fmt: skip
     """The table (or JSON) and the stderr lines; the exit status."""
@@ -377,15 +396,9 @@ def _report(args: argparse.Namespace, job: Any, outcomes: list[Any], rows: list[
             "source_changed": changed, "interrupted": stopped.name if stopped else "",
             "nodes": [r.to_dict() for r in rows]}, sys.stdout)  # fmt: skip
     else:
-        secs = first.stream_seconds or first.seconds
-        rate = first.bytes / secs / 1e6 if secs else 0.0
-        title = (
-            f"beo cast {job.source} -> {job.dest}: {first.bytes:,} bytes to "
-            f"{len(job.hosts)} node(s), stream {secs:.2f} s ({rate:.1f} MB/s)"
-        )
-        if stopped is not None:
-            title = f"beo cast {job.source} -> {job.dest}: stopped by {stopped.name}"
-        display.print_table(rows, title, sys.stdout)
+        display.print_table(rows, _title(job, first, stopped), sys.stdout)
+    for note in dict.fromkeys(n for out in outcomes for n in out.notes):
+        print(f"beo cast: {note}", file=sys.stderr)
     for out in outcomes:
         if out.error and not out.interrupted:
             print(f"beo cast: {out.error}", file=sys.stderr)

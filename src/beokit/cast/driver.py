@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -92,6 +91,7 @@ class _Cast:
         self.stage = on_stage or (lambda _s: None)
         self.extra = plan.resilience_args(job.heal, nettee_flags())
         self.algo = None if plan.DIGEST_FLAG in self.extra else digest_algo()
+        self.notes: list[str] = []  # what the command should tell the user (one line each)
         self.kind = plan.dest_kind(job.dest, job.source_kind)
         self.receivers = {h: Receiver(h) for h in hosts}
         self.root_nettee: RootNettee | None = None
@@ -113,26 +113,43 @@ class _Cast:
         port = self._port(binds)
         t0 = time.monotonic()
         self.stage(f"starting receivers on {len(self.hosts)} node(s)")
-        direct = direct_source(job, self.algo)
-        self.root_nettee = RootNettee(secret, stdin=not direct)
+        self.root_nettee = RootNettee(secret)
         failed = self._start_receivers(secret, binds)
         if failed is not None:
             return failed
         alive = {h for h, m in self.launch.items() if m.get("t") == "up"}
         live_chains = plan.replan(self.chains, alive)
         assert self.launcher is not None and self.hub is not None
+        self._choose_flags(alive)
         out = CastOutcome(rows=[], algo=self.algo, flags=self.extra,
                       launch_seconds=time.monotonic() - t0, launch_depth=self.launcher.depth,
-                      refused=self.hub.refused)  # fmt: skip
+                      refused=self.hub.refused, notes=self.notes)  # fmt: skip
         if not live_chains:
             out.rows = self._rows(report=None, results={}, digest=None, stream=None)
             verdict.settle(out.rows, {})
             out.error = "no node could be started"
             return out
         self._go(live_chains, alive, port, binds)
-        report, seconds, log = self._stream(live_chains, port, direct)
+        report, seconds, log = self._stream(live_chains, port, direct_source(job, self.algo))
         self._finish(out, alive, report, seconds, log)
         return out
+
+    def _choose_flags(self, alive: set[str]) -> None:
+        """nettee's -digest (and -heal, which keeps its replay window through the same
+        module) needs xxhash on every node; a node with only the standard library
+        (a shipped receiver) said so in its answer: the run goes without them and
+        the nodes reread and hash their copies (BLAKE2b, in hashlib) instead."""
+        lacking = sorted(h for h in alive if self.launch[h].get("xxhash") is False)
+        if not lacking or not {plan.DIGEST_FLAG, plan.HEAL_FLAG} & set(self.extra):
+            return
+        from beokit.hostlist import fold
+
+        supported = nettee_flags() - {plan.DIGEST_FLAG, plan.HEAL_FLAG}
+        self.extra = plan.resilience_args(self.job.heal, supported)
+        self.algo = "blake2b"
+        self.notes.append(f"{fold(lacking)}: no xxhash module there, so nettee runs without "
+                          "-digest and -heal; every node rereads its copy and hashes it "
+                          "(BLAKE2b) instead")  # fmt: skip
 
     def _port(self, binds: dict[str, str]) -> int:
         if self.job.port:
@@ -145,9 +162,10 @@ class _Cast:
     def _start_receivers(self, secret: str, binds: dict[str, str]) -> CastOutcome | None:
         """Hub, spec, launch, answers; an CastOutcome if nothing can go on."""
         job = self.job
-        addr = callback_address(job, self.hosts)
+        addr = job.callback or callback_address(job, self.hosts)
         try:
-            self.hub = Hub(secret, self.receivers, addr)
+            # --listen 0.0.0.0 (or ::): every address here; the receivers are told ours
+            self.hub = Hub(secret, self.receivers, job.listen or addr)
         except OSError as exc:
             out = CastOutcome(rows=[], algo=self.algo, flags=self.extra)
             out.error = f"cannot listen on {addr} for the receivers: {exc.strerror}"
@@ -155,7 +173,8 @@ class _Cast:
             out.rows = self._rows(report=None, results={}, digest=None, stream=None)
             verdict.settle(out.rows, {})
             return out
-        spec = channel.receiver_spec(secret=secret, callback=self.hub.address, dest=job.dest,
+        spec = channel.receiver_spec(secret=secret, callback=net.host_port(addr, self.hub.port),
+                                  dest=job.dest,
                                   kind=self.kind, digest=self.algo, fsync=job.fsync,
                                   progress=job.progress_nodes, bind_local=job.bind_local,
                                   resolve={h: binds[h] for h in self.hosts if h in binds
@@ -182,12 +201,24 @@ class _Cast:
         via = {h: c for c in live_chains for h in c.hosts}
         for h in sorted(alive):
             child = nxt.get(h)
-            child_addr = job.address(via[h].data_name(child)) if child else None
+            child_addr = self._data_address(child, via[h]) if child else None
             dest = str(self.launch[h].get("out") or channel.expand_dest(job.dest, h))
             args = plan.receiver_args(host=h, port=port, dest=dest, kind=self.kind,
                                       child=child_addr, bind=binds.get(h), extra=self.extra,
                                       as_root=job.as_root)  # fmt: skip
-            self.receivers[h].send({"t": "go", "args": args})
+            self.receivers[h].send({"t": "go", "args": args, "digest": self.algo})
+
+    def _data_address(self, host: str, chain: Chain) -> str:
+        """Where ``host``'s parent sends it the stream: its ``via=`` name (a second
+        NIC), its ``--resolve`` entry, its own name where each receiver binds its
+        name (-R exec), else the address its receiver reported (the node's end
+        of its launch link: what ssh reached for an ssh_config alias), else its
+        name."""
+        job = self.job
+        name = chain.data_name(host)
+        if name != host or host in job.resolve or job.bind_local:
+            return job.address(name)
+        return str(self.launch[host].get("addr") or host)
 
     def _stream(self, live_chains: list[Chain], port: int,
                 direct: bool) -> tuple[dict[str, Any] | None, float, list[str]]:  # fmt: skip
@@ -196,7 +227,7 @@ class _Cast:
         assert self.root_nettee is not None
         self.work = tempfile.TemporaryDirectory(prefix="beo-cast-")
         report_path = os.path.join(self.work.name, "report.json")
-        heads = [job.address(c.data_name(c.hosts[0])) for c in live_chains]
+        heads = [self._data_address(c.hosts[0], c) for c in live_chains]
         alive = sum(len(c.hosts) for c in live_chains)
         self.stage(f"streaming to {alive} node(s) in {len(live_chains)} chain(s)")
         self.before = source_snapshot(job)
@@ -207,38 +238,46 @@ class _Cast:
                                               else "-"))  # fmt: skip
         self.root_started = True
         root = self.root_nettee.proc
-        self.feeder = FileProgress(job, root) if direct else SourceFeeder(job, root.stdin,
-                                                                           self.algo)  # fmt: skip
+        if direct:  # it reads SOURCE itself
+            self.root_nettee.close_stdin()
+            self.feeder = FileProgress(job, root)
+        else:
+            self.feeder = SourceFeeder(job, root.stdin, self.algo)
         self.feeder.start()
         self._watch_root(self.root_nettee, start)
         seconds = time.monotonic() - start
         self.feeder.join(timeout=10)
-        self.root_nettee.join(timeout=2)
         self.after = source_snapshot(job)
         self._progress()
-        try:
-            with open(report_path) as fh:
-                report = json.load(fh)
-        except (OSError, ValueError):
-            report = None
+        report = self._report(report_path)
+        if report is None or not self.root_nettee.ended.is_set():
+            # no report (or no end event): its log to its end says why
+            self.root_nettee.join(timeout=2)
+            report = report or self._report(report_path)
         return report, seconds, list(self.root_nettee.log)
 
+    @staticmethod
+    def _report(path: str) -> dict[str, Any] | None:
+        try:
+            with open(path) as fh:
+                return json.load(fh)  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
     def _watch_root(self, root_nettee: RootNettee, start: float) -> None:
-        """Until the root nettee exits: progress, and the chain-forming deadline
-        (its ``formed`` event)."""
+        """Until the root nettee's ``end`` event (written once its report is, just
+        before it exits: its own clean-up is not waited for) or its exit: progress,
+        and the chain-forming deadline (its ``formed`` event)."""
         form_deadline = start + self.job.connect_timeout + FORM_GRACE
         root = root_nettee.proc
-        while root.poll() is None:
+        while root.poll() is None and not root_nettee.ended.is_set():
             self._progress()
             if not root_nettee.formed.is_set() and time.monotonic() > form_deadline:
                 root_nettee.log.append(f"beo cast: the chain did not form within "
                                        f"{form_deadline - start:.0f} s; stopping")  # fmt: skip
                 stop(root)
                 return
-            try:
-                root.wait(timeout=0.1)  # returns the moment the root exits
-            except subprocess.TimeoutExpired:
-                pass
+            root_nettee.ended.wait(0.1)  # set the moment it ends or exits
 
     def _progress(self) -> None:
         if self.on_progress is not None and self.feeder is not None:
@@ -329,13 +368,14 @@ class _Cast:
         still waiting removes its temporary copy and exits on its own before
         the launch tree is asked to end (and, after its grace, killed).
         """
-        if self.root_nettee is not None:
-            if self.root_started:
-                stop(self.root_nettee.proc)
-            else:
-                self.root_nettee.cancel()
         if self.hub is not None:
             self.hub.close()
+        if self.root_nettee is not None:
+            if self.root_started:  # after its end event it is exiting: give it the time
+                grace = 5.0 if self.root_nettee.ended.is_set() else 0.0
+                self.root_nettee.finish(grace)
+            else:
+                self.root_nettee.cancel()
         if self.launcher is not None:
             self.launcher.close()
         if self.feeder is not None:

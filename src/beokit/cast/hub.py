@@ -155,6 +155,7 @@ class Hub:
         self.sock = socket.create_server((addr, 0), family=net.family(addr), backlog=1024)
         self.sock.setblocking(False)
         host, port = self.sock.getsockname()[:2]
+        self.port = int(port)
         self.address = net.host_port(host, port)
         self.refused = 0  # connections closed unauthenticated (bad MAC, silent, evicted)
         self.peak_pending = 0

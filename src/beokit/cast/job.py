@@ -19,7 +19,6 @@ class Job:
     chains: list[Chain]
     dest: str
     backend: Backend
-    remote_python: str
     port: int | None = None
     heal: bool = True
     fsync: bool = True
@@ -29,7 +28,9 @@ class Job:
     finish_timeout: float = 120.0
     resolve: dict[str, str] = field(default_factory=dict)
     fanout: int = 8  # the launch tree's k
-    listen: str = ""  # where receivers call back (default: see launcher.callback_address)
+    listen: str = ""  # --listen: where receivers call back
+    callback: str = ""  # the address they call back to (launcher.callback_address)
+    fork_server: bool = False  # -R exec without --remote-python: agents forked from one server
     bind_local: bool = False  # -R exec: each receiver listens on its host's address
     as_root: bool = True
     in_place: bool = False  # a file DEST is written in place, not renamed into place
@@ -57,3 +58,4 @@ class CastOutcome:
     error: str = ""
     changed: str = ""  # why SOURCE is known to have changed during the stream
     interrupted: str = ""  # the signal's name when the cast was interrupted
+    notes: list[str] = field(default_factory=list)  # said once on stderr (a flag left out...)

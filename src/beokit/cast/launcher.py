@@ -1,58 +1,55 @@
 """The receivers of a cast, started through the tree launcher (what ``beo run`` does).
 
-:class:`ReceiverLaunch` runs a root :class:`~beokit.launch.agent.Agent` whose
-command on every node is ``python3 -m beokit.cast.receiver``; the run's spec
-rides to every receiver on its stdin (``--input``), inside the launch
-channels.  The receivers then call the cast root back at
-:func:`callback_address` (the :class:`~beokit.cast.hub.Hub`); a host whose
-receiver never did is failed ``DOWN`` with the launcher's reason.
+:class:`ReceiverLaunch` runs a root :class:`~beokit.launch.agent.Agent`; every
+node runs an agent (leaves too), which forks the receiver from itself
+(:data:`beokit.cast.receiver.ENTRY`: one interpreter a node, no second one
+for the receiver); with ``-R exec`` the agents are forked from one fork
+server that imported the agent, the receiver and nettee once.  Where the
+node's Python lacks beokit, the agent ships itself with the receiver and
+nettee (:data:`beokit.cast.receiver.SHIPPED`).  The run's spec rides to every
+receiver on its stdin (``--input``), inside the launch channels.  The
+receivers then call the cast root back at :func:`callback_address` (the
+:class:`~beokit.cast.hub.Hub`); a host whose receiver never did is failed
+``DOWN`` with the launcher's reason.
 """
 
 from __future__ import annotations
 
-import shlex
-import socket
-import sys
+import os
+import tempfile
 import threading
 import time
 from typing import Any
 
+from beokit import net
+from beokit.cast import receiver as receiver_program
 from beokit.cast.hub import Receiver
 from beokit.cast.job import Job
-from beokit.cast.root import site_free_path
+from beokit.errors import UsageError
 from beokit.launch import plan as launch_plan
-from beokit.launch.agent import Agent
-from beokit.launch.backends import Backend
-from beokit.proc import describe_exit
-
-
-def remote_python_default(backend: Backend) -> str:
-    """The python that runs the receiver on the nodes."""
-    if backend.kind == "exec":
-        return shlex.quote(sys.executable)
-    return "python3"
+from beokit.launch.agent import FORKED_AGENT, Agent
+from beokit.proc import describe_exit, start_fork_server
 
 
 def callback_address(job: Job, hosts: list[str]) -> str:
     """This machine's address as the nodes reach it: ``--listen``, else the source
-    address of the route to the first node (127.0.0.1 on one machine)."""
-    if job.listen:
+    address of the route to the first node that has an address here (its
+    ``--resolve`` entry, else ssh's ``HostName`` for it, else its name), 127.0.0.1
+    with ``-R exec``.  :class:`UsageError` when no node has one: the receivers
+    would have nowhere to call back (``0.0.0.0`` is this machine on every node)."""
+    if job.listen and job.listen not in ("0.0.0.0", "::"):
         return job.listen
     if job.backend.kind == "exec":
         return "127.0.0.1"
-    for h in hosts:
-        try:
-            info = socket.getaddrinfo(job.address(h), 9, type=socket.SOCK_DGRAM)
-        except OSError:
-            continue
-        family, _, _, _, sa = info[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(sa)  # UDP: no packet; the kernel picks the route and source
-                return str(probe.getsockname()[0])
-            except OSError:
-                continue
-    return "0.0.0.0"
+    addr, tried = net.reachable_address(hosts, lambda h: job.resolve.get(h)
+                                        or job.backend.hostname(h))  # fmt: skip
+    if addr is None:
+        shown = ", ".join(tried[:3]) + (f" (and {len(tried) - 3} more)" if len(tried) > 3 else "")
+        raise UsageError(f"cannot tell the receivers where to call back: {shown} has no "
+                         "address on this machine (not in DNS, /etc/hosts or ssh_config); "
+                         "give --listen ADDR (this machine's address on the nodes' network) "
+                         "and --resolve HOSTSFILE")  # fmt: skip
+    return addr
 
 
 def await_answers(receivers: dict[str, Receiver], deadline: float, timeout: float) -> None:
@@ -69,25 +66,44 @@ class ReceiverLaunch:
     def __init__(self, job: Job, hosts: list[str], payload: bytes, addr: str,
                  receivers: dict[str, Receiver]) -> None:  # fmt: skip
         self.receivers = receivers
-        command = f"{job.remote_python} -m beokit.cast.receiver"
-        if job.backend.kind == "exec":  # this machine: no site set-up (see site_free_path)
-            path = shlex.quote(site_free_path())
-            command = f"PYTHONPATH={path} {job.remote_python} -S -m beokit.cast.receiver"
         the_plan = launch_plan.root_plan("tree", hosts, job.fanout)
         self.depth = launch_plan.depth("tree", len(hosts), job.fanout)
-        cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": 0,
+        local = job.backend.kind == "exec"
+        cfg = {"command": "beo cast receiver", "entry": receiver_program.ENTRY,
+               "entry_name": receiver_program.ENTRY_NAME, "ship": receiver_program.SHIPPED,
+               "fanout": the_plan.child_fanout, "timeout": 0,
                "connect_timeout": job.connect_timeout, "backend": job.backend.spec(),
-               # agents listen for their own children on their own host: all of its
-               # addresses (advertising their name), or loopback on this machine
-               "agent_bind": "127.0.0.1" if job.backend.kind == "exec" else "0.0.0.0",
-               "leaf_agents": False, "barrier": False}  # fmt: skip
+               # agents listen for their own children on their own host: loopback on
+               # this machine, else every address of their parent link's family
+               "agent_bind": "127.0.0.1" if local else "",
+               # every node runs an agent: the receiver is forked from it
+               "leaf_agents": True, "barrier": False}  # fmt: skip
+        self.forks: tempfile.TemporaryDirectory[str] | None = None
+        self.server: Any = None
+        if local and job.fork_server:
+            self._start_fork_server(cfg)
         advertise = addr
         if addr in ("0.0.0.0", "::"):
-            advertise = "@ssh" if job.backend.kind == "ssh" else socket.gethostname()
+            advertise = "@ssh" if job.backend.kind == "ssh" else "127.0.0.1"
         self.agent = Agent(None, the_plan.groups, the_plan.window, cfg, self._emit, addr,
                            advertise, payload)  # fmt: skip
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
+
+    def _start_fork_server(self, cfg: dict[str, Any]) -> None:
+        """-R exec: every node's agent is forked from one process that imported the
+        agent, the receiver and nettee once (as ``beo run -R exec`` does)."""
+        self.forks = tempfile.TemporaryDirectory(prefix="beo-cast-")
+        path = os.path.join(self.forks.name, "forks")
+        try:
+            self.server = start_fork_server(path, "beokit.launch.agent:main",
+                                            launch_plan.MAX_HEADER, name=FORKED_AGENT,
+                                            preload=PRELOAD)  # fmt: skip
+        except OSError:
+            self.forks.cleanup()
+            self.forks = None
+            return  # agents start as interpreters of their own, slower but the same
+        cfg["forkserver"] = path
 
     def _emit(self, msg: dict[str, Any]) -> None:
         if msg.get("t") != "res":
@@ -112,3 +128,12 @@ class ReceiverLaunch:
         if self.thread.is_alive():
             self.agent.close()
             self.thread.join(2.0)
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait()
+        if self.forks is not None:
+            self.forks.cleanup()
+
+
+# what the fork server of -R exec imports before it forks the first agent
+PRELOAD = ("beokit.cast.receiver", "beokit.nettee.cli")

@@ -24,31 +24,40 @@ rest is one JSON object a line over that connection (:mod:`beokit.framing`):
 If the root goes away (the connection closes) the node stops nettee and
 exits, so nothing is left running; the launcher then ends too.
 
-This program runs on the nodes: it imports the standard library and
-beokit's ``auth``, ``errors``, ``framing``, ``linux``, ``net``, ``proc`` and
-``cast.channel`` (and, to run it, ``beokit.nettee``).
+This program runs on the nodes, inside the launch tree's agent (forked from
+it: :data:`ENTRY`), or on its own (``python3 -m beokit.cast.receiver``).  It
+imports the standard library and beokit's ``auth``, ``errors``, ``framing``,
+``net``, ``proc`` and ``cast.channel`` before it answers (the fewer, the
+sooner it is up: every node pays them), then nettee (and ``linux``) while
+the other nodes start.  Where beokit is not installed the launcher ships
+these modules (:data:`SHIPPED`, with the agent's).
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import queue
 import signal
 import socket
-import stat
 import sys
-import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from beokit import framing, linux, net
+from beokit import framing, net
 from beokit.cast import channel
-from beokit.cast.channel import hasher
 from beokit.errors import WireError
 from beokit.proc import ForkedChild, describe_exit, fork_python
+
+if TYPE_CHECKING:
+    import queue
+
+ENTRY = "beokit.cast.receiver:main"  # what the launch tree's agents fork (beokit.proc.ForkedCommand)
+ENTRY_NAME = "beo-receiver"  # its name in ps and top (/proc/PID/comm)
+# What the launcher ships to a node whose Python lacks beokit, besides the agent's
+# own modules (beokit.launch.ship.AGENT_MODULES): this program and nettee.
+SHIPPED = ("auth.py", "linux.py", "cast/__init__.py", "cast/channel.py", "cast/receiver.py",
+           "nettee/")  # fmt: skip
 
 PROGRESS_EVERY = 0.5
 HASH_CHUNK = 1 << 20
@@ -131,7 +140,17 @@ class Channel:
             self.conn.sendall(data)
 
 
-def start_nettee(args: list[str], env: dict[str, str]) -> ForkedChild:
+def has_xxhash() -> bool:
+    """Can nettee's -digest (xxh3-128) run here?  (A node with only the standard
+    library cannot: beo cast then runs the chain without it.)"""
+    try:
+        import xxhash  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def start_nettee(args: list[str], env: dict[str, str], events: int = -1) -> ForkedChild:
     """nettee, forked from this receiver, which imported it while the launch went on.
 
     Starting a fresh interpreter and importing nettee costs ~0.2 s of CPU; a
@@ -146,9 +165,12 @@ def start_nettee(args: list[str], env: dict[str, str]) -> ForkedChild:
     from beokit.nettee.cli import main as nettee_main
 
     r, w = os.pipe()
+    if events >= 0:
+        env = dict(env, NETTEE_EVENT_FD=str(events))
     try:
         pid = fork_python(lambda: nettee_main(args), name="nettee", stderr=w, env=env,
-                          argv=["nettee", *args])  # fmt: skip
+                          argv=["nettee", *args],
+                          pass_fds=(events,) if events >= 0 else ())  # fmt: skip
     except OSError:
         os.close(r)
         raise
@@ -189,7 +211,11 @@ class Output:
 
     def prepare(self) -> None:
         """Create what nettee will write (OSError if it cannot be)."""
+        import stat
+
         if self.kind == "dir":
+            import tempfile
+
             os.makedirs(self.dest, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".beo-cast-", dir=self.dest)
             os.close(fd)
@@ -257,6 +283,8 @@ class Output:
     def state(self) -> dict[str, Any]:
         """What DEST holds now: ``new`` (this cast's verified copy), ``unchanged``
         (as before the cast) or ``partial`` (written in place, incomplete)."""
+        import stat
+
         if self.committed:
             return {"dest": "new"}
         if self.temp is not None or not self.in_place or not self.written:
@@ -310,6 +338,8 @@ def sync(dest: str, kind: str) -> str:
         return f"cannot open {dest}: {exc.strerror}"
     try:
         if kind == "dir":
+            from beokit import linux
+
             try:
                 linux.syncfs(fd)
             except OSError as exc:
@@ -326,7 +356,7 @@ def sync(dest: str, kind: str) -> str:
 
 def file_digest(dest: str, algo: str) -> str | None:
     try:
-        h = hasher(algo)
+        h = channel.hasher(algo)
     except (ImportError, ValueError):
         return None
     buf = bytearray(HASH_CHUNK)
@@ -382,36 +412,107 @@ def _stop(proc: ForkedChild, done: threading.Event) -> None:
         pass
 
 
+class NetteeRun:
+    """This node's nettee, forked, and how it ended.
+
+    Its end is known from its ``end`` event (``NETTEE_EVENT_FD``, written just
+    before it exits, with its exit status), not from its exit: the receiver
+    fsyncs and reports while nettee's own clean-up runs (a few tens of ms a
+    node, which on one box of many nodes added up after every stream).  A
+    nettee that failed is also waited for, so that its log is complete.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import collections
+
+        events_r, events_w = os.pipe()
+        try:
+            self.proc = start_nettee(args, env, events_w)
+        except OSError:
+            os.close(events_r)
+            raise
+        finally:
+            os.close(events_w)
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.exited = threading.Event()  # the process is gone (reaped)
+        self.ended = threading.Event()  # its end event, or its exit
+        self.status: int | None = None  # the end event's exit status
+        self.logger = threading.Thread(target=self._read_log, daemon=True)
+        self.logger.start()
+        threading.Thread(target=self._read_events, args=(events_r,), daemon=True).start()
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.tail.append(raw.decode(errors="replace").rstrip())
+
+    def _read_events(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as fh:
+            for line in fh:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "end":
+                    status = event.get("exit")
+                    if isinstance(status, int):
+                        self.status = status
+                        self.ended.set()
+
+    def _reap(self) -> None:
+        self.proc.wait()
+        self.exited.set()
+        self.ended.set()
+
+    def wait(self) -> int:
+        """Its exit status, as soon as it is known; a failure waits for its exit (and log)."""
+        self.ended.wait()
+        if not self.exited.is_set() and self.status != 0:
+            self.exited.wait(2.0)
+        if self.exited.is_set():
+            self.logger.join(timeout=2)
+            assert self.proc.returncode is not None
+            return self.proc.returncode
+        assert self.status is not None
+        return self.status
+
+
 def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str, out: Output) -> int:
     """Check, answer, run nettee on "go", report, then act on the root's verdict."""
+    import queue
+
     say = chan.say
     problem = check(spec, out)
     if problem is not None:
         say({"t": "fail", "code": problem[0], "why": problem[1], "host": host})
         return 1
-    preload()
     say({"t": "up", "host": host, "pid": os.getpid(), "out": out.path,
-         "atomic": out.temp is not None})  # fmt: skip
+         "atomic": out.temp is not None, "xxhash": has_xxhash(),
+         # the address this node reached its launch parent from: its data address
+         # when its name means nothing to the root (ssh_config aliases)
+         "addr": os.environ.get("BEO_ADDR", "")})  # fmt: skip
+    preload()  # while the other nodes start
     go = chan.read() or {"t": "cancel"}
     if go.get("t") != "go":
         out.discard()
         if go.get("t") == "abort":
             say({"t": "aborted", "host": host, **out.state()})
         return 0
+    if "digest" in go:  # the root decides it once every node has answered
+        spec = dict(spec, digest=go["digest"])
     inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-    done = threading.Event()
     try:
-        proc = start_nettee([str(a) for a in go["args"]],
-                            {"NETTEE_SECRET": secret, "BEO_HOST": host})  # fmt: skip
+        run = NetteeRun([str(a) for a in go["args"]], {"NETTEE_SECRET": secret, "BEO_HOST": host})
     except OSError as exc:
         say({"t": "result", "rc": 127, "why": f"cannot run nettee: {exc}", "host": host})
         return 1
     out.written = True
     try:
-        res = _stream(chan, spec, host, out, proc, inbox, done)
+        res = _stream(chan, spec, host, out, run, inbox)
     finally:
-        if not done.is_set():  # an exception (SIGTERM): nettee must not outlive us
-            _stop(proc, done)
+        if not run.ended.is_set():  # an exception (SIGTERM): nettee must not outlive us
+            _stop(run.proc, run.exited)
     if res is None:  # aborted, or the root went away
         out.discard()
         say({"t": "aborted", "host": host, **out.state()})
@@ -421,18 +522,12 @@ def serve(chan: Channel, spec: dict[str, Any], secret: str, host: str, out: Outp
                     bool(spec.get("fsync", True)))  # fmt: skip
 
 
-def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: ForkedChild,
-            inbox: queue.Queue[dict[str, Any]], done: threading.Event) -> dict[str, Any] | None:  # fmt: skip
+def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, run: NetteeRun,
+            inbox: queue.Queue[dict[str, Any]]) -> dict[str, Any] | None:  # fmt: skip
     """Wait for nettee, then fsync (and hash); the result, or None if the root said abort."""
     dest, kind = out.path, out.kind
     start = time.monotonic()
-    tail: collections.deque[str] = collections.deque(maxlen=20)
     aborted = threading.Event()
-
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            tail.append(raw.decode(errors="replace").rstrip())
 
     def listen() -> None:
         """The root's messages, in order; on abort or its end, stop nettee."""
@@ -446,33 +541,37 @@ def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: F
                 continue
             aborted.set()
             inbox.put({"t": "abort"})
-            if not done.is_set():
-                _stop(proc, done)
+            if not run.ended.is_set():
+                _stop(run.proc, run.exited)
             return
 
     def progress() -> None:
-        while not done.wait(PROGRESS_EVERY):
+        while not run.ended.wait(PROGRESS_EVERY):
             try:
                 chan.say({"t": "progress", "bytes": os.stat(dest).st_size})
             except OSError:
                 pass  # not created yet (or the root is gone: listen() acts)
 
-    logger = threading.Thread(target=read_log, daemon=True)
-    logger.start()
     threading.Thread(target=listen, daemon=True).start()
     if spec.get("progress") and kind == "file":
         threading.Thread(target=progress, daemon=True).start()
-    rc = proc.wait()
-    done.set()
-    logger.join(timeout=2)
+    rc = run.wait()
     if aborted.is_set():
         return None
-    res: dict[str, Any] = {"t": "result", "host": host, "rc": rc,
-                           "seconds": round(time.monotonic() - start, 3),
+    return _result(spec, host, out, rc, time.monotonic() - start, list(run.tail))
+
+
+def _result(spec: dict[str, Any], host: str, out: Output, rc: int, seconds: float,
+            tail: list[str]) -> dict[str, Any]:  # fmt: skip
+    """After nettee: the node's result, once DEST is fsynced (and reread, if asked)."""
+    import stat
+
+    dest, kind = out.path, out.kind
+    res: dict[str, Any] = {"t": "result", "host": host, "rc": rc, "seconds": round(seconds, 3),
                            "bytes": None, "fsync": None, "digest": None}  # fmt: skip
     errors = [ln for ln in tail if "nettee" in ln and ("failure" in ln or "error" in ln.lower())]
     if rc != 0:
-        res["why"] = (errors or list(tail) or [describe_exit(rc, "nettee")])[-1]
+        res["why"] = (errors or tail or [describe_exit(rc, "nettee")])[-1]
     regular = False
     if kind == "file":
         try:
@@ -487,13 +586,15 @@ def _stream(chan: Channel, spec: dict[str, Any], host: str, out: Output, proc: F
             res["digest"] = file_digest(dest, str(spec["digest"]))
         except OSError as exc:
             res["why"] = f"cannot reread {dest}: {exc.strerror}"
-    res["log"] = list(tail)[-5:]
-    return None if aborted.is_set() else res
+    res["log"] = tail[-5:]
+    return res
 
 
 def _verdict(say: Any, host: str, out: Output, inbox: queue.Queue[dict[str, Any]],
              wait: float, fsync: bool) -> int:  # fmt: skip
     """The root's last word: commit (rename into place), discard or abort."""
+    import queue
+
     try:
         msg = inbox.get(timeout=wait)
     except queue.Empty:

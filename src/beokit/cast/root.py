@@ -21,6 +21,7 @@ from typing import Any
 from beokit import framing
 from beokit.cast import plan
 from beokit.errors import WireError
+from beokit.proc import stop
 
 EVENT_MAX = 64 << 10  # one event line
 
@@ -65,14 +66,14 @@ class RootNettee:
             "with os.fdopen(int(sys.argv[1])) as f:\n    a = json.loads(f.readline() or 'null')\n"
             "sys.exit(0 if a is None else main(a))")  # fmt: skip
 
-    def __init__(self, secret: str, stdin: bool = True) -> None:
+    def __init__(self, secret: str) -> None:
         r, self._args = os.pipe()
         self._events, events_w = os.pipe()
         env = dict(os.environ, NETTEE_SECRET=secret, PYTHONPATH=site_free_path(),
                    NETTEE_EVENT_FD=str(events_w))  # fmt: skip
         try:
             self.proc = subprocess.Popen([sys.executable, "-S", "-c", self.BOOT, str(r)],
-                                         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                         stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, env=env,
                                          pass_fds=(r, events_w), start_new_session=True)  # fmt: skip
@@ -83,6 +84,7 @@ class RootNettee:
             os.close(r)
             os.close(events_w)
         self.formed = threading.Event()
+        self.ended = threading.Event()  # its end event (its report is written) or its exit
         self.events: list[dict[str, Any]] = []
         self.log: collections.deque[str] = collections.deque(maxlen=200)
         self._readers = [threading.Thread(target=self._read_log, daemon=True),
@@ -94,6 +96,19 @@ class RootNettee:
             t.start()
         with os.fdopen(self._args, "w") as fh:
             fh.write(json.dumps(args) + "\n")
+
+    def close_stdin(self) -> None:
+        """It reads SOURCE itself (``-in FILE``): nothing comes on its stdin."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def finish(self, grace: float) -> None:
+        """It is ending: wait up to ``grace`` seconds for its exit, then stop it."""
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        stop(self.proc)
 
     def join(self, timeout: float) -> None:
         """Its log and events read to their end (it has exited), bounded."""
@@ -125,15 +140,18 @@ class RootNettee:
     def _read_events(self) -> None:
         """One JSON object a line; unknown keys and kinds are skipped (forward compatible)."""
         lines = framing.LineBuffer(EVENT_MAX)
-        with os.fdopen(self._events, "rb", buffering=0) as fh:
-            while data := fh.read(1 << 16):
-                try:
-                    batch = lines.lines(data)
-                except WireError:  # a line too long to be an event: drop it, read on
-                    lines = framing.LineBuffer(EVENT_MAX)
-                    continue
-                for line in batch:
-                    self._event(line)
+        try:
+            with os.fdopen(self._events, "rb", buffering=0) as fh:
+                while data := fh.read(1 << 16):
+                    try:
+                        batch = lines.lines(data)
+                    except WireError:  # a line too long to be an event: drop it, read on
+                        lines = framing.LineBuffer(EVENT_MAX)
+                        continue
+                    for line in batch:
+                        self._event(line)
+        finally:
+            self.ended.set()  # its exit closed the pipe: it ends now, if it had not said so
 
     def _event(self, line: bytes) -> None:
         try:
@@ -145,3 +163,5 @@ class RootNettee:
         self.events.append(event)
         if event.get("event") == "formed":
             self.formed.set()
+        elif event.get("event") == "end":
+            self.ended.set()

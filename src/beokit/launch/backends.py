@@ -78,9 +78,11 @@ class Backend:
         """The remote shell command that starts an agent (see BOOTSTRAP)."""
         path = ""
         if self.kind == "exec":
-            # local: point a site-less python straight at this source tree
+            # local: point a site-less python straight at this source tree, and at
+            # what this python finds (site-packages: xxhash for nettee -digest)
             src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            path = f";sys.path.insert(0,{src!r})"
+            paths = [src] + [p for p in sys.path if p and p != src]
+            path = f";sys.path[:0]={paths!r}"
         return f"{self.python} -c {shlex.quote(BOOTSTRAP.format(path=path))}"
 
     def leaf_command(self, host: str, command: str, barrier: bool = False,
