@@ -7,8 +7,6 @@ import contextlib
 import os
 import sys
 
-from rich.console import Console
-
 from beokit import __version__
 from beokit.errors import EXIT_USAGE, OneLineParser, int_in
 
@@ -42,7 +40,24 @@ PILLARS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands registered by a module of their own (``add_parser(sub)``), besides PILLARS.
+BUILTIN_COMMANDS: dict[str, str] = {
+    "exec": "beokit.nettee.execute",
+    "vcluster": "beokit.vcluster.cli",
+    "run": "beokit.launch.cli",
+}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names, if it is the first word (``beo cast ...``)."""
+    if argv and argv[0] in ("demo", *BUILTIN_COMMANDS, *PILLARS):
+        return argv[0]
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """beo's parser; ``only``: register that command alone (``beo cast ...`` need not
+    import every pillar and rich: ~0.3 s of CPU before anything starts)."""
     p = OneLineParser(
         prog="beo",
         description="beokit: feed and drive a cluster. The classic single-dash network tee "
@@ -50,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"beokit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    if only is None or only == "demo":
+        _add_demo(sub)
+    modules = [m for c, m in {**BUILTIN_COMMANDS, **PILLARS}.items() if only in (None, c)]
+    for module in dict.fromkeys(modules):
+        try:
+            pillar = __import__(module, fromlist=["add_parser"])
+        except ModuleNotFoundError as e:  # a pillar not built in this tree
+            if e.name != module:
+                raise
+            continue
+        pillar.add_parser(sub)
+    return p
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo",
         help="beo cast a generated image to receivers on 127.0.0.2.. and verify every copy",
@@ -62,25 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=parse_size, default=parse_size("256M"),
                    help="bytes to send, e.g. 64M, 1G (default 256M)")  # fmt: skip
     d.add_argument("--keep", metavar="DIR", help="keep the source and outputs in DIR")
-    from beokit.nettee.execute import add_parser as add_exec_parser
-
-    add_exec_parser(sub)
-    from beokit.vcluster.cli import add_parser as add_vcluster_parser
-
-    add_vcluster_parser(sub)
-    from beokit.launch.cli import add_parser as add_run_parser
-
-    add_run_parser(sub)
-    # Pillars register themselves: each module has add_parser(sub) and run(args).
-    for module in dict.fromkeys(PILLARS.values()):
-        try:
-            pillar = __import__(module, fromlist=["add_parser"])
-        except ModuleNotFoundError as e:  # a pillar not built in this tree
-            if e.name != module:
-                raise
-            continue
-        pillar.add_parser(sub)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(words))
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     if args.command == "demo":
+        from rich.console import Console
+
         from beokit.nettee.demo import run_demo
 
         return run_demo(args.nodes, args.size, args.keep, Console(), beo=main)

@@ -283,6 +283,8 @@ def _run(args: argparse.Namespace) -> int:
         live = None
         try:
             job = build_job(args)
+            if not args.json:
+                display.preload_table()
             live = display.LiveProgress(source_size(job), job.hosts,
                                         job.progress_nodes,
                                         enabled=sys.stderr.isatty() and not args.json)  # fmt: skip
