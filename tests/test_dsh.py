@@ -345,6 +345,7 @@ def test_top_refreshes(tmp_path: Path) -> None:
     (["-t", "0"], "bad port '0'"),
     (["--period", "-1"], "bad period '-1'"),
     (["--expire", "0"], "bad period count '0'"),
+    (["--fanout", "0"], "bad fanout '0'"),
     (["--score", "fastest"], "bad score 'fastest'"),
     (["--name", "nobody-here"], "bad --name 'nobody-here'"),
     (["--bind", "127.0.1.200"], "is not in"),

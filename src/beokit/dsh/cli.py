@@ -118,9 +118,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "(default 3)",
     )
     d.add_argument("--fanout", type=_FANOUT, default=4, metavar="K",
-                   help="members each round's report goes to (4 rounds a period; default 4): "
-                   "a daemon sends and receives about 2*K*4 datagrams a period whatever the "
-                   "cluster's size")  # fmt: skip
+                   help="members each round's datagram goes to (4 rounds a period; default "
+                   "4): a daemon sends 4*K datagrams a period and receives about as many, "
+                   "whatever the cluster's size")  # fmt: skip
     d.add_argument("--extra-load", type=_nonneg, default=1.0, metavar="L",
                    help="load added locally to the node the best port names, until its next "
                    "report (default 1.0)")  # fmt: skip
