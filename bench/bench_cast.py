@@ -1,63 +1,71 @@
 #!/usr/bin/env python3
-"""Benchmark beo cast against the peers, in the same run.
+"""Benchmark beo cast against dolly (and the other peers), in the same run.
 
 On the virtual cluster (root): N + 1 hosts on one switch, every port shaped
-at B (``--rate``); host1 is the head node that holds the S-byte image
-(``--size``) and sends it to host2..host{N+1}.  For each N (``--nodes``):
+at B (``--rate``); host1 is the head node that holds the S-byte image and
+sends it to host2..host{N+1}.  The default suite (issue 22), for every size
+of ``--sizes`` and N of ``--nodes``:
 
-* ``beo cast`` (receivers launched through ``ip netns exec``, fresh secret,
-  digests, fsync), wall time of the whole command, launch included;
-* a chain of plain ``nettee`` started by hand (receivers first, then the
-  root; the root's time);
-* udpcast: ``udp-receiver`` on every node, ``udp-sender --max-bitrate
-  0.95*B`` (multicast on the virtual switch; a 224.0.0.0/4 route in every
-  host), the sender's time;
-* a star copy: N parallel ``scp`` from the head node (real OpenSSH).
+* **dolly** (built from ../shared/peers in this run; ``--dolly PATH`` to
+  give one; skipped with the reason where it cannot be built): its clients
+  started beforehand, one per host; the server's time;
+* **nettee by hand**: a chain of plain ``nettee`` (receivers first, then
+  the root; the root's time);
+* **beo cast**: the whole command (its start-up, every receiver launched
+  through ``ip netns exec``, a fresh secret, ``-heal -digest``, fsync, the
+  checks), with its launch, the root nettee's life and its stream.
 
-Each time is printed with its ratio to the lower bound S/B, in one table,
-and drawn as a PNG (time vs N).  ``--runs K`` runs every tool but the star
-copy K times, rotating their order from run to run (the first tool after a
-pause pays for memory the host has to hand back to this VM), and reports the
-median; the star copy, bound by the head node's one port, runs once.
-``--loopback`` (no root needed): receivers on 127.0.3.x, beo cast vs a
-hand-started nettee chain vs N parallel ``cp``.
+Destinations: ``/dev/null`` (the network path) and, separately, a file per
+host in /dev/shm (``--dests null,file``; file runs whose copies would
+hold more than ``--file-max`` bytes at once are left out, said so).  Then
+the CPU-bound case (``--cpu-size``, 3 nodes, ``/dev/null``, the veth ports
+of host1-4 unshaped: no tbf): dolly, plain nettee, ``-digest``, ``-heal
+-digest`` and beo cast with its defaults, with CPU seconds per GiB per node
+(root, every receiver) from each process's rusage.
 
-    python bench/bench_cast.py                       # 64 MiB, 200 Mbit/s, N = 8, 16
-    python bench/bench_cast.py --size 256M --rate 200mbit
-    python bench/bench_cast.py --loopback --size 256M
+``--runs K`` runs each tool K times, order rotated, and reports the median.
+``--suite star`` is the earlier comparison (beo cast, nettee by hand,
+udpcast, a star of scp); ``--loopback`` runs without root on 127.0.3.x.
+The cluster is built under the shared namespace lock
+(/tmp/beokit-netns.lock), held for the whole run.
+
+    python bench/bench_cast.py                        # the issue 22 suite
+    python bench/bench_cast.py --sizes 100M --nodes 3,16 --runs 3
+    python bench/bench_cast.py --suite star --sizes 512M --nodes 8,16
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import _cast_tools as tools  # noqa: E402
+from _cast_tools import PREFIX, Run, ns  # noqa: E402
+from _netns import netns_lock  # noqa: E402
 
 from beokit.cli import parse_size  # noqa: E402
 from beokit.net import free_port  # noqa: E402
-from beokit.nettee.localchain import nettee_command  # noqa: E402
 
-PREFIX = "bkcb"
 WORK = Path("/dev/shm") / "bkcb-bench"
+GIB = 1 << 30
 
 
 def sh(argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def same(src: Path, outs: list[Path]) -> bool:
-    size = src.stat().st_size
-    if any(not o.exists() or o.stat().st_size != size for o in outs):
-        return False
-    return sh(["cmp", str(src), str(outs[-1])]).returncode == 0
 
 
 def clean(out: Path) -> None:
@@ -66,24 +74,47 @@ def clean(out: Path) -> None:
     os.chmod(out, 0o777)
 
 
+def make_source(path: Path, size: int) -> None:
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 1 << 22))
+            fh.write(chunk)
+            left -= len(chunk)
+
+
+def fresh_bytecode() -> None:
+    """As an installed beokit has: every module compiled, and kept (this box's
+    environment sets PYTHONDONTWRITEBYTECODE; a receiver would compile nettee anew)."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    compileall.compile_dir(str(HERE.parent / "src" / "beokit"), quiet=1)
+
+
+def machine() -> str:
+    return (f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min)")  # fmt: skip
+
+
 # ------------------------------------------------------------- vcluster
 
 
 class Cluster:
-    def __init__(self, n: int, rate: str, mtu: int = 1500) -> None:
+    def __init__(self, n: int, rate: str, mtu: int = 1500, sshd: bool = False) -> None:
         from beokit.vcluster import driver, plan
 
         driver.down(PREFIX)
         self.state = driver.up(plan.Spec(n=n, rate_bps=plan.parse_rate(rate), prefix=PREFIX,
-                                         sshd=True, mtu=mtu))  # fmt: skip
+                                         sshd=sshd, mtu=mtu))  # fmt: skip
         self.rate_bps = plan.parse_rate(rate)
         self.ssh_config = self.state.ssh_config
-        for i in range(1, n + 1):  # multicast for udpcast: a route in every host
-            sh(self.ns(i) + ["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"])
 
-    @staticmethod
-    def ns(i: int) -> list[str]:
-        return ["ip", "netns", "exec", f"{PREFIX}-host{i}"]
+    def unshape(self, hosts: list[int]) -> None:
+        """No tbf on these hosts' ports, either end: the veth's own speed (CPU-bound)."""
+        for pt in self.state.plan.ports:
+            if pt.host in hosts:
+                sh(["ip", "netns", "exec", pt.host_ns, "tc", "qdisc", "del", "dev", pt.dev, "root"])
+                sh(["ip", "netns", "exec", pt.switch_ns, "tc", "qdisc", "del", "dev", pt.port,
+                    "root"])  # fmt: skip
 
     def down(self) -> None:
         from beokit.vcluster import driver
@@ -91,263 +122,299 @@ class Cluster:
         driver.down(PREFIX)
 
 
-def run_cast(cl: Cluster | None, src: Path, n: int, out: Path) -> tuple[float, float, float]:
-    """beo cast: (wall seconds, root nettee seconds, launch seconds incl. the command's start)."""
-    if cl is not None:
-        argv = cl.ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R",
-                           f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
-                           sys.executable, str(src), f"host[2-{n + 1}]", "--to",
-                           f"{out}/cast-{{host}}"]  # fmt: skip
-    else:
-        argv = [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R", "exec", str(src),
-                f"127.0.3.[2-{n + 1}]", "--to", f"{out}/cast-{{host}}"]  # fmt: skip
-    t0 = time.monotonic()
-    cp = sh(argv, stdin=subprocess.DEVNULL)
-    wall = time.monotonic() - t0
-    doc = json.loads(cp.stdout) if cp.stdout.strip() else {}
-    if cp.returncode != 0 or doc.get("failed"):
-        raise RuntimeError(f"beo cast failed ({cp.returncode}): {cp.stderr[-800:]}")
-    # launching = the command's own start-up (wall - elapsed: interpreter, imports)
-    # + starting every receiver (launch_seconds)
-    return wall, float(doc["seconds"]), wall - float(doc["elapsed"]) + float(doc["launch_seconds"])
+# ------------------------------------------------------------ measuring
 
 
-def run_nettee(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
-    """A chain of plain nettee started by hand: receivers first, then the root (timed)."""
-    hosts = (
-        [f"host{i}" for i in range(2, n + 2)] if cl else [f"127.0.3.{i}" for i in range(2, n + 2)]
-    )
-    port = free_port(["127.0.0.1"]) if cl else free_port(hosts)
-    procs = []
-    for k in range(n - 1, -1, -1):
-        args = nettee_command() + ["-port", str(port), "-name", hosts[k], "-out",
-                                   str(out / f"nt-{hosts[k]}")]  # fmt: skip
-        if k + 1 < n:
-            args += ["-next", f"{hosts[k + 1]}:{port}"]
-        if cl:
-            args = cl.ns(k + 2) + args
-        else:
-            args += ["-bind", hosts[k]]
-        procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL))
-    root = nettee_command() + ["-root", "-port", str(port), "-next", f"{hosts[0]}:{port}",
-                               "-in", str(src)]  # fmt: skip
-    if cl:
-        root = cl.ns(1) + root
-    t0 = time.monotonic()
-    cp = sh(root)
-    secs = time.monotonic() - t0
-    for p in procs:
-        p.wait(timeout=60)
-    if cp.returncode != 0 or not same(src, [out / f"nt-{h}" for h in hosts]):
-        raise RuntimeError(f"nettee chain failed: {cp.stderr[-500:]}")
-    return secs
+def measure(tools_: list[tuple[str, Callable[[], Run]]], runs: int,
+            out: Path | None) -> dict[str, list[Run]]:  # fmt: skip
+    """Every tool ``runs`` times, the order rotated run by run; a failed run is
+    retried once (then the benchmark stops: nothing is reported that did not work)."""
+    got: dict[str, list[Run]] = {name: [] for name, _ in tools_}
+    for k in range(runs):
+        order = tools_[k % len(tools_):] + tools_[: k % len(tools_)]
+        for name, fn in order:
+            for attempt in (1, 2):
+                if out is not None:
+                    clean(out)
+                try:
+                    r = fn()
+                    break
+                except RuntimeError as exc:
+                    tools.stop_everything_in(list(range(1, 18)))
+                    print(f"    {name}: {exc}", file=sys.stderr)
+                    if attempt == 2:
+                        raise
+            got[name].append(r)
+            more = " ".join(f"{k} {v:.2f}" for k, v in r.extra.items())
+            print(f"    run {k + 1} {name}: {r.seconds:.2f} s {more}", file=sys.stderr, flush=True)
+    if out is not None:
+        clean(out)
+    return got
 
 
-def run_udpcast(cl: Cluster, src: Path, n: int, out: Path) -> float:
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+
+
+# ------------------------------------------------------------- the suite
+
+
+def shaped_case(dolly: str | None, size: int, n: int, dest: str, runs: int,
+                src: Path) -> dict[str, Run]:  # fmt: skip
+    out = WORK / "out" if dest == "file" else None
+    port = free_port(["127.0.0.1"])
+    tl: list[tuple[str, Callable[[], Run]]] = []
+    if dolly:
+        tl.append(("dolly", lambda: tools.run_dolly(dolly, src, n, out)))
+    tl.append(("nettee by hand", lambda: tools.run_nettee(src, n, out, [], port)))
+    tl.append(("beo cast", lambda: tools.run_cast(src, n, out, [])))
+    print(f"  {size >> 20} MiB to {n} nodes, {dest}:", file=sys.stderr, flush=True)
+    return {name: median_run(rs) for name, rs in measure(tl, runs, out).items()}
+
+
+def print_shaped(results: list[tuple[int, int, str, dict[str, Run]]], bound_of: Callable[[int], float],
+                 rate: str) -> None:  # fmt: skip
+    print(f"\n## {rate} per port, MTU 1500: whole commands against dolly (seconds)\n")
+    print("| case | S/B | dolly | nettee by hand (/ dolly; goal <= 1) | beo cast whole "
+          "(/ dolly; goal <= 1.10) | launch | root nettee | stream | after the stream |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, n, dest, r in results:
+        d = r.get("dolly")
+        ref = d.seconds if d else None
+
+        def cell(x: float, ref: float | None = ref) -> str:
+            return f"{x:.2f}" + (f" ({x / ref:.2f}x)" if ref else "")
+
+        c = r["beo cast"]
+        print(f"| {size >> 20} MiB -> {n}, {dest} | {bound_of(size):.2f} | "
+              f"{f'{ref:.2f}' if ref else 'skipped'} | {cell(r['nettee by hand'].seconds)} | "
+              f"{cell(c.seconds)} | {c.extra['launch']:.2f} | {c.extra['root']:.2f} | "
+              f"{c.extra['stream']:.2f} | {c.extra['after']:.2f} |")
+
+
+def cpu_case(cl: Cluster, dolly: str | None, size: int, runs: int, src: Path) -> dict[str, Run]:
+    n = 3
+    cl.unshape(list(range(1, n + 2)))
+    port = free_port(["127.0.0.1"])
+    tl: list[tuple[str, Callable[[], Run]]] = []
+    if dolly:
+        tl.append(("dolly", lambda: tools.run_dolly(dolly, src, n, None)))
+    for name, flags in (("nettee", []), ("nettee -digest", ["-digest"]),
+                        ("nettee -heal -digest", ["-heal", "-digest"])):  # fmt: skip
+        tl.append((name, lambda flags=flags: tools.run_nettee(src, n, None, flags, port)))
+    tl.append(("beo cast", lambda: tools.run_cast(src, n, None, [])))
+    print(f"  CPU-bound: {size >> 20} MiB to {n} nodes, /dev/null, unshaped:", file=sys.stderr)
+    return {name: median_run(rs) for name, rs in measure(tl, runs, None).items()}
+
+
+def print_cpu(r: dict[str, Run], size: int) -> None:
+    gib = size / GIB
+    print(f"\n## CPU-bound: {size >> 20} MiB to 3 nodes, /dev/null, unshaped veth\n")
+    ref = r["dolly"].seconds if "dolly" in r else None
+    print("| tool | seconds | dolly / tool (goal for beo cast >= 4) | CPU s/GiB: root | "
+          "host2 | host3 | host4 (tip) | receivers' mean |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, run in r.items():
+        speed = f"{ref / run.seconds:.2f}x" if ref else "-"
+        if name == "beo cast":  # one process tree: its total over 4 hosts
+            total = run.cpu["tree"] / gib
+            print(f"| {name} | {run.seconds:.2f} | {speed} | whole tree {total:.2f} "
+                  f"({total / 4:.2f} a host) | | | | |")
+            continue
+        recv = [run.cpu[f"host{i}"] / gib for i in (2, 3, 4)]
+        print(f"| {name} | {run.seconds:.2f} | {speed} | {run.cpu['host1'] / gib:.2f} | "
+              + " | ".join(f"{c:.2f}" for c in recv) + f" | {statistics.mean(recv):.2f} |")
+
+
+def dolly_suite(args: argparse.Namespace) -> int:
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    nodes = [int(x) for x in args.nodes.split(",")]
+    dests = args.dests.split(",")
+    fresh_bytecode()
+    with tempfile.TemporaryDirectory(prefix="bkcb-dolly-") as build:
+        dolly, why = tools.build_dolly(args.dolly, Path(build))
+        if why:
+            print(f"beo bench: {why}", file=sys.stderr)
+        clean(WORK)
+        print(machine(), file=sys.stderr)
+        results, cpu = [], None
+        with netns_lock():
+            cl = Cluster(max(nodes) + 1, args.rate)
+            try:
+                for size in sizes:
+                    src = WORK / "src.bin"
+                    make_source(src, size)
+                    for n in nodes:
+                        for dest in dests:
+                            if dest == "file" and size * (n + 1) > args.file_max:
+                                print(f"  ({size >> 20} MiB to {n} files left out: "
+                                      f"{size * n >> 20} MiB of copies > --file-max)",
+                                      file=sys.stderr)  # fmt: skip
+                                continue
+                            r = shaped_case(dolly, size, n, dest, args.runs, src)
+                            results.append((size, n, dest, r))
+                if args.cpu_size:
+                    src = WORK / "src.bin"
+                    make_source(src, args.cpu_size)
+                    cpu = cpu_case(cl, dolly, args.cpu_size, args.runs, src)
+            finally:
+                cl.down()
+                shutil.rmtree(WORK, ignore_errors=True)
+    print(machine())
+    if why:
+        print(why)
+    rate_bps = cl.rate_bps
+    print_shaped(results, lambda s: s * 8 / rate_bps, args.rate)
+    if cpu is not None:
+        print_cpu(cpu, args.cpu_size)
+    print(f"\n(median of {args.runs} run(s); order rotated; beo cast: -heal -digest, a fresh "
+          "secret, fsync and checks; 'launch' = its own start-up + every receiver up, "
+          "'after the stream' = whole - launch - root nettee)")  # fmt: skip
+    return 0
+
+
+# ------------------------------------------------------- the star suite
+
+
+def run_udpcast(cl: Cluster, src: Path, n: int, out: Path) -> Run:
     """udp-receiver on every node, then udp-sender (timed) until all have the file."""
     base = 9300
-    recv = []
-    for i in range(2, n + 2):
-        recv.append(subprocess.Popen(
-            cl.ns(i) + ["udp-receiver", "--interface", "eth0", "--nokbd", "--portbase", str(base),
-                        "--file", str(out / f"udp-host{i}")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+    for i in range(1, n + 2):  # multicast on the virtual switch: a route in every host
+        sh(ns(i) + ["ip", "route", "replace", "224.0.0.0/4", "dev", "eth0"])
+    recv = [subprocess.Popen(ns(i) + ["udp-receiver", "--interface", "eth0", "--nokbd",
+                                      "--portbase", str(base), "--file", str(out / f"udp-host{i}")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for i in range(2, n + 2)]  # fmt: skip
     mbit = int(cl.rate_bps * 0.95 / 1e6)
     t0 = time.monotonic()
-    cp = sh(cl.ns(1) + ["udp-sender", "--interface", "eth0", "--nokbd", "--portbase", str(base),
-                        "--min-receivers", str(n), "--max-wait", "30", "--max-bitrate",
-                        f"{mbit}m", "--file", str(src)], timeout=600)  # fmt: skip
+    cp = sh(ns(1) + ["udp-sender", "--interface", "eth0", "--nokbd", "--portbase", str(base),
+                     "--min-receivers", str(n), "--max-wait", "30", "--max-bitrate",
+                     f"{mbit}m", "--file", str(src)], timeout=1800)  # fmt: skip
     secs = time.monotonic() - t0
     for p in recv:
         try:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-    if cp.returncode != 0 or not same(src, [out / f"udp-host{i}" for i in range(2, n + 2)]):
+    if cp.returncode != 0 or not tools.same(src, [out / f"udp-host{i}" for i in range(2, n + 2)]):
         raise RuntimeError(f"udpcast failed: {cp.stderr[-500:]}")
-    return secs
+    return Run(secs)
 
 
-def run_star(cl: Cluster | None, src: Path, n: int, out: Path) -> float:
-    """Star copy from the head node: N parallel scp (or cp on loopback)."""
+def run_star(cl: Cluster, src: Path, n: int, out: Path) -> Run:
+    """Star copy from the head node: N parallel scp."""
     t0 = time.monotonic()
-    procs = []
-    for i in range(2, n + 2):
-        if cl:
-            argv = cl.ns(1) + ["scp", "-q", "-F", str(cl.ssh_config), str(src),
-                               f"host{i}:{out}/scp-host{i}"]  # fmt: skip
-        else:
-            argv = ["cp", str(src), str(out / f"scp-host{i}")]
-        procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    errs = [p.communicate(timeout=900)[1] for p in procs]
+    procs = [subprocess.Popen(ns(1) + ["scp", "-q", "-F", str(cl.ssh_config), str(src),
+                                       f"host{i}:{out}/scp-host{i}"],
+                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(2, n + 2)]  # fmt: skip
+    errs = [p.communicate(timeout=1800)[1] for p in procs]
     secs = time.monotonic() - t0
-    if any(p.returncode for p in procs) or not same(
-        src, [out / f"scp-host{i}" for i in range(2, n + 2)]
-    ):
+    if any(p.returncode for p in procs) or not tools.same(
+            src, [out / f"scp-host{i}" for i in range(2, n + 2)]):  # fmt: skip
         raise RuntimeError(f"star copy failed: {[e[-200:] for e in errs if e]}")
-    return secs
+    return Run(secs)
 
 
-# ------------------------------------------------------------------ plot
+def star_suite(args: argparse.Namespace) -> int:
+    """beo cast, nettee by hand, udpcast and a star of scp, files in /dev/shm."""
+    size = parse_size(args.sizes.split(",")[0])
+    nodes = [int(x) for x in args.nodes.split(",")]
+    fresh_bytecode()
+    clean(WORK)
+    src, out = WORK / "src.bin", WORK / "out"
+    make_source(src, size)
+    rows = []
+    with netns_lock():
+        cl = Cluster(max(nodes) + 1, args.rate, args.mtu, sshd=not args.no_star)
+        try:
+            for n in nodes:
+                port = free_port(["127.0.0.1"])
+                tl: list[tuple[str, Callable[[], Run]]] = [
+                    ("beo cast", lambda n=n: tools.run_cast(src, n, out, [])),
+                    ("nettee by hand", lambda n=n, p=port: tools.run_nettee(src, n, out, [], p)),
+                    ("udpcast", lambda n=n: run_udpcast(cl, src, n, out))]  # fmt: skip
+                got = {k: median_run(v) for k, v in measure(tl, args.runs, out).items()}
+                if not args.no_star:
+                    got["star scp"] = measure([("star scp", lambda n=n: run_star(cl, src, n, out))],
+                                              1, out)["star scp"][0]  # fmt: skip
+                rows.append((n, got))
+        finally:
+            cl.down()
+            shutil.rmtree(WORK, ignore_errors=True)
+    bound = size * 8 / cl.rate_bps
+    print(machine())
+    print(f"\n## virtual cluster, S = {size >> 20} MiB, B = {args.rate} per port, MTU {args.mtu}, "
+          f"S/B = {bound:.2f} s\n")  # fmt: skip
+    names = list(rows[0][1])
+    print("| N | " + " | ".join(f"{k} s (/ S/B)" for k in names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for n, got in rows:
+        print(f"| {n} | " + " | ".join(f"{got[k].seconds:.2f} ({got[k].seconds / bound:.2f}x)"
+                                       for k in names) + " |")  # fmt: skip
+    return 0
 
 
-def plot(results: dict[str, dict[int, float]], sizes: list[int], bound: float | None,
-         title: str, png: str, mtu: int = 1500) -> None:  # fmt: skip
-    """Time vs N for every tool; beside it, on the virtual cluster, each chain tool's
-    time / S/B (the star copy would flatten it) and TCP's own floor at this MTU."""
+def loopback_suite(args: argparse.Namespace) -> int:
+    """No root: beo cast -R exec on 127.0.3.x against a chain started by hand."""
+    size = parse_size(args.sizes.split(",")[0])
+    fresh_bytecode()
+    clean(WORK)
+    src = WORK / "src.bin"
+    make_source(src, size)
+    print(machine())
+    print(f"\n## loopback (127.0.3.x, no shaping), S = {size >> 20} MiB, /dev/null\n")
+    print("| N | beo cast whole s | launch | stream | nettee by hand s |")
+    print("|---|---|---|---|---|")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-        return
-    names = list(results)
-    fig, axes = plt.subplots(1, 2 if bound else 1, figsize=(11 if bound else 6, 4))
-    ax = axes[0] if bound else axes
-    for k in names:
-        ax.plot(sizes, [results[k][n] for n in sizes], marker="o", label=k)
-    if bound:
-        ax.axhline(bound, color="grey", linestyle="--", label="S/B")
-    ax.set_xlabel("N (receiving nodes)")
-    ax.set_ylabel("seconds")
-    ax.set_title(title, fontsize=10)
-    ax.set_xticks(sizes)
-    ax.legend()
-    if bound:
-        ax2 = axes[1]
-        for k in names:
-            if not k.startswith("star"):
-                ax2.plot(sizes, [results[k][n] / bound for n in sizes], marker="o", label=k)
-        ax2.axhline(1.05, color="grey", linestyle=":", label="goal 1.05 (plus launch)")
-        # tbf counts whole frames; TCP carries MTU - 52 bytes (IP, TCP, timestamps) in each
-        ax2.axhline((mtu + 14) / (mtu - 52), color="black", linestyle="--",
-                    label=f"TCP's floor at MTU {mtu}")  # fmt: skip
-        ax2.set_xlabel("N (receiving nodes)")
-        ax2.set_ylabel("time / (S/B)")
-        ax2.set_title("the chain tools against the bound S/B", fontsize=10)
-        ax2.set_xticks(sizes)
-        ax2.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    print(f"plot: {png}")
-
-
-# ------------------------------------------------------------------ main
+        for n in (int(x) for x in args.nodes.split(",")):
+            hosts = [f"127.0.3.{i}" for i in range(2, n + 2)]
+            t0 = time.monotonic()
+            cp = sh([sys.executable, "-m", "beokit.cli", "cast", "--json", "-R", "exec", str(src),
+                     f"127.0.3.[2-{n + 1}]", "--to", "/dev/null"])  # fmt: skip
+            wall = time.monotonic() - t0
+            doc = json.loads(cp.stdout)
+            launch = wall - doc["elapsed"] + doc["launch_seconds"]
+            port = free_port(hosts)
+            procs = [subprocess.Popen(tools.nettee_argv() + ["-bind", h, "-port", str(port),
+                                                             "-out", "/dev/null"]
+                                      + (["-next", f"{hosts[k + 1]}:{port}"] if k + 1 < n else []))
+                     for k, h in reversed(list(enumerate(hosts)))]  # fmt: skip
+            t1 = time.monotonic()
+            sh(tools.nettee_argv() + ["-root", "-port", str(port), "-next", f"{hosts[0]}:{port}",
+                                      "-in", str(src)])  # fmt: skip
+            hand = time.monotonic() - t1
+            for p in procs:
+                p.wait(timeout=60)
+            print(f"| {n} | {wall:.2f} | {launch:.2f} | {doc['stream_seconds']:.2f} | {hand:.2f} |")
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    return 0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--size",
-        type=parse_size,
-        default=parse_size("64M"),
-        help="image size (default 64M; 256M, 1G)",
-    )
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=("dolly", "star"), default="dolly")
+    ap.add_argument("--sizes", default="100M,1G", help="image sizes (default 100M,1G)")
+    ap.add_argument("--nodes", default="3,16", help="N values (default 3,16)")
+    ap.add_argument("--dests", default="null,file", help="null, file or both (default both)")
+    ap.add_argument("--file-max", type=parse_size, default=parse_size("4G"),
+                    help="file runs whose copies hold more than this at once are left out "
+                    "(default 4G; the box has to hold them in /dev/shm)")  # fmt: skip
+    ap.add_argument("--cpu-size", type=lambda t: 0 if t == "0" else parse_size(t),
+                    default=parse_size("1G"),
+                    help="the CPU-bound case's size (default 1G; 0: leave it out)")  # fmt: skip
     ap.add_argument("--rate", default="200mbit", help="per-port rate B (default 200mbit)")
-    ap.add_argument("--nodes", default="8,16", help="N values (default 8,16)")
-    ap.add_argument("--mtu", type=int, default=1500,
-                    help="MTU of the virtual cluster (default 1500; 9000: jumbo frames)")  # fmt: skip
+    ap.add_argument("--mtu", type=int, default=1500, help="(star suite) MTU, 9000: jumbo")
+    ap.add_argument("--dolly", metavar="PATH", help="a dolly binary (default: build one)")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each tool, median (default 1)")
+    ap.add_argument("--no-star", action="store_true", help="(star suite) no scp star")
     ap.add_argument("--loopback", action="store_true", help="127.0.3.x, no root, no shaping")
-    ap.add_argument("--no-star", action="store_true", help="skip the star copy (slowest)")
-    ap.add_argument("--runs", type=int, default=1,
-                    help="runs of each tool but the star copy, order rotated; median (default 1)")
-    ap.add_argument("--png", default=str(HERE / "bench_cast.png"), help="plot file")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.nodes.split(",")]
-    loop = args.loopback or os.geteuid() != 0
-    clean(WORK)
-    src = WORK / "src.bin"
-    with open(src, "wb") as fh:
-        left = args.size
-        while left:
-            chunk = os.urandom(min(left, 1 << 22))
-            fh.write(chunk)
-            left -= len(chunk)
-    out = WORK / "out"
-    cl = None if loop else Cluster(max(sizes) + 1, args.rate, args.mtu)
-    bound = args.size * 8 / cl.rate_bps if cl else None
-    results: dict[str, dict[int, float]] = {}
-    stream: dict[int, float] = {}
-    launch: dict[int, float] = {}
-    samples: dict[tuple[str, int], list[tuple[float, ...]]] = {}
-    try:
-        for n in sizes:
-            tools = [("beo cast", lambda n=n: run_cast(cl, src, n, out)),
-                     ("nettee by hand", lambda n=n: run_nettee(cl, src, n, out))]  # fmt: skip
-            if cl:
-                tools.append(("udpcast", lambda n=n: run_udpcast(cl, src, n, out)))
-            star = None
-            if not args.no_star:
-                star = ("star scp" if cl else "star cp", lambda n=n: run_star(cl, src, n, out))
-            for k in range(max(args.runs, 1)):
-                order = tools[k % len(tools) :] + tools[: k % len(tools)]
-                if star and k == 0:
-                    order.append(star)
-                for name, fn in order:
-                    clean(out)
-                    got = fn()
-                    got = got if isinstance(got, tuple) else (got,)
-                    samples.setdefault((name, n), []).append(got)
-                    print(f"  N={n} run {k + 1} {name}: {got[0]:.2f} s", file=sys.stderr,
-                          flush=True)  # fmt: skip
-            for (name, m), got in samples.items():
-                if m != n:
-                    continue
-                mid = sorted(got)[(len(got) - 1) // 2]  # the median run (the lower one of two)
-                results.setdefault(name, {})[n] = mid[0]
-                if len(mid) == 3:
-                    stream[n], launch[n] = mid[1], mid[2]
-    finally:
-        shutil.rmtree(WORK, ignore_errors=True)  # the source, the outputs, the directory
-        if cl:
-            cl.down()
-    size = f"{args.size / (1 << 20):.0f} MiB"
-    print(
-        f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}"
-    )
-    if args.runs > 1:
-        print(f"(median of {args.runs} runs, order rotated; the star copy ran once)")
-        for (name, n), got in samples.items():
-            print(f"  N={n} {name}: " + " ".join(f"{g[0]:.2f}" for g in got))
-    if cl:
-        print(f"\n## virtual cluster, S = {size}, B = {args.rate} per port, MTU {args.mtu}, "
-              f"S/B = {bound:.2f} s\n")  # fmt: skip
-    else:
-        print(f"\n## loopback (127.0.3.x, no shaping), S = {size}\n")
-    names = list(results)
-    ref = "S/B" if cl else "nettee by hand"
-    head = ["N", *(f"{k} s ({'/ S/B' if cl else '/ nettee'})" for k in names)]
-    if cl:
-        head += ["beo cast minus launch s / S/B (goal <= 1.05)", "root nettee s / S/B"]
-    print("| " + " | ".join(head) + " |")
-    print("|---" * len(head) + "|")
-    for n in sizes:
-        base = bound if cl else results["nettee by hand"][n]
-        cells = [str(n)] + [f"{results[k][n]:.2f} ({results[k][n] / base:.2f}x)" for k in names]
-        if cl:
-            net = results["beo cast"][n] - launch[n]
-            cells.append(f"{net:.2f} ({net / base:.2f}x; launch {launch[n]:.2f})")
-            cells.append(f"{stream[n]:.2f} ({stream[n] / base:.2f}x)")
-        print("| " + " | ".join(cells) + " |")
-    star = next((k for k in names if k.startswith("star")), None)
-    if star and cl:
-        for n in sizes:
-            speedup = results[star][n] / results["beo cast"][n]
-            print(f"\nN={n}: beo cast is {speedup:.1f}x faster than the {star} "
-                  f"(goal >= 0.9 x N = {0.9 * n:.1f}x)", end="")  # fmt: skip
-        print()
-    print(
-        f"\n(times in seconds; ratio to {ref}; beo cast includes launching every receiver, "
-        "digests and fsync)"
-    )
-    plot(results, sizes, bound, f"{size} to N nodes" + (f", {args.rate} per port, MTU "
-                                                        f"{args.mtu}" if cl else ", loopback"),
-         args.png, args.mtu)
-    return 0
+    if args.loopback or os.geteuid() != 0:
+        return loopback_suite(args)
+    return dolly_suite(args) if args.suite == "dolly" else star_suite(args)
 
 
 if __name__ == "__main__":

@@ -418,3 +418,28 @@ def test_root_nettee_learns_the_chain_formed_from_its_events(shm: Path) -> None:
     assert root.events[0]["nodes"] == 2 and root.events[1]["bytes"] == 1 << 20
     assert not any("tree formed" in line for line in root.log), list(root.log)
     assert filecmp.cmp(src, shm / "e.out", shallow=False)
+
+
+def test_title_says_plainly_when_nothing_was_sent(shm: Path) -> None:
+    """Before: "0 bytes to 2 node(s), stream 0.00 s (0.0 MB/s)" for both."""
+    empty = shm / "empty"
+    empty.write_bytes(b"")
+    rc, _, out, err = cast("-R", "exec", str(empty), "nosuch[1-2]", "--to", f"{shm}/{{host}}",
+                           json_out=False)  # fmt: skip
+    title = " ".join(out.split())  # the title wraps at the table's width
+    assert rc == 1 and "nothing sent to 2 node(s): no node could be started" in title, out
+    rc, _, out, err = cast("-R", "exec", str(empty), "127.0.3.[2-3]", "--to", f"{shm}/{{host}}",
+                           json_out=False)  # fmt: skip
+    assert rc == 0, err
+    assert "SOURCE is empty: 0 bytes to 2 node(s)" in " ".join(out.split()), out
+    assert (shm / "127.0.3.3").read_bytes() == b""
+
+
+def test_nodes_with_no_address_here_fail_at_once_naming_listen(shm: Path) -> None:
+    """ssh (the default) to names neither DNS nor ssh_config knows: the receivers would
+    call back to 0.0.0.0 (themselves); one line, exit 2, nothing started."""
+    src = _source(shm / "n.bin", 1 << 10)
+    rc, doc, _, err = cast(str(src), "ghost[1-2].invalid", "--to", f"{shm}/{{host}}",
+                           timeout=30)  # fmt: skip
+    assert (rc, doc) == (2, None)
+    assert err.count("\n") == 1 and "--listen ADDR" in err and "ghost1.invalid" in err, err

@@ -17,6 +17,7 @@ from cast_helpers import by_host, cast
 from vcluster_fixture import VCluster, make_cluster, needs_vcluster
 
 from beokit.cast.root import nettee_flags
+from beokit.vcluster import plan
 
 pytestmark = [needs_vcluster, pytest.mark.root]
 PREFIX = "bkc"
@@ -156,4 +157,51 @@ def test_over_ssh_with_a_host_that_does_not_exist(shm: Path) -> None:
     assert nodes["host9"]["codes"] == ["DOWN"] and "host9" in nodes["host9"]["detail"]
     for h in ("host1", "host2", "host3"):
         assert (nodes[h]["status"], nodes[h]["digest"]) == ("OK", "ok"), nodes[h]
+        assert filecmp.cmp(src, shm / h, shallow=False)
+
+
+@pytest.mark.slow
+def test_names_only_ssh_knows(shm: Path) -> None:
+    """host1..host3 are names of the cluster's ssh_config only (Host/HostName): not in
+    this machine's DNS or /etc/hosts.  The callback address comes from ``ssh -G``
+    (before: 0.0.0.0, every node LOST after 126 s), the data addresses from what
+    each receiver reports (its end of its launch link); no --resolve, no --listen."""
+    cluster = make_cluster(3, "200mbit", "bkcs", sshd=True)
+    try:
+        src = shm / "img"
+        src.write_bytes(os.urandom(4 << 20))
+        rc, doc, _, err = cast("--ssh-args", f"-F {cluster.state.ssh_config}",
+                               "--remote-python", sys.executable, "--connect-timeout", "5",
+                               str(src), "host[1-3]", "--to", f"{shm}/{{host}}",
+                               timeout=60)  # fmt: skip
+        unknown = cast("--ssh-args", f"-F {cluster.state.ssh_config}", str(src), "ghost[1-2]",
+                       "--to", f"{shm}/{{host}}", timeout=30)  # fmt: skip
+    finally:
+        cluster.down()
+    assert rc == 0, err
+    assert doc is not None
+    for h, n in by_host(doc).items():
+        assert (n["status"], n["digest"]) == ("OK", "ok"), n
+        assert filecmp.cmp(src, shm / h, shallow=False)
+    # names neither ssh nor this machine knows: at once, one line, the option that fixes it
+    assert unknown[0] == 2 and unknown[1] is None, unknown
+    assert unknown[3].count("\n") == 1 and "--listen" in unknown[3], unknown[3]
+
+
+def test_template_across_hosts_with_listen_and_an_inherited_ssh_session(vc: VCluster,
+                                                                        shm: Path) -> None:
+    """-R 'ip netns exec ...' from the controller, --listen its address, launched as from
+    an ssh login (SSH_CONNECTION set): before, every agent bound the ssh server's
+    address inside its namespace (OSError Errno 99, in a traceback nobody saw)."""
+    src = shm / "img"
+    src.write_bytes(os.urandom(2 << 20))
+    ctl = plan.controller_address(vc.plan.spec.net)  # this machine, on the cluster's switch
+    rc, doc, _, err = cast("-R", f"ip netns exec {vc.prefix}-{{host}} sh -c {{cmd}}",
+                           "--remote-python", sys.executable, "--listen", ctl, "--fanout", "2",
+                           str(src), "host[1-4]", "--to", f"{shm}/{{host}}",
+                           env={"SSH_CONNECTION": f"{ctl} 40000 {ctl} 22"})  # fmt: skip
+    assert rc == 0, err
+    assert doc is not None and doc["launch"]["depth"] == 2
+    for h, n in by_host(doc).items():
+        assert n["status"] == "OK", n
         assert filecmp.cmp(src, shm / h, shallow=False)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sshd_fixture import SSH_HOSTS, sshd  # noqa: F401
 
 BEO = [sys.executable, "-m", "beokit.cli"]
 FAKE = ("sh -c 'case $0 in down*) echo \"connect to host $0: Connection refused\" >&2; "
@@ -292,65 +290,8 @@ def test_input_from_stdin_and_limits(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------- ssh
 
-SSH_HOSTS = {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4", "n4": "127.0.0.5"}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """A private sshd on 127.0.0.2-5; yields the ``--ssh-args`` for beo run."""
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin) or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
-        pytest.skip("OpenSSH server/client not installed (apt-get install openssh-server)")
-    if os.geteuid() != 0:
-        pytest.skip("the private sshd logs in as the current user only as root here")
-    d = tmp_path_factory.mktemp("sshd")
-    port = _free_port()
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)  # fmt: skip
-    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
-    listen = "".join(f"ListenAddress {a}:{port}\n" for a in SSH_HOSTS.values())
-    (d / "sshd_config").write_text(
-        f"{listen}HostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
-        f"PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "PermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\n"
-        "LogLevel ERROR\n")  # fmt: skip
-    hosts = "".join(f"Host {n}\n  HostName {a}\n" for n, a in SSH_HOSTS.items())
-    (d / "ssh_config").write_text(
-        f"{hosts}Host down1\n  HostName 127.0.0.9\nHost *\n  Port {port}\n  User root\n"
-        f"  IdentityFile {d}/user_key\n  StrictHostKeyChecking no\n"
-        "  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n")  # fmt: skip
-    os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    args = ["-F", str(d / "ssh_config")]
-    try:
-        for _ in range(50):
-            if proc.poll() is not None:
-                pytest.skip(f"sshd did not start: {proc.stderr.read().decode()[-300:]}")
-            ok = subprocess.run(["ssh", *args, "n1", "true"], capture_output=True, timeout=10)
-            if ok.returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.skip(f"cannot ssh to the private sshd: {ok.stderr.decode()[-300:]}")
-        yield args
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:
+def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:  # noqa: F811
     cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",
                  "--remote-python", sys.executable, "-k", "2", "--json", "n[1-4]", "--",
                  "echo $BEO_HOST; echo $SSH_CONNECTION | cut -d' ' -f3")  # fmt: skip
@@ -361,7 +302,7 @@ def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:
         h: f"{h}\n{a}\n" for h, a in SSH_HOSTS.items()}
 
 
-def test_ssh_input_through_the_tree(sshd: list[str], tmp_path: Path) -> None:
+def test_ssh_input_through_the_tree(sshd: list[str], tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "in").write_text("token-over-ssh\n")
     cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",
                  "--remote-python", sys.executable, "-k", "2", "--json", "--input",
@@ -371,7 +312,7 @@ def test_ssh_input_through_the_tree(sshd: list[str], tmp_path: Path) -> None:
     assert {h: r["stdout"] for h, r in res.items()} == {h: "token-over-ssh\n" for h in SSH_HOSTS}
 
 
-def test_ssh_self_ships_where_beokit_is_missing(sshd: list[str]) -> None:
+def test_ssh_self_ships_where_beokit_is_missing(sshd: list[str]) -> None:  # noqa: F811
     # "python3 -I -S": a clean python with no site-packages, so no beokit there
     probe = subprocess.run(["ssh", *sshd, "n1", "python3 -I -S -c 'import beokit'"],
                            capture_output=True, timeout=20)  # fmt: skip
@@ -383,3 +324,18 @@ def test_ssh_self_ships_where_beokit_is_missing(sshd: list[str]) -> None:
     assert cp.stdout == "---------------\nn[1-4] (4)\n---------------\n1\n", cp.stderr
     assert "down1: launch failed (exit 255)" in cp.stderr
     assert "5 hosts, 4 ok, 1 failed" in cp.stderr
+
+
+def test_an_agent_that_cannot_listen_names_the_reason_for_its_share() -> None:
+    """Its children were never launched: each says why (not 'lost: connection closed')."""
+    from beokit.launch.agent import Agent
+    from beokit.launch.backends import make_backend
+
+    got: list[dict] = []
+    cfg = {"command": "true", "fanout": 2, "connect_timeout": 2,
+           "backend": make_backend("exec").spec()}  # fmt: skip
+    Agent(None, [["a", "b"], ["c"]], 2, cfg, got.append, "192.0.2.7", "192.0.2.7").run()
+    errors = {m["h"]: m["error"] for m in got if m["t"] == "res"}
+    assert set(errors) == {"a", "b", "c"}
+    assert all(e.startswith("not launched: cannot listen here on 192.0.2.7 for the launch "
+                            "tree: Cannot assign requested address") for e in errors.values())

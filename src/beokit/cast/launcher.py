@@ -44,11 +44,11 @@ def callback_address(job: Job, hosts: list[str]) -> str:
     addr, tried = net.reachable_address(hosts, lambda h: job.resolve.get(h)
                                         or job.backend.hostname(h))  # fmt: skip
     if addr is None:
-        shown = ", ".join(tried[:3]) + (f" (and {len(tried) - 3} more)" if len(tried) > 3 else "")
-        raise UsageError(f"cannot tell the receivers where to call back: {shown} has no "
-                         "address on this machine (not in DNS, /etc/hosts or ssh_config); "
-                         "give --listen ADDR (this machine's address on the nodes' network) "
-                         "and --resolve HOSTSFILE")  # fmt: skip
+        shown = ", ".join(tried[:3]) + (f" and {len(tried) - 3} more" if len(tried) > 3 else "")
+        whom = f"none of {shown} has" if len(tried) > 1 else f"{shown} has no"
+        raise UsageError(f"cannot tell the receivers where to call back: {whom} an address "
+                         "here (DNS, /etc/hosts, ssh_config); give --listen ADDR (this "
+                         "machine's address on the nodes' network) and --resolve HOSTSFILE")  # fmt: skip
     return addr
 
 

@@ -199,8 +199,8 @@ def _backend(args: argparse.Namespace) -> Backend:
         raise UsageError(str(exc)) from None
 
 
-def _addresses(args: argparse.Namespace, backend: Backend,
-               hosts: list[str]) -> tuple[str, str]:  # fmt: skip
+def _addresses(args: argparse.Namespace, backend: Backend, hosts: list[str],
+               agents: bool) -> tuple[str, str]:  # fmt: skip
     """(where the root listens for its children, the address it tells them).
 
     With ssh the agents take ours from ``SSH_CONNECTION`` (``@ssh``).  With a
@@ -216,12 +216,12 @@ def _addresses(args: argparse.Namespace, backend: Backend,
         return listen, listen
     if backend.kind == "ssh":
         return listen, "@ssh"  # the agent takes our address from SSH_CONNECTION
-    if backend.kind == "exec":
-        return listen, "127.0.0.1"  # every "host" is this machine
+    if backend.kind == "exec" or not agents:  # this machine; or nobody calls back
+        return listen, "127.0.0.1"
     addr, tried = net.reachable_address(hosts, backend.hostname)
     if addr is None:
-        raise UsageError(f"cannot tell the hosts where to call back: {plan.fold(tried)} "
-                         "has no address on this machine; give --listen ADDR (this "
+        raise UsageError(f"cannot tell the hosts where to call back: no address here for "
+                         f"{plan.fold(tried)} (DNS, /etc/hosts); give --listen ADDR (this "
                          "machine's address on the hosts' network)")  # fmt: skip
     return listen, addr
 
@@ -249,9 +249,10 @@ def _run(args: argparse.Namespace) -> int:
     if k < 1:
         raise UsageError(f"bad fanout {k}: must be >= 1")
     backend = _backend(args)
-    listen, advertise = _addresses(args, backend, hosts)
-    payload = read_input(args.input) if args.input else None
     the_plan = plan.root_plan(args.mode, hosts, k)
+    agents = args.leaf_agents or any(len(g) > 1 for g in the_plan.groups)
+    listen, advertise = _addresses(args, backend, hosts, agents)
+    payload = read_input(args.input) if args.input else None
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
            # agents listen on their own host: loopback here (exec), else every

@@ -1,0 +1,76 @@
+"""beo run on the virtual cluster (root): a template that reaches other hosts.
+
+``-R 'ip netns exec PREFIX-{host} sh -c {cmd}'`` runs every agent in another
+host's network namespace, as ssh would run it on another machine: the
+agents must call back to an address that works there and listen on their
+own host's addresses, never on the root's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from vcluster_fixture import VCluster, make_cluster, needs_vcluster
+
+from beokit.vcluster import plan
+
+pytestmark = [needs_vcluster, pytest.mark.root]
+PREFIX = "bkl"
+BEO = [sys.executable, "-m", "beokit.cli", "run"]
+
+
+@pytest.fixture(scope="module")
+def vc() -> Iterator[VCluster]:
+    cluster = make_cluster(5, "1gbit", PREFIX)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def _run(*args: str, ns: list[str] | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    return subprocess.run([*(ns or []), *BEO, *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, **(env or {})))  # fmt: skip
+
+
+def _template(vc: VCluster) -> str:
+    return f"ip netns exec {vc.prefix}-{{host}} sh -c {{cmd}}"
+
+
+def test_listen_is_the_roots_address_not_the_agents(vc: VCluster) -> None:
+    """--listen ADDR from the controller: agents used to bind ADDR on their own host
+    (Errno 99, a traceback on a channel nobody read; every host 'lost')."""
+    ctl = plan.controller_address(vc.plan.spec.net)
+    cp = _run("-R", _template(vc), "--listen", ctl, "--remote-python", sys.executable,
+              "-k", "2", "--json", "host[1-5]", "--", "ip -4 -o addr show eth0 | wc -l",
+              env={"SSH_CONNECTION": f"{ctl} 40000 {ctl} 22"})  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    res = json.loads(cp.stdout)["results"]
+    assert {h: r["stdout"] for h, r in res.items()} == {f"host{i}": "1\n" for i in range(1, 6)}
+
+
+def test_no_listen_calls_back_to_an_address_not_the_host_name(vc: VCluster) -> None:
+    """From host1 (where host2.. resolve): agents are told host1's address on the route
+    to them, not this machine's host name (unknown inside the cluster)."""
+    cp = _run("-R", _template(vc), "--remote-python", sys.executable, "-k", "2", "-b",
+              "host[2-5]", "--", "echo up", ns=vc.argv(1))  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "---------------\nhost[2-5] (4)\n---------------\nup\n"
+
+
+def test_no_address_for_the_hosts_says_listen(vc: VCluster) -> None:
+    """From the controller, host names mean nothing: one line, the option that fixes it
+    (before: agents told this machine's host name, unknown in the cluster).  With no
+    agent to launch (every host a leaf) no address is needed."""
+    cp = _run("-R", _template(vc), "-k", "2", "host[2-5]", "--", "true")
+    assert cp.returncode == 2
+    assert cp.stderr.count("\n") == 1 and "--listen" in cp.stderr, cp.stderr
+    leaves = _run("-R", _template(vc), "host[2-3]", "--", "true")
+    assert leaves.returncode == 0, leaves.stderr
