@@ -356,6 +356,49 @@ def test_file_hasher_follows_a_growing_file(tmp_path: Path) -> None:
     assert fh.hasher.hexdigest() == xxhash.xxh3_128(data).hexdigest()
 
 
+def test_buffers_the_kernel_copies_into_are_page_aligned(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay window and the file hasher's buffer start on a page, and the hasher
+    reads a growing file from page boundaries only: the kernel's copy into a buffer
+    16 bytes into a page (a bytearray's) cost 4-5x more here (docs/nettee.md)."""
+    import ctypes
+    import mmap
+
+    import xxhash
+
+    from beokit.nettee import filehash
+    from beokit.nettee.sinks import Ring
+
+    def address(view: memoryview) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+    assert address(Ring(4 * MIB).buf) % mmap.PAGESIZE == 0
+    path = tmp_path / "f"
+    data = os.urandom(3 * MIB + 123)
+    path.write_bytes(data)
+    offsets: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, bufs: list, offset: int) -> int:
+        offsets.append(offset)
+        assert address(bufs[0]) % mmap.PAGESIZE == 0
+        return real(fd, bufs, offset)
+
+    monkeypatch.setattr(filehash.os, "preadv", preadv)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        written = [0]
+        fh = filehash.FileHasher(fd, lambda: written[0], xxhash.xxh3_128())
+        for k in range(1, 40):  # the relay's progress in odd steps
+            written[0] = min(len(data), k * 99_991)
+            time.sleep(0.003)
+        fh.finish(len(data))
+    finally:
+        os.close(fd)
+    assert fh.error is None and fh.hasher.hexdigest() == xxhash.xxh3_128(data).hexdigest()
+    assert all(off % mmap.PAGESIZE == 0 for off in offsets[:-1]), offsets
+
+
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace (apt-get install strace)")
 def test_fsync_flushes_the_output_before_the_report(tmp_path: Path, source: Path) -> None:
     """-fsync: the tip calls fsync on its output (seen by strace) and still ends complete."""

@@ -8,17 +8,23 @@ It reads with ``pread`` into one reused buffer, not through a memory map:
 a file truncated under a map (someone shrinks the root's source during the
 stream) raises SIGBUS at the next access, which kills the process; ``pread``
 just returns fewer bytes, and the hasher records the error (the root then
-reports the changed source as LRF, see source.py).
+reports the changed source as LRF, see source.py).  The buffer is page-aligned
+and every read but the last starts at a page boundary of the file: the
+kernel's copy then runs 4-5x faster than into a ``bytearray`` (sinks.aligned_buffer).
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 from collections.abc import Callable
 
+from beokit.nettee.sinks import aligned_buffer
+
 BLOCK = 256 << 10  # bytes read and hashed at a time: one reused buffer that stays in L2
+PAGE = mmap.PAGESIZE
 
 
 class FileHasher:
@@ -35,14 +41,14 @@ class FileHasher:
         self.hasher = hasher
         self.hashed = 0
         self.error: OSError | None = None
-        self._buf = bytearray(BLOCK)
+        self._buf = aligned_buffer(BLOCK)
         self._final = -1
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="file-digest", daemon=True)
         self._thread.start()
 
     def _hash_to(self, target: int) -> None:
-        view = memoryview(self._buf)
+        view = self._buf
         while self.hashed < target:
             want = min(target - self.hashed, BLOCK)
             got = os.preadv(self.fd, [view[:want]], self.hashed)
@@ -56,7 +62,8 @@ class FileHasher:
         try:
             while True:
                 final = self._final
-                self._hash_to(self.progress() if final < 0 else final)
+                # while the file grows, only whole pages: every read starts on one
+                self._hash_to(self.progress() // PAGE * PAGE if final < 0 else final)
                 if final >= 0:
                     return
                 self._wake.wait(self.PERIOD)

@@ -39,7 +39,7 @@ from beokit.linux import (
     tee,
     zero_copy_available,
 )
-from beokit.nettee.sinks import Sink, Tap, write_all
+from beokit.nettee.sinks import Sink, Tap, aligned_buffer, write_all
 
 INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
@@ -250,7 +250,7 @@ class Relay:
             cap = min(cap, s.open(self.buf_size, self._evfd))
         if not self.zero_copy:
             cap = min(cap, 65536)  # a write to an idle pipe must never block
-        buf = memoryview(bytearray(min(self.maxread, cap)))  # for inputs that refuse splice
+        buf = aligned_buffer(min(self.maxread, cap))  # for inputs that refuse splice
         try:
             os.set_blocking(self.in_fd, False)
         except OSError:
