@@ -58,6 +58,25 @@ def test_formed_and_end_at_the_root_and_the_tip(tmp_path: Path, source: Path) ->
     assert sha256(tmp_path / "o3") == sha256(source)
 
 
+def test_end_says_when_the_stream_came_ended_and_was_relayed(tmp_path: Path,
+                                                             source: Path) -> None:  # fmt: skip
+    """The end event places the stream on the node's time line (first byte, end of
+    input, every output written) and gives the node's start on the machine's
+    monotonic clock, so that the nodes of one machine share one time line."""
+    port = free_port(["127.0.0.2"])
+    before = time.monotonic()
+    tip, tip_r = _with_events("-bind", "127.0.0.2", "-port", str(port), "-out",
+                              str(tmp_path / "o2"))  # fmt: skip
+    root, root_r = _with_events("-root", "-port", str(port), "-next", "127.0.0.2", "-in",
+                                str(source))  # fmt: skip
+    assert wait_all([root, tip]) == [0, 0]
+    after = time.monotonic()
+    for end in (_events(root_r)[-1], _events(tip_r)[-1]):
+        assert end["event"] == "end"
+        assert before <= end["start"] <= end["start"] + end["t"] <= after
+        assert 0 <= end["first"] <= end["eof"] <= end["relayed"] <= end["t"]
+
+
 def test_end_names_the_code_of_a_collapse(tmp_path: Path, source: Path) -> None:
     """The tip cannot write (/dev/full): the tree collapses; the root's last event
     says LWF, exit 1."""

@@ -12,7 +12,12 @@ it at these moments:
 * ``{"event": "end", "t": S, "status": "NONE" | CODE, "bytes": N, ...}``:
   just before the process exits (``status``: the first of the codes this
   node saw, in the man page's order; ``codes``: all of them; ``exit``: the
-  exit status).
+  exit status); where the stream ran: ``first``, ``eof`` and ``relayed``
+  (when its first byte came in, its input ended, and every output of this
+  node had the last byte; each in seconds since the node started, like
+  ``t``), and ``start``, the node's start on the machine's monotonic clock
+  (``CLOCK_MONOTONIC``: one clock for every process of a machine), so that
+  a program can put the nodes of one machine on one time line.
 
 ``t`` is seconds since the node started.  Readers must ignore keys they do
 not know.  Writing never holds the node up for long: a descriptor that
@@ -50,6 +55,10 @@ class Events:
                 self.fd = fd
             except OSError:
                 pass
+
+    def since(self, clock: float) -> float:
+        """``clock`` (a ``time.monotonic()``) in seconds since the node started."""
+        return round(clock - self.started, 4)
 
     def emit(self, event: str, **fields: object) -> None:
         if self.fd < 0:

@@ -186,9 +186,21 @@ class Node:
         self.heartbeat.stop.set()
         codes = protocol.sort_codes(all_codes(nodes))
         self.events.emit("end", status=codes[0] if codes else protocol.Code.NONE.value,
-                         codes=codes, bytes=nodes[0].bytes_in if nodes else 0, exit=status)  # fmt: skip
+                         codes=codes, bytes=nodes[0].bytes_in if nodes else 0, exit=status,
+                         **self._stream_times())  # fmt: skip
         self.log.flush()
         return status
+
+    def _stream_times(self) -> dict[str, float]:
+        """For the end event: when the stream came, ended and was relayed here."""
+        ev, relay = self.events, self.relay
+        times = {"start": round(ev.started, 4)}
+        if relay is not None:
+            for key, at in (("first", relay.first_at), ("eof", relay.eof_at),
+                            ("relayed", relay.done_at)):  # fmt: skip
+                if at:
+                    times[key] = ev.since(at)
+        return times
 
     # ------------------------------------------------------------ roles
 

@@ -142,6 +142,8 @@ class Relay:
         self._inputs: list[int | None] = []
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.finished = False
+        # when (time.monotonic) the first byte came in, the input ended, every output had it
+        self.first_at = self.eof_at = self.done_at = 0.0
 
     # ---- called from other threads (-heal)
 
@@ -236,6 +238,7 @@ class Relay:
                     break
         finally:
             self._close(loop)
+            self.done_at = time.monotonic()
         result = loop.result
         result.bytes_in = self.bytes_in
         result.eof = loop.eof and result.read_error is None
@@ -363,10 +366,12 @@ class Relay:
             return AGAIN
         if n == 0:
             loop.eof = True
+            self.eof_at = self.eof_at or time.monotonic()
             return AGAIN
         if n > 0:
             if not loop.filled:
                 loop.since = time.monotonic()
+                self.first_at = self.first_at or loop.since
             if loop.looked:
                 loop.looked = False
                 self._set_lowat(1)  # a trickle: found by looking, not woken
