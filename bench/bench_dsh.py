@@ -45,8 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from beokit.dsh import packet as P
-from beokit.dsh import state as S
+from beokit.dsh import packet, state
 from beokit.dsh.client import query
 
 BEO = [sys.executable, "-m", "beokit.cli"]
@@ -140,10 +139,10 @@ class Simulator:
             heapq.heapreplace(heap, (t + self.period, i))
             seq += 1
             load = self._load.value
-            r = P.Report(sim_addr(i), seq, int(time.time() * 1000), load, load, load, 4, 0,
+            r = packet.Report(sim_addr(i), seq, int(time.time() * 1000), load, load, load, 4, 0,
                          8 << 20, 4 << 20, int(self.period * 1000))  # fmt: skip
             try:
-                socks[i].sendto(P.encode(r, SECRET), self.dest)
+                socks[i].sendto(packet.encode(r, SECRET), self.dest)
                 with self._sent.get_lock():
                     self._sent.value += 1
             except OSError:
@@ -237,16 +236,16 @@ def placement(policy: str, jobs: int, seed: int, slots: int = 24,
     weights = [1.0] * 4 + [1.5] * 8 + [3.0] * 4
     names = [f"n{i}" for i in range(len(weights))]
     background = {names[i]: b for i, b in ((1, 2.0), (5, 1.0), (6, 3.0), (9, 2.0), (13, 1.0))}
-    specs = [S.MemberSpec(nm, w) for nm, w in zip(names, weights, strict=True)]
-    table = S.Table(specs, names[0], period=period, extra_load=0.0 if policy == "plain" else 1.0)
+    specs = [state.MemberSpec(nm, w) for nm, w in zip(names, weights, strict=True)]
+    table = state.Table(specs, names[0], period=period, extra_load=0.0 if policy == "plain" else 1.0)
     table.set_members(specs, {nm: nm for nm in names})
     running: dict[str, list[list[float]]] = {nm: [] for nm in names}  # [remaining, start]
     work = [rng.lognormvariate(0.7, 0.8) for _ in range(jobs)]
     dt, now, nxt_report, k, done = 0.01, 0.0, 0.0, 0, []
 
-    def report(nm: str, seq: int) -> P.Report:
+    def report(nm: str, seq: int) -> packet.Report:
         load = background.get(nm, 0.0) + len(running[nm])
-        return P.Report(nm, seq, seq, load, load, load, 2, len(running[nm]))
+        return packet.Report(nm, seq, seq, load, load, load, 2, len(running[nm]))
 
     seq = 0
     while k < jobs or any(running.values()):

@@ -18,6 +18,10 @@ on 127.3.x.y, so that each datagram comes from its member's address):
 * **old** (``--old-tree DIR``, the code before issue 24, e.g. from ``git
   archive``): every member sends its report to the daemon once a period and
   the daemon sends its own to every member, as the old design did.
+* **baseline** (``--baseline-tree DIR``): the gossip as above, with the daemon
+  of another source tree (an earlier commit's worktree): the same run before
+  and after a change of the daemon's inside. ``--repeat K`` alternates the
+  designs K times per size and prints medians (the box is shared: noise).
 
 Measured: the daemon's CPU over --window s from /proc/PID/stat (utime +
 stime; schedstat for the digits), datagrams and bytes in and out per
@@ -32,6 +36,7 @@ loss): the same convergence and expiry for every member's table.
 
     python bench/bench_dsh_scale.py [--sizes 1000,10000] [--old-tree /tmp/dsh-old]
                                     [--window 30] [--sim-sizes 1000] [--plot docs/bench-dsh.png]
+                                    [--baseline-tree /tmp/wt-old --repeat 3]
 """
 
 from __future__ import annotations
@@ -46,14 +51,14 @@ import random
 import resource
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from beokit.dsh import gossip as G
-from beokit.dsh import packet as P
+from beokit.dsh import gossip, packet
 from beokit.dsh.client import query
 
 BEO = [sys.executable, "-m", "beokit.cli"]
@@ -129,7 +134,7 @@ class Model:
     def __init__(self, n: int, period: float, t0: float, wall0: float, seed: int = 1) -> None:
         rng = random.Random(seed)
         self.n, self.period = n, period
-        self.round = period / G.ROUNDS
+        self.round = period / gossip.ROUNDS
         self.expire = 3 * period
         self.t0, self.wall0 = t0, wall0
         self.names = [sim_addr(i) for i in range(n)]
@@ -138,7 +143,7 @@ class Model:
                                                        for _ in range(n)]  # fmt: skip
         self.dead: dict[int, float] = {}  # member -> time of its last report
         self.changed: set[int] = set()
-        self.delays = epidemic_delays(n + 1, G.FANOUT, self.round)
+        self.delays = epidemic_delays(n + 1, gossip.FANOUT, self.round)
         self._signed: dict[tuple[int, int], bytes] = {}
         self._salt = rng.getrandbits(32)
 
@@ -179,9 +184,9 @@ class Model:
         made = self.made(c, v)
         if raw is None:
             load = self.load_at(c, made)
-            r = P.Report(self.names[c], v + 1, int(self.wall0 * 1000 + (made - self.t0) * 1000),
+            r = packet.Report(self.names[c], v + 1, int(self.wall0 * 1000 + (made - self.t0) * 1000),
                          load, load, load, CPUS, 0, 8 << 20, 4 << 20, int(self.period * 1000))  # fmt: skip
-            raw = P.encode(r, SECRET)
+            raw = packet.encode(r, SECRET)
             if len(self._signed) > 200_000:
                 self._signed.clear()
             self._signed[key] = raw
@@ -214,17 +219,17 @@ class Model:
                 made = self.made(c, v)
                 ranked.append((self.score(c, made), (c * 2_654_435_761 + s) & 0xFFFFFF, c, v))
         ranked.sort()
-        cands = ranked[: G.CANDIDATES]
+        cands = ranked[: gossip.CANDIDATES]
         out += [self.record(c, v, now) for *_, c, v in cands]
         taken = {s} | {c for *_, c, _ in cands}
         extra = 0
-        for *_, c, v in ranked[G.CANDIDATES :]:  # left the candidates within a period
-            if extra < G.EXTRA and c in self.changed and now - self.made(c, v) < self.period:
+        for *_, c, v in ranked[gossip.CANDIDATES :]:  # left the candidates within a period
+            if extra < gossip.EXTRA and c in self.changed and now - self.made(c, v) < self.period:
                 out.append(self.record(c, v, now))
                 taken.add(c)
                 extra += 1
-        for _ in range(4 * G.EXTRA):
-            if extra >= G.EXTRA:
+        for _ in range(4 * gossip.EXTRA):
+            if extra >= gossip.EXTRA:
                 break
             c = rng.randrange(self.n)
             v = self.held(s, c, now) if c not in taken else None
@@ -237,7 +242,7 @@ class Model:
     def pool(self, now: float) -> list[int]:
         """Members that can be candidates somewhere: the least loaded now, those whose
         load changed, the dead (while their last report lives)."""
-        best = sorted(range(self.n), key=lambda c: self.score(c, now))[: 3 * G.CANDIDATES]
+        best = sorted(range(self.n), key=lambda c: self.score(c, now))[: 3 * gossip.CANDIDATES]
         return sorted(set(best) | self.changed | set(self.dead))
 
 
@@ -342,7 +347,7 @@ class _Run:
         if self.g.mode == "old":
             return self._send_direct(now)
         m = self.model
-        gap = m.round / G.FANOUT  # the daemon gets FANOUT datagrams a round
+        gap = m.round / gossip.FANOUT  # the daemon gets FANOUT datagrams a round
         if now - self.pool_at > m.round:
             self.pool, self.pool_at = m.pool(now), now
         while self.next_push <= now:
@@ -357,7 +362,7 @@ class _Run:
             if not records:
                 continue
             self.hop_seq += 1
-            data = P.encode_gossip(m.names[s], DAEMON, self.hop_seq, int(time.time() * 1000),
+            data = packet.encode_gossip(m.names[s], DAEMON, self.hop_seq, int(time.time() * 1000),
                                    records, SECRET)  # fmt: skip
             self._sendto(s, data)
         return self.next_push
@@ -371,9 +376,9 @@ class _Run:
                 continue
             load = m.load_at(i, now)
             self.hop_seq += 1
-            r = P.Report(m.names[i], self.hop_seq, int(time.time() * 1000), load, load, load,
+            r = packet.Report(m.names[i], self.hop_seq, int(time.time() * 1000), load, load, load,
                          CPUS, 0, 8 << 20, 4 << 20, int(m.period * 1000))  # fmt: skip
-            self._sendto(i, P.encode(r, SECRET))
+            self._sendto(i, packet.encode(r, SECRET))
         return heap[0][0]
 
     def _sendto(self, i: int, data: bytes) -> None:
@@ -397,8 +402,8 @@ class _Run:
             if self.g.mode == "old":
                 continue
             try:
-                d = P.decode_gossip(data, SECRET)
-            except P.PacketError:
+                d = packet.decode_gossip(data, SECRET)
+            except packet.PacketError:
                 self.counts["bad"] += 1
                 continue
             if d.dest != m.names[i] or d.sender != DAEMON:
@@ -424,12 +429,53 @@ def _index(name: str) -> int:
 # ------------------------------------------------------------ one run
 
 
-def status(port: int) -> dict:
-    return json.loads(query(DAEMON, port, "status", "json", SECRET, 20.0))
+class Queries:
+    """The daemon's status and best ports, asked by the client of the daemon's own
+    source tree (the ports' MACs changed in issue 20: each client speaks its own
+    tree's; a baseline tree's client runs in a helper process)."""
 
+    HELPER = ("import json, sys\n"
+              "from beokit.dsh.client import query\n"
+              "host, secret = sys.argv[1], bytes.fromhex(sys.argv[2])\n"
+              "for line in sys.stdin:\n"
+              "    port, purpose, request, timeout = json.loads(line)\n"
+              "    try:\n"
+              "        out = {'ok': query(host, port, purpose, request, secret, timeout)}\n"
+              "    except Exception as e:\n"
+              "        out = {'error': repr(e)}\n"
+              "    print(json.dumps(out), flush=True)\n")  # fmt: skip
 
-def best(port: int) -> str:
-    return query(DAEMON, port, "best", "best", SECRET, 5.0).split()[1]
+    def __init__(self, sport: int, bport: int, tree: str | None = None) -> None:
+        self.sport, self.bport = sport, bport
+        self.helper: subprocess.Popen | None = None
+        if tree:
+            env = dict(os.environ, PYTHONPATH=str(Path(tree, "src")))
+            argv = [sys.executable, "-c", self.HELPER, DAEMON, SECRET.hex()]
+            self.helper = subprocess.Popen(argv, env=env,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True)  # fmt: skip
+
+    def ask(self, port: int, purpose: str, request: str, timeout: float) -> str:
+        if self.helper is None:
+            return query(DAEMON, port, purpose, request, SECRET, timeout)
+        assert self.helper.stdin is not None and self.helper.stdout is not None
+        self.helper.stdin.write(json.dumps([port, purpose, request, timeout]) + "\n")
+        self.helper.stdin.flush()
+        out = json.loads(self.helper.stdout.readline())
+        if "error" in out:
+            raise RuntimeError(f"query {purpose}: {out['error']}")
+        return str(out["ok"])
+
+    def status(self) -> dict:
+        return json.loads(self.ask(self.sport, "status", "json", 20.0))
+
+    def best(self) -> str:
+        return self.ask(self.bport, "best", "best", 5.0).split()[1]
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.stdin.close()  # type: ignore[union-attr]
+            self.helper.wait(10)
 
 
 def poll(cond, timeout: float, step: float = 0.05) -> float:  # type: ignore[no-untyped-def]
@@ -442,8 +488,9 @@ def poll(cond, timeout: float, step: float = 0.05) -> float:  # type: ignore[no-
 
 
 def daemon_run(n: int, mode: str, period: float, window: float, tmp: Path,
-               old_tree: str | None) -> dict:  # fmt: skip
-    """One real daemon among ``n`` members ("gossip": this code; "old": --old-tree)."""
+               tree: str | None) -> dict:  # fmt: skip
+    """One real daemon among ``n`` members ("gossip": this code; "base": the gossip of
+    --baseline-tree; "old": the all-to-all daemon of --old-tree)."""
     sims = n - 1
     addrs = [DAEMON] + [sim_addr(i) for i in range(sims)]
     gport = free_port([DAEMON, *addrs[1:60], addrs[-1]])
@@ -451,9 +498,10 @@ def daemon_run(n: int, mode: str, period: float, window: float, tmp: Path,
     (tmp / "cluster").write_text("".join(f"{a}\n" for a in addrs))
     (tmp / "secret").write_bytes(SECRET)
     env = dict(os.environ)
-    if mode == "old":
-        env["PYTHONPATH"] = str(Path(old_tree or "", "src"))  # type: ignore[arg-type]
-    gen = Generator(sims, gport, period, mode)
+    if mode != "gossip":
+        env["PYTHONPATH"] = str(Path(tree or "", "src"))
+    gen = Generator(sims, gport, period, "old" if mode == "old" else "gossip")
+    ports = Queries(sport, bport, tree if mode != "gossip" else None)
     gen.start()
     d = subprocess.Popen([*BEO, "dshd", "-f", str(tmp / "cluster"), "--bind", DAEMON, "-g",
                           str(gport), "-t", str(sport), "-r", str(bport), "--period",
@@ -464,16 +512,17 @@ def daemon_run(n: int, mode: str, period: float, window: float, tmp: Path,
         if math.isnan(poll(lambda: _open(DAEMON, sport), 60, 0.2)):
             raise RuntimeError(f"dshd ({mode}, {n}) did not start")
         time.sleep(4 * period)  # warm up: the table fills
-        return _measure(n, mode, period, window, d.pid, gen, sport, bport)
+        return _measure(n, mode, period, window, d.pid, gen, ports)
     finally:
+        ports.close()
         gen.close()
         d.terminate()
         d.wait(20)
 
 
 def _measure(n: int, mode: str, period: float, window: float, pid: int, gen: Generator,
-             sport: int, bport: int) -> dict:  # fmt: skip
-    up0 = status(sport)["up"]
+             ports: Queries) -> dict:  # fmt: skip
+    up0 = ports.status()["up"]
     c0, (s0, h0) = gen.ask("counts"), cpu_seconds(pid)
     time.sleep(window)
     c1, (s1, h1) = gen.ask("counts"), cpu_seconds(pid)
@@ -488,21 +537,21 @@ def _measure(n: int, mode: str, period: float, window: float, pid: int, gen: Gen
     assert isinstance(loads, list)
     x = sorted(range(len(loads)), key=loads.__getitem__)[len(loads) // 2]  # a middling one
     gen.ask("load", x, 0.0)  # idle now: the best of the cluster
-    row["idle"] = poll(lambda: best(bport) == sim_addr(x), 10 * period) / period
+    row["idle"] = poll(lambda: ports.best() == sim_addr(x), 10 * period) / period
     gen.ask("load", x, 9.0)  # busy again
-    row["busy"] = poll(lambda: best(bport) != sim_addr(x), 10 * period) / period
+    row["busy"] = poll(lambda: ports.best() != sim_addr(x), 10 * period) / period
     time.sleep(period)
-    row.update(_death(gen, sport, bport, period))
+    row.update(_death(gen, ports, period))
     c2 = gen.ask("counts")
     assert isinstance(c2, dict)
     row["dead_relayed"], row["dead_relayed_late"] = c2["dead_relayed"], c2["dead_relayed_late"]
     return row
 
 
-def _death(gen: Generator, sport: int, bport: int, period: float) -> dict:
+def _death(gen: Generator, ports: Queries, period: float) -> dict:
     """The best member dies: how old its last report is when the daemon has it down,
     the oldest it was seen up, and whether it was up at any look past its expiry."""
-    dead = best(bport)
+    dead = ports.best()
     di = _index(dead)
     if di < 0:
         return {}
@@ -512,7 +561,7 @@ def _death(gen: Generator, sport: int, bport: int, period: float) -> dict:
     oldest_up, up_late, down_at = 0.0, 0, math.nan
     while time.monotonic() - last < expire + 3 * period:
         t_ask = time.monotonic()
-        rows = {m["name"]: m for m in status(sport)["members"]}
+        rows = {m["name"]: m for m in ports.status()["members"]}
         if rows[dead]["up"]:
             oldest_up = max(oldest_up, rows[dead]["age"])
             up_late += t_ask - last > expire + 0.05  # asked after its expiry: must be down
@@ -546,6 +595,74 @@ def sim_run(n: int, loss: float) -> dict:
 # --------------------------------------------------------------------- main
 
 
+LABELS = {"gossip": "gossip (new)", "base": "gossip (baseline tree)", "old": "all-to-all (old)"}
+
+
+def part1(a: argparse.Namespace) -> list[dict]:
+    """One real daemon among N members, for each size, design and repetition."""
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    modes = ["gossip"] + (["base"] if a.baseline_tree else []) + (["old"] if a.old_tree else [])
+    print(f"## 1. one real dshd among N members (N-1 impersonated), period {a.period:g} s, "
+          f"expiry 3 periods, authenticated; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+          f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print("| N | design | CPU % of a core (stat / schedstat) | datagrams in/s | out/s | in+out/s "
+          "| KB/s in | KB/s out | members up here | idle member best after (periods) "
+          "| busy member dropped after (periods) | dead member: oldest report seen up / "
+          "down seen after its last report (s) | goal: < 1 %, < 50/s, <= 3 periods, "
+          "<= expiry |")
+    print("|" + "---|" * 13)
+    rows = []
+    for n in sizes:
+        for rep in range(a.repeat):
+            for mode in modes if rep % 2 == 0 else modes[::-1]:
+                tree = a.baseline_tree if mode == "base" else a.old_tree
+                with tempfile.TemporaryDirectory(prefix="bkd-scale-") as d:
+                    r = daemon_run(n, mode, a.period, a.window, Path(d), tree)
+                r["load"] = os.getloadavg()[0]
+                rows.append(r)
+                print_row(r, a.period)
+    for r in rows:
+        if r["mode"] != "old":
+            print(f"\nN={r['n']} ({LABELS[r['mode']]}): the generator read {r['bad']} bad "
+                  f"datagrams from the daemon; the daemon relayed the dead member's report "
+                  f"{r['dead_relayed']} times, {r['dead_relayed_late']} of them past its expiry "
+                  f"or dated too young; the daemon's table was seen up past the expiry "
+                  f"{r.get('dead_up_late')} times; {r['up']} members up in the daemon's table")
+    if a.repeat > 1 or len(modes) > 1:
+        print_medians(rows, sizes, modes)
+    return rows
+
+
+def print_row(r: dict, period: float) -> None:
+    total = r["in"] + r["out"]
+    ok = (r["cpu_stat"] < 1.0 and total < 50 and r["idle"] <= 3 and r["busy"] <= 3
+          and r.get("dead_oldest_up", math.inf) <= 3 * period
+          and r.get("dead_up_late", 1) == 0)  # fmt: skip
+    print(f"| {r['n']} | {LABELS[r['mode']]} | "
+          f"{r['cpu_stat']:.2f} / {r['cpu_sched']:.2f} | {r['in']:.1f} | {r['out']:.1f} | "
+          f"{total:.1f} | {r['in_bytes'] / 1000:.1f} | {r['out_bytes'] / 1000:.1f} | "
+          f"{r['up']} | {r['idle']:.2f} | {r['busy']:.2f} | "
+          f"{r.get('dead_oldest_up', math.nan):.2f} / {r.get('dead_gone', math.nan):.2f} | "
+          f"{'yes' if ok else 'no'} |", flush=True)
+
+
+def print_medians(rows: list[dict], sizes: list[int], modes: list[str]) -> None:
+    """Per size and design: the median CPU (and its range), datagrams, convergence."""
+    print("\n| N | design | runs | CPU % of a core (schedstat), median [min-max] | datagrams "
+          "in+out/s | idle best (periods) | busy dropped (periods) | load average |")
+    print("|" + "---|" * 8)
+    for n in sizes:
+        for mode in modes:
+            rs = [r for r in rows if r["n"] == n and r["mode"] == mode]
+            cpu = [r["cpu_sched"] for r in rs]
+            print(f"| {n} | {LABELS[mode]} | {len(rs)} | {statistics.median(cpu):.2f} "
+                  f"[{min(cpu):.2f}-{max(cpu):.2f}] | "
+                  f"{statistics.median(r['in'] + r['out'] for r in rs):.1f} | "
+                  f"{statistics.median(r['idle'] for r in rs):.2f} | "
+                  f"{statistics.median(r['busy'] for r in rs):.2f} | "
+                  f"{min(r['load'] for r in rs):.1f}-{max(r['load'] for r in rs):.1f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000", help="cluster sizes (default 1000,10000)")
@@ -558,43 +675,17 @@ def main() -> int:
     p.add_argument("--plot", metavar="PNG", help="draw CPU and datagrams against N")
     p.add_argument("--plot-from", metavar="FILE",
                    help="only draw --plot from the part-1 table of an earlier run's output")  # fmt: skip
+    p.add_argument("--baseline-tree", metavar="DIR",
+                   help="also run the gossip daemon of this source tree (with src/beokit; "
+                   "e.g. a git worktree of an earlier commit), interleaved: before/after")  # fmt: skip
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run every size and design K times, the designs alternating "
+                   "(default 1); medians at the end")  # fmt: skip
     a = p.parse_args()
     if a.plot_from:
         plot(rows_of(Path(a.plot_from).read_text()), a.plot or "bench-dsh.png")
         return 0
-    sizes = [int(x) for x in a.sizes.split(",") if x]
-    modes = ["gossip"] + (["old"] if a.old_tree else [])
-    print(f"## 1. one real dshd among N members (N-1 impersonated), period {a.period:g} s, "
-          f"expiry 3 periods, authenticated; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
-    print("| N | design | CPU % of a core (stat / schedstat) | datagrams in/s | out/s | in+out/s "
-          "| KB/s in | KB/s out | members up here | idle member best after (periods) "
-          "| busy member dropped after (periods) | dead member: oldest report seen up / "
-          "down seen after its last report (s) | goal: < 1 %, < 50/s, <= 3 periods, "
-          "<= expiry |")
-    print("|" + "---|" * 13)
-    rows = []
-    for n in sizes:
-        for mode in modes:
-            with tempfile.TemporaryDirectory(prefix="bkd-scale-") as d:
-                r = daemon_run(n, mode, a.period, a.window, Path(d), a.old_tree)
-            rows.append(r)
-            total = r["in"] + r["out"]
-            ok = (r["cpu_stat"] < 1.0 and total < 50 and r["idle"] <= 3 and r["busy"] <= 3
-                  and r.get("dead_oldest_up", math.inf) <= 3 * a.period
-                  and r.get("dead_up_late", 1) == 0)  # fmt: skip
-            print(f"| {n} | {'gossip (new)' if mode == 'gossip' else 'all-to-all (old)'} | "
-                  f"{r['cpu_stat']:.2f} / {r['cpu_sched']:.2f} | {r['in']:.1f} | {r['out']:.1f} | "
-                  f"{total:.1f} | {r['in_bytes'] / 1000:.1f} | {r['out_bytes'] / 1000:.1f} | "
-                  f"{r['up']} | {r['idle']:.2f} | {r['busy']:.2f} | "
-                  f"{r.get('dead_oldest_up', math.nan):.2f} / {r.get('dead_gone', math.nan):.2f} | "
-                  f"{'yes' if ok else 'no'} |", flush=True)
-    for r in rows:
-        if r["mode"] == "gossip":
-            print(f"\nN={r['n']}: the generator read {r['bad']} bad datagrams from the daemon; "
-                  f"the daemon relayed the dead member's report {r['dead_relayed']} times, "
-                  f"{r['dead_relayed_late']} of them past its expiry or dated too young; "
-                  f"the daemon's table was seen up past the expiry {r.get('dead_up_late')} "
-                  f"times; {r['up']} members up in the daemon's table")
+    rows = part1(a)
     sim_sizes = [int(x) for x in a.sim_sizes.split(",") if x]
     if any(n > SIM_MAX for n in sim_sizes):
         print(f"\n(part 2 skips sizes above {SIM_MAX}: each simulated member holds a table of "
@@ -630,7 +721,8 @@ def rows_of(text: str) -> list[dict]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 6 and cells[0].isdigit() and "(" in cells[1]:
-            rows.append({"n": int(cells[0]), "mode": "gossip" if "new" in cells[1] else "old",
+            mode = "base" if "baseline" in cells[1] else "gossip" if "new" in cells[1] else "old"
+            rows.append({"n": int(cells[0]), "mode": mode,
                          "cpu_stat": float(cells[2].split("/")[0]), "in": float(cells[3]),
                          "out": float(cells[4])})  # fmt: skip
     return rows

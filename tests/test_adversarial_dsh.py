@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from dsh_fixture import BEO, Cluster, addr, cluster, wait_for
 
-from beokit.dsh import packet as P
+from beokit.dsh import packet
 from beokit.dsh.client import query
-from beokit.dsh.daemon import ACCEPT_BATCH, MAX_CONNECTIONS, MAX_PER_SOURCE
+from beokit.dsh.queries import ACCEPT_BATCH, MAX_CONNECTIONS, MAX_PER_SOURCE
 
 SECRET = "flood-test-secret"
 PERIOD = 0.3
@@ -302,7 +302,7 @@ def test_only_an_answer_without_challenge_means_no_secret(tmp_path: Path) -> Non
 
 
 def report_of(name: str, load: float, secret: bytes | None, t_ms: int, seq: int = 1) -> bytes:
-    return P.encode(P.Report(name, seq, t_ms, load, load, load, 1), secret)
+    return packet.encode(packet.Report(name, seq, t_ms, load, load, load, 1), secret)
 
 
 def send_flood(dest: tuple[str, int], member: str, secret: bytes, n: int = 10_000) -> int:

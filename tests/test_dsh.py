@@ -26,7 +26,7 @@ from dsh_fixture import (
     wait_for,
 )
 
-from beokit.dsh import packet as P
+from beokit.dsh import packet
 
 PERIOD = 0.3
 
@@ -131,7 +131,7 @@ def test_weights_from_the_cluster_file_and_sighup(tmp_path: Path) -> None:
 
 def forged(name: str, load: float, secret: bytes | None, t_ms: int | None = None) -> bytes:
     t = int(time.time() * 1000) + 10_000 if t_ms is None else t_ms
-    return P.encode(P.Report(name, 1, t, load, load, load, 1), secret)
+    return packet.encode(packet.Report(name, 1, t, load, load, load, 1), secret)
 
 
 def send_from(source: str, dest: tuple[str, int], data: bytes, count: int = 20) -> None:
@@ -181,12 +181,12 @@ def test_non_members_ignored_without_secret_too(tmp_path: Path) -> None:
         assert doc["stats"]["rejected"] >= 40
 
 
-def gossip_from(sender: str, dest: str, records: list[tuple[int, P.Report]], secret: bytes,
+def gossip_from(sender: str, dest: str, records: list[tuple[int, packet.Report]], secret: bytes,
                 key: bytes | None = None, seq: int = 1) -> bytes:  # fmt: skip
     """A version-3 datagram as member ``sender`` would send it (reports signed with
     ``key``, default the secret; the hop MAC with the secret)."""
-    signed = [(age, P.encode(r, key or secret)) for age, r in records]
-    return P.encode_gossip(sender, dest, seq, int(time.time() * 1000), signed, secret)
+    signed = [(age, packet.encode(r, key or secret)) for age, r in records]
+    return packet.encode_gossip(sender, dest, seq, int(time.time() * 1000), signed, secret)
 
 
 def member(m: list[dict], name: str) -> dict:
@@ -208,8 +208,8 @@ def test_gossip_wire_path_relays_and_refuses_replays(tmp_path: Path) -> None:
                              for i in (1, 2)), 10, "convergence")  # fmt: skip
         k = secret.encode()
         now_ms = int(time.time() * 1000)
-        idle = P.Report(addr(4), 1, now_ms - 100, 0.0, 0.0, 0.0, 1)
-        data = gossip_from(addr(3), addr(1), [(0, P.Report(addr(3), 1, now_ms, 5.0, cpus=1)),
+        idle = packet.Report(addr(4), 1, now_ms - 100, 0.0, 0.0, 0.0, 1)
+        data = gossip_from(addr(3), addr(1), [(0, packet.Report(addr(3), 1, now_ms, 5.0, cpus=1)),
                                               (100, idle)], k)  # fmt: skip
         send_from(addr(3), (addr(1), c.gossip), data, count=1)
         doc = wait_for(lambda: (d := c.status_json(1)) and member(d["members"], addr(4))["up"]
@@ -227,11 +227,11 @@ def test_gossip_wire_path_relays_and_refuses_replays(tmp_path: Path) -> None:
         send_from(addr(3), (addr(1), c.gossip), data, count=1)
         send_from(addr(3), (addr(2), c.gossip), data, count=1)
         send_from(addr(3), (addr(1), c.gossip), gossip_from(
-            addr(3), addr(1), [(0, P.Report(addr(3), 2, now_ms + 1, 0.0))], b"wrong"), count=1)
+            addr(3), addr(1), [(0, packet.Report(addr(3), 2, now_ms + 1, 0.0))], b"wrong"), count=1)
         # a report changed by a relay (signed with another key, hop MAC right): refused
-        busy = P.Report(addr(4), 2, now_ms + 50, 9.0, 9.0, 9.0, 1)
+        busy = packet.Report(addr(4), 2, now_ms + 50, 9.0, 9.0, 9.0, 1)
         send_from(addr(3), (addr(1), c.gossip), gossip_from(
-            addr(3), addr(1), [(0, P.Report(addr(3), 3, now_ms + 60, 5.0)), (0, busy)], k,
+            addr(3), addr(1), [(0, packet.Report(addr(3), 3, now_ms + 60, 5.0)), (0, busy)], k,
             key=b"not-the-secret", seq=5), count=1)  # fmt: skip
         wait_for(lambda: c.status_json(1)["stats"]["rejected"] >= rejected + 3, 5,
                  "rejections")  # fmt: skip
@@ -669,7 +669,8 @@ def _udp(address: str, port: int = 0) -> socket.socket:
 
 @pytest.mark.parametrize("use_mmsg", [True, False], ids=["sendmmsg", "sendto"])
 def test_multisender_reaches_every_destination_and_skips_failures(use_mmsg: bool) -> None:
-    from beokit.dsh.daemon import MultiSender
+    """dshd's broadcast send (beokit.udp.UdpBatch.send_all, as dsh/rounds.py uses it)."""
+    from beokit.udp import UdpBatch
 
     sinks = [_udp(f"127.9.0.{i}") for i in range(1, 41)]
     src = _udp("127.9.1.1")
@@ -677,10 +678,11 @@ def test_multisender_reaches_every_destination_and_skips_failures(use_mmsg: bool
         dests = [s.getsockname() for s in sinks]
         # a broadcast address on a socket without SO_BROADCAST fails (EACCES) in the middle
         dests.insert(17, ("127.255.255.255", dests[0][1]))
-        tx = MultiSender(src, dests, use_mmsg=use_mmsg)
+        tx = UdpBatch(src, use_mmsg=use_mmsg)
+        tx.set_destinations(dests)
         for k in range(3):
-            data = P.encode(P.Report("127.9.1.1", k + 1, 1000 + k, 0.5), b"x")
-            assert tx.send(data) == 1
+            data = packet.encode(packet.Report("127.9.1.1", k + 1, 1000 + k, 0.5), b"x")
+            assert tx.send_all(data) == 1
             assert isinstance(tx.last_error, PermissionError)
             for s in sinks:
                 got, frm = s.recvfrom(1024)
@@ -694,43 +696,45 @@ def test_multisender_reaches_every_destination_and_skips_failures(use_mmsg: bool
 
 @pytest.mark.parametrize("use_mmsg", [True, False], ids=["recvmmsg", "recvmsg"])
 def test_multireceiver_batches_sources_stamps_and_cut_datagrams(use_mmsg: bool) -> None:
-    from beokit.dsh.daemon import MultiReceiver, enable_timestamps
+    """dshd's receive batches (beokit.udp.UdpBatch as dsh/rounds.py makes them)."""
+    from beokit.dsh.rounds import RX_SIZE
+    from beokit.udp import UdpBatch, enable_timestamps
 
     rx = _udp("127.9.2.1")
     senders = [_udp(f"127.9.3.{i}") for i in range(1, 6)]
     try:
         assert enable_timestamps(rx)
-        r = MultiReceiver(rx, slots=8, use_mmsg=use_mmsg)
-        assert r.recv() == []
+        r = UdpBatch(rx, batch=8, size=RX_SIZE, timestamps=True, use_mmsg=use_mmsg)
+        assert r.received(r.recv()) == []
         sent = []
         t0 = time.time()
         for k in range(20):
             s = senders[k % 5]
             data = f"datagram {k}".encode() * (k + 1)
             s.sendto(data, rx.getsockname())
-            sent.append((data[: MultiReceiver.SLOT], s.getsockname()[0]))
-        big = b"B" * (MultiReceiver.SLOT + 300)  # longer than a slot: cut, never decodes
+            sent.append((data[:RX_SIZE], s.getsockname()[0]))
+        big = b"B" * (RX_SIZE + 300)  # longer than a slot: cut, never decodes
         senders[0].sendto(big, rx.getsockname())
-        sent.append((big[: MultiReceiver.SLOT], "127.9.3.1"))
+        sent.append((big[:RX_SIZE], "127.9.3.1"))
         t1 = time.time()
         got: list[tuple[bytes, str]] = []
         stamps = []
         sizes = []
         for _ in range(10):
-            batch = r.recv()
+            batch = r.received(r.recv())
             if not batch:
                 break
             sizes.append(len(batch))
-            got += [(data, src) for data, src, _ in batch]
+            got += [(data, src) for data, (src, _port), _ in batch]
             stamps += [stamp for _, _, stamp in batch]
         assert sizes == [8, 8, 5] and got == sent
         # each datagram has the kernel's arrival time (wall clock), in sending order
         assert all(s is not None and t0 - 0.01 <= s <= t1 + 0.01 for s in stamps), stamps
         assert stamps == sorted(stamps)
-        with pytest.raises(P.PacketError):
-            P.decode(got[-1][0], None)
-        with pytest.raises(P.PacketError):
-            P.decode_gossip(got[-1][0], None)
+        with pytest.raises(packet.PacketError):
+            packet.decode(got[-1][0], None)
+        with pytest.raises(packet.PacketError):
+            packet.decode_gossip(got[-1][0], None)
     finally:
         for s in [rx, *senders]:
             s.close()

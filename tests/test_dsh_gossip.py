@@ -16,10 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beokit.dsh import packet as P
-from beokit.dsh import state as S
+from beokit.dsh import packet, state
 from beokit.dsh.gossip import Gossip, Params
-from beokit.dsh.gossip_sim import Outcome, SimCluster, SimConfig, first_everywhere, scenario
+from beokit.dsh.gossip_sim import GossipOutcome, SimCluster, SimConfig, first_everywhere, scenario
 
 SECRET = b"gossip-secret"
 
@@ -27,8 +26,8 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_siz
                 max_size=40).filter(lambda n: 0 < len(n.encode()) <= 255)  # fmt: skip
 
 
-def report(name: str, load: float = 1.0, t_ms: int = 1000, seq: int = 1) -> P.Report:
-    return P.Report(name, seq, t_ms, load, load, load, 2)
+def report(name: str, load: float = 1.0, t_ms: int = 1000, seq: int = 1) -> packet.Report:
+    return packet.Report(name, seq, t_ms, load, load, load, 2)
 
 
 # ---------------------------------------------------------------- the datagram
@@ -39,20 +38,20 @@ def report(name: str, load: float = 1.0, t_ms: int = 1000, seq: int = 1) -> P.Re
        st.sampled_from([None, SECRET]), st.integers(0, 2**32 - 1), st.integers(0, 2**63))  # fmt: skip
 def test_gossip_datagram_roundtrip(sender: str, dest: str, recs: list[tuple[str, int]],
                                    secret: bytes | None, hop_seq: int, hop_ms: int) -> None:  # fmt: skip
-    records = [(age, P.encode(report(n, t_ms=k), secret)) for k, (n, age) in enumerate(recs)]
-    data = P.encode_gossip(sender, dest, hop_seq, hop_ms, records, secret)
-    assert len(data) == P.gossip_size(sender, dest, [r for _, r in records], secret)
+    records = [(age, packet.encode(report(n, t_ms=k), secret)) for k, (n, age) in enumerate(recs)]
+    data = packet.encode_gossip(sender, dest, hop_seq, hop_ms, records, secret)
+    assert len(data) == packet.gossip_size(sender, dest, [r for _, r in records], secret)
     for key in (secret, None):  # a receiver without a secret ignores the MAC
-        d = P.decode_gossip(data, key)
+        d = packet.decode_gossip(data, key)
         assert (d.sender, d.dest, d.hop_seq, d.hop_ms) == (sender, dest, hop_seq, hop_ms)
         assert [(a, r) for a, r, *_ in d.records] == records
-        assert [(n, s, q) for _, _, n, s, q in d.records] == [P.report_key(r) for _, r in records]
-        assert all(P.decode(r, secret).name == n for _, r, n, _, _ in d.records)
+        assert [(n, s, q) for _, _, n, s, q in d.records] == [packet.report_key(r) for _, r in records]
+        assert all(packet.decode(r, secret).name == n for _, r, n, _, _ in d.records)
 
 
 def _datagram(secret: bytes | None = SECRET) -> bytes:
-    records = [(12, P.encode(report("n2", 0.5), secret)), (0, P.encode(report("n1"), secret))]
-    return P.encode_gossip("n1", "n3", 7, 123456, records, secret)
+    records = [(12, packet.encode(report("n2", 0.5), secret)), (0, packet.encode(report("n1"), secret))]
+    return packet.encode_gossip("n1", "n3", 7, 123456, records, secret)
 
 
 @settings(deadline=None, max_examples=80)
@@ -60,8 +59,8 @@ def _datagram(secret: bytes | None = SECRET) -> bytes:
 def test_any_flipped_byte_fails_the_hop_mac(pos: int, xor: int) -> None:
     data = bytearray(_datagram())
     data[pos % len(data)] ^= xor
-    with pytest.raises(P.PacketError):
-        P.decode_gossip(bytes(data), SECRET)
+    with pytest.raises(packet.PacketError):
+        packet.decode_gossip(bytes(data), SECRET)
 
 
 @settings(deadline=None, max_examples=60)
@@ -70,37 +69,37 @@ def test_truncated_or_extended_datagrams_are_rejected(data: st.DataObject,
                                                       secret: bytes | None) -> None:  # fmt: skip
     wire = _datagram(secret)
     cut = data.draw(st.integers(0, len(wire) - 1))
-    with pytest.raises(P.PacketError):
-        P.decode_gossip(wire[:cut], secret)
-    with pytest.raises(P.PacketError):
-        P.decode_gossip(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
+    with pytest.raises(packet.PacketError):
+        packet.decode_gossip(wire[:cut], secret)
+    with pytest.raises(packet.PacketError):
+        packet.decode_gossip(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
 
 
 @settings(deadline=None)
 @given(st.binary(max_size=600))
 def test_garbage_raises_only_packet_error(data: bytes) -> None:
-    for blob in (data, P.MAGIC + bytes([3]) + data):
+    for blob in (data, packet.MAGIC + bytes([3]) + data):
         for secret in (None, SECRET):
             try:
-                P.decode_gossip(blob, secret)
-            except P.PacketError:
+                packet.decode_gossip(blob, secret)
+            except packet.PacketError:
                 pass
 
 
 def test_hop_mac_is_keyed_blake2s_personalized_apart_from_reports() -> None:
     data = _datagram()
-    body, tag = data[: -P.MAC_LEN], data[-P.MAC_LEN :]
-    assert data[4] == P.GOSSIP_VERSION == 3 and P.version_of(data) == 3
-    want = hashlib.blake2s(body, key=SECRET, digest_size=16, person=P.GOSSIP_PERSON).digest()
-    assert tag == want and P.GOSSIP_PERSON != P.MAC_PERSON
+    body, tag = data[: -packet.MAC_LEN], data[-packet.MAC_LEN :]
+    assert data[4] == packet.GOSSIP_VERSION == 3 and packet.version_of(data) == 3
+    want = hashlib.blake2s(body, key=SECRET, digest_size=16, person=packet.GOSSIP_PERSON).digest()
+    assert tag == want and packet.GOSSIP_PERSON != packet.MAC_PERSON
     # a report's MAC can never stand for a datagram's (another personalization)
-    assert hashlib.blake2s(body, key=SECRET, digest_size=16, person=P.MAC_PERSON).digest() != tag
-    with pytest.raises(P.PacketError, match="bad MAC"):
-        P.decode_gossip(data, b"another secret")
-    with pytest.raises(P.PacketError, match="unauthenticated"):
-        P.decode_gossip(_datagram(None), SECRET)
-    with pytest.raises(P.PacketError, match="unsupported version 3"):
-        P.decode(data, SECRET)  # an older daemon refuses it by its version
+    assert hashlib.blake2s(body, key=SECRET, digest_size=16, person=packet.MAC_PERSON).digest() != tag
+    with pytest.raises(packet.PacketError, match="bad MAC"):
+        packet.decode_gossip(data, b"another secret")
+    with pytest.raises(packet.PacketError, match="unauthenticated"):
+        packet.decode_gossip(_datagram(None), SECRET)
+    with pytest.raises(packet.PacketError, match="unsupported version 3"):
+        packet.decode(data, SECRET)  # an older daemon refuses it by its version
 
 
 # ------------------------------------------------------------ one daemon's gossip
@@ -108,17 +107,17 @@ def test_hop_mac_is_keyed_blake2s_personalized_apart_from_reports() -> None:
 
 def node(n: int = 4, name: str = "n1", secret: bytes | None = SECRET,
          **params: int) -> Gossip:  # fmt: skip
-    specs = [S.MemberSpec(f"n{i}") for i in range(1, n + 1)]
-    t = S.Table(specs, name, period=1.0, expire_periods=3, keep_marks=secret is not None)
+    specs = [state.MemberSpec(f"n{i}") for i in range(1, n + 1)]
+    t = state.Table(specs, name, period=1.0, expire_periods=3, keep_marks=secret is not None)
     t.set_members(specs, {f"n{i}": f"10.0.0.{i}" for i in range(1, n + 1)})
     return Gossip(t, secret, Params(**params), random.Random(1))
 
 
-def push(sender: str, dest: str, records: list[tuple[int, P.Report]], hop_ms: int = 10_000,
+def push(sender: str, dest: str, records: list[tuple[int, packet.Report]], hop_ms: int = 10_000,
          hop_seq: int = 1, secret: bytes | None = SECRET, key: bytes | None = None) -> bytes:  # fmt: skip
     """A gossip datagram; each report signed with ``key`` (default: the secret)."""
-    signed = [(age, P.encode(r, key or secret)) for age, r in records]
-    return P.encode_gossip(sender, dest, hop_seq, hop_ms, signed, secret)
+    signed = [(age, packet.encode(r, key or secret)) for age, r in records]
+    return packet.encode_gossip(sender, dest, hop_seq, hop_ms, signed, secret)
 
 
 def test_relayed_report_is_taken_with_its_age() -> None:
@@ -133,7 +132,7 @@ def test_relayed_report_is_taken_with_its_age() -> None:
     # the same report again (by another relay) is not news; an older one neither
     again = push("n4", "n1", [(0, report("n4")), (100, report("n3", 0.5)),
                               (50, report("n3", 9.0, t_ms=900))])  # fmt: skip
-    assert g.on_datagram(again, "10.0.0.4", 100.1) == [S.Event("up", "n4")]
+    assert g.on_datagram(again, "10.0.0.4", 100.1) == [state.MemberEvent("up", "n4")]
     assert t.members["n3"].report.load1 == 0.5  # type: ignore[union-attr]
     assert g.stats["duplicate"] >= 2
     # it leaves the table 3 periods after it was made, not after it arrived
@@ -158,9 +157,9 @@ def test_a_relay_cannot_change_a_report() -> None:
     forged = push("n2", "n1", [(0, report("n2", 5.0)), (10, report("n3", 0.0))], key=b"other")
     events = g.on_datagram(forged, "10.0.0.2", 100.0)
     assert any(e.kind == "bad" and "report of n3" in e.detail for e in events)
-    raw = bytearray(P.encode(report("n4", 9.0), SECRET))
-    raw[P.HEAD_LEN - 28 : P.HEAD_LEN - 24] = bytes(4)  # load1 := 0.0, MAC left as it was
-    data = P.encode_gossip("n2", "n1", 2, 10_001, [(10, bytes(raw))], SECRET)
+    raw = bytearray(packet.encode(report("n4", 9.0), SECRET))
+    raw[packet.HEAD_LEN - 28 : packet.HEAD_LEN - 24] = bytes(4)  # load1 := 0.0, MAC left as it was
+    data = packet.encode_gossip("n2", "n1", 2, 10_001, [(10, bytes(raw))], SECRET)
     events = g.on_datagram(data, "10.0.0.2", 100.0)
     assert [e.kind for e in events] == ["bad"] and "bad MAC" in events[0].detail
     assert g.table.members["n3"].report is None and g.table.members["n4"].report is None
@@ -186,7 +185,7 @@ def test_replayed_datagram_refused_and_records_of_non_members() -> None:
     g = node()
     data = push("n2", "n1", [(0, report("n2")), (5, report("n7"))])
     events = g.on_datagram(data, "10.0.0.2", 1.0)
-    assert S.Event("up", "n2") in events
+    assert state.MemberEvent("up", "n2") in events
     assert any(e.kind == "reject" and e.name == "n7" for e in events)
     (e,) = g.on_datagram(data, "10.0.0.2", 1.1)  # the same datagram again
     assert e.kind == "reject" and "replayed datagram" in e.detail
@@ -239,8 +238,8 @@ def test_bump_cleared_only_by_a_report_made_after_it() -> None:
 
 
 def _decoded(out_data: bytes) -> list[tuple[str, float, int]]:
-    d = P.decode_gossip(out_data, SECRET)
-    return [(P.decode(r, SECRET).name, P.decode(r, SECRET).load1, age) for age, r, *_ in d.records]
+    d = packet.decode_gossip(out_data, SECRET)
+    return [(packet.decode(r, SECRET).name, packet.decode(r, SECRET).load1, age) for age, r, *_ in d.records]
 
 
 def test_round_sends_own_report_then_candidates_then_demoted_then_sample() -> None:
@@ -279,22 +278,22 @@ def test_round_sends_own_report_then_candidates_then_demoted_then_sample() -> No
 
 def test_round_respects_the_datagram_size_and_never_sends_expired_reports() -> None:
     n = 30
-    specs = [S.MemberSpec(("x" * 240) + f"{i:03d}") for i in range(n)]
-    t = S.Table(specs, specs[0].name, period=1.0, expire_periods=3, keep_marks=True)
+    specs = [state.MemberSpec(("x" * 240) + f"{i:03d}") for i in range(n)]
+    t = state.Table(specs, specs[0].name, period=1.0, expire_periods=3, keep_marks=True)
     t.set_members(specs, {s.name: f"10.0.1.{i}" for i, s in enumerate(specs)})
     g = Gossip(t, SECRET, Params(), random.Random(2))
-    g.set_self(P.Report(specs[0].name, 1, 1000, 1.0), 0.0)
-    recs = [(0, P.encode(P.Report(specs[1].name, 1, 1000, 1.0), SECRET))] + [
-        (int(i * 250), P.encode(P.Report(s.name, 1, 1000, 0.5), SECRET))
+    g.set_self(packet.Report(specs[0].name, 1, 1000, 1.0), 0.0)
+    recs = [(0, packet.encode(packet.Report(specs[1].name, 1, 1000, 1.0), SECRET))] + [
+        (int(i * 250), packet.encode(packet.Report(s.name, 1, 1000, 0.5), SECRET))
         for i, s in enumerate(specs[2:12])]  # fmt: skip
-    g.on_datagram(P.encode_gossip(specs[1].name, specs[0].name, 1, 1, recs, SECRET),
+    g.on_datagram(packet.encode_gossip(specs[1].name, specs[0].name, 1, 1, recs, SECRET),
                   "10.0.1.1", 0.0)  # fmt: skip
     for when in (0.1, 1.0, 2.0):
         for o in g.round(when, 1000 + int(when * 1000)):
-            assert len(o.data) <= P.MAX_DATAGRAM
-            ages = [age for age, *_ in P.decode_gossip(o.data, SECRET).records]
+            assert len(o.data) <= packet.MAX_DATAGRAM
+            ages = [age for age, *_ in packet.decode_gossip(o.data, SECRET).records]
             assert ages and all(age <= 3000 for age in ages)
-            assert len(ages) == min(len(ages), (P.MAX_DATAGRAM - 24) // (6 + 52 + 243 + 16))
+            assert len(ages) == min(len(ages), (packet.MAX_DATAGRAM - 24) // (6 + 52 + 243 + 16))
 
 
 def test_targets_visit_every_member_once_per_pass() -> None:
@@ -328,7 +327,7 @@ def test_two_targets_a_round_are_members_that_sent_lately() -> None:
 
 @pytest.fixture(scope="module", params=[
     1000, pytest.param(3000, marks=pytest.mark.slow)])  # fmt: skip
-def outcome(request: pytest.FixtureRequest) -> Outcome:
+def outcome(request: pytest.FixtureRequest) -> GossipOutcome:
     o = scenario(request.param, loss=0.05, secret=SECRET)
     print(f"\nN={o.n}: idle best everywhere in {o.idle_best:.2f} periods, busy demoted in "
           f"{o.busy_demoted:.2f}; a dead member up in {o.dead_up_before} tables, in "
@@ -341,7 +340,7 @@ def outcome(request: pytest.FixtureRequest) -> Outcome:
     return o
 
 
-def test_best_answer_converges_within_3_periods(outcome: Outcome) -> None:
+def test_best_answer_converges_within_3_periods(outcome: GossipOutcome) -> None:
     """With 5 % of the datagrams lost, every member's best answer names a member that
     became the least loaded within 3 periods, and stops naming it within 3 periods
     once it is busy (the goal; docs/dsh.md gives the arithmetic)."""
@@ -349,7 +348,7 @@ def test_best_answer_converges_within_3_periods(outcome: Outcome) -> None:
     assert outcome.busy_demoted <= 3.0
 
 
-def test_dead_member_leaves_every_table_within_its_expiry(outcome: Outcome) -> None:
+def test_dead_member_leaves_every_table_within_its_expiry(outcome: GossipOutcome) -> None:
     """A dead member (the best one, so in every table) is in no table the expiry (3
     periods) after its last report, whoever relayed what: each table dates the report
     by the ages the relays counted (rounded up to the ms), late only by the latency
@@ -361,14 +360,14 @@ def test_dead_member_leaves_every_table_within_its_expiry(outcome: Outcome) -> N
     assert outcome.dead_gone
 
 
-def test_messages_per_member_do_not_grow_with_the_cluster(outcome: Outcome) -> None:
+def test_messages_per_member_do_not_grow_with_the_cluster(outcome: GossipOutcome) -> None:
     """fanout x rounds = 16 datagrams out a period (the jitter moves it by a few %),
     about as many in, each at most 1400 bytes; a table holds a few hundred members."""
     p = Params()
     nominal = p.fanout * p.rounds
     assert all(0.85 * nominal <= s <= 1.15 * nominal for s in outcome.sent_per_period)
     assert all(r <= 1.6 * nominal for r in outcome.received_per_period)
-    assert outcome.max_bytes <= P.MAX_DATAGRAM
+    assert outcome.max_bytes <= packet.MAX_DATAGRAM
     assert outcome.max_in_round <= 6 * p.fanout
     assert max(outcome.table_sizes) < 400
 
@@ -441,9 +440,9 @@ def test_partial_view_status_lists_the_members_up() -> None:
     assert len(every["members"]) == every["members_total"] == 300
     assert len(some["members"]) == some["up"] == len(t.up_set) < 300
     assert all(r["up"] for r in some["members"])
-    text = S.format_status(some)
+    text = state.format_status(some)
     head = text.splitlines()[0]
     assert head.startswith(f"# dshd n00000: {some['up']}/300 up, period 1.5 s; partial view: ")
     assert f"the {300 - some['up']} members without a report under 4.5 s old" in head
     assert len(text.splitlines()) == 2 + some["up"]
-    assert "partial view" not in S.format_status(every)
+    assert "partial view" not in state.format_status(every)

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beokit.dsh import packet as P
-from beokit.dsh import state as S
+from beokit.dsh import packet, state
 from beokit.dsh.admission import Admission
-from beokit.dsh.daemon import parse_load_file
+from beokit.dsh.measure import parse_load_file
 
 SECRET = b"s3cret"
 
@@ -19,7 +18,7 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_siz
                 max_size=60).filter(lambda n: 0 < len(n.encode()) <= 255)  # fmt: skip
 loads = st.floats(0, 1e4, allow_nan=False, width=32)
 reports = st.builds(
-    P.Report, name=names, seq=st.integers(0, 2**32 - 1), sent_ms=st.integers(0, 2**63),
+    packet.Report, name=names, seq=st.integers(0, 2**32 - 1), sent_ms=st.integers(0, 2**63),
     load1=loads, load5=loads, load15=loads, cpus=st.integers(0, 0xFFFF),
     jobs=st.integers(0, 0xFFFF), mem_total_kb=st.integers(0, 2**64 - 1),
     mem_free_kb=st.integers(0, 2**64 - 1), period_ms=st.integers(0, 2**32 - 1),
@@ -31,136 +30,136 @@ reports = st.builds(
 
 @settings(deadline=None)  # no timed assertions: the box is shared
 @given(reports, st.sampled_from([None, SECRET]))
-def test_packet_roundtrip(r: P.Report, secret: bytes | None) -> None:
-    data = P.encode(r, secret)
-    assert len(data) <= P.MAX_PACKET
-    assert P.decode(data, secret) == r
-    assert P.decode(data, None) == r  # a daemon without a secret ignores the MAC
+def test_packet_roundtrip(r: packet.Report, secret: bytes | None) -> None:
+    data = packet.encode(r, secret)
+    assert len(data) <= packet.MAX_PACKET
+    assert packet.decode(data, secret) == r
+    assert packet.decode(data, None) == r  # a daemon without a secret ignores the MAC
 
 
 @settings(deadline=None, max_examples=60)
 @given(reports, st.integers(0, 10_000), st.integers(1, 255))
-def test_any_flipped_byte_fails_the_mac(r: P.Report, pos: int, xor: int) -> None:
-    data = bytearray(P.encode(r, SECRET))
+def test_any_flipped_byte_fails_the_mac(r: packet.Report, pos: int, xor: int) -> None:
+    data = bytearray(packet.encode(r, SECRET))
     data[pos % len(data)] ^= xor
-    with pytest.raises(P.PacketError):
-        P.decode(bytes(data), SECRET)
+    with pytest.raises(packet.PacketError):
+        packet.decode(bytes(data), SECRET)
 
 
 def test_secret_required_and_wrong_secret() -> None:
-    r = P.Report("n1", 1, 1000, 0.5)
-    with pytest.raises(P.PacketError, match="unauthenticated"):
-        P.decode(P.encode(r), SECRET)
-    with pytest.raises(P.PacketError, match="bad MAC"):
-        P.decode(P.encode(r, b"other"), SECRET)
+    r = packet.Report("n1", 1, 1000, 0.5)
+    with pytest.raises(packet.PacketError, match="unauthenticated"):
+        packet.decode(packet.encode(r), SECRET)
+    with pytest.raises(packet.PacketError, match="bad MAC"):
+        packet.decode(packet.encode(r, b"other"), SECRET)
 
 
 @settings(deadline=None)  # no timed assertions: the box is shared
 @given(st.binary(max_size=400))
 def test_decode_garbage_raises_only_packet_error(data: bytes) -> None:
     try:
-        P.decode(data, SECRET)
-    except P.PacketError:
+        packet.decode(data, SECRET)
+    except packet.PacketError:
         pass
     try:
-        P.decode(P.MAGIC + data, None)
-    except P.PacketError:
+        packet.decode(packet.MAGIC + data, None)
+    except packet.PacketError:
         pass
 
 
 def test_bad_names_and_values() -> None:
-    with pytest.raises(P.PacketError, match="bad node name"):
-        P.encode(P.Report(""))
-    with pytest.raises(P.PacketError, match="bad node name"):
-        P.encode(P.Report("x" * 256))
+    with pytest.raises(packet.PacketError, match="bad node name"):
+        packet.encode(packet.Report(""))
+    with pytest.raises(packet.PacketError, match="bad node name"):
+        packet.encode(packet.Report("x" * 256))
     # negative or infinite loads go out as 0
-    r = P.decode(P.encode(P.Report("n", load1=-1.0, load5=float("inf"))))
+    r = packet.decode(packet.encode(packet.Report("n", load1=-1.0, load5=float("inf"))))
     assert r.load1 == 0.0 and r.load5 == 0.0
 
 
 def test_mac_is_keyed_blake2s_as_documented() -> None:
     import hashlib
 
-    data = P.encode(P.Report("n1", 3, 1234, 0.5), SECRET)
-    body, tag = data[: -P.MAC_LEN], data[-P.MAC_LEN :]
-    assert data[4] == P.VERSION == 2
-    want = hashlib.blake2s(body, key=SECRET, digest_size=16, person=P.MAC_PERSON).digest()
+    data = packet.encode(packet.Report("n1", 3, 1234, 0.5), SECRET)
+    body, tag = data[: -packet.MAC_LEN], data[-packet.MAC_LEN :]
+    assert data[4] == packet.VERSION == 2
+    want = hashlib.blake2s(body, key=SECRET, digest_size=16, person=packet.MAC_PERSON).digest()
     assert tag == want
     # a secret longer than a BLAKE2s key is hashed first (as HMAC does)
     long = b"k" * 100
-    assert P.mac_key(long) == hashlib.sha256(long).digest()
-    r = P.Report("n1", 1, 1, 1.0)
-    assert P.decode(P.encode(r, long), long) == r
-    with pytest.raises(P.PacketError, match="bad MAC"):
-        P.decode(P.encode(r, long), long + b"x")
+    assert packet.mac_key(long) == hashlib.sha256(long).digest()
+    r = packet.Report("n1", 1, 1, 1.0)
+    assert packet.decode(packet.encode(r, long), long) == r
+    with pytest.raises(packet.PacketError, match="bad MAC"):
+        packet.decode(packet.encode(r, long), long + b"x")
 
 
 @settings(deadline=None, max_examples=80)
 @given(reports, st.sampled_from([None, SECRET]), st.data())
-def test_truncated_or_extended_packets_are_rejected(r: P.Report, secret: bytes | None,
+def test_truncated_or_extended_packets_are_rejected(r: packet.Report, secret: bytes | None,
                                                     data: st.DataObject) -> None:  # fmt: skip
-    wire = P.encode(r, secret)
+    wire = packet.encode(r, secret)
     cut = data.draw(st.integers(0, len(wire) - 1))
-    with pytest.raises(P.PacketError):
-        P.decode(wire[:cut], secret)
-    with pytest.raises(P.PacketError):
-        P.decode(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
+    with pytest.raises(packet.PacketError):
+        packet.decode(wire[:cut], secret)
+    with pytest.raises(packet.PacketError):
+        packet.decode(wire + data.draw(st.binary(min_size=1, max_size=40)), secret)
 
 
 @settings(deadline=None)  # no timed assertions: the box is shared
-@given(reports, st.integers(0, 255).filter(lambda v: v != P.VERSION))
-def test_other_versions_are_rejected_even_with_a_good_mac(r: P.Report, version: int) -> None:
-    body = bytearray(P.encode(r, SECRET)[: -P.MAC_LEN])
+@given(reports, st.integers(0, 255).filter(lambda v: v != packet.VERSION))
+def test_other_versions_are_rejected_even_with_a_good_mac(r: packet.Report, version: int) -> None:
+    body = bytearray(packet.encode(r, SECRET)[: -packet.MAC_LEN])
     body[4] = version
-    signed = bytes(body) + P._mac(SECRET, bytes(body))
+    signed = bytes(body) + packet._mac(SECRET, bytes(body))
     for secret in (SECRET, None):
-        with pytest.raises(P.PacketError, match="unsupported version"):
-            P.decode(signed, secret)
+        with pytest.raises(packet.PacketError, match="unsupported version"):
+            packet.decode(signed, secret)
 
 
 def test_version_1_packets_hmac_sha256_are_refused() -> None:
     import hmac
 
-    body = bytearray(P.encode(P.Report("n1", 1, 1000, 0.5)))
-    body[4], body[5] = 1, P.FLAG_MAC
+    body = bytearray(packet.encode(packet.Report("n1", 1, 1000, 0.5)))
+    body[4], body[5] = 1, packet.FLAG_MAC
     v1 = bytes(body) + hmac.digest(SECRET, bytes(body), "sha256")[:16]
-    with pytest.raises(P.PacketError, match="unsupported version 1"):
-        P.decode(v1, SECRET)
+    with pytest.raises(packet.PacketError, match="unsupported version 1"):
+        packet.decode(v1, SECRET)
 
 
 def test_query_handshake_and_best_line() -> None:
-    mac = P.query_mac(SECRET, "best", "abc")
-    assert P.check_query(SECRET, "best", "abc", f"{mac} json\n") == (True, "json")
-    assert P.check_query(SECRET, "status", "abc", f"{mac}\n")[0] is False  # other purpose
-    assert P.check_query(SECRET, "best", "abd", mac)[0] is False  # other nonce
-    assert P.check_query(SECRET, "best", "abc", "")[0] is False
-    line = P.format_best("n3", "10.0.0.3", 1.25, False)
+    mac = packet.query_mac(SECRET, "best", "abc")
+    assert packet.check_query(SECRET, "best", "abc", f"{mac} json\n") == (True, "json")
+    assert packet.check_query(SECRET, "status", "abc", f"{mac}\n")[0] is False  # other purpose
+    assert packet.check_query(SECRET, "best", "abd", mac)[0] is False  # other nonce
+    assert packet.check_query(SECRET, "best", "abc", "")[0] is False
+    line = packet.format_best("n3", "10.0.0.3", 1.25, False)
     assert line == "best n3 10.0.0.3 1.250 other\n"
-    assert P.parse_best(line) == ("n3", "10.0.0.3", 1.25, False)
+    assert packet.parse_best(line) == ("n3", "10.0.0.3", 1.25, False)
     for bad in ("", "error x", "best a b c d", "best a b x self",
                 "best -oProxyCommand=x 1.2.3.4 0.1 other", "best a;b 1.2.3.4 0.1 other",
                 "best a\x1bb 1.2.3.4 0.1 other"):  # fmt: skip
-        with pytest.raises(P.PacketError):
-            P.parse_best(bad)
+        with pytest.raises(packet.PacketError):
+            packet.parse_best(bad)
     for good in ("n01", "node-7.cluster.example", "10.1.2.3", "user@n1", "N_1"):
-        assert P.check_node_name(good) == good
+        assert packet.check_node_name(good) == good
 
 
 @settings(deadline=None, max_examples=100)
 @given(st.binary(max_size=300), st.sampled_from(["best", "status"]))
 def test_signed_answers(answer: bytes, purpose: str) -> None:
     """The daemon's answer MAC: checks for this query only, any change fails."""
-    data = P.sign_answer(SECRET, purpose, "n0nce", "c0ffee", answer)
-    body = P.check_answer(SECRET, purpose, "n0nce", "c0ffee", data)
+    data = packet.sign_answer(SECRET, purpose, "n0nce", "c0ffee", answer)
+    body = packet.check_answer(SECRET, purpose, "n0nce", "c0ffee", data)
     assert body == (answer if answer.endswith(b"\n") else answer + b"\n")
     for args in ((b"other", purpose, "n0nce", "c0ffee"), (SECRET, purpose, "n0nce", "c0ffef"),
                  (SECRET, purpose, "nonce2", "c0ffee")):  # fmt: skip
-        with pytest.raises(P.PacketError):
-            P.check_answer(*args, data)
-    with pytest.raises(P.PacketError, match="not signed"):
-        P.check_answer(SECRET, purpose, "n0nce", "c0ffee", b"best n1 10.0.0.1 1.000 self\n")
-    assert P.query_cnonce(f"{'ab' * 32} best c0ffee\n") == "c0ffee"
-    assert P.query_cnonce("mac best") is None and P.query_cnonce("m b C0FFEE") is None
+        with pytest.raises(packet.PacketError):
+            packet.check_answer(*args, data)
+    with pytest.raises(packet.PacketError, match="not signed"):
+        packet.check_answer(SECRET, purpose, "n0nce", "c0ffee", b"best n1 10.0.0.1 1.000 self\n")
+    assert packet.query_cnonce(f"{'ab' * 32} best c0ffee\n") == "c0ffee"
+    assert packet.query_cnonce("mac best") is None and packet.query_cnonce("m b C0FFEE") is None
 
 
 # ------------------------------------------------------------- cluster file
@@ -174,14 +173,14 @@ kepler.foo.bar 2.0
 n[1-3] 1.5
 a 1 b 3 4 c
 """
-    specs = {s.name: s for s in S.parse_cluster(text)}
-    assert specs["newton.foo.bar"] == S.MemberSpec("newton.foo.bar", 1.0, 1.0)
-    assert specs["galileo.foo.bar"] == S.MemberSpec("galileo.foo.bar", 2.0, 2.0)
-    assert specs["kepler.foo.bar"] == S.MemberSpec("kepler.foo.bar", 2.0, 1.0)
+    specs = {s.name: s for s in state.parse_cluster(text)}
+    assert specs["newton.foo.bar"] == state.MemberSpec("newton.foo.bar", 1.0, 1.0)
+    assert specs["galileo.foo.bar"] == state.MemberSpec("galileo.foo.bar", 2.0, 2.0)
+    assert specs["kepler.foo.bar"] == state.MemberSpec("kepler.foo.bar", 2.0, 1.0)
     assert [specs[f"n{i}"].load_weight for i in (1, 2, 3)] == [1.5] * 3
-    assert specs["a"].load_weight == 1 and specs["b"] == S.MemberSpec("b", 3, 4)
-    assert specs["c"] == S.MemberSpec("c")
-    assert [s.name for s in S.parse_cluster("127.0.1.1\n127.0.1.2 2")] == [
+    assert specs["a"].load_weight == 1 and specs["b"] == state.MemberSpec("b", 3, 4)
+    assert specs["c"] == state.MemberSpec("c")
+    assert [s.name for s in state.parse_cluster("127.0.1.1\n127.0.1.2 2")] == [
         "127.0.1.1", "127.0.1.2"]  # fmt: skip
 
 
@@ -194,8 +193,8 @@ a 1 b 3 4 c
     ("3.5", "bad member name '3.5'"),
 ])  # fmt: skip
 def test_cluster_file_errors(text: str, message: str) -> None:
-    with pytest.raises(S.ConfigError, match=message.replace("[", r"\[")):
-        S.parse_cluster(text, "f")
+    with pytest.raises(state.ClusterFileError, match=message.replace("[", r"\[")):
+        state.parse_cluster(text, "f")
 
 
 def test_load_file_forms() -> None:
@@ -210,21 +209,21 @@ def test_load_file_forms() -> None:
 # ------------------------------------------------------------------- table
 
 
-def mk_table(n: int = 3, **kw) -> S.Table:  # type: ignore[no-untyped-def]
-    specs = [S.MemberSpec(f"n{i}") for i in range(1, n + 1)]
-    t = S.Table(specs, "n1", period=1.0, expire_periods=3, **kw)
+def mk_table(n: int = 3, **kw) -> state.Table:  # type: ignore[no-untyped-def]
+    specs = [state.MemberSpec(f"n{i}") for i in range(1, n + 1)]
+    t = state.Table(specs, "n1", period=1.0, expire_periods=3, **kw)
     t.set_members(specs, {f"n{i}": f"10.0.0.{i}" for i in range(1, n + 1)})
     return t
 
 
-def rep(name: str, load: float = 0.0, t_ms: int = 1000, seq: int = 1, **kw) -> P.Report:  # type: ignore[no-untyped-def]
-    return P.Report(name, seq, t_ms, load, load, load, kw.pop("cpus", 1), **kw)
+def rep(name: str, load: float = 0.0, t_ms: int = 1000, seq: int = 1, **kw) -> packet.Report:  # type: ignore[no-untyped-def]
+    return packet.Report(name, seq, t_ms, load, load, load, kw.pop("cpus", 1), **kw)
 
 
 def test_members_only_from_their_address_and_never_self() -> None:
     t = mk_table()
     t.set_self(rep("n1"), 0.0)
-    assert t.receive(rep("n2"), "10.0.0.2", 0.1) == [S.Event("up", "n2")]
+    assert t.receive(rep("n2"), "10.0.0.2", 0.1) == [state.MemberEvent("up", "n2")]
     (e,) = t.receive(rep("n9"), "10.0.0.9", 0.2)
     assert e.kind == "reject" and "not a member" in e.detail
     (e,) = t.receive(rep("n3"), "10.0.0.66", 0.2)  # spoofed source
@@ -253,12 +252,12 @@ class _RefTable:
     def __init__(self, names: list[str], self_name: str) -> None:
         self.self_name = self_name
         self.addr = {n: f"10.0.0.{n[1:]}" for n in names}
-        self.report: dict[str, P.Report] = {}
+        self.report: dict[str, packet.Report] = {}
         self.up: set[str] = {self_name}
         self.accepted = dict.fromkeys(names, 0)
         self.rejected = dict.fromkeys(names, 0)
 
-    def receive(self, r: P.Report, source: str) -> str:
+    def receive(self, r: packet.Report, source: str) -> str:
         if r.name not in self.addr:
             return "reject"
         if r.name == self.self_name or source != self.addr[r.name]:
@@ -308,11 +307,11 @@ def test_expiry_and_return() -> None:
     t.receive(rep("n2"), "10.0.0.2", 0.0)
     assert t.tick(2.9) == []
     (e,) = t.tick(3.1)
-    assert e == S.Event("down", "n2", "not heard from for 3.1 s")
+    assert e == state.MemberEvent("down", "n2", "not heard from for 3.1 s")
     assert t.up_count() == 1 and t.best(3.1).name == "n1"  # type: ignore[union-attr]
     assert t.tick(10.0) == []  # reported once
     # it comes back (even with an older clock: a restarted node)
-    assert t.receive(rep("n2", t_ms=10), "10.0.0.2", 11.0) == [S.Event("up", "n2")]
+    assert t.receive(rep("n2", t_ms=10), "10.0.0.2", 11.0) == [state.MemberEvent("up", "n2")]
     assert t.up_count() == 2
 
 
@@ -325,7 +324,7 @@ def test_best_follows_load_and_weights() -> None:
     t.receive(rep("n2", 4.0, t_ms=2000), "10.0.0.2", 0.5)
     assert t.best(0.5).name == "n3"  # type: ignore[union-attr]
     # n3 twice as slow: (2+1)*2 = 6 > n1's 4
-    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2"), S.MemberSpec("n3", 2.0)])
+    t.set_members([state.MemberSpec("n1"), state.MemberSpec("n2"), state.MemberSpec("n3", 2.0)])
     assert t.best(0.5).name == "n1"  # type: ignore[union-attr]
     assert [n for _, n in t.scores(0.5)] == ["n1", "n2", "n3"]
 
@@ -374,25 +373,25 @@ def test_zero_extra_load_never_bumps_and_ties_random() -> None:
 
 def test_score_functions() -> None:
     t = mk_table()
-    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2", 1.0, 2.0), S.MemberSpec("n3")],
+    t.set_members([state.MemberSpec("n1"), state.MemberSpec("n2", 1.0, 2.0), state.MemberSpec("n3")],
                   {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"})  # fmt: skip
     t.set_self(rep("n1", 0.0, mem_total_kb=1000, mem_free_kb=100), 0.0)
     t.receive(rep("n2", 0.0, mem_total_kb=1000, mem_free_kb=100), "10.0.0.2", 0.0)
     t.receive(rep("n3", 0.0, mem_total_kb=1000, mem_free_kb=900, jobs=1), "10.0.0.3", 0.0)
-    t.score = S.score_function("loadmem")
+    t.score = state.score_function("loadmem")
     s = {n: sc for sc, n in t.scores(0.0)}
     assert s["n1"] == pytest.approx(1.9) and s["n2"] == pytest.approx(1.45)
     assert s["n3"] == pytest.approx(2.1)
-    t.score = S.score_function("jobs")
+    t.score = state.score_function("jobs")
     assert t.best(0.0).name == "n1"  # type: ignore[union-attr]
-    t.score = S.score_function("test_dsh_pure:prefer_n3")
+    t.score = state.score_function("test_dsh_pure:prefer_n3")
     assert t.best(0.0).name == "n3"  # type: ignore[union-attr]
     for bad in ("nope", "no.such.module:f", "beokit.dsh.state:missing", "beokit.dsh.state:log"):
-        with pytest.raises(S.ConfigError, match="bad score"):
-            S.score_function(bad)
+        with pytest.raises(state.ClusterFileError, match="bad score"):
+            state.score_function(bad)
 
 
-def prefer_n3(m: S.Member, extra: float, now: float) -> float:
+def prefer_n3(m: state.Member, extra: float, now: float) -> float:
     """A plugged-in scoring function (used by test_score_functions)."""
     return 0.0 if m.name == "n3" else 1.0
 
@@ -401,12 +400,12 @@ def test_reload_keeps_state_and_requires_self() -> None:
     t = mk_table()
     t.set_self(rep("n1"), 0.0)
     t.receive(rep("n2", 2.0), "10.0.0.2", 0.0)
-    t.set_members([S.MemberSpec("n1"), S.MemberSpec("n2", 3.0), S.MemberSpec("n4")],
+    t.set_members([state.MemberSpec("n1"), state.MemberSpec("n2", 3.0), state.MemberSpec("n4")],
                   {"n1": "10.0.0.1", "n2": "10.0.0.2", "n4": "10.0.0.4"})  # fmt: skip
     assert t.members["n2"].up and t.members["n2"].spec.load_weight == 3.0
     assert "n3" not in t.members and not t.members["n4"].up
-    with pytest.raises(S.ConfigError, match="not a member"):
-        t.set_members([S.MemberSpec("n2")])
+    with pytest.raises(state.ClusterFileError, match="not a member"):
+        t.set_members([state.MemberSpec("n2")])
 
 
 def test_snapshot_and_text() -> None:
@@ -414,7 +413,7 @@ def test_snapshot_and_text() -> None:
     t.set_self(rep("n1", 0.5, mem_total_kb=2048 * 1024, mem_free_kb=1024 * 1024), 0.0)
     snap = t.snapshot(0.25)
     assert snap["node"] == "n1" and snap["up"] == 1 and len(snap["members"]) == 3
-    text = S.format_status(snap)
+    text = state.format_status(snap)
     assert text.splitlines()[0] == "# dshd n1: 1/3 up, period 1 s"
     assert "n2                   down  (never heard from)" in text
     assert text.splitlines()[2].split() == ["n1", "up", "0.50", "0.50", "0.50", "1", "0",
@@ -506,10 +505,10 @@ def test_replay_marks_kept_while_down_with_keep_marks() -> None:
     assert not t.members["n2"].up
     (e,) = t.receive(rep("n2", 0.0, t_ms=4000, seq=3), "10.0.0.2", 11.0)
     assert e.kind == "reject" and "replayed" in e.detail and not t.members["n2"].up
-    assert t.receive(rep("n2", 2.0, t_ms=6000), "10.0.0.2", 12.0) == [S.Event("up", "n2")]
+    assert t.receive(rep("n2", 2.0, t_ms=6000), "10.0.0.2", 12.0) == [state.MemberEvent("up", "n2")]
     t.tick(20.0)
     t.forget_marks()
-    assert t.receive(rep("n2", 0.5, t_ms=10), "10.0.0.2", 21.0) == [S.Event("up", "n2")]
+    assert t.receive(rep("n2", 0.5, t_ms=10), "10.0.0.2", 21.0) == [state.MemberEvent("up", "n2")]
     t.tick(30.0)
     (e,) = t.receive(rep("n2", 0.5, t_ms=5), "10.0.0.2", 31.0)  # once only
     assert e.kind == "reject"

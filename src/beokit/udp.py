@@ -274,17 +274,18 @@ class UdpBatch:
 
     def received(self, n: int) -> list[tuple[bytes, tuple[str, int], float | None]]:
         """The first ``n`` datagrams of the last batch: (payload, (address, port), arrival
-        time or None) each, in arrival order."""
-        slot, size = self.slot, self.size
-        blob = ctypes.string_at(ctypes.addressof(self.slots), n * slot)
+        time or None) each, in arrival order.  Each payload is copied once, from its slot
+        (not the whole slot: a slot is as long as the longest datagram)."""
+        slot, size, view = self.slot, self.size, self.view
         lens = self.rlen[14 : n * 16 : 16]
-        names, name, stamp = self._names, self._ip, self.stamp
+        names, name, peer = self._names, self._ip, _PEER.unpack_from
+        stamps = [self.stamp(i) for i in range(n)] if self.ctrl_space else [None] * n
         out = []
         for i in range(n):
             at = slot * i
-            port, raw = _PEER.unpack_from(blob, at)
-            data = blob[at + SOCKADDR : at + SOCKADDR + min(lens[i], size)]
-            out.append((data, (names.get(raw) or name(raw), port), stamp(i)))
+            port, raw = peer(view, at)
+            data = bytes(view[at + SOCKADDR : at + SOCKADDR + min(lens[i], size)])
+            out.append((data, (names.get(raw) or name(raw), port), stamps[i]))
         return out
 
     # -------------------------------------------------------------- sending

@@ -6,18 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from beokit.errors import BeokitError, OneLineParser, int_in
+from beokit.dsh.defaults import DEFAULT_BEST_PORT, DEFAULT_GOSSIP_PORT, DEFAULT_STATUS_PORT
+from beokit.errors import BeokitError, OneLineParser, int_in, seconds
 
 _PORT = int_in("port", 1, 65535)
 _PERIODS = int_in("period count", 1, 1000)
 _FANOUT = int_in("fanout", 1, 64)
-
-DEFAULT_STATUS_PORT = 8181
-DEFAULT_BEST_PORT = 8282
-DEFAULT_GOSSIP_PORT = 8181  # UDP; the status port is TCP
-
-
-
 
 
 def _positive(what: str, lo: float = 0.0) -> Any:
@@ -32,8 +26,6 @@ def _positive(what: str, lo: float = 0.0) -> Any:
 
     convert.__name__ = what
     return convert
-
-
 
 
 def _nonneg(text: str) -> float:
@@ -162,9 +154,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="print the chosen host on stderr")  # fmt: skip
     c.add_argument("-n", "--no-stdin", action="store_true",
                    help="do not pass stdin (like ssh -n)")  # fmt: skip
-    c.add_argument("--ssh", default="ssh", metavar="CMD",
-                   help="ssh client and its options, e.g. 'ssh -F cfg' (default ssh; also "
-                   "$BEO_DSH_SSH)")  # fmt: skip
+    c.add_argument("-R", "--rcmd", default=None, metavar="ssh|rsh|exec|TEMPLATE",
+                   help="how the command reaches the node, as in beo run: ssh (default), rsh, "
+                   "exec (here, for tests) or a template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
+    c.add_argument("--ssh", default=None, metavar="CMD",
+                   help="with -R ssh: the ssh client and its options, e.g. 'ssh -F cfg' "
+                   "(default ssh; also $BEO_DSH_SSH)")  # fmt: skip
+    c.add_argument("--ssh-args", default="", metavar="ARGS",
+                   help="extra ssh client arguments, e.g. '-F ssh_config -p 2222'")  # fmt: skip
+    c.add_argument("--connect-timeout", type=seconds("timeout"), default=10.0, metavar="S",
+                   help="ssh's ConnectTimeout (default 10)")  # fmt: skip
     c.add_argument(
         "--status",
         action="store_true",
@@ -221,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
     prog = f"beo {args.command}"
     try:
         if args.command == "dshd":
-            from beokit.dsh.daemon import main as daemon_main
+            from beokit.dsh import service
 
-            return daemon_main(args)
+            return service.main(args)
         from beokit.dsh import client
 
         if args.command == "top" or args.status:

@@ -1,7 +1,10 @@
 """``beo dsh`` and ``beo top``: ask a dshd, run a command on the best node, show the table.
 
-The remote command runs through the real OpenSSH client, in the same working
-directory, inside a small POSIX sh wrapper that
+The remote command runs through the launcher's remote-command backend
+(:class:`beokit.launch.backends.Backend`: ``-R ssh`` by default, the real
+OpenSSH client, with ``--ssh-args`` and ``--connect-timeout`` as in ``beo
+run``; ``rsh``, ``exec`` or a template), in the same working directory, inside
+a small POSIX sh wrapper that
 
 1. registers the job for the node's dshd (``$BEO_DSH_JOBS/ADDR.PID``, counted
    while the process lives), and
@@ -18,7 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import shlex
 import signal
 import socket
@@ -28,15 +30,20 @@ import threading
 import time
 from typing import NoReturn
 
-from beokit.dsh import packet as P
-from beokit.dsh.cli import DEFAULT_BEST_PORT, DEFAULT_STATUS_PORT
-from beokit.dsh.daemon import read_secret
+from beokit.dsh import packet
+from beokit.dsh.defaults import (
+    DAEMON_ENV,
+    DEFAULT_BEST_PORT,
+    DEFAULT_JOBS_DIR,
+    DEFAULT_STATUS_PORT,
+    JOBS_ENV,
+    SSH_ENV,
+    read_secret,
+)
 from beokit.errors import EXIT_OK, BeokitError, UsageError
+from beokit.launch.backends import Backend, make_backend
+from beokit.proc import describe_exit
 
-DAEMON_ENV = "BEO_DSH_DAEMON"
-SSH_ENV = "BEO_DSH_SSH"
-JOBS_ENV = "BEO_DSH_JOBS"
-DEFAULT_JOBS_DIR = "/tmp/beokit-dsh-jobs"
 MARK = b"\036beo-dsh-pid "
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 MAX_REPLY = 16 << 20
@@ -145,8 +152,8 @@ def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes 
                                    f"(unset ${'BEO_DSH_SECRET'} or --secret-file)")  # fmt: skip
                 if not first.startswith("auth ") or len(first.split()) != 2:
                     raise NoDaemon(f"dshd at {where}: {_said(first)}")
-                nonce, cnonce = first.split()[1], secrets.token_hex(16)
-                mac = P.query_mac(secret, purpose, nonce)
+                nonce, cnonce = first.split()[1], packet.new_nonce()
+                mac = packet.query_mac(secret, purpose, nonce)
                 s.sendall(f"{mac} {request or purpose} {cnonce}\n".encode())
                 data = bytearray(_first_raw(f, where))
             else:
@@ -173,8 +180,8 @@ def _query_once(host: str, port: int, purpose: str, request: str, secret: bytes 
         raise NoDaemon(f"dshd at {where}: {data[6:].decode(errors='replace').strip()}")
     if secret is not None:  # the answer must come from a holder of the secret
         try:
-            data = bytearray(P.check_answer(secret, purpose, nonce, cnonce, bytes(data)))
-        except P.PacketError as e:
+            data = bytearray(packet.check_answer(secret, purpose, nonce, cnonce, bytes(data)))
+        except packet.PacketError as e:
             raise NoDaemon(f"dshd at {where}: {e}") from None
     return data.decode(errors="replace")
 
@@ -189,8 +196,8 @@ def ask_best(args: argparse.Namespace, secret: bytes | None) -> tuple[str, str, 
     # without a secret the best port answers at once and reads nothing: send nothing
     text = query(host, port, "best", "best" if secret else "", secret, args.timeout)
     try:
-        return P.parse_best(text.splitlines()[0] if text else "")
-    except P.PacketError as e:
+        return packet.parse_best(text.splitlines()[0] if text else "")
+    except packet.PacketError as e:
         raise NoDaemon(f"dshd at {host}:{port}: {e}") from None
 
 
@@ -276,17 +283,65 @@ def kill_script(pid: int, sig: int) -> str:
             f"[ -n \"$g\" ] && kill -{sig} -$g 2>/dev/null || kill -{sig} {pid}")  # fmt: skip
 
 
-class Remote:
-    """One command run through ssh, with its stderr filtered and signals forwarded."""
+class RemoteShell:
+    """How ``beo dsh`` reaches the chosen node: the launcher's :class:`Backend` (``-R``,
+    ``--ssh-args``, ``--connect-timeout`` as in ``beo run``); with ``-R ssh`` the ssh
+    client may be another program and its options (``--ssh``, ``$BEO_DSH_SSH``).
+    ssh gets ``-T --`` before the host: a host name is never read as an option."""
 
-    def __init__(self, ssh: list[str], host: str, cmd: list[str], cwd: str, no_stdin: bool):
-        self.ssh, self.host = ssh, host
+    def __init__(self, backend: Backend, client: list[str] | None = None) -> None:
+        self.backend, self.client = backend, client
+
+    def argv(self, host: str, command: str) -> list[str]:
+        """The local argv that runs shell command ``command`` on ``host``."""
+        argv = self.backend.argv(host, command)
+        if self.backend.kind == "ssh" and self.client:
+            argv = [*self.client, *argv[1:]]
+        return argv
+
+    def name(self) -> str:
+        """The program that connects, for messages ("ssh")."""
+        return os.path.basename(self.argv("HOST", "true")[0])
+
+
+def remote_shell(args: argparse.Namespace) -> RemoteShell:
+    """The :class:`RemoteShell` of the options; :class:`UsageError` naming a bad one."""
+    if args.ssh is not None:
+        text, what = args.ssh, "--ssh"
+        if args.rcmd not in ("ssh", None):
+            raise UsageError(f"bad --ssh {text!r}: only with -R ssh (not -R {args.rcmd})")
+    else:
+        text, what = os.environ.get(SSH_ENV, ""), f"${SSH_ENV}"
+    client = _words(text, what) if text else None
+    if text and not client:
+        raise UsageError(f"bad {what} {text!r}")
+    ssh_args = _words(args.ssh_args, "--ssh-args")
+    try:
+        backend = make_backend(args.rcmd or "ssh", ssh_args=[*ssh_args, "-T", "--"],
+                               connect_timeout=args.connect_timeout)  # fmt: skip
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return RemoteShell(backend, client)
+
+
+def _words(text: str, what: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise UsageError(f"bad {what} {text!r}: {e}") from None
+
+
+class Remote:
+    """One command run on another node, with its stderr filtered and signals forwarded."""
+
+    def __init__(self, shell: RemoteShell, host: str, cmd: list[str], cwd: str,
+                 no_stdin: bool) -> None:  # fmt: skip
+        self.shell, self.host = shell, host
         self.pid: int | None = None
         self.pid_seen = threading.Event()
         self.signals: list[int] = []
         self.killers: list[subprocess.Popen] = []
-        # "--" before NAME: whatever a daemon names, ssh never reads it as an option
-        argv = [*ssh, "-T", "--", host, f"sh -c {shlex.quote(remote_script(cmd, cwd))}"]
+        argv = shell.argv(host, f"sh -c {shlex.quote(remote_script(cmd, cwd))}")
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL if no_stdin else None, stderr=subprocess.PIPE,
             start_new_session=True,  # terminal Ctrl-C reaches us only: we forward it
@@ -334,7 +389,7 @@ class Remote:
             return
         with contextlib.suppress(OSError):
             self.killers.append(subprocess.Popen(
-                [*self.ssh, "-T", "--", self.host, f"sh -c {shlex.quote(kill_script(self.pid, sig))}"],
+                self.shell.argv(self.host, f"sh -c {shlex.quote(kill_script(self.pid, sig))}"),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
             ))  # fmt: skip
@@ -359,7 +414,8 @@ class Remote:
         if rc == 255 and self.signals:
             return 128 + self.signals[-1]
         if rc == 255 and self.pid is None:
-            _warn(f"ssh to {self.host} failed (exit 255)")
+            _warn(f"{describe_exit(rc, f'{self.shell.name()} to {self.host}')} before the "
+                  "command started")  # fmt: skip
         return rc
 
 
@@ -369,13 +425,7 @@ def dsh_main(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("no command (beo dsh [-v] COMMAND...)")
-    ssh_text = os.environ.get(SSH_ENV, "ssh") if args.ssh == "ssh" else args.ssh
-    try:
-        ssh = shlex.split(ssh_text)
-    except ValueError:
-        raise UsageError(f"bad --ssh {ssh_text!r}") from None
-    if not ssh:
-        raise UsageError(f"bad --ssh {ssh_text!r}")
+    shell = remote_shell(args)
     daemon_address(args, DEFAULT_BEST_PORT, args.best_port)  # check it before anything
     secret = read_secret(args.secret_file)
     try:
@@ -388,7 +438,7 @@ def dsh_main(args: argparse.Namespace) -> int:
     if local:
         register_job(address, os.getpid())
         exec_local(cmd)
-    remote = Remote(ssh, name, cmd, _workdir(), args.no_stdin)
+    remote = Remote(shell, name, cmd, _workdir(), args.no_stdin)
 
     def on_signal(sig: int, _frame: object) -> None:
         remote.forward(sig)

@@ -47,8 +47,8 @@ import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from beokit.dsh import packet as P
-from beokit.dsh.state import Event, Member, Table
+from beokit.dsh import packet
+from beokit.dsh.state import Member, MemberEvent, Table
 
 FANOUT = 4
 PARTNERS = 2
@@ -66,7 +66,7 @@ class Params:
     rounds: int = ROUNDS  # rounds per period
     candidates: int = CANDIDATES  # least-loaded members in each datagram
     extra: int = EXTRA  # then recently demoted members, then a random sample
-    max_datagram: int = P.MAX_DATAGRAM  # bytes a datagram is filled up to
+    max_datagram: int = packet.MAX_DATAGRAM  # bytes a datagram is filled up to
 
 
 class Outgoing(NamedTuple):
@@ -109,9 +109,9 @@ class Gossip:
         self._demoted = {n: t for n, t in self._demoted.items() if n in self.table.members}
 
     # ---- this node
-    def set_self(self, report: P.Report, now: float) -> list[Event]:
+    def set_self(self, report: packet.Report, now: float) -> list[MemberEvent]:
         """This node's report (measured now): signed once, sent in every datagram."""
-        return self.table.set_self(report, now, P.encode(report, self.secret))
+        return self.table.set_self(report, now, packet.encode(report, self.secret))
 
     def targets(self, now: float | None = None) -> list[str]:
         """This round's ``fanout`` destinations (distinct, never self): up to
@@ -159,7 +159,7 @@ class Gossip:
         for dest, sample in zip(targets, samples, strict=True):
             records = self._records(own, dest, cands, hot_recs, self._entries(sample, now))
             self.hop_seq = (self.hop_seq + 1) & 0xFFFFFFFF
-            data = P.encode_gossip(table.self_name, dest, self.hop_seq, wall_ms, records,
+            data = packet.encode_gossip(table.self_name, dest, self.hop_seq, wall_ms, records,
                                    self.secret)  # fmt: skip
             out.append(Outgoing(dest, table.members[dest].address, data))
         return out
@@ -190,10 +190,10 @@ class Gossip:
         """What goes to ``dest``: own report, candidates, then demoted and sampled
         members; each member once, never ``dest`` itself, within the datagram size."""
         p = self.params
-        room = p.max_datagram - (P.GOSSIP_HEAD_LEN + len(own[0].encode()) + len(dest.encode())
-                                 + (P.MAC_LEN if self.secret else 0))  # fmt: skip
+        room = p.max_datagram - (packet.GOSSIP_HEAD_LEN + len(own[0].encode()) + len(dest.encode())
+                                 + (packet.MAC_LEN if self.secret else 0))  # fmt: skip
         chosen = {dest, own[0]}
-        room -= P.RECORD_OVERHEAD + len(own[2])
+        room -= packet.RECORD_OVERHEAD + len(own[2])
         records = [(own[1], own[2])] if room >= 0 else []
         extra = 0
         for group in (cands, hot, sample):
@@ -202,10 +202,10 @@ class Gossip:
             for name, age, raw in group:
                 if n >= most:
                     break
-                if name in chosen or P.RECORD_OVERHEAD + len(raw) > room:
+                if name in chosen or packet.RECORD_OVERHEAD + len(raw) > room:
                     continue
                 chosen.add(name)
-                room -= P.RECORD_OVERHEAD + len(raw)
+                room -= packet.RECORD_OVERHEAD + len(raw)
                 records.append((age, raw))
                 n += 1
             if group is not cands:
@@ -213,43 +213,43 @@ class Gossip:
         return records
 
     # ---- receiving
-    def on_datagram(self, data: bytes, source: str, now: float) -> list[Event]:
+    def on_datagram(self, data: bytes, source: str, now: float) -> list[MemberEvent]:
         """A datagram from address ``source`` that arrived at ``now``: a gossip
         datagram (version 3) or a member's own report (version 2: broadcast mode,
         older daemons). Events: "up", "reject", "bad" (could not be decoded) and
         "own" (our own broadcast back)."""
-        if P.version_of(data) == P.GOSSIP_VERSION:
+        if packet.version_of(data) == packet.GOSSIP_VERSION:
             return self._on_gossip(data, source, now)
         try:
-            report = P.decode(data, self.secret)
-        except P.PacketError as e:
-            return [Event("bad", source, str(e))]
+            report = packet.decode(data, self.secret)
+        except packet.PacketError as e:
+            return [MemberEvent("bad", source, str(e))]
         if report.name == self.table.self_name:
-            return [Event("own", report.name)]
+            return [MemberEvent("own", report.name)]
         return self.table.receive(report, source, now, data)
 
-    def _on_gossip(self, data: bytes, source: str, now: float) -> list[Event]:
+    def _on_gossip(self, data: bytes, source: str, now: float) -> list[MemberEvent]:
         table, secret = self.table, self.secret
         try:
-            d = P.decode_gossip(data, secret)
-        except P.PacketError as e:
-            return [Event("bad", source, str(e))]
+            d = packet.decode_gossip(data, secret)
+        except packet.PacketError as e:
+            return [MemberEvent("bad", source, str(e))]
         why = self._check_sender(d, source)
         if why is not None:
-            return [Event("reject", d.sender, why)]
+            return [MemberEvent("reject", d.sender, why)]
         self._senders[d.sender] = now
         members, me = table.members, table.self_name
         keep_marks, limit = table.keep_marks, table.expire_after
-        events: list[Event] = []
+        events: list[MemberEvent] = []
         news = 0
         for age_ms, raw, name, sent, seq in d.records:
             if name is None:
-                events.append(Event("bad", source, f"a record from {d.sender}: not a report"))
+                events.append(MemberEvent("bad", source, f"a record from {d.sender}: not a report"))
                 continue
             m = members.get(name)
             if m is None:
                 table.unknown_rejected += 1
-                events.append(Event("reject", name, f"not a member (relayed by {d.sender})"))
+                events.append(MemberEvent("reject", name, f"not a member (relayed by {d.sender})"))
                 continue
             old = m.report  # is it news? (Table.is_news, inlined: most records are not)
             if (name == me or (old is not None and (m.up or (keep_marks and not m.forget_mark))
@@ -260,9 +260,9 @@ class Gossip:
             if age > limit and name != d.sender:
                 continue  # too old to make its member up
             try:
-                report = P.decode(raw, secret)
-            except P.PacketError as e:
-                events.append(Event("bad", source, f"report of {name} from {d.sender}: {e}"))
+                report = packet.decode(raw, secret)
+            except packet.PacketError as e:
+                events.append(MemberEvent("bad", source, f"report of {name} from {d.sender}: {e}"))
                 continue
             news += 1
             if name == d.sender:
@@ -276,7 +276,7 @@ class Gossip:
         st["duplicate"] += len(d.records) - news
         return events
 
-    def _check_sender(self, d: P.Datagram, source: str) -> str | None:
+    def _check_sender(self, d: packet.Datagram, source: str) -> str | None:
         """Why a datagram cannot be taken (None: it can): a member, from its own
         address, sent to this node, newer than its last (with a secret)."""
         table = self.table

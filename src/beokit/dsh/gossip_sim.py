@@ -28,7 +28,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from beokit.dsh import packet as P
+from beokit.dsh import packet
 from beokit.dsh.gossip import Gossip, Params
 from beokit.dsh.state import MemberSpec, Table
 
@@ -143,7 +143,7 @@ class SimCluster:
         node.seq += 1
         wall_ms = int((now + node.clock_offset + 1e6) * 1000)
         load = node.load
-        g.set_self(P.Report(table.self_name, node.seq, wall_ms, load, load, load, self.cfg.cpus,
+        g.set_self(packet.Report(table.self_name, node.seq, wall_ms, load, load, load, self.cfg.cpus,
                             0, 1 << 24, 1 << 23, int(self.cfg.period * 1000)), now)  # fmt: skip
         node.last_report = now
         table.tick(now)
@@ -164,7 +164,7 @@ class SimCluster:
 
 
 @dataclass
-class Outcome:
+class GossipOutcome:
     """What :func:`scenario` measured (times in periods, of the simulated clock)."""
 
     n: int
@@ -192,7 +192,7 @@ def first_everywhere(c: SimCluster, pred: Callable[[int], bool], limit: float) -
     return c.now - start if not pending else math.inf
 
 
-def scenario(n: int, loss: float, seed: int = 3, secret: bytes | None = None) -> Outcome:
+def scenario(n: int, loss: float, seed: int = 3, secret: bytes | None = None) -> GossipOutcome:
     """The tests' and the benchmark's run: N members (loads 2-6 on 2 CPUs) gossip for
     4 periods; a middling member becomes idle (the best), then busy; then the best
     member dies. Every table is looked at every third of a round."""
@@ -222,7 +222,7 @@ def scenario(n: int, loss: float, seed: int = 3, secret: bytes | None = None) ->
     c.run_until(last + expire + 0.005)
     gone = all(dname not in c.up(i) for i in c.alive())
     periods = c.now / per
-    return Outcome(
+    return GossipOutcome(
         n, per, idle / per, busy / per, before, len(late), error, gone,
         [nd.sent / periods for nd in c.nodes if nd.alive],
         [nd.received / periods for nd in c.nodes if nd.alive],

@@ -35,6 +35,9 @@ import math
 import struct
 from typing import Any, NamedTuple, NoReturn
 
+from beokit import auth
+from beokit.errors import WireError
+
 MAGIC = b"BKdS"
 VERSION = 2  # 1: HMAC-SHA256[:16]; 2: keyed BLAKE2s-128 (same layout otherwise)
 FLAG_MAC = 1
@@ -49,8 +52,9 @@ _new = tuple.__new__
 _compare = hmac.compare_digest
 
 
-class PacketError(ValueError):
-    """A datagram that is not a valid state report (or fails authentication)."""
+class PacketError(WireError, ValueError):
+    """A datagram that is not a valid state report (or fails authentication), or an
+    answer of a port that is not what a dshd says."""
 
 
 class Report(NamedTuple):
@@ -314,18 +318,26 @@ def report_key(raw: bytes) -> tuple[str, int, int]:
 # Without a secret the status and best ports answer at once (seed: "telnetting
 # to stport gives the state info"). With one, the daemon first sends
 # ``auth NONCE\n`` and the client answers ``MAC [REQUEST [CNONCE]]\n`` where MAC
-# is HMAC-SHA256(secret, "beokit-dsh-" PURPOSE ":" NONCE) in hex; anything else is
-# refused. With CNONCE (the client's own nonce) the daemon ends its answer with
-# ``mac HEX\n``, HMAC-SHA256(secret, "beokit-dsh-answer-" PURPOSE ":" NONCE ":"
-# CNONCE ":" ANSWER): the client knows the answer comes from a holder of the
-# secret, for this query (a recorded answer does not fit a new CNONCE).
+# is :func:`beokit.auth.mac` (HMAC-SHA256, parts length-prefixed) of the label
+# QUERY_LABEL, PURPOSE and NONCE, in hex; anything else is refused. With CNONCE
+# (the client's own nonce) the daemon ends its answer with ``mac HEX\n``, the
+# MAC of ANSWER_LABEL, PURPOSE, NONCE, CNONCE and ANSWER: the client knows the
+# answer comes from a holder of the secret, for this query (a recorded answer
+# does not fit a new CNONCE). The labels tell the two directions apart.
 
+QUERY_LABEL = "beo-dsh/2 query"  # 2: through beokit.auth (1: "beokit-dsh-PURPOSE:NONCE")
+ANSWER_LABEL = "beo-dsh/2 answer"
 _NONCE_OK = frozenset("0123456789abcdef")
+
+
+def new_nonce() -> str:
+    """A fresh nonce for a challenge or a client's CNONCE (32 hex digits)."""
+    return auth.nonce().hex()
 
 
 def query_mac(secret: bytes, purpose: str, nonce: str) -> str:
     """The hex answer to the daemon's challenge for a ``status`` or ``best`` query."""
-    return hmac.new(secret, f"beokit-dsh-{purpose}:{nonce}".encode(), hashlib.sha256).hexdigest()
+    return auth.mac(secret, QUERY_LABEL, purpose, nonce).hex()
 
 
 def check_query(secret: bytes, purpose: str, nonce: str, line: str) -> tuple[bool, str]:
@@ -333,7 +345,7 @@ def check_query(secret: bytes, purpose: str, nonce: str, line: str) -> tuple[boo
     parts = line.split()
     if not parts:
         return False, ""
-    ok = hmac.compare_digest(parts[0].encode(), query_mac(secret, purpose, nonce).encode())
+    ok = auth.verify(secret, QUERY_LABEL, parts[0], purpose, nonce)
     return ok, (parts[1] if len(parts) > 1 else "")
 
 
@@ -346,8 +358,7 @@ def query_cnonce(line: str) -> str | None:
 
 def answer_mac(secret: bytes, purpose: str, nonce: str, cnonce: str, answer: bytes) -> str:
     """The daemon's MAC over its answer to one query (the ``mac HEX`` line)."""
-    head = f"beokit-dsh-answer-{purpose}:{nonce}:{cnonce}:".encode()
-    return hmac.new(secret, head + answer, hashlib.sha256).hexdigest()
+    return auth.mac(secret, ANSWER_LABEL, purpose, nonce, cnonce, answer).hex()
 
 
 def sign_answer(secret: bytes, purpose: str, nonce: str, cnonce: str, answer: bytes) -> bytes:
@@ -363,8 +374,8 @@ def check_answer(secret: bytes, purpose: str, nonce: str, cnonce: str, data: byt
     body, last = data[:cut], data[cut:]
     if not (body and last.startswith(b"mac ") and last.endswith(b"\n")):
         raise PacketError("answer not signed (a dshd without answer MACs, or not a dshd)")
-    want = answer_mac(secret, purpose, nonce, cnonce, body).encode()
-    if not hmac.compare_digest(last[4:-1], want):
+    mac = last[4:-1].decode("ascii", errors="replace")
+    if not auth.verify(secret, ANSWER_LABEL, mac, purpose, nonce, cnonce, body):
         raise PacketError("answer signed with another secret (or changed on the way)")
     return body
 

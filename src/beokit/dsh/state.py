@@ -24,8 +24,8 @@ from beokit.errors import UsageError
 from beokit.hostlist import expand
 
 
-class ConfigError(ValueError):
-    """A bad cluster file line or option value (a usage error)."""
+class ClusterFileError(UsageError):
+    """A bad cluster file line or option value: a usage error (one line, exit 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +41,9 @@ def _weight(text: str, what: str, where: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise ConfigError(f"{where}: bad {what} {text!r}") from None
+        raise ClusterFileError(f"{where}: bad {what} {text!r}") from None
     if not 0 < v < 1e6:
-        raise ConfigError(f"{where}: bad {what} {text!r}: must be > 0")
+        raise ClusterFileError(f"{where}: bad {what} {text!r}: must be > 0")
     return v
 
 
@@ -70,19 +70,19 @@ def parse_cluster(text: str, source: str = "cluster file") -> list[MemberSpec]:
                 nums.append(words[i])
                 i += 1
             if _is_number(name):
-                raise ConfigError(f"{where}: bad member name {name!r}")
+                raise ClusterFileError(f"{where}: bad member name {name!r}")
             lw = _weight(nums[0], "load weight", where) if nums else 1.0
             mw = _weight(nums[1], "memory weight", where) if len(nums) > 1 else 1.0
             try:
                 names = expand(name) if "[" in name or "," in name else [name]
             except UsageError as e:
-                raise ConfigError(f"{where}: {e}") from None
+                raise ClusterFileError(f"{where}: {e}") from None
             for n in names:
                 if len(n.encode()) > 255:
-                    raise ConfigError(f"{where}: member name too long {n[:40]!r}...")
+                    raise ClusterFileError(f"{where}: member name too long {n[:40]!r}...")
                 members[n] = MemberSpec(n, lw, mw)
     if not members:
-        raise ConfigError(f"{source}: no members")
+        raise ClusterFileError(f"{source}: no members")
     return list(members.values())
 
 
@@ -171,14 +171,14 @@ def score_function(name: str) -> ScoreFn:
     if name in SCORES:
         return SCORES[name]
     if ":" not in name:
-        raise ConfigError(f"bad score {name!r}: load, loadmem, jobs or MODULE:FUNC")
+        raise ClusterFileError(f"bad score {name!r}: load, loadmem, jobs or MODULE:FUNC")
     mod, _, fn = name.partition(":")
     try:
         f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"bad score {name!r}: {e}") from None
+        raise ClusterFileError(f"bad score {name!r}: {e}") from None
     if not callable(f):
-        raise ConfigError(f"bad score {name!r}: not callable")
+        raise ClusterFileError(f"bad score {name!r}: not callable")
     return f  # type: ignore[no-any-return]
 
 
@@ -186,15 +186,16 @@ def score_function(name: str) -> ScoreFn:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
-    """A membership change: ``kind`` is "up", "down" or "reject"."""
+class MemberEvent:
+    """A membership change: ``kind`` is "up", "down" or "reject" (the gossip adds
+    "bad": a datagram that could not be decoded, and "own": this node's broadcast)."""
 
     kind: str
     name: str
     detail: str = ""
 
 
-_NONE: list[Event] = []  # shared empty answer: never appended to
+_NONE: list[MemberEvent] = []  # shared empty answer: never appended to
 
 
 def _rank(m: Member) -> tuple[float, int]:
@@ -256,7 +257,7 @@ class Table:
                                                    key=self.salt[:32]).digest(), "big")  # fmt: skip
             self.members[s.name] = m
         if self.self_name not in self.members:
-            raise ConfigError(f"this node {self.self_name!r} is not a member")
+            raise ClusterFileError(f"this node {self.self_name!r} is not a member")
         self.by_address = {m.address: m for m in self.members.values()}
         self.up_set = {n: m for n, m in self.members.items() if m.up}
         for m in self.up_set.values():  # the weights may have changed
@@ -267,10 +268,10 @@ class Table:
         return self.expire_periods * self.period
 
     # ---- inputs
-    def set_self(self, report: Report, now: float, raw: bytes | None = None) -> list[Event]:
+    def set_self(self, report: Report, now: float, raw: bytes | None = None) -> list[MemberEvent]:
         """This node's own report, measured here (``raw``: as encoded, to send it)."""
         m = self.members[self.self_name]
-        events = [] if m.up else [Event("up", m.name, "self")]
+        events = [] if m.up else [MemberEvent("up", m.name, "self")]
         m.report, m.heard, m.up, m.origin, m.raw = report, now, True, now, raw
         m.base = None
         self.up_set[m.name] = m
@@ -284,7 +285,7 @@ class Table:
             return float("inf")
 
     def receive(self, report: Report, source: str, now: float, raw: bytes | None = None,
-                age: float = 0.0) -> list[Event]:  # fmt: skip
+                age: float = 0.0) -> list[MemberEvent]:  # fmt: skip
         """Take a report that came from address ``source`` (its member's own datagram;
         ``age``: how long before ``now`` the member made it, as it says).
 
@@ -321,7 +322,7 @@ class Table:
         return sent_ms > old.sent_ms or (sent_ms == old.sent_ms and seq > old.seq)
 
     def relay(self, report: Report, now: float, age: float, raw: bytes | None = None
-              ) -> list[Event]:  # fmt: skip
+              ) -> list[MemberEvent]:  # fmt: skip
         """Take a report of another member that a member relayed: made ``age`` seconds
         before ``now`` (as the relays count). No address check (it comes from a
         relay); the rest as :meth:`receive`. A report older than the expiry is
@@ -329,7 +330,7 @@ class Table:
         m = self.members.get(report.name)
         if m is None:
             self.unknown_rejected += 1
-            return [Event("reject", report.name, "not a member (relayed)")]
+            return [MemberEvent("reject", report.name, "not a member (relayed)")]
         if m.name == self.self_name or age > self.expire_after:
             return _NONE
         if not self.is_news(m, report.sent_ms, report.seq):
@@ -337,8 +338,8 @@ class Table:
         return self._take(m, report, now, raw, age)
 
     def _take(self, m: Member, report: Report, now: float, raw: bytes | None,
-              age: float) -> list[Event]:  # fmt: skip
-        events = _NONE if m.up else [Event("up", m.name)]
+              age: float) -> list[MemberEvent]:  # fmt: skip
+        events = _NONE if m.up else [MemberEvent("up", m.name)]
         origin = now - age
         if m.up and m.origin is not None and m.origin > origin:
             origin = m.origin  # a newer report was not made before an older one
@@ -352,20 +353,20 @@ class Table:
         return events
 
     def _receive_slow(self, report: Report, source: str, now: float, raw: bytes | None = None,
-                      age: float = 0.0) -> list[Event]:  # fmt: skip
+                      age: float = 0.0) -> list[MemberEvent]:  # fmt: skip
         m = self.members.get(report.name)
         if m is None:
             self.unknown_rejected += 1
-            return [Event("reject", report.name, f"not a member (from {source})")]
+            return [MemberEvent("reject", report.name, f"not a member (from {source})")]
         if m.name == self.self_name:
             m.rejected += 1
-            return [Event("reject", m.name, f"claims to be this node (from {source})")]
+            return [MemberEvent("reject", m.name, f"claims to be this node (from {source})")]
         if source != m.address:
             m.rejected += 1
-            return [Event("reject", m.name, f"from {source}, not its address {m.address}")]
+            return [MemberEvent("reject", m.name, f"from {source}, not its address {m.address}")]
         if not self.is_news(m, report.sent_ms, report.seq):
             m.rejected += 1
-            return [Event("reject", m.name, "old or replayed report")]
+            return [MemberEvent("reject", m.name, "old or replayed report")]
         return self._take(m, report, now, raw, age)
 
     def forget_marks(self) -> None:
@@ -381,7 +382,7 @@ class Table:
         if m.extra:
             m.extra = [t for t in m.extra if made - t < self.extra_hold]
 
-    def tick(self, now: float) -> list[Event]:
+    def tick(self, now: float) -> list[MemberEvent]:
         """Expire members whose newest report is more than ``expire_periods`` periods
         old (the members up are scanned, not the whole cluster), and stale bumps."""
         events = []
@@ -398,7 +399,7 @@ class Table:
             del self.up_set[m.name]
             m.up = False
             m.extra.clear()
-            events.append(Event("down", m.name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
+            events.append(MemberEvent("down", m.name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
         hold = max(limit, 2 * self.extra_hold)
         for m in bumped:  # a node that never reports again must not keep its bumps
             m.extra = [t for t in m.extra if now - t < hold]
