@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from beokit.sim import machine as M
+from beokit.sim import machine
 from beokit.sim.cast import CastSpec, simulate_cast
 from beokit.sim.launch import LaunchCosts, simulate_launch
 
@@ -68,10 +68,10 @@ def predict_run(n_hosts: int, k: int = 3, launch_cost: float | None = None, *,
     ``slow_fraction`` of the hosts take ``slow_factor`` times longer.
     """
     if shared_cores is not None:
-        costs = M.box_launch(0.0 if launch_cost is None else launch_cost)
+        costs = machine.box_launch(0.0 if launch_cost is None else launch_cost)
         where = f"one machine, {shared_cores:g} free cores"
     else:
-        costs = M.ssh_launch()
+        costs = machine.ssh_launch()
         if launch_cost is not None:  # the whole session as the user gave it
             costs = _with_session(costs, launch_cost)
         where = "a cluster (every host its own CPU)"
@@ -121,8 +121,8 @@ def predict_cast(n_nodes: int, size_bytes: int, rate_bps: float = 1e9, *, chains
                     slow_fraction=slow_fraction, slow_factor=slow_factor, node_rate=node_rate,
                     fail_fraction=fail_fraction, fail_kind=fail_kind, heal=heal, retry=retry,
                     launch=launch, seed=seed)  # fmt: skip
-    net = M.cluster_network(rate_bps, mtu)
-    r = simulate_cast(spec, net, M.cluster_nettee())
+    net = machine.cluster_network(rate_bps, mtu)
+    r = simulate_cast(spec, net, machine.cluster_nettee())
     shape = (f"{chains} chain{'s' if chains > 1 else ''}" if fanout == 1
              else f"a tree of fanout {fanout} under {chains} root child(ren)")  # fmt: skip
     plan = (f"{size_bytes:,} bytes to {n_nodes} nodes, {shape} from each of {r.trees} "

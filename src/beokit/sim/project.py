@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from beokit.sim import machine as M
+from beokit.sim import machine
 from beokit.sim.cast import CastSpec, simulate_cast, tree_depth, tree_sizes
 from beokit.sim.gossip import GossipParams, alltoall, simulate_gossip
 from beokit.sim.launch import simulate_launch
@@ -62,12 +62,12 @@ def _cast(n: int, size: int, rate: float, shape: Shape, degraded: bool, seed: in
                     slow_fraction=0.01 if degraded else 0.0, slow_factor=0.5,
                     fail_fraction=0.001 if degraded else 0.0, fail_kind="crash",
                     launch=launch, seed=seed)  # fmt: skip
-    return simulate_cast(spec, M.cluster_network(rate), M.cluster_nettee()).seconds
+    return simulate_cast(spec, machine.cluster_network(rate), machine.cluster_nettee()).seconds
 
 
 def cast_table(n: int, size: int, seeds: int, launch: float) -> tuple[str, dict]:
     """Markdown and the figures for the plot."""
-    rates = M.RATES
+    rates = machine.RATES
     head = ("| topology | depth |" + "".join(f" {r} clean | {r} degraded |" for r in rates))
     lines = [head, "|---|---|" + "---|---|" * len(rates)]
     data: dict[str, dict[str, tuple[float, float]]] = {}
@@ -91,7 +91,7 @@ def _t(s: float) -> str:
 
 
 def launch_table(ns: Sequence[int], seeds: int) -> tuple[str, dict]:
-    costs = M.ssh_launch()
+    costs = machine.ssh_launch()
     lines = ["| N | mode | " + " | ".join(f"k={k}" for k in KS) + " |",
              "|---|---|" + "---|" * len(KS)]  # fmt: skip
     data: dict[tuple[int, str], list[float]] = {}
@@ -153,7 +153,7 @@ def plot_cast(path: Path, data: dict, n: int, size: int) -> None:
     for ax, kind, idx in ((axes[0], "clean", 0), (axes[1], "1 % slow, 0.1 % failures", 1)):
         x = range(len(labels))
         width = 0.27
-        for j, rate in enumerate(M.RATES):
+        for j, rate in enumerate(machine.RATES):
             ax.barh([i + (j - 1) * width for i in x], [data[lb][rate][idx] for lb in labels],
                     height=width, label=rate)  # fmt: skip
         ax.set_yticks(list(x))
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     cmd = "python3 -m beokit.sim project " + " ".join(argv if argv is not None else sys.argv[1:])
     if "cast" in parts:
         launch_k = 8
-        launch = simulate_launch(a.nodes, launch_k, M.ssh_launch()).seconds
+        launch = simulate_launch(a.nodes, launch_k, machine.ssh_launch()).seconds
         text, data = cast_table(a.nodes, a.size, a.seeds, launch)
         out(f"## Time to image {a.nodes:,} nodes with {a.size / GiB:g} GiB ({cmd.strip()}, "
             f"{when})\n")  # fmt: skip
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         ns = sorted({1000, a.nodes})
         text, ldata = launch_table(ns, a.seeds)
         out(f"## Launch time, beo run over ssh ({cmd.strip()}, {when})\n")
-        c = M.ssh_launch()
+        c = machine.ssh_launch()
         out(f"One launch: {c.delay + c.spawn_cpu:.3f} s session ({c.spawn_cpu:.3f} s of it the "
             f"client's CPU on the parent) + {c.agent_cpu:.3f} s interpreter for an agent; "
             f"the root reads {c.msgs_per_host} messages a host at {c.root_msg_cpu * 1e6:.0f} us "
