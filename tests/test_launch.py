@@ -216,6 +216,31 @@ def test_tree_is_faster_than_sequential_with_launch_cost() -> None:
     assert doc["elapsed"] < 0.5 * 12 * 0.3  # sequential would take 3.6 s at least
 
 
+def test_dry_run_prints_the_plan_and_the_models_prediction(tmp_path: Path) -> None:
+    from beokit.launch import cli, plan
+    from beokit.launch.backends import make_backend
+    from beokit.sim.predict import predict_run
+
+    marker = tmp_path / "ran"
+    cp = beo_run("-R", "exec", "--launch-delay", "0.1", "-k", "4", "--dry-run", "n[1-147]",
+                 "--", f"touch {marker}")  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    assert not marker.exists()  # nothing was launched
+    out = cp.stdout
+    assert "147 hosts, tree, k=4, 4 launch steps, -R exec" in out
+    assert "root launches 4 groups of 85, 60, 1, 1 hosts" in out
+    hosts = [f"n{i}" for i in range(1, 148)]
+    expected = predict_run(147, 4, 0.1, shared_cores=float(os.cpu_count() or 1))
+    assert f"predicted: {expected.explain()}" in out
+    # ssh: a cluster, every launch an ssh session; flat: the root's window
+    text = cli.dry_run("flat", hosts, 32, plan.root_plan("flat", hosts, 32), make_backend("ssh"))
+    assert "every host itself, 32 at a time" in text
+    assert predict_run(147, 32, None, mode="flat").explain() in text
+    text = cli.dry_run("tree", hosts * 30, 8, plan.root_plan("tree", hosts * 30, 8),
+                       make_backend("exec"))  # fmt: skip
+    assert "predicted: not here" in text  # too many processes for the shared-core model
+
+
 @pytest.mark.parametrize("args, message", [
     (["-R", "bogus", "n1", "--", "true"], "bad -R"),
     (["-R", "exec", "n1"], "no command"),

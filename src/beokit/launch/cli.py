@@ -88,6 +88,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--leaf-agents", action="store_true",
                    help="start an agent on leaf hosts too (default: a host that launches "
                    "nobody runs the command directly through the backend, like pdsh)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="launch nothing: print the plan (the root's groups, agents, leaves, "
+                   "launch steps) and the time the simulator predicts for it "
+                   "(beokit.sim, docs/scale.md)")  # fmt: skip
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NODESET -- COMMAND")
     p.set_defaults(mode="tree")
     return p
@@ -250,6 +254,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"bad fanout {k}: must be >= 1")
     backend = _backend(args)
     the_plan = plan.root_plan(args.mode, hosts, k)
+    if args.dry_run:
+        print(dry_run(args.mode, hosts, k, the_plan, backend))
+        return EXIT_OK
     agents = args.leaf_agents or any(len(g) > 1 for g in the_plan.groups)
     listen, advertise = _addresses(args, backend, hosts, agents)
     payload = read_input(args.input) if args.input else None
@@ -273,6 +280,44 @@ def _run(args: argparse.Namespace) -> int:
         print(f"beo run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return _report(args, hosts, k, dict(collector.results), elapsed, stopped)
+
+
+EXEC_MODEL_MAX = 3000  # -R exec: hosts the shared-core model predicts within seconds
+
+
+def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
+            backend: Backend) -> str:  # fmt: skip
+    """``--dry-run``: the plan in a few lines and the simulator's predicted time
+    (:func:`beokit.sim.predict.predict_run`): -R exec hosts share this machine's
+    cores and each launch costs --launch-delay; ssh, rsh or a template: a
+    cluster, each launch an ssh session as measured (docs/scale.md)."""
+    from beokit.sim.launch import plan_stats
+    from beokit.sim.predict import predict_run
+
+    n = len(hosts)
+    lines = [f"beo run --dry-run: {n} hosts, {mode}, k={k}, "
+             f"{plan.depth(mode, n, k)} launch steps, -R {backend.kind}"]  # fmt: skip
+    if mode == "tree":
+        agents, leaves, _ = plan_stats(n, k)
+        sizes = ", ".join(str(len(g)) for g in the_plan.groups)
+        lines.append(f"  root launches {len(the_plan.groups)} groups of {sizes} hosts "
+                     f"(head + its share); {agents} agents, {leaves} leaves (no agent)")  # fmt: skip
+    else:
+        lines.append(f"  root launches every host itself, {the_plan.window} at a time")
+    if mode == "ring":
+        lines.append("  predicted: no model of the ring (one launch after another: "
+                     f"{n} launch steps)")  # fmt: skip
+        return "\n".join(lines)
+    if backend.kind == "exec" and n > EXEC_MODEL_MAX:
+        lines.append(f"  predicted: not here: {n} processes sharing this machine's cores take "
+                     f"the model ~N^2 time (up to {EXEC_MODEL_MAX} hosts; docs/scale.md)")  # fmt: skip
+        return "\n".join(lines)
+    if backend.kind == "exec":
+        pred = predict_run(n, k, backend.delay, mode=mode, shared_cores=float(os.cpu_count() or 1))
+    else:
+        pred = predict_run(n, k, None, mode=mode)
+    lines.append(f"  predicted: {pred.explain()}")
+    return "\n".join(lines)
 
 
 STOP_WAIT = EXIT_GRACE + 2.0  # after SIGINT/SIGTERM, the tree's commands are killed within this
