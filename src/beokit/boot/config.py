@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from beokit.errors import UsageError
+from beokit.provision.plan import Topology, topology_file
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
@@ -84,17 +85,26 @@ class Host:
 
 @dataclass(frozen=True)
 class Nettee:
-    """The next distribution's topology, handed to each node (see docs/boot.md)."""
+    """The next distribution's topology, handed to each node (see docs/boot.md and
+    docs/provision.md): the first name of ``order`` is the root."""
 
     order: tuple[str, ...] = ()
     fanout: int = 1
     port: int = 7000
+    join_wait: float = 10.0
+    failover: int = 3
+    parent_wait: float = 600.0
 
     @functools.cached_property
     def position(self) -> dict[str, int]:
         """Each host's place in ``order`` (a dict: ``name in order`` is asked for every
         DHCP reply, with up to 65,536 hosts)."""
         return {name: i for i, name in enumerate(self.order)}
+
+    @functools.cached_property
+    def topology(self) -> Topology:
+        return Topology(self.order, self.fanout, self.port, self.join_wait, self.failover,
+                        self.parent_wait)  # fmt: skip
 
     def next_of(self, name: str) -> list[str]:
         """The hosts ``name`` forwards to: its children in a tree of ``fanout``."""
@@ -105,17 +115,24 @@ class Nettee:
         return list(self.order[first : first + self.fanout])
 
     def file_for(self, name: str) -> bytes | None:
-        i = self.position.get(name)
-        if i is None:
+        if name not in self.position:
             return None
-        parent = "" if i == 0 else self.order[(i - 1) // self.fanout]
-        nxt = ",".join(self.next_of(name))
-        return (
-            f"# nettee topology for {name}, served by beo boot\n"
-            f"node={name}\nposition={i}\nupstream={parent}\nnext={nxt}\n"
-            f"port={self.port}\n"
-            f"command=nettee -in {'-' if i == 0 else 'tcp'} -next {nxt or '-'}\n"
-        ).encode()
+        return topology_file(self.topology, name)
+
+
+@dataclass(frozen=True)
+class Provision:
+    """``[provision]``: what a round sends and when it starts (docs/provision.md)."""
+
+    image: Path | None = None
+    target: str = ""  # on each node: a file, a block device, or dir:PATH (a tar unpacked)
+    start_after: int = 0  # start once this many nodes are ready (0: every node of the order)
+    start_wait: float = 120.0  # ... or after this many seconds, whoever is ready
+    report_port: int = 0  # UDP port of the round's reports (0: nettee.port + 2)
+    follow_up: bool = True  # nodes that come after the round get a round of their own
+
+    def report_port_of(self, nettee_port: int) -> int:
+        return self.report_port or nettee_port + 2
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ class BootConfig:
     defer_max: float = 1.0
     fair: bool = True
     nettee: Nettee = field(default_factory=Nettee)
+    provision: Provision | None = None
 
     # -- derived ---------------------------------------------------------
     def node_ip(self, n: int) -> ipaddress.IPv4Address:
@@ -236,7 +254,8 @@ def _known(table: dict, where: str, keys: set[str]) -> None:
 
 def parse(doc: dict[str, Any], base_dir: Path | None = None) -> BootConfig:
     """Check a decoded TOML document; relative paths are taken from ``base_dir``."""
-    _known(doc, "config", {"server", "network", "nodes", "hosts", "boot", "tftp", "nettee"})
+    _known(doc, "config", {"server", "network", "nodes", "hosts", "boot", "tftp", "nettee",
+                      "provision"})  # fmt: skip
     base_dir = base_dir or Path.cwd()
     srv, net, nodes = doc.get("server", {}), doc.get("network", {}), doc.get("nodes", {})
     boot, tftp, nt = doc.get("boot", {}), doc.get("tftp", {}), doc.get("nettee", {})
@@ -247,7 +266,7 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> BootConfig:
     _known(boot, "boot", {"bios", "uefi", "arm64", "ipxe_script", "kernel", "initrd", "cmdline"})
     _known(tftp, "tftp", {"bandwidth", "max_blksize", "max_windowsize", "timeout", "retries",
                           "defer_max", "fair"})  # fmt: skip
-    _known(nt, "nettee", {"order", "fanout", "port"})
+    _known(nt, "nettee", {"order", "fanout", "port", "join_wait", "failover", "parent_wait"})
     kw = _server_and_network(srv, net, base_dir)
     kw.update(_nodes(nodes, kw))
     kw["hosts"] = _hosts(doc.get("hosts", []))
@@ -255,6 +274,8 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> BootConfig:
     kw.update(_tftp(tftp))
     if nt:
         kw["nettee"] = _nettee(nt)
+    if "provision" in doc:
+        kw["provision"] = _provision(doc["provision"], kw["nettee"] if nt else None, base_dir)
     return BootConfig(**kw)
 
 
@@ -420,7 +441,44 @@ def _nettee(nt: dict) -> Nettee:
     return Nettee(
         order=tuple(expand(order)),
         fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
-        port=_int(nt, "port", "nettee", 1, 65535, 7000),
+        port=_int(nt, "port", "nettee", 1, 65533, 7000),  # PORT, PORT+1 and reports at PORT+2
+        join_wait=_float(nt, "join_wait", "nettee", 0.5, 3600, 10.0),
+        failover=_int(nt, "failover", "nettee", 1, 16, 3),
+        parent_wait=_float(nt, "parent_wait", "nettee", 0, 86400, 600.0),
+    )
+
+
+_TARGET_RE = re.compile(r"^(dir:)?/[^\x00-\x1f\x7f]*$")
+
+
+def _provision(pv: Any, nt: Nettee | None, base_dir: Path) -> Provision:
+    """[provision]: checked in full before anything starts (one line naming the key)."""
+    if not isinstance(pv, dict):
+        raise BootConfigError(f"bad provision {pv!r}: a table")
+    _known(pv, "provision", {"image", "target", "start_after", "start_wait", "report_port",
+                             "follow_up"})  # fmt: skip
+    if nt is None:
+        raise BootConfigError("bad provision: needs a [nettee] section (order = the server, "
+                              "then the nodes)")  # fmt: skip
+    image = _str(pv, "image", "provision", "")
+    path = (base_dir / image) if image else None
+    if path is not None and not path.is_file():
+        raise BootConfigError(f"bad provision.image {image!r}: no such file")
+    target = _str(pv, "target", "provision", "")
+    if not _TARGET_RE.match(target) or target in ("/", "dir:"):
+        raise BootConfigError(f"bad provision.target {target!r}: an absolute file or device "
+                              "path, or dir:/PATH (a tar unpacked there)")  # fmt: skip
+    receivers = len(nt.order) - 1
+    follow = pv.get("follow_up", True)
+    if not isinstance(follow, bool):
+        raise BootConfigError(f"bad provision.follow_up {follow!r}: true or false")
+    return Provision(
+        image=path,
+        target=target,
+        start_after=_int(pv, "start_after", "provision", 0, max(receivers, 0), 0),
+        start_wait=_float(pv, "start_wait", "provision", 0, 86400, 120.0),
+        report_port=_int(pv, "report_port", "provision", 0, 65535, 0),
+        follow_up=follow,
     )
 
 

@@ -1,0 +1,1 @@
+"""beokit provision pillar: diskless nodes take their place in a nettee chain from DHCP."""
