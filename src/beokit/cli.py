@@ -7,8 +7,8 @@ import contextlib
 import os
 import sys
 
-from beokit import __version__
-from beokit.errors import EXIT_USAGE, OneLineParser, int_in
+from beokit import __version__, cliargs
+from beokit.errors import EXIT_USAGE, OneLineParser, UsageError, int_in
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -48,9 +48,17 @@ BUILTIN_COMMANDS: dict[str, str] = {
 }
 
 
+# The toolkit's own commands, here (they read the whole parser): name -> help.
+TOOLKIT_COMMANDS: dict[str, str] = {
+    "config": "defaults from /etc/beokit/beo.toml: show them, print example configs",
+    "man": "print a manual page (roff) generated from the option parsers, or write them all",
+    "completion": "print the bash or zsh completion script for beo and nettee",
+}
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The subcommand ``argv`` names, if it is the first word (``beo cast ...``)."""
-    if argv and argv[0] in ("demo", *BUILTIN_COMMANDS, *PILLARS):
+    if argv and argv[0] in ("demo", *TOOLKIT_COMMANDS, *BUILTIN_COMMANDS, *PILLARS):
         return argv[0]
     return None
 
@@ -61,12 +69,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="beo",
         description="beokit: feed and drive a cluster. The classic single-dash network tee "
-        "is its own command: see `nettee -h`.",
+        "is its own command: see `nettee -h`. Every command takes its options anywhere "
+        "before `--`; `beo COMMAND --help` for one, `beo man COMMAND` for its manual page.",
+        formatter_class=cliargs.Formatter,
     )
     p.add_argument("--version", action="version", version=f"beokit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     if only is None or only == "demo":
         _add_demo(sub)
+    if only is None or only in TOOLKIT_COMMANDS:
+        _add_toolkit(sub)
     modules = [m for c, m in {**BUILTIN_COMMANDS, **PILLARS}.items() if only in (None, c)]
     for module in dict.fromkeys(modules):
         try:
@@ -76,6 +88,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 raise
             continue
         pillar.add_parser(sub)
+    cliargs.order_commands(sub, cliargs.COMMAND_ORDER)
+    for _path, parser in cliargs.walk(p):
+        parser.formatter_class = cliargs.Formatter
     return p
 
 
@@ -94,6 +109,68 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--keep", metavar="DIR", help="keep the source and outputs in DIR")
 
 
+def _add_toolkit(sub: argparse._SubParsersAction) -> None:
+    from beokit import settings
+
+    c = sub.add_parser("config", help=TOOLKIT_COMMANDS["config"],
+                       description="Site defaults: table [COMMAND] of "
+                       f"{settings.DEFAULT_CONFIG_DIR}/{settings.DEFAULTS_FILE} ($"
+                       f"{settings.CONFIG_DIR_ENV} replaces {settings.DEFAULT_CONFIG_DIR}) "
+                       "gives any beo command's long options their defaults; the command line "
+                       "wins. `show` prints what is set, `example KIND` an example config.")  # fmt: skip
+    cs = c.add_subparsers(dest="config_command", metavar="ACTION")
+    cs.add_parser("show", help="print the defaults file's settings and where it is",
+                  description="Print the settings of the defaults file, table by table.")
+    ex = cs.add_parser("example", help="print an example config: " + ", ".join(settings.EXAMPLES),
+                       description="Print an example config, to edit and install: "
+                       + "; ".join(f"{k}: {v[2]} ({settings.DEFAULT_CONFIG_DIR}/{v[1]})"
+                                   for k, v in settings.EXAMPLES.items()) + ".")  # fmt: skip
+    ex.add_argument("kind", choices=list(settings.EXAMPLES), metavar="KIND")
+    m = sub.add_parser("man", help=TOOLKIT_COMMANDS["man"],
+                       description="Print the manual page PAGE as roff (read it with "
+                       "`beo man PAGE | man -l -`), or write every page to DIR "
+                       "(e.g. /usr/local/share/man/man1). Pages: beo, nettee, and beo-COMMAND "
+                       "for each command (PAGE may be the command alone).")  # fmt: skip
+    m.add_argument("page", nargs="?", default="beo", metavar="PAGE")
+    m.add_argument("-w", "--write", metavar="DIR", help="write every page to DIR/PAGE.1")
+    co = sub.add_parser("completion", help=TOOLKIT_COMMANDS["completion"],
+                        description="Print the completion script of SHELL for beo and nettee: "
+                        "subcommands, options, choices, file names and ClusterShell @groups. "
+                        "bash: `source <(beo completion bash)` (or save it as "
+                        "/etc/bash_completion.d/beo); zsh: `source <(beo completion zsh)`.")  # fmt: skip
+    co.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL")
+
+
+def _run_toolkit(args: argparse.Namespace) -> int:
+    from beokit import settings
+
+    if args.command == "config":
+        if args.config_command == "example":
+            sys.stdout.write(settings.example(args.kind))
+            return 0
+        if args.config_command == "show":
+            sys.stdout.write(settings.show(settings.load_defaults(), settings.config_path()))
+            return 0
+        sys.stderr.write("beo config: name an action: show, example KIND\n")
+        return EXIT_USAGE
+    parser = build_parser()
+    if args.command == "man":
+        from beokit import manpage
+
+        pages = manpage.pages(parser)
+        if args.write:
+            for name in manpage.write_pages(pages, args.write):
+                print(name)
+            return 0
+        name = manpage.page_name(args.page, pages)
+        sys.stdout.write(pages[name]())
+        return 0
+    from beokit import completion
+
+    sys.stdout.write(completion.script(parser, args.shell))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -104,13 +181,37 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
 
 
+def _parse(words: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse ``words`` with the site defaults applied; an error names the subcommand
+    (``beo run: unrecognized arguments: ...``)."""
+    from beokit import settings
+
+    parser = build_parser(_command_of(words))
+    path = cliargs.command_path(parser, words)
+    deepest = path[-1][1] if path else parser
+    if path and path[0][0] != "config":
+        try:
+            settings.apply(path, settings.load_defaults(), settings.config_path())
+        except UsageError as exc:
+            deepest.error(str(exc))
+    args, extras = parser.parse_known_args(words)
+    if extras:
+        deepest.error(f"unrecognized arguments: {' '.join(extras)}")
+    return parser, args
+
+
 def _main(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command_of(words))
-    args = parser.parse_args(words)
+    parser, args = _parse(words)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command in TOOLKIT_COMMANDS:
+        try:
+            return _run_toolkit(args)
+        except UsageError as exc:
+            sys.stderr.write(f"beo {args.command}: {exc}\n")
+            return EXIT_USAGE
     if args.command == "demo":
         from rich.console import Console
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from beokit.cliargs import options_before_dashes
 from beokit.dsh.defaults import DEFAULT_BEST_PORT, DEFAULT_GOSSIP_PORT, DEFAULT_STATUS_PORT
 from beokit.errors import BeokitError, OneLineParser, int_in, seconds
 
@@ -142,8 +143,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "through ssh, in the same working directory, with stdin, stdout and stderr connected; "
         "the exit status comes back and SIGINT/SIGTERM/SIGHUP/SIGQUIT are forwarded to the "
         "remote process. Runs locally, with a warning, when no daemon answers. Works as a "
-        "compiler wrapper: make -j8 CC='beo dsh gcc'.",
+        "compiler wrapper: make -j8 CC='beo dsh gcc'. The command starts at the first word "
+        "that is not an option; with a `--` on the line, options go anywhere before it and "
+        "the command is what follows it.",
         epilog="examples:  beo dsh -v gcc -c foo.c\n"
+        "           beo dsh gcc -v -- -c foo.c     (-v is beo dsh's)\n"
         "           make -j8 CC='beo dsh gcc'\n"
         "           BEO_DSH_DAEMON=127.0.1.1 beo dsh --status",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -171,6 +175,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     c.add_argument("--json", action="store_true", help="with --status: JSON")
     c.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
+    options_before_dashes(c)
 
     t = sub.add_parser(
         "top",

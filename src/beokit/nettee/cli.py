@@ -10,7 +10,7 @@ from beokit.errors import EXIT_USAGE, UsageError
 from beokit.nettee import helptext
 from beokit.nettee.log import NetteeLog
 from beokit.nettee.node import Node, node_name
-from beokit.nettee.options import Help, NetteeConfig, Role, parse_args
+from beokit.nettee.options import ALIASES, VALUE_OPTIONS, Help, NetteeConfig, Role, parse_args
 from beokit.nettee.text import shown
 
 HELP_TEXT = {
@@ -20,6 +20,24 @@ HELP_TEXT = {
     Help.PROCESS: helptext.PROCESS,
     Help.VERSION: helptext.VERSION,
 }
+
+
+# The GNU spellings every command answers to, as aliases of the man page's own.
+LONG_ALIASES = {"--help": "-h", "--version": "-i"}
+
+
+def long_aliases(argv: list[str]) -> list[str]:
+    """``--help`` and ``--version`` where an option may stand (not as an option's
+    value: ``-name --help`` names the node) become ``-h`` and ``-i``."""
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        if out[i] in LONG_ALIASES:
+            out[i] = LONG_ALIASES[out[i]]
+        elif ALIASES.get(out[i], out[i]) in VALUE_OPTIONS:
+            i += 1
+        i += 1
+    return out
 
 
 def read_secret(cfg: NetteeConfig) -> bytes | None:
@@ -117,7 +135,7 @@ def _settings(cfg: NetteeConfig, log: NetteeLog, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args(long_aliases(argv))
         if cfg.help is not None:
             sys.stdout.write(HELP_TEXT[cfg.help])
             return 0

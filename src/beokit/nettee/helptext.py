@@ -68,7 +68,7 @@ Messages
                       writable before anything starts)                [beokit]
 
 Help
-  -h -hexamples -herrors -hprocess -i
+  -h -hexamples -herrors -hprocess -i     (-h: also --help; -i: also --version)
 """
 
 EXAMPLES = """\

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, TypeVar
 
+from beokit.cliargs import options_before_dashes, plural
 from beokit.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BeokitError, OneLineParser
 from beokit.proc import signal_name
 from beokit.vcluster import plan
@@ -107,26 +108,37 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                          description="Kill every process in the cluster's namespaces and delete "
                          "the namespaces and links, found by name prefix (also after a crash).")  # fmt: skip
 
-    st = cmds.add_parser("status", parents=[name], help="hosts, addresses, rates, link state")
+    st = cmds.add_parser("status", parents=[name], help="hosts, addresses, rates, link state",
+                         description="Print the cluster's hosts with each NIC's address, "
+                         "switch port, rate and link state, and the processes running in "
+                         "each host (from the state file the cluster was built with).")  # fmt: skip
     st.add_argument("--json", action="store_true", help="machine-readable output")
 
     ex = cmds.add_parser("exec", parents=[name], help="run a command in a host: exec HOST -- CMD",
                          description="Run CMD inside HOST's network namespace (hostN, N, or a "
-                         "switch swJ-K). Exit status is CMD's.")  # fmt: skip
+                         "switch swJ-K). Exit status is CMD's. Options go anywhere before "
+                         "`--`; everything after it is CMD.")  # fmt: skip
     ex.add_argument("host", metavar="HOST")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    options_before_dashes(ex)
 
-    ln = cmds.add_parser("link", parents=[name], help="pull or plug a host's cable: link down|up HOST")
+    ln = cmds.add_parser("link", parents=[name], help="pull or plug a host's cable: link down|up HOST",
+                         description="Set HOST's links down (the cable pulled: the switch "
+                         "port and the host's NIC both lose carrier) or up again.")  # fmt: skip
     ln.add_argument("state", choices=["up", "down"])
     ln.add_argument("host", metavar="HOST")
     ln.add_argument("--nic", type=_count("NIC", 0, plan.MAX_NICS - 1), help="only NIC J (default all)")
 
-    kl = cmds.add_parser("kill", parents=[name], help="kill every process in a host")
+    kl = cmds.add_parser("kill", parents=[name], help="kill every process in a host",
+                         description="Send a signal (default KILL) to every process in "
+                         "HOST's network namespace: a node that crashes.")  # fmt: skip
     kl.add_argument("host", metavar="HOST")
     kl.add_argument("-s", "--signal", type=_type(_signal, "signal"), default=signal.SIGKILL,
                     help="signal (default KILL)")  # fmt: skip
 
-    sl = cmds.add_parser("slow", parents=[name], help="re-shape a host's port: slow HOST RATE")
+    sl = cmds.add_parser("slow", parents=[name], help="re-shape a host's port: slow HOST RATE",
+                         description="Shape HOST's port to RATE each way (both ends of the "
+                         "link, as `up --rate` does): a slow or degraded node.")  # fmt: skip
     sl.add_argument("host", metavar="HOST")
     sl.add_argument("rate", type=_type(plan.parse_rate, "rate"), metavar="RATE")
     sl.add_argument("--nic", type=_count("NIC", 0, plan.MAX_NICS - 1), help="only NIC J (default all)")
@@ -161,8 +173,9 @@ def _up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     state = driver.up(spec, auto_net=args.net is None)
     dt = time.monotonic() - t0
-    print(f"vcluster {spec.prefix}: {spec.n} hosts host1..host{spec.n} "
-          f"(namespaces {plan.host_ns(spec.prefix, 1)}..), {spec.switches * spec.nics} switch(es), "
+    print(f"vcluster {spec.prefix}: {plural(spec.n, 'host')} host1..host{spec.n} "
+          f"(namespaces {plan.host_ns(spec.prefix, 1)}..), "
+          f"{plural(spec.switches * spec.nics, 'switch', 'switches')}, "
           f"{plan.format_rate(spec.rate_bps)} per port each way"
           + (f", {spec.delay_us}us delay per port end" if spec.delay_us else "")
           + f", up in {dt:.1f}s")  # fmt: skip
@@ -174,9 +187,14 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  controller: {pl.controller_address()} on {plan.controller_link(spec.prefix)}")
     if state.ssh_config:
         print(f"  ssh: ssh -F {state.ssh_config} host1")
-    print("  run: beo vcluster exec host1 -- CMD    clean up: beo vcluster down"
-          + (f" --name {spec.prefix}" if spec.prefix != plan.DEFAULT_PREFIX else ""))  # fmt: skip
+    print(follow_up(spec.prefix))
     return EXIT_OK
+
+
+def follow_up(prefix: str) -> str:
+    """The line ``up`` ends with: how to run in the cluster and clean up (with --name)."""
+    name = f" --name {prefix}" if prefix != plan.DEFAULT_PREFIX else ""
+    return f"  run: beo vcluster exec{name} host1 -- CMD    clean up: beo vcluster down{name}"
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -186,8 +204,8 @@ def _down(args: argparse.Namespace) -> int:
     if not r.namespaces and not r.links:
         print(f"vcluster {args.name}: nothing to clean up")
     else:
-        print(f"vcluster {args.name}: deleted {len(r.namespaces)} namespaces, "
-              f"{len(r.links)} links, killed {r.processes} processes")  # fmt: skip
+        print(f"vcluster {args.name}: deleted {plural(len(r.namespaces), 'namespace')}, "
+              f"{plural(len(r.links), 'link')}, killed {plural(r.processes, 'process', 'processes')}")  # fmt: skip
     if r.remaining:
         sys.stderr.write(f"{PROG} down: still present: "
                          f"{' '.join(r.remaining.namespaces + r.remaining.links)}\n")  # fmt: skip
@@ -211,7 +229,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=1))
         return EXIT_OK
-    print(f"vcluster {st['name']}: {len(st['hosts'])} hosts, switches {' '.join(st['switches'])}, "
+    print(f"vcluster {st['name']}: {plural(len(st['hosts']), 'host')}, switches {' '.join(st['switches'])}, "
           f"rate {st['rate']}, trunk {st['trunk_rate']}, delay {st['delay_us']}us")  # fmt: skip
     print(f"networks {' '.join(st['networks'])}; controller {st['controller'] or 'none'}")
     if st["ssh_config"]:
@@ -260,7 +278,8 @@ def _link(args: argparse.Namespace) -> int:
 def _kill(args: argparse.Namespace) -> int:
     driver, state, i, _ = _host(args)
     n = driver.kill(state, i, args.signal)
-    print(f"{plan.host_name(i)}: sent {signal_name(args.signal)} to {n} processes")
+    print(f"{plan.host_name(i)}: sent {signal_name(args.signal)} to "
+          f"{plural(n, 'process', 'processes')}")  # fmt: skip
     return EXIT_OK
 
 
