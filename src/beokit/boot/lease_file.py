@@ -4,11 +4,12 @@ The format is :mod:`beokit.boot.lease_journal`'s (one checksummed line per
 lease event).  Here, the driver:
 
 * **Appending costs O(1) per change, off the loop's critical path.**  The
-  lease database (``LeaseDB.events``) keeps each change as a tuple; after a
-  batch of datagrams the loop hands the new tuples to one writer thread
-  (:meth:`LeaseFile.soon`), which encodes them, appends them with one
-  ``write`` and makes them durable with one ``fdatasync`` — whatever arrived
-  while the previous ``fdatasync`` ran goes in the next one (group commit).
+  lease database (``LeaseDB.events``) keeps each change as a tuple; within
+  :data:`GROUP` seconds of a change the loop hands the new tuples to one
+  writer thread (:meth:`LeaseFile.soon`) as one encoded block; the thread
+  appends it with one ``write`` and makes it durable with one ``fdatasync`` —
+  whatever arrived while the previous ``fdatasync`` ran goes in the next one
+  (group commit).
   Replies are not held for the disk: a crash loses at most the records of
   the write in flight (the clients keep their addresses: a renewal finds the
   same free pool address by its hash, or its node number).
@@ -56,6 +57,7 @@ from beokit.boot.leases import LeaseDB
 log = logging.getLogger("beokit.boot")
 COMPACT_MIN = 8192  # records in the journal before a compaction is considered
 COMPACT_RATIO = 2  # ...and records per live lease or admitted node
+GROUP = 0.01  # seconds of changes handed to the writer at once (at most: one tick hands off too)
 RETRY = 5.0  # seconds between attempts to write a failing journal anew
 LOG_EVERY = 60.0  # seconds between log lines about a journal that keeps failing
 CLOSE_WAIT = 20.0  # seconds the stop waits for the writer thread
@@ -196,11 +198,12 @@ class LeaseFile:
 
     # -- the loop thread ---------------------------------------------------------------------
     def soon(self) -> None:
-        """The database changed: hand its new records to the writer after this batch of
-        datagrams (one hand-off for the whole batch)."""
+        """The database changed: hand its new records to the writer within
+        :data:`GROUP` seconds (one hand-off, one write, one fdatasync for all the changes
+        of that time, however many batches of datagrams made them)."""
         if not self.scheduled:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.handoff)
+            asyncio.get_running_loop().call_later(GROUP, self.handoff)
 
     def handoff(self) -> None:
         """Give the writer thread the records of the changes so far."""
@@ -209,8 +212,9 @@ class LeaseFile:
         if not events:
             return
         self.db.events = []
-        if self.thread is not None and not self.closing:
-            self.jobs.put(("append", events))
+        if self.thread is not None and not self.closing:  # (encoded here: the writer thread
+            self.jobs.put(("append", lease_journal.encode_all(events), len(events)))  # then
+            # holds the GIL only to call write and fdatasync)
 
     def tick(self, now: float) -> None:
         """Every tick: hand off; compact a journal grown past its bound; retry a failing
@@ -294,39 +298,40 @@ class LeaseFile:
 
     def _run_jobs(self, jobs: list[tuple]) -> bool:
         """Do the jobs in order; True once the stop job was among them."""
-        pending: list[tuple] = []
+        pending: list[bytes] = []
+        count = 0
         stop = False
         for job in jobs:
             if job[0] == "append":
-                pending += job[1]
+                pending.append(job[1])
+                count += job[2]
                 continue
-            self._append(pending)
-            pending = []
+            self._append(b"".join(pending), count)
+            pending, count = [], 0
             if job[0] == "compact":
                 self._compact(job[1], job[2])
             else:
                 stop = True
-        self._append(pending)
+        self._append(b"".join(pending), count)
         return stop
 
-    def _append(self, events: list[tuple]) -> None:
-        if not events:
+    def _append(self, data: bytes, count: int) -> None:
+        if not count:
             return
         if self.error:  # in memory only until a compaction writes the whole state
-            self.unwritten += len(events)
+            self.unwritten += count
             self._log_failure()
             return
-        data = lease_journal.encode_all(events)
         try:
             _write_all(self.fd, data)
             os.fdatasync(self.fd)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.size)  # no unfinished record left behind
-            self._fail(e, len(events))
+            self._fail(e, count)
             return
         self.size += len(data)
-        self.records += len(events)
+        self.records += count
 
     def _compact(self, snap: tuple, path: Path) -> None:
         admitted, leases = snap

@@ -36,7 +36,6 @@ import ipaddress
 import json
 import socket
 import zlib
-from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from beokit.boot.config import BootConfig
@@ -50,10 +49,11 @@ DECLINE_SHARE = 4  # at most 1/4 of the pool is held as declined at once (oldest
 FORMAT = "beokit-boot-leases/1"
 
 
-@dataclass
-class Lease:
-    """One client's lease. Never changed in place (a renewal is a new ``Lease``): the
-    journal's compaction reads a snapshot of the table in another thread."""
+class Lease(NamedTuple):
+    """One client's lease: a tuple, never changed in place (a renewal is a new
+    ``Lease``), so that the journal's compaction can read a snapshot of the table in
+    another thread; and a tuple of strings and a number is one the garbage collector
+    stops tracking, so that 20,000 leases do not lengthen its full passes."""
 
     key: str  # MAC "52:54:..." or "id:<hex client id>"
     ip: str
@@ -71,6 +71,7 @@ class Binding(NamedTuple):
     kind: str  # host | node | temporary
     lease_time: int
     node: int | None = None
+    text: str = ""  # the address as text, when the table had it at hand ("" otherwise)
 
 
 class LeaseDB:
@@ -221,9 +222,9 @@ class LeaseDB:
             return True
         return ip in self._ip_owner or self.declined.get(ip, 0) > now
 
-    def _pool_ip(self, key: str, now: float, reserve: bool = False) -> IPv4 | None:
-        """The client's pool address: the one it holds (lease, then offer), else the first
-        free one at or after the hash of its key, wrapping round.
+    def _pool_ip(self, key: str, now: float, reserve: bool = False) -> str | None:
+        """The client's pool address (text): the one it holds (lease, then offer), else the
+        first free one at or after the hash of its key, wrapping round.
 
         The same client always hashes to the same start, so repeated DISCOVERs get the
         same offer; an offer is held for a few seconds (``reserve``) so that a thousand
@@ -235,7 +236,7 @@ class LeaseDB:
         ip: str | None = None
         if lease is not None and lease.kind == "temporary" and self._pool_index(lease.ip) >= 0:
             if lease.expires > now:
-                return IPv4(lease.ip)
+                return lease.ip
             if not self._taken(lease.ip, key, now):
                 ip = lease.ip  # (expired, not swept yet, nobody else's: the same again)
         if ip is None:
@@ -251,7 +252,7 @@ class LeaseDB:
             ip = socket.inet_ntoa((self._pool_lo + i).to_bytes(4, "big"))
         if reserve:
             self._set_pool_offer(ip, key, now + POOL_OFFER_HOLD)
-        return IPv4(ip)
+        return ip
 
     def _free_node(self, now: float) -> int | None:
         """The lowest node number nobody owns or holds (auto-admission)."""
@@ -277,7 +278,8 @@ class LeaseDB:
         ip = self._pool_ip(key, now, reserve)
         if ip is None:
             return None
-        return Binding(ip, "", "temporary", cfg.temporary_lease_time)
+        return Binding(IPv4(int.from_bytes(socket.inet_aton(ip), "big")), "", "temporary",
+                       cfg.temporary_lease_time, None, ip)  # fmt: skip
 
     # -- changes ---------------------------------------------------------
     def commit(self, key: str, b: Binding, now: float, client_id: str = "") -> Lease:
@@ -285,7 +287,7 @@ class LeaseDB:
         if b.kind == "node" and b.node is not None and key not in self._nodes:
             self.admit(key, b.node)
         self.forget_offer(key)
-        ip = str(b.ip)
+        ip = b.text or str(b.ip)
         lease = Lease(key, ip, b.name, now + b.lease_time, b.kind, client_id)
         old = self.leases.get(key)
         if old is not None and old.ip != ip:
@@ -461,7 +463,7 @@ class LeaseDB:
         doc: dict[str, Any] = {
             "format": FORMAT,
             "admitted": dict(sorted(self.admitted.items())),
-            "leases": [asdict(x) for x in sorted(self.leases.values(), key=lambda x: x.key)],
+            "leases": [x._asdict() for x in sorted(self.leases.values(), key=lambda x: x.key)],
         }
         return json.dumps(doc, indent=1) + "\n"
 
@@ -474,7 +476,7 @@ class LeaseDB:
         admitted = {str(k): int(v) for k, v in doc.get("admitted", {}).items()}
         leases = {}
         for item in doc.get("leases", []):
-            lease = Lease(**{k: item[k] for k in Lease.__dataclass_fields__ if k in item})
+            lease = Lease(**{k: item[k] for k in Lease._fields if k in item})
             if lease.expires > now:
                 leases[lease.key] = lease
         self.restore(admitted, leases)

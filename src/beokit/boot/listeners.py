@@ -5,9 +5,17 @@ requests, DNS) all or nothing, reads each a batch at a time
 (:class:`beokit.udp.UdpBatch`: one ``recvmmsg`` for up to :data:`BATCH`
 datagrams), hands each datagram to its protocol and sends the immediate
 replies of a batch with one ``sendmmsg``.  The decisions are the pure
-modules': ``dhcp.DhcpLogic`` (which reply, where, after what delay) and
-``dns.answer``; a TFTP request goes to ``tftp_server.TftpServer``.  Here:
-the delay of a deferred DHCP offer (a timer, bounded by
+modules': ``dhcp.DhcpLogic`` (which reply, where, after what delay),
+``dhcp_queue.DhcpQueue`` (which request next under load) and ``dns.answer``;
+a TFTP request goes to ``tftp_server.TftpServer``.
+
+DHCP goes through the queue: each time a DHCP port is readable, everything
+waiting in the kernel (up to :data:`DRAIN` datagrams) is read into the
+queue, stamped with the kernel's arrival time, then at most :data:`SERVE`
+requests are answered in the queue's order (exchanges in progress first,
+late DISCOVERs dropped) and their replies sent with one ``sendmmsg``; what
+is left waits for the next turn of the loop, after the other sockets and the
+timers.  Here too: the delay of a deferred DHCP offer (a timer, bounded by
 :data:`MAX_DEFERRED`), the broadcast address, the counters.
 """
 
@@ -24,12 +32,18 @@ from beokit.boot import dns
 from beokit.boot.config import PXE_PORT, BootConfig, ServerOptions
 from beokit.boot.counters import Counters
 from beokit.boot.dhcp import DhcpLogic, Reply
+from beokit.boot.dhcp_queue import DhcpQueue
 from beokit.boot.leases import LeaseDB
 
 log = logging.getLogger("beokit.boot")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BATCH = 64  # datagrams per read of a listening socket (then the others get their turn)
 SIZE = 4096  # the longest datagram read whole; a longer one is dropped (and counted)
 MAX_DEFERRED = 4096  # deferred DHCP offers waiting at once (more are dropped: clients retry)
+DRAIN = 4096  # DHCP datagrams read into the queue per readable event, at most
+SERVE = 256  # DHCP requests answered per turn of the loop (then the others get theirs)
+RCVBUF = 8 << 20  # receive buffer of the listening sockets (SO_RCVBUFFORCE as root)
+NAMES = 4096  # reply destinations kept packed (then the cache starts again)
 
 
 class Listeners:
@@ -48,6 +62,9 @@ class Listeners:
         self.batches: dict[str, udp.UdpBatch] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending_replies: set[asyncio.TimerHandle] = set()
+        self.queue = DhcpQueue()
+        self.serving = False  # a turn of answering DHCP requests is scheduled
+        self._dests: dict[tuple[str, int], tuple[tuple, bytes]] = {}  # -> (owner, sockaddr)
 
     def _udp(self, port: int, *, broadcast: bool = False) -> socket.socket:
         # No SO_REUSEADDR: a second server on the same port must fail, not share it.
@@ -58,7 +75,10 @@ class Listeners:
                 if self.opts.interface:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                  self.opts.interface.encode())  # fmt: skip
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            try:  # (root: past net.core.rmem_max, so that a burst waits instead of being lost)
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             s.setblocking(False)
             s.bind((self.opts.bind, port))
         except BaseException:
@@ -91,8 +111,12 @@ class Listeners:
                 s.close()
             raise
         for kind, s in new.items():
-            b = self.batches[kind] = udp.UdpBatch(s, batch=BATCH, size=SIZE)
-            loop.add_reader(s.fileno(), self._on_readable, kind, b)
+            b = self.batches[kind] = udp.UdpBatch(s, batch=BATCH, size=SIZE,
+                                                  timestamps=kind in ("dhcp", "pxe"))  # fmt: skip
+            if kind in ("dhcp", "pxe"):
+                loop.add_reader(s.fileno(), self._on_dhcp_readable, kind, b)
+            else:
+                loop.add_reader(s.fileno(), self._on_readable, kind, b)
 
     def close(self) -> None:
         for b in self.batches.values():
@@ -113,7 +137,8 @@ class Listeners:
                          for k, b in self.batches.items())  # fmt: skip
 
     def _on_readable(self, kind: str, b: udp.UdpBatch) -> None:
-        """A batch of datagrams (then the other sockets get their turn), its replies."""
+        """A batch of TFTP requests or DNS queries (then the other sockets get their
+        turn), and the replies."""
         try:
             n = b.recv()
         except OSError as e:
@@ -125,9 +150,7 @@ class Listeners:
                 self.stats.count(f"{kind}-truncated")
                 continue
             try:
-                if kind in ("dhcp", "pxe"):
-                    self.on_dhcp(b, b.payload(i), src, kind)
-                elif kind == "tftp":
+                if kind == "tftp":
                     self.on_tftp(b.sock, b.payload(i), src)
                 else:
                     self.on_dns(b, b.payload(i), src)
@@ -136,6 +159,77 @@ class Listeners:
                 self.stats.count(f"{kind}-errors")
         if b.n:
             self._flush(b)
+
+    # -- DHCP ---------------------------------------------------------------------------------
+    def _on_dhcp_readable(self, kind: str, b: udp.UdpBatch) -> None:
+        """Read everything waiting (up to :data:`DRAIN`) into the queue, then answer."""
+        port = PXE_PORT if kind == "pxe" else 67  # whatever number --pxe-port gave it
+        push, read = self.queue.push, 0
+        while read < DRAIN:
+            try:
+                n = b.recv()
+            except OSError as e:
+                log.warning("%s socket: %s", kind, e)
+                break
+            if not n:
+                break
+            read += n
+            flags = b.rlen[12 : 16 * n : 16]
+            now = time.time()
+            for i, (data, src, stamp) in enumerate(b.received(n)):
+                if flags[i] & udp.MSG_TRUNC:
+                    self.stats.count(f"{kind}-truncated")
+                    continue
+                push((data, src, port, kind), data, stamp or now)
+            if n < b.batch:
+                break
+        if read:
+            self.stats.count("dhcp-in", read)
+        self.serve_dhcp()
+
+    def serve_dhcp(self) -> None:
+        """Answer up to :data:`SERVE` queued requests, in the queue's order; the rest on the
+        next turn of the loop."""
+        self.serving = False
+        q, logic, db = self.queue, self.logic, self.db
+        now = time.time()
+        defer = self.dhcp_delay()
+        used: set[udp.UdpBatch] = set()
+        for _ in range(SERVE):
+            item = q.pop(now)
+            if item is None:
+                break
+            data, src, port, kind = item
+            b = self.batches.get(kind)
+            if b is None:  # (its socket was closed: SIGHUP, stop)
+                continue
+            try:
+                reply = logic.handle(data, src, now, defer=defer, port=port)
+                if reply is not None:
+                    self._send_dhcp(b, reply)
+                    used.add(b)
+            except Exception:  # a bug must not kill the server
+                log.exception("dhcp: error handling a datagram from %s", src)
+                self.stats.count("dhcp-errors")
+        for b in used:
+            if b.n:
+                self._flush(b)
+        if db.events:
+            self.leases_changed()
+        if q and not self.serving and self.loop is not None:
+            self.serving = True
+            self.loop.call_soon(self.serve_dhcp)
+
+    def _send_dhcp(self, b: udp.UdpBatch, reply: Reply) -> None:
+        host, dport = reply.dest
+        if host == "<broadcast>":
+            host = str(self.cfg.broadcast) if not self.opts.interface else "255.255.255.255"
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("DHCP %s -> %s:%d", reply.summary, host, dport)
+        if reply.delay > 0:
+            self._defer(b.sock, reply, host, dport)
+        else:
+            self._reply(b, "dhcp", reply.data, host, dport)
 
     def _flush(self, b: udp.UdpBatch) -> None:
         """Send the queued replies; count the DHCP ones that went out."""
@@ -151,30 +245,18 @@ class Listeners:
         """Queue a reply for the end of the batch (sent at once if the queue is full)."""
         if b.full:
             self._flush(b)
-        try:
-            name = udp.sockaddr_in(host, port)
-        except OSError as e:
-            if what == "dhcp":
-                self.stats.warn("dhcp-send", "DHCP reply to %s:%d: %s", host, port, e)
-            return
-        b.queue((what, host, port), name, bytes(data))  # (dnslib packs a bytearray)
-
-    # -- DHCP ---------------------------------------------------------------------------------
-    def on_dhcp(self, b: udp.UdpBatch, data: bytes, src: tuple[str, int], kind: str) -> None:
-        self.stats.count("dhcp-in")
-        port = PXE_PORT if kind == "pxe" else 67  # whatever number --pxe-port gave it
-        reply = self.logic.handle(data, src, time.time(), defer=self.dhcp_delay(), port=port)
-        if reply is not None:
-            host, dport = reply.dest
-            if host == "<broadcast>":
-                host = str(self.cfg.broadcast) if not self.opts.interface else "255.255.255.255"
-            log.debug("DHCP %s -> %s:%d", reply.summary, host, dport)
-            if reply.delay > 0:
-                self._defer(b.sock, reply, host, dport)
-            else:
-                self._reply(b, "dhcp", reply.data, host, dport)
-        if self.db.events:
-            self.leases_changed()
+        dest = self._dests.get((host, port))
+        if dest is None or dest[0][0] != what:
+            try:
+                name = udp.sockaddr_in(host, port)
+            except OSError as e:
+                if what == "dhcp":
+                    self.stats.warn("dhcp-send", "DHCP reply to %s:%d: %s", host, port, e)
+                return
+            if len(self._dests) >= NAMES:
+                self._dests.clear()
+            dest = self._dests[(host, port)] = ((what, host, port), name)
+        b.queue(dest[0], dest[1], data if type(data) is bytes else bytes(data))  # (dnslib: bytearray)
 
     def _defer(self, s: socket.socket, reply: Reply, host: str, dport: int) -> None:
         """Send an offer to a newcomer later (bounded: the client retransmits)."""

@@ -137,7 +137,7 @@ class BootServer:
         head = json.dumps({"ok": True, **self.state()})
         writer.write(head[:-1].encode() + b', "leases": [')
         for i in range(0, len(leases), CHUNK):
-            part = json.dumps([vars(x) for x in leases[i : i + CHUNK]])[1:-1]
+            part = json.dumps([x._asdict() for x in leases[i : i + CHUNK]])[1:-1]
             writer.write((", " if i else "").encode() + part.encode())
             await asyncio.wait_for(writer.drain(), 10)
         writer.write(b'], "admitted": {')
@@ -167,7 +167,9 @@ class BootServer:
         t = self.tftp.state(now)
         return {
             "uptime": round(now - self.started, 1),
-            "counters": dict(sorted({**self.counters, **self.logic.counts}.items())),
+            "counters": dict(sorted({**self.counters, **self.logic.counts,
+                                     **self.listeners.queue.counts}.items())),  # fmt: skip
+            "dhcp_queue": len(self.listeners.queue),
             "lease_count": len(self.db.leases),
             "journal": self.leases.status(),
             "transfers": t["transfers"],
