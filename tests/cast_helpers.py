@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +89,94 @@ def nettee_pid(name: str, timeout: float = 20) -> int:
                     continue
         time.sleep(0.05)
     raise TimeoutError(f"no nettee listening on {name}")
+
+
+def children(pid: int) -> list[int]:
+    """The children of ``pid`` now (every thread's, from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+ROOT_NETTEE_MARK = b"from beokit.nettee.cli import main"  # in the root nettee's -c program
+
+
+def root_nettee_pid(cast_pid: int, timeout: float = 30) -> int:
+    """The pid of the root nettee of the ``beo cast`` process ``cast_pid``, as soon as it
+    exists (polled every 2 ms: it is started before the receivers are launched, and is
+    given its arguments only once every receiver answered)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in children(cast_pid):
+            try:
+                if ROOT_NETTEE_MARK in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.002)
+    raise TimeoutError(f"no root nettee below beo cast (pid {cast_pid})")
+
+
+def has_sockets(pid: int) -> bool:
+    """Does ``pid`` hold a socket (a nettee that has begun to form its chain does)?"""
+    try:
+        return any(os.readlink(fd.path).startswith("socket:")
+                   for fd in os.scandir(f"/proc/{pid}/fd"))  # fmt: skip
+    except OSError:
+        return False
+
+
+class HeldChain:
+    """The chain of a running ``beo cast -R exec`` held before it forms, whatever the
+    machine's speed or load, its tip's nettee stopped (SIGSTOP): the root has opened
+    SOURCE but reads nothing past its pipe until :meth:`resume`.
+
+    Finding the tip's nettee by its listening address and stopping it races the
+    chain's formation (a few ms after it listens; under load the cast could even end
+    first).  So the root's nettee, which starts before the receivers are launched and
+    gets its arguments only once every one answered, is stopped first: nothing can
+    form while it is stopped, every receiver's nettee comes up and listens, the tip's
+    is found and stopped at leisure, and the root is let go.
+    """
+
+    def __init__(self, cast: subprocess.Popen, tip: str) -> None:
+        self.pid = 0  # the tip's nettee, once stopped
+        self.error = ""
+        self.thread = threading.Thread(target=self._hold, args=(cast.pid, tip), daemon=True)
+        self.thread.start()
+
+    def _hold(self, cast_pid: int, tip: str) -> None:
+        try:
+            root = root_nettee_pid(cast_pid)
+        except TimeoutError as exc:
+            self.error = str(exc)
+            return
+        os.kill(root, signal.SIGSTOP)
+        try:
+            if has_sockets(root):
+                self.error = "the root nettee was stopped after it had begun to stream"
+                return
+            self.pid = nettee_pid(tip, timeout=60)
+            os.kill(self.pid, signal.SIGSTOP)
+        except (TimeoutError, OSError) as exc:
+            self.error = str(exc)
+        finally:
+            os.kill(root, signal.SIGCONT)
+
+    def resume(self) -> None:
+        """Let the tip go (and fail the test if the chain could not be held)."""
+        self.thread.join(90)
+        if self.pid:
+            os.kill(self.pid, signal.SIGCONT)
+        assert self.pid, f"the chain was not held: {self.error or 'still trying'}"
 
 
 def wait_size(path: Path, size: int, timeout: float = 30) -> None:

@@ -10,9 +10,10 @@
   beo cast process keeps a bounded number of threads and every node is OK.
 
 Receivers run on 127.0.3.x (``-R exec``).  Where a test needs the stream
-held still at a known point it stops the chain tip's nettee (SIGSTOP): the
-chain cannot form, so the root has opened SOURCE but read nothing past its
-pipe, whatever the machine's speed.
+held still at a known point it stops the chain tip's nettee (SIGSTOP) before
+the chain forms (:class:`cast_helpers.HeldChain`: the root nettee is held
+until the tip's is found): the root has opened SOURCE but read nothing past
+its pipe, whatever the machine's speed or load.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from pathlib import Path
 import pytest
 from cast_helpers import (
     BEO,
+    HeldChain,
     alive,
     by_host,
     descendants,
     finish_cast,
-    nettee_pid,
     start_cast,
     wait_gone,
     wait_open,
@@ -77,24 +78,6 @@ def _unchanged(out: Path, old: dict[str, bytes]) -> None:
     assert not [p.name for p in out.iterdir() if ".beo-cast-" in p.name]
 
 
-class Stalled:
-    """The chain tip's nettee stopped (SIGSTOP) the moment it exists: nothing streams."""
-
-    def __init__(self, host: str = TIP) -> None:
-        self.pid = 0
-        self.thread = threading.Thread(target=self._stop, args=(host,), daemon=True)
-        self.thread.start()
-
-    def _stop(self, host: str) -> None:
-        self.pid = nettee_pid(host)
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.thread.join(30)
-        assert self.pid, "the tip's nettee was never seen"
-        os.kill(self.pid, signal.SIGCONT)
-
-
 # ------------------------------------------------------------ item 5: SOURCE
 
 
@@ -120,8 +103,8 @@ def test_source_changed_during_the_stream_fails_every_node(shm: Path, how: str) 
     src.write_bytes(os.urandom(8 << 20))
     out = shm / "out"
     old = _old_dests(out)
-    stall = Stalled()
     p = start_cast("-R", "exec", str(src), HOSTS, "--to", f"{out}/{{host}}")
+    stall = HeldChain(p, TIP)
     try:
         wait_open(src)  # the root has SOURCE open: the stream has started
         _mutate(src, how)
@@ -162,8 +145,8 @@ def test_directory_file_changed_while_tar_reads_it(shm: Path) -> None:
     tree.mkdir()
     big = tree / "big.bin"
     big.write_bytes(os.urandom(64 << 20))
-    stall = Stalled()
     p = start_cast("-R", "exec", str(tree), HOSTS, "--to", f"{shm}/out/{{host}}")
+    stall = HeldChain(p, TIP)
     try:
         wait_open(big)  # tar is reading it, held by the full pipe
         os.truncate(big, 1 << 20)
