@@ -378,3 +378,20 @@ def test_a_full_disk_keeps_the_server_answering(tmp_path, small_fs):
         assert "restored 350 leases" in srv.text()
         again = dora(350)
         assert again.bound == {**first.bound, **second.bound}
+
+
+def test_fast_lease_encoding_is_the_json_encoders():
+    """encode_all formats plain lease records directly: the same bytes as encode (the JSON
+    encoder) for every record, whatever its strings and numbers."""
+    odd = ["", "a\"b", "back\\slash", "é", "tab\tx", "\x7f", "n\nl", "{}"]
+    records: list[tuple] = [("lease", "52:54:00:00:00:01", "127.0.16.1", "node1", 1.7e9 + 0.25,
+                             "node", "")]  # fmt: skip
+    for i, s in enumerate(odd):
+        records.append(("lease", s, "127.0.16.2", s, 1e9 + i / 7, "temporary", s))
+    records += [("lease", "k", "127.0.16.3", "", float("inf"), "host", ""),
+                ("lease", "k", "127.0.16.3", None, 5.0, "host", ""),
+                ("lease", "k", "127.0.16.3", "", 5, "host", ""),
+                ("admit", "52:54:00:00:00:02", 7), ("release", "k")]
+    for rec in records:
+        assert lease_journal.encode_all([rec]) == lease_journal.encode(rec), rec
+    assert lease_journal.encode_all(records) == b"".join(map(lease_journal.encode, records))

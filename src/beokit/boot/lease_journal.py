@@ -58,7 +58,9 @@ def encode_all(records: Iterable[tuple | list]) -> bytes:
     out = []
     for fields in records:
         text = None
-        if fields[0] == "lease" and type(fields[4]) is float:
+        if (fields[0] == "lease" and len(fields) == 7 and type(fields[4]) is float
+                and fields[4] - fields[4] == 0.0  # (finite: JSON spells inf and nan otherwise)
+                and all(type(fields[i]) is str for i in (1, 2, 3, 5, 6))):  # fmt: skip
             text = lease % fields[1:]
             if text.count('"') != 12 or "\\" in text or not (text.isascii() and text.isprintable()):
                 text = None
