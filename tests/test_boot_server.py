@@ -91,6 +91,39 @@ def test_changed_file_is_re_read_and_nettee_file_served(served, tmp_path):
     assert "next=node3" in out.read_text()
 
 
+@needs_tftp
+@needs_curl
+def test_topology_file_on_every_path(tmp_path):
+    """nettee/<node>.conf over TFTP with and without a leading "/" (tftp-hpa and curl) and
+    over HTTP (curl): the same bytes; a node outside the order is not found on any."""
+    cfg = write_config(tmp_path, '[nettee]\norder = "node[1-4]"\n')
+    with Server(cfg, "--http-port", str(PORTS["http"])):
+        got = {}
+        for name in ("nettee/node2.conf", "/nettee/node2.conf", "nettee/node9.conf"):
+            out = tmp_path / f"hpa{len(got)}"
+            r = subprocess.run(["tftp", SERVER, TFTP_PORT, "-m", "binary", "-c", "get", name,
+                                str(out)], capture_output=True, text=True, timeout=30)  # fmt: skip
+            said = r.stdout + r.stderr  # (tftp-hpa leaves an empty file behind an error)
+            got[f"tftp-hpa {name}"] = said if said.strip() else out.read_bytes()
+        for name in ("nettee/node2.conf", "/nettee/node2.conf"):  # (curl: "//" sends a "/")
+            out = tmp_path / f"curl{len(got)}"
+            r = curl_tftp(name, out)
+            got[f"curl tftp {name}"] = out.read_bytes() if r.returncode == 0 else r.stderr
+        for name in ("nettee/node2.conf", "nettee/node9.conf"):
+            r = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}",
+                                f"http://{SERVER}:{PORTS['http']}/{name}"],
+                               capture_output=True, timeout=30)  # fmt: skip
+            got[f"curl http {name}"] = r.stdout
+    want = got["tftp-hpa nettee/node2.conf"]
+    assert b"next=node3" in want
+    for how in ("tftp-hpa /nettee/node2.conf", "curl tftp nettee/node2.conf",
+                "curl tftp /nettee/node2.conf"):  # fmt: skip
+        assert got[how] == want, how
+    assert got["curl http nettee/node2.conf"] == want + b"\n200"
+    assert got["curl http nettee/node9.conf"].endswith(b"\n404")
+    assert "not found" in got["tftp-hpa nettee/node9.conf"].lower()
+
+
 def test_dhcp_relay_dora_leases_persist_and_admit(tmp_path):
     cfg = write_config(tmp_path)
     srv = Server(cfg)

@@ -18,6 +18,7 @@ To serve a new kind of virtual file, add its case to :func:`open_served`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -221,10 +222,15 @@ def open_served(table: FileTable, cfg: BootConfig, name: str) -> OpenFile:
     ``paths.PathRefused`` (outside the root, not a regular file), ``FileNotFoundError``
     or another ``OSError``."""
     nt = cfg.nettee
-    if name.startswith("nettee/") and name.endswith(".conf") and nt.order:
-        data = nt.file_for(name[len("nettee/") : -len(".conf")])
-        if data is not None:
-            return table.virtual(data)
+    if nt.order and "nettee/" in name and name.endswith(".conf"):
+        # (by the name as the root rules read it: with or without a leading "/", as a
+        # PXE ROM or an HTTP client spells it; a refused name is refused below)
+        with contextlib.suppress(paths.PathRefused):
+            parts = paths.clean_name(name).parts
+            if len(parts) == 2 and parts[0] == "nettee":
+                data = nt.file_for(parts[1][: -len(".conf")])
+                if data is not None:
+                    return table.virtual(data)
     try:
         return table.open(paths.resolve(cfg.root, name))
     except FileNotFoundError:
