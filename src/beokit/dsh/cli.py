@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from beokit import settings
 from beokit.cliargs import options_before_dashes
 from beokit.dsh.defaults import DEFAULT_BEST_PORT, DEFAULT_GOSSIP_PORT, DEFAULT_STATUS_PORT
 from beokit.errors import BeokitError, OneLineParser, int_in, seconds
@@ -62,9 +63,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.__class__ = OneLineParser
-    d.add_argument("-f", "--cluster-file", default="/etc/beokit/dsh.cluster", metavar="FILE",
+    cluster_file = settings.config_path("dsh.cluster")
+    d.add_argument("-f", "--cluster-file", default=cluster_file, metavar="FILE",
                    help="members, one a line: NAME [LOADWEIGHT [MEMWEIGHT]]; NAME may be a "
-                   "NodeSet (default /etc/beokit/dsh.cluster)")  # fmt: skip
+                   f"NodeSet (default {cluster_file}; an example: beo config example "
+                   "dsh-cluster)")  # fmt: skip
     d.add_argument("-b", "--background", action="store_true", help="fork to the background")
     d.add_argument("-p", "--print-pid", action="store_true",
                    help="print the daemon's pid on startup (with -b)")  # fmt: skip
@@ -89,6 +92,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=DEFAULT_GOSSIP_PORT,
         help=f"UDP port of the state reports (default {DEFAULT_GOSSIP_PORT})",
     )
+    d.add_argument("--metrics-port", type=_PORT, default=None, metavar="PORT",
+                   help="serve Prometheus metrics (text format) on http://BIND:PORT/metrics: "
+                   "members, members up, gossip packets in and out, rejected and bad "
+                   "packets, queries (default: off)")  # fmt: skip
     d.add_argument("--bind", default="0.0.0.0", metavar="ADDR",
                    help="address of every socket (default all); several daemons can share "
                    "one box on different loopback addresses")  # fmt: skip

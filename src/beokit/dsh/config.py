@@ -35,6 +35,7 @@ class DshdConfig:
     status_port: int
     best_port: int
     fanout: int = gossip.FANOUT
+    metrics_port: int | None = None  # Prometheus text format on --bind:PORT/metrics
 
 
 @dataclass
@@ -62,10 +63,17 @@ def resolve(name: str) -> str:
     return str(infos[0][4][0])
 
 
+MAKE_CLUSTER_FILE = ("make one: `beo config example dsh-cluster > {path}` and edit it "
+                     "(one member a line), or give another with -f FILE")
+
+
 def _read_cluster_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"bad cluster file {path!r}: no such file; "
+                         + MAKE_CLUSTER_FILE.format(path=path)) from None  # fmt: skip
     except OSError as e:
         raise UsageError(f"bad cluster file {path!r}: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -18,6 +18,7 @@ import random
 import signal
 import time
 
+from beokit import metrics
 from beokit.dsh import gossip, packet, state
 from beokit.dsh.config import DshdConfig, Loaded, load_config
 from beokit.dsh.measure import LoadMeter
@@ -51,6 +52,7 @@ class Daemon:
         self.rounds = GossipRounds(cfg, self.table, self.gossip, self.meter, self.stats, self.rng)
         self.queries = QueryServer(self, self.stats)
         self.sockets: DshdSockets | None = None
+        self.exporter: metrics.Exporter | None = None
         self.stop_event: asyncio.Event | None = None
         self._own_addresses()
 
@@ -149,14 +151,53 @@ class Daemon:
                     self.queries.unauthenticated(), len(asyncio.all_tasks()),
                     state.format_status(snap).rstrip())  # fmt: skip
 
+    def metrics(self) -> list[metrics.Metric]:
+        """What --metrics-port serves (Prometheus text format)."""
+        self.rounds.catch_up(time.monotonic())
+        c = self.counters()
+        out = [
+            metrics.gauge("beokit_dshd_members", "members in the cluster file",
+                          len(self.table.members)),
+            metrics.gauge("beokit_dshd_members_up", "members with a fresh report",
+                          self.table.up_count()),
+            metrics.counter("beokit_dshd_gossip_packets_total", "gossip datagrams",
+                            c["received"], direction="in").add(c["sent"], direction="out"),
+            metrics.counter("beokit_dshd_rejected_packets_total", "datagrams refused (not a "
+                            "member's address, bad signature, replayed or stale)", c["rejected"]),
+            metrics.counter("beokit_dshd_bad_packets_total", "datagrams that are not a report",
+                            c["bad"]),
+            metrics.counter("beokit_dshd_queries_total", "TCP connections accepted on the "
+                            "status and best ports", c["queries"]),
+            metrics.counter("beokit_dshd_best_answers_total", "least-loaded nodes named on "
+                            "the best port", c["best"]),
+            metrics.counter("beokit_dshd_refused_connections_total", "TCP connections refused "
+                            "(authentication, admission, shed, busy)", c["refused"] + c["shed"]
+                            + c["busy"]),
+            metrics.counter("beokit_dshd_send_errors_total", "datagrams the kernel refused",
+                            c["send_errors"]),
+            metrics.counter("beokit_dshd_rounds_total", "gossip rounds", c["rounds"]),
+            metrics.gauge("beokit_dshd_connections", "TCP connections open",
+                          len(self.queries.conns)),
+        ]  # fmt: skip
+        return out
+
     # ---- sockets (bound before the loop starts, so -b reports bind errors)
     def bind(self) -> None:
         self.sockets = open_sockets(self.cfg)
         self.rounds.attach(self.sockets.gossip)
+        if self.cfg.metrics_port is not None:
+            self.exporter = metrics.Exporter(self.metrics)
+            try:
+                self.exporter.bind(self.cfg.bind, self.cfg.metrics_port)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         if self.sockets is not None:
             self.sockets.close()
+        if self.exporter is not None:
+            self.exporter.stop()
 
     # ---- main
     async def run(self) -> None:
@@ -164,6 +205,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         assert self.sockets is not None
         self.queries.start(*self.sockets.tcp)
+        if self.exporter is not None:
+            await self.exporter.start()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, self.dump)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -98,7 +98,7 @@ def config_of(args: argparse.Namespace) -> DshdConfig:
         send_to=list(args.send_to), load_file=_abs(args.load_file),
         jobs_dir=os.path.abspath(args.jobs_dir), secret_file=_abs(args.secret_file),
         gossip_port=args.gossip_port, status_port=args.status_port, best_port=args.best_port,
-        fanout=args.fanout,
+        fanout=args.fanout, metrics_port=args.metrics_port,
     )  # fmt: skip
     try:
         ipaddress.IPv4Address(cfg.bind)
@@ -106,6 +106,8 @@ def config_of(args: argparse.Namespace) -> DshdConfig:
         raise UsageError(f"bad --bind address {cfg.bind!r}") from None
     if args.status_port == args.best_port:
         raise UsageError(f"bad --best-port {args.best_port}: same as the status port")
+    if args.metrics_port is not None and args.metrics_port in (args.status_port, args.best_port):
+        raise UsageError(f"bad --metrics-port {args.metrics_port}: the status or best port")
     if args.log:
         try:
             open(args.log, "a").close()
