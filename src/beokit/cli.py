@@ -37,6 +37,7 @@ PILLARS: dict[str, str] = {
     "dsh": "beokit.dsh.cli",
     "top": "beokit.dsh.cli",
     "boot": "beokit.boot.cli",
+    "provision": "beokit.provision.cli",
 }
 
 

@@ -117,7 +117,26 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     s.__class__ = OneLineParser
     s.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    _add_provision(sub2)
     return p
+
+
+def _add_provision(sub2: argparse._SubParsersAction) -> None:
+    """``beo boot provision``: a provisioning round beside the running server."""
+    v = sub2.add_parser("provision", help="run a provisioning round: nodes that boot take "
+                        "their place in a nettee chain and receive the image",
+                        description="Pin the image (sha256 at the start), answer the nodes' "
+                        "reports ([provision] report_port), start the chain's root once "
+                        "provision.start_after nodes are ready or after start_wait seconds, "
+                        "show every node's stage, name the nodes that never booted, died or "
+                        "missed the round; follow-up rounds for late nodes. Exit 0 when every "
+                        "node of the order verified its copy. See docs/provision.md.")  # fmt: skip
+    v.__class__ = OneLineParser
+    v.add_argument("image", metavar="IMAGE", nargs="?", help="default: provision.image")
+    v.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    v.add_argument("--status", action="store_true",
+                   help="print the running (or last) round's status as JSON and exit")
+    v.add_argument("--bind", type=_addr, default="0.0.0.0", help="address of the report port")
 
 
 def _control(path: Path | None, req: dict) -> dict:
@@ -197,6 +216,27 @@ def _offline(cfg: BootConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _provision(cfg: BootConfig, args: argparse.Namespace) -> int:
+    from beokit.provision import round as provision_round
+
+    status = provision_round.status_path(cfg, Path(args.config))
+    if args.status:
+        try:
+            _print(status.read_text())
+        except OSError as e:
+            raise UsageError(f"no round status at {str(status)!r}: {e.strerror}") from None
+        return EXIT_OK
+    if cfg.provision is None:
+        raise UsageError("bad provision: the config has no [provision] section")
+    image = Path(args.image) if args.image else cfg.provision.image
+    if image is None:
+        raise UsageError("bad provision.image: none in the config and no IMAGE given")
+    if not image.is_file():
+        raise UsageError(f"bad provision.image {str(image)!r}: no such file")
+    opts = provision_round.RoundOptions(image=image, status_file=status, bind=args.bind)
+    return provision_round.run_round(cfg, opts)
+
+
 def _run(args: argparse.Namespace) -> int:
     from beokit.boot import config
 
@@ -211,6 +251,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"admit {mac}: {out.get('error')}")
         _print(f"{out['mac']} is node {out['node']}: {out['name']} {out['ip']}\n")
         return EXIT_OK
+    if cmd == "provision":
+        return _provision(cfg, args)
     if cmd == "status":
         out = _control(cfg.control, {"cmd": "dump"})
         _print(json.dumps(out, indent=1) + "\n")

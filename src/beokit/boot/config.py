@@ -438,8 +438,13 @@ def _nettee(nt: dict) -> Nettee:
 
     if _nodeset_bound(order) > MAX_ORDER:
         raise BootConfigError(f"bad nettee.order {order!r}: more than {MAX_ORDER} names")
+    names: list[str] = []
+    for piece in _top_level(order):  # each piece in turn: the first name is the root
+        names.extend(expand(piece))
+    if len(set(names)) != len(names):
+        raise BootConfigError(f"bad nettee.order {order!r}: a name appears twice")
     return Nettee(
-        order=tuple(expand(order)),
+        order=tuple(names),
         fanout=_int(nt, "fanout", "nettee", 1, 64, 1),
         port=_int(nt, "port", "nettee", 1, 65533, 7000),  # PORT, PORT+1 and reports at PORT+2
         join_wait=_float(nt, "join_wait", "nettee", 0.5, 3600, 10.0),
@@ -480,6 +485,19 @@ def _provision(pv: Any, nt: Nettee | None, base_dir: Path) -> Provision:
         report_port=_int(pv, "report_port", "provision", 0, 65535, 0),
         follow_up=follow,
     )
+
+
+def _top_level(pattern: str) -> list[str]:
+    """``boot,node[1-3]`` -> ``["boot", "node[1-3]"]`` (commas inside brackets kept)."""
+    out, depth, cur = [], 0, ""
+    for ch in pattern:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p.strip() for p in [*out, cur] if p.strip()]
 
 
 def _nodeset_bound(pattern: str) -> int:
