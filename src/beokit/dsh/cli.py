@@ -203,20 +203,11 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--daemon", metavar="HOST[:PORT]",
                    help="the dshd to ask (default $BEO_DSH_DAEMON, else 127.0.0.1); PORT is "
         "its best port for dsh, its status port for top and --status")  # fmt: skip
-    p.add_argument(
-        "-t",
-        "--status-port",
-        type=_PORT,
-        default=None,
-        help=f"its status port (default {DEFAULT_STATUS_PORT})",
-    )
-    p.add_argument(
-        "-r",
-        "--best-port",
-        type=_PORT,
-        default=None,
-        help=f"its best port (default {DEFAULT_BEST_PORT})",
-    )
+    p.add_argument("-t", "--status-port", type=_PORT, default=None, metavar="PORT",
+                   help=f"its status port (default {DEFAULT_STATUS_PORT}; -t is deprecated: "
+                   "it means a timeout in nettee, pdsh and clush)")  # fmt: skip
+    p.add_argument("-r", "--best-port", type=_PORT, default=None, metavar="PORT",
+                   help=f"its best port (default {DEFAULT_BEST_PORT}; -r is deprecated)")
     p.add_argument(
         "--timeout",
         type=_positive("timeout"),
