@@ -81,6 +81,7 @@ benchmark says so and exits 0. Bad options: one line, exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import ipaddress
 import json
@@ -101,6 +102,7 @@ from _netns import NetnsPair, netns_lock
 
 PREFIX = "bkdh"
 PY = sys.executable
+PYSPY = str(Path(sys.executable).parent / "py-spy")
 NAMES = {"beo": "beo boot", "kea": "Kea", "dnsmasq": "dnsmasq"}
 LEASE_TIME = 3600
 SETTLE = 1.0  # seconds after perfdhcp's exit before the counters are read
@@ -247,6 +249,64 @@ def parse_perfdhcp(text: str) -> dict:
     return out
 
 
+# Where a sample of beo boot's stack is counted: the first of these file names from the
+# innermost frame out (the standard library's frames count for the first of ours).
+PROFILE_PARTS = (("lease journal (writer thread)", ("lease_file.py", "lease_journal.py")),
+                 ("lease table", ("leases.py", "free_map.py")),
+                 ("DHCP decode, decide, build", ("dhcp.py", "dhcp_fast.py")),
+                 ("batched socket calls", ("udp.py",)),
+                 ("DHCP queue and overload rule", ("dhcp_queue.py",)),
+                 ("listeners (glue)", ("listeners.py", "counters.py")),
+                 ("server ticks, timers", ("server.py", "tftp_server.py", "fair.py")),
+                 ("event loop", ("asyncio", "selectors.py")))  # fmt: skip
+
+
+def _fdatasync_frame() -> str:
+    """The py-spy frame of the journal's fdatasync call (time waiting for the disk, which
+    py-spy counts as busy: a thread in a disk wait is not idle to it)."""
+    src = Path(__file__).resolve().parent.parent / "src/beokit/boot/lease_file.py"
+    with contextlib.suppress(OSError):
+        for i, line in enumerate(src.read_text().splitlines(), 1):
+            if "os.fdatasync(self.fd)" in line:
+                return f"(beokit/boot/lease_file.py:{i})"
+    return "(no fdatasync line)"
+
+
+def profile_shares(raw: str) -> dict:
+    """py-spy's raw (collapsed) stacks -> the share of samples in each part of the server
+    (:data:`PROFILE_PARTS`) and the functions with the most samples of their own (line
+    numbers left out); samples waiting in the journal's fdatasync are a part of their
+    own."""
+    parts: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    sync = _fdatasync_frame()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
+        own[leaf] = own.get(leaf, 0) + n
+        part = "other"
+        if frames[-1].endswith(sync):
+            parts["journal fdatasync (waiting for the disk)"] = parts.get(
+                "journal fdatasync (waiting for the disk)", 0) + n
+            continue
+        for frame in reversed(frames):
+            hit = next((name for name, files in PROFILE_PARTS if any(f in frame for f in files)),
+                       None)  # fmt: skip
+            if hit is not None:
+                part = hit
+                break
+        parts[part] = parts.get(part, 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:12]
+    return {"samples": total, "parts": dict(sorted(parts.items(), key=lambda kv: -kv[1])),
+            "top": top}
+
+
 def perfdhcp_seconds(clients: int, rate: int, given: int) -> int:
     """The -p bound (whole seconds: perfdhcp refuses fractions): the given one, else
     twice the time the -n limit needs, plus 1 s, rounded up."""
@@ -307,6 +367,16 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads) so far."""
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of a process (by thread id)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def children_cpu() -> float:
@@ -457,18 +527,27 @@ class Harness:
         try:
             pid, load0 = p.pid, os.getloadavg()[0]
             srv0, cli0 = self.udp(self.pair.srv_ns), self.udp(self.pair.cli_ns)
-            cpu0 = cpu_seconds(pid)
+            cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
+            spy = self.spy(pid, f"{server}-{clients}-{rate}") if server == "beo" else None
             r.update(self.perfdhcp(clients, rate, perfdhcp_seconds(clients, rate,
                                                                    self.args.seconds)))  # fmt: skip
             time.sleep(SETTLE)  # answers still queued in the server come out now
+            if spy is not None:
+                r["profile"] = self.spy_end(*spy)
             r["alive"] = p.poll() is None
             if r["alive"]:
                 r["server_cpu"] = cpu_seconds(pid) - cpu0
+                threads = thread_cpu(pid)  # the main thread's own, and the others' (beo boot:
+                main = threads.get(pid, 0.0) - threads0.get(pid, 0.0)  # the journal writer)
+                r["main_thread_cpu"] = main
+                r["other_threads_cpu"] = sum(threads.values()) - sum(threads0.values()) - main
             srv1, cli1 = self.udp(self.pair.srv_ns), self.udp(self.pair.cli_ns)
             r["late"] = cli1.get("NoPorts", 0) - cli0.get("NoPorts", 0)
             if server != "kea":  # Kea reads a packet socket: no UDP counter sees its drops
                 r["rcvbuf_errors"] = srv1.get("RcvbufErrors", 0) - srv0.get("RcvbufErrors", 0)
             r["load"] = [load0, os.getloadavg()[0]]
+            if server == "beo" and r["alive"]:  # (after the CPU time: status costs some)
+                r["counters"] = self.beo_counters(state)
         finally:
             r["exit"], _ = stop(p)
             self.live.remove(p)
@@ -479,12 +558,46 @@ class Harness:
             shutil.rmtree(state, ignore_errors=True)
         return r
 
+    def spy(self, pid: int, name: str) -> tuple[subprocess.Popen, Path] | None:
+        """With --profile: py-spy samples the server (Python stacks, both threads) until
+        :meth:`spy_end`; None without --profile or py-spy."""
+        if not self.args.profile:
+            return None
+        out = Path(self.args.profile) / f"{name}.txt"
+        p = subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--rate", "250", "--format",
+                              "raw", "--nonblocking", "--threads", "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        self.live.append(p)
+        time.sleep(0.5)  # (py-spy attaches)
+        return p, out
+
+    def spy_end(self, p: subprocess.Popen, out: Path) -> dict:
+        p.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        self.live.remove(p)
+        if not out.exists():
+            return {"error": (p.stderr.read() or b"").decode(errors="replace")[-300:]}
+        return {"file": str(out), **profile_shares(out.read_text())}
+
     def kill_all(self) -> None:
         for p in list(self.live):
             stop(p, 5)
         self.live.clear()
 
     # -- beo boot's restart with a full lease store ----------------------------
+    def beo_counters(self, state: Path) -> dict[str, int]:
+        """beo boot's counters after a run (`status`), {} if it does not answer."""
+        cp = subprocess.run([PY, "-m", "beokit.cli", "boot", "-c", str(state / "boot.toml"),
+                             "status"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        try:
+            return json.loads(cp.stdout).get("counters", {}) if cp.returncode == 0 else {}
+        except ValueError:
+            return {}
+
     def beo_status(self, state: Path) -> tuple[float, int | None, str]:
         """Seconds `beo boot status` took (a new CLI process), leases it listed, error."""
         t0 = time.monotonic()
@@ -650,6 +763,22 @@ def notes(res: dict) -> list[str]:
         out += [f"beo boot restart log: {ln}" for ln in rs.get("problems", [])]
     for r in res["runs"]:
         where = f"{NAMES[r['server']]} {r['clients']} @ {r['offered']}/s"
+        if r["server"] == "beo" and "main_thread_cpu" in r:
+            out.append(f"{where}: server CPU {r['main_thread_cpu']:.2f} s in the main thread, "
+                       f"{r['other_threads_cpu']:.2f} s in the others (the journal writer)")
+        shed = {k.removeprefix("dhcp-shed-"): v for k, v in r.get("counters", {}).items()
+                if k.startswith("dhcp-shed-")}  # fmt: skip
+        if shed:
+            out.append(f"{where}: requests dropped by the overload rule: " + ", ".join(
+                f"{v} {k}" for k, v in sorted(shed.items())))  # fmt: skip
+        prof = r.get("profile")
+        if prof and prof.get("samples"):
+            n = prof["samples"]
+            out.append(f"{where}, py-spy ({n} samples, {prof['file']}): " + ", ".join(
+                f"{k} {v / n:.0%}" for k, v in prof["parts"].items()) + "; most own samples: "
+                + ", ".join(f"{f} {c / n:.0%}" for f, c in prof["top"][:6]))  # fmt: skip
+        elif prof:
+            out.append(f"{where}: no profile: {prof.get('error', '')}")
         if "error" not in r and r["rate"] is None:
             out.append(f"{where}: no perfdhcp report (exit {r['rc']}): {r.get('output', '')}")
         if r.get("exit") not in (None, 0, -15):
@@ -739,6 +868,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: 500 clients at 500 and "
                     "2000/s, restart with 2000 leases")  # fmt: skip
     ap.add_argument("--json", metavar="PATH", help="save the raw results")
+    ap.add_argument("--profile", metavar="DIR", help="sample beo boot with py-spy during each "
+                    "run (py-spy beside the interpreter); raw stacks saved in DIR, shares "
+                    "printed")  # fmt: skip
     ap.add_argument("--png", metavar="PATH", help="plot DORA/s against offered rate (matplotlib)")
     ap.add_argument("--keep", action="store_true", help="keep each run's directory (configs, "
                     "logs, lease files) and print where")  # fmt: skip
