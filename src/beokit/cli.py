@@ -70,8 +70,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="beo",
         description="beokit: feed and drive a cluster. The classic single-dash network tee "
-        "is its own command: see `nettee -h`. Every command takes its options anywhere "
-        "before `--`; `beo COMMAND --help` for one, `beo man COMMAND` for its manual page.",
+        "is its own command: see `nettee -h`. Where a command runs a COMMAND, everything "
+        "after `--` is that command. `beo COMMAND --help` for one, `beo man COMMAND` for its "
+        "manual page. "
+        "Site defaults: /etc/beokit/beo.toml ($BEOKIT_CONFIG_DIR replaces /etc/beokit; "
+        "`beo config`).",
         formatter_class=cliargs.Formatter,
     )
     p.add_argument("--version", action="version", version=f"beokit {__version__}")
@@ -92,7 +95,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     cliargs.order_commands(sub, cliargs.COMMAND_ORDER)
     for _path, parser in cliargs.walk(p):
         parser.formatter_class = cliargs.Formatter
+    _name_defaults_file(sub)
     return p
+
+
+def _name_defaults_file(sub: argparse._SubParsersAction) -> None:
+    """Each command's --help ends with where its site defaults are read."""
+    from beokit import settings
+
+    for name, parser in sub.choices.items():
+        if name in TOOLKIT_COMMANDS or name == "demo":
+            continue
+        note = (f"Site defaults of these options: table [{name}] of {settings.config_path()} "
+                "(beo config show).")  # fmt: skip
+        parser.epilog = f"{parser.epilog}\n\n{note}" if parser.epilog else note
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,8 @@ from beokit.errors import OneLineParser
 
 # The order `beo --help` lists the subcommands in: a cluster's life, from booting
 # the nodes to running work on them, then the test bench and the toolkit itself.
-COMMAND_ORDER = ("boot", "run", "exec", "cast", "dsh", "dshd", "top", "vcluster", "demo",
+# A command not named here is listed after these, in the order it was registered.
+COMMAND_ORDER = ("boot", "provision", "run", "exec", "cast", "dsh", "dshd", "top", "vcluster", "demo",
                  "config", "man", "completion")  # fmt: skip
 
 # The same long option for the same thing in every subcommand (short forms only
@@ -82,7 +83,8 @@ class CommandParser(OneLineParser):  # type: ignore[misc, valid-type]
             ns, extras = super().parse_known_args(words[:cut], namespace)
         finally:
             action.nargs = argparse.REMAINDER
-        setattr(ns, action.dest, list(getattr(ns, action.dest) or []) + words[cut + 1 :])
+        dashes = ["--"] if getattr(self, "keep_dashes", False) else []
+        setattr(ns, action.dest, [*(getattr(ns, action.dest) or []), *dashes, *words[cut + 1 :]])
         return ns, extras
 
 
@@ -91,12 +93,16 @@ def _remainder(parser: argparse.ArgumentParser) -> argparse.Action | None:
     return found[-1] if found else None
 
 
-def options_before_dashes(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def options_before_dashes(parser: argparse.ArgumentParser, *,
+                          keep_dashes: bool = False) -> argparse.ArgumentParser:  # fmt: skip
     """Make ``parser`` (made by ``add_parser``, with a REMAINDER positional) a
-    :class:`CommandParser`: options anywhere before ``--``. Returns it."""
+    :class:`CommandParser`: options anywhere before ``--``. ``keep_dashes``: the
+    REMAINDER keeps the ``--`` between the positionals before it and the command
+    (``beo run``'s ``NODESET -- COMMAND`` in one REMAINDER). Returns it."""
     if _remainder(parser) is None:
         raise ValueError(f"{parser.prog}: no REMAINDER positional to take the command")
     parser.__class__ = CommandParser
+    parser.keep_dashes = keep_dashes  # type: ignore[attr-defined]
     return parser
 
 
