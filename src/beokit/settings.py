@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from importlib import resources
 from typing import Any
 
 from beokit.errors import UsageError
@@ -58,6 +57,8 @@ def example(kind: str) -> str:
     """The text of the example config ``kind`` (package data)."""
     if kind not in EXAMPLES:
         raise UsageError(f"bad example {kind!r}: one of {', '.join(EXAMPLES)}")
+    from importlib import resources
+
     return resources.files("beokit").joinpath("examples", EXAMPLES[kind][0]).read_text()
 
 
