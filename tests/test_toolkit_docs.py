@@ -43,6 +43,7 @@ def examples(text: str) -> list[tuple[str, list[str]]]:
 def normalise(text: str, folder: str) -> str:
     text = text.replace(folder, SHOWN_DIR)
     text = re.sub(r"in \d+\.\d+ s", "in N s", text)
+    text = re.sub(r"\b1 launch steps?\b", "1 launch step", text)  # the plural being fixed
     return re.sub(r"(beokit_dshd_rounds_total) \d+", r"\1 N", text)
 
 
