@@ -38,6 +38,14 @@ def test_render_is_the_text_format() -> None:
         'p_total{direction="in"} 5\np_total{direction="out"} 7.5\n')
 
 
+def test_from_counts_is_one_labelled_family() -> None:
+    family = metrics.from_counts("beokit_boot_events_total", "events", {"tftp-done": 3,
+                                                                        "dhcp-offer": 2})
+    assert metrics.render([family]).decode().splitlines()[2:] == [
+        'beokit_boot_events_total{event="dhcp-offer"} 2',
+        'beokit_boot_events_total{event="tftp-done"} 3']
+
+
 @pytest.mark.parametrize(("line", "status"), [
     (b"GET /metrics HTTP/1.1", b"200"), (b"GET / HTTP/1.0", b"200"),
     (b"GET /other HTTP/1.1", b"404"), (b"POST /metrics HTTP/1.1", b"405"),

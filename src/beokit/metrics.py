@@ -56,6 +56,17 @@ def gauge(name: str, help_text: str, value: float | None = None, **labels: str) 
     return m.add(value, **labels) if value is not None else m
 
 
+def from_counts(name: str, help_text: str, counts: dict[str, int],
+                label: str = "event") -> Metric:  # fmt: skip
+    """One counter family from a dict of named counts (``{"tftp-done": 3}`` ->
+    ``name{event="tftp-done"} 3``): how a server with a counts dict (beo boot's
+    ``Counters.counts``) exports every count it keeps, new ones included."""
+    family = Metric(name, "counter", help_text)
+    for key in sorted(counts):
+        family.add(counts[key], **{label: key})
+    return family
+
+
 def _escape(text: str, quote: bool = False) -> str:
     text = text.replace("\\", "\\\\").replace("\n", "\\n")
     return text.replace('"', '\\"') if quote else text
