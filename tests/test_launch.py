@@ -80,6 +80,29 @@ def test_down_and_hanging_heads_are_reparented_and_named() -> None:
     assert elapsed < 15
 
 
+def test_stealing_launches_a_late_heads_share_beside_it(tmp_path: Path) -> None:
+    # busy tree, k=2, 12 hosts: the root's first group is slow1 + n1..n3.  slow1's
+    # launch does not come up until n1..n3 have run their commands, which only
+    # happens if the root takes slow1's share back and launches it itself (stealing);
+    # without, slow1 gives up after 15 s and fails.  Not timed: the order proves it.
+    from beokit.launch import plan
+
+    hosts = ["slow1"] + [f"n{i}" for i in range(1, 12)]
+    assert plan.busy_groups(hosts, 2)[0][0] == ["slow1", "n1", "n2", "n3"]
+    (tmp_path / "hosts").write_text("slow1\nn[1-11]\n")
+    wait = " && ".join(f"[ -e {tmp_path}/ran.n{i} ]" for i in (1, 2, 3))
+    template = (f"sh -c 'case $0 in slow*) i=0; until {wait}; do i=$((i+1)); "
+                f"[ $i -gt 300 ] && exit 1; sleep 0.05; done;; esac; exec sh -c \"$1\"' "
+                "{host} {cmd}")  # fmt: skip
+    cp = beo_run("-R", template, "--listen", "127.0.0.1", "--remote-python", sys.executable,
+                 "--connect-timeout", "30", "-k", "2", "--json", "-f", str(tmp_path / "hosts"),
+                 "--", f"touch {tmp_path}/ran.$BEO_HOST", timeout=60)  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    doc = as_json(cp)
+    assert doc["failed"] == 0 and doc["mode"] == "tree"
+    assert sorted(p.name for p in tmp_path.glob("ran.*")) == sorted(f"ran.{h}" for h in hosts)
+
+
 @pytest.mark.parametrize("mode", ["--ring", "--flat"])
 def test_down_and_hanging_hosts_in_other_modes(mode: str) -> None:
     cp = beo_run("-R", FAKE, "--listen", "127.0.0.1", "--connect-timeout", "2", mode, "-b",
@@ -228,14 +251,15 @@ def test_dry_run_prints_the_plan_and_the_models_prediction(tmp_path: Path) -> No
     assert not marker.exists()  # nothing was launched
     out = cp.stdout
     assert "147 hosts, tree, k=4, 4 launch steps, -R exec" in out
-    assert "root launches 4 groups of 85, 60, 1, 1 hosts" in out
+    assert ("root launches 16 groups, 4 at a time, of 28, 28, 28, 27, 6, 6, 6, 6, 2, 2, 2, 2, "
+            "1, 1, 1, 1 hosts (head + its share); 20 agents, 127 leaves") in out  # fmt: skip
     hosts = [f"n{i}" for i in range(1, 148)]
-    expected = predict_run(147, 4, 0.1, shared_cores=float(os.cpu_count() or 1))
+    expected = predict_run(147, 4, 0.1, steal=True, shared_cores=float(os.cpu_count() or 1))
     assert f"predicted: {expected.explain()}" in out
     # ssh: a cluster, every launch an ssh session; flat: the root's window
     text = cli.dry_run("flat", hosts, 32, plan.root_plan("flat", hosts, 32), make_backend("ssh"))
     assert "every host itself, 32 at a time" in text
-    assert predict_run(147, 32, None, mode="flat").explain() in text
+    assert predict_run(147, 32, None, mode="flat", steal=True).explain() in text
     text = cli.dry_run("tree", hosts * 30, 8, plan.root_plan("tree", hosts * 30, 8),
                        make_backend("exec"))  # fmt: skip
     assert "predicted: not here" in text  # too many processes for the shared-core model

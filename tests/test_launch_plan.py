@@ -135,3 +135,45 @@ def test_tally_counts() -> None:
     t.apply(plan.result("a", 0))
     t.apply(plan.result("b", None, error="down"))
     assert t.counts()["done"] == 1 and t.counts()["failed"] == 1 and t.finished == 2
+
+
+def _busy_tree(share: list[str], k: int, steps: int | None) -> tuple[list[str], int, int]:
+    """(every host the busy tree launches, in order; its agents; its depth in steps)."""
+    seen: list[str] = []
+    agents = depth = 0
+    for j, (group, left) in enumerate(plan.busy_groups(share, k, steps)):
+        step = j // k + 1
+        seen.append(group[0])
+        sub, sub_agents, sub_depth = _busy_tree(group[1:], k, left)
+        seen += sub
+        agents += sub_agents + (len(group) > 1)
+        depth = max(depth, step + sub_depth)
+    return seen, agents, depth
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (2, 1), (7, 1), (5, 4), (12, 3), (20, 3),
+                                      (147, 4), (1000, 4), (1000, 2), (3000, 8)])  # fmt: skip
+def test_busy_tree_reaches_every_host_once_in_its_depth_with_fewer_agents(n: int, k: int) -> None:
+    hosts = [f"n{i}" for i in range(n)]
+    seen, agents, depth = _busy_tree(hosts, k, None)
+    assert sorted(seen) == sorted(hosts)  # a partition: every host once
+    assert depth == plan.busy_depth(n, k) <= plan.tree_depth(n, k)
+    assert agents == plan.busy_agents(hosts, k)
+    assert agents <= agents_of_pack(hosts, k)
+    # every node keeps k launches in flight: a child in slot j starts in step j // k + 1
+    groups = plan.busy_groups(hosts, k)
+    assert [s for _, s in groups] == [depth - 1 - j // k for j in range(len(groups))]
+
+
+def agents_of_pack(hosts: list[str], k: int) -> int:
+    return sum(1 + agents_of_pack(g[1:], k) for g in plan.pack(hosts, k) if len(g) > 1)
+
+
+def test_busy_tree_of_the_issues_run_and_the_auto_choice() -> None:
+    hosts = [f"n{i}" for i in range(1000)]
+    assert plan.busy_agents(hosts, 4) == 144 < agents_of_pack(hosts, 4) == 249
+    assert plan.root_plan("tree", hosts, 4, busy=True).window == 4
+    assert len(plan.root_plan("tree", hosts, 4, busy=True).groups) == 20  # 4 a step, 5 steps
+    assert plan.choose_mode(64, 0.2, 0.05) == ("flat", 64)  # one window: nothing is shallower
+    assert plan.choose_mode(1000, 0.2, 0.05) == ("tree", 3)
+    assert plan.choose_mode(1000, 0.1, 0.004, window=500) == ("flat", 500)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,8 +43,9 @@ from beokit.launch.backends import Backend, environ
 from beokit.launch.leaf import EXIT_GRACE, run_leaf
 from beokit.launch.listen import HelloListener, Slot
 from beokit.launch.ship import zipapp_bytes
+from beokit.launch.uplink import HEARTBEAT_TIMEOUT, ParentLink, bind_and_advertise, ssh_client
 from beokit.net import host_port
-from beokit.proc import ForkedCommand, ShellCommand, kill_group, request_fork, signal_name
+from beokit.proc import ForkedCommand, ShellCommand, kill_group, request_fork
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 # from: the node's address on the network of the tree (beo cast's receivers report
 # it as their data address when the node's name means nothing to the root).
 ADDRESS_ENV = "BEO_ADDR"
-HEARTBEAT_EVERY = 1.0
-HEARTBEAT_TIMEOUT = 10.0  # a child silent this long is lost
 FORKED_AGENT = "beo-agent"  # what ps and top call an agent forked by the fork server
 
 
@@ -72,11 +70,25 @@ class Agent:
 
     def __init__(self, host: str | None, groups: list[list[str]], window: int,
                  cfg: dict[str, Any], emit: Emit, bind: str, advertise: str,
-                 payload: bytes | None = None) -> None:  # fmt: skip
+                 payload: bytes | None = None, steps: list[int] | None = None) -> None:  # fmt: skip
         self.host = host
         self.payload = payload  # --input: every command's stdin (None: /dev/null)
         self.groups = groups
+        # busy tree (plan.busy_groups): the launch steps each group's head has left,
+        # passed on in its work message; None: children split their share with pack
+        self.steps = steps
         self.window = threading.Semaphore(max(1, window))
+        self.fanout = max(1, window)
+        # groups waiting for a launch slot, in launch order (re-parented and stolen
+        # groups go first); the dispatcher in run() starts one thread per group
+        self.queue: collections.deque[tuple[list[str], int | None]] = collections.deque()
+        self.queue_cond = threading.Condition()
+        self.busy_threads = 0  # group threads still running (they may queue more)
+        self.launch_times: list[float] = []  # seconds each launch took until up
+        # an agent's way up for relayed lines, passed on unchanged (None: the root,
+        # which reads every message)
+        self.raw: Callable[[bytes], None] | None = None
+        self.steals = 0
         self.cfg = cfg
         self.backend = Backend.from_spec(cfg["backend"])
         self.emit_lock = threading.Lock()
@@ -114,21 +126,61 @@ class Agent:
 
     def run(self) -> None:
         """Launch every group and run the command; return when all have ended."""
-        threads = []
         if self.groups and not self._listen():
-            self.groups = []
-        # children first: their launches are on the critical path, our command is not
-        threads += [threading.Thread(target=self._subtree, args=(g,), daemon=True)
-                    for g in self.groups]  # fmt: skip
-        if self.host is not None:
-            threads.append(threading.Thread(target=self._run_command, daemon=True))
-        for t in threads:
-            t.start()
+            self.groups, self.steps = [], None
+        steps = self.steps if self.steps is not None else [None] * len(self.groups)
+        self.queue.extend(zip(self.groups, steps, strict=True))
+        threads = []
         try:
+            # children first: their launches are on the critical path, our command is not
+            threads = self._dispatch(self.host is not None)
             for t in threads:
                 t.join()
         finally:
             self.close()
+
+    def _dispatch(self, command: bool) -> list[threading.Thread]:
+        """Start a thread per queued group, in order, each once a launch slot is free,
+        until the queue is empty and no group thread can queue more; the threads."""
+        threads = []
+        while True:
+            with self.queue_cond:
+                while not self.queue and self.busy_threads and not self.closing:
+                    self.queue_cond.wait(1.0)
+                if not self.queue or self.closing:
+                    break
+                group, steps = self.queue.popleft()
+                self.busy_threads += 1
+            while not self.window.acquire(timeout=1.0):
+                if self.closing:
+                    break
+            t = threading.Thread(target=self._group_thread, args=(group, steps), daemon=True)
+            t.start()
+            threads.append(t)
+            if command:  # our own command, once the first launch is under way
+                threads.append(threading.Thread(target=self._run_command, daemon=True))
+                threads[-1].start()
+                command = False
+        if command:
+            threads.append(threading.Thread(target=self._run_command, daemon=True))
+            threads[-1].start()
+        return threads
+
+    def requeue(self, group: list[str], steps: int | None) -> None:
+        """Launch ``group`` (head + share) from here, before what is queued."""
+        if group:
+            with self.queue_cond:
+                self.queue.appendleft((group, steps))
+                self.queue_cond.notify_all()
+
+    def _group_thread(self, group: list[str], steps: int | None) -> None:
+        """One group, holding a launch slot from the dispatcher."""
+        try:
+            self._subtree(group, steps)
+        finally:
+            with self.queue_cond:
+                self.busy_threads -= 1
+                self.queue_cond.notify_all()
 
     def _listen(self) -> bool:
         """Listen for the children's hellos; if this host cannot, every host of the
@@ -217,28 +269,36 @@ class Agent:
 
     # -------------------------------------------------------- children
 
-    def _subtree(self, group: list[str]) -> None:
-        """Launch ``group``'s head, give it the rest; re-parent on failure."""
-        while group and not self.closing:
-            head, rest = group[0], group[1:]
-            if not rest and not self.cfg.get("leaf_agents"):
-                self.emit(run_leaf(self, head))
-                return
-            with self.window:
-                conn, proc, error = self._launch(head)
-            if conn is None:
-                self.emit(plan.result(head, None, error=error))
-                group = rest  # re-parent: the next host takes the head's place
-                continue
+    def _subtree(self, group: list[str], steps: int | None) -> None:
+        """Launch ``group``'s head (a launch slot is held), give it the rest; on
+        failure re-parent: what was not launched is queued here again (the next
+        host takes the head's place)."""
+        head, rest = group[0], group[1:]
+        if self.closing:
+            self.window.release()
+            return
+        if not rest and not self.cfg.get("leaf_agents"):
+            self.emit(run_leaf(self, head, held=True))
+            return
+        launch = _Launch(self, head, rest, steps)
+        try:
+            conn, proc, error = self._launch(launch)
+        finally:
+            launch.release()
+        if conn is None:
+            self.emit(plan.result(head, None, error=error))
+            self.requeue(launch.rest, steps)  # re-parent
+            return
+        with self.lock:
+            self.children.add(conn)
+        try:
+            left = self._relay(conn, head, launch.rest, steps)
+        finally:
             with self.lock:
-                self.children.add(conn)
-            try:
-                group = self._relay(conn, head, rest)
-            finally:
-                with self.lock:
-                    self.children.discard(conn)
-                conn.close()
-                self._reap_launch(proc)
+                self.children.discard(conn)
+            conn.close()
+            self._reap_launch(proc)
+        self.requeue(left, steps)
 
     def _reap_launch(self, proc: Any) -> None:
         """A child agent is done (or lost): its launch process must end, bounded."""
@@ -266,10 +326,11 @@ class Agent:
             pass  # the process died already: seen by the caller
         return proc
 
-    def _launch(self, head: str) -> tuple[socket.socket | None, Any, str]:
+    def _launch(self, launch: _Launch) -> tuple[socket.socket | None, Any, str]:
         """Start ``head``'s agent and wait (bounded) for its hello: (connection, its
         launch process, "") or (None, None, why it failed)."""
         assert self.listener is not None
+        head = launch.head
         token, slot = self.listener.expect()
         self.emit(plan.state(head, "launched"))
         if self.backend.delay:
@@ -288,7 +349,7 @@ class Agent:
             reader = threading.Thread(target=self._read_launch_output, args=(proc, tail),
                                       daemon=True)  # fmt: skip
             reader.start()
-        error = self._await_hello(slot, proc, reader, tail)
+        error = self._await_hello(slot, proc, reader, tail, launch)
         if error:
             self.listener.forget(token)
             if not slot.ready.is_set():
@@ -298,17 +359,35 @@ class Agent:
                     self.launches.discard(proc)
                 return None, None, error
         self.emit(plan.state(head, "running"))
+        self.took(time.monotonic() - launch.start)
         assert slot.conn is not None
         return slot.conn, proc, ""
 
+    def took(self, seconds: float) -> None:
+        """A launch of ours was up after ``seconds`` (what an overdue one is measured by)."""
+        with self.lock:
+            self.launch_times.append(seconds)
+
+    def overdue_after(self) -> float:
+        """Seconds after which a launch is overdue: twice the median of our launches
+        that came up (at least 50 ms more); inf until one has."""
+        with self.lock:
+            times = sorted(self.launch_times)
+        if not times:
+            return float("inf")
+        typical = times[len(times) // 2]
+        return max(STEAL_FACTOR * typical, typical + 0.05)
+
     def _await_hello(self, slot: Slot, proc: Any, reader: threading.Thread | None,
-                     tail: collections.deque[str]) -> str:  # fmt: skip
+                     tail: collections.deque[str], launch: _Launch) -> str:  # fmt: skip
         """Wait for the child's hello: "" once it came, else why it will not."""
         connect_timeout = float(self.cfg.get("connect_timeout", 10))
         deadline = time.monotonic() + connect_timeout
         while not slot.ready.wait(0.02):
             if self.closing:
                 return "launch cancelled"
+            if launch.rest and self.cfg.get("steal"):
+                launch.steal_if_overdue()
             if proc.poll() is not None:
                 if reader is not None and reader.is_alive():
                     reader.join(1)
@@ -334,10 +413,11 @@ class Agent:
             if text:
                 tail.append(text)
 
-    def _relay(self, conn: socket.socket, head: str, rest: list[str]) -> list[str]:
+    def _relay(self, conn: socket.socket, head: str, rest: list[str],
+               steps: int | None = None) -> list[str]:  # fmt: skip
         """Relay the child's messages up until ``done``; return hosts to re-parent."""
         try:
-            conn.sendall(framing.encode(plan.work(rest, self.cfg)))
+            conn.sendall(framing.encode(plan.work(rest, self.cfg, steps)))
         except OSError as exc:
             self.emit(plan.result(head, None, error=f"lost after launch: {exc}"))
             return rest
@@ -362,8 +442,10 @@ class Agent:
 
     def _relay_until_done(self, conn: socket.socket, head: str, missing: set[str],
                           launched: set[str]) -> str:  # fmt: skip
-        """Pass the child's messages up: "" once it said done, else why it was lost."""
-        decoder = framing.LineDecoder(plan.MAX_LINE)
+        """Pass the child's messages up: "" once it said done, else why it was lost.
+        An agent passes them on as they came, the lines of one read in one write
+        (:attr:`raw`); the root hands each to ``emit``."""
+        lines = framing.LineBuffer(plan.MAX_LINE)
         conn.settimeout(HEARTBEAT_TIMEOUT)
         while True:
             try:
@@ -374,147 +456,75 @@ class Agent:
                 return f"connection lost: {exc}"
             if not data:
                 return "connection closed"
+            out: list[bytes] = []
             try:
-                msgs = decoder.feed(data)
+                for line in lines.lines(data):
+                    msg = framing.decode(line)
+                    t = msg["t"]
+                    if t == "hb":
+                        continue
+                    if t == "done":
+                        self._flush(out)
+                        for host in sorted(missing):
+                            self.emit(plan.result(host, None, error=f"no result (via {head})"))
+                        return ""
+                    if t == "st" and msg.get("s") == "launched":
+                        launched.add(msg.get("h", ""))
+                    elif t == "res":
+                        missing.discard(msg.get("h", ""))
+                    if self.raw is None:
+                        self.emit(msg)
+                    else:
+                        out.append(line + b"\n")
             except WireError as exc:
+                self._flush(out)
                 return str(exc)
-            for msg in msgs:
-                t = msg["t"]
-                if t == "hb":
-                    continue
-                if t == "done":
-                    for host in sorted(missing):
-                        self.emit(plan.result(host, None, error=f"no result (via {head})"))
-                    return ""
-                if t == "st" and msg.get("s") == "launched":
-                    launched.add(msg.get("h", ""))
-                elif t == "res":
-                    missing.discard(msg.get("h", ""))
-                self.emit(msg)
+            self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out and self.raw is not None:
+            self.raw(b"".join(out))
 
 
-# ------------------------------------------------------------------ agent
+STEAL_FACTOR = 2.0  # a launch not up after this many typical launch times is overdue
 
 
-class ParentLink:
-    """An agent's connection to its parent: hello and work, then messages up
-    (results, heartbeats) and ``go`` down.  Losing it stops the agent."""
+class _Launch:
+    """One launch of a head with a share, holding a slot of the agent's window.
 
-    def __init__(self, sock: socket.socket, host: str, first: list[dict[str, Any]],
-                 decoder: framing.LineDecoder) -> None:  # fmt: skip
-        self.sock = sock
-        self.host = host
-        self.first = first  # the work message, and a go that came with it
-        self.decoder = decoder
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-        self.agent: Agent | None = None
-        self._stopping = threading.Lock()
-
-    @classmethod
-    def connect(cls, parent: tuple[str, int], token: str, host: str) -> ParentLink:
-        """Say hello with our token; return once the parent sent our work."""
-        sock = socket.create_connection(parent, timeout=10)
-        # small messages, relayed at once: no Nagle (with delayed ACKs it held
-        # a second message ~40 ms at every level)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(framing.encode(plan.hello(token, host)))
-        sock.settimeout(30)
-        decoder = framing.LineDecoder(plan.MAX_LINE)
-        msgs: list[dict[str, Any]] = []
-        while not msgs:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("parent closed the connection")
-            msgs = decoder.feed(data)
-        return cls(sock, host, msgs, decoder)
-
-    def start(self, agent: Agent) -> None:
-        """Heartbeats up, the parent watched; SIGTERM/SIGHUP stop the agent."""
-        self.agent = agent
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _f: self.abort(f"stopped by {signal_name(signum)}"))
-        threading.Thread(target=self._heartbeat, daemon=True).start()
-        threading.Thread(target=self._watch, daemon=True).start()
-
-    def send(self, msg: dict[str, Any]) -> None:
-        try:
-            with self.lock:
-                self.sock.sendall(framing.encode(msg))
-        except OSError as exc:
-            self.abort(f"parent lost: {exc}")
-
-    def finish(self) -> None:
-        """Our subtree is done: say so and hang up."""
-        self.finished.set()
-        self.send(plan.DONE)
-        with self.lock:
-            self.sock.close()
-
-    def abort(self, why: str) -> None:
-        """Stop everything this agent started, now, and exit (``why`` "": quietly,
-        as the parent asked).  Once: a second call returns while the first ends us."""
-        if not self._stopping.acquire(blocking=False):
-            return
-        if why:
-            print(f"beo agent {self.host}: {why}; stopping", file=sys.stderr)
-        if self.agent is not None:
-            self.agent.close()
-        os._exit(1)
-
-    def _heartbeat(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_EVERY)
-            self.send(plan.HEARTBEAT)
-
-    def _obey(self, msgs: list[dict[str, Any]]) -> None:
-        """The parent's word: ``stop`` (end quietly) or ``go`` (--barrier)."""
-        assert self.agent is not None
-        kinds = {m["t"] for m in msgs}
-        if "stop" in kinds:
-            self.abort("")
-        if "go" in kinds:
-            self.agent.release()
-
-    def _watch(self) -> None:
-        self._obey(self.first[1:])
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                data = b""
-            if not data and not self.finished.is_set():
-                self.abort("parent closed the connection")
-            if not data:
-                return
-            try:
-                self._obey(self.decoder.feed(data))
-            except WireError as exc:
-                self.abort(f"parent: {exc}")
-
-
-def _ssh_client() -> str | None:
-    """The address our parent's ssh came from, if sshd started us (``@ssh``)."""
-    conn = os.environ.get("SSH_CONNECTION", "").split()
-    return conn[0] if len(conn) == 4 else None
-
-
-def _bind_and_advertise(cfg: dict[str, Any], address: str) -> tuple[str, str]:
-    """Where this agent listens for its children and the address it tells them.
-
-    ``address`` is this host's end of its connection to its parent: an
-    address of this host on the tree's network, which its children (on that
-    network too) can reach.  The agent listens on every address of that
-    family, not on the parent's ``--listen`` address (which is not this
-    host's), unless the run names one (``agent_bind``: 127.0.0.1 with
-    ``-R exec``).
+    Work stealing (``cfg["steal"]``): while the head is overdue (see
+    :meth:`Agent.overdue_after`) and this agent has nothing else queued, its
+    share is taken back and queued here (the agent's slots are idle: they
+    launch it); the launch gives its slot up and goes on waiting for the
+    head, which gets an empty share when it comes up and runs only its
+    command.  The late head no longer holds its subtree back.
     """
-    bind = str(cfg.get("agent_bind") or "")
-    if bind and bind not in ("0.0.0.0", "::"):
-        return bind, bind
-    return ("::" if ":" in address else "0.0.0.0"), address
+
+    def __init__(self, agent: Agent, head: str, rest: list[str], steps: int | None) -> None:
+        self.agent = agent
+        self.head = head
+        self.rest = rest
+        self.steps = steps
+        self.start = time.monotonic()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.agent.window.release()
+
+    def steal_if_overdue(self) -> None:
+        agent = self.agent
+        if time.monotonic() - self.start < agent.overdue_after():
+            return
+        with agent.queue_cond:
+            if agent.queue:  # our slots have work of their own
+                return
+        share, self.rest = self.rest, []
+        for group, steps in reversed(plan.busy_groups(share, agent.fanout, self.steps)):
+            agent.requeue(group, steps)
+        agent.steals += 1
+        self.release()
 
 
 def main(header_line: bytes | None = None) -> int:
@@ -529,7 +539,7 @@ def main(header_line: bytes | None = None) -> int:
         print(f"beo agent: {exc}", file=sys.stderr)
         return 2
     if phost == "@ssh":
-        phost = _ssh_client() or "127.0.0.1"
+        phost = ssh_client() or "127.0.0.1"
     try:
         parent = ParentLink.connect((phost, pport), hdr["token"], hdr["h"])
     except (OSError, WireError) as exc:
@@ -540,10 +550,17 @@ def main(header_line: bytes | None = None) -> int:
         print(f"beo agent: expected work, got {work['t']!r}", file=sys.stderr)
         return 1
     cfg = work["cfg"]
-    groups = plan.child_groups(work["hosts"], int(cfg.get("fanout", 0)))
+    fanout = int(cfg.get("fanout", 0))
+    steps: list[int] | None = None
+    if work.get("steps") is not None and fanout > 0:  # busy tree: k in flight
+        pairs = plan.busy_groups(work["hosts"], fanout, int(work["steps"]))
+        groups, steps, window = [g for g, _ in pairs], [s for _, s in pairs], fanout
+    else:
+        groups = plan.child_groups(work["hosts"], fanout)
+        window = len(groups)
     address = str(parent.sock.getsockname()[0])
-    bind, advertise = _bind_and_advertise(cfg, address)
-    agent = Agent(hdr["h"], groups, len(groups), cfg, parent.send, bind, advertise, payload)
+    bind, advertise = bind_and_advertise(cfg, address)
+    agent = Agent(hdr["h"], groups, window, cfg, parent.send, bind, advertise, payload, steps)
     agent.address = address
     parent.start(agent)
     agent.run()

@@ -32,6 +32,7 @@ from beokit.launch.backends import Backend, make_backend
 from beokit.launch.leaf import EXIT_GRACE
 
 DEFAULT_FANOUT = {"tree": 3, "flat": 32, "sequential": 1, "ring": 1}
+AUTO_WINDOW = 64  # --auto's flat window (clush's fanout)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -56,7 +57,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    metavar="S", help="sleep S seconds per launch (stands for an rsh/ssh "
                    "handshake; at most 3600)")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
-    for name, text in (("tree", "k-ary launch tree (default)"),
+    for name, text in (("auto", "flat when the hosts fit in one window of 64 launches or a flat "
+                                "launch is faster than the tree's depth, else tree (default "
+                                "without -k)"),
+                       ("tree", "launch tree: every node keeps K launches in flight until its "
+                                "share is done; a late child's share is taken back (default "
+                                "with -k)"),
                        ("flat", "all from the root, K launches at a time (like pdsh)"),
                        ("sequential", "all from the root, one after the other (lamboot)"),
                        ("ring", "a chain: each node launches the next")):  # fmt: skip
@@ -93,7 +99,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "launch steps) and the time the simulator predicts for it "
                    "(beokit.sim, docs/scale.md)")  # fmt: skip
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NODESET -- COMMAND")
-    p.set_defaults(mode="tree")
+    p.set_defaults(mode=None)
     return p
 
 
@@ -189,6 +195,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def _auto(n: int, backend: Backend, fanout: int | None) -> tuple[str, int]:
+    """--auto: flat or tree from N and what a launch costs: -R exec, --launch-delay
+    and an agent forked here; otherwise an ssh session and a python starting, as
+    measured on the test box (beokit.sim.machine)."""
+    from beokit.sim.machine import BOX_PARAMS
+
+    if backend.kind == "exec":
+        launch, agent = backend.delay + BOX_PARAMS["spawn_cpu"], BOX_PARAMS["agent_cpu"]
+    else:
+        launch, agent = backend.delay + BOX_PARAMS["ssh_session"], BOX_PARAMS["python_start"]
+    return plan.choose_mode(n, launch, agent, fanout or AUTO_WINDOW, DEFAULT_FANOUT["tree"])
+
+
 def _backend(args: argparse.Namespace) -> Backend:
     """The backend of ``-R`` and its options; UsageError if they are bad."""
     try:
@@ -249,11 +268,16 @@ def _fork_server(cfg: dict[str, Any], wanted: bool) -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     hosts, command = _hosts_and_command(args)
-    k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[args.mode]
-    if k < 1:
-        raise UsageError(f"bad fanout {k}: must be >= 1")
+    if args.fanout is not None and args.fanout < 1:
+        raise UsageError(f"bad fanout {args.fanout}: must be >= 1")
     backend = _backend(args)
-    the_plan = plan.root_plan(args.mode, hosts, k)
+    if args.mode is None:
+        args.mode = "tree" if args.fanout is not None else "auto"
+    if args.mode == "auto":
+        args.mode, k = _auto(len(hosts), backend, args.fanout)
+    else:
+        k = args.fanout if args.fanout is not None else DEFAULT_FANOUT[args.mode]
+    the_plan = plan.root_plan(args.mode, hosts, k, busy=True)
     if args.dry_run:
         print(dry_run(args.mode, hosts, k, the_plan, backend))
         return EXIT_OK
@@ -265,12 +289,13 @@ def _run(args: argparse.Namespace) -> int:
            # agents listen on their own host: loopback here (exec), else every
            # address of the family their parent link uses (never the root's --listen)
            "agent_bind": "127.0.0.1" if backend.kind == "exec" else "",
-           "leaf_agents": args.leaf_agents, "barrier": args.barrier}  # fmt: skip
+           "leaf_agents": args.leaf_agents, "barrier": args.barrier,
+           "steal": args.mode == "tree"}  # fmt: skip
     try:
         with _fork_server(cfg, backend.kind == "exec" and not args.remote_python):
             collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
             agent = Agent(None, the_plan.groups, the_plan.window, cfg, collector, listen,
-                          advertise, payload)  # fmt: skip
+                          advertise, payload, the_plan.steps)  # fmt: skip
             if args.barrier:
                 collector.on_all_up = agent.release
             start = time.monotonic()
@@ -291,17 +316,16 @@ def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
     (:func:`beokit.sim.predict.predict_run`): -R exec hosts share this machine's
     cores and each launch costs --launch-delay; ssh, rsh or a template: a
     cluster, each launch an ssh session as measured (docs/scale.md)."""
-    from beokit.sim.launch import plan_stats
     from beokit.sim.predict import predict_run
 
     n = len(hosts)
     lines = [f"beo run --dry-run: {n} hosts, {mode}, k={k}, "
-             f"{plan.depth(mode, n, k)} launch steps, -R {backend.kind}"]  # fmt: skip
+             f"{plan.depth(mode, n, k, busy=True)} launch steps, -R {backend.kind}"]  # fmt: skip
     if mode == "tree":
-        agents, leaves, _ = plan_stats(n, k)
+        agents = plan.busy_agents(hosts, k)
         sizes = ", ".join(str(len(g)) for g in the_plan.groups)
-        lines.append(f"  root launches {len(the_plan.groups)} groups of {sizes} hosts "
-                     f"(head + its share); {agents} agents, {leaves} leaves (no agent)")  # fmt: skip
+        lines.append(f"  root launches {len(the_plan.groups)} groups, {k} at a time, of {sizes} "
+                     f"hosts (head + its share); {agents} agents, {n - agents} leaves (no agent)")  # fmt: skip
     else:
         lines.append(f"  root launches every host itself, {the_plan.window} at a time")
     if mode == "ring":
@@ -313,9 +337,10 @@ def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
                      f"the model ~N^2 time (up to {EXEC_MODEL_MAX} hosts; docs/scale.md)")  # fmt: skip
         return "\n".join(lines)
     if backend.kind == "exec":
-        pred = predict_run(n, k, backend.delay, mode=mode, shared_cores=float(os.cpu_count() or 1))
+        pred = predict_run(n, k, backend.delay, mode=mode, steal=True,
+                           shared_cores=float(os.cpu_count() or 1))  # fmt: skip
     else:
-        pred = predict_run(n, k, None, mode=mode)
+        pred = predict_run(n, k, None, mode=mode, steal=True)
     lines.append(f"  predicted: {pred.explain()}")
     return "\n".join(lines)
 
@@ -356,7 +381,7 @@ def _report(args: argparse.Namespace, hosts: list[str], k: int, results: dict[st
     for h in hosts:  # nothing is lost silently
         results.setdefault(h, plan.result(h, None, error="no result"))
     nfail = sum(plan.failed(r) for r in results.values())
-    mode, steps = args.mode, plan.depth(args.mode, len(hosts), k)
+    mode, steps = args.mode, plan.depth(args.mode, len(hosts), k, busy=True)
     if args.json:
         doc = {"mode": mode, "fanout": k, "hosts": len(hosts), "elapsed": round(elapsed, 4),
                "depth": steps, "failed": nfail,

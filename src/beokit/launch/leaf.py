@@ -43,12 +43,14 @@ def feed(proc: subprocess.Popen, data: bytes) -> None:
     threading.Thread(target=write, daemon=True).start()
 
 
-def run_leaf(agent: Agent, host: str) -> dict[str, Any]:
+def run_leaf(agent: Agent, host: str, held: bool = False) -> dict[str, Any]:
     """Run the command on ``host`` through the backend; its result message.
 
-    Holds one slot of the agent's launch window until the leaf is up.
+    Holds one slot of the agent's launch window until the leaf is up
+    (``held``: the caller took it already).
     """
-    agent.window.acquire()
+    if not held:
+        agent.window.acquire()
     leaf = _Leaf(agent, host)
     try:
         return leaf.run()
@@ -67,6 +69,7 @@ class _Leaf:
         self.timeout = float(agent.cfg.get("timeout") or 0)
         self.up = False
         self.start = 0  # where the command's own stdout starts (after the marker)
+        self.launched = 0.0
         self.deadline = 0.0
         self.proc: subprocess.Popen | None = None
         self.bufs: dict[int, bytearray] = {}
@@ -86,6 +89,7 @@ class _Leaf:
 
     def run(self) -> dict[str, Any]:
         agent = self.agent
+        self.launched = time.monotonic()
         agent.emit(plan.state(self.host, "launched"))
         if agent.backend.delay:
             time.sleep(agent.backend.delay)  # the simulated rsh/ssh handshake
@@ -128,6 +132,7 @@ class _Leaf:
         self.up = True
         self.agent.window.release()
         self.held = False
+        self.agent.took(time.monotonic() - self.launched)
         self.agent.emit(plan.state(self.host, "running"))
         if self.agent.barrier:
             self.agent.on_release(self._go)

@@ -25,7 +25,7 @@ from beokit.proc import describe_exit
 if TYPE_CHECKING:
     from typing import Any
 
-MODES = ("tree", "flat", "sequential", "ring")
+MODES = ("tree", "flat", "sequential", "ring", "auto")
 PROTOCOL = 1
 MAX_LINE = 64 << 20  # one message (a host's output) is at most 64 MiB of JSON
 SHIP_MARKER = b"BEOKIT-SHIP"
@@ -105,6 +105,105 @@ def pack(hosts: list[str], k: int) -> list[list[str]]:
     return groups
 
 
+def busy_depth(n: int, k: int) -> int:
+    """Launch steps to reach ``n`` hosts when every node that is up keeps ``k``
+    launches in flight until its share is done: (k+1)^d - 1 hosts in d steps."""
+    if n <= 0:
+        return 0
+    d = 0
+    while (k + 1) ** d - 1 < n:
+        d += 1
+    return d
+
+
+def _apportion(total: int, caps: list[int]) -> list[int]:
+    """``total`` split over ``caps`` in proportion to them, none above its cap."""
+    whole = sum(caps)
+    if total >= whole:
+        return list(caps)
+    raw = [total * c / whole for c in caps]
+    got = [int(x) for x in raw]
+    for i in sorted(range(len(caps)), key=lambda i: got[i] - raw[i])[: total - sum(got)]:
+        got[i] += 1
+    return got
+
+
+def busy_sizes(m: int, k: int, steps: int) -> list[int]:
+    """Subtree sizes (head included; 1: a leaf) of the children of a node with ``m``
+    hosts to launch, ``k`` launches in flight and ``steps`` launch steps: child j
+    starts in step ``j // k + 1`` and has ``steps - 1 - j // k`` steps left.
+
+    Agents cost a process each (an interpreter, its threads, relaying), leaves
+    only their command: the first children are agents (they have the most time
+    to launch in turn), as few as cover ``m`` in time.  If agents whose shares
+    are all leaves suffice, those; otherwise every child that has a step left
+    is an agent, their shares in proportion to what each can reach.  The last
+    slots are leaves; slots not needed stay empty.
+    """
+    slots = [steps - 1 - j // k for j in range(k * steps)]
+    for a in range(len(slots) + 1):  # agents whose shares are leaves only
+        if a and slots[a - 1] < 1:
+            break
+        if sum(1 + k * slots[j] for j in range(a)) + len(slots) - a >= m:
+            leaves = min(len(slots) - a, m - a)
+            shares = _apportion(m - a - leaves, [k * slots[j] for j in range(a)])
+            return [1 + s for s in shares] + [1] * leaves
+    a = sum(1 for t in slots if t >= 1)
+    leaves = min(len(slots) - a, m - a)
+    shares = _apportion(m - a - leaves, [(k + 1) ** slots[j] - 1 for j in range(a)])
+    return [1 + s for s in shares] + [1] * leaves
+
+
+def busy_groups(share: list[str], k: int, steps: int | None = None) -> list[tuple[list[str], int]]:
+    """The groups (head + its share) a node launches, ``k`` at a time, in launch order,
+    each with the launch steps its head has left (:func:`busy_sizes`); ``steps``
+    None or too few: :func:`busy_depth` of the share.
+
+    >>> [(len(g), s) for g, s in busy_groups([f"n{i}" for i in range(12)], 3)]
+    [(4, 1), (4, 1), (1, 1), (1, 0), (1, 0), (1, 0)]
+    """
+    if not share:
+        return []
+    if k < 1:
+        raise ValueError(f"fanout must be >= 1, not {k}")
+    need = busy_depth(len(share), k)
+    steps = need if steps is None else max(steps, need)
+    groups: list[tuple[list[str], int]] = []
+    start = 0
+    for j, size in enumerate(busy_sizes(len(share), k, steps)):
+        groups.append((share[start : start + size], steps - 1 - j // k))
+        start += size
+    return groups
+
+
+def busy_agents(hosts: list[str], k: int, steps: int | None = None) -> int:
+    """Agents (hosts with a share) in the busy tree of ``hosts``."""
+    count = 0
+    stack = [(hosts, steps)]
+    while stack:
+        share, left = stack.pop()
+        for group, sub in busy_groups(share, k, left):
+            if len(group) > 1:
+                count += 1
+                stack.append((group[1:], sub))
+    return count
+
+
+def choose_mode(n: int, launch: float, agent_start: float, window: int = 64,
+                k: int = 3) -> tuple[str, int]:  # fmt: skip
+    """``--auto``: ("flat", window) or ("tree", k) for ``n`` hosts, whichever takes
+    fewer seconds: ``launch`` seconds a launch (to a host up), ``agent_start`` more
+    for a host that runs an agent.  Flat launches ``window`` at a time from the
+    root, no agents; the busy tree needs :func:`busy_depth` steps, each an agent's.
+
+    >>> choose_mode(64, 0.2, 0.05), choose_mode(1000, 0.2, 0.05)
+    (('flat', 64), ('tree', 3))
+    """
+    flat = -(-n // window) * launch
+    tree = busy_depth(n, k) * (launch + agent_start)
+    return ("flat", window) if flat <= tree else ("tree", k)
+
+
 def reach(depth: int, k: int) -> int:
     """How many hosts a k-ary launch tree reaches in ``depth`` launch steps."""
     return sum(k**i for i in range(1, depth + 1))
@@ -122,10 +221,11 @@ def tree_depth(n: int, k: int) -> int:
     return d
 
 
-def depth(mode: str, n: int, k: int) -> int:
-    """Launch steps in sequence for ``mode``: time is about depth x launch cost."""
+def depth(mode: str, n: int, k: int, busy: bool = False) -> int:
+    """Launch steps in sequence for ``mode``: time is about depth x launch cost
+    (``busy``: the tree of :func:`busy_groups`)."""
     if mode == "tree":
-        return tree_depth(n, k)
+        return busy_depth(n, k) if busy else tree_depth(n, k)
     if mode == "flat":
         return -(-n // k)
     if mode in ("sequential", "ring"):
@@ -143,12 +243,16 @@ class LaunchPlan(NamedTuple):
     groups: list[list[str]]
     window: int
     child_fanout: int
+    steps: list[int] | None = None  # busy tree: the launch steps each head has left
 
 
-def root_plan(mode: str, hosts: list[str], k: int) -> LaunchPlan:
+def root_plan(mode: str, hosts: list[str], k: int, busy: bool = False) -> LaunchPlan:
     """The root's schedule for each mode.
 
     * tree: k groups launched at once; every agent splits its share in k.
+      ``busy``: every node keeps k launches in flight until its share is done
+      (:func:`busy_groups`: more children per node, fewer agents, depth
+      :func:`busy_depth`); agents are told the steps they have left.
     * flat: every host launched from the root, at most k launches in flight
       (pdsh's fanout window).
     * sequential: every host from the root, one launch after the other
@@ -158,6 +262,9 @@ def root_plan(mode: str, hosts: list[str], k: int) -> LaunchPlan:
     """
     if k < 1:
         raise ValueError(f"fanout must be >= 1, not {k}")
+    if mode == "tree" and busy:  # k launches in flight, every node busy to the end
+        pairs = busy_groups(hosts, k)
+        return LaunchPlan([g for g, _ in pairs], k, k, [s for _, s in pairs])
     if mode == "tree":
         groups = pack(hosts, k)
         return LaunchPlan(groups, max(1, len(groups)), k)
@@ -185,7 +292,8 @@ def child_groups(share: list[str], fanout: int) -> list[list[str]]:
 #                    res {h, rc, out, err, error}
 #                    hb {}               heartbeat, every second
 #                    done {}             the whole subtree has finished (seed's -1)
-#   parent -> child: work {hosts, cfg}   the child's share and the run config
+#   parent -> child: work {hosts, cfg[, steps]}  the child's share and the run config
+#                                        (steps: busy tree, the launch steps it has left)
 #                    go {}               --barrier: all hosts are up, run the command now
 #                    stop {}             the run was stopped (SIGINT/SIGTERM at the root):
 #                                        kill the command and the subtree, exit quietly
@@ -233,8 +341,13 @@ def hello(token: str, host: str) -> dict[str, Any]:
     return {"t": "hello", "token": token, "h": host}
 
 
-def work(hosts: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
-    return {"t": "work", "hosts": hosts, "cfg": cfg}
+def work(hosts: list[str], cfg: dict[str, Any], steps: int | None = None) -> dict[str, Any]:
+    """A child's share and the run's config; ``steps``: the launch steps it has left
+    (busy tree: it launches with :func:`busy_groups`; None: :func:`pack` in k)."""
+    msg = {"t": "work", "hosts": hosts, "cfg": cfg}
+    if steps is not None:
+        msg["steps"] = steps
+    return msg
 
 
 def state(host: str, s: str) -> dict[str, Any]:

@@ -49,7 +49,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from beokit.launch.plan import pack, tree_depth
+from beokit.launch.plan import busy_depth, busy_groups, pack, tree_depth
 from beokit.sim.core import CpuPool, Simulator
 
 MODES = ("tree", "flat", "sequential")
@@ -108,9 +108,11 @@ class _Node:
     pool: CpuPool
     outstanding: int = 0  # hosts of its subtree (itself too) whose result has not passed
     in_flight: int = 0
-    queued: list[list[int]] = field(default_factory=list)  # groups waiting for a slot
+    # groups waiting for a slot, with the steps their head has left (None: pack)
+    queued: list[tuple[list[int], int | None]] = field(default_factory=list)
     window: int = 1 << 30
     idle_since: float = -1.0  # >= 0: an idle thief
+    overdue: list[_Launch] = field(default_factory=list)  # its late launches, not robbed yet
 
 
 @dataclass
@@ -121,6 +123,8 @@ class _Launch:
     start: float
     agent: bool  # decided when the launch starts: a head with a share gets an agent
     up: bool = False
+    steps: int | None = None  # busy tree: the launch steps the head has left
+    released: bool = False  # its slot was given up (its share stolen)
 
 
 class LaunchModel:
@@ -132,7 +136,7 @@ class LaunchModel:
                  steal: bool = False, shared_cores: float | None = None,
                  node_cores: float | None = None, slow: dict[int, float] | None = None,
                  steal_after: float = 2.0, steal_rtt: float | None = None,
-                 others: float = 0.0, seed: int = 0) -> None:  # fmt: skip
+                 others: float = 0.0, seed: int = 0, busy: bool = True) -> None:  # fmt: skip
         if n < 1:
             raise ValueError(f"need at least one host, not {n}")
         if k < 1:
@@ -141,6 +145,7 @@ class LaunchModel:
             raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
         self.n, self.k, self.c, self.mode = n, k, costs, mode
         self.steal = steal and mode == "tree"
+        self.busy = busy and mode == "tree"  # beo run's tree (plan.busy_groups); else pack
         self.sim = Simulator(seed)
         self.shared = CpuPool(self.sim, shared_cores) if shared_cores is not None else None
         if self.shared is not None and others > 0:  # other programs on the same machine
@@ -176,36 +181,49 @@ class LaunchModel:
         root = _Node(-1, 0, None, self._pool(-1), outstanding=self.n)
         hosts = list(range(self.n))
         if self.mode == "tree":
-            groups = pack(hosts, self.k)
+            groups = self._split(hosts, None)
+            if self.busy:
+                root.window = self.k
         else:
-            groups = [[h] for h in hosts]
+            groups = [([h], None) for h in hosts]
             root.window = self.k if self.mode == "flat" else 1
         self._start(root, groups)
         self.sim.run()
         if self.results != self.n:
             raise RuntimeError(f"model lost hosts: {self.results} of {self.n} results")
         pools = [self.shared] if self.shared is not None else [*self.pools, self.fork_pool]
-        depth = tree_depth(self.n, self.k) if self.mode == "tree" else (
+        tree = busy_depth(self.n, self.k) if self.busy else tree_depth(self.n, self.k)
+        depth = tree if self.mode == "tree" else (
             -(-self.n // self.k) if self.mode == "flat" else self.n)  # fmt: skip
         return LaunchResult(self.last_result, self.n, self.k, self.mode, self.steal, depth,
                             self.agents, self.leaves, self.steals,
                             sum(p.busy for p in pools), self.last_up, len(self.slow),
                             self.sim.processed)  # fmt: skip
 
-    def _start(self, node: _Node, groups: list[list[int]]) -> None:
+    def _split(self, share: list[int], steps: int | None) -> list[tuple[list[int], int | None]]:
+        """What a node launches for ``share``: the busy tree's groups (k in flight), or
+        pack's k groups (all at once)."""
+        if self.busy:
+            return list(busy_groups(share, self.k, steps))
+        return [(g, None) for g in pack(share, self.k)]
+
+    def _start(self, node: _Node, groups: list[tuple[list[int], int | None]]) -> None:
         node.idle_since = -1.0
         node.queued.extend(groups)
         self._pump(node)
 
     def _pump(self, node: _Node) -> None:
         while node.queued and node.in_flight < node.window:
-            group = node.queued.pop(0)
+            group, steps = node.queued.pop(0)
             node.in_flight += 1
-            launch = _Launch(node, group[0], group[1:], self.sim.now, len(group) > 1)
+            launch = _Launch(node, group[0], group[1:], self.sim.now, len(group) > 1,
+                             steps=steps)  # fmt: skip
             delay = self.c.delay * self.slow.get(launch.head, 1.0)
             self.sim.after(delay, self._spawn, launch)
             if self.steal and launch.share:
                 self.sim.after(self.steal_after, self._overdue, launch)
+        if not node.queued and node.overdue:  # its slots are free: take a late share back
+            self._rob(node.overdue.pop(0))
         if not node.queued and node.in_flight == 0:
             self._became_idle(node)
 
@@ -243,12 +261,16 @@ class LaunchModel:
         parent = launch.parent
         share, launch.share = launch.share, []  # what is left of it (stealing)
         node = _Node(launch.head, parent.depth + 1, parent, pool, outstanding=1 + len(share))
+        if self.busy:
+            node.window = self.k
         if launch in self.overdue:
             self.overdue.remove(launch)
+        if launch in parent.overdue:
+            parent.overdue.remove(launch)
         self._live(+1)
 
         def work() -> None:
-            self._start(node, pack(share, self.k) if share else [])
+            self._start(node, self._split(share, launch.steps) if share else [])
             pool.submit(self.c.spawn_cpu, lambda: self._command(pool, node), node.host)
 
         self.sim.after(self.c.hop_latency, work)
@@ -256,6 +278,8 @@ class LaunchModel:
     def _up(self, launch: _Launch) -> None:
         launch.up = True
         self.last_up = max(self.last_up, self.sim.now)
+        if launch.released:  # robbed: its slot was given up then
+            return
         parent = launch.parent
         parent.in_flight -= 1
         self._pump(parent)
@@ -301,8 +325,24 @@ class LaunchModel:
     def _overdue(self, launch: _Launch) -> None:
         if launch.up or not launch.share:
             return
+        if self.busy:  # as the launcher does: its parent takes the share back, once idle
+            launch.parent.overdue.append(launch)
+            self._pump(launch.parent)
+            return
         self.overdue.append(launch)
         self._match()
+
+    def _rob(self, launch: _Launch) -> None:
+        """The busy tree's stealing (launch/agent.py ``_Launch``): a late head's parent,
+        its queue empty, launches the head's share itself and gives the late launch's
+        slot up; the head, once up, runs only its command."""
+        if launch.up or not launch.share:
+            return
+        parent, share, launch.share = launch.parent, launch.share, []
+        self.steals += 1
+        launch.released = True
+        parent.in_flight -= 1
+        self._start(parent, self._split(share, launch.steps))
 
     def _became_idle(self, node: _Node) -> None:
         if not self.steal or node.idle_since >= 0:
@@ -321,7 +361,7 @@ class LaunchModel:
             self.steals += 1
             self._move(victim.parent, thief, len(share))
             thief.idle_since = -2.0  # busy: taken, its launches start after the round trip
-            self.sim.after(self.steal_rtt, self._start, thief, pack(share, self.k))
+            self.sim.after(self.steal_rtt, self._start, thief, self._split(share, None))
 
     def _move(self, old: _Node, new: _Node, count: int) -> None:
         """``count`` results will pass through ``new`` and its ancestors, not ``old``'s."""
@@ -341,7 +381,7 @@ def simulate_launch(n: int, k: int, costs: LaunchCosts | None = None, *, mode: s
                     steal: bool = False, shared_cores: float | None = None,
                     node_cores: float | None = None, slow_fraction: float = 0.0,
                     slow_factor: float = 10.0, steal_after: float = 2.0, others: float = 0.0,
-                    seed: int = 0) -> LaunchResult:  # fmt: skip
+                    seed: int = 0, busy: bool = True) -> LaunchResult:  # fmt: skip
     """Simulate one launch; ``slow_fraction`` of the hosts (drawn with ``seed``) are
     ``slow_factor`` times slower to launch and to run (their delay and their CPU).
     ``others``: cores other programs want on the shared machine (they compete as
@@ -350,7 +390,7 @@ def simulate_launch(n: int, k: int, costs: LaunchCosts | None = None, *, mode: s
     slow = pick_slow(n, slow_fraction, slow_factor, seed)
     model = LaunchModel(n, k, costs, mode=mode, steal=steal, shared_cores=shared_cores,
                         node_cores=node_cores, slow=slow, steal_after=steal_after,
-                        others=others, seed=seed)  # fmt: skip
+                        others=others, seed=seed, busy=busy)  # fmt: skip
     return model.run()
 
 
@@ -388,18 +428,20 @@ def box_costs(costs: LaunchCosts, delay: float) -> LaunchCosts:
     return replace(costs, delay=delay)
 
 
-def plan_stats(n: int, k: int) -> tuple[int, int, int]:
-    """(agents, leaves, relay hops) of the static tree of ``n`` hosts: a relay hop is a
-    host's message passing through one agent that is not the root."""
+def plan_stats(n: int, k: int, busy: bool = True) -> tuple[int, int, int]:
+    """(agents, leaves, relay hops) of the static tree of ``n`` hosts (``busy``: beo
+    run's busy tree; else pack's): a relay hop is a host's message passing through
+    one agent that is not the root."""
     agents = leaves = hops = 0
-    stack = [(list(range(n)), 0)]  # (share, agents above it)
+    stack: list[tuple[list[int], int, int | None]] = [(list(range(n)), 0, None)]
     while stack:
-        share, above = stack.pop()
-        for group in pack(share, k):
+        share, above, steps = stack.pop()
+        groups = busy_groups(share, k, steps) if busy else [(g, None) for g in pack(share, k)]
+        for group, sub in groups:
             hops += above
             if len(group) == 1:
                 leaves += 1
             else:
                 agents += 1
-                stack.append((group[1:], above + 1))
+                stack.append((group[1:], above + 1, sub))
     return agents, leaves, hops

@@ -56,7 +56,7 @@ def _human(seconds: float) -> str:
 def predict_run(n_hosts: int, k: int = 3, launch_cost: float | None = None, *,
                 mode: str = "tree", steal: bool = False, shared_cores: float | None = None,
                 slow_fraction: float = 0.0, slow_factor: float = 10.0,
-                seed: int = 0) -> Prediction:  # fmt: skip
+                seed: int = 0, busy: bool = True) -> Prediction:  # fmt: skip
     """Predicted ``beo run`` time (first launch to last result) for ``n_hosts`` hosts.
 
     ``k``: fanout (tree) or window (flat).  ``launch_cost``: seconds one launch
@@ -65,7 +65,9 @@ def predict_run(n_hosts: int, k: int = 3, launch_cost: float | None = None, *,
     variant of the tree.  ``shared_cores``: every host is on one machine with
     that many free cores (``-R exec``; ``launch_cost`` is then
     ``--launch-delay``); None: a cluster, each host its own CPU.
-    ``slow_fraction`` of the hosts take ``slow_factor`` times longer.
+    ``slow_fraction`` of the hosts take ``slow_factor`` times longer.  ``busy``:
+    beo run's tree (every node k launches in flight, :func:`beokit.launch.plan.
+    busy_groups`); False: the k-ary tree of ``pack`` that beo cast launches.
     """
     if shared_cores is not None:
         costs = machine.box_launch(0.0 if launch_cost is None else launch_cost)
@@ -76,7 +78,8 @@ def predict_run(n_hosts: int, k: int = 3, launch_cost: float | None = None, *,
             costs = _with_session(costs, launch_cost)
         where = "a cluster (every host its own CPU)"
     r = simulate_launch(n_hosts, k, costs, mode=mode, steal=steal, shared_cores=shared_cores,
-                        slow_fraction=slow_fraction, slow_factor=slow_factor, seed=seed)  # fmt: skip
+                        slow_fraction=slow_fraction, slow_factor=slow_factor, seed=seed,
+                        busy=busy)  # fmt: skip
     per = costs.nominal() if mode == "tree" else costs.delay + costs.spawn_cpu + costs.client_cpu
     bound = r.depth * per
     shape = {"tree": f"tree k={k}", "flat": f"flat, window {k}", "sequential": "sequential"}[mode]
@@ -116,7 +119,7 @@ def predict_cast(n_nodes: int, size_bytes: int, rate_bps: float = 1e9, *, chains
     """
     launch = 0.0
     if launch_cost != 0:
-        launch = predict_run(n_nodes, launch_k, launch_cost).seconds
+        launch = predict_run(n_nodes, launch_k, launch_cost, busy=False).seconds
     spec = CastSpec(n_nodes, size_bytes, roots=roots, chains=chains, fanout=fanout,
                     slow_fraction=slow_fraction, slow_factor=slow_factor, node_rate=node_rate,
                     fail_fraction=fail_fraction, fail_kind=fail_kind, heal=heal, retry=retry,

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     cmd = "python3 -m beokit.sim project " + " ".join(argv if argv is not None else sys.argv[1:])
     if "cast" in parts:
         launch_k = 8
-        launch = simulate_launch(a.nodes, launch_k, machine.ssh_launch()).seconds
+        launch = simulate_launch(a.nodes, launch_k, machine.ssh_launch(), busy=False).seconds
         text, data = cast_table(a.nodes, a.size, a.seeds, launch)
         out(f"## Time to image {a.nodes:,} nodes with {a.size / GiB:g} GiB ({cmd.strip()}, "
             f"{when})\n")  # fmt: skip
