@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from conftest import child_env, python, run_nettee
+from vcluster_fixture import needs_vcluster, vcluster  # noqa: F401
 
 from beokit import cli, cliargs
 from beokit.vcluster import cli as vcluster_cli
@@ -86,6 +87,14 @@ def test_vcluster_exec_uses_the_named_cluster(capsys: pytest.CaptureFixture, tmp
     status = cli.main(["vcluster", "exec", "host1", "--name", "nozz", "--", "true"])
     err = capsys.readouterr().err
     assert status != 0 and "'nozz'" in err, err
+
+
+@needs_vcluster
+def test_vcluster_exec_runs_in_the_cluster_named_after_host(vcluster) -> None:  # noqa: F811
+    vc = vcluster(n=1, prefix="bktk")
+    r = beo("vcluster", "exec", "host1", "--name", "bktk", "--", "ip", "-br", "addr", "show",
+            "eth0")  # fmt: skip
+    assert r.returncode == 0 and vc.addr(1) in r.stdout, r.stderr
 
 
 def test_vcluster_up_follow_up_keeps_the_name() -> None:
