@@ -45,7 +45,7 @@ def test_every_served_command_line_is_valid_nettee(fanout, failover):
         assert [hl[0].host for hl in nc.next] == kids
         assert keys["next"] == ",".join(kids)
         if kids:
-            assert nc.connf == 4
+            assert nc.connf == 4 and nc.wait_boot
             assert all(1 <= len(hl) <= failover for hl in nc.next)
         if i == 0:
             assert nc.inputs == ("-",)

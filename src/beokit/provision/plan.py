@@ -118,8 +118,10 @@ def nettee_args(topo: Topology, plan: NodePlan,
     args += ["-port", str(topo.port), "-name", plan.name]
     if lists:
         # -connf: each host of a list gets join_wait s to join, then the next; a
-        # branch none of whose hosts joins is dropped (never a wait forever)
-        args += ["-next", next_value(lists), "-connf", _wait(topo.join_wait)]
+        # branch none of whose hosts joins is dropped (never a wait forever); -w: a host
+        # not on the network yet (no ARP answer: EHOSTUNREACH) is waited for like one
+        # that refuses, within the same join_wait, instead of collapsing the tree (NNF)
+        args += ["-next", next_value(lists), "-connf", _wait(topo.join_wait), "-w"]
     if not plan.is_root and topo.parent_wait > 0:
         args += ["-t", _wait(topo.parent_wait)]
     return args + list(NETTEE_FLAGS)

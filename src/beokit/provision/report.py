@@ -141,6 +141,7 @@ class RoundBook:
     plans: dict[str, list[list[str]]] = field(default_factory=dict)  # this round's -next
     members: set[str] = field(default_factory=set)  # nodes told to go in this round
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)  # a node's reports came from
     reached: set[str] = field(default_factory=set)  # the last round's stream reached these
     events: list[str] = field(default_factory=list)
 

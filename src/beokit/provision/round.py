@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -81,8 +83,8 @@ def status_path(cfg: BootConfig, config_path: Path) -> Path:
 class Reports(asyncio.DatagramProtocol):
     """The report port: each datagram is a node's report, answered at once."""
 
-    def __init__(self, book: report.RoundBook, target: str) -> None:
-        self.book, self.target = book, target
+    def __init__(self, book: report.RoundBook, target: str, address: Callable[[str], str]) -> None:
+        self.book, self.target, self.address = book, target, address
         self.transport: asyncio.DatagramTransport | None = None
         self.bad = 0
 
@@ -95,9 +97,11 @@ class Reports(asyncio.DatagramProtocol):
         except report.BadReport:
             self.bad += 1
             return
+        self.book.addresses.setdefault(r.node, addr[0])
         ans = self.book.on_report(r, time.monotonic())
         if ans.go and not ans.stop:
-            ans = report.Answer(ans.round, ans.go, ans.next, ans.sha256, ans.size, target=self.target)
+            lists = [[self.address(h) for h in hl] for hl in ans.next or []]
+            ans = report.Answer(ans.round, ans.go, lists, ans.sha256, ans.size, target=self.target)
         assert self.transport is not None
         self.transport.sendto(report.encode_answer(ans), addr)
 
@@ -122,6 +126,18 @@ class Round:
     def say(self, text: str) -> None:
         self.opts.out.write(f"[{time.monotonic() - self.started:7.2f}] {text}\n")
         self.opts.out.flush()
+
+    def address(self, name: str) -> str:
+        """Where a node is reached: nettee's -next gets addresses, not names (a node's
+        initramfs has no resolver; nettee's announcement: "-next as the IP address
+        ... passed by dhcp"): an address as it is, a node name by the numbering of
+        [nodes], else the address its reports came from, else the name."""
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(name))
+        n = self.cfg.node_of_name(name)
+        if n is not None:
+            return str(self.cfg.node_ip(n))
+        return self.book.addresses.get(name, name)
 
     def static_plans(self) -> dict[str, list[list[str]]]:
         out: dict[str, list[list[str]]] = {}
@@ -180,7 +196,8 @@ class Round:
     async def run_root(self, lists: list[list[str]], report_path: Path) -> dict:
         """The chain's root nettee: reads the image, feeds the first nodes."""
         root = plan.NodePlan(self.root_name, 0, "", (), ())
-        args = plan.nettee_args(self.topo, root, tuple(tuple(hl) for hl in lists))
+        args = plan.nettee_args(self.topo, root,
+                                tuple(tuple(self.address(h) for h in hl) for hl in lists))
         args += ["-in", str(self.opts.image), "-report", str(report_path), "-v", "5"]
         self.say(f"round {self.book.round}: root: nettee {' '.join(args)}")
         proc = await asyncio.create_subprocess_exec(*self.opts.nettee, *args,
@@ -276,7 +293,7 @@ class Round:
         port = self.pv.report_port_of(self.topo.port)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: Reports(self.book, self.pv.target), local_addr=(self.opts.bind, port),
+            lambda: Reports(self.book, self.pv.target, self.address), local_addr=(self.opts.bind, port),
             family=socket.AF_INET)  # fmt: skip
         try:
             self.say(f"reports on udp {self.opts.bind}:{port}; waiting for nodes "
