@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_toolkit_pages import _man_works
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "toolkit.md"
 SHOWN_DIR = "/tmp/tkdoc"  # the directory the examples were run in for the page
 NEEDS = {  # a command that needs a tool or file this machine may not have
-    "man -l": lambda: shutil.which("man") is not None,
+    "man -l": _man_works,
     "clustershell": lambda: os.path.exists("/etc/clustershell/groups.conf"),
     "CLUSTERSHELL_CFGDIR": lambda: os.path.exists("/etc/clustershell/groups.conf"),
     "curl": lambda: shutil.which("curl") is not None,
