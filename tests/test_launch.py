@@ -351,6 +351,33 @@ def test_ssh_tree_with_installed_beokit(sshd: list[str]) -> None:  # noqa: F811
         h: f"{h}\n{a}\n" for h, a in SSH_HOSTS.items()}
 
 
+def test_ssh_persist_reuses_one_master_connection_per_host(sshd: list[str]) -> None:  # noqa: F811
+    from beokit.launch.backends import make_backend
+
+    argv = make_backend("ssh", persist=30).argv("n1", "true")
+    assert argv[argv.index("-o", 4):][:6] == ["-o", "ControlMaster=auto", "-o",
+                                               "ControlPath=~/.ssh/beokit-%C", "-o",
+                                               "ControlPersist=30"]  # fmt: skip
+    assert "ControlMaster=auto" not in make_backend("ssh").argv("n1", "true")
+    run = ["-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1", "--ssh-persist",
+           "20", "--flat", "--json", "n[1-2]", "--", "echo $BEO_HOST"]  # fmt: skip
+    try:
+        for _ in range(2):  # the second run goes through the first one's masters
+            cp = beo_run(*run)
+            assert cp.returncode == 0, cp.stderr
+            res = as_json(cp)["results"]
+            assert {h: r["stdout"] for h, r in res.items()} == {"n1": "n1\n", "n2": "n2\n"}
+            for host in ("n1", "n2"):
+                check = subprocess.run(["ssh", *sshd, "-o", "ControlPath=~/.ssh/beokit-%C", "-O",
+                                        "check", host], capture_output=True, text=True,
+                                       timeout=20)  # fmt: skip
+                assert check.returncode == 0, check.stderr  # "Master running"
+    finally:
+        for host in ("n1", "n2"):
+            subprocess.run(["ssh", *sshd, "-o", "ControlPath=~/.ssh/beokit-%C", "-O", "exit",
+                            host], capture_output=True, timeout=20)  # fmt: skip
+
+
 def test_ssh_input_through_the_tree(sshd: list[str], tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "in").write_text("token-over-ssh\n")
     cp = beo_run("-R", "ssh", "--ssh-args", " ".join(sshd), "--listen", "127.0.0.1",

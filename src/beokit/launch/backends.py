@@ -49,17 +49,21 @@ sys.exit(agent.main(h))
 class Backend:
     """A remote-command method; ``spec`` travels to the agents in the work message."""
 
-    FIELDS = ("kind", "template", "ssh_args", "connect_timeout", "delay", "python")
+    FIELDS = ("kind", "template", "ssh_args", "connect_timeout", "delay", "python", "persist")
 
     def __init__(self, kind: str, template: str = "", ssh_args: list[str] | None = None,
                  connect_timeout: float = 10.0, delay: float = 0.0,
-                 python: str = "python3") -> None:  # fmt: skip
+                 python: str = "python3", persist: float = 0.0) -> None:  # fmt: skip
         self.kind = kind  # ssh | rsh | exec | template
         self.template = template
         self.ssh_args = list(ssh_args or [])
         self.connect_timeout = connect_timeout
         self.delay = delay
         self.python = python
+        # ssh: keep each host's connection open this many seconds after its last
+        # session (OpenSSH ControlMaster/ControlPersist): the next run's sessions to
+        # it skip the key exchange and authentication.  0: a connection per session
+        self.persist = persist
 
     def argv(self, host: str, cmd: str) -> list[str]:
         """The local argv that runs shell command ``cmd`` on ``host``."""
@@ -68,11 +72,21 @@ class Backend:
         if self.kind == "ssh":
             t = max(1, round(self.connect_timeout))
             return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={t}",
-                    *self.ssh_args, host, cmd]  # fmt: skip
+                    *self.reuse(), *self.ssh_args, host, cmd]  # fmt: skip
         if self.kind == "rsh":
             return ["rsh", host, cmd]
         return [w.replace("{host}", host).replace("{cmd}", cmd)
                 for w in shlex.split(self.template)]  # fmt: skip
+
+    def reuse(self) -> list[str]:
+        """ssh options of ``persist``: a master connection per host, its socket in
+        ~/.ssh (the user's own directory, created 0700 if missing; never a shared
+        /tmp path another user could take first)."""
+        if not self.persist:
+            return []
+        os.makedirs(os.path.expanduser("~/.ssh"), mode=0o700, exist_ok=True)
+        return ["-o", "ControlMaster=auto", "-o", "ControlPath=~/.ssh/beokit-%C",
+                "-o", f"ControlPersist={max(1, round(self.persist))}"]  # fmt: skip
 
     def agent_command(self) -> str:
         """The remote shell command that starts an agent (see BOOTSTRAP)."""
@@ -132,7 +146,8 @@ class Backend:
 
 
 def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float = 0.0,
-                 connect_timeout: float = 10.0, python: str | None = None) -> Backend:  # fmt: skip
+                 connect_timeout: float = 10.0, python: str | None = None,
+                 persist: float = 0.0) -> Backend:  # fmt: skip
     """The backend for ``-R NAME``; ``ValueError`` with a clear message if bad."""
     if name in BUILTIN:
         kind, template = name, ""
@@ -153,7 +168,8 @@ def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float =
         python = (f"PYTHONDONTWRITEBYTECODE= {shlex.quote(sys.executable)} -S "
                   f"-X pycache_prefix=/tmp/beokit-pycache-{os.getuid()}"
                   if kind == "exec" else "python3")  # fmt: skip
-    return Backend(kind, template, list(ssh_args or []), connect_timeout, delay, python)
+    return Backend(kind, template, list(ssh_args or []), connect_timeout, delay, python,
+                   persist if kind == "ssh" else 0.0)  # fmt: skip
 
 
 def environ(host: str) -> dict[str, str]:

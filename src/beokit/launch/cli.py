@@ -32,7 +32,8 @@ from beokit.launch.backends import Backend, make_backend
 from beokit.launch.leaf import EXIT_GRACE
 
 DEFAULT_FANOUT = {"tree": 3, "flat": 32, "sequential": 1, "ring": 1}
-AUTO_WINDOW = 64  # --auto's flat window (clush's fanout)
+AUTO_WINDOW = 32  # --auto's flat window (pdsh's: 64 ssh handshakes at once on 2 busy
+                 # cores here took up to 10 s each, past --connect-timeout)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    metavar="S", help="sleep S seconds per launch (stands for an rsh/ssh "
                    "handshake; at most 3600)")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
-    for name, text in (("auto", "flat when the hosts fit in one window of 64 launches or a flat "
+    for name, text in (("auto", "flat when the hosts fit in one window of 32 launches or a flat "
                                 "launch is faster than the tree's depth, else tree (default "
                                 "without -k)"),
                        ("tree", "launch tree: every node keeps K launches in flight until its "
@@ -77,6 +78,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-f", "--hostfile", metavar="FILE", help="hosts, one a line (or NodeSets)")
     p.add_argument("--ssh-args", default="", metavar="ARGS",
                    help="extra ssh client arguments, e.g. '-F ssh_config -p 2222'")
+    p.add_argument("--ssh-persist", type=seconds("persist", zero_ok=True, hi=86400),
+                   default=0.0, metavar="S",
+                   help="-R ssh: keep each host's ssh connection open S seconds after its "
+                   "last session (OpenSSH ControlMaster, socket in ~/.ssh): a later run to "
+                   "the same hosts skips the key exchange and login. Default 0: off")  # fmt: skip
     p.add_argument("--remote-python", metavar="CMD",
                    help="python on the nodes (default python3). With -R exec, agents are "
                    "forked from a preloaded fork server unless CMD is given")  # fmt: skip
@@ -217,7 +223,7 @@ def _backend(args: argparse.Namespace) -> Backend:
     try:
         return make_backend(args.rcmd, ssh_args=ssh_args, delay=args.launch_delay,
                             connect_timeout=args.connect_timeout,
-                            python=args.remote_python)  # fmt: skip
+                            python=args.remote_python, persist=args.ssh_persist)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
