@@ -369,6 +369,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sys_seconds(pid: int) -> float:
+    """stime of a process (all its threads) so far: the kernel's share of cpu_seconds."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """utime + stime of each thread of a process (by thread id)."""
     out = {}
@@ -527,7 +533,7 @@ class Harness:
         try:
             pid, load0 = p.pid, os.getloadavg()[0]
             srv0, cli0 = self.udp(self.pair.srv_ns), self.udp(self.pair.cli_ns)
-            cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
+            cpu0, sys0, threads0 = cpu_seconds(pid), sys_seconds(pid), thread_cpu(pid)
             spy = self.spy(pid, f"{server}-{clients}-{rate}") if server == "beo" else None
             r.update(self.perfdhcp(clients, rate, perfdhcp_seconds(clients, rate,
                                                                    self.args.seconds)))  # fmt: skip
@@ -537,6 +543,7 @@ class Harness:
             r["alive"] = p.poll() is None
             if r["alive"]:
                 r["server_cpu"] = cpu_seconds(pid) - cpu0
+                r["server_sys"] = sys_seconds(pid) - sys0
                 threads = thread_cpu(pid)  # the main thread's own, and the others' (beo boot:
                 main = threads.get(pid, 0.0) - threads0.get(pid, 0.0)  # the journal writer)
                 r["main_thread_cpu"] = main
@@ -765,7 +772,11 @@ def notes(res: dict) -> list[str]:
         where = f"{NAMES[r['server']]} {r['clients']} @ {r['offered']}/s"
         if r["server"] == "beo" and "main_thread_cpu" in r:
             out.append(f"{where}: server CPU {r['main_thread_cpu']:.2f} s in the main thread, "
-                       f"{r['other_threads_cpu']:.2f} s in the others (the journal writer)")
+                       f"{r['other_threads_cpu']:.2f} s in the others (the journal writer); "
+                       f"{r.get('server_sys', 0):.2f} s of the whole in the kernel")
+        elif "server_sys" in r:
+            out.append(f"{where}: server CPU {r['server_cpu']:.2f} s, {r['server_sys']:.2f} s "
+                       "of it in the kernel")
         shed = {k.removeprefix("dhcp-shed-"): v for k, v in r.get("counters", {}).items()
                 if k.startswith("dhcp-shed-")}  # fmt: skip
         if shed:
