@@ -281,3 +281,16 @@ def test_cli_help() -> None:
     r = subprocess.run([sys.executable, "-m", "beokit.cli", "vcluster", "up", "--help"],
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 0 and "--rate" in r.stdout and "--sshd" in r.stdout
+
+
+def test_missing_cluster_names_the_up_command_with_its_name(tmp_path, monkeypatch) -> None:
+    """`beo vcluster status --name nc` with no such cluster says how to start that one."""
+    import pytest
+
+    from beokit.vcluster import driver
+
+    monkeypatch.setattr(driver, "state_dir", lambda prefix: tmp_path / prefix)
+    with pytest.raises(driver.VClusterError, match=r"`beo vcluster up --name nc`"):
+        driver.State.load("nc")
+    with pytest.raises(driver.VClusterError, match=r"`beo vcluster up`"):
+        driver.State.load("bk")

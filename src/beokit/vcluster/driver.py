@@ -106,8 +106,9 @@ class State:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
+            up = "beo vcluster up" + ("" if prefix == plan.DEFAULT_PREFIX else f" --name {prefix}")
             raise VClusterError(
-                f"no virtual cluster {prefix!r} (no {path}); start one with `beo vcluster up`"
+                f"no virtual cluster {prefix!r} (no {path}); start one with `{up}`"
             ) from None
         return cls(plan.ClusterPlan.from_json(data), {int(k): v for k, v in data["rates"].items()},
                    data.get("ssh_config"), data.get("created", 0.0))  # fmt: skip
