@@ -37,6 +37,8 @@ from cast_helpers import (
     by_host,
     descendants,
     finish_cast,
+    nettee_pid,
+    root_nettee_pid,
     start_cast,
     wait_gone,
     wait_open,
@@ -386,3 +388,27 @@ def test_connection_flood_on_the_hub_during_a_cast(shm: Path, when: str) -> None
     if when == "before":
         assert doc["launch"]["refused"] >= FLOOD // 2, doc["launch"]
     assert not alive({p.pid})
+
+
+def test_root_nettee_killed_before_the_chain_forms_stops_every_node(shm: Path) -> None:
+    """The root's nettee dies before its chain forms: the nodes it never reached wait for
+    a parent that is gone; beo cast tells them to stop at once (before: it waited out
+    --finish-timeout, 120 s, for results that could not come), names every node, and
+    leaves every DEST as it was."""
+    src = shm / "image.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    out = shm / "out"
+    old = _old_dests(out)
+    p = start_cast("-R", "exec", str(src), HOSTS, "--to", f"{out}/{{host}}")
+    root = root_nettee_pid(p.pid)
+    os.kill(root, signal.SIGSTOP)  # nothing forms while it is stopped
+    nettee_pid(TIP)  # every receiver's nettee runs, waiting for its parent
+    os.kill(root, signal.SIGKILL)
+    rc, doc, err = finish_cast(p, timeout=60)
+    assert rc == 1, err
+    assert doc is not None and doc["error"] == ("the root nettee wrote no report: "
+                                                "killed by signal 9 (SIGKILL)"), doc
+    for h, n in by_host(doc).items():
+        assert n["codes"] == ["NRF"] and n["dest"] == "unchanged", (h, n)
+        assert n["detail"] == "no stream: the chain did not form", (h, n)
+    _unchanged(out, old)

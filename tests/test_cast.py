@@ -443,3 +443,29 @@ def test_nodes_with_no_address_here_fail_at_once_naming_listen(shm: Path) -> Non
                            timeout=30)  # fmt: skip
     assert (rc, doc) == (2, None)
     assert err.count("\n") == 1 and "--listen ADDR" in err and "ghost1.invalid" in err, err
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1)")
+@pytest.mark.parametrize("hosts", ["::1", "127.0.3.2,::1,127.0.3.3"])
+def test_ipv6_node(shm: Path, hosts: str) -> None:
+    """beo cast to ::1 alone, and in a chain between IPv4 nodes (before: the root's
+    nettee refused '-next [::1]:PORT' and the cast waited for a chain that never formed;
+    earlier still: 'no free port pair found')."""
+    src = _source(shm / "v6.bin", 3 << 20)
+    rc, doc, _, err = cast("-R", "exec", str(src), hosts, "--to", f"{shm}/out/{{host}}",
+                           timeout=60)  # fmt: skip
+    assert rc == 0, err
+    assert doc is not None and all(n["status"] == "OK" for n in doc["nodes"]), doc["nodes"]
+    for h in hosts.split(","):
+        assert filecmp.cmp(src, shm / "out" / h, shallow=False), h

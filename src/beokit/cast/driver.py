@@ -44,7 +44,7 @@ from beokit.cast.plan import Chain
 from beokit.cast.root import RootNettee, digest_algo, nettee_flags
 from beokit.cast.verdict import Row
 from beokit.errors import UsageError
-from beokit.proc import Interrupted, stop
+from beokit.proc import Interrupted, describe_exit, stop
 
 FORM_GRACE = 15.0  # after go, the root must have formed the tree within this (+connect timeout)
 Progress = Callable[[int, dict[str, int]], None]
@@ -289,11 +289,20 @@ class _Cast:
         """Every node's result, the verdict, then commit the good copies, discard the rest."""
         feeder = self.feeder
         assert feeder is not None
-        self.stage("waiting for every node's fsync and result")
-        end = time.monotonic() + self.job.finish_timeout
-        for h in alive:
-            self.receivers[h].finished.wait(max(0.0, end - time.monotonic()))
+        assert self.root_nettee is not None
+        root_end = self.root_nettee.proc.poll()
+        root_why = log[-1] if log else describe_exit(root_end)
+        stopped: set[str] = set()
+        if self.root_nettee.formed.is_set():
+            self.stage("waiting for every node's fsync and result")
+            end = time.monotonic() + self.job.finish_timeout
+            for h in alive:
+                self.receivers[h].finished.wait(max(0.0, end - time.monotonic()))
+        else:
+            stopped = self._stop_unformed(alive)
         results = {h: r.result for h, r in self.receivers.items() if r.result is not None}
+        for h in stopped - set(results):  # nothing came: say why, not "no result"
+            results[h] = {"rc": 1, "why": "no stream: the chain did not form"}
         stream = None
         if report is not None and report.get("status") == "ok":
             stream = int(report.get("bytes") or 0)
@@ -312,13 +321,26 @@ class _Cast:
         if feeder.error:
             out.error = feeder.error
         elif report is None:
-            out.error = "the root nettee wrote no report: " + (log[-1] if log else "no message")
+            out.error = "the root nettee wrote no report: " + root_why
         completed = report is not None and report.get("status") == "ok"
         sent = stream if completed else None  # the root's own count of a whole stream
         tar_saw = feeder.changed if isinstance(feeder, SourceFeeder) else ""
         out.changed = tar_saw or verdict.source_change(self.before, self.after, sent)
         verdict.fail_all(out.rows, out.error, out.changed)
         self._settle(out.rows, alive)
+
+    def _stop_unformed(self, alive: set[str]) -> set[str]:
+        """The root ended before its chain formed (it failed, or was killed): no byte
+        went out, and the nodes it never reached wait for a parent that is gone.
+        Each node that has not ended is told to stop and say what its DEST holds,
+        at once, instead of waiting out --finish-timeout for results that cannot come."""
+        self.stage("the chain did not form: stopping every node")
+        asked = {h for h, r in self.receivers.items()
+                 if h in alive and not r.finished.is_set() and r.send({"t": "abort"})}  # fmt: skip
+        end = time.monotonic() + ABORT_WAIT
+        for h in asked:
+            self.receivers[h].settled.wait(max(0.0, end - time.monotonic()))
+        return asked
 
     def _settle(self, rows: list[Row], alive: set[str]) -> None:
         """Commit (rename into place) every verified copy, discard the others: bounded."""
