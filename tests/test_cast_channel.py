@@ -117,10 +117,10 @@ def test_hub_refuses_without_a_word(case: str, monkeypatch: pytest.MonkeyPatch) 
     assert hub.refused == 1
 
 
-def _receiver(callback: str, host: str = "n1") -> subprocess.Popen:
+def _receiver(callback: str, host: str = "n1", bind_local: bool = False) -> subprocess.Popen:
     spec = channel.receiver_spec(secret=SECRET, callback=callback, dest="/proc/beokit-none/x",
                               kind="file", digest=None, fsync=False, progress=False,
-                              bind_local=False, resolve={})  # fmt: skip
+                              bind_local=bind_local)  # fmt: skip
     p = subprocess.Popen([sys.executable, "-m", "beokit.cast.receiver"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=dict(os.environ, BEO_HOST=host))  # fmt: skip
@@ -212,3 +212,44 @@ def test_hub_sheds_a_flood_without_threads_and_admits_a_receiver() -> None:
         for s in flood:
             s.close()
         hub.close()
+
+
+def test_a_nodes_own_address_comes_in_the_roots_ok() -> None:
+    """The spec is the same for every node (no --resolve map in it, which at ~7,000
+    entries filled the 256 KiB a receiver reads); a node's bind address comes to it
+    alone in the handshake's ok: the receiver checks that address (here one that is
+    not on this machine, so its check says so)."""
+    hub, receivers = _hub("n1")
+    receivers["n1"].node["bind"] = "192.0.2.77"  # TEST-NET-1: not an address here
+    try:
+        p = _receiver(hub.address, bind_local=True)
+        assert receivers["n1"].answered.wait(20)
+        hello = receivers["n1"].hello
+        assert hello is not None and hello["t"] == "fail" and hello["code"] == "DOWN", hello
+        assert hello["why"].startswith("cannot listen on 192.0.2.77"), hello
+        assert p.wait(20) == 1
+    finally:
+        hub.close()
+
+
+def test_the_spec_does_not_grow_with_a_10000_entry_resolve_map() -> None:
+    """10,000 nodes, each with its own --resolve address (issue 24: beo cast refused
+    more than ~7,000): the receivers' spec is as long as for one node."""
+    from beokit.cast.driver import _Cast
+    from beokit.cast.job import Job
+    from beokit.cast.plan import Chain
+    from beokit.launch.backends import make_backend
+
+    def payload(n: int) -> tuple[bytes, _Cast]:
+        hosts = [f"node{i:05d}" for i in range(n)]
+        binds = {h: f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i, h in enumerate(hosts)}
+        job = Job(source="/x", source_kind="file", hosts=hosts, chains=[Chain("c0", hosts)],
+                  dest="/tmp/x", backend=make_backend("exec"), resolve=binds,
+                  bind_local=True)  # fmt: skip
+        cast = _Cast(job, hosts, job.chains, 1, None, None)
+        return cast._spec_payload(SECRET, "127.0.0.1:5000", binds), cast
+
+    one, _ = payload(1)
+    many, cast = payload(10_000)
+    assert len(many) == len(one) < 1024
+    assert cast.receivers["node09999"].node == {"bind": "10.0.39.15"}

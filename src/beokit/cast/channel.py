@@ -63,9 +63,15 @@ def hi(secret: str, host: str, root_nonce: str, node_nonce: str) -> dict[str, An
             "mac": channel_mac(secret, "node", root_nonce, node_nonce, host)}  # fmt: skip
 
 
-def ok(secret: str, host: str, root_nonce: str, node_nonce: str) -> dict[str, Any]:
-    """The root's proof, once the receiver's ``hi`` checked out."""
-    return {"t": "ok", "mac": channel_mac(secret, "root", node_nonce, root_nonce, host)}
+def ok(secret: str, host: str, root_nonce: str, node_nonce: str,
+       node: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The root's proof, once the receiver's ``hi`` checked out, with what is this
+    node's own (``node``: its bind address), which the spec, the same for every node,
+    does not carry: that spec stays the same size at 10,000 nodes."""
+    msg = {"t": "ok", "mac": channel_mac(secret, "root", node_nonce, root_nonce, host)}
+    if node:
+        msg["node"] = node
+    return msg
 
 
 def expand_dest(dest: str, host: str) -> str:
@@ -74,9 +80,12 @@ def expand_dest(dest: str, host: str) -> str:
 
 
 def receiver_spec(*, secret: str, callback: str, dest: str, kind: str, digest: str | None,
-                  fsync: bool, progress: bool, bind_local: bool, resolve: dict[str, str],
+                  fsync: bool, progress: bool, bind_local: bool,
                   in_place: bool = False, verdict_wait: float = 600.0) -> dict[str, Any]:  # fmt: skip
-    """What every receiver reads on stdin (the same for all: per-host parts are derived).
+    """What every receiver reads on stdin: the same for all, and of a size that does
+    not grow with the cluster (a node's own part, its ``--resolve`` address, comes
+    in the root's ``ok``: :func:`ok`; before, the whole map rode here and ~7,000
+    entries filled :data:`MAX_SPEC`).
 
     ``in_place``: a file DEST is written where it is instead of under a
     temporary name renamed into place; ``verdict_wait``: how long a receiver
@@ -84,14 +93,16 @@ def receiver_spec(*, secret: str, callback: str, dest: str, kind: str, digest: s
     """
     return {"v": CHANNEL_VERSION, "secret": secret, "callback": callback, "dest": dest,
             "kind": kind, "digest": digest, "fsync": fsync, "progress": progress,
-            "bind_local": bind_local, "resolve": resolve, "in_place": in_place,
+            "bind_local": bind_local, "in_place": in_place,
             "verdict_wait": verdict_wait}  # fmt: skip
 
 
-def host_spec(spec: dict[str, Any], host: str) -> dict[str, Any]:
-    """A receiver's own view of the spec: DEST with {host}, its bind address."""
+def host_spec(spec: dict[str, Any], host: str, node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A receiver's own view of the spec: DEST with {host}, its bind address (its own
+    part from the root's ``ok``, else its name)."""
     out = dict(spec, host=host, dest=expand_dest(str(spec["dest"]), host))
-    out["bind"] = (spec.get("resolve") or {}).get(host, host) if spec.get("bind_local") else None
+    bind = (node or {}).get("bind")
+    out["bind"] = (str(bind) if bind else host) if spec.get("bind_local") else None
     return out
 
 

@@ -173,18 +173,7 @@ class _Cast:
             out.rows = self._rows(report=None, results={}, digest=None, stream=None)
             verdict.settle(out.rows, {})
             return out
-        spec = channel.receiver_spec(secret=secret, callback=net.host_port(addr, self.hub.port),
-                                  dest=job.dest,
-                                  kind=self.kind, digest=self.algo, fsync=job.fsync,
-                                  progress=job.progress_nodes, bind_local=job.bind_local,
-                                  resolve={h: binds[h] for h in self.hosts if h in binds
-                                           and binds[h] != h},
-                                  in_place=job.in_place,
-                                  verdict_wait=job.finish_timeout + 60)  # fmt: skip
-        payload = json.dumps(spec, separators=(",", ":")).encode()
-        if len(payload) > channel.MAX_SPEC:  # thousands of --resolve entries: say so, start nothing
-            raise UsageError(f"the receivers' spec is {len(payload)} bytes, more than "
-                             f"{channel.MAX_SPEC}: too many --resolve entries for one run")  # fmt: skip
+        payload = self._spec_payload(secret, net.host_port(addr, self.hub.port), binds)
         self.launcher = ReceiverLaunch(job, self.hosts, payload, addr, self.receivers)
         # every launch step has its own connect timeout: the deepest host may need them all
         budget = job.connect_timeout * max(1, self.launcher.depth)
@@ -192,6 +181,25 @@ class _Cast:
         self.hub.stop_accepting()
         self.launch = {h: dict(r.hello or {}) for h, r in self.receivers.items()}
         return None
+
+    def _spec_payload(self, secret: str, callback: str, binds: dict[str, str]) -> bytes:
+        """The spec every receiver reads on stdin, the same for all and of a size
+        that does not grow with the cluster; each node's own address (``--resolve``)
+        goes to it alone, in its handshake's ``ok`` (:attr:`Receiver.node`)."""
+        job = self.job
+        spec = channel.receiver_spec(secret=secret, callback=callback, dest=job.dest,
+                                  kind=self.kind, digest=self.algo, fsync=job.fsync,
+                                  progress=job.progress_nodes, bind_local=job.bind_local,
+                                  in_place=job.in_place,
+                                  verdict_wait=job.finish_timeout + 60)  # fmt: skip
+        for h, a in binds.items():
+            if a != h:
+                self.receivers[h].node["bind"] = a
+        payload = json.dumps(spec, separators=(",", ":")).encode()
+        if len(payload) > channel.MAX_SPEC:  # a DEST of ~256 KiB: say so, start nothing
+            raise UsageError(f"the receivers' spec is {len(payload)} bytes, more than "
+                             f"{channel.MAX_SPEC}: DEST is too long")  # fmt: skip
+        return payload
 
     def _go(self, live_chains: list[Chain], alive: set[str], port: int,
             binds: dict[str, str]) -> None:  # fmt: skip

@@ -58,6 +58,7 @@ class Receiver:
         self.finished = threading.Event()
         self.settled = threading.Event()  # its answer to commit/discard/abort, or its end
         self.conn: socket.socket | None = None
+        self.node: dict[str, Any] = {}  # what is its own, sent in the handshake's ok
         self.lock = threading.Lock()
         self._lines = framing.LineBuffer(channel.MSG_MAX)
 
@@ -323,7 +324,7 @@ class Hub:
         self.sel.unregister(conn)
         try:
             conn.settimeout(SEND_TIMEOUT)  # main-thread sends wait (bounded); reads follow select
-            conn.sendall(framing.encode(channel.ok(self.secret, r.host, p.nonce, theirs)))
+            conn.sendall(framing.encode(channel.ok(self.secret, r.host, p.nonce, theirs, r.node)))
         except OSError:
             conn.close()
             r.ended()

@@ -3,7 +3,8 @@
 It is started through the tree launcher (:mod:`beokit.launch`, as ``beo run``
 does), which gives it the run's spec on stdin (``--input``: inside the ssh
 channel, never on a command line): ``{"secret", "callback", "dest", "kind",
-"digest", "fsync", "progress", "bind_local", "resolve"}``.  Its host name is
+"digest", "fsync", "progress", "bind_local"}`` (the same for every node; its
+own bind address comes in the root's ``ok``).  Its host name is
 ``$BEO_HOST``.  It then calls the cast root back at ``callback`` over TCP,
 both sides prove they know the secret (:mod:`beokit.cast.channel`), and the
 rest is one JSON object a line over that connection (:mod:`beokit.framing`):
@@ -79,6 +80,7 @@ class Channel:
         self.conn = conn
         self.rfile = conn.makefile("rb")
         self.lock = threading.Lock()
+        self.node: dict[str, Any] = {}  # this node's own part of the spec (the root's ok)
 
     @classmethod
     def connect(cls, callback: str, secret: str, host: str,
@@ -122,6 +124,8 @@ class Channel:
                                                          theirs, host):  # fmt: skip
                 raise _Fatal(f"the root refused us or did not prove the secret: {ok}")
             conn.settimeout(None)
+            if isinstance(ok.get("node"), dict):
+                chan.node = ok["node"]
             return chan
         except BaseException:
             conn.close()
@@ -377,7 +381,6 @@ def main() -> int:
         print("beo cast receiver: no valid spec on stdin (started by beo cast?)", file=sys.stderr)
         return 2
     host = os.environ.get("BEO_HOST") or socket.gethostname()
-    spec = channel.host_spec(spec, host)
     # a SIGTERM (the launcher, an administrator) ends us through the finally clauses
     # below: nettee stopped, a temporary copy removed
     signal.signal(signal.SIGTERM, _terminated)
@@ -387,6 +390,7 @@ def main() -> int:
         print(f"beo cast receiver {host}: cannot reach the cast root at {callback}: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1
+    spec = channel.host_spec(spec, host, chan.node)
     out = Output(str(spec["dest"]), str(spec["kind"]), bool(spec.get("in_place")))
     try:
         return serve(chan, spec, secret, host, out)
