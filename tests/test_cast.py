@@ -375,6 +375,7 @@ def test_two_chains(shm: Path, how: str) -> None:
         (["/etc/hostname", "n1", "--to", "/x", "-R", "bogus"], "bad -R 'bogus'"),
         (["/etc/hostname", "n1", "--to", "|"], "no command after '|'"),
         (["-f", "/nonexistent.conf"], "cannot read dolly config"),
+        (["/etc/hostname", "n1", "--to", "/x", "--dry-run", "--rate", "fast"], "bad rate 'fast'"),
         ([], "no SOURCE"),
     ],
 )

@@ -278,3 +278,32 @@ def test_interrupted_rows_name_every_node() -> None:
                           "(4,096 bytes, written in place)"
     assert "no answer" in detail["d"] and "not started" in detail["f"]
     assert rows[0].bytes == 9
+
+
+def test_dry_run_prints_the_plan_and_the_prediction_and_starts_nothing(
+        tmp_path, capsys) -> None:  # fmt: skip
+    """Names no resolver knows (nothing is reached: no callback address is looked for),
+    three chains, 10 Gbit/s: the plan and beokit.sim's predicted time."""
+    from beokit.cli import main
+
+    src = tmp_path / "image.bin"
+    src.write_bytes(b"x" * 4096)
+    rc = main(["cast", "--dry-run", "--chains", "3", "--rate", "10gbit", str(src),
+               "nowhere[1-300]", "--to", "/tmp/image.bin"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].endswith("(file, 4,096 bytes) -> /tmp/image.bin on 300 node(s), -R ssh")
+    assert lines[1] == "  chain0: 100 node(s): root -> nowhere1 -> nowhere2 -> ... -> nowhere100"
+    assert lines[4].startswith("  launch: a tree of fanout 8, 3 step(s) deep")
+    assert "-heal" in lines[5] and "-digest" in lines[5]
+    assert lines[6].startswith("  predicted: beo cast: 4,096 bytes to 300 nodes, 3 chains")
+    assert "10 Gbit/s ports: predicted " in lines[6]
+
+
+def test_dry_run_of_stdin_has_no_prediction(capsys) -> None:
+    from beokit.cli import main
+
+    rc = main(["cast", "--dry-run", "-", "n[1-3]", "--to", "/x"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "predicted: not known (SOURCE is stdin" in out

@@ -156,7 +156,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="S",
         help="after the stream, wait at most S s for each node's fsync (default 120)",
     )
+    p.add_argument("--dry-run", action="store_true",
+                   help="start nothing: print the plan (chains, launch tree, nettee flags) and "
+                   "the time the simulator predicts for it (docs/scale.md)")  # fmt: skip
+    p.add_argument("--rate", default="1gbit", metavar="RATE",
+                   help="--dry-run: the line rate of every node's port (100mbit, 1gbit, 10g; "
+                   "default 1gbit)")  # fmt: skip
     return p
+
+
+def _rate(text: str) -> int:
+    """--rate in bits/s (UsageError naming the value)."""
+    from beokit.vcluster.plan import PlanError, parse_rate
+
+    try:
+        return parse_rate(text)
+    except PlanError as exc:
+        raise UsageError(f"--rate: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -267,8 +283,52 @@ def build_job(args: argparse.Namespace) -> Any:
         bind_local=backend.kind == "exec" or args.bind_each, as_root=os.geteuid() == 0,
         in_place=args.in_place,
     )  # fmt: skip
-    job.callback = launcher.callback_address(job, hosts)  # before anything starts
+    if not args.dry_run:
+        job.callback = launcher.callback_address(job, hosts)  # before anything starts
     return job
+
+
+def dry_run(job: Any, rate: int) -> str:
+    """``--dry-run``: the plan in a few lines and the time the simulator predicts for
+    it (:func:`beokit.sim.predict.predict_cast`: a switched cluster whose ports run at
+    ``rate`` bits/s, the launch an ssh session a step as measured, docs/scale.md)."""
+    from beokit.cast import plan
+    from beokit.cast.feed import source_size
+    from beokit.cast.root import nettee_flags
+    from beokit.launch import plan as launch_plan
+    from beokit.sim.predict import predict_cast
+    from beokit.vcluster.plan import format_rate
+
+    n, size = len(job.hosts), source_size(job)
+    what = f"{size:,} bytes" if size is not None else "size unknown"
+    lines = [f"beo cast --dry-run: {job.source} ({job.source_kind}, {what}) -> {job.dest} "
+             f"on {n} node(s), -R {job.backend.kind}"]  # fmt: skip
+    for c in job.chains[:8]:
+        shown = c.hosts if len(c.hosts) <= 4 else [*c.hosts[:2], "...", c.hosts[-1]]
+        lines.append(f"  {c.label}: {len(c.hosts)} node(s): root -> {' -> '.join(shown)}")
+    if len(job.chains) > 8:
+        lines.append(f"  ... and {len(job.chains) - 8} more chains")
+    depth = launch_plan.depth("tree", n, job.fanout)
+    lines.append(f"  launch: a tree of fanout {job.fanout}, {depth} step(s) deep; every "
+                 "receiver forked from its node's agent")  # fmt: skip
+    flags = plan.resilience_args(job.heal, nettee_flags())
+    lines.append(f"  nettee: {' '.join(flags) or 'no resilience flags'}; DEST "
+                 f"{'written in place' if job.in_place else 'renamed into place once verified'}"
+                 f"{', fsync before each node reports' if job.fsync else ''}")  # fmt: skip
+    if size is None:
+        lines.append("  predicted: not known (SOURCE is stdin: its size is not known)")
+        return "\n".join(lines)
+    sizes = {len(c.hosts) for c in job.chains}
+    pred = predict_cast(n, size, float(rate), chains=len(job.chains), launch_k=job.fanout,
+                        heal=job.heal)  # fmt: skip
+    lines.append(f"  predicted: {pred.explain()}")
+    if max(sizes) - min(sizes) > 1:
+        lines.append("  (the model takes the chains as balanced: the longest one here has "
+                     f"{max(sizes)} nodes)")  # fmt: skip
+    if job.backend.kind == "exec":
+        lines.append(f"  (-R exec: every node on this machine; the model is of a cluster "
+                     f"with {format_rate(rate)} ports)")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -283,6 +343,9 @@ def _run(args: argparse.Namespace) -> int:
         live = None
         try:
             job = build_job(args)
+            if args.dry_run:
+                print(dry_run(job, _rate(args.rate)))
+                return 0
             if not args.json:
                 display.preload_table()
             live = display.LiveProgress(source_size(job), job.hosts,
