@@ -137,6 +137,22 @@ def _add_provision(sub2: argparse._SubParsersAction) -> None:
     v.add_argument("--status", action="store_true",
                    help="print the running (or last) round's status as JSON and exit")
     v.add_argument("--bind", type=_addr, default="0.0.0.0", help="address of the report port")
+    i = sub2.add_parser("initrd", help="build the kernel and initramfs diskless nodes boot",
+                        description="Write NAME.vmlinuz (from a stock kernel package, e.g. "
+                        "`apt-get download linux-image-6.1.0-57-cloud-amd64`) and NAME.initrd "
+                        "(static busybox, virtio modules, this Python and beokit, /init: lease, "
+                        "`beo provision node`, power off) into server.root (or --out), and "
+                        "print the [boot] lines that make beo boot serve them with an iPXE "
+                        "script. See docs/provision.md.")  # fmt: skip
+    i.__class__ = OneLineParser
+    i.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS)
+    i.add_argument("--kernel-deb", metavar="DEB", help="a linux-image-* package")
+    i.add_argument("--kernel", metavar="FILE", help="a kernel (with --modules)")
+    i.add_argument("--modules", metavar="DIR", help="its lib/modules/VERSION directory")
+    i.add_argument("--busybox", metavar="FILE", default="/bin/busybox",
+                   help="a statically linked busybox (busybox-static's /bin/busybox)")
+    i.add_argument("--out", metavar="DIR", help="where to write (default: server.root)")
+    i.add_argument("--name", default="beokit", help="file names: NAME.vmlinuz, NAME.initrd")
 
 
 def _control(path: Path | None, req: dict) -> dict:
@@ -216,6 +232,30 @@ def _offline(cfg: BootConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _initrd(cfg: BootConfig, args: argparse.Namespace) -> int:
+    from beokit.provision import initrd
+
+    if bool(args.kernel_deb) == bool(args.kernel) or bool(args.kernel) != bool(args.modules):
+        raise UsageError("give --kernel-deb DEB, or --kernel FILE with --modules DIR")
+    for opt, value in (("--kernel-deb", args.kernel_deb), ("--kernel", args.kernel)):
+        if value and not Path(value).is_file():
+            raise UsageError(f"bad {opt} {value!r}: no such file")
+    if args.modules and not Path(args.modules).is_dir():
+        raise UsageError(f"bad --modules {args.modules!r}: not a directory")
+    if not initrd.NAME_RE.match(args.name):
+        raise UsageError(f"bad --name {args.name!r}: letters, digits, '-', '_', '.'")
+    out = Path(args.out) if args.out else cfg.root
+    built = initrd.build(out, kernel_deb=Path(args.kernel_deb) if args.kernel_deb else None,
+                         kernel=Path(args.kernel) if args.kernel else None,
+                         modules=Path(args.modules) if args.modules else None,
+                         busybox=Path(args.busybox), name=args.name)  # fmt: skip
+    _print(f"{built.kernel}: {built.kernel_bytes:,} bytes\n{built.initrd}: "
+           f"{built.initrd_bytes:,} bytes\n[boot] lines for {args.config}:\n"
+           f'ipxe_script = "boot.ipxe"\nkernel = "{built.kernel.name}"\n'
+           f'initrd = "{built.initrd.name}"\ncmdline = "console=ttyS0 quiet panic=5"\n')
+    return EXIT_OK
+
+
 def _provision(cfg: BootConfig, args: argparse.Namespace) -> int:
     from beokit.provision import round as provision_round
 
@@ -253,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "provision":
         return _provision(cfg, args)
+    if cmd == "initrd":
+        return _initrd(cfg, args)
     if cmd == "status":
         out = _control(cfg.control, {"cmd": "dump"})
         _print(json.dumps(out, indent=1) + "\n")
