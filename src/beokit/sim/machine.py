@@ -30,32 +30,33 @@ from dataclasses import replace
 from beokit.sim.cast import NetteeCosts, Network
 from beokit.sim.launch import LaunchCosts
 
-# bench/bench_sim.py --parts params,run,chain,vcluster --runs 3 (docs/scale.md, "Calibration")
+# bench/bench_sim.py --parts params,run --runs 2 (2026-12-07, the busy launch tree; the
+# vcluster figures from the run before it; docs/scale.md, "Calibration")
 BOX_PARAMS: dict[str, float] = {
-    "hop_latency": 25e-6,  # loopback TCP, one way (ping-pong / 2, Python both ends)
+    "hop_latency": 9.25e-06,  # loopback TCP, one way (ping-pong / 2, Python both ends)
     "vc_latency": 60e-6,  # one hop of the virtual cluster (veth, bridge, tbf), one way
-    "spawn_cpu": 0.0003,  # Popen, in the parent
-    "watch_cpu": 0.0006,  # the parent's thread watching a host, reading its output
-    "leaf_cpu": 0.0009,  # sh -c true itself
-    "fork_cpu": 0.0003,  # the fork server's fork of an agent
-    "exit_cpu": 0.0009,  # that agent's exit
-    "agent_cpu": 0.004,  # an agent from its fork to its hello
-    "root_msg_cpu": 0.0002,  # one message at beo run's root
-    "relay_cpu": 0.0001,  # one message relayed by one agent
-    "agent_idle_cpu": 0.0007,  # cores a live agent burns in threads that wake
-    "run_base_cpu": 0.16,  # beo run's own start (not in its elapsed time)
-    "root_tip_cpu": 1.4e-9,  # CPU per byte of a 2-node chain's root and tip, loopback
-    "mid_cpu": 0.6e-9,  # CPU per byte of a node between them
-    "loop_cap": 1.2e9,  # bytes/s one loopback hop carries at most
-    "nettee_start": 0.25,  # the root's start-up and exit, receivers waiting
-    "ctrl_hop": 0.008,  # forming + reports, per hop
-    "form_entry": 0.3e-6,  # a node named in a ready message, per hop
-    "report_entry": 6e-6,  # a node's report relayed, per hop
+    "spawn_cpu": 0.00025,  # Popen, in the parent
+    "watch_cpu": 0.000331,  # the parent's thread watching a host, reading its output
+    "leaf_cpu": 0.000682,  # sh -c true itself
+    "fork_cpu": 0.000375,  # the fork server's fork of an agent
+    "exit_cpu": 0.000883,  # that agent's exit
+    "agent_cpu": 0.00455,  # an agent from its fork to its hello
+    "root_msg_cpu": 1.74e-05,  # one message at beo run's root
+    "relay_cpu": 6.71e-05,  # one message relayed by one agent
+    "agent_idle_cpu": 0.000285,  # cores a live agent burns in threads that wake
+    "run_base_cpu": 0.098,  # beo run's own start (not in its elapsed time)
+    "root_tip_cpu": 5.45e-10,  # CPU per byte of a 2-node chain's root and tip, loopback
+    "mid_cpu": 6.3e-10,  # CPU per byte of a node between them
+    "loop_cap": 3.61e+09,  # bytes/s one loopback hop carries at most
+    "nettee_start": 0.0804,  # the root's start-up and exit, receivers waiting
+    "ctrl_hop": 0.0175,  # forming + reports, per hop
+    "form_entry": 3.76e-07,  # a node named in a ready message, per hop
+    "report_entry": 9.89e-06,  # a node's report relayed, per hop
     "vc_framing": 0.9564,  # TCP payload / port rate through the virtual cluster's tbf
     "vc_queue": 0.0,  # queueing delay per hop in the virtual cluster, s
-    "ssh_session": 0.2,  # one `ssh host true` on an idle loopback, wall s
-    "ssh_client_cpu": 0.1,  # its client's share of the CPU
-    "python_start": 0.045,  # a fresh interpreter importing the agent, CPU s
+    "ssh_session": 0.297,  # one `ssh host true` on an idle loopback, wall s
+    "ssh_client_cpu": 0.0758,  # its client's share of the CPU
+    "python_start": 0.0391,  # a fresh interpreter importing the agent, CPU s
 }
 
 

@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         text, ldata = launch_table(ns, a.seeds)
         out(f"## Launch time, beo run over ssh ({cmd.strip()}, {when})\n")
         c = machine.ssh_launch()
-        out(f"One launch: {c.delay + c.spawn_cpu:.3f} s session ({c.spawn_cpu:.3f} s of it the "
-            f"client's CPU on the parent) + {c.agent_cpu:.3f} s interpreter for an agent; "
+        out(f"One launch: {c.delay + c.client_cpu:.3f} s ssh session ({c.client_cpu:.3f} s of it "
+            f"the client's CPU on the parent, {c.spawn_cpu * 1e3:.2f} ms the parent's Popen) + "
+            f"{c.agent_cpu:.3f} s interpreter for an agent; "
             f"the root reads {c.msgs_per_host} messages a host at {c.root_msg_cpu * 1e6:.0f} us "
             f"each. Slow hosts: 10x. Seconds, first launch to last result; median of "
             f"{a.seeds} seeds where hosts are slow.\n")  # fmt: skip
