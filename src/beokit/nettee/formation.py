@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from beokit.nettee.node import Node
 
 HANDSHAKE_TIMEOUT = 10.0
-CONNECT_RETRY = 0.2
+CONNECT_RETRY = 0.2  # the longest pause between two tries to join a child
+FIRST_RETRY = 0.01  # the first pause (doubled each try): a child forked a moment after
+                    # its parent (beo cast starts every node at once) listens within ms
 MAX_OFFERS = 8  # welcomed would-be parents waiting for their data connection at once
 UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT,
                errno.EADDRNOTAVAIL}  # fmt: skip
@@ -313,6 +315,7 @@ class Joiner:
             # -connf: each candidate's time to join; else -t bounds it too (0: forever)
             wait = cfg.connf if cfg.connf > 0 else cfg.timeout
             deadline = time.monotonic() + wait if wait > 0 else None
+            pause = FIRST_RETRY
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     if cfg.connf <= 0:
@@ -324,7 +327,8 @@ class Joiner:
                     self.try_join(link, ep, deadline)
                     return
                 except Retry:
-                    time.sleep(CONNECT_RETRY)
+                    time.sleep(pause)
+                    pause = min(CONNECT_RETRY, pause * 2)
                 except Unreachable as exc:
                     d = decide(Failure(Who.UNREACHABLE, Phase.FORMING), node.options)
                     if d.action is not Action.RETRY:
