@@ -312,9 +312,12 @@ def dry_run(job: Any, rate: int) -> str:
     lines.append(f"  launch: a tree of fanout {job.fanout}, {depth} step(s) deep; every "
                  "receiver forked from its node's agent")  # fmt: skip
     flags = plan.resilience_args(job.heal, nettee_flags())
-    lines.append(f"  nettee: {' '.join(flags) or 'no resilience flags'}; DEST "
-                 f"{'written in place' if job.in_place else 'renamed into place once verified'}"
-                 f"{', fsync before each node reports' if job.fsync else ''}")  # fmt: skip
+    kind = plan.dest_kind(job.dest, job.source_kind)
+    writes = {"dir": "DEST extracted by tar", "cmd": "DEST is a command fed the stream"}.get(
+        kind, "DEST written in place" if job.in_place else
+        "a file DEST renamed into place once verified (a device: written in place)")  # fmt: skip
+    lines.append(f"  nettee: {' '.join(flags) or 'no resilience flags'}; {writes}"
+                 f"{'; fsync before each node reports' if job.fsync else ''}")  # fmt: skip
     if size is None:
         lines.append("  predicted: not known (SOURCE is stdin: its size is not known)")
         return "\n".join(lines)
