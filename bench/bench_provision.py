@@ -42,6 +42,7 @@ PREFIX = "bkbp"
 NGINX_PORT = 8081
 HTTP_PORT = 8080
 TIMEOUT = 900
+PHASES: dict[int, tuple[float, float, float]] = {}  # N -> (join, stream, verify tail) of the chain
 
 
 def boot_config(tmp: Path, net, server: str, n: int, image: Path) -> Path:
@@ -102,8 +103,13 @@ def run_chain(vc: driver.State, tmp: Path, image: Path, n: int, outdir: Path) ->
         text = log.read_text()
         if codes[0] != 0:
             raise SystemExit(f"chain N={n} failed:\n{text[-2000:]}")
-        start = float(re.search(r"\[\s*([0-9.]+)\] round 1: starting", text).group(1))
+        def at(pattern: str) -> float:
+            return float(re.search(r"\[\s*([0-9.]+)\] " + pattern, text).group(1))
+
+        start = at("round 1: starting")
         ends = [float(t) for t in re.findall(r"\[\s*([0-9.]+)\] \S+ verified", text)]
+        PHASES[n] = (at("root: tree formed") - start, at("round 1: root ended") - at(
+            "root: tree formed"), max(ends) - at("round 1: root ended"))
         return max(ends) - start
     finally:
         boot.terminate()
@@ -232,6 +238,10 @@ def main() -> int:
         c = r.get("chain", float("nan"))
         hb, hn = r.get("http-beo", float("nan")), r.get("http-nginx", float("nan"))
         print(f"| {n} | {c:.2f} | {c / bound:.2f} | {hb:.2f} | {hn:.2f} | {hn / c:.1f} | {hb / c:.1f} |")
+    print("\n| N | chain: join s | stream s (formed -> root's end) | stream / (S/B) | last verify s |")
+    print("|---|---|---|---|---|")
+    for n, (join, stream, tail) in sorted(PHASES.items()):
+        print(f"| {n} | {join:.2f} | {stream:.2f} | {stream / bound:.2f} | {tail:.2f} |")
     print(f"# load after: {os.getloadavg()}")
     if args.plot:
         plot(rows, bound, args.plot, f"S = {args.size >> 20} MiB, ports {args.rate}")

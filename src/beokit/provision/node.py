@@ -133,11 +133,25 @@ def output_args(target: str) -> list[str]:
     return ["-out", target, "-fsync"]
 
 
-def verify(target: str, size: int, sha256: str) -> tuple[bool, str]:
-    """Read the target back (its first ``size`` bytes) and compare the digest."""
-    if target.startswith("dir:") or not sha256:
+def _hasher(sha256: str, xxh3: str) -> tuple[object, str, str]:
+    """xxh3_128 when the round pinned one and xxhash is here (10x faster to read
+    back), else sha256."""
+    if xxh3:
+        try:
+            import xxhash
+
+            return xxhash.xxh3_128(), xxh3, "xxh3_128"
+        except ImportError:
+            pass
+    return hashlib.sha256(), sha256, "sha256"
+
+
+def verify(target: str, size: int, sha256: str, xxh3: str = "") -> tuple[bool, str]:
+    """Read the target back (its first ``size`` bytes) and compare the digest pinned
+    when the round started."""
+    if target.startswith("dir:") or not (sha256 or xxh3):
         return True, "nettee -digest agreed (no file to read back)"
-    h = hashlib.sha256()
+    h, want, kind = _hasher(sha256, xxh3)
     left = size
     try:
         with open(target, "rb") as fh:
@@ -146,15 +160,16 @@ def verify(target: str, size: int, sha256: str) -> tuple[bool, str]:
                 chunk = fh.read(min(left, 1 << 20))
                 if not chunk:
                     break
-                h.update(chunk)
+                h.update(chunk)  # type: ignore[attr-defined]
                 left -= len(chunk)
     except OSError as e:
         return False, f"cannot read {target} back: {e.strerror}"
     if left > 0:
         return False, f"{target} holds {size - left} of {size} bytes"
-    if h.hexdigest() != sha256:
-        return False, f"sha256 of {target} is {h.hexdigest()[:16]}..., the image's {sha256[:16]}..."
-    return True, f"sha256 {sha256[:16]}... read back from {target}"
+    got = h.hexdigest()  # type: ignore[attr-defined]
+    if got != want:
+        return False, f"{kind} of {target} is {got[:16]}..., the image's {want[:16]}..."
+    return True, f"{kind} {want[:16]}... read back from {target}"
 
 
 class NodeCommand:
@@ -247,7 +262,8 @@ class NodeCommand:
         if r.proc.returncode == 0 and got:
             assert self.answer is not None
             self.stage = "written"
-            ok, why = verify(self.target(self.answer), self.answer.size or got, self.answer.sha256)
+            ok, why = verify(self.target(self.answer), self.answer.size or got, self.answer.sha256,
+                             self.answer.xxh3)
             self.stage, self.code, self.detail = ("verified", "", why) if ok else ("failed", "BDG", why)
         elif not r.formed and not got:
             self.stage, self.code = "missed", status or "NRF"

@@ -86,6 +86,7 @@ class Answer:
     size: int = 0
     stop: bool = False  # the node is done (verified) or not in the order: exit
     target: str = ""  # provision.target (a node's --target overrides it)
+    xxh3: str = ""  # xxh3_128 of the image, pinned with the sha256 (a faster read-back)
 
 
 def encode_answer(a: Answer) -> bytes:
@@ -96,6 +97,8 @@ def encode_answer(a: Answer) -> bytes:
         d["stop"] = True
     if a.target:
         d["target"] = a.target
+    if a.xxh3:
+        d["xxh3"] = a.xxh3
     return json.dumps(d).encode()
 
 
@@ -112,7 +115,7 @@ def decode_answer(data: bytes) -> Answer:
         raise BadReport(f"bad next {nxt!r}")
     return Answer(int(d.get("round", 0)), bool(d.get("go")), nxt, str(d.get("sha256", "")),
                   int(d.get("size", 0)), bool(d.get("stop", False)),
-                  str(d.get("target", "")))  # fmt: skip
+                  str(d.get("target", "")), str(d.get("xxh3", "")))  # fmt: skip
 
 
 @dataclass

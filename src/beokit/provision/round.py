@@ -54,6 +54,7 @@ class Pin:
     ctime_ns: int
     ino: int
     sha256: str
+    xxh3: str = ""
 
 
 def stat_key(path: Path) -> tuple[int, int, int, int]:
@@ -66,12 +67,20 @@ def pin_image(path: Path) -> Pin:
     each node compares its target with."""
     before = stat_key(path)
     h = hashlib.sha256()
+    try:
+        import xxhash
+
+        x = xxhash.xxh3_128()
+    except ImportError:
+        x = None
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
+            if x is not None:
+                x.update(chunk)
     if stat_key(path) != before:
         raise BeokitError(f"provision.image {str(path)!r} changed while it was hashed: refused")
-    return Pin(*before, sha256=h.hexdigest())
+    return Pin(*before, sha256=h.hexdigest(), xxh3=x.hexdigest() if x is not None else "")
 
 
 def status_path(cfg: BootConfig, config_path: Path) -> Path:
@@ -85,6 +94,7 @@ class Reports(asyncio.DatagramProtocol):
 
     def __init__(self, book: report.RoundBook, target: str, address: Callable[[str], str]) -> None:
         self.book, self.target, self.address = book, target, address
+        self.xxh3 = ""
         self.transport: asyncio.DatagramTransport | None = None
         self.bad = 0
 
@@ -101,7 +111,8 @@ class Reports(asyncio.DatagramProtocol):
         ans = self.book.on_report(r, time.monotonic())
         if ans.go and not ans.stop:
             lists = [[self.address(h) for h in hl] for hl in ans.next or []]
-            ans = report.Answer(ans.round, ans.go, lists, ans.sha256, ans.size, target=self.target)
+            ans = report.Answer(ans.round, ans.go, lists, ans.sha256, ans.size, target=self.target,
+                                xxh3=self.xxh3)
         assert self.transport is not None
         self.transport.sendto(report.encode_answer(ans), addr)
 
@@ -218,6 +229,7 @@ class Round:
         waiter = asyncio.create_task(proc.wait())
         while not waiter.done():
             await self.tick("streaming")
+        self.say(f"round {self.book.round}: root ended (exit {proc.returncode})")
         await reader
         try:
             doc = json.loads(report_path.read_text())
@@ -292,9 +304,10 @@ class Round:
         self.say(f"image {self.pin.size} bytes, sha256 {self.pin.sha256}")
         port = self.pv.report_port_of(self.topo.port)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
+        transport, reports = await loop.create_datagram_endpoint(
             lambda: Reports(self.book, self.pv.target, self.address), local_addr=(self.opts.bind, port),
             family=socket.AF_INET)  # fmt: skip
+        reports.xxh3 = self.pin.xxh3
         try:
             self.say(f"reports on udp {self.opts.bind}:{port}; waiting for nodes "
                      f"({self.pv.start_after or len(self.receivers)} ready, or "
