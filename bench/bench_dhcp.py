@@ -51,7 +51,9 @@ closed its socket, within 1 s) and "server rcvbuf drops" (the server
 namespace's Udp RcvbufErrors: requests lost because the server's socket
 was full; not for Kea, which reads a packet socket). ``--exit-wait-ms W``
 passes ``-W`` so that perfdhcp waits for those answers; its rate then
-includes the wait, so the table gives ACKs / (perfdhcp's time - W) instead.
+includes the wait, so the table gives ACKs / (perfdhcp's time - W, at least
+CLIENTS / RATE) instead, and the notes give the exchanges completed out of
+CLIENTS (the same measure for a fast and a slow server).
 
 Then beo boot's restart with a full lease store: a fresh server is filled
 with ``--restart-leases`` clients by a closed-loop client (``--fill-window``
@@ -515,8 +517,9 @@ class Harness:
                    cmd=" ".join(cmd[4:]))  # fmt: skip
         acks = res["RA"].get("received", 0)
         if wait_ms and res["rate"] and acks:  # perfdhcp's rate = ACKs / (sending time + W)
-            res["perfdhcp_rate"] = res["rate"]
-            res["rate"] = acks / max(acks / res["rate"] - wait_ms / 1000, 1e-3)
+            res["perfdhcp_rate"] = res["rate"]  # (W is not always waited in full: the sending
+            # time is at least the offered rate's)
+            res["rate"] = acks / max(acks / res["rate"] - wait_ms / 1000, clients / rate)
         if res["rate"] is None:  # no report: keep its last words (perfdhcp's error)
             res["output"] = "; ".join([ln for ln in out.splitlines() if ln.strip()][-3:])
         return res
@@ -747,7 +750,8 @@ def notes(res: dict) -> list[str]:
     if res.get("exit_wait_ms"):
         out.append(
             f"perfdhcp -W {res['exit_wait_ms']:g} ms: DORA/s is ACKs / (perfdhcp's "
-            f"time - {res['exit_wait_ms']:g} ms); perfdhcp's own figure is in the JSON"
+            f"time - {res['exit_wait_ms']:g} ms, at least CLIENTS / offered rate); perfdhcp's "
+            "own figure is in the JSON"
         )
     if res.get("versions"):
         out.append("versions: " + "; ".join(f"{k} {v}" for k, v in res["versions"].items()))
@@ -777,6 +781,9 @@ def notes(res: dict) -> list[str]:
         elif "server_sys" in r:
             out.append(f"{where}: server CPU {r['server_cpu']:.2f} s, {r['server_sys']:.2f} s "
                        "of it in the kernel")
+        if res.get("exit_wait_ms") and "RA" in r:
+            out.append(f"{where}: {r['RA'].get('received', 0)} of {r['clients']} exchanges "
+                       "completed")
         shed = {k.removeprefix("dhcp-shed-"): v for k, v in r.get("counters", {}).items()
                 if k.startswith("dhcp-shed-")}  # fmt: skip
         if shed:
