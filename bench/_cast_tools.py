@@ -127,9 +127,37 @@ def nettee_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "beokit.nettee.cli"]
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` (in its own network namespace) listens on TCP ``port``."""
+    want = f":{port:04X} "
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as fh:
+                for line in fh:
+                    cols = line.split()
+                    if len(cols) > 3 and cols[3] == "0A" and (cols[1] + " ").endswith(want):
+                        return True
+        except OSError:
+            pass
+    return False
+
+
+def wait_listening(procs: list[subprocess.Popen], port: int, timeout: float = 60) -> None:
+    """Every receiver up and listening (as dolly's clients are, started beforehand)."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        while not listening(p.pid, port):
+            if p.poll() is not None:
+                raise RuntimeError(f"a receiver exited ({p.returncode}) before it listened")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a receiver did not listen within {timeout:g} s")
+            time.sleep(0.005)
+
+
 def run_nettee(src: Path, n: int, out: Path | None, flags: list[str], port: int) -> Run:
-    """A chain of nettee started by hand: receivers first (tip first), then the root
-    (its time: forming the chain, the stream, the reports)."""
+    """A chain of nettee started by hand: receivers first (tip first), waited for until
+    each listens (as dolly's clients are started beforehand), then the root (its time:
+    its start-up, forming the chain, the stream, the reports)."""
     hosts = [f"host{i}" for i in range(2, n + 2)]
     env = dict(os.environ)
     if "-heal" in flags or "-digest" in flags:
@@ -142,6 +170,7 @@ def run_nettee(src: Path, n: int, out: Path | None, flags: list[str], port: int)
             args += ["-next", f"{hosts[k + 1]}:{port}"]
         procs.append((hosts[k], subprocess.Popen(ns(k + 2) + args, stdin=subprocess.DEVNULL,
                                                  env=env)))  # fmt: skip
+    wait_listening([q for _h, q in procs], port)
     root = ns(1) + nettee_argv() + ["-root", "-port", str(port), "-next", f"{hosts[0]}:{port}",
                                     "-in", str(src), "-v", "1", *flags]  # fmt: skip
     t0 = time.monotonic()

@@ -236,6 +236,7 @@ def dolly_suite(args: argparse.Namespace) -> int:
         if why:
             print(f"beo bench: {why}", file=sys.stderr)
         clean(WORK)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(machine(), file=sys.stderr)
         results, cpu = [], None
         with netns_lock():
@@ -270,6 +271,82 @@ def dolly_suite(args: argparse.Namespace) -> int:
     print(f"\n(median of {args.runs} run(s); order rotated; beo cast: -heal -digest, a fresh "
           "secret, fsync and checks; 'launch' = its own start-up + every receiver up, "
           "'after the stream' = whole - launch - root nettee)")  # fmt: skip
+    if args.json:
+        save_json(args, started, results, cpu, rate_bps)
+    return 0
+
+
+def _run_dict(r: Run) -> dict:
+    return {"seconds": r.seconds, "cpu": r.cpu, "extra": r.extra}
+
+
+def save_json(args: argparse.Namespace, started: str, results: list, cpu: dict[str, Run] | None,
+              rate_bps: int) -> None:  # fmt: skip
+    """The run's figures, for --plot-from (one figure from several invocations)."""
+    doc = {"command": "python3 bench/bench_cast.py " + " ".join(sys.argv[1:]),
+           "started": started, "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_end": os.getloadavg()[0], "rate": args.rate, "rate_bps": rate_bps,
+           "runs": args.runs,
+           "shaped": [{"size": s, "nodes": n, "dest": d,
+                       "tools": {k: _run_dict(v) for k, v in r.items()}}
+                      for s, n, d, r in results],
+           "cpu_size": args.cpu_size,
+           "cpu": {k: _run_dict(v) for k, v in cpu.items()} if cpu else None}  # fmt: skip
+    Path(args.json).write_text(json.dumps(doc, indent=1))
+
+
+def plot_from(files: list[str], png: str) -> int:
+    """One figure from the --json of one or more runs: every shaped case against
+    dolly (beo cast's launch shown apart), and the CPU-bound case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    cases = [(d, c) for d in docs for c in d["shaped"]]
+    cpu = next((d for d in docs if d.get("cpu")), None)
+    fig, axes = plt.subplots(1, 2 if cpu else 1, figsize=(13 if cpu else 8, 4.8),
+                             gridspec_kw={"width_ratios": [2.2, 1]} if cpu else None)  # fmt: skip
+    ax = axes[0] if cpu else axes
+    names, width = ["dolly", "nettee by hand", "beo cast"], 0.27
+    colors = {"dolly": "#888888", "nettee by hand": "#4c72b0", "beo cast": "#dd8452"}
+    for k, (_d, c) in enumerate(cases):
+        ref = c["tools"].get("dolly", {}).get("seconds")
+        for j, name in enumerate(names):
+            t = c["tools"].get(name)
+            if not t:
+                continue
+            x = k + (j - 1) * width
+            y = t["seconds"] / ref if ref else 0
+            ax.bar(x, y, width, color=colors[name], label=name if k == 0 else None)
+            if name == "beo cast" and ref:
+                ax.bar(x, t["extra"]["launch"] / ref, width, color="#8c3b12",
+                       label="beo cast: launch" if k == 0 else None)  # fmt: skip
+            ax.text(x, y + 0.01, f"{t['seconds']:.2f}", ha="center", fontsize=7, rotation=90)
+    ax.axhline(1.10, color="#dd8452", ls="--", lw=0.8, label="goal for beo cast: dolly + 10 %")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{c['size'] >> 20} MiB\n-> {c['nodes']}, {c['dest']}" for _d, c in cases])
+    ax.set_ylabel("time / dolly's (same run; seconds on the bars)")
+    ax.set_ylim(0, 1.5)
+    ax.set_title(f"{docs[0]['rate']} per port, MTU 1500")
+    ax.legend(fontsize=7, loc="upper left")
+    if cpu:
+        ax2 = axes[1]
+        items = list(cpu["cpu"].items())
+        ax2.barh([k for k, _ in items], [v["seconds"] for _k, v in items],
+                 color=["#888888" if k == "dolly" else "#4c72b0" if k != "beo cast" else "#dd8452"
+                        for k, _ in items])  # fmt: skip
+        for i, (_k, v) in enumerate(items):
+            ax2.text(v["seconds"], i, f" {v['seconds']:.2f} s", va="center", fontsize=8)
+        ax2.invert_yaxis()
+        ax2.set_xlabel("seconds")
+        ax2.set_title(f"CPU-bound: {cpu['cpu_size'] >> 20} MiB -> 3, unshaped")
+    dates = sorted({d["ended"] for d in docs})
+    fig.suptitle(f"beo cast vs dolly 0.72, one virtual cluster ({', '.join(dates)})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
     return 0
 
 
@@ -411,7 +488,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1, help="runs of each tool, median (default 1)")
     ap.add_argument("--no-star", action="store_true", help="(star suite) no scp star")
     ap.add_argument("--loopback", action="store_true", help="127.0.3.x, no root, no shaping")
+    ap.add_argument("--json", metavar="PATH", help="(dolly suite) also write the figures here")
+    ap.add_argument("--plot-from", metavar="JSON,...",
+                    help="draw --png from the --json of earlier runs (nothing is run)")
+    ap.add_argument("--png", metavar="PATH", default="docs/bench_cast_dolly.png",
+                    help="with --plot-from: the figure (default docs/bench_cast_dolly.png)")
     args = ap.parse_args()
+    if args.plot_from:
+        return plot_from(args.plot_from.split(","), args.png)
     if args.loopback or os.geteuid() != 0:
         return loopback_suite(args)
     return dolly_suite(args) if args.suite == "dolly" else star_suite(args)
