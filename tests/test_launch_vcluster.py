@@ -68,8 +68,9 @@ def test_no_listen_calls_back_to_an_address_not_the_host_name(vc: VCluster) -> N
 def test_no_address_for_the_hosts_says_listen(vc: VCluster) -> None:
     """From the controller, host names mean nothing: one line, the option that fixes it
     (before: agents told this machine's host name, unknown in the cluster).  With no
-    agent to launch (every host a leaf) no address is needed."""
-    cp = _run("-R", _template(vc), "-k", "2", "host[2-5]", "--", "true")
+    agent to launch (every host a leaf) no address is needed.  (The busy tree launches 4
+    hosts at k=2 from the root alone, so ``--leaf-agents`` asks for agents here.)"""
+    cp = _run("-R", _template(vc), "-k", "2", "--leaf-agents", "host[2-5]", "--", "true")
     assert cp.returncode == 2
     assert cp.stderr.count("\n") == 1 and "--listen" in cp.stderr, cp.stderr
     leaves = _run("-R", _template(vc), "host[2-3]", "--", "true")

@@ -42,7 +42,9 @@ def fetch_debs() -> tuple[Path, Path]:
     if not kernel or not bbox:
         deps = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"],
                               capture_output=True, text=True).stdout  # fmt: skip
-        names = [w for w in deps.split() if w.startswith("linux-image-") and w.endswith("-cloud-amd64")]
+        # (the first line of the output is the metapackage itself: only its dependency)
+        names = [w for w in deps.split() if w.startswith("linux-image-") and w.endswith("-cloud-amd64")
+                 and w != "linux-image-cloud-amd64"]  # fmt: skip
         if not names:
             pytest.skip("no linux-image-*-cloud-amd64 known to apt (apt-get update?)")
         r = subprocess.run(["apt-get", "download", names[0], "busybox-static"], cwd=CACHE,
@@ -51,6 +53,9 @@ def fetch_debs() -> tuple[Path, Path]:
             pytest.skip(f"apt-get download failed: {r.stderr.strip()[-200:]}")
         kernel = sorted(CACHE.glob("linux-image-*-cloud-amd64_*.deb"))
         bbox = sorted(CACHE.glob("busybox-static_*.deb"))
+        if not kernel or not bbox:
+            pytest.fail(f"apt-get download {names[0]} busybox-static left no .deb in {CACHE}: "
+                        f"{sorted(p.name for p in CACHE.iterdir())}")  # fmt: skip
     return kernel[-1], bbox[-1]
 
 

@@ -63,7 +63,7 @@ class Events:
     def emit(self, event: str, **fields: object) -> None:
         if self.fd < 0:
             return
-        doc = {"event": event, "t": round(time.monotonic() - self.started, 3), **fields}
+        doc = {"event": event, "t": round(time.monotonic() - self.started, 4), **fields}
         line = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self.fd < 0:
