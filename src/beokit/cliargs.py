@@ -13,12 +13,15 @@ pillar adopts the convention with a line or two:
   (examples, tables) kept as written.
 * :data:`OPTIONS` -- the long option names that mean the same thing everywhere.
 * :func:`plural` -- "1 host", "2 hosts".
+* :class:`DeprecatedAlias` -- an option whose old short spelling still works,
+  with a note on stderr when it is used (``beo cast -f`` -> ``--dolly``).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +47,38 @@ OPTIONS: dict[str, str] = {
     "--json": "machine-readable output on stdout",
     "--metrics-port": "PORT: serve Prometheus text format on http://BIND:PORT/metrics",
 }
+
+
+class DeprecatedAlias(argparse._StoreAction):
+    """A store option one of whose spellings is deprecated: it still works, and the
+    command says so on stderr (:func:`say_deprecated`) once its input is checked, so
+    that bad input stays one line::
+
+        p.add_argument("-f", "--hostfile", action=DeprecatedAlias,
+                       deprecated={"-f": "say --hostfile FILE (-f is the fanout in clush)"})
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *,
+                 deprecated: dict[str, str], **kw: Any) -> None:  # fmt: skip
+        super().__init__(option_strings, dest, **kw)
+        self.deprecated = deprecated
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        note = self.deprecated.get(option_string or "")
+        if note:
+            notes = getattr(namespace, DEPRECATED_DEST, None) or []
+            setattr(namespace, DEPRECATED_DEST, [*notes, f"{option_string} is deprecated: {note}"])
+        super().__call__(parser, namespace, values, option_string)
+
+
+DEPRECATED_DEST = "deprecated_spellings"
+
+
+def say_deprecated(args: argparse.Namespace, prog: str) -> None:
+    """One line on stderr for each deprecated spelling the command line used."""
+    for note in dict.fromkeys(getattr(args, DEPRECATED_DEST, None) or []):
+        sys.stderr.write(f"{prog}: {note}\n")
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
@@ -83,8 +118,15 @@ class CommandParser(OneLineParser):  # type: ignore[misc, valid-type]
             ns, extras = super().parse_known_args(words[:cut], namespace)
         finally:
             action.nargs = argparse.REMAINDER
-        dashes = ["--"] if getattr(self, "keep_dashes", False) else []
-        setattr(ns, action.dest, [*(getattr(ns, action.dest) or []), *dashes, *words[cut + 1 :]])
+        before = list(getattr(ns, action.dest) or [])
+        dashes: list[str] = []
+        if getattr(self, "keep_dashes", False):
+            # NODESET -b NODESET -- CMD: argparse leaves the words after the first
+            # option unparsed; every word before -- that is no option is a positional
+            before += [w for w in extras if not w.startswith("-")]
+            extras = [w for w in extras if w.startswith("-")]
+            dashes = ["--"]
+        setattr(ns, action.dest, [*before, *dashes, *words[cut + 1 :]])
         return ns, extras
 
 

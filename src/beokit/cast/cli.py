@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from beokit import cliargs
 from beokit.errors import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -28,7 +29,7 @@ examples:
   beo cast --exclude '*.o' /opt/app node[1-64] --to /opt/app  # a tree, as a tar stream
   tar -C /srv -c . | beo cast - node[1-8] --to '|tar -C /srv -x'
   beo cast --chains 4 image.raw node[1-64] --to /scratch/image.raw
-  beo cast -f dolly.conf                                       # dolly's config file
+  beo cast --dolly dolly.conf                                  # dolly's config file
 exit status: 0 every node verified, 1 a node failed (named in the table), 2 bad input,
 130/143 stopped by SIGINT/SIGTERM (every node named with what its DEST holds)"""
 
@@ -53,13 +54,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dest", metavar="DEST",
                    help="path, device, directory (for a directory SOURCE) or '|command' on "
                    "every node; {host} becomes the node's name")  # fmt: skip
-    p.add_argument(
-        "-f",
-        "--dolly",
-        metavar="FILE",
-        help="read SOURCE, DEST and the nodes from a dolly configuration file",
-    )
-    p.add_argument("--hostfile", metavar="FILE", help="nodes, one a line (or NodeSets)")
+    p.add_argument("-f", "--dolly", metavar="FILE", action=cliargs.DeprecatedAlias,
+                   deprecated={"-f": "say --dolly FILE (-f is a host file in beo run, the "
+                               "fanout in clush and pdsh)"},
+                   help="read SOURCE, DEST and the nodes from a dolly configuration file (-f "
+                   "FILE still works, deprecated: -f means other things elsewhere)")  # fmt: skip
+    p.add_argument("--hostfile", metavar="FILE",
+                   help="nodes, one a line (or NodeSets), joined to NODESET's")
     p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
                    help="how receivers are started: ssh (default), rsh, exec (this machine; "
                    "each receiver listens on its host's address) or a template with {host} "
@@ -89,7 +90,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--resolve", metavar="HOSTSFILE", help="hosts(5) file mapping node names to data addresses"
     )
-    p.add_argument("--fanout", type=int, default=8, metavar="K",
+    p.add_argument("-k", "--fanout", type=int, default=8, metavar="K",
                    help="receivers are started through a K-ary launch tree, as beo run "
                    "does (O(log N) ssh hops; default 8)")  # fmt: skip
     p.add_argument("--listen", metavar="ADDR", type=ip_address("address"),
@@ -200,7 +201,7 @@ def _hosts(args: argparse.Namespace, dolly_hosts: list[str] | None) -> list[str]
                 seen.add(h)
                 hosts.append(h)
     if not hosts:
-        raise UsageError("no nodes: give NODESET, --hostfile or -f DOLLYCONF")
+        raise UsageError("no nodes: give NODESET, --hostfile FILE or --dolly FILE")
     check_host_count(hosts)
     return hosts
 
@@ -285,6 +286,7 @@ def build_job(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     if not args.dry_run:
         job.callback = launcher.callback_address(job, hosts)  # before anything starts
+    cliargs.say_deprecated(args, "beo cast")
     return job
 
 

@@ -76,14 +76,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--status-port",
         type=_PORT,
         default=DEFAULT_STATUS_PORT,
-        help=f"TCP port for the full status (default {DEFAULT_STATUS_PORT})",
+        help=f"TCP port for the full status (default {DEFAULT_STATUS_PORT}; -t is deprecated: "
+        "it means a timeout in nettee, beo exec, pdsh and clush)",
     )
     d.add_argument(
         "-r",
         "--best-port",
         type=_PORT,
         default=DEFAULT_BEST_PORT,
-        help=f"TCP port for the best-node report (default {DEFAULT_BEST_PORT})",
+        help=f"TCP port for the best-node report (default {DEFAULT_BEST_PORT}; -r is "
+        "deprecated)",
     )
     d.add_argument(
         "-g",
@@ -201,11 +203,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--daemon", metavar="HOST[:PORT]",
-                   help="the dshd to ask (default $BEO_DSH_DAEMON, else 127.0.0.1); PORT is "
-        "its best port for dsh, its status port for top and --status")  # fmt: skip
+                   help="the dshd to ask (default $BEO_DSH_DAEMON, else 127.0.0.1). HOST:PORT "
+                   "is deprecated: PORT is its best port for dsh but its status port for top "
+                   "and --status; say --best-port/--status-port")  # fmt: skip
     p.add_argument("-t", "--status-port", type=_PORT, default=None, metavar="PORT",
                    help=f"its status port (default {DEFAULT_STATUS_PORT}; -t is deprecated: "
-                   "it means a timeout in nettee, pdsh and clush)")  # fmt: skip
+                   "it means a timeout in nettee, beo exec, pdsh and clush)")  # fmt: skip
     p.add_argument("-r", "--best-port", type=_PORT, default=None, metavar="PORT",
                    help=f"its best port (default {DEFAULT_BEST_PORT}; -r is deprecated)")
     p.add_argument(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from beokit import net, proc
+from beokit import cliargs, net, proc
 from beokit.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -32,6 +32,7 @@ from beokit.launch.backends import Backend, make_backend
 from beokit.launch.leaf import EXIT_GRACE
 
 DEFAULT_FANOUT = {"tree": 3, "flat": 32, "sequential": 1, "ring": 1}
+HOSTFILE_NOTE = "say --hostfile FILE (clush and pdsh take -f for the fanout)"
 AUTO_WINDOW = 32  # --auto's flat window (pdsh's: 64 ssh handshakes at once on 2 busy
                  # cores here took up to 10 s each, past --connect-timeout)
 
@@ -42,13 +43,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="run a command on many nodes through a launch tree (scaleboot), gather output",
         description="Start COMMAND on every node of NODESET in O(log N) rsh/ssh hops: the "
         "root launches k agents, each connects back, receives its share of the hosts and "
-        "launches its own k, and so on. Exit codes and output come back to the root; "
-        "options go before NODESET.",
-        epilog="examples:  beo run -k 4 node[001-128] -- uname -r\n"
-        "           beo run -R exec --launch-delay 0.1 -b n[1-147] -- echo hi",
+        "launches its own k, and so on. Exit codes and output come back to the root. "
+        "With a `--` on the line, options go anywhere before it, every other word before "
+        "it is a NODESET (several are joined, and joined to --hostfile's), and everything "
+        "after it is COMMAND; without one, NODESET is the first word after the options and "
+        "COMMAND the rest.",
+        epilog="examples:  beo run --fanout 4 node[001-128] -- uname -r\n"
+        "           beo run -R exec n[1-147] -b --launch-delay 0.1 -- echo hi\n"
+        "           beo run --hostfile hosts.txt n200 -- uptime",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-k", "--fanout", type=int, metavar="K",
+    p.add_argument("-k", "--fanout", type=int, metavar="K",  # beo cast's -k/--fanout too
                    help="children per node (tree, default 3) or launch window (flat, "
                    "default 32)")  # fmt: skip
     p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
@@ -75,7 +80,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="kill the command on a node after S seconds (default: no limit)")
     p.add_argument("--connect-timeout", type=seconds("timeout"), default=10.0, metavar="S",
                    help="a launched node must connect back within S seconds (default 10)")
-    p.add_argument("-f", "--hostfile", metavar="FILE", help="hosts, one a line (or NodeSets)")
+    p.add_argument("-f", "--hostfile", metavar="FILE", action=cliargs.DeprecatedAlias,
+                   deprecated={"-f": HOSTFILE_NOTE},
+                   help="hosts, one a line (or NodeSets); joined to any NODESET given before "
+                   "`--` (-f FILE is deprecated: clush and pdsh take -f for the fanout)")  # fmt: skip
     p.add_argument("--ssh-args", default="", metavar="ARGS",
                    help="extra ssh client arguments, e.g. '-F ssh_config -p 2222'")
     p.add_argument("--ssh-persist", type=seconds("persist", zero_ok=True, hi=86400),
@@ -106,7 +114,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "(beokit.sim, docs/scale.md)")  # fmt: skip
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="NODESET -- COMMAND")
     p.set_defaults(mode=None)
-    return p
+    return cliargs.options_before_dashes(p, keep_dashes=True)
 
 
 def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -117,12 +125,18 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
     if args.hostfile:
         read_text(args.hostfile, "host file")  # one clear line if it is not text
         patterns += read_hostfile(args.hostfile)
-    elif rest and rest[0] != "--":
-        patterns.append(rest.pop(0))
-    if rest and rest[0] == "--":
-        rest.pop(0)
+    if "--" in rest:  # NODESET... -- COMMAND (options before -- were parsed as options)
+        cut = rest.index("--")
+        patterns += rest[:cut]
+        rest = rest[cut + 1 :]
+    else:  # NODESET COMMAND... (or, with --hostfile, COMMAND...)
+        if rest and not args.hostfile:
+            patterns.append(rest.pop(0))
+        if rest and rest[0].startswith("-"):
+            raise UsageError(f"bad command {rest[0]!r}: it looks like an option; options go "
+                             "before `--`: beo run NODESET [OPTIONS] -- COMMAND")  # fmt: skip
     if not patterns:
-        raise UsageError("no hosts: give a NODESET or -f FILE")
+        raise UsageError("no hosts: give a NODESET or --hostfile FILE")
     if not rest:
         raise UsageError("no command: beo run NODESET -- COMMAND")
     hosts: list[str] = []
@@ -277,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.fanout is not None and args.fanout < 1:
         raise UsageError(f"bad fanout {args.fanout}: must be >= 1")
     backend = _backend(args)
+    cliargs.say_deprecated(args, "beo run")
     if args.mode is None:
         args.mode = "tree" if args.fanout is not None else "auto"
     if args.mode == "auto":
@@ -325,18 +340,20 @@ def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
     from beokit.sim.predict import predict_run
 
     n = len(hosts)
-    lines = [f"beo run --dry-run: {n} hosts, {mode}, k={k}, "
-             f"{plan.depth(mode, n, k, busy=True)} launch steps, -R {backend.kind}"]  # fmt: skip
+    steps = plan.depth(mode, n, k, busy=True)
+    lines = [f"beo run --dry-run: {cliargs.plural(n, 'host')}, {mode}, k={k}, "
+             f"{cliargs.plural(steps, 'launch step')}, -R {backend.kind}"]  # fmt: skip
     if mode == "tree":
         agents = plan.busy_agents(hosts, k)
         sizes = ", ".join(str(len(g)) for g in the_plan.groups)
-        lines.append(f"  root launches {len(the_plan.groups)} groups, {k} at a time, of {sizes} "
-                     f"hosts (head + its share); {agents} agents, {n - agents} leaves (no agent)")  # fmt: skip
+        lines.append(f"  root launches {cliargs.plural(len(the_plan.groups), 'group')}, {k} at a "
+                     f"time, of {sizes} hosts (head + its share); {cliargs.plural(agents, 'agent')}, "
+                     f"{cliargs.plural(n - agents, 'leaf', 'leaves')} (no agent)")  # fmt: skip
     else:
         lines.append(f"  root launches every host itself, {the_plan.window} at a time")
     if mode == "ring":
         lines.append("  predicted: no model of the ring (one launch after another: "
-                     f"{n} launch steps)")  # fmt: skip
+                     f"{cliargs.plural(n, 'launch step')})")  # fmt: skip
         return "\n".join(lines)
     if backend.kind == "exec" and n > EXEC_MODEL_MAX:
         lines.append(f"  predicted: not here: {n} processes sharing this machine's cores take "
@@ -402,8 +419,9 @@ def _report(args: argparse.Namespace, hosts: list[str], k: int, results: dict[st
         _print_outputs(hosts, results, args.gather)
         for nodes, reason in plan.gather_codes(results):
             print(f"beo run: {nodes}: {reason}", file=sys.stderr)
-        print(f"beo run: {len(hosts)} hosts, {len(hosts) - nfail} ok, {nfail} failed in "
-              f"{elapsed:.2f} s ({mode}, k={k}, {steps} launch steps)", file=sys.stderr)  # fmt: skip
+        print(f"beo run: {cliargs.plural(len(hosts), 'host')}, {len(hosts) - nfail} ok, {nfail} "
+              f"failed in {elapsed:.2f} s ({mode}, k={k}, {cliargs.plural(steps, 'launch step')})",
+              file=sys.stderr)  # fmt: skip
     if stopped is not None:
         left = f"{plan.fold(unfinished)} had not finished (commands killed)" if unfinished \
             else "every host had finished"
