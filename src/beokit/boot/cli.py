@@ -54,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "the leases and transfers. See docs/boot.md.",
     )
     p.__class__ = OneLineParser
-    p.add_argument("-c", "--config", metavar="FILE", help="TOML config (contrib/boot.example.toml)")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="TOML config (example: beo config example boot)")
     p.add_argument("--bind", type=_addr, default="0.0.0.0",
                    help="local address of every socket (default 0.0.0.0: needed to hear DHCP "
                    "broadcasts)")  # fmt: skip
@@ -80,6 +81,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="HTTP boot port (default: server.http_port of the config, 0 = off)",
     )
+    p.add_argument("--metrics-port", type=_PORT, default=None, metavar="PORT",
+                   help="serve Prometheus metrics (text format) on http://BIND:PORT/metrics: "
+                   "leases, DHCP answers by type, drops and deferrals, transfers shed, TFTP "
+                   "and HTTP bytes and transfers in progress (default: server.metrics_port of "
+                   "the config, 0 = off)")  # fmt: skip
     p.add_argument("--proxy", action="store_true",
                    help="proxyDHCP: answer only PXE clients, with boot information and no "
                    "address, beside the site's own DHCP server")  # fmt: skip
@@ -307,7 +313,8 @@ def _run(args: argparse.Namespace) -> int:
 
     opts = ServerOptions(Path(args.config), bind=args.bind, interface=args.interface,
                    dhcp_port=args.dhcp_port, tftp_port=args.tftp_port, dns_port=args.dns_port,
-                   pxe_port=args.pxe_port, http_port=args.http_port, proxy=args.proxy)  # fmt: skip
+                   pxe_port=args.pxe_port, http_port=args.http_port, proxy=args.proxy,
+                   metrics_port=args.metrics_port)  # fmt: skip
     check_paths(cfg, opts)
     if args.check:
         _print(f"{args.config}: OK\n")

@@ -44,6 +44,7 @@ class ServerOptions:
     dns_port: int = 53
     pxe_port: int = PXE_PORT
     http_port: int | None = None  # None: from the config (0 = off)
+    metrics_port: int | None = None  # None: from the config (0 = off)
     proxy: bool = False
     no_dhcp: bool = False
 
@@ -163,6 +164,7 @@ class BootConfig:
     cmdline: str = ""
     http_port: int = 0
     http_url: str = ""
+    metrics_port: int = 0  # Prometheus text format on BIND:PORT/metrics (0 = off)
     bandwidth_bps: int = 0
     max_blksize: int = 1468
     max_windowsize: int = 64
@@ -259,7 +261,8 @@ def parse(doc: dict[str, Any], base_dir: Path | None = None) -> BootConfig:
     base_dir = base_dir or Path.cwd()
     srv, net, nodes = doc.get("server", {}), doc.get("network", {}), doc.get("nodes", {})
     boot, tftp, nt = doc.get("boot", {}), doc.get("tftp", {}), doc.get("nettee", {})
-    _known(srv, "server", {"address", "root", "lease_file", "control", "http_port", "http_url"})
+    _known(srv, "server", {"address", "root", "lease_file", "control", "http_port", "http_url",
+                           "metrics_port"})  # fmt: skip
     _known(net, "network", {"subnet", "router", "dns", "domain", "lease_time",
                             "temporary_lease_time", "pool"})  # fmt: skip
     _known(nodes, "nodes", {"base", "count", "name", "admit", "macs"})
@@ -305,6 +308,7 @@ def _server_and_network(srv: dict, net: dict, base_dir: Path) -> dict[str, Any]:
         "control": path(srv, "control", "server"),
         "http_port": _int(srv, "http_port", "server", 0, 65535, 0),
         "http_url": _str(srv, "http_url", "server", ""),
+        "metrics_port": _int(srv, "metrics_port", "server", 0, 65535, 0),
         "domain": _str(net, "domain", "network", "cluster"),
         "lease_time": _int(net, "lease_time", "network", 60, 10**7, 3600),
         "temporary_lease_time": _int(net, "temporary_lease_time", "network", 10, 10**7, 30),

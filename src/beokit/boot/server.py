@@ -34,6 +34,7 @@ import signal
 import socket
 import time
 
+from beokit import metrics
 from beokit.boot import config, files, tftp_server
 from beokit.boot.config import BootConfig, BootConfigError, ServerOptions
 from beokit.boot.counters import Counters
@@ -50,6 +51,22 @@ __all__ = ["BootServer", "ServerOptions", "check_bind", "check_paths", "run_serv
 log = logging.getLogger("beokit.boot")
 NOFILE_WANT = 65536  # the soft RLIMIT_NOFILE the server raises itself to (up to the hard one)
 CHUNK = 500  # leases per piece of `status` and of the SIGUSR1 dump (the loop runs between)
+
+
+class HttpLoad:
+    """The shared :class:`Load` as HTTP sees it: every call goes to it, and HTTP's
+    bytes are counted apart as well (the metrics tell TFTP's from HTTP's)."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.bytes = 0
+
+    def count(self, nbytes: int, packets: int = 1) -> None:
+        self.bytes += nbytes
+        self.load.count(nbytes, packets)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.load, name)
 
 
 class BootServer:
@@ -81,6 +98,8 @@ class BootServer:
         self.http: HttpServer | None = None
         self.dumping: asyncio.Task | None = None
         self.started = time.monotonic()
+        self.http_load = HttpLoad(self.load)
+        self.exporter: metrics.Exporter | None = None
 
     def effective(self, cfg: BootConfig) -> BootConfig:
         """The config with the HTTP base URL filled in when HTTP boot is on."""
@@ -183,6 +202,94 @@ class BootServer:
             "deferred_offers": len(self.listeners.pending_replies),
         }
 
+    # -- metrics -------------------------------------------------------------
+    def metrics_port(self) -> int:
+        """--metrics-port, else server.metrics_port of the config (0: off)."""
+        if self.opts.metrics_port is not None:
+            return self.opts.metrics_port
+        return self.cfg.metrics_port
+
+    def bind_metrics(self) -> None:
+        """Bind the metrics port now, before serving: a taken port is a usage error."""
+        port = self.metrics_port()
+        http = self.opts.http_port if self.opts.http_port is not None else self.cfg.http_port
+        if port and port == http:
+            raise BootConfigError(f"bad metrics port {port}: the HTTP boot port")
+        if port:
+            self.exporter = metrics.Exporter(self.metrics)
+            try:
+                self.exporter.bind(self.opts.bind, port)
+            except BeokitError as e:
+                if self.opts.metrics_port is None:  # the config's: name its key
+                    raise BootConfigError(str(e).replace("--metrics-port",
+                                                         "server.metrics_port", 1)) from None
+                raise
+
+    def metrics(self) -> list[metrics.Metric]:
+        """What --metrics-port serves (Prometheus text format): a few dict lookups and
+        lengths, nothing that walks the lease table (the loop must not stall)."""
+        counts = {**self.counters, **self.listeners.queue.counts}
+        dhcp = self.logic.counts
+        answers = metrics.Metric("beokit_boot_dhcp_answers_total", "counter",
+                                 "DHCP replies sent, by message type")  # fmt: skip
+        for mtype in ("OFFER", "ACK", "NAK"):
+            answers.add(dhcp.get(mtype, 0), type=mtype.lower())
+        dropped = metrics.Metric("beokit_boot_dhcp_dropped_total", "counter",
+                                 "DHCP requests dropped unanswered under load, by reason")
+        for reason in ("shed-full", "shed-stale", "shed-late", "deferred-dropped"):
+            dropped.add(counts.get(f"dhcp-{reason}", 0), reason=reason)
+        shed = metrics.Metric("beokit_boot_shed_total", "counter",
+                              "transfers refused or pushed out to keep the server within its "
+                              "limits")  # fmt: skip
+        for proto, why, key in (("tftp", "busy", "tftp-busy"),
+                                ("tftp", "pushed-out", "tftp-pushed-out"),
+                                ("http", "full", "http-refused-full"),
+                                ("http", "pushed-out", "http-pushed-out")):  # fmt: skip
+            shed.add(counts.get(key, 0), protocol=proto, reason=why)
+        http_bytes = self.http_load.bytes
+        transfers_done = metrics.Metric("beokit_boot_transfers_total", "counter",
+                                        "file transfers ended, by protocol and result")
+        for proto, result, key in (("tftp", "done", "tftp-done"), ("tftp", "failed", "tftp-failed"),
+                                   ("http", "done", "http-done")):  # fmt: skip
+            transfers_done.add(counts.get(key, 0), protocol=proto, result=result)
+        return [
+            metrics.gauge("beokit_boot_leases", "DHCP leases held (temporary, nodes and hosts)",
+                          len(self.db.leases)),
+            metrics.gauge("beokit_boot_admitted_nodes", "nodes admitted beyond the config's",
+                          len(self.db.admitted)),
+            metrics.gauge("beokit_boot_declined_addresses", "pool addresses set aside after "
+                          "a DHCPDECLINE", len(self.db.declined)),
+            metrics.counter("beokit_boot_dhcp_requests_total", "DHCP datagrams received",
+                            counts.get("dhcp-in", 0)),
+            answers,
+            metrics.counter("beokit_boot_dhcp_deferred_total", "offers to newcomers deferred "
+                            "while booting nodes are served", counts.get("dhcp-deferred", 0)),
+            dropped,
+            metrics.gauge("beokit_boot_dhcp_queue", "DHCP requests waiting",
+                          len(self.listeners.queue)),
+            metrics.gauge("beokit_boot_dhcp_deferred_offers", "deferred offers not yet sent",
+                          len(self.listeners.pending_replies)),
+            shed,
+            metrics.counter("beokit_boot_bytes_total", "bytes sent, by protocol (TFTP: "
+                            "datagrams with their headers and option acknowledgements; HTTP: "
+                            "file bytes)",
+                            self.load.total_bytes - http_bytes, protocol="tftp")
+            .add(http_bytes, protocol="http"),
+            metrics.gauge("beokit_boot_transfers", "file transfers in progress, by protocol",
+                          len(self.tftp.sessions), protocol="tftp")
+            .add(len(self.http.clients) if self.http is not None else 0, protocol="http"),
+            transfers_done,
+            metrics.gauge("beokit_boot_http_connections", "HTTP connections open",
+                          len(self.http.conns) if self.http is not None else 0),
+            metrics.gauge("beokit_boot_tftp_saturation", "share of recent ticks the bandwidth "
+                          "cap was the limit (0-1)", self.load.saturation),
+            metrics.gauge("beokit_boot_uptime_seconds", "seconds since the server started",
+                          round(time.monotonic() - self.started, 1)),
+            metrics.from_counts("beokit_boot_events_total", "every event the server counts "
+                                "(as `beo boot status` shows them)",
+                                {**counts, **dhcp}),
+        ]
+
     def dump(self) -> None:
         """SIGUSR1: the state in the log; the leases by a task, :data:`CHUNK` lines at a
         time (one dump at once: a second signal while it runs is ignored)."""
@@ -258,8 +365,11 @@ class BootServer:
         http_port = self.opts.http_port if self.opts.http_port is not None else self.cfg.http_port
         if http_port:
             self.http = HttpServer(HttpContext(self.opts.bind, self.open_served, self.files.close,
-                                               self.bucket, self.load, self.stats), http_port)  # fmt: skip
+                                               self.bucket, self.http_load,  # type: ignore[arg-type]
+                                               self.stats), http_port)  # fmt: skip
             await self.http.start()
+        if self.exporter is not None:
+            await self.exporter.start()
         for sig, fn in (
             (signal.SIGHUP, self.reload),
             (signal.SIGUSR1, self.dump),
@@ -286,6 +396,8 @@ class BootServer:
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 self.loop.remove_signal_handler(sig)  # type: ignore[union-attr]
+        if self.exporter is not None:
+            self.exporter.stop()
         self.tftp.stop()
         self.listeners.stop()
         if self.http is not None:
@@ -349,6 +461,7 @@ def run_server(opts: ServerOptions, cfg: BootConfig) -> int:
     check_bind(opts)
     check_paths(cfg, opts)
     server = BootServer(opts, cfg)
+    server.bind_metrics()
     try:
         asyncio.run(server.serve())
     except OSError as e:
