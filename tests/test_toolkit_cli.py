@@ -193,3 +193,22 @@ def test_short_options_mean_one_thing() -> None:
     assert meaning["-k"] == {"--fanout"}
     assert meaning["-t"] == {"--timeout"}
     assert meaning["-v"] == {"--verbose"}
+
+
+def test_run_site_hostfile_is_the_hosts_only_when_the_line_names_none(tmp_path: Path) -> None:
+    """[run] hostfile in beo.toml: the hosts of `beo run -- CMD`; a NODESET on the line
+    replaces it (before: `beo run n1 -- CMD` ran `n1 -- CMD` on the file's hosts)."""
+    import os
+
+    (tmp_path / "hosts.txt").write_text("127.0.0.4\n")
+    etc = Path(os.environ["BEOKIT_CONFIG_DIR"])
+    (etc / "beo.toml").write_text(f'[run]\nrcmd = "exec"\nhostfile = "{tmp_path}/hosts.txt"\n')
+    try:
+        r = beo("run", "127.0.0.7", "--", "echo", "hi")
+        assert (r.returncode, r.stdout) == (0, "127.0.0.7: hi\n"), r.stderr
+        r = beo("run", "--", "echo", "hi")
+        assert (r.returncode, r.stdout) == (0, "127.0.0.4: hi\n"), r.stderr
+        r = beo("run", "--hostfile", str(tmp_path / "hosts.txt"), "127.0.0.7", "--", "echo", "hi")
+        assert (r.returncode, r.stdout) == (0, "127.0.0.4: hi\n127.0.0.7: hi\n"), r.stderr
+    finally:
+        (etc / "beo.toml").unlink()

@@ -65,6 +65,8 @@ class DeprecatedAlias(argparse._StoreAction):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        given = getattr(namespace, GIVEN_DEST, None) or set()
+        setattr(namespace, GIVEN_DEST, given | {self.dest})
         note = self.deprecated.get(option_string or "")
         if note:
             notes = getattr(namespace, DEPRECATED_DEST, None) or []
@@ -73,6 +75,13 @@ class DeprecatedAlias(argparse._StoreAction):
 
 
 DEPRECATED_DEST = "deprecated_spellings"
+GIVEN_DEST = "options_given"  # dests of DeprecatedAlias options the line gave (not defaults)
+
+
+def given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the command line itself gave the (DeprecatedAlias) option ``dest``,
+    rather than a default (``/etc/beokit/beo.toml``)."""
+    return dest in (getattr(args, GIVEN_DEST, None) or set())
 
 
 def say_deprecated(args: argparse.Namespace, prog: str) -> None:

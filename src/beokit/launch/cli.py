@@ -122,9 +122,6 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
 
     rest = list(args.rest)
     patterns: list[str] = []
-    if args.hostfile:
-        read_text(args.hostfile, "host file")  # one clear line if it is not text
-        patterns += read_hostfile(args.hostfile)
     if "--" in rest:  # NODESET... -- COMMAND (options before -- were parsed as options)
         cut = rest.index("--")
         patterns += rest[:cut]
@@ -135,6 +132,11 @@ def _hosts_and_command(args: argparse.Namespace) -> tuple[list[str], str]:
         if rest and rest[0].startswith("-"):
             raise UsageError(f"bad command {rest[0]!r}: it looks like an option; options go "
                              "before `--`: beo run NODESET [OPTIONS] -- COMMAND")  # fmt: skip
+    # a host file from the site defaults is the hosts when the line names none; one
+    # given on the line is joined to the NODESETs (as clush's --hostfile and -w)
+    if args.hostfile and (cliargs.given(args, "hostfile") or not patterns):
+        read_text(args.hostfile, "host file")  # one clear line if it is not text
+        patterns = read_hostfile(args.hostfile) + patterns
     if not patterns:
         raise UsageError("no hosts: give a NODESET or --hostfile FILE")
     if not rest:
