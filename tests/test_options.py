@@ -202,7 +202,7 @@ def test_all_man_page_options_are_known():
         "-process", "-stm", "-h", "-hexamples", "-herrors", "-hprocess", "-i",
     }  # fmt: skip
     extensions = {"-bind", "-secret_file", "-stall", "-report", "-heal", "-digest", "-window",
-                  "-fsync"}
+                  "-fsync", "-stm_wait", "-stm_results"}
     assert man_page | extensions == VALUE_OPTIONS | FLAG_OPTIONS
     assert not VALUE_OPTIONS & FLAG_OPTIONS
 

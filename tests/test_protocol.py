@@ -19,6 +19,7 @@ from beokit.nettee.handshake import (
 from beokit.nettee.messages import (
     Abort,
     Adopted,
+    Await,
     End,
     Fail,
     Heal,
@@ -46,6 +47,8 @@ from beokit.nettee.protocol import (
     VERSION,
     AuthError,
     Code,
+    CommandResult,
+    Commands,
     FrameDecoder,
     NodeResult,
     ProtocolError,
@@ -799,10 +802,15 @@ EVERY_MESSAGE = [
     Ping(received=2**40),
     End(1000),
     End(0, short="root: source changed"),
+    Await(),
+    Await(7.5),
     Abort("n3: NWF: connection lost"),
     Fail("LWF", "n4", "write to /dev/full: No space left on device"),
     SubtreeReport((node("a", 0, bytes_in=5),)),
     SubtreeReport((node("a", 0),), heals=(Heal("n3", "n2", 1.5, 2.0, (Adopted("n4", 77),), ("n5",)),)),
+    SubtreeReport((node("a", 0, codes=["CMDF"], cmds=Commands(
+        3, 2, 1, (CommandResult(2, "exit 3", 3, "out\n"), CommandResult(3, "sleep 9")),
+        ended=False, waited=True, expired=True)),)),  # -stm with beo exec
 ]
 
 

@@ -62,11 +62,13 @@ def test_beo_exec_runs_each_line_on_every_node(tmp_path: Path) -> None:
     script = (f"echo one > {tmp_path}/out-$BEO_EXEC_NODE\n"
               f"echo two >> {tmp_path}/out-$BEO_EXEC_NODE\n"
               "exit 3\nEOS\n").encode()  # fmt: skip
-    time.sleep(1.0)  # let the exec nodes start their receivers
+    # -stm_wait: the root reports once every node's commands ended, and names the failure
     root = subprocess.run(list(_nettee()) + ["-root", "-port", str(port), "-next", addrs[0],
-                                             "-stm", "EOS"], input=script, env=env,
-                          capture_output=True, timeout=30)  # fmt: skip
-    assert root.returncode == 0, root.stderr
+                                             "-stm", "EOS", "-stm_wait", "0"], input=script,
+                          env=env, capture_output=True, timeout=30)  # fmt: skip
+    assert root.returncode == 1, root.stderr
+    for a in addrs:
+        assert f"node {a}: command 3 'exit 3': exit status 3".encode() in root.stderr
     codes = wait_all(nodes, timeout=30)
     assert codes == [1, 1, 1]  # 'exit 3' failed on every node: reported in the status
     for a, n in zip(addrs, nodes, strict=True):

@@ -26,6 +26,11 @@ Data
   -cmd COMMAND        command behind -in socket / -out socket
   -process CMD        process the stream(s) with CMD instead of copying (-hprocess)
   -stm EOS            stream text line by line until the string EOS
+  -stm_wait SECONDS   root, -stm: every node reports once the commands its
+                      executor (beo exec) ran on the lines have ended, or
+                      SECONDS after the end of stream (0 = no limit)  [beokit]
+  -stm_results FD     -stm receiver: the executor's results on FD (beo exec
+                      passes it); they go up to the root's report    [beokit]
 
 Buffers (memory is bounded by these, whatever the stream size)
   -buf_size N         transfer buffer (pipe) size in bytes (default 1048576)
@@ -117,6 +122,8 @@ nettee error status codes
   SIG    the node was stopped by SIGINT/SIGTERM              [beokit]
   BDG    the node's -digest differs from the root's: it wrote other
          bytes than were sent, with the right count          [beokit]
+  CMDF   -stm with beo exec: a command failed on the node (exit status
+         or signal), or had not ended when -stm_wait ran out [beokit]
 
 Messages at the node above a failure (and always at the root):
   Failures detected in child 0 [node34]: NWF

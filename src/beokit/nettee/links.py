@@ -21,6 +21,7 @@ from beokit.nettee import protocol
 from beokit.nettee.hostlists import Endpoint, Hostlist
 from beokit.nettee.messages import (
     Abort,
+    Await,
     End,
     Fail,
     Kid,
@@ -180,6 +181,8 @@ def read_parent(node: Node, peer: Peer) -> None:
                 elif isinstance(msg, Abort):
                     node.parent_failed(f"aborted by parent: {msg.why}", aborted=True)
                     return
+                elif isinstance(msg, Await):  # -stm_wait: report once the commands ended
+                    node.await_arrived(msg)
             data = peer.sock.recv(65536)
             if not data:
                 break

@@ -17,6 +17,7 @@ the same protocol version, which the handshake checks first.
     child  -> parent   Ready    (the subtree below it has formed)
     both ways          Ping     (heartbeat; child -> parent carries its byte count)
     parent -> child    End      (the stream's byte count, after the data)
+    parent -> child    Await    (-stm_wait: report only once the commands have ended)
     child  -> parent   SubtreeReport (report: the results of its whole subtree)
     parent -> child    Abort    (collapse, downwards)
     child  -> parent   Fail     (collapse, upwards)
@@ -141,6 +142,16 @@ class End:
 
 
 @dataclass(frozen=True)
+class Await:
+    """-stm_wait (from the root, passed down the tree): a node whose executor
+    (beo exec) reports to it sends its report only once every command it
+    received has ended, or ``seconds`` after its end of stream (0: no limit)."""
+
+    TYPE: ClassVar[str] = "await"
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Abort:
     """Collapse: the parent is going down; ``why`` says where it started."""
 
@@ -191,7 +202,8 @@ class SubtreeReport:
     heals: tuple[Heal, ...] = ()
 
 
-Message = Hello | Join | Welcome | Refuse | Ready | Ping | End | Abort | Fail | SubtreeReport
+Message = (Hello | Join | Welcome | Refuse | Ready | Ping | End | Await | Abort | Fail
+           | SubtreeReport)
 
 
 # ---------------------------------------------------------------- writers
@@ -251,6 +263,7 @@ WRITERS: dict[type, Callable[[Any], dict]] = {
     Ready: _write_ready,
     Ping: lambda m: {} if m.received is None else {"bytes": m.received},
     End: lambda m: {"bytes": m.sent, "short": m.short} if m.short else {"bytes": m.sent},
+    Await: lambda m: {"seconds": m.seconds},
     Abort: lambda m: {"why": m.why},
     Fail: lambda m: {"code": m.code, "node": m.node, "why": m.why},
     SubtreeReport: _write_report,
@@ -368,6 +381,13 @@ def _read_ready(f: _Fields) -> Ready:
     return Ready(nodes, kids)
 
 
+def _read_await(f: _Fields) -> Await:
+    t = f.obj.get("seconds", 0.0)
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 1e9:
+        raise f.bad("seconds", f"{printable(repr(t), 40)} is not a number of seconds")
+    return Await(float(t))
+
+
 def _read_heal(f: _Fields, obj: object) -> Heal:
     if not isinstance(obj, dict):
         raise f.bad("heals", "not a list of objects")
@@ -411,6 +431,7 @@ READERS: dict[str, Callable[[_Fields], Message]] = {
     Ready.TYPE: _read_ready,
     Ping.TYPE: lambda f: Ping(f.count("bytes") if "bytes" in f.obj else None),
     End.TYPE: lambda f: End(f.count("bytes"), f.text("short")),
+    Await.TYPE: _read_await,
     Abort.TYPE: lambda f: Abort(f.text("why", default="?")),
     Fail.TYPE: lambda f: Fail(f.text("code", CODE_MAX, "BSTAT") or "BSTAT",
                               f.text("node", NAME_MAX), f.text("why")),  # fmt: skip

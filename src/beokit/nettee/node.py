@@ -44,17 +44,18 @@ from beokit.nettee.gate import LOG_LINES
 from beokit.nettee.heal import Healer
 from beokit.nettee.links import BranchLoss, ChildLink, Fatal, Heartbeat, Peer
 from beokit.nettee.log import NetteeLog
-from beokit.nettee.messages import Abort, End, Fail, SubtreeReport
+from beokit.nettee.messages import Abort, Await, End, Fail, SubtreeReport
 from beokit.nettee.options import MAX_NAME, NetteeConfig, Role, bind_address
 from beokit.nettee.policy import Action, Decision, Failure, Options, Phase, Who, decide
 from beokit.nettee.process import Feeder, start_process
 from beokit.nettee.relay import Relay
-from beokit.nettee.report import OwnResult, Reporter, all_codes
+from beokit.nettee.report import CommandLog, OwnResult, Reporter, all_codes, command_detail
 from beokit.nettee.sinks import Sink
 from beokit.nettee.stream import Streamer
 from beokit.proc import describe_exit, signal_name
 
 REASON_WAIT = 1.0  # a child that closed its data socket: how long its own reason may take
+ACK_WAIT = 2.0  # -stm_results without -stm_wait: how long the executor may take to read the end
 
 
 def node_name(cfg: NetteeConfig) -> str:
@@ -98,6 +99,10 @@ class Node:
         self.proc: subprocess.Popen | None = None  # -process CMD
         self.in_cmd: SocketCommand | None = None
         self.out_cmd: SocketCommand | None = None
+        # -stm with an executor (beo exec): its results, and the root's -stm_wait
+        self.commands: CommandLog | None = None
+        self.awaited: Await | None = None
+        self.cmds: protocol.Commands | None = None
         # the parts, each along one seam
         self.parents = ParentGate(self)
         self.joiner = Joiner(self)
@@ -130,6 +135,15 @@ class Node:
                 self.phase = Phase.ENDED
             self.changed.notify_all()
 
+    def await_arrived(self, msg: Await) -> None:
+        """-stm_wait from the root: remember it, pass it down (the tree has formed)."""
+        with self.lock:
+            self.awaited = msg
+            self.changed.notify_all()
+        for link in self.links:
+            if link.peer is not None and not link.dead:
+                link.peer.send(msg)
+
     def adopted(self) -> None:
         """-heal: a new parent took over; its own end will come."""
         with self.lock:
@@ -142,6 +156,14 @@ class Node:
     def run(self) -> int:
         """Run the node's role; the one way out (but a collapse, which exits at once)."""
         self._signals()
+        if self.cfg.stm_results is not None:
+            try:
+                os.fstat(self.cfg.stm_results)
+            except OSError as exc:
+                self.log.error(f"bad -stm_results {self.cfg.stm_results}: {exc.strerror}")
+                return 2
+            self.commands = CommandLog(self, self.cfg.stm_results)
+            self.commands.start()
         try:
             if self.cfg.process is not None:
                 status = self._run_process()
@@ -207,6 +229,8 @@ class Node:
     def _run_root(self) -> int:
         self.path = [self.node_id]
         self._form()
+        if self.cfg.stm_wait is not None:  # every node waits for its commands, then reports
+            self.await_arrived(Await(self.cfg.stm_wait))
         if self.cfg.inputs == ("socket",):
             self.in_cmd = SocketCommand(self.cfg.cmd or "", "in", self.cfg.buf_size)
             self.in_fd = self.in_cmd.fd
@@ -243,7 +267,38 @@ class Node:
         else:
             self.streamer.check_end(result.bytes_in)
         self.streamer.end_children()
+        self._commands_end()
         return self._report_up(self.reporter.collect())
+
+    def _commands_end(self) -> None:
+        """-stm_results: the stream has ended here; end the executor's input, wait for
+        its commands (-stm_wait, from the root) or only for it to have read the last
+        line, and record what they did (CMDF: a failure, or not ended in time)."""
+        log = self.commands
+        if log is None:
+            return
+        if self.out_fd is not None and not self.out_is_file:  # the executor reads to its end
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.out_fd)
+            os.close(null)
+        written = self.streamer.local.sent if self.streamer.local is not None else 0
+        awaited = self.awaited
+        if awaited is None:
+            self.wait_for(lambda: log.caught_up(written), ACK_WAIT)
+        else:
+            limit = awaited.seconds
+            deadline = time.monotonic() + limit
+            self.log.message(f"waiting for the executor's commands"
+                             f"{f' ({limit:g} s at most)' if limit else ''}")  # fmt: skip
+            while not self.wait_for(lambda: log.ended or self.phase is Phase.CUT_OFF, 1.0):
+                if limit and time.monotonic() >= deadline:
+                    break
+        with self.lock:
+            expired = awaited is not None and not log.ended
+            self.cmds = log.snapshot(waited=awaited is not None, expired=expired)
+        cmds = self.cmds
+        if cmds.failed or (cmds.running and (expired or log.ended)):
+            self.record(Who.COMMAND, command_detail(cmds))
 
     def _report_up(self, nodes: list[protocol.NodeResult]) -> int:
         """Send the report to the parent; or, cut off from the root, print it here."""

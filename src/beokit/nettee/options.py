@@ -12,6 +12,10 @@ dash).  Our extensions, also single dash so they read like the rest:
 ``-digest``            every node hashes what it wrote (xxh3-128); the root compares
 ``-window BYTES``      -heal replay window per node (default 16 MiB)
 ``-fsync``             flush the local output to stable storage before reporting
+``-stm_wait SECONDS``  root, -stm: every node reports once its commands (beo exec) have
+                       ended, or SECONDS after its end of stream (0 = no limit)
+``-stm_results FD``    -stm receiver: read the results of the commands run on the lines
+                       it writes (beo exec) from file descriptor FD; they go up to the root
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ VALUE_OPTIONS = {
     "-next", "-in", "-out", "-flow", "-port", "-t", "-v", "-log", "-name",
     "-buf_size", "-buf_minread", "-buf_minwrite", "-buf_maxread", "-buf_maxwrite",
     "-connf", "-cmd", "-process", "-stm",
-    "-bind", "-secret_file", "-stall", "-report", "-window",
+    "-bind", "-secret_file", "-stall", "-report", "-window", "-stm_wait", "-stm_results",
 }  # fmt: skip
 FLAG_OPTIONS = {
     "-root", "-w", "-q", "-colrf", "-colwf", "-conrf", "-conwf",
@@ -93,6 +97,8 @@ class NetteeConfig:
     cmd: str | None = None
     process: str | None = None
     stm: str | None = None
+    stm_wait: float | None = None  # root: wait for the commands (0: no limit); None: do not
+    stm_results: int | None = None  # receiver: the executor's results come on this fd
     bind: str = "0.0.0.0"
     secret_file: str | None = None
     stall: float = DEFAULT_STALL
@@ -266,6 +272,15 @@ def _modes(cfg: NetteeConfig, given: dict[str, str]) -> None:
         raise UsageError("bad -cmd/-process '': give a command")
     if cfg.stm == "":
         raise UsageError("bad -stm '': give the End Of Stream string")
+    if "-stm_wait" in given:
+        cfg.stm_wait = _seconds("-stm_wait", given["-stm_wait"])
+        if cfg.stm is None or not cfg.root:
+            raise UsageError("-stm_wait is for the root of a -stm chain (-root -stm EOS)")
+    if "-stm_results" in given:
+        cfg.stm_results = _number("-stm_results", given["-stm_results"], minimum=3,
+                                  maximum=1 << 20)  # fmt: skip
+        if cfg.stm is None or cfg.root:
+            raise UsageError("-stm_results is for a receiver of a -stm chain (beo exec passes it)")
     if cfg.stm is not None and cfg.buf_minwrite > 1:
         raise UsageError(f"-stm with -buf_minwrite {cfg.buf_minwrite}: lines would wait in the buffer")
     if flow == "pull" and cfg.process is None:

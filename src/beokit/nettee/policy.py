@@ -62,6 +62,7 @@ class Who(Enum):
     BAD_REPORT = "a child's report is not one"
     BAD_COUNT = "a child's byte count differs from what was sent"
     BAD_DIGEST = "a node's digest differs from the root's (-digest)"
+    COMMAND = "a command fails on a node (beo exec), or has not ended when -stm_wait runs out"
     NO_JOIN = "a child does not join within -t (or each host of its list within -connf)"
     UNREACHABLE = "a child is unreachable (no route, no such name)"
     SIGNAL = "SIGINT or SIGTERM"
@@ -179,6 +180,8 @@ def decide(f: Failure, o: Options) -> Decision:
         return Decision(Action.CARRY_ON, Code.BBC, fatal=True)
     if who is Who.BAD_DIGEST:
         return Decision(Action.CARRY_ON, Code.BDG, fatal=True)
+    if who is Who.COMMAND:  # the stream was delivered; what ran on it failed
+        return Decision(Action.CARRY_ON, Code.CMDF, fatal=True)
     if who is Who.NO_JOIN:
         return _option(o.connf, "-connf", Code.NNF)
     if who is Who.UNREACHABLE:
@@ -209,6 +212,7 @@ ROWS: list[tuple[Failure, bool]] = [  # (failure, under -flow pull)
     (Failure(Who.BAD_COUNT, Phase.REPORTED), False),
     (Failure(Who.BAD_REPORT, Phase.REPORTED), False),
     (Failure(Who.BAD_DIGEST, Phase.REPORTED), False),
+    (Failure(Who.COMMAND, Phase.REPORTED), False),
     (Failure(Who.NO_JOIN, Phase.FORMING), False),
     (Failure(Who.UNREACHABLE, Phase.FORMING), False),
     (Failure(Who.SIGNAL), False),

@@ -24,7 +24,7 @@ import hmac
 import json
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from beokit.errors import WireError
@@ -32,6 +32,7 @@ from beokit.errors import WireError
 # every name and reason a peer sends passes through printable before it is shown
 from beokit.nettee.text import NAME_MAX as NAME_MAX
 from beokit.nettee.text import printable as printable
+from beokit.proc import signal_name
 
 VERSION = 1
 MAGIC = b"NTEEDATA"
@@ -79,6 +80,7 @@ class Code(StrEnum):
     NNF = "NNF"  # could not connect to (one or more) child nodes
     SIG = "SIG"  # beokit: the node was stopped by SIGINT/SIGTERM
     BDG = "BDG"  # beokit: the node's digest differs from the root's (-digest)
+    CMDF = "CMDF"  # beokit: a command run by beo exec failed, or did not complete (-stm_wait)
 
 
 CODE_TEXT = {
@@ -92,6 +94,7 @@ CODE_TEXT = {
     Code.NNF: "could not connect to (one or more) child nodes",
     Code.SIG: "stopped by a signal",
     Code.BDG: "child wrote data whose digest differs from the root's",
+    Code.CMDF: "a command failed on the node (beo exec), or did not complete in -stm_wait",
 }
 _ORDER = list(Code)
 
@@ -177,13 +180,17 @@ class NodeResult:
     fatal: bool = False  # an unhandled failure: this node's output cannot be trusted
     digest: str = ""  # -digest: "xxh3_128:<hex>" of what the node wrote (root: read)
     addr: str = ""  # where the node was reached (its parent's -next entry; the root's -bind)
+    cmds: Commands | None = None  # -stm with beo exec: what its commands did
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "depth": self.depth, "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "bytes_up": self.bytes_up, "codes": self.codes,
-                "seconds": self.seconds,
-                "detail": self.detail, "local_out": self.local_out,
-                "fatal": self.fatal, "digest": self.digest, "addr": self.addr}  # fmt: skip
+        out = {"name": self.name, "depth": self.depth, "bytes_in": self.bytes_in,
+               "bytes_out": self.bytes_out, "bytes_up": self.bytes_up, "codes": self.codes,
+               "seconds": self.seconds,
+               "detail": self.detail, "local_out": self.local_out,
+               "fatal": self.fatal, "digest": self.digest, "addr": self.addr}  # fmt: skip
+        if self.cmds is not None:
+            out["cmds"] = self.cmds.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> NodeResult:
@@ -199,9 +206,125 @@ class NodeResult:
                        local_out=bool(d.get("local_out", True)),
                        fatal=bool(d.get("fatal", False)),
                        digest=printable(d.get("digest", ""), TEXT_MAX),
-                       addr=printable(d.get("addr", ""), ADDR_MAX))  # fmt: skip
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                       addr=printable(d.get("addr", ""), ADDR_MAX),
+                       cmds=Commands.from_dict(d["cmds"]) if "cmds" in d else None)  # fmt: skip
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ProtocolError(f"bad node result: {exc}") from None
+
+
+# ---------------------------------------------------------------- commands (-stm, beo exec)
+
+CMD_TEXT_MAX = 200  # a command's text as reported
+OUTPUT_MAX = 1000  # the tail of a command's output that may travel up (beo exec --report-output)
+CMDS_LISTED = 20  # commands listed per node (failures first); the counts cover them all
+MAX_COUNT_CMD = (1 << 63) - 1
+
+
+def printable_lines(value: object, limit: int) -> str:
+    """Like :func:`printable`, but newlines stay newlines (command output); at most
+    ``limit`` characters, the last ones kept."""
+    text = value if isinstance(value, str) else str(value)
+    text = "\n".join(printable(line, limit) for line in text[-limit:].split("\n"))
+    return text[-limit:]
+
+
+def _int(d: dict, key: str, lo: int = 0, hi: int = MAX_COUNT_CMD) -> int:
+    v = d.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{key} {printable(repr(v), 40)} is out of range")
+    return v
+
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """One command a node's executor ran: its sequence number in the stream (from 1),
+    its text, how it ended (``status``: the exit status, or minus the signal that
+    killed it; None: not ended) and the tail of its output (if asked for)."""
+
+    seq: int
+    cmd: str
+    status: int | None = None
+    out: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status is not None and self.status != 0
+
+    def how(self) -> str:
+        """How it ended, in words: 'exit status 3', 'killed by SIGKILL', 'still running'."""
+        if self.status is None:
+            return "not completed"
+        if self.status < 0:
+            return f"killed by signal {-self.status} ({signal_name(-self.status)})"
+        return f"exit status {self.status}"
+
+    def to_dict(self) -> dict:
+        out: dict = {"seq": self.seq, "cmd": self.cmd, "status": self.status}
+        if self.out:
+            out["out"] = self.out
+        return out
+
+    @classmethod
+    def from_dict(cls, d: object) -> CommandResult:
+        if not isinstance(d, dict) or not isinstance(d.get("cmd"), str):
+            raise ValueError("a command that is not an object with a text")
+        status = d.get("status")
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)
+                                   or not -128 <= status <= 255):  # fmt: skip
+            raise ValueError(f"status {printable(repr(status), 40)} is not an exit status")
+        out = d.get("out", "")
+        return cls(_int(d, "seq"), printable(d["cmd"], CMD_TEXT_MAX), status,
+                   printable_lines(out, OUTPUT_MAX) if isinstance(out, str) else "")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Commands:
+    """What a node's executor (beo exec) did with the lines of a -stm stream:
+    ``received`` commands, ``done`` of them ended, ``failed`` of those failed;
+    ``listed``: at most :data:`CMDS_LISTED` of them (every failure first, then,
+    with --report-output, the others); ``ended``: the executor said it is done
+    (every command it received has ended); ``waited``: the node waited for it
+    (-stm_wait) and ``expired``: that wait ran out."""
+
+    received: int = 0
+    done: int = 0
+    failed: int = 0
+    listed: tuple[CommandResult, ...] = ()
+    ended: bool = False
+    waited: bool = False
+    expired: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.ended and self.done == self.received
+
+    @property
+    def running(self) -> int:
+        return self.received - self.done
+
+    def to_dict(self) -> dict:
+        return {"received": self.received, "done": self.done, "failed": self.failed,
+                "listed": [c.to_dict() for c in self.listed], "ended": self.ended,
+                "waited": self.waited, "expired": self.expired}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: object) -> Commands:
+        if not isinstance(d, dict) or not isinstance(d.get("listed", []), list):
+            raise ValueError("cmds is not an object with a list of commands")
+        listed = d.get("listed", [])[:CMDS_LISTED]
+        flags = []
+        for key in ("ended", "waited", "expired"):
+            v = d.get(key, False)
+            if not isinstance(v, bool):
+                raise ValueError(f"cmds {key} is not true or false")
+            flags.append(v)
+        return cls(_int(d, "received"), _int(d, "done"), _int(d, "failed"),
+                   tuple(CommandResult.from_dict(c) for c in listed), *flags)  # fmt: skip
+
+    def without_output(self) -> Commands:
+        """The same, the outputs dropped and only failures listed (a report too large)."""
+        return replace(self, listed=tuple(replace(c, out="") for c in self.listed if c.failed))
 
 
 def sort_codes(codes: Iterable[str]) -> list[str]:

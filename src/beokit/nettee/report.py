@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from beokit.nettee import protocol
 from beokit.nettee.links import ChildLink
-from beokit.nettee.messages import Ready, SubtreeReport
+from beokit.nettee.messages import Ready, SubtreeReport, encode
 from beokit.nettee.options import bind_address
 from beokit.nettee.policy import Failure, Phase, Who, decide
+from beokit.nettee.protocol import CMD_TEXT_MAX, CMDS_LISTED, CommandResult, Commands
 
 if TYPE_CHECKING:
     from beokit.nettee.node import Node
@@ -38,6 +40,115 @@ class OwnResult:
             self.codes.append(code)
         self.detail = why
         self.fatal = self.fatal or fatal
+
+
+class CommandLog:
+    """-stm_results FD: what the node's executor (beo exec) did with the lines this
+    node wrote, one JSON object a line: ``{"at": BYTES}`` (it has read BYTES of
+    the stream), with ``"seq": N, "cmd": TEXT`` when that line is command N, and
+    ``{"seq": N, "status": S, "out": TAIL}`` when command N ended (S: its exit
+    status, or minus the signal that killed it).  The end of FD: the executor is
+    done, every command it received has ended (or it died: then fewer did).
+    Anything else on FD is skipped; what is kept is bounded."""
+
+    LINE_MAX = 1 << 16
+
+    def __init__(self, node: Node, fd: int) -> None:
+        self.node = node
+        self.fd = fd
+        self.acked = 0  # bytes of the stream the executor has read
+        self.received = 0
+        self.done = 0
+        self.failed = 0
+        self.listed: list[CommandResult] = []
+        self.pending: dict[int, str] = {}  # received, not ended: seq -> text
+        self.ended = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="stm-results", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            with open(self.fd, "rb", closefd=True) as fh:
+                while line := fh.readline(self.LINE_MAX):
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(obj, dict):
+                        with self.node.lock:
+                            self._apply(obj)
+                            self.node.changed.notify_all()
+        except OSError:
+            pass
+        with self.node.lock:
+            self.ended = True
+            self.node.changed.notify_all()
+
+    def _apply(self, obj: dict) -> None:
+        at, seq = obj.get("at"), obj.get("seq")
+        if isinstance(at, int) and not isinstance(at, bool):
+            self.acked = max(self.acked, at)
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            return
+        cmd = obj.get("cmd")
+        if isinstance(cmd, str) and seq not in self.pending:
+            self.received += 1
+            self.pending[seq] = protocol.printable(cmd, CMD_TEXT_MAX)
+        status = obj.get("status")
+        if isinstance(status, int) and not isinstance(status, bool) and seq in self.pending:
+            out = obj.get("out")
+            r = CommandResult(seq, self.pending.pop(seq), max(-128, min(status, 255)),
+                              protocol.printable_lines(out, protocol.OUTPUT_MAX)
+                              if isinstance(out, str) else "")  # fmt: skip
+            self.done += 1
+            self.failed += r.failed
+            self._list(r)
+
+    def _list(self, r: CommandResult) -> None:
+        """Keep at most CMDS_LISTED: every failure first, then those with output."""
+        if not (r.failed or r.out):
+            return
+        if len(self.listed) < CMDS_LISTED:
+            self.listed.append(r)
+            return
+        if r.failed:
+            for i in range(len(self.listed) - 1, -1, -1):
+                if not self.listed[i].failed:
+                    del self.listed[i]
+                    self.listed.append(r)
+                    return
+
+    def caught_up(self, written: int) -> bool:
+        """The executor has read all ``written`` bytes (or is done)."""
+        return self.ended or self.acked >= written
+
+    def snapshot(self, waited: bool, expired: bool) -> Commands:
+        """What to report (under the node's lock).  A wait that ran out lists the
+        commands that had not ended, after the failures."""
+        listed = list(self.listed)
+        if expired:
+            room = CMDS_LISTED - len(listed)
+            listed += [CommandResult(s, c) for s, c in sorted(self.pending.items())][:max(room, 0)]
+        listed.sort(key=lambda c: c.seq)
+        return Commands(self.received, self.done, self.failed, tuple(listed), self.ended,
+                        waited, expired)  # fmt: skip
+
+
+def command_detail(cmds: Commands) -> str:
+    """The reason beside a node's CMDF (the commands themselves are listed after it)."""
+    parts = []
+    if cmds.failed:
+        parts.append(f"{cmds.failed} of {cmds.received} command(s) failed")
+    if cmds.running and (cmds.expired or cmds.ended):
+        why = "when -stm_wait ran out" if cmds.expired else "when the executor ended"
+        parts.append(f"{cmds.running} of {cmds.received} command(s) had not ended {why}")
+    return "; ".join(parts)
+
+
+def _names(nodes: list[protocol.NodeResult], most: int = 8) -> str:
+    shown = ", ".join(n.name for n in nodes[:most])
+    return shown + (f" and {len(nodes) - most} more" if len(nodes) > most else "")
 
 
 def all_codes(nodes: list[protocol.NodeResult]) -> list[str]:
@@ -66,7 +177,17 @@ class Reporter:
 
     def report(self, nodes: list[protocol.NodeResult]) -> SubtreeReport:
         # what was healed in this subtree travels up to the root's -report
-        return SubtreeReport(tuple(nodes), tuple(self.node.healer.heals))
+        msg = SubtreeReport(tuple(nodes), tuple(self.node.healer.heals))
+        if any(n.cmds is not None for n in nodes):  # commands' outputs: keep the frame's bound
+            try:
+                encode(msg)
+            except protocol.ProtocolError:
+                nodes = [replace(n, cmds=n.cmds.without_output()) if n.cmds else n
+                         for n in nodes]  # fmt: skip
+                self.node.log.error(f"report of {len(nodes)} node(s) too large: commands' "
+                                    "outputs and successes left out")  # fmt: skip
+                msg = SubtreeReport(tuple(nodes), tuple(self.node.healer.heals))
+        return msg
 
     def collect(self) -> list[protocol.NodeResult]:
         """Wait for every child's report; merge them under this node's own result."""
@@ -94,7 +215,7 @@ class Reporter:
             bytes_out=streamer.local.sent if streamer.local is not None else 0,
             codes=protocol.sort_codes(node.own.codes), seconds=round(streamer.seconds, 3),
             detail=node.own.detail, local_out=node.out_fd is not None, fatal=node.own.fatal,
-            digest=streamer.digest(), addr=bind_address(node.cfg))  # fmt: skip
+            digest=streamer.digest(), addr=bind_address(node.cfg), cmds=node.cmds)  # fmt: skip
 
     def _branch(self, link: ChildLink, sub: list[protocol.NodeResult]) -> list[protocol.NodeResult]:
         """A child's report: its count checked against ours (BBC), one level deeper."""
@@ -178,6 +299,7 @@ class Reporter:
             if n.codes:
                 log.error(f"node {n.name}: {protocol.format_codes(n.codes)} ({n.detail})"
                           f"{_at(n)}")  # fmt: skip
+        self.print_commands(nodes)
         for n in nodes:
             log.message(f"node {n.name}: {n.bytes_in} bytes in, {n.bytes_out} out, "
                         f"{n.seconds:.2f} s, {protocol.format_codes(n.codes)}{_at(n)}")  # fmt: skip
@@ -185,6 +307,43 @@ class Reporter:
         joined = sum(1 for n in nodes[1:] if protocol.Code.NNF.value not in n.codes)
         log.message(f"{verb} {joined} node(s) in {secs:.2f} s "
                     f"({total / secs / 1e6:.1f} MB/s)")  # fmt: skip
+
+    def print_commands(self, nodes: list[protocol.NodeResult]) -> None:
+        """-stm with beo exec: which command failed where, its output if it came,
+        and whether every command has ended (never success for what did not)."""
+        log = self.node.log
+        ran = [n for n in nodes if n.cmds is not None]
+        if not ran:
+            return
+        for n in ran:
+            for c in n.cmds.listed:
+                bad = c.failed or c.status is None
+                say = log.error if bad else log.message
+                if bad:
+                    say(f"node {n.name}: command {c.seq} {c.cmd!r}: {c.how()}{_at(n)}")
+                elif c.out:
+                    say(f"node {n.name}: command {c.seq} {c.cmd!r}: {c.how()}")
+                for line in c.out.splitlines():
+                    say(f"node {n.name}: | {line}")
+        failed = [n for n in ran if n.cmds.failed]
+        open_ = [n for n in ran if not n.cmds.complete]
+        lost = f", failed on {len(failed)} node(s): {_names(failed)}" if failed else ", none failed"
+        if not open_:
+            each = {n.cmds.done for n in ran}
+            ended = (f"{each.pop()} ended on each of" if len(each) == 1
+                     else f"all {sum(n.cmds.done for n in ran)} ended on")  # fmt: skip
+            (log.error if failed else log.message)(
+                f"commands: {ended} {len(ran)} node(s){lost}")
+            return
+        waited = any(n.cmds.waited for n in ran)
+        why = ("-stm_wait ran out" if any(n.cmds.expired for n in ran) else
+               "an executor ended early" if all(n.cmds.ended for n in open_) else
+               "still running: the root did not wait for them (-stm_wait)" if not waited else
+               "still running")  # fmt: skip
+        left = ", ".join(f"{n.name} ({n.cmds.done} of {n.cmds.received} ended)"
+                         for n in open_[:8]) + (f" and {len(open_) - 8} more" if len(open_) > 8 else "")  # fmt: skip
+        log.error(f"commands: delivered to {len(ran)} node(s), not yet completed on "
+                  f"{len(open_)}: {left}; {why}{lost if failed else ''}")  # fmt: skip
 
     def write_report(self, nodes: list[protocol.NodeResult], status: str, secs: float) -> None:
         node = self.node
@@ -196,6 +355,11 @@ class Reporter:
                "nodes": [n.to_dict() for n in nodes]}  # fmt: skip
         if node.healer.heals:
             doc["heals"] = [h.to_json() for h in node.healer.heals]
+        ran = [n.cmds for n in nodes if n.cmds is not None]
+        if ran:
+            doc["commands"] = {"nodes": len(ran), "complete": all(c.complete for c in ran),
+                               "failed": sum(c.failed for c in ran),
+                               "failed_nodes": sum(1 for c in ran if c.failed)}  # fmt: skip
         try:
             if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout: in place
                 with open(path, "w") as fh:
