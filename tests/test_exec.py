@@ -176,7 +176,7 @@ def test_beo_exec_nodes_keeps_the_secret_off_every_command_line(tmp_path: Path) 
         time.sleep(0.1)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "every command ended, 0 failed" in err
+    assert "every command ended, none failed" in err
     assert seen == []
 
 
@@ -202,3 +202,44 @@ def test_beo_exec_bad_input_is_one_line_and_status_2(argv: list[str], words: str
                        timeout=30)  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_docs_code_table_names_every_code() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "nettee.md").read_text()
+    for code in Code:
+        assert f"| `{code.value}` | " in doc, code
+
+
+def test_sigterm_stops_the_chain_and_its_commands(tmp_path: Path) -> None:
+    import signal
+
+    port = free_port(ADDRS[:2])
+    marker = "marker-" + os.urandom(6).hex()
+    proc = subprocess.Popen(BEO + ["exec", "--nodes", "127.0.0.[2-3]", "-R", "exec", "--port",
+                                   str(port), "--", f"sleep 60; echo {marker}"],
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+    def running() -> list[str]:
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                if (pid.isdigit() and pid != str(proc.pid)  # beo exec's own argv has it
+                        and marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()):
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(running()) < 2 and time.monotonic() < deadline:  # both nodes run the command
+        time.sleep(0.1)
+    assert len(running()) >= 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "beo exec: interrupted by SIGTERM: the chain and its commands were stopped" in err
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running() == []

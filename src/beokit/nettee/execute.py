@@ -41,7 +41,7 @@ import threading
 import time
 from typing import IO, Any
 
-from beokit import cliargs
+from beokit import cliargs, proc
 from beokit.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, seconds
 from beokit.nettee.localchain import nettee_command
 from beokit.nettee.protocol import OUTPUT_MAX
@@ -90,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "port can then run commands as this user")  # fmt: skip
     g = p.add_argument_group("starting the chain on a node set (the root)")
     g.add_argument("--nodes", metavar="NODESET",
-                   help="start beo exec on every node of NODESET (a chain in this order) "
+                   help="start beo exec on every node of NODESET (a chain in NodeSet order) "
                    "through the launch tree, run COMMAND on each and report")  # fmt: skip
     g.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
                    help="remote command of the launch tree, as beo run's (default ssh; exec: "
@@ -326,14 +326,15 @@ def run_nodes(args: argparse.Namespace) -> int:
     """``beo exec --nodes NODESET``: the chain started through the launch tree, the
     root nettee with -stm_wait fed COMMAND (or stdin), then the report."""
     from beokit.errors import check_host_count
-    from beokit.hostlist import expand
+    from beokit.hostlist import expand, fold
     from beokit.launch import cli as launch_cli
     from beokit.launch import plan as launch_plan
     from beokit.launch.agent import Agent
 
-    hosts = list(dict.fromkeys(expand(args.nodes)))
-    if not hosts:
-        raise UsageError(f"bad --nodes {args.nodes!r}: no node")
+    # the chain in NodeSet's order, which every node finds again from the folded set
+    # (groups such as @all are expanded here, where their configuration is)
+    nodes = fold(list(dict.fromkeys(expand(args.nodes))))
+    hosts = expand(nodes)
     check_host_count(hosts)
     if args.fanout < 1:
         raise UsageError(f"bad --fanout {args.fanout}: must be >= 1")
@@ -356,11 +357,11 @@ def run_nodes(args: argparse.Namespace) -> int:
            "timeout": 0, "connect_timeout": args.connect_timeout, "backend": backend.spec(),
            "agent_bind": "127.0.0.1" if backend.kind == "exec" else "",
            "leaf_agents": False, "barrier": False, "steal": True}  # fmt: skip
-    spec = {"nodes": args.nodes, "port": port, "eos": args.eos, "secret": secret,
+    spec = {"nodes": nodes, "port": port, "eos": args.eos, "secret": secret,
             "bind": backend.kind == "exec", "output": args.report_output}  # fmt: skip
     payload = json.dumps(spec).encode() + b"\n"
     if len(payload) > launch_plan.MAX_INPUT:
-        raise UsageError(f"--nodes {args.nodes!r}: the spec is larger than the launch "
+        raise UsageError(f"--nodes {args.nodes!r}: the node set folds to more than the launch "
                          f"channel's {launch_plan.MAX_INPUT >> 10} KiB")  # fmt: skip
     started: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
@@ -378,15 +379,38 @@ def run_nodes(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="beo-exec-") as tmp:
         report = args.report or os.path.join(tmp, "report.json")
         status, early = 1, {"(all)": "beo exec was interrupted"}
+        doc: dict[str, Any] = {}
+        stop: proc.Interrupted | None = None
         try:
-            status, early = _root(args, hosts[0], port, secret, commands, report, started, lock)
+            with proc.SignalGuard():
+                try:
+                    status, early = _root(args, hosts[0], port, secret, commands, report,
+                                          started, lock)  # fmt: skip
+                    doc = _read_report(report)
+                except proc.Interrupted as exc:  # the root nettee was stopped: so is the tree
+                    stop = exc
         finally:
-            # the nodes end once their commands have (a chain that never formed: now)
-            tree.join(0 if early else LAUNCH_WAIT if args.wait == 0 else 2.0)
+            # the nodes end once their commands have; a chain that never formed, or
+            # commands still running when --wait ran out: stopped with the tree now
+            done = bool((doc.get("commands") or {}).get("complete"))
+            tree.join(LAUNCH_WAIT if done and not early else 0)
             stopped = tree.is_alive()
             agent.close()
             tree.join(LAUNCH_WAIT)
-        return _summary(hosts, report, status, early, started, stopped, time.monotonic() - t0)
+        if stop is not None:
+            print(f"beo exec: interrupted by {stop.name}: the chain and its commands were "
+                  "stopped", file=sys.stderr)  # fmt: skip
+            return stop.exit_status
+        return _summary(hosts, doc, status, early, started, stopped, time.monotonic() - t0)
+
+
+def _read_report(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _root(args: argparse.Namespace, first: str, port: int, secret: str,
@@ -414,15 +438,20 @@ def _root(args: argparse.Namespace, first: str, port: int, secret: str,
     threading.Thread(target=events, daemon=True).start()
     threading.Thread(target=_feed, args=(root, commands, args.eos), daemon=True).start()
     early: dict[str, str] = {}
-    while root.poll() is None:
-        time.sleep(0.05)
-        if formed.is_set() or early:
-            continue
-        with lock:  # a node that ended before the chain formed: it will never join
-            for host, res in started.items():
-                early[host] = _why(res)
-        if early:
+    try:
+        while root.poll() is None:
+            time.sleep(0.05)
+            if formed.is_set() or early:
+                continue
+            with lock:  # a node that ended before the chain formed: it will never join
+                for host, res in started.items():
+                    early[host] = _why(res)
+            if early:
+                root.terminate()
+    finally:
+        if root.poll() is None:  # interrupted: the root collapses the chain (SIG)
             root.terminate()
+            root.wait(LAUNCH_WAIT)
     return root.wait(), early
 
 
@@ -444,8 +473,6 @@ def _feed(root: subprocess.Popen, commands: list[str] | None, eos: str) -> None:
 
 
 def _why(res: dict[str, Any]) -> str:
-    from beokit.proc import describe_exit
-
     if res.get("error"):
         return str(res["error"])
     err = [ln.strip() for ln in str(res.get("err") or "").splitlines() if ln.strip()]
@@ -453,17 +480,12 @@ def _why(res: dict[str, Any]) -> str:
     reasons = [ln for ln in err if not ln.startswith(("nettee: Failures detected",
                                                       "nettee: collapsing"))]  # fmt: skip
     rc = res.get("rc")
-    return reasons[0] if reasons else describe_exit(rc if isinstance(rc, int) else None, "beo exec")
+    return reasons[0] if reasons else proc.describe_exit(rc if isinstance(rc, int) else None, "beo exec")
 
 
-def _summary(hosts: list[str], report: str, status: int, early: dict[str, str],
+def _summary(hosts: list[str], doc: dict[str, Any], status: int, early: dict[str, str],
              started: dict[str, dict[str, Any]], stopped: bool, elapsed: float) -> int:  # fmt: skip
     """Outputs that came up (stdout, 'node: line'), nodes that did not start, one line."""
-    try:
-        with open(report) as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
-        doc = {}
     for n in doc.get("nodes", [])[1:]:
         for c in (n.get("cmds") or {}).get("listed", []):
             for line in str(c.get("out", "")).splitlines():
@@ -471,9 +493,10 @@ def _summary(hosts: list[str], report: str, status: int, early: dict[str, str],
     sys.stdout.flush()
     for host, why in early.items():
         print(f"beo exec: {host}: did not start: {why}", file=sys.stderr)
-    for host in hosts if not early else []:
+    reported = {str(n.get("name")) for n in doc.get("nodes", [])}
+    for host in hosts if not early else []:  # a node the chain has no word of
         res = started.get(host)
-        if res is not None and res.get("error"):
+        if host not in reported and res is not None and (res.get("error") or res.get("rc")):
             print(f"beo exec: {host}: {_why(res)}", file=sys.stderr)
     cmds = doc.get("commands") or {}
     if early or not cmds:
@@ -483,8 +506,9 @@ def _summary(hosts: list[str], report: str, status: int, early: dict[str, str],
     state = ("every command ended" if cmds.get("complete") else
              "NOT every command ended" + (": those still running were stopped with the "
                                           "launch tree" if stopped else ""))  # fmt: skip
+    failed = (f"{cmds['failed']} failed on {cmds.get('failed_nodes', 0)} node(s)"
+              if cmds.get("failed") else "none failed")  # fmt: skip
     print(f"beo exec: {cmds.get('nodes', 0)} of {len(hosts)} node(s) reported, {state}, "
-          f"{cmds.get('failed', 0)} failed on {cmds.get('failed_nodes', 0)} node(s) "
-          f"({elapsed:.2f} s)", file=sys.stderr)  # fmt: skip
+          f"{failed} ({elapsed:.2f} s)", file=sys.stderr)  # fmt: skip
     bad = status != 0 or not cmds.get("complete") or cmds.get("nodes", 0) < len(hosts)
     return EXIT_FAILURE if bad else 0
