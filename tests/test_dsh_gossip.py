@@ -446,3 +446,31 @@ def test_partial_view_status_lists_the_members_up() -> None:
     assert f"the {300 - some['up']} members without a report under 4.5 s old" in head
     assert len(text.splitlines()) == 2 + some["up"]
     assert "partial view" not in state.format_status(every)
+
+
+def test_tables_share_one_roster_and_hold_only_the_members_heard_of() -> None:
+    """A simulation builds a table per member: with one shared roster each holds
+    state only for the members it heard of (N tables of N members: not N² objects,
+    which made the 3,000-member scenario spend half a minute building them and
+    10,000 members run out of memory); what a table answers is unchanged."""
+    n = 10_000
+    roster = state.Roster([state.MemberSpec(f"n{i}") for i in range(n)],
+                          {f"n{i}": f"10.1.{i >> 8}.{i & 255}" for i in range(n)})  # fmt: skip
+    tables = [state.Table(roster, f"n{i}", period=1.0, keep_marks=True) for i in range(0, n, 10)]
+    assert all(len(t.members) == 1 and t.size == n and t.roster is roster for t in tables)
+    g = Gossip(tables[0], SECRET, Params(), random.Random(1))
+    g.set_self(report("n0", 5.0), 0.0)
+    data = push("n5", "n0", [(0, report("n5", 5.0)), (10, report("n7", 0.5)), (10, report("x9"))])
+    events = g.on_datagram(data, "10.1.0.5", 0.0)
+    assert [e.kind for e in events].count("reject") == 1  # x9: not a member
+    t = tables[0]
+    assert sorted(t.members) == ["n0", "n5", "n7"] and t.best(0.0).name == "n7"  # type: ignore[union-attr]
+    assert t.address_of("n9999") == "10.1.39.15" and "n9999" not in t.members
+    snap = t.snapshot(0.0)
+    assert snap["members_total"] == len(snap["members"]) == n and snap["up"] == 3
+    assert len(t.members) == 3  # listing them all made none
+    assert t.members["n42"].report is None and len(t.members) == 4  # looked at: made
+    with pytest.raises(KeyError):
+        t.members["x9"]  # noqa: B018
+    t.tick(3.01)  # n5 and n7 expire at their origin + 3 periods
+    assert set(t.up_set) == {"n0"} and not t.members["n7"].up

@@ -157,7 +157,7 @@ class Daemon:
         c = self.counters()
         out = [
             metrics.gauge("beokit_dshd_members", "members in the cluster file",
-                          len(self.table.members)),
+                          self.table.size),
             metrics.gauge("beokit_dshd_members_up", "members with a fresh report",
                           self.table.up_count()),
             metrics.counter("beokit_dshd_gossip_packets_total", "gossip datagrams",
@@ -212,7 +212,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         log.info("dshd %s: %d members, bind %s, UDP %d, status %d, best %d, period %g s%s",
-                 self.table.self_name, len(self.table.members), self.cfg.bind,
+                 self.table.self_name, self.table.size, self.cfg.bind,
                  self.cfg.gossip_port, self.cfg.status_port, self.cfg.best_port,
                  self.cfg.period, ", authenticated" if self.loaded.secret else "")  # fmt: skip
         self.rounds.start()

@@ -99,14 +99,15 @@ class Gossip:
     def full_view(self) -> bool:
         """Does every member send to every other at least once a period (so that a
         member missing from the table is one that stopped reporting)?"""
-        p, others = self.params, len(self.table.members) - 1
+        p, others = self.params, self.table.size - 1
         return others <= p.fanout or others <= (p.fanout - p.partners) * p.rounds
 
     def members_changed(self) -> None:
         """After :meth:`Table.set_members`: a new round-robin pass, no stale names."""
         self._order, self._pos = [], 0
-        self._top = [n for n in self._top if n in self.table.members]
-        self._demoted = {n: t for n, t in self._demoted.items() if n in self.table.members}
+        roster = self.table.roster
+        self._top = [n for n in self._top if n in roster]
+        self._demoted = {n: t for n, t in self._demoted.items() if n in roster}
 
     # ---- this node
     def set_self(self, report: packet.Report, now: float) -> list[MemberEvent]:
@@ -119,7 +120,7 @@ class Gossip:
         within the expiry (members known to be alive, and as random as the
         senders are: no member is everyone's partner), the others the next of
         the round-robin pass over all members (which finds the rest)."""
-        members, me, p = self.table.members, self.table.self_name, self.params
+        members, me, p = self.table.roster.specs, self.table.self_name, self.params
         want = min(p.fanout, len(members) - 1)
         out: list[str] = []
         if now is not None and want < len(members) - 1 and p.partners:
@@ -128,14 +129,20 @@ class Gossip:
                              if now - t <= limit and n in members}  # fmt: skip
             pool = list(self._senders)
             out = self.rng.sample(pool, min(len(pool), p.partners, want))
+        order = self._order
         while len(out) < want:
-            if self._pos >= len(self._order):
-                self._order = [n for n in members if n != me]
-                self.rng.shuffle(self._order)
+            if self._pos >= len(order):
+                order = self._order = list(members)
                 self._pos = 0
-            name = self._order[self._pos]
-            self._pos += 1
-            if name in members and name not in out:
+            # a shuffle drawn as it goes (Fisher-Yates, one step a target): a pass
+            # costs O(1) a round, not O(members) at its start
+            pos = self._pos
+            j = pos + self.rng.randrange(len(order) - pos)
+            name = order[j]
+            order[j] = order[pos]
+            order[pos] = name
+            self._pos = pos + 1
+            if name != me and name in members and name not in out:
                 out.append(name)
         return out
 
@@ -152,7 +159,11 @@ class Gossip:
         targets = self.targets(now)
         pool = list(table.up_set.values())
         want = min(len(pool), p.extra + 2)  # a few more: some are taken already
-        samples = [self.rng.sample(pool, want) for _ in targets]
+        if len(pool) >= want * len(targets):  # one draw: a different sample for each
+            picks = self.rng.sample(pool, want * len(targets))
+            samples = [picks[i * want : (i + 1) * want] for i in range(len(targets))]
+        else:
+            samples = [self.rng.sample(pool, want) for _ in targets]
         cands, hot_recs = self._entries(ranked, now), self._entries(hot, now)
         own = self._entries([me], now)[0]
         out = []
@@ -161,7 +172,7 @@ class Gossip:
             self.hop_seq = (self.hop_seq + 1) & 0xFFFFFFFF
             data = packet.encode_gossip(table.self_name, dest, self.hop_seq, wall_ms, records,
                                    self.secret)  # fmt: skip
-            out.append(Outgoing(dest, table.members[dest].address, data))
+            out.append(Outgoing(dest, table.address_of(dest), data))
         return out
 
     def _entries(self, members: list[Member], now: float) -> list[tuple[str, int, bytes]]:
@@ -248,6 +259,8 @@ class Gossip:
                 continue
             m = members.get(name)
             if m is None:
+                m = table.member(name)
+            if m is None:
                 table.unknown_rejected += 1
                 events.append(MemberEvent("reject", name, f"not a member (relayed by {d.sender})"))
                 continue
@@ -280,7 +293,7 @@ class Gossip:
         """Why a datagram cannot be taken (None: it can): a member, from its own
         address, sent to this node, newer than its last (with a secret)."""
         table = self.table
-        m = table.members.get(d.sender)
+        m = table.member(d.sender)
         if m is None:
             table.unknown_rejected += 1
             return f"not a member (from {source})"

@@ -70,7 +70,7 @@ class GossipRounds:
     def attach(self, sockets: list[socket.socket]) -> None:
         """Read these sockets (the first also sends) a batch at a time; the arrival
         stamps only where relayed reports need them (gossip, not broadcast mode)."""
-        names = NAMES + len(self.table.members)  # every member's address, and room
+        names = NAMES + self.table.size  # every member's address, and room
         self.udp = sockets[0]
         self.rx = [UdpBatch(s, batch=RX_BATCH, size=RX_SIZE, timestamps=not self.broadcast,
                             names=names) for s in sockets]  # fmt: skip
@@ -105,7 +105,7 @@ class GossipRounds:
         period = self.cfg.period
         interval = min(self.round_interval(), RX_MAX_INTERVAL)
         if self.broadcast:
-            n = max(1, len(self.table.members))
+            n = max(1, self.table.size)
             interval = min(interval, period * self.rx_buffer * RX_FILL / RX_TRUESIZE / n)
         return max(0.01, interval)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import importlib
+import operator
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class Member:
     origin: float | None = None  # when the report was made, on this daemon's clock
     raw: bytes | None = None  # the report as its origin signed it (to relay it)
     base: float | None = None  # its score without bumps (to rank candidates; None: not yet)
-    tie: int = 0  # tie-break among equal scores, salted per daemon
+    tie: int = -1  # tie-break among equal scores, salted per daemon (-1: not yet: ranked() sets it)
     hop_mark: tuple[int, int] | None = None  # (ms, seq) of its newest gossip datagram
 
     @property
@@ -198,8 +199,46 @@ class MemberEvent:
 _NONE: list[MemberEvent] = []  # shared empty answer: never appended to
 
 
-def _rank(m: Member) -> tuple[float, int]:
-    return m.base, m.tie  # type: ignore[return-value]  # ranked() scores them first
+class Roster:
+    """Every member of the cluster file: its spec and the address its datagrams come
+    from (its name where none is given). Read only once built: the tables of a
+    simulation share one (a table holds state only for the members it has heard of
+    or looked at, so N tables of N members cost N x (members heard of), not N²)."""
+
+    __slots__ = ("specs", "addresses")
+
+    def __init__(self, specs: Iterable[MemberSpec], addresses: dict[str, str] | None = None,
+                 ) -> None:  # fmt: skip
+        self.specs = {s.name: s for s in specs}
+        self.addresses = addresses or {}
+
+    def address(self, name: str) -> str:
+        return self.addresses.get(name, name)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+
+class _Members(dict[str, Member]):
+    """name -> :class:`Member`, made from the roster the first time ``members[name]``
+    asks for it (KeyError: not a member). ``get`` and ``in`` see only the members
+    made so far: use :meth:`Table.member` and ``name in table.roster``."""
+
+    __slots__ = ("roster",)
+
+    def __init__(self, roster: Roster) -> None:
+        super().__init__()
+        self.roster = roster
+
+    def __missing__(self, name: str) -> Member:
+        m = self[name] = Member(self.roster.specs[name], self.roster.address(name))
+        return m
+
+
+_rank = operator.attrgetter("base", "tie")  # (score without bumps, tie): ranked() sets both
 
 
 class Table:
@@ -211,7 +250,7 @@ class Table:
 
     def __init__(
         self,
-        specs: Iterable[MemberSpec],
+        specs: Iterable[MemberSpec] | Roster,
         self_name: str,
         *,
         period: float = 1.5,
@@ -221,6 +260,7 @@ class Table:
         score: ScoreFn = score_load,
         keep_marks: bool = False,
         salt: bytes | None = None,
+        addresses: dict[str, str] | None = None,
     ) -> None:
         self.self_name = self_name
         # ties among equal scores are broken by a hash salted per daemon, so that
@@ -235,33 +275,63 @@ class Table:
         # a bump is cleared by the first report received at least this long after it
         self.extra_hold = period if extra_hold is None else extra_hold
         self.score = score
-        self.members: dict[str, Member] = {}
-        self.by_address: dict[str, Member] = {}
+        self.roster = Roster(())
+        # the members this table has heard of or looked at (made on first use)
+        self.members: dict[str, Member] = _Members(self.roster)
         self.up_set: dict[str, Member] = {}  # the members up: all that is scanned per period
+        # (origin, name) of every member up but this node, one entry each, oldest
+        # first: tick() looks at those whose entry is past the expiry, not at them all
+        self._expiry: list[tuple[float, str]] = []
+        self._bumped: dict[str, Member] = {}  # members with extra-load bumps
         self.unknown_rejected = 0
-        self.set_members(specs)
+        self.set_members(specs, addresses)
 
     # ---- configuration
     def set_members(
-        self, specs: Iterable[MemberSpec], addresses: dict[str, str] | None = None
+        self, specs: Iterable[MemberSpec] | Roster, addresses: dict[str, str] | None = None
     ) -> None:
-        """(Re)define the members, keeping what is known about those that stay."""
-        addresses = addresses or {}
-        old = self.members
-        self.members = {}
-        for s in specs:
-            m = old.get(s.name) or Member(s)
-            m.spec = s
-            m.address = addresses.get(s.name, m.address or s.name)
-            m.tie = int.from_bytes(hashlib.blake2s(s.name.encode(), digest_size=8,
-                                                   key=self.salt[:32]).digest(), "big")  # fmt: skip
-            self.members[s.name] = m
-        if self.self_name not in self.members:
+        """(Re)define the members, keeping what is known about those that stay.
+
+        A :class:`Roster` is taken as it is (shared, not copied); the work here is
+        O(members known to this table), not O(members of the cluster): a
+        simulation builds one table per member."""
+        roster = specs if isinstance(specs, Roster) else Roster(specs, addresses)
+        if self.self_name not in roster.specs:
             raise ClusterFileError(f"this node {self.self_name!r} is not a member")
-        self.by_address = {m.address: m for m in self.members.values()}
+        members = _Members(roster)
+        for name, m in self.members.items():
+            spec = roster.specs.get(name)
+            if spec is not None:
+                m.spec = spec
+                m.address = roster.addresses.get(name, m.address or name)
+                members[name] = m
+        self.roster, self.members = roster, members
+        members[self.self_name]  # noqa: B018  (made now: set_self and tick use it)
         self.up_set = {n: m for n, m in self.members.items() if m.up}
         for m in self.up_set.values():  # the weights may have changed
             m.base = None
+        self._expiry = [(m.origin, n) for n, m in self.up_set.items()  # type: ignore[misc]
+                        if n != self.self_name and m.origin is not None]  # fmt: skip
+        heapq.heapify(self._expiry)
+        self._bumped = {n: m for n, m in self.members.items() if m.extra}
+
+    @property
+    def size(self) -> int:
+        """The number of members of the cluster (this node included)."""
+        return len(self.roster.specs)
+
+    def member(self, name: str) -> Member | None:
+        """Member ``name`` (made from the roster if this table had none yet), or None:
+        not a member."""
+        m = self.members.get(name)
+        if m is None and name in self.roster.specs:
+            m = self.members[name]
+        return m
+
+    def address_of(self, name: str) -> str:
+        """Where member ``name``'s datagrams come from (and go to)."""
+        m = self.members.get(name)
+        return m.address if m is not None else self.roster.address(name)
 
     @property
     def expire_after(self) -> float:
@@ -277,6 +347,10 @@ class Table:
         self.up_set[m.name] = m
         self._clear_bumps(m, now)
         return events
+
+    def _tie(self, name: str) -> int:
+        return int.from_bytes(hashlib.blake2s(name.encode(), digest_size=8,
+                                              key=self.salt[:32]).digest(), "big")  # fmt: skip
 
     def _base(self, m: Member, now: float) -> float:
         try:
@@ -329,6 +403,8 @@ class Table:
         not taken: its member would be down at once."""
         m = self.members.get(report.name)
         if m is None:
+            m = self.member(report.name)
+        if m is None:
             self.unknown_rejected += 1
             return [MemberEvent("reject", report.name, "not a member (relayed)")]
         if m.name == self.self_name or age > self.expire_after:
@@ -343,6 +419,8 @@ class Table:
         origin = now - age
         if m.up and m.origin is not None and m.origin > origin:
             origin = m.origin  # a newer report was not made before an older one
+        if not m.up:
+            heapq.heappush(self._expiry, (origin, m.name))
         m.report, m.heard, m.up, m.forget_mark = report, now, True, False
         m.origin, m.raw = origin, raw
         m.base = None
@@ -354,7 +432,7 @@ class Table:
 
     def _receive_slow(self, report: Report, source: str, now: float, raw: bytes | None = None,
                       age: float = 0.0) -> list[MemberEvent]:  # fmt: skip
-        m = self.members.get(report.name)
+        m = self.member(report.name)
         if m is None:
             self.unknown_rejected += 1
             return [MemberEvent("reject", report.name, f"not a member (from {source})")]
@@ -384,25 +462,34 @@ class Table:
 
     def tick(self, now: float) -> list[MemberEvent]:
         """Expire members whose newest report is more than ``expire_periods`` periods
-        old (the members up are scanned, not the whole cluster), and stale bumps."""
-        events = []
+        old, and stale bumps. Only the members whose entry in the expiry heap is
+        that old are looked at (an entry is where the member's report was when it
+        came up: one that reported since gets an entry at its newest report), so a
+        tick costs O(log up) per member expiring or refreshed, not O(up)."""
+        events: list[MemberEvent] = []
         limit = self.expire_after
         cutoff = now - limit
-        me = self.members[self.self_name]
-        gone, bumped = [], []
-        for m in self.up_set.values():  # one pass, the members up only
-            if m.origin < cutoff and m is not me:  # type: ignore[operator]
-                gone.append(m)
-            elif m.extra:
-                bumped.append(m)
-        for m in gone:
-            del self.up_set[m.name]
+        heap, up = self._expiry, self.up_set
+        while heap and heap[0][0] < cutoff:
+            _, name = heapq.heappop(heap)
+            m = up.get(name)
+            if m is None or name == self.self_name:
+                continue  # (not up any more: a reload)
+            if m.origin >= cutoff:  # type: ignore[operator]
+                heapq.heappush(heap, (m.origin, name))  # type: ignore[arg-type]
+                continue
+            del up[name]
             m.up = False
             m.extra.clear()
-            events.append(MemberEvent("down", m.name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
-        hold = max(limit, 2 * self.extra_hold)
-        for m in bumped:  # a node that never reports again must not keep its bumps
-            m.extra = [t for t in m.extra if now - t < hold]
+            self._bumped.pop(name, None)
+            events.append(MemberEvent("down", name, f"not heard from for {now - m.origin:.1f} s"))  # type: ignore[operator]
+        if self._bumped:  # a node that never reports again must not keep its bumps
+            hold = max(limit, 2 * self.extra_hold)
+            for name, m in list(self._bumped.items()):
+                if m.extra:
+                    m.extra = [t for t in m.extra if now - t < hold]
+                if not m.extra:
+                    del self._bumped[name]
         return events
 
     # ---- outputs
@@ -419,15 +506,24 @@ class Table:
         for m in self.up_set.values():
             if m.base is None:
                 m.base = self._base(m, now)
+                if m.tie < 0:
+                    m.tie = self._tie(m.name)
         return heapq.nsmallest(k, self.up_set.values(), key=_rank)
 
     def best(self, now: float, rng: random.Random | None = None) -> Member | None:
         """The member with the lowest score (ties: at random with ``rng``, else by name)."""
-        ranked = self.scores(now)
-        if not ranked:
+        lo, tied = float("inf"), []  # one pass (every answer): no sort of them all
+        score, extra = self.score, self.extra_load
+        for m in self.up_set.values():
+            if m.report is not None:
+                s = float(score(m, extra, now))
+                if s < lo:
+                    lo, tied = s, [m.name]
+                elif s == lo:
+                    tied.append(m.name)
+        if not tied:
             return None
-        lo = ranked[0][0]
-        tied = [n for s, n in ranked if s == lo]
+        tied.sort()
         name = rng.choice(tied) if rng is not None and len(tied) > 1 else tied[0]
         return self.members[name]
 
@@ -435,6 +531,7 @@ class Table:
         """Count one more job on ``m`` until its next report covers it."""
         if self.extra_load > 0:
             m.extra.append(now)
+            self._bumped[m.name] = m
 
     def up_count(self) -> int:
         return len(self.up_set)
@@ -443,7 +540,12 @@ class Table:
         """The table as plain data (the status port's JSON); ``only_up``: the rows of
         the members up only (``members_total`` still counts them all)."""
         rows = []
-        for m in (self.up_set if only_up else self.members).values():
+        if only_up:
+            listed: Iterable[Member] = self.up_set.values()
+        else:  # every member; those never heard of as they would be made
+            got, roster = self.members, self.roster
+            listed = (got.get(n) or Member(s, roster.address(n)) for n, s in roster.specs.items())
+        for m in listed:
             r = m.report
             row: dict = {
                 "name": m.name, "address": m.address, "up": m.up,
@@ -463,7 +565,7 @@ class Table:
         return {
             "node": self.self_name, "period": self.period, "expire_periods": self.expire_periods,
             "extra_load": self.extra_load, "up": self.up_count(),
-            "members_total": len(self.members), "members": rows,
+            "members_total": self.size, "members": rows,
         }  # fmt: skip
 
 
