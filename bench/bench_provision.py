@@ -13,16 +13,22 @@ A vcluster of N+1 hosts (host1: the server) with shaped ports (--rate, default
   TARGET` at once; the time from the launch to the last digest checked.
 
 Prints one table (with the bound S/B, the chain's ratio to it, and the HTTP
-pull's ratio to the chain) and, with --plot, a PNG of time against N.  Run as
-root, under `flock /tmp/h/bench.lock`; the vcluster takes /tmp/beokit-netns.lock.
+pull's ratio to the chain), the chain's phases with the CPU seconds of the
+round and every node (wait4: user + system, nettee included), and with --plot
+a PNG of time against N; --json keeps the figures, --plot-from draws one PNG
+from the --json of several invocations.  Run as root, under `flock
+/tmp/beokit-bench.lock`; the vcluster takes /tmp/beokit-netns.lock.
 
-    python3 bench/bench_provision.py --nodes 8,16,32 --size 64M --plot docs/bench-provision.png
+    python3 bench/bench_provision.py --nodes 8,16 --size 256M --json a.json
+    python3 bench/bench_provision.py --nodes 32 --size 256M --json b.json
+    python3 bench/bench_provision.py --plot-from a.json,b.json --plot docs/bench-provision.png
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -43,6 +49,7 @@ NGINX_PORT = 8081
 HTTP_PORT = 8080
 TIMEOUT = 900
 PHASES: dict[int, tuple[float, float, float]] = {}  # N -> (join, stream, verify tail) of the chain
+CPU: dict[tuple[int, str], float] = {}  # (N, method) -> CPU s of every process of the run
 
 
 def boot_config(tmp: Path, net, server: str, n: int, image: Path) -> Path:
@@ -76,9 +83,36 @@ def ns_popen(ns: str, argv: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
 
 
-def wait_all(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[int]:
+def wait_all(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> tuple[list[int], float]:
+    """Exit codes and the CPU seconds (user + system, waited-for children included:
+    `ip netns exec` execs the command) of ``procs``; killed after ``timeout``."""
     deadline = time.monotonic() + timeout
-    return [p.wait(max(1.0, deadline - time.monotonic())) for p in procs]
+    codes: dict[int, int] = {}
+    cpu = 0.0
+    while len(codes) < len(procs):
+        for p in procs:
+            if p.pid in codes:
+                continue
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = codes[p.pid] = os.waitstatus_to_exitcode(status)
+                cpu += ru.ru_utime + ru.ru_stime
+        if time.monotonic() > deadline:
+            for p in procs:
+                if p.pid not in codes:
+                    p.kill()
+            raise SystemExit(f"bench_provision: still running after {timeout:g} s")
+        time.sleep(0.02)
+    return [codes[p.pid] for p in procs], cpu
+
+
+def stop_cpu(p: subprocess.Popen) -> float:
+    """Stop a server and return its CPU seconds."""
+    p.terminate()
+    try:
+        return wait_all([p], 10)[1]
+    except SystemExit:
+        return float("nan")
 
 
 def run_chain(vc: driver.State, tmp: Path, image: Path, n: int, outdir: Path) -> float:
@@ -99,7 +133,7 @@ def run_chain(vc: driver.State, tmp: Path, image: Path, n: int, outdir: Path) ->
             nodes.append(ns_popen(plan.host_ns(PREFIX, h), [
                 sys.executable, "-m", "beokit.cli", "provision", "node", "--name", addr,
                 "--server", server, "--target", str(outdir / f"out{h}.bin"), "--wait", "600"]))
-        codes = wait_all([rnd, *nodes])
+        codes, CPU[n, "chain"] = wait_all([rnd, *nodes])
         text = log.read_text()
         if codes[0] != 0:
             raise SystemExit(f"chain N={n} failed:\n{text[-2000:]}")
@@ -112,8 +146,7 @@ def run_chain(vc: driver.State, tmp: Path, image: Path, n: int, outdir: Path) ->
             "root: tree formed"), max(ends) - at("round 1: root ended"))
         return max(ends) - start
     finally:
-        boot.terminate()
-        boot.wait(10)
+        CPU[n, "chain"] = CPU.get((n, "chain"), 0.0) + stop_cpu(boot)
 
 
 NGINX_CONF = """daemon off; worker_processes 2; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
@@ -123,7 +156,7 @@ http {{ access_log off; sendfile on; tcp_nopush on;
 """
 
 
-def run_pull(vc: driver.State, url: str, image: Path, n: int, outdir: Path) -> float:
+def run_pull(vc: driver.State, url: str, image: Path, n: int, outdir: Path, kind: str) -> float:
     want = hashlib.sha256(image.read_bytes()).hexdigest()
     nodes = []
     t0 = time.monotonic()
@@ -132,7 +165,8 @@ def run_pull(vc: driver.State, url: str, image: Path, n: int, outdir: Path) -> f
         nodes.append(ns_popen(plan.host_ns(PREFIX, h), ["sh", "-c",
                      f"curl -sS --max-time 800 -o {out} {url} && sha256sum {out} | "
                      f"grep -q {want}"]))  # fmt: skip
-    codes = wait_all(nodes)
+    codes, cpu = wait_all(nodes)
+    CPU[n, kind] = CPU.get((n, kind), 0.0) + cpu
     took = time.monotonic() - t0
     if any(codes):
         raise SystemExit(f"http pull N={n} from {url}: {codes.count(1)} node(s) failed")
@@ -154,10 +188,10 @@ def with_server(vc: driver.State, tmp: Path, image: Path, n: int, outdir: Path, 
         port = HTTP_PORT
     time.sleep(1.5)
     try:
-        return run_pull(vc, f"http://{server}:{port}/{image.name}", image, n, outdir)
+        return run_pull(vc, f"http://{server}:{port}/{image.name}", image, n, outdir,
+                        f"http-{kind}")
     finally:
-        srv.terminate()
-        srv.wait(10)
+        CPU[n, f"http-{kind}"] = CPU.get((n, f"http-{kind}"), 0.0) + stop_cpu(srv)
 
 
 def clean(outdir: Path) -> None:
@@ -203,17 +237,67 @@ def plot(rows: list[tuple[int, dict[str, float]]], bound: float, path: str, titl
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ns = [n for n, _ in rows]
-    for m, style in (("chain", "o-"), ("http-beo", "s--"), ("http-nginx", "^--")):
-        if all(m in r for _, r in rows):
-            ax.plot(ns, [r[m] for _, r in rows], style, label=m)
+    for m, style, label in (("chain", "o-", "chain (beo boot provision)"),
+                            ("http-beo", "s--", "HTTP pull from beo boot"),
+                            ("http-nginx", "^--", "HTTP pull from nginx")):  # fmt: skip
+        pts = [(n, r[m]) for n, r in rows if m in r]
+        if pts:
+            ax.plot([n for n, _ in pts], [t for _, t in pts], style, label=label)
     ax.plot(ns, [bound] * len(ns), ":", label="S/B (one copy at line rate)")
+    ax.plot(ns, [n * bound for n in ns], ":", color="grey", label="N x S/B")
     ax.set_xlabel("nodes N")
     ax.set_ylabel("seconds, all nodes bound -> all verified")
+    ax.set_yscale("log")
+    ax.set_xticks(ns)
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def tables(doc: dict) -> None:
+    """The figures of one or more runs as markdown tables, with the issue's goals."""
+    bound = doc["bound"]
+    nan = float("nan")
+    print("\n| N | chain s | chain / (S/B) | goal 1.1 S/B + join | HTTP beo boot s | HTTP nginx s "
+          "| beo / chain | nginx / chain | goal 0.8 N |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, r in sorted((int(k), v) for k, v in doc["rows"].items()):
+        c, hb, hn = r.get("chain", nan), r.get("http-beo", nan), r.get("http-nginx", nan)
+        ph = doc["phases"].get(str(n))
+        goal = f"{1.1 * bound + ph[0]:.2f} ({'met' if c <= 1.1 * bound + ph[0] else 'missed'})" \
+            if ph else "-"
+        best = min(hb, hn) if hb == hb and hn == hn else (hb if hb == hb else hn)
+        sp = f"{0.8 * n:.1f} ({'met' if best / c >= 0.8 * n else 'missed'})" if best == best else "-"
+        print(f"| {n} | {c:.2f} | {c / bound:.2f} | {goal} | {hb:.2f} | {hn:.2f} | {hb / c:.1f} "
+              f"| {hn / c:.1f} | {sp} |")
+    print("\n| N | chain: join s | stream s (formed -> root's end) | stream / (S/B) | last verify s "
+          "| CPU s: chain | HTTP beo | HTTP nginx |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, (join, stream, tail) in sorted((int(k), v) for k, v in doc["phases"].items()):
+        cpu = doc["cpu"].get(str(n), {})
+        print(f"| {n} | {join:.2f} | {stream:.2f} | {stream / bound:.2f} | {tail:.2f} "
+              f"| {cpu.get('chain', nan):.1f} | {cpu.get('http-beo', nan):.1f} "
+              f"| {cpu.get('http-nginx', nan):.1f} |")
+
+
+def merge(paths: list[str]) -> dict:
+    doc: dict = {"rows": {}, "phases": {}, "cpu": {}, "runs": []}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if doc.get("bound") not in (None, d["bound"]):
+            raise SystemExit(f"bench_provision: {p} has S/B {d['bound']}, not {doc['bound']}")
+        doc["bound"], doc["title"] = d["bound"], d["title"]
+        for k in ("rows", "phases", "cpu"):
+            for n, v in d[k].items():
+                doc[k].setdefault(n, {} if isinstance(v, dict) else v)
+                if isinstance(v, dict):
+                    doc[k][n].update(v)
+                else:
+                    doc[k][n] = v
+        doc["runs"] += d["runs"]
+    return doc
 
 
 def main() -> int:
@@ -223,28 +307,38 @@ def main() -> int:
     ap.add_argument("--rate", default="200mbit")
     ap.add_argument("--methods", default="chain,http-beo,http-nginx")
     ap.add_argument("--plot", metavar="PNG")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures here")
+    ap.add_argument("--plot-from", metavar="JSON,...",
+                    help="tables and --plot from the --json of earlier runs (nothing is run)")
     args = ap.parse_args()
-    methods = args.methods.split(",")
-    bound = args.size * 8 / plan.parse_rate(args.rate)
-    print(f"# bench_provision {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-          f"S={args.size >> 20} MiB, B={args.rate}, S/B={bound:.2f} s; load {os.getloadavg()}")
-    rows = []
-    with netns_lock():
-        for n in (int(x) for x in args.nodes.split(",")):
-            rows.append((n, one_size(n, args.size, args.rate, methods)))
-    print("\n| N | chain s | chain / (S/B) | HTTP beo boot s | HTTP nginx s | nginx / chain | beo / chain |")
-    print("|---|---|---|---|---|---|---|")
-    for n, r in rows:
-        c = r.get("chain", float("nan"))
-        hb, hn = r.get("http-beo", float("nan")), r.get("http-nginx", float("nan"))
-        print(f"| {n} | {c:.2f} | {c / bound:.2f} | {hb:.2f} | {hn:.2f} | {hn / c:.1f} | {hb / c:.1f} |")
-    print("\n| N | chain: join s | stream s (formed -> root's end) | stream / (S/B) | last verify s |")
-    print("|---|---|---|---|---|")
-    for n, (join, stream, tail) in sorted(PHASES.items()):
-        print(f"| {n} | {join:.2f} | {stream:.2f} | {stream / bound:.2f} | {tail:.2f} |")
-    print(f"# load after: {os.getloadavg()}")
+    if args.plot_from:
+        doc = merge(args.plot_from.split(","))
+        for r in doc["runs"]:
+            print(f"# {r}")
+    else:
+        methods = args.methods.split(",")
+        bound = args.size * 8 / plan.parse_rate(args.rate)
+        head = (f"bench_provision {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+                f"N={args.nodes}, S={args.size >> 20} MiB, B={args.rate}, S/B={bound:.2f} s; "
+                f"load before {open('/proc/loadavg').read().split()[0]}")  # fmt: skip
+        print(f"# {head}", flush=True)
+        rows = []
+        with netns_lock():
+            for n in (int(x) for x in args.nodes.split(",")):
+                rows.append((n, one_size(n, args.size, args.rate, methods)))
+        head += f", after {open('/proc/loadavg').read().split()[0]}"
+        doc = {"bound": bound, "title": f"S = {args.size >> 20} MiB, ports {args.rate}",
+               "runs": [head], "rows": {str(n): r for n, r in rows},
+               "phases": {str(n): list(v) for n, v in PHASES.items()}, "cpu": {}}
+        for (n, m), v in CPU.items():
+            doc["cpu"].setdefault(str(n), {})[m] = round(v, 2)
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=1))
+        print(f"# load after: {open('/proc/loadavg').read().strip()}")
+    tables(doc)
     if args.plot:
-        plot(rows, bound, args.plot, f"S = {args.size >> 20} MiB, ports {args.rate}")
+        rows = sorted((int(k), v) for k, v in doc["rows"].items())
+        plot(rows, doc["bound"], args.plot, doc["title"])
     return 0
 
 

@@ -36,7 +36,7 @@ def test_members_go_late_nodes_wait_for_the_follow_up():
     b.streaming = True
     late = b.on_report(report.StageReport("n2", "booted"), 1.0)
     assert not late.go and late.round == 2
-    b.on_report(report.StageReport("n1", "verified", 1, 10), 2.0)
+    assert b.on_report(report.StageReport("n1", "verified", 1, 10), 2.0).stop  # taken: stop
     follow = b.finish_round({"n1": ("NONE", 10)}, 3.0)
     assert follow == ["n2"] and b.nodes["n3"].stage == "absent"
     assert not b.on_report(report.StageReport("n2", "booted"), 3.1).go  # round 1 is closed

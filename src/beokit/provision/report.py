@@ -169,6 +169,8 @@ class RoundBook:
             return Answer(st.round, False, stop=True)
         if r.round == self.round or r.stage == "booted":
             self.set_stage(r.node, r.stage, now, bytes=r.bytes, code=r.code, detail=r.detail)
+            if r.stage in FINAL:  # taken: the node may stop now (it reports once a second)
+                return Answer(st.round, False, stop=True)
         if r.node in self.members or (not self.streaming and not self.closed
                                       and r.node in self.plans):
             self.members.add(r.node)

@@ -95,6 +95,7 @@ class Reports(asyncio.DatagramProtocol):
     def __init__(self, book: report.RoundBook, target: str, address: Callable[[str], str]) -> None:
         self.book, self.target, self.address = book, target, address
         self.xxh3 = ""
+        self.on_events: Callable[[], None] | None = None  # print stage changes as they come
         self.transport: asyncio.DatagramTransport | None = None
         self.bad = 0
 
@@ -115,6 +116,8 @@ class Reports(asyncio.DatagramProtocol):
                                 xxh3=self.xxh3)
         assert self.transport is not None
         self.transport.sendto(report.encode_answer(ans), addr)
+        if self.on_events is not None and self.book.events:
+            self.on_events()  # at once, not at the next tick: the times shown are the reports'
 
 
 class Round:
@@ -308,6 +311,7 @@ class Round:
             lambda: Reports(self.book, self.pv.target, self.address), local_addr=(self.opts.bind, port),
             family=socket.AF_INET)  # fmt: skip
         reports.xxh3 = self.pin.xxh3
+        reports.on_events = self.drain_events
         try:
             self.say(f"reports on udp {self.opts.bind}:{port}; waiting for nodes "
                      f"({self.pv.start_after or len(self.receivers)} ready, or "
