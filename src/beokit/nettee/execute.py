@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ssh-args", default="", metavar="ARGS",
                    help="extra ssh client arguments, e.g. '-F ssh_config -p 2222'")
     g.add_argument("--remote-python", metavar="CMD",
-                   help="python on the nodes (default python3; -R exec: this one)")
+                   help="python on the nodes, which must import beokit (default python3; "
+                   "-R exec: this one)")  # fmt: skip
     g.add_argument("--listen", metavar="ADDR",
                    help="address the launch tree's root listens on (default 127.0.0.1 for "
                    "exec, else all)")  # fmt: skip
@@ -351,8 +352,8 @@ def run_nodes(args: argparse.Namespace) -> int:
     the_plan = launch_plan.root_plan("tree", hosts, args.fanout, busy=True)
     agents = any(len(g) > 1 for g in the_plan.groups)
     listen, advertise = launch_cli._addresses(launch_args, backend, hosts, agents)
-    python = shlex.quote(sys.executable) if backend.kind == "exec" else (
-        args.remote_python or "python3")  # fmt: skip
+    python = args.remote_python or (shlex.quote(sys.executable) if backend.kind == "exec"
+                                     else "python3")  # fmt: skip
     cfg = {"command": f"{python} -m beokit.cli exec --launched", "fanout": the_plan.child_fanout,
            "timeout": 0, "connect_timeout": args.connect_timeout, "backend": backend.spec(),
            "agent_bind": "127.0.0.1" if backend.kind == "exec" else "",
@@ -371,37 +372,39 @@ def run_nodes(args: argparse.Namespace) -> int:
             with lock:
                 started[str(msg.get("h"))] = msg
 
-    t0 = time.monotonic()
-    agent = Agent(None, the_plan.groups, the_plan.window, cfg, collect, listen, advertise,
-                  payload, the_plan.steps)  # fmt: skip
-    tree = threading.Thread(target=agent.run, daemon=True)
-    tree.start()
-    with tempfile.TemporaryDirectory(prefix="beo-exec-") as tmp:
-        report = args.report or os.path.join(tmp, "report.json")
-        status, early = 1, {"(all)": "beo exec was interrupted"}
-        doc: dict[str, Any] = {}
-        stop: proc.Interrupted | None = None
-        try:
-            with proc.SignalGuard():
-                try:
-                    status, early = _root(args, hosts[0], port, secret, commands, report,
-                                          started, lock)  # fmt: skip
-                    doc = _read_report(report)
-                except proc.Interrupted as exc:  # the root nettee was stopped: so is the tree
-                    stop = exc
-        finally:
-            # the nodes end once their commands have; a chain that never formed, or
-            # commands still running when --wait ran out: stopped with the tree now
-            done = bool((doc.get("commands") or {}).get("complete"))
-            tree.join(LAUNCH_WAIT if done and not early else 0)
-            stopped = tree.is_alive()
-            agent.close()
-            tree.join(LAUNCH_WAIT)
-        if stop is not None:
-            print(f"beo exec: interrupted by {stop.name}: the chain and its commands were "
-                  "stopped", file=sys.stderr)  # fmt: skip
-            return stop.exit_status
-        return _summary(hosts, doc, status, early, started, stopped, time.monotonic() - t0)
+    # -R exec: the agents are forked from one preloaded process, as beo run does
+    with launch_cli._fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+        t0 = time.monotonic()
+        agent = Agent(None, the_plan.groups, the_plan.window, cfg, collect, listen, advertise,
+                      payload, the_plan.steps)  # fmt: skip
+        tree = threading.Thread(target=agent.run, daemon=True)
+        tree.start()
+        with tempfile.TemporaryDirectory(prefix="beo-exec-") as tmp:
+            report = args.report or os.path.join(tmp, "report.json")
+            status, early = 1, {"(all)": "beo exec was interrupted"}
+            doc: dict[str, Any] = {}
+            stop: proc.Interrupted | None = None
+            try:
+                with proc.SignalGuard():
+                    try:
+                        status, early = _root(args, hosts[0], port, secret, commands, report,
+                                              started, lock)  # fmt: skip
+                        doc = _read_report(report)
+                    except proc.Interrupted as exc:  # the root nettee was stopped: so is the tree
+                        stop = exc
+            finally:
+                # the nodes end once their commands have; a chain that never formed, or
+                # commands still running when --wait ran out: stopped with the tree now
+                done = bool((doc.get("commands") or {}).get("complete"))
+                tree.join(LAUNCH_WAIT if done and not early else 0)
+                stopped = tree.is_alive()
+                agent.close()
+                tree.join(LAUNCH_WAIT)
+            if stop is not None:
+                print(f"beo exec: interrupted by {stop.name}: the chain and its commands were "
+                      "stopped", file=sys.stderr)  # fmt: skip
+                return stop.exit_status
+            return _summary(hosts, doc, status, early, started, stopped, time.monotonic() - t0)
 
 
 def _read_report(path: str) -> dict[str, Any]:
