@@ -85,12 +85,17 @@ def test_stm_wait_waits_for_a_slow_command(tmp_path: Path) -> None:
     assert wait_all(nodes, timeout=30) == [0, 0, 0]
 
 
+# a command that ends only once the test creates the file 'go' (at most 60 s)
+HELD = "for i in $(seq 600); do test -e go && break; sleep 0.1; done"
+
+
 def test_without_stm_wait_the_root_says_delivered_not_yet_completed(tmp_path: Path) -> None:
     env = child_env(NETTEE_SECRET="exec-secret")
     port, nodes = _chain(tmp_path, env)
-    root = _root(port, "true\nsleep 4; touch done-$BEO_EXEC_NODE\nEOS\n", env)
+    root = _root(port, f"true\n{HELD}; touch done-$BEO_EXEC_NODE\nEOS\n", env)
     err = root.stderr.decode()
     finished = list(tmp_path.glob("done-*"))
+    (tmp_path / "go").touch()
     assert root.returncode == 0, err  # delivered, and no failure heard of
     assert not finished  # the root did not wait
     assert "commands: delivered to 3 node(s), not yet completed on 3: " in err
@@ -104,15 +109,17 @@ def test_stm_wait_running_out_is_cmdf_naming_what_still_runs(tmp_path: Path) -> 
     env = child_env(NETTEE_SECRET="exec-secret")
     port, nodes = _chain(tmp_path, env)
     try:
-        root = _root(port, "true\nsleep 6\nEOS\n", env, "-stm_wait", "0.5")
+        root = _root(port, f"true\n{HELD}\nEOS\n", env, "-stm_wait", "0.5")
+        (tmp_path / "go").touch()
         err = root.stderr.decode()
         assert root.returncode == 1, err
         assert "Failures detected in chain: CMDF" in err
         for a in ADDRS:
             assert f"node {a}: CMDF (1 of 2 command(s) had not ended when -stm_wait ran out)" in err
-            assert f"node {a}: command 2 'sleep 6': not completed" in err
+            assert f"node {a}: command 2 '{HELD}': not completed" in err
         assert "; -stm_wait ran out" in err
     finally:
+        (tmp_path / "go").touch()
         assert wait_all(nodes, timeout=30) == [1, 1, 1]  # reported CMDF, then ended
 
 
