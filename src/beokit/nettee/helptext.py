@@ -104,6 +104,14 @@ Several nodes on one machine (tests, demos): one loopback address each.
 With a shared secret, nobody without it can join the chain or feed it:
   $ export NETTEE_SECRET="$(cat /etc/beokit/secret)"     (on every node)
   $ nettee -secret_file /etc/beokit/secret ...           (or from a file)
+
+A parallel command executor (-stm): each line runs on every node (beo exec);
+with -stm_wait the root reports once every command has ended, naming each
+failed command by node and exit status (CMDF), and exits 1:
+  node3$ beo exec --name node3
+  node2$ beo exec --name node2 --next node3              (NETTEE_SECRET set)
+  node1$ printf 'uptime\\nEOS\\n' | nettee -root -next node2 -stm EOS -stm_wait 0
+  or, all at once:  beo exec --nodes 'node[2-3]' -- uptime
 """
 
 ERRORS = """\
