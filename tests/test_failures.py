@@ -157,12 +157,25 @@ def test_sigterm_stops_a_node_cleanly(tmp_path: Path, port: int) -> None:
     assert "stopped by SIGTERM" in p.stderr.read()
 
 
+def _wait_listening(port: int, p: subprocess.Popen, timeout: float = 30) -> None:
+    """Until something listens on TCP ``port`` here (a bound wait, not a sleep that a loaded
+    machine outruns)."""
+    want = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        with open("/proc/net/tcp") as fh:
+            if any(c[1].endswith(want) and c[3] == "0A" for c in (ln.split() for ln in fh)):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"nothing listened on port {port} within {timeout:g} s")
+
+
 def test_sighup_is_ignored_and_q_silences_it(tmp_path: Path, port: int) -> None:
     for quiet in (False, True):
         args = ["-bind", "127.0.0.2", "-port", str(port), "-out", "none", "-t", "2", "-v", "5"]
         p = spawn(*(args + (["-q"] if quiet else [])), env=child_env(), stderr=subprocess.PIPE,
                   text=True)  # fmt: skip
-        time.sleep(0.5)
+        _wait_listening(port, p)  # its handlers are in place before it listens
         p.send_signal(signal.SIGHUP)
         assert wait_all([p], timeout=10) == [1]  # lived on until -t ended it
         err = p.stderr.read()
