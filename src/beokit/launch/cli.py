@@ -230,7 +230,7 @@ def _auto(n: int, backend: Backend, fanout: int | None) -> tuple[str, int]:
     return plan.choose_mode(n, launch, agent, fanout or AUTO_WINDOW, DEFAULT_FANOUT["tree"])
 
 
-def _backend(args: argparse.Namespace) -> Backend:
+def backend_of(args: argparse.Namespace) -> Backend:
     """The backend of ``-R`` and its options; UsageError if they are bad."""
     try:
         ssh_args = shlex.split(args.ssh_args)
@@ -244,7 +244,7 @@ def _backend(args: argparse.Namespace) -> Backend:
         raise UsageError(str(exc)) from None
 
 
-def _addresses(args: argparse.Namespace, backend: Backend, hosts: list[str],
+def addresses_of(args: argparse.Namespace, backend: Backend, hosts: list[str],
                agents: bool) -> tuple[str, str]:  # fmt: skip
     """(where the root listens for its children, the address it tells them).
 
@@ -272,7 +272,7 @@ def _addresses(args: argparse.Namespace, backend: Backend, hosts: list[str],
 
 
 @contextlib.contextmanager
-def _fork_server(cfg: dict[str, Any], wanted: bool) -> Iterator[None]:
+def fork_server(cfg: dict[str, Any], wanted: bool) -> Iterator[None]:
     """-R exec: agents forked from a preloaded server (``cfg["forkserver"]``)."""
     if not wanted:
         yield
@@ -292,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
     hosts, command = _hosts_and_command(args)
     if args.fanout is not None and args.fanout < 1:
         raise UsageError(f"bad fanout {args.fanout}: must be >= 1")
-    backend = _backend(args)
+    backend = backend_of(args)
     cliargs.say_deprecated(args, "beo run")
     if args.mode is None:
         args.mode = "tree" if args.fanout is not None else "auto"
@@ -305,7 +305,7 @@ def _run(args: argparse.Namespace) -> int:
         print(dry_run(args.mode, hosts, k, the_plan, backend))
         return EXIT_OK
     agents = args.leaf_agents or any(len(g) > 1 for g in the_plan.groups)
-    listen, advertise = _addresses(args, backend, hosts, agents)
+    listen, advertise = addresses_of(args, backend, hosts, agents)
     payload = read_input(args.input) if args.input else None
     cfg = {"command": command, "fanout": the_plan.child_fanout, "timeout": args.timeout,
            "connect_timeout": args.connect_timeout, "backend": backend.spec(),
@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace) -> int:
            "leaf_agents": args.leaf_agents, "barrier": args.barrier,
            "steal": args.mode == "tree"}  # fmt: skip
     try:
-        with _fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+        with fork_server(cfg, backend.kind == "exec" and not args.remote_python):
             collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
             agent = Agent(None, the_plan.groups, the_plan.window, cfg, collector, listen,
                           advertise, payload, the_plan.steps)  # fmt: skip

@@ -348,10 +348,10 @@ def run_nodes(args: argparse.Namespace) -> int:
                                      connect_timeout=args.connect_timeout,
                                      remote_python=args.remote_python, ssh_persist=0.0,
                                      listen=args.listen)  # fmt: skip
-    backend = launch_cli._backend(launch_args)
+    backend = launch_cli.backend_of(launch_args)
     the_plan = launch_plan.root_plan("tree", hosts, args.fanout, busy=True)
     agents = any(len(g) > 1 for g in the_plan.groups)
-    listen, advertise = launch_cli._addresses(launch_args, backend, hosts, agents)
+    listen, advertise = launch_cli.addresses_of(launch_args, backend, hosts, agents)
     python = args.remote_python or (shlex.quote(sys.executable) if backend.kind == "exec"
                                      else "python3")  # fmt: skip
     cfg = {"command": f"{python} -m beokit.cli exec --launched", "fanout": the_plan.child_fanout,
@@ -373,7 +373,7 @@ def run_nodes(args: argparse.Namespace) -> int:
                 started[str(msg.get("h"))] = msg
 
     # -R exec: the agents are forked from one preloaded process, as beo run does
-    with launch_cli._fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+    with launch_cli.fork_server(cfg, backend.kind == "exec" and not args.remote_python):
         t0 = time.monotonic()
         agent = Agent(None, the_plan.groups, the_plan.window, cfg, collect, listen, advertise,
                       payload, the_plan.steps)  # fmt: skip
