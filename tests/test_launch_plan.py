@@ -177,3 +177,50 @@ def test_busy_tree_of_the_issues_run_and_the_auto_choice() -> None:
     assert plan.choose_mode(64, 0.2, 0.05) == ("flat", 64)  # one window: nothing is shallower
     assert plan.choose_mode(1000, 0.2, 0.05) == ("tree", 3)
     assert plan.choose_mode(1000, 0.1, 0.004, window=500) == ("flat", 500)
+
+
+def test_launch_window_adapts_to_how_fast_launches_come_up() -> None:
+    """-R exec: a plain window of k. A real remote backend: it starts at 2 launches per
+    CPU (at least 4), opens by one per launch up about as fast as the fastest, closes
+    by one (not below its floor) per one much slower; a launch not up after
+    stale_after() stops holding it shut (only k does)."""
+    import threading
+
+    from beokit.launch.window import LaunchWindow
+
+    plain = LaunchWindow(32, adaptive=False, cpus=2)
+    assert all(plain.acquire(timeout=0) for _ in range(32)) and not plain.acquire(timeout=0)
+    w = LaunchWindow(32, adaptive=True, cpus=2)
+    assert w.size == w.floor == 4 and LaunchWindow(3, adaptive=True, cpus=2).floor == 3
+    assert all(w.acquire(timeout=0) for _ in range(4)) and not w.acquire(timeout=0.02)
+    w.up(0.2)  # the fastest so far
+    w.up(0.25)  # within 1.5x: one more each
+    assert w.size == 6 and w.acquire(timeout=0) and w.acquire(timeout=0)
+    assert not w.acquire(timeout=0.02)
+    for _ in range(5):
+        w.up(1.0)  # 5x the fastest: handshakes queue on the CPUs
+    assert w.size == 4
+    for _ in range(6):
+        w.release()
+    # four launches that hang: once stale (4 x the fastest, 0.8 s) they hold only k
+    began = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def hang() -> None:
+        assert w.acquire(timeout=5)
+        w.begin()
+        began.release()
+        stop.wait(10)
+        w.release()
+
+    hung = [threading.Thread(target=hang) for _ in range(4)]
+    for t in hung:
+        t.start()
+    for _ in hung:
+        assert began.acquire(timeout=5)
+    assert w.held == 4 and not w.acquire(timeout=0.02)
+    assert w.acquire(timeout=5) and w.held == 5  # they went stale
+    stop.set()
+    for t in hung:
+        t.join(5)
+    assert w.held == 1 and not w.starts

@@ -44,6 +44,7 @@ from beokit.launch.leaf import EXIT_GRACE, run_leaf
 from beokit.launch.listen import HelloListener, Slot
 from beokit.launch.ship import zipapp_bytes
 from beokit.launch.uplink import HEARTBEAT_TIMEOUT, ParentLink, bind_and_advertise, ssh_client
+from beokit.launch.window import LaunchWindow
 from beokit.net import host_port
 from beokit.proc import ForkedCommand, ShellCommand, kill_group, request_fork
 
@@ -77,7 +78,9 @@ class Agent:
         # busy tree (plan.busy_groups): the launch steps each group's head has left,
         # passed on in its work message; None: children split their share with pack
         self.steps = steps
-        self.window = threading.Semaphore(max(1, window))
+        # launches in flight: at most window; over a real remote backend fewer while
+        # they come up slower than the first did (launch/window.py)
+        self.window = LaunchWindow(window, adaptive=cfg["backend"].get("kind") != "exec")
         self.fanout = max(1, window)
         # groups waiting for a launch slot, in launch order (re-parented and stolen
         # groups go first); the dispatcher in run() starts one thread per group
@@ -367,6 +370,7 @@ class Agent:
         """A launch of ours was up after ``seconds`` (what an overdue one is measured by)."""
         with self.lock:
             self.launch_times.append(seconds)
+        self.window.up(seconds)
 
     def overdue_after(self) -> float:
         """Seconds after which a launch is overdue: twice the median of our launches
@@ -507,6 +511,7 @@ class _Launch:
         self.steps = steps
         self.start = time.monotonic()
         self.held = True
+        agent.window.begin()
 
     def release(self) -> None:
         if self.held:

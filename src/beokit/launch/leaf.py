@@ -90,6 +90,7 @@ class _Leaf:
     def run(self) -> dict[str, Any]:
         agent = self.agent
         self.launched = time.monotonic()
+        agent.window.begin()
         agent.emit(plan.state(self.host, "launched"))
         if agent.backend.delay:
             time.sleep(agent.backend.delay)  # the simulated rsh/ssh handshake

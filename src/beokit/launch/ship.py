@@ -26,7 +26,7 @@ from typing import Any
 AGENT_MODULES = ("__init__.py", "errors.py", "framing.py", "net.py", "proc.py",
                  "launch/__init__.py", "launch/plan.py", "launch/backends.py",
                  "launch/listen.py", "launch/leaf.py", "launch/agent.py", "launch/uplink.py",
-                 "launch/ship.py")  # fmt: skip
+                 "launch/window.py", "launch/ship.py")  # fmt: skip
 
 _ZIPS: dict[tuple[str, ...], bytes] = {}
 _SHIPPED: bytes | None = None  # the zip this agent was shipped (it ships it on as it is)
