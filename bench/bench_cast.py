@@ -227,7 +227,7 @@ def print_cpu(r: dict[str, Run], size: int) -> None:
 
 
 def dolly_suite(args: argparse.Namespace) -> int:
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    sizes = [] if args.sizes == "none" else [parse_size(s) for s in args.sizes.split(",")]
     nodes = [int(x) for x in args.nodes.split(",")]
     dests = args.dests.split(",")
     fresh_bytecode()
@@ -240,7 +240,7 @@ def dolly_suite(args: argparse.Namespace) -> int:
         print(machine(), file=sys.stderr)
         results, cpu = [], None
         with netns_lock():
-            cl = Cluster(max(nodes) + 1, args.rate)
+            cl = Cluster(max(nodes + [3 if args.cpu_size else 1]) + 1, args.rate)
             try:
                 for size in sizes:
                     src = WORK / "src.bin"
@@ -265,7 +265,8 @@ def dolly_suite(args: argparse.Namespace) -> int:
     if why:
         print(why)
     rate_bps = cl.rate_bps
-    print_shaped(results, lambda s: s * 8 / rate_bps, args.rate)
+    if results:
+        print_shaped(results, lambda s: s * 8 / rate_bps, args.rate)
     if cpu is not None:
         print_cpu(cpu, args.cpu_size)
     print(f"\n(median of {args.runs} run(s); order rotated; beo cast: -heal -digest, a fresh "
@@ -473,7 +474,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=("dolly", "star"), default="dolly")
-    ap.add_argument("--sizes", default="100M,1G", help="image sizes (default 100M,1G)")
+    ap.add_argument("--sizes", default="100M,1G",
+                    help="image sizes (default 100M,1G; none: only the CPU-bound case)")
     ap.add_argument("--nodes", default="3,16", help="N values (default 3,16)")
     ap.add_argument("--dests", default="null,file", help="null, file or both (default both)")
     ap.add_argument("--file-max", type=parse_size, default=parse_size("4G"),
