@@ -216,10 +216,9 @@ def print_cpu(r: dict[str, Run], size: int) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, run in r.items():
         speed = f"{ref / run.seconds:.2f}x" if ref else "-"
-        if name == "beo cast":  # one process tree: its total over 4 hosts
-            total = run.cpu["tree"] / gib
-            print(f"| {name} | {run.seconds:.2f} | {speed} | whole tree {total:.2f} "
-                  f"({total / 4:.2f} a host) | | | | |")
+        if name == "beo cast":  # its rusage holds only what it reaped: not its receivers
+            print(f"| {name} | {run.seconds:.2f} | {speed} | (the command's own "
+                  f"{run.cpu['tree'] / gib:.2f}; receivers not reaped by it) | - | - | - | - |")
             continue
         recv = [run.cpu[f"host{i}"] / gib for i in (2, 3, 4)]
         print(f"| {name} | {run.seconds:.2f} | {speed} | {run.cpu['host1'] / gib:.2f} | "
@@ -269,8 +268,9 @@ def dolly_suite(args: argparse.Namespace) -> int:
         print_shaped(results, lambda s: s * 8 / rate_bps, args.rate)
     if cpu is not None:
         print_cpu(cpu, args.cpu_size)
-    print(f"\n(median of {args.runs} run(s); order rotated; beo cast: -heal -digest, a fresh "
-          "secret, fsync and checks; 'launch' = its own start-up + every receiver up, "
+    print(f"\n(median of {args.runs} run(s), of an even number the faster middle one; "
+          "order rotated; beo cast: -heal -digest, a fresh secret, fsync and checks; "
+          "'launch' = its own start-up + every receiver up, "
           "'after the stream' = whole - launch - root nettee)")  # fmt: skip
     if args.json:
         save_json(args, started, results, cpu, rate_bps)
