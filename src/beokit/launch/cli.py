@@ -349,7 +349,7 @@ def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
         agents = plan.busy_agents(hosts, k)
         sizes = ", ".join(str(len(g)) for g in the_plan.groups)
         lines.append(f"  root launches {cliargs.plural(len(the_plan.groups), 'group')}, {k} at a "
-                     f"time, of {sizes} hosts (head + its share); {cliargs.plural(agents, 'agent')}, "
+                     f"time, of {sizes} host{'' if sizes == '1' else 's'} (head + its share); {cliargs.plural(agents, 'agent')}, "
                      f"{cliargs.plural(n - agents, 'leaf', 'leaves')} (no agent)")  # fmt: skip
     else:
         lines.append(f"  root launches every host itself, {the_plan.window} at a time")

@@ -83,10 +83,15 @@ def predict_run(n_hosts: int, k: int = 3, launch_cost: float | None = None, *,
     per = costs.nominal() if mode == "tree" else costs.delay + costs.spawn_cpu + costs.client_cpu
     bound = r.depth * per
     shape = {"tree": f"tree k={k}", "flat": f"flat, window {k}", "sequential": "sequential"}[mode]
-    plan = (f"{n_hosts} hosts, {shape}{' with stealing' if r.steal else ''} "
-            f"({r.depth} launch steps x {per:.3f} s = {bound:.2f} s bound)")  # fmt: skip
+    plan = (f"{_count(n_hosts, 'host')}, {shape}{' with stealing' if r.steal else ''} "
+            f"({_count(r.depth, 'launch step')} x {per:.3f} s = {bound:.2f} s bound)")  # fmt: skip
     parts = {"launch steps": bound, "root and CPU": max(0.0, r.seconds - bound)}
     return Prediction(r.seconds, "beo run", plan, parts, f"model of {where}")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 host``, ``2 hosts``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _with_session(costs: LaunchCosts, session: float) -> LaunchCosts:
@@ -128,8 +133,9 @@ def predict_cast(n_nodes: int, size_bytes: int, rate_bps: float = 1e9, *, chains
     r = simulate_cast(spec, net, machine.cluster_nettee())
     shape = (f"{chains} chain{'s' if chains > 1 else ''}" if fanout == 1
              else f"a tree of fanout {fanout} under {chains} root child(ren)")  # fmt: skip
-    plan = (f"{size_bytes:,} bytes to {n_nodes} nodes, {shape} from each of {r.trees} "
-            f"root{'s' if r.trees > 1 else ''}, depth {r.depth}, {rate_bps / 1e9:g} Gbit/s ports")
+    roots_said = "one root" if r.trees == 1 else f"each of {r.trees} roots"
+    plan = (f"{size_bytes:,} bytes to {_count(n_nodes, 'node')}, {shape} from {roots_said}, "
+            f"depth {r.depth}, {rate_bps / 1e9:g} Gbit/s ports")
     parts = {"launch": launch, "form": r.form, "stream": r.stream, "tail": r.tail,
              "reports": r.report, "retry": r.retry_seconds, "rate": r.rate}  # fmt: skip
     notes = []
