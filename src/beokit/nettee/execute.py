@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO, Any
 
 from beokit import cliargs, proc
@@ -323,14 +324,28 @@ def _commands(args: argparse.Namespace) -> list[str] | None:
     return [command]
 
 
-def run_nodes(args: argparse.Namespace) -> int:
-    """``beo exec --nodes NODESET``: the chain started through the launch tree, the
-    root nettee with -stm_wait fed COMMAND (or stdin), then the report."""
+@dataclass
+class _Launch:
+    """What ``beo exec --nodes`` starts: the hosts, the launch tree and what rides in it."""
+
+    hosts: list[str]
+    commands: list[str] | None
+    secret: str
+    port: int
+    the_plan: Any
+    cfg: dict[str, Any]
+    listen: str
+    advertise: str
+    payload: bytes
+    fork: bool  # -R exec: the agents forked from one preloaded process, as beo run does
+
+
+def _launch_plan(args: argparse.Namespace) -> _Launch:
+    """Check ``--nodes``' arguments and plan its launch tree; UsageError on bad input."""
     from beokit.errors import check_host_count
     from beokit.hostlist import expand, fold
     from beokit.launch import cli as launch_cli
     from beokit.launch import plan as launch_plan
-    from beokit.launch.agent import Agent
 
     # the chain in NodeSet's order, which every node finds again from the folded set
     # (groups such as @all are expanded here, where their configuration is)
@@ -364,6 +379,18 @@ def run_nodes(args: argparse.Namespace) -> int:
     if len(payload) > launch_plan.MAX_INPUT:
         raise UsageError(f"--nodes {args.nodes!r}: the node set folds to more than the launch "
                          f"channel's {launch_plan.MAX_INPUT >> 10} KiB")  # fmt: skip
+    return _Launch(hosts, commands, secret, port, the_plan, cfg, listen, advertise, payload,
+                   backend.kind == "exec" and not args.remote_python)
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    """``beo exec --nodes NODESET``: the chain started through the launch tree, the
+    root nettee with -stm_wait fed COMMAND (or stdin), then the report."""
+    from beokit.launch import cli as launch_cli
+    from beokit.launch.agent import Agent
+
+    lp = _launch_plan(args)
+    hosts, secret, port, commands, cfg = lp.hosts, lp.secret, lp.port, lp.commands, lp.cfg
     started: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
 
@@ -372,11 +399,10 @@ def run_nodes(args: argparse.Namespace) -> int:
             with lock:
                 started[str(msg.get("h"))] = msg
 
-    # -R exec: the agents are forked from one preloaded process, as beo run does
-    with launch_cli.fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+    with launch_cli.fork_server(cfg, lp.fork):
         t0 = time.monotonic()
-        agent = Agent(None, the_plan.groups, the_plan.window, cfg, collect, listen, advertise,
-                      payload, the_plan.steps)  # fmt: skip
+        agent = Agent(None, lp.the_plan.groups, lp.the_plan.window, cfg, collect, lp.listen,
+                      lp.advertise, lp.payload, lp.the_plan.steps)  # fmt: skip
         tree = threading.Thread(target=agent.run, daemon=True)
         tree.start()
         with tempfile.TemporaryDirectory(prefix="beo-exec-") as tmp:
