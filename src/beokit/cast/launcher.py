@@ -98,7 +98,7 @@ class ReceiverLaunch:
         try:
             self.server = start_fork_server(path, "beokit.launch.agent:main",
                                             launch_plan.MAX_HEADER, name=FORKED_AGENT,
-                                            preload=PRELOAD)  # fmt: skip
+                                            preload=preload_modules())  # fmt: skip
         except OSError:
             self.forks.cleanup()
             self.forks = None
@@ -135,5 +135,17 @@ class ReceiverLaunch:
             self.forks.cleanup()
 
 
-# what the fork server of -R exec imports before it forks the first agent
-PRELOAD = ("beokit.cast.receiver", "beokit.nettee.cli")
+# what the fork server of -R exec imports before it forks the first agent: the
+# receiver, nettee, and what the receiver imports after its start (queue, in
+# serve) or on every node (xxhash: has_xxhash, which nettee's -digest then uses),
+# loaded once instead of once a node
+PRELOAD = ("beokit.cast.receiver", "beokit.nettee.cli", "queue")
+OPTIONAL_PRELOAD = ("xxhash",)
+
+
+def preload_modules() -> tuple[str, ...]:
+    """:data:`PRELOAD` and those of :data:`OPTIONAL_PRELOAD` this Python has (the
+    fork server, which runs with this one's path, stops at an import that fails)."""
+    import importlib.util
+
+    return PRELOAD + tuple(m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m))
