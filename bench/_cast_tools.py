@@ -127,6 +127,16 @@ def nettee_argv() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "beokit.nettee.cli"]
 
 
+def make_source(path: Path, size: int) -> None:
+    """SIZE random bytes (nothing compresses or dedups them on the way)."""
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 1 << 22))
+            fh.write(chunk)
+            left -= len(chunk)
+
+
 def listening(pid: int, port: int) -> bool:
     """Whether process ``pid`` (in its own network namespace) listens on TCP ``port``."""
     want = f":{port:04X} "

@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import _cast_tools as tools  # noqa: E402
-from _cast_tools import PREFIX, Run, ns  # noqa: E402
+from _cast_tools import PREFIX, Run, make_source, ns  # noqa: E402
 from _netns import netns_lock  # noqa: E402
 
 from beokit.cli import parse_size  # noqa: E402
@@ -72,15 +72,6 @@ def clean(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     os.chmod(out, 0o777)
-
-
-def make_source(path: Path, size: int) -> None:
-    with open(path, "wb") as fh:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 1 << 22))
-            fh.write(chunk)
-            left -= len(chunk)
 
 
 def fresh_bytecode() -> None:

@@ -50,17 +50,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _cast_tools import build_dolly, make_source, wait_listening  # noqa: E402
 from _netns import netns_lock  # noqa: E402
 
 from beokit.cli import parse_size  # noqa: E402
 
 PREFIX = "bkdc"
-PEERS = HERE.parent.parent / "shared" / "peers"
 WORK = Path("/dev/shm") / "bkdc-bench"
 GIB = 1 << 30
 PORT = 7700
 DOLLY_PORT = 9998  # dolly's clients listen on 9997 (data) and 9998 (control)
-LISTEN_WAIT = 60.0
 TOOLS = ("dolly", "nettee", "digest", "heal", "cold")
 LABELS = {"dolly": "dolly", "nettee": "nettee", "digest": "nettee -digest",
           "heal": "nettee -heal -digest", "cold": "nettee, receivers started with the root"}  # fmt: skip
@@ -99,32 +98,6 @@ def wait_cpu(p: subprocess.Popen, timeout: float) -> tuple[int, float]:
         time.sleep(0.002)
 
 
-def listening(pid: int, port: int) -> bool:
-    """Whether the process (in its own network namespace) has a TCP listener on ``port``."""
-    want = f":{port:04X} "
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}") as fh:
-                for line in fh:
-                    cols = line.split()
-                    if len(cols) > 3 and cols[3] == "0A" and (cols[1] + " ").endswith(want):
-                        return True
-        except OSError:
-            pass
-    return False
-
-
-def wait_listening(procs: list[subprocess.Popen], port: int) -> None:
-    deadline = time.monotonic() + LISTEN_WAIT
-    for p in procs:
-        while not listening(p.pid, port):
-            if p.poll() is not None:
-                raise RuntimeError(f"a receiver exited ({p.returncode}) before it listened")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"a receiver did not listen within {LISTEN_WAIT:g} s")
-            time.sleep(0.005)
-
-
 def stop_everything(n: int) -> None:
     """Nothing of a failed run may hold a port into the next one."""
     for i in range(1, n + 2):
@@ -143,24 +116,6 @@ def read_events(fd: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------- dolly
-
-
-def build_dolly(given: str | None, work: Path) -> tuple[str | None, str]:
-    """(dolly, "") or (None, why it is skipped)."""
-    if given:
-        return (given, "") if os.access(given, os.X_OK) else (None, f"--dolly {given}: not executable")
-    tar = PEERS / "dolly-src.tar.gz"
-    if not tar.exists():
-        return None, f"dolly skipped: no {tar}"
-    if shutil.which("make") is None or shutil.which("cc") is None:
-        return None, "dolly skipped: no make or cc (apt-get install build-essential)"
-    subprocess.run(["tar", "xzf", str(tar), "-C", str(work)], check=True)
-    cp = subprocess.run(["make", "-C", str(work / "dolly")], capture_output=True, text=True)
-    exe = work / "dolly" / "dolly"
-    if cp.returncode != 0 or not exe.exists():
-        last = (cp.stderr.strip().splitlines() or ["no message"])[-1]
-        return None, f"dolly skipped: it did not build ({last}; it needs libssl-dev)"
-    return str(exe), ""
 
 
 def run_dolly(dolly: str, src: Path, n: int) -> Run:
@@ -341,15 +296,6 @@ def print_case(size: int, n: int, rate_bps: int, res: dict[str, dict], loads: tu
         print(f"| {LABELS[name]} | {r['seconds']:.2f} | {ratio} | "
               f"{' '.join(f'{x:.2f}' for x in r['all'])} | {' | '.join(cells)} | "
               f"{r['cpu_root']:.2f} | {r['cpu_recv']:.2f} | {r['cpu_tip']:.2f} |")
-
-
-def make_source(path: Path, size: int) -> None:
-    with open(path, "wb") as fh:
-        left = size
-        while left:
-            chunk = os.urandom(min(left, 1 << 22))
-            fh.write(chunk)
-            left -= len(chunk)
 
 
 def main() -> int:
