@@ -352,6 +352,7 @@ class HttpServer:
                 left -= sent
                 acct["bytes"] += sent
                 load.count(sent)
+                self.ctx.stats.count("http-bytes", sent)  # (the load counts TFTP's too)
                 await asyncio.sleep(0)  # the next client's turn
         finally:
             if fobj is not None:

@@ -53,22 +53,6 @@ NOFILE_WANT = 65536  # the soft RLIMIT_NOFILE the server raises itself to (up to
 CHUNK = 500  # leases per piece of `status` and of the SIGUSR1 dump (the loop runs between)
 
 
-class HttpLoad:
-    """The shared :class:`Load` as HTTP sees it: every call goes to it, and HTTP's
-    bytes are counted apart as well (the metrics tell TFTP's from HTTP's)."""
-
-    def __init__(self, load: Load) -> None:
-        self.load = load
-        self.bytes = 0
-
-    def count(self, nbytes: int, packets: int = 1) -> None:
-        self.bytes += nbytes
-        self.load.count(nbytes, packets)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.load, name)
-
-
 class BootServer:
     """The server's parts, their start, their stop, and what they share."""
 
@@ -98,7 +82,6 @@ class BootServer:
         self.http: HttpServer | None = None
         self.dumping: asyncio.Task | None = None
         self.started = time.monotonic()
-        self.http_load = HttpLoad(self.load)
         self.exporter: metrics.Exporter | None = None
 
     def effective(self, cfg: BootConfig) -> BootConfig:
@@ -246,7 +229,7 @@ class BootServer:
                                 ("http", "full", "http-refused-full"),
                                 ("http", "pushed-out", "http-pushed-out")):  # fmt: skip
             shed.add(counts.get(key, 0), protocol=proto, reason=why)
-        http_bytes = self.http_load.bytes
+        http_bytes = counts.get("http-bytes", 0)
         transfers_done = metrics.Metric("beokit_boot_transfers_total", "counter",
                                         "file transfers ended, by protocol and result")
         for proto, result, key in (("tftp", "done", "tftp-done"), ("tftp", "failed", "tftp-failed"),
@@ -365,8 +348,7 @@ class BootServer:
         http_port = self.opts.http_port if self.opts.http_port is not None else self.cfg.http_port
         if http_port:
             self.http = HttpServer(HttpContext(self.opts.bind, self.open_served, self.files.close,
-                                               self.bucket, self.http_load,  # type: ignore[arg-type]
-                                               self.stats), http_port)  # fmt: skip
+                                               self.bucket, self.load, self.stats), http_port)  # fmt: skip
             await self.http.start()
         if self.exporter is not None:
             await self.exporter.start()
