@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import child_env, run_nettee, spawn, wait_all
 
+from beokit.net import free_port
 from beokit.nettee.localchain import start_chain
 
 BAD = [
@@ -55,7 +56,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(args: list[str], names: str,
 
 def test_bad_input_starts_nothing(tmp_path: Path) -> None:
     """A bad -out on a receiver: no port is bound, no file is made."""
-    port = 31337
+    port = free_port(["127.0.0.2"])  # (a fixed port was once held by another test's process)
     r = run_nettee("-bind", "127.0.0.2", "-port", str(port), "-out", str(tmp_path / "x" / "y"),
                    env=child_env())  # fmt: skip
     assert r.returncode == 2
