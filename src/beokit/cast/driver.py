@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from beokit.proc import Interrupted, describe_exit, stop
 FORM_GRACE = 15.0  # after go, the root must have formed the tree within this (+connect timeout)
 Progress = Callable[[int, dict[str, int]], None]
 
+ROOT_EXIT_WAIT = 5.0  # a root that wrote no report: its exit status within this, to say how it ended
 ABORT_WAIT = 10.0  # on interruption, every receiver's account of its DEST within this
 
 
@@ -299,6 +301,12 @@ class _Cast:
         assert feeder is not None
         assert self.root_nettee is not None
         root_end = self.root_nettee.proc.poll()
+        if root_end is None and report is None and not log:
+            # its exit closed the event pipe a moment before the status can be reaped
+            try:
+                root_end = self.root_nettee.proc.wait(ROOT_EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                pass
         root_why = log[-1] if log else describe_exit(root_end)
         stopped: set[str] = set()
         if self.root_nettee.formed.is_set():
