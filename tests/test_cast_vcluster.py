@@ -205,3 +205,25 @@ def test_template_across_hosts_with_listen_and_an_inherited_ssh_session(vc: VClu
     for h, n in by_host(doc).items():
         assert n["status"] == "OK", n
         assert filecmp.cmp(src, shm / h, shallow=False)
+
+
+@pytest.mark.parametrize("fanout", ["8", "2"])
+def test_netns_backend(vc: VCluster, shm: Path, fanout: str) -> None:
+    """-R netns:PATTERN: every node's agent (and the receiver it forks) forked from one
+    preloaded server into its host's namespace; the chain runs over the switch (each
+    receiver binds its own host's address, which exists only in its namespace)."""
+    src = shm / "img"
+    src.write_bytes(os.urandom(4 << 20))
+    rc, doc, _, err = cast("-R", f"netns:{vc.prefix}-{{host}}", "--resolve",
+                           f"/etc/netns/{vc.ns(1)}/hosts", "--fanout", fanout, str(src),
+                           "host[1-4]", "--to", f"{shm}/{{host}}")  # fmt: skip
+    assert rc == 0, err
+    assert doc is not None and not doc["failed"]
+    for h, n in by_host(doc).items():
+        assert (n["status"], n["digest"]) == ("OK", "ok"), n
+        assert filecmp.cmp(src, shm / h, shallow=False)
+        assert n["mb_per_s"] < 13.5, n  # the switch's 100 Mbit/s ports, not loopback
+    rc, doc, _, err = cast("-R", f"netns:{vc.prefix}-{{host}}", "--resolve",
+                           f"/etc/netns/{vc.ns(1)}/hosts", str(src), "host[2-3]", "--to",
+                           f"{shm}/again-{{host}}", "--bind-each")  # fmt: skip
+    assert rc == 0, err

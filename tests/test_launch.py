@@ -415,3 +415,21 @@ def test_an_agent_that_cannot_listen_names_the_reason_for_its_share() -> None:
     assert set(errors) == {"a", "b", "c"}
     assert all(e.startswith("not launched: cannot listen here on 192.0.2.7 for the launch "
                             "tree: Cannot assign requested address") for e in errors.values())
+
+
+def test_netns_backend_spec() -> None:
+    """-R netns / netns:PATTERN: the namespace of each host, the argv of ``ip netns
+    exec`` where no agent is forked, this machine's python, and the spec round trip."""
+    from beokit.launch.backends import Backend, make_backend
+
+    plain = make_backend("netns")
+    assert plain.local and plain.namespace("n1") == "n1"
+    assert plain.argv("n1", "echo x") == ["ip", "netns", "exec", "n1", "/bin/sh", "-c",
+                                          "echo x"]  # fmt: skip
+    assert "-S" in plain.python  # this machine's python, as -R exec
+    vc = Backend.from_spec(make_backend("netns:bk-{host}").spec())
+    assert (vc.kind, vc.namespace("host3")) == ("netns", "bk-host3")
+    assert not make_backend("ssh").local and make_backend("exec").local
+    for bad in ("netns:", "netns:bk-host", "netns:../{host}"):
+        with pytest.raises(ValueError, match="netns"):
+            make_backend(bad)

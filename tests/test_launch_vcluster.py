@@ -75,3 +75,46 @@ def test_no_address_for_the_hosts_says_listen(vc: VCluster) -> None:
     assert cp.stderr.count("\n") == 1 and "--listen" in cp.stderr, cp.stderr
     leaves = _run("-R", _template(vc), "host[2-3]", "--", "true")
     assert leaves.returncode == 0, leaves.stderr
+
+
+def test_netns_backend_forks_each_agent_into_its_hosts_namespace(vc: VCluster) -> None:
+    """-R netns:PATTERN: agents forked from one preloaded server, each entering its
+    host's namespace as ``ip netns exec`` would (network, /sys, /etc/netns/NAME):
+    every host sees its own address and its own /etc/hosts, none the root's."""
+    ctl = plan.controller_address(vc.plan.spec.net)
+    probe = ("ip -4 -o addr show eth0 | awk '{print $4}'; readlink /proc/self/ns/net; "
+             "ls /sys/class/net | tr '\\n' ' '; echo; grep -c host1 /etc/hosts")  # fmt: skip
+    cp = _run("-R", f"netns:{vc.prefix}-{{host}}", "--listen", ctl, "--leaf-agents", "-k", "2",
+              "--json", "host[1-5]", "--", probe)  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    res = json.loads(cp.stdout)["results"]
+    lines = {h: r["stdout"].splitlines() for h, r in res.items()}
+    assert {h: ln[0] for h, ln in lines.items()} == {
+        f"host{i}": f"{vc.addr(i)}/20" for i in range(1, 6)}
+    assert len({ln[1] for ln in lines.values()}) == 5  # five namespaces
+    assert os.readlink("/proc/self/ns/net") not in {ln[1] for ln in lines.values()}
+    assert all(ln[2].split() == ["eth0", "lo"] for ln in lines.values()), lines
+    assert all(ln[3] != "0" for ln in lines.values())  # the namespace's /etc/hosts
+
+
+def test_netns_backend_without_agents_and_its_errors(vc: VCluster) -> None:
+    """Flat, no agents: each leaf through ``ip netns exec``; a host with no namespace
+    is named with the reason; a bad pattern is one line and status 2."""
+    cp = _run("-R", f"netns:{vc.prefix}-{{host}}", "--json", "host[2-3],nohost", "--",
+              "ip -4 -o addr show eth0 | awk '{print $4}'")  # fmt: skip
+    assert cp.returncode != 0
+    res = json.loads(cp.stdout)["results"]
+    assert res["host2"]["stdout"] == f"{vc.addr(2)}/20\n"
+    assert res["host3"]["stdout"] == f"{vc.addr(3)}/20\n"
+    assert res["nohost"]["rc"] != 0
+    assert f"{vc.prefix}-nohost" in res["nohost"]["stderr"] + str(res["nohost"].get("error"))
+    ctl = plan.controller_address(vc.plan.spec.net)
+    forked = _run("-R", f"netns:{vc.prefix}-{{host}}", "--listen", ctl, "--leaf-agents",
+                  "--json", "host2,nohost", "--", "true")  # fmt: skip
+    assert forked.returncode != 0
+    bad = json.loads(forked.stdout)["results"]["nohost"]
+    assert f"{vc.prefix}-nohost" in bad["stderr"] + str(bad.get("error")), bad
+    for pattern in ("netns:bk-host", "netns:a/{host}"):
+        cp = _run("-R", pattern, "host2", "--", "true")
+        assert cp.returncode == 2 and cp.stderr.count("\n") == 1, cp.stderr
+        assert pattern in cp.stderr

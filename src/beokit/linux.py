@@ -106,6 +106,60 @@ def syncfs(fd: int) -> None:
         raise_errno()
 
 
+# ----------------------------------------------------- network namespaces
+
+NETNS_DIR = "/run/netns"  # where ``ip netns add`` pins named namespaces
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+MS_REC, MS_SLAVE, MS_BIND, MNT_DETACH = 0x4000, 1 << 19, 0x1000, 2
+SETNS = libc_function("setns", _INT, _INT, _INT)
+UNSHARE = libc_function("unshare", _INT, _INT)
+MOUNT = libc_function("mount", _INT, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                      ctypes.c_ulong, _VOIDP)  # fmt: skip
+UMOUNT2 = libc_function("umount2", _INT, ctypes.c_char_p, _INT)
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int) -> None:
+    if MOUNT(source.encode(), target.encode(), fstype.encode() if fstype else None,
+             flags, None) != 0:  # fmt: skip
+        raise_errno()
+
+
+def enter_netns(name: str) -> None:
+    """Move this (single-threaded) process into the named network namespace the way
+    ``ip netns exec NAME`` does: join the network namespace pinned at
+    /run/netns/NAME, take a private mount namespace (mounts of the host still
+    propagate in), mount that namespace's own /sys, and bind every file of
+    /etc/netns/NAME over its namesake in /etc (the namespace's hosts, resolv.conf).
+    OSError (ENOENT: no such namespace; EPERM: not root) on failure."""
+    if SETNS is None or UNSHARE is None or MOUNT is None or UMOUNT2 is None:
+        raise OSError(38, "network namespaces need Linux's setns(2)")  # ENOSYS
+    if not name or "/" in name or name in (".", ".."):
+        raise OSError(22, f"bad network namespace name {name!r}")  # EINVAL
+    fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if SETNS(fd, CLONE_NEWNET) != 0:
+            raise_errno()
+    finally:
+        os.close(fd)
+    if UNSHARE(CLONE_NEWNS) != 0:
+        raise_errno()
+    _mount("", "/", None, MS_SLAVE | MS_REC)  # our mounts stay ours
+    if UMOUNT2(b"/sys", MNT_DETACH) == 0:  # this namespace's devices in /sys/class/net
+        try:
+            _mount(name, "/sys", "sysfs", 0)
+        except OSError:
+            pass  # best effort, as ip does: nothing of beokit reads /sys/class/net
+    etc = os.path.join("/etc/netns", name)
+    try:
+        entries = os.listdir(etc)
+    except OSError:
+        entries = []
+    for entry in entries:
+        target = os.path.join("/etc", entry)
+        if os.path.exists(target):
+            _mount(os.path.join(etc, entry), target, None, MS_BIND)
+
+
 # ------------------------------------------------- sendmmsg / recvmmsg
 
 

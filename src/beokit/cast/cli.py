@@ -61,10 +61,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "FILE still works, deprecated: -f means other things elsewhere)")  # fmt: skip
     p.add_argument("--hostfile", metavar="FILE",
                    help="nodes, one a line (or NodeSets), joined to NODESET's")
-    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
+    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
                    help="how receivers are started: ssh (default), rsh, exec (this machine; "
-                   "each receiver listens on its host's address) or a template with {host} "
-                   "and {cmd}")  # fmt: skip
+                   "each receiver listens on its host's address), netns (every host a network "
+                   "namespace here, e.g. a beo vcluster: netns:bk-{host}; receivers forked "
+                   "into them) or a template with {host} and {cmd}")  # fmt: skip
     p.add_argument(
         "--ssh-args",
         default="",
@@ -276,7 +277,7 @@ def build_job(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
     job = Job(
         source=args.source, source_kind=kind, hosts=hosts, chains=chains, dest=args.dest,
-        backend=backend, fork_server=backend.kind == "exec" and not args.remote_python,
+        backend=backend, fork_server=backend.local and not args.remote_python,
         port=args.port, heal=args.heal, fsync=args.fsync, excludes=list(args.exclude),
         progress_nodes=args.nodes_progress, connect_timeout=args.connect_timeout,
         finish_timeout=args.finish_timeout, resolve=resolve, fanout=args.fanout,

@@ -68,7 +68,7 @@ class ReceiverLaunch:
         self.receivers = receivers
         the_plan = launch_plan.root_plan("tree", hosts, job.fanout)
         self.depth = launch_plan.depth("tree", len(hosts), job.fanout)
-        local = job.backend.kind == "exec"
+        local = job.backend.kind == "exec"  # loopback addresses: every node is here
         cfg = {"command": "beo cast receiver", "entry": receiver_program.ENTRY,
                "entry_name": receiver_program.ENTRY_NAME, "ship": receiver_program.SHIPPED,
                "fanout": the_plan.child_fanout, "timeout": 0,
@@ -80,7 +80,7 @@ class ReceiverLaunch:
                "leaf_agents": True, "barrier": False}  # fmt: skip
         self.forks: tempfile.TemporaryDirectory[str] | None = None
         self.server: Any = None
-        if local and job.fork_server:
+        if job.backend.local and job.fork_server:
             self._start_fork_server(cfg)
         advertise = addr
         if addr in ("0.0.0.0", "::"):

@@ -313,9 +313,25 @@ class Agent:
         with self.lock:
             self.launches.discard(proc)
 
+    def forks(self) -> str | None:
+        """The fork server's path, where agents are forked on this machine."""
+        return self.cfg.get("forkserver") if self.backend.local else None
+
+    def _netns(self, head: str) -> str | None:
+        """-R netns with forked agents: the namespace ``head``'s agent enters first
+        (OSError now if there is none: a forked agent's own errors reach nobody)."""
+        if self.backend.kind != "netns" or not self.forks():
+            return None
+        from beokit.linux import NETNS_DIR
+
+        name = self.backend.namespace(head)
+        if not os.path.exists(os.path.join(NETNS_DIR, name)):
+            raise OSError(f"no network namespace {name!r} (ip netns list)")
+        return name
+
     def _start_agent(self, head: str, hdr: bytes) -> Any:
         """The process that becomes ``head``'s agent (OSError if it cannot start)."""
-        forks = self.cfg.get("forkserver") if self.backend.kind == "exec" else None
+        forks = self.forks()
         if forks:
             return request_fork(forks, hdr)
         proc = subprocess.Popen(self.backend.argv(head, self.backend.agent_command()),
@@ -339,8 +355,9 @@ class Agent:
         if self.backend.delay:
             time.sleep(self.backend.delay)  # the simulated rsh/ssh handshake
         try:
+            netns = self._netns(head)
             proc = self._start_agent(head, plan.header(token, self.parent_addr, head,
-                                                       self.payload))  # fmt: skip
+                                                       self.payload, netns))  # fmt: skip
         except OSError as exc:
             self.listener.forget(token)
             return None, None, f"cannot launch: {exc}"
@@ -543,6 +560,15 @@ def main(header_line: bytes | None = None) -> int:
     except WireError as exc:
         print(f"beo agent: {exc}", file=sys.stderr)
         return 2
+    if hdr.get("netns"):  # forked on this machine for a host that is a namespace
+        from beokit.linux import enter_netns  # preloaded by the fork server
+
+        try:
+            enter_netns(str(hdr["netns"]))
+        except OSError as exc:
+            print(f"beo agent {hdr['h']}: network namespace {hdr['netns']!r}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     if phost == "@ssh":
         phost = ssh_client() or "127.0.0.1"
     try:

@@ -3,8 +3,11 @@
 A backend turns ``(host, remote shell command)`` into the argv of a local
 process, as pdsh's ``-R`` modules do: ``ssh`` (OpenSSH client, BatchMode and a
 ConnectTimeout), ``rsh``, ``exec`` (run locally: every "host" is a name, for
-tests and single-box demos; ``delay`` stands for the handshake cost) and a
-user template with ``{host}`` and ``{cmd}``.
+tests and single-box demos; ``delay`` stands for the handshake cost), ``netns``
+(every host a network namespace of this machine, as ``beo vcluster`` makes
+them: what ``ip netns exec`` does, without its cost where agents are forked;
+``netns:PATTERN`` names the namespace of ``{host}``, e.g. ``netns:bk-{host}``)
+and a user template with ``{host}`` and ``{cmd}``.
 
 Standard library only: this module is shipped to nodes with the agent
 (:mod:`beokit.launch.ship`).
@@ -22,7 +25,8 @@ from beokit.launch.plan import LEAF_MARKER, STATUS_MARKER
 if TYPE_CHECKING:
     from typing import Any
 
-BUILTIN = ("ssh", "rsh", "exec")
+BUILTIN = ("ssh", "rsh", "exec", "netns")
+LOCAL = ("exec", "netns")  # processes of this machine: agents forked from one server
 
 # The remote command: read the header line from stdin, import the agent, or,
 # if beokit is not importable there, ask the parent for a zipapp of it on the
@@ -54,8 +58,8 @@ class Backend:
     def __init__(self, kind: str, template: str = "", ssh_args: list[str] | None = None,
                  connect_timeout: float = 10.0, delay: float = 0.0,
                  python: str = "python3", persist: float = 0.0) -> None:  # fmt: skip
-        self.kind = kind  # ssh | rsh | exec | template
-        self.template = template
+        self.kind = kind  # ssh | rsh | exec | netns | template
+        self.template = template  # template: the argv; netns: the namespace's name
         self.ssh_args = list(ssh_args or [])
         self.connect_timeout = connect_timeout
         self.delay = delay
@@ -75,8 +79,20 @@ class Backend:
                     *self.reuse(), *self.ssh_args, host, cmd]  # fmt: skip
         if self.kind == "rsh":
             return ["rsh", host, cmd]
+        if self.kind == "netns":
+            return ["ip", "netns", "exec", self.namespace(host), "/bin/sh", "-c", cmd]
         return [w.replace("{host}", host).replace("{cmd}", cmd)
                 for w in shlex.split(self.template)]  # fmt: skip
+
+    @property
+    def local(self) -> bool:
+        """Processes of this machine (exec, netns): agents can be forked from one
+        preloaded server, and a site-less python finds this source tree."""
+        return self.kind in LOCAL
+
+    def namespace(self, host: str) -> str:
+        """netns: the network namespace ``host`` lives in."""
+        return (self.template or "{host}").replace("{host}", host)
 
     def reuse(self) -> list[str]:
         """ssh options of ``persist``: a master connection per host, its socket in
@@ -91,7 +107,7 @@ class Backend:
     def agent_command(self) -> str:
         """The remote shell command that starts an agent (see BOOTSTRAP)."""
         path = ""
-        if self.kind == "exec":
+        if self.local:
             # local: point a site-less python straight at this source tree, and at
             # what this python finds (site-packages: xxhash for nettee -digest)
             src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -151,6 +167,11 @@ def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float =
     """The backend for ``-R NAME``; ``ValueError`` with a clear message if bad."""
     if name in BUILTIN:
         kind, template = name, ""
+    elif name.startswith("netns:"):
+        kind, template = "netns", name[len("netns:"):]
+        if "{host}" not in template or "/" in template or not template.strip():
+            raise ValueError(f"bad -R {name!r}: netns:PATTERN names each host's network "
+                             "namespace with {host}, e.g. netns:bk-{host}")  # fmt: skip
     else:
         kind, template = "template", name
         try:
@@ -158,8 +179,8 @@ def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float =
         except ValueError as exc:
             raise ValueError(f"bad -R template {name!r}: {exc}") from None
         if not any("{cmd}" in w for w in words) or not any("{host}" in w for w in words):
-            raise ValueError(f"bad -R {name!r}: use ssh, rsh, exec or a template "
-                             "with {host} and {cmd}")  # fmt: skip
+            raise ValueError(f"bad -R {name!r}: use ssh, rsh, exec, netns[:PATTERN] or a "
+                             "template with {host} and {cmd}")  # fmt: skip
     if delay < 0:
         raise ValueError(f"bad --launch-delay {delay}: must be >= 0")
     if python is None:
@@ -167,7 +188,7 @@ def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float =
         # the launch cost on one box
         python = (f"PYTHONDONTWRITEBYTECODE= {shlex.quote(sys.executable)} -S "
                   f"-X pycache_prefix=/tmp/beokit-pycache-{os.getuid()}"
-                  if kind == "exec" else "python3")  # fmt: skip
+                  if kind in LOCAL else "python3")  # fmt: skip
     return Backend(kind, template, list(ssh_args or []), connect_timeout, delay, python,
                    persist if kind == "ssh" else 0.0)  # fmt: skip
 

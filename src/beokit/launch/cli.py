@@ -56,9 +56,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-k", "--fanout", type=int, metavar="K",  # beo cast's -k/--fanout too
                    help="children per node (tree, default 3) or launch window (flat, "
                    "default 32)")  # fmt: skip
-    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
-                   help="remote command: ssh (default), rsh, exec (local, for tests) or a "
-                   "template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
+    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
+                   help="remote command: ssh (default), rsh, exec (local, for tests), netns "
+                   "(every host a network namespace here, e.g. a beo vcluster: "
+                   "netns:bk-{host}) or a template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
     p.add_argument("--launch-delay", type=seconds("delay", zero_ok=True, hi=3600), default=0.0,
                    metavar="S", help="sleep S seconds per launch (stands for an rsh/ssh "
                    "handshake; at most 3600)")  # fmt: skip
@@ -272,15 +273,17 @@ def addresses_of(args: argparse.Namespace, backend: Backend, hosts: list[str],
 
 
 @contextlib.contextmanager
-def fork_server(cfg: dict[str, Any], wanted: bool) -> Iterator[None]:
-    """-R exec: agents forked from a preloaded server (``cfg["forkserver"]``)."""
+def fork_server(cfg: dict[str, Any], wanted: bool, netns: bool = False) -> Iterator[None]:
+    """-R exec, -R netns: agents forked from a preloaded server (``cfg["forkserver"]``)."""
     if not wanted:
         yield
         return
     with tempfile.TemporaryDirectory(prefix="beo-run-") as tmp:
         cfg["forkserver"] = os.path.join(tmp, "forks")
         server = proc.start_fork_server(cfg["forkserver"], "beokit.launch.agent:main",
-                                        plan.MAX_HEADER, name=FORKED_AGENT)  # fmt: skip
+                                        plan.MAX_HEADER, name=FORKED_AGENT,
+                                        # netns: what enters a namespace (ctypes)
+                                        preload=("beokit.linux",) if netns else ())  # fmt: skip
         try:
             yield
         finally:
@@ -315,7 +318,8 @@ def _run(args: argparse.Namespace) -> int:
            "leaf_agents": args.leaf_agents, "barrier": args.barrier,
            "steal": args.mode == "tree"}  # fmt: skip
     try:
-        with fork_server(cfg, backend.kind == "exec" and not args.remote_python):
+        with fork_server(cfg, backend.local and not args.remote_python,
+                             backend.kind == "netns"):
             collector = Collector(hosts, live=sys.stderr.isatty() and not args.json)
             agent = Agent(None, the_plan.groups, the_plan.window, cfg, collector, listen,
                           advertise, payload, the_plan.steps)  # fmt: skip

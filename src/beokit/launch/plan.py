@@ -301,10 +301,14 @@ def child_groups(share: list[str], fanout: int) -> list[list[str]]:
 # the token is fresh per launch and never appears on a command line.
 
 
-def header(token: str, parent: str, host: str, payload: bytes | None = None) -> bytes:
-    """A child's first stdin line; ``payload`` (--input) rides along, base64."""
+def header(token: str, parent: str, host: str, payload: bytes | None = None,
+           netns: str | None = None) -> bytes:  # fmt: skip
+    """A child's first stdin line; ``payload`` (--input) rides along, base64;
+    ``netns``: the network namespace a forked agent enters first (``-R netns``)."""
     msg: dict[str, Any] = {"t": "header", "v": PROTOCOL, "token": token, "parent": parent,
                            "h": host}  # fmt: skip
+    if netns:
+        msg["netns"] = netns
     if payload is not None:
         import base64
 

@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--nodes", metavar="NODESET",
                    help="start beo exec on every node of NODESET (a chain in NodeSet order) "
                    "through the launch tree, run COMMAND on each and report")  # fmt: skip
-    g.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|TEMPLATE",
+    g.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
                    help="remote command of the launch tree, as beo run's (default ssh; exec: "
                    "local, each node binds its name, e.g. 127.0.0.[2-4])")  # fmt: skip
     g.add_argument("-k", "--fanout", type=int, default=3, metavar="K",
@@ -367,7 +367,7 @@ def _launch_plan(args: argparse.Namespace) -> _Launch:
     the_plan = launch_plan.root_plan("tree", hosts, args.fanout, busy=True)
     agents = any(len(g) > 1 for g in the_plan.groups)
     listen, advertise = launch_cli.addresses_of(launch_args, backend, hosts, agents)
-    python = args.remote_python or (shlex.quote(sys.executable) if backend.kind == "exec"
+    python = args.remote_python or (shlex.quote(sys.executable) if backend.local
                                      else "python3")  # fmt: skip
     cfg = {"command": f"{python} -m beokit.cli exec --launched", "fanout": the_plan.child_fanout,
            "timeout": 0, "connect_timeout": args.connect_timeout, "backend": backend.spec(),
@@ -380,7 +380,7 @@ def _launch_plan(args: argparse.Namespace) -> _Launch:
         raise UsageError(f"--nodes {args.nodes!r}: the node set folds to more than the launch "
                          f"channel's {launch_plan.MAX_INPUT >> 10} KiB")  # fmt: skip
     return _Launch(hosts, commands, secret, port, the_plan, cfg, listen, advertise, payload,
-                   backend.kind == "exec" and not args.remote_python)
+                   backend.local and not args.remote_python)
 
 
 def run_nodes(args: argparse.Namespace) -> int:
