@@ -200,14 +200,26 @@ def run_nettee(src: Path, n: int, out: Path | None, flags: list[str], port: int)
 # --------------------------------------------------------------- beo cast
 
 
+# how beo cast starts its receivers on the virtual cluster: "netns" (-R netns:PATTERN,
+# agents forked into the hosts' namespaces) or "template" (-R 'ip netns exec ... {cmd}',
+# a new interpreter a node, as over any other template)
+CAST_RCMD = "netns"
+
+
+def cast_rcmd() -> list[str]:
+    if CAST_RCMD == "netns":
+        return ["-R", f"netns:{PREFIX}-{{host}}"]
+    return ["-R", f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
+            sys.executable]  # fmt: skip
+
+
 def run_cast(src: Path, n: int, out: Path | None, extra: list[str]) -> Run:
-    """beo cast from host1, every receiver launched through ``ip netns exec``: the
-    whole command's wall time; launch (the command's own start-up and every
+    """beo cast from host1, every receiver launched into its host (:func:`cast_rcmd`):
+    the whole command's wall time; launch (the command's own start-up and every
     receiver up), the root nettee's life and its stream from its --json."""
     dest = "/dev/null" if out is None else f"{out}/cast-{{host}}"
-    argv = ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", "-R",
-                    f"ip netns exec {PREFIX}-{{host}} sh -c {{cmd}}", "--remote-python",
-                    sys.executable, *extra, str(src), f"host[2-{n + 1}]", "--to", dest]  # fmt: skip
+    argv = ns(1) + [sys.executable, "-m", "beokit.cli", "cast", "--json", *cast_rcmd(),
+                    *extra, str(src), f"host[2-{n + 1}]", "--to", dest]  # fmt: skip
     with tempfile.TemporaryFile() as doc_file:
         t0 = time.monotonic()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=doc_file,

@@ -12,7 +12,8 @@ of ``--sizes`` and N of ``--nodes``:
 * **nettee by hand**: a chain of plain ``nettee`` (receivers first, then
   the root; the root's time);
 * **beo cast**: the whole command (its start-up, every receiver launched
-  through ``ip netns exec``, a fresh secret, ``-heal -digest``, fsync, the
+  into its host's namespace with ``-R netns:bkcb-{host}``, or with
+  ``--cast-rcmd template`` through an ``ip netns exec`` template, a fresh secret, ``-heal -digest``, fsync, the
   checks), with its launch, the root nettee's life and its stream.
 
 Destinations: ``/dev/null`` (the network path) and, separately, a file per
@@ -475,6 +476,9 @@ def main() -> int:
     ap.add_argument("--cpu-size", type=lambda t: 0 if t == "0" else parse_size(t),
                     default=parse_size("1G"),
                     help="the CPU-bound case's size (default 1G; 0: leave it out)")  # fmt: skip
+    ap.add_argument("--cast-rcmd", choices=("netns", "template"), default="netns",
+                    help="beo cast's receivers: -R netns:PATTERN (default) or the template "
+                    "'ip netns exec PATTERN sh -c {cmd}'")  # fmt: skip
     ap.add_argument("--rate", default="200mbit", help="per-port rate B (default 200mbit)")
     ap.add_argument("--mtu", type=int, default=1500, help="(star suite) MTU, 9000: jumbo")
     ap.add_argument("--dolly", metavar="PATH", help="a dolly binary (default: build one)")
@@ -487,6 +491,7 @@ def main() -> int:
     ap.add_argument("--png", metavar="PATH", default="docs/bench_cast_dolly.png",
                     help="with --plot-from: the figure (default docs/bench_cast_dolly.png)")
     args = ap.parse_args()
+    tools.CAST_RCMD = args.cast_rcmd
     if args.plot_from:
         return plot_from(args.plot_from.split(","), args.png)
     if args.loopback or os.geteuid() != 0:
