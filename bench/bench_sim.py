@@ -26,8 +26,9 @@ it), ``run`` (beo run -R exec --launch-delay 0.1 at several N and k),
 ``chain`` (loopback nettee chains), ``vcluster`` (nettee chains on a shaped
 virtual cluster, root only, under the namespace lock; also a node killed
 mid-stream under ``-heal``), ``gossip`` (the model against dshd's pure state
-machine, and against one real daemon through dshd's own benchmark,
-``bench_dsh_scale.py``, or any ``--gossip-bench MODULE:FUNC``).
+machine, and against one real daemon among N - 1 members played by that state
+machine, ``_sim_dshd.py``, or any ``--gossip-bench MODULE:FUNC``, e.g.
+``bench_dsh_scale:daemon_run``, dshd's own benchmark).
 
     python3 bench/bench_sim.py                      # params, run, chain (no root needed)
     python3 bench/bench_sim.py --parts params,run,chain,vcluster --runs 3 --json cal.json
@@ -157,10 +158,11 @@ class Point:
     others: list[float] = field(default_factory=list)  # cores other programs used in each run
     cpu: list[float] = field(default_factory=list)  # CPU-seconds of each run (ours)
     cpu_model: list[float] = field(default_factory=list)  # and the model's
+    pooled: float | None = None  # the median of every sample of every run (else of the runs)
 
     @property
     def med(self) -> float:
-        return statistics.median(self.measured)
+        return statistics.median(self.measured) if self.pooled is None else self.pooled
 
     @property
     def pred(self) -> float:
@@ -854,29 +856,36 @@ def CastModelAt(spec: CastSpec, net: Network, costs: NetteeCosts, *, node: int, 
 # ------------------------------------------------------------------ gossip hook
 
 
+SM_SEEDS = {200: 12, 1000: 6}  # spreads of dshd's state machine (simulated: seeds, not timed runs)
+MODEL_TRIALS = 40  # spreads of the model per point (median)
+
+
 def part_gossip(runs: int, hook: str, log: Callable[[str], None]) -> list[Point]:
     """The gossip model against (1) dshd's own pure state machine, when this tree has it
-    (``beokit.dsh.gossip_sim``: real packets, real tables, simulated clock), and (2) a
-    measurement of real daemons through ``hook`` = ``MODULE:FUNC`` (a module in bench/):
-    ``FUNC(n, period, fanout, loss) -> {"msgs_per_s": ..., "best_one": ...}``, figures of
-    one real daemon among n members; by default dshd's own benchmark
-    (``bench_dsh_scale.daemon_run``: one real daemon, the others impersonated)."""
+    (``beokit.dsh.gossip_sim``: real packets, real tables, simulated clock; SM_SEEDS
+    spreads, whatever --runs), and (2) a measurement of real daemons through ``hook`` =
+    ``MODULE:FUNC`` (a module in bench/): ``FUNC(n, period, fanout, loss) -> {"msgs_per_s":
+    ..., "best_one": ...}``, figures of one real daemon among n members; by default
+    ``_sim_dshd.measure`` (one real daemon, the other members dshd's state machine,
+    replayed on loopback; ``bench_dsh_scale:daemon_run``: dshd's own benchmark, whose
+    members are a stand-in epidemic and which looks at one change a run)."""
     from beokit.sim.gossip import GossipParams, real_gossip, simulate_gossip
 
     points: list[Point] = []
     for n in (200, 1000):
         try:
-            real = [real_gossip(GossipParams(n=n, seed=s)) for s in range(1, runs + 1)]
+            seeds = range(1, max(runs, SM_SEEDS[n]) + 1)
+            real = [real_gossip(GossipParams(n=n, seed=s)) for s in seeds]
         except ImportError:
             log("(gossip: no beokit.dsh.gossip_sim in this tree: no state-machine comparison)")
             break
-        model = [simulate_gossip(GossipParams(n=n, seed=s)) for s in range(1, runs + 1)]
+        model = simulate_gossip(GossipParams(n=n, trials=MODEL_TRIALS))
         for attr, what, unit in (("msgs_per_s", "datagrams/s per daemon", "/s"),
                                  ("best_p50", "best answer changed in half the tables", "s"),
                                  ("best_p99", "... in 99 % of them", "s")):  # fmt: skip
             pt = Point("gossip", f"dshd state machine (pure), {n} members: {what}", unit=unit)
             pt.measured = [getattr(r, attr) for r in real]
-            pt.model = [getattr(r, attr) for r in model]
+            pt.model = [getattr(model, attr)]
             log(_line(pt))
             points.append(pt)
     measure = _gossip_hook(hook)
@@ -885,9 +894,16 @@ def part_gossip(runs: int, hook: str, log: Callable[[str], None]) -> list[Point]
             f"FUNC(n, period, fanout, loss) -> {{'msgs_per_s': ..., 'best_one': ...}})")  # fmt: skip
         return points
     for n in (100, 1000):
-        p = GossipParams(n=n)
+        p = GossipParams(n=n, trials=MODEL_TRIALS)
         got = [measure(n, p.period, p.fanout, p.loss) for _ in range(runs)]
         model = simulate_gossip(p)
+        for g in got:
+            if "slot" in g:
+                log(f"  one real dshd among {n}: its answer after each change "
+                    + " ".join(f"{x:.2f}" for x in g["seen"]) + "; the state machine in its place, "
+                    "same datagrams: " + " ".join(f"{x:.2f}" for x in g["slot"])
+                    + "; every simulated table, median: "
+                    + " ".join(f"{x:.2f}" for x in g["tables"]))  # fmt: skip
         for key, attr, what, unit in (
                 ("msgs_per_s", "msgs_per_s", "datagrams/s in + out", "/s"),
                 ("best_one", "best_p50", "its best answer names a member that became idle "
@@ -895,8 +911,13 @@ def part_gossip(runs: int, hook: str, log: Callable[[str], None]) -> list[Point]
             if key not in got[0]:
                 continue
             pt = Point("gossip", f"one real dshd among {n} members: {what}", unit=unit)
-            pt.measured = [float(g[key]) for g in got]
-            pt.model = [getattr(model, attr)] * runs
+            if key == "best_one" and "seen" in got[0]:  # every change of every run: one median
+                pt.label += f", {len(got[0]['seen'])} changes a run"
+                pt.measured = [float(g[key]) for g in got]
+                pt.pooled = statistics.median(x for g in got for x in g["seen"])
+            else:
+                pt.measured = [float(g[key]) for g in got]
+            pt.model = [getattr(model, attr)]
             log(_line(pt))
             points.append(pt)
     return points
@@ -966,10 +987,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retries", type=int, default=3,
                     help="times a disturbed run is repeated before it is kept (default 3)")  # fmt: skip
     ap.add_argument("--params", type=Path, help="take the parameters from this --json file")
-    ap.add_argument("--gossip-bench", default="bench_dsh_scale:daemon_run",
+    ap.add_argument("--gossip-bench", default="_sim_dshd:measure",
                     metavar="MODULE:FUNC",
                     help="the measurement of real dshd daemons (a module in bench/; default: "
-                         "dshd's own benchmark)")  # fmt: skip
+                         "one real daemon among dshd's state machines, _sim_dshd.py; "
+                         "bench_dsh_scale:daemon_run: dshd's own benchmark)")  # fmt: skip
     ap.add_argument("--snapshot", metavar="REV",
                     help="measure the beokit of this git revision (git archive into a temporary "
                          "directory, first on PYTHONPATH of every process started), not the "
