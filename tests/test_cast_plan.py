@@ -204,6 +204,34 @@ def test_rows_name_every_failure() -> None:
     assert verdict.retry_hosts(rows) == ["a", "b", "c", "d", "e"]
 
 
+def test_a_collapsed_chain_says_why_on_every_node_it_never_reached() -> None:
+    """The root could not reach the chain's head (a name only the nodes resolve): each
+    node says so, with the option that fixes it, not only "not in the root's report";
+    and the title says nothing was sent, not that SOURCE is empty."""
+    from beokit.cast.cli import _title
+    from beokit.cast.job import CastOutcome
+
+    detail = ("child host2:7000 is not reachable (cannot resolve host2: Name or service "
+              "not known); -w waits for it")  # fmt: skip
+    report = {"status": "collapsed", "bytes": 0, "nodes": [
+        {"name": "host2:7000", "codes": ["NNF"], "fatal": True, "detail": detail}]}  # fmt: skip
+    why = verdict.collapse_reason(report)
+    assert why.startswith("the chain collapsed at host2:7000: child host2:7000 is not reach")
+    assert why.endswith("--resolve names the nodes' data addresses")
+    rows = verdict.rows(["host2", "host3"], plan.plan_chains(["host2", "host3"]),
+                        launch={h: {"t": "up"} for h in ("host2", "host3")}, report=report,
+                        results={}, source_digest=None, stream_bytes=None, kind="file")  # fmt: skip
+    assert all(r.codes[0] == "BSTAT" and why in r.detail for r in rows)
+    assert verdict.collapse_reason(_report([])) == "" and verdict.collapse_reason(None) == ""
+
+    class J:
+        source, dest, hosts = "img", "/x", ["host2", "host3"]
+
+    title = _title(J(), CastOutcome(rows, stream_seconds=0.02, collapsed=why), None)
+    assert title == f"beo cast img -> /x: nothing sent to 2 node(s): {why}"
+    assert "SOURCE is empty" in _title(J(), CastOutcome(rows, stream_seconds=0.01), None)
+
+
 def test_merge_and_eta() -> None:
     first = [verdict.Row("a"), verdict.Row("b", codes=["NWF"], status="NWF")]
     again = [verdict.Row("b", attempt=2)]

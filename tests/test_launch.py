@@ -433,3 +433,16 @@ def test_netns_backend_spec() -> None:
     for bad in ("netns:", "netns:bk-host", "netns:../{host}"):
         with pytest.raises(ValueError, match="netns"):
             make_backend(bad)
+
+
+def test_hosts_file_address(tmp_path) -> None:
+    """-R netns: a host's address from its namespace's own hosts file."""
+    from beokit.launch.backends import hosts_file_address
+
+    f = tmp_path / "hosts"
+    f.write_text("# c\n127.0.0.1 localhost\n198.18.0.2\thost2 host2-eth0  # x\n"
+                 "198.18.0.3 host3\n")  # fmt: skip
+    assert hosts_file_address(str(f), "host2") == "198.18.0.2"
+    assert hosts_file_address(str(f), "host2-eth0") == "198.18.0.2"
+    assert hosts_file_address(str(f), "host") is None
+    assert hosts_file_address(str(tmp_path / "none"), "host2") is None

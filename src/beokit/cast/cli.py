@@ -437,6 +437,8 @@ def _title(job: Any, first: Any, stopped: Any) -> str:
     if first.bytes == 0 and not first.stream_seconds and not first.seconds:
         return f"{head}: nothing sent to {n} node(s)"
     secs = first.stream_seconds or first.seconds
+    if first.bytes == 0 and first.collapsed:
+        return f"{head}: nothing sent to {n} node(s): {first.collapsed}"
     if first.bytes == 0:
         return f"{head}: SOURCE is empty: 0 bytes to {n} node(s), stream {secs:.2f} s"
     rate = first.bytes / secs / 1e6 if secs else 0.0

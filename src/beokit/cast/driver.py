@@ -334,6 +334,7 @@ class _Cast:
         out.digest = feeder.digest or (root_node.get("digest") if isinstance(root_node, dict)
                                        else None)  # fmt: skip
         out.root_log = log
+        out.collapsed = verdict.collapse_reason(report)
         if feeder.error:
             out.error = feeder.error
         elif report is None:

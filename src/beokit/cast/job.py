@@ -36,8 +36,11 @@ class Job:
     in_place: bool = False  # a file DEST is written in place, not renamed into place
 
     def address(self, name: str) -> str:
-        """The address ``name`` has for data (``--resolve``), or the name itself."""
-        return self.resolve.get(name, name)
+        """The address ``name`` has for data (``--resolve``; with ``-R netns`` the one
+        its namespace's hosts file gives it), or the name itself."""
+        if name in self.resolve:
+            return self.resolve[name]
+        return self.backend.hostname(name) if self.backend.kind == "netns" else name
 
 
 @dataclass
@@ -57,5 +60,6 @@ class CastOutcome:
     root_log: list[str] = field(default_factory=list)
     error: str = ""
     changed: str = ""  # why SOURCE is known to have changed during the stream
+    collapsed: str = ""  # why the root's stream did not end ok (verdict.collapse_reason)
     interrupted: str = ""  # the signal's name when the cast was interrupted
     notes: list[str] = field(default_factory=list)  # said once on stderr (a flag left out...)

@@ -71,6 +71,20 @@ def _add(row: Row, code: str, why: str) -> None:
         row.detail = f"{row.detail}; {why}" if row.detail else why
 
 
+def collapse_reason(report: dict[str, Any] | None) -> str:
+    """Why the root's stream did not end ``ok``, from its -report: its status and
+    the first failed node's detail ("" when it ended ok, or wrote no report)."""
+    if not report or report.get("status") in ("ok", None):
+        return ""
+    why = f"the chain {report.get('status')}"
+    for n in report.get("nodes") or []:
+        if isinstance(n, dict) and (n.get("fatal") or n.get("codes")) and n.get("detail"):
+            hint = "; --resolve names the nodes' data addresses" \
+                if "cannot resolve" in str(n["detail"]) else ""  # fmt: skip
+            return f"{why} at {n.get('name')}: {n['detail']}{hint}"
+    return why
+
+
 def rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, Any]],
          report: dict[str, Any] | None, results: dict[str, dict[str, Any]],
          source_digest: str | None, stream_bytes: int | None,
@@ -96,6 +110,10 @@ def rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, A
         if nodes and isinstance(nodes[0], dict):
             root_digest = nodes[0].get("digest")
     want_digest = root_digest or source_digest
+    missing = "not in the root's report"
+    why = collapse_reason(report)
+    if why:
+        missing = f"{missing}: {why}"
     out: list[Row] = []
     for h in hosts:
         row = Row(h, chain=where.get(h, "-"), attempt=attempt)
@@ -115,7 +133,7 @@ def rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, A
             for code in node.get("codes") or []:
                 _add(row, str(code), str(node.get("detail") or ""))
         elif report is not None:
-            _add(row, "BSTAT", "not in the root's report")
+            _add(row, "BSTAT", missing)
         if res is None:
             _add(row, "LOST", "the receiver ended without a result")
         else:

@@ -137,7 +137,12 @@ class Backend:
     def hostname(self, host: str) -> str:
         """The name or address this backend reaches ``host`` at: with ssh, ssh's own
         answer (``ssh -G``: the ``HostName`` of an ssh_config alias, ``--ssh-args``
-        included); the name itself otherwise."""
+        included); with netns, the address the namespace's own hosts file
+        (``/etc/netns/NAME/hosts``, what ``ip netns exec`` shows it as /etc/hosts)
+        gives the name; the name itself otherwise."""
+        if self.kind == "netns":
+            return hosts_file_address(os.path.join("/etc/netns", self.namespace(host), "hosts"),
+                                      host) or host  # fmt: skip
         if self.kind != "ssh":
             return host
         import subprocess
@@ -159,6 +164,19 @@ class Backend:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Backend:
         return cls(**{k: spec[k] for k in cls.FIELDS if k in spec})
+
+
+def hosts_file_address(path: str, name: str) -> str | None:
+    """The first address hosts file ``path`` gives ``name`` (None: no such line or file)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.partition("#")[0].split()
+                if len(words) > 1 and name in words[1:]:
+                    return words[0]
+    except OSError:
+        pass
+    return None
 
 
 def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float = 0.0,
