@@ -28,6 +28,7 @@ first (``beokit.sim.gossip.answer_times``).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 import resource
@@ -116,8 +117,13 @@ def plan(n: int, period: float, fanout: int, loss: float, changes: int, seed: in
     return c, sched, slot, tables
 
 
+_CALLS = itertools.count(1)
+
+
 def measure(n: int, period: float, fanout: int, loss: float, changes: int = 10,
-            seed: int = 1) -> dict[str, float]:  # fmt: skip
+            seed: int | None = None) -> dict[str, float]:  # fmt: skip
+    """One run (seed: 1, 2, ... by call unless given: each run other draws)."""
+    seed = next(_CALLS) if seed is None else seed
     c, sched, slot, tables = plan(n, period, fanout, loss, changes, seed)
     sends = sorted(c.to_daemon)
     with tempfile.TemporaryDirectory(prefix="bench-sim-dshd-") as tmp_:

@@ -856,8 +856,8 @@ def CastModelAt(spec: CastSpec, net: Network, costs: NetteeCosts, *, node: int, 
 # ------------------------------------------------------------------ gossip hook
 
 
-SM_SEEDS = {200: 12, 1000: 6}  # spreads of dshd's state machine (simulated: seeds, not timed runs)
-MODEL_TRIALS = 40  # spreads of the model per point (median)
+SM_SEEDS = {200: 24, 1000: 12}  # spreads of dshd's state machine (simulated: seeds, not timed)
+MODEL_TRIALS = 100  # spreads of the model per point (median)
 
 
 def part_gossip(runs: int, hook: str, log: Callable[[str], None]) -> list[Point]:
@@ -874,8 +874,11 @@ def part_gossip(runs: int, hook: str, log: Callable[[str], None]) -> list[Point]
     points: list[Point] = []
     for n in (200, 1000):
         try:
+            import concurrent.futures as cf
+
             seeds = range(1, max(runs, SM_SEEDS[n]) + 1)
-            real = [real_gossip(GossipParams(n=n, seed=s)) for s in seeds]
+            with cf.ProcessPoolExecutor(NCPU) as pool:  # a simulation: every core
+                real = list(pool.map(real_gossip, [GossipParams(n=n, seed=s) for s in seeds]))
         except ImportError:
             log("(gossip: no beokit.dsh.gossip_sim in this tree: no state-machine comparison)")
             break
