@@ -95,8 +95,9 @@ def _tables(parser: argparse.ArgumentParser) -> dict[str, dict[str, list[str]]]:
                     tables["words"].setdefault(key, []).extend(choices)
                 continue
             metavar = str(action.metavar or "")
-            if not choices and "|" in metavar:  # -R ssh|rsh|exec|TEMPLATE
-                choices = [w for w in metavar.split("|") if w.islower()]
+            if not choices and "|" in metavar:  # -R ssh|rsh|exec|netns[:PATTERN]|TEMPLATE
+                words = [w.partition("[")[0] for w in metavar.split("|")]
+                choices = [w for w in words if w.islower()]
             for opt in action.option_strings:
                 if choices:
                     tables["vals"][f"{key}|{opt}"] = choices
