@@ -117,7 +117,7 @@ def bash_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("beo vcluster ", ["up", "down", "status", "exec", "link", "kill", "slow"]),
     ("beo vcluster up --mt", ["--mtu"]),
     ("beo dshd --metrics", ["--metrics-port"]),
-    ("beo run -R ", ["ssh", "rsh", "exec"]),
+    ("beo run -R ", ["ssh", "rsh", "exec", "netns"]),
     ("beo config example ", ["beo", "boot", "dsh-cluster"]),
     ("beo vcluster link ", ["up", "down"]),
 ])  # fmt: skip
