@@ -4,7 +4,7 @@ One run (:func:`run_once`):
 
 1. start :mod:`beokit.cast.receiver` on every node through the tree
    launcher (:mod:`beokit.cast.launcher`: what ``beo run`` does, O(log N)
-   ssh hops, backend ``-R ssh|rsh|exec|TEMPLATE``); the run's spec, with a
+   ssh hops, backend ``-R ssh|rsh|exec|netns|TEMPLATE``); the run's spec, with a
    fresh per-run secret, rides to every receiver on its stdin inside the
    launch channels (``--input``), never on a command line.  Every receiver
    calls this root back over TCP (:class:`~beokit.cast.hub.Hub`), both sides
