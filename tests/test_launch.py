@@ -205,8 +205,10 @@ def test_stopped_run_kills_every_command_and_names_the_unfinished(
                          stdin=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while len(list(tmp_path.iterdir())) < 6 and time.monotonic() < deadline:
+        # each command touches its file, then execs sleep: wait for the six sleeps
+        while len(_running(tag)) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(list(tmp_path.iterdir())) == 6
         assert len(_running(tag)) == 6
         p.send_signal(sig)
         out, err = p.communicate(timeout=30)

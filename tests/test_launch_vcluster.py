@@ -118,3 +118,18 @@ def test_netns_backend_without_agents_and_its_errors(vc: VCluster) -> None:
         cp = _run("-R", pattern, "host2", "--", "true")
         assert cp.returncode == 2 and cp.stderr.count("\n") == 1, cp.stderr
         assert pattern in cp.stderr
+
+
+def test_a_forked_agents_error_reaches_the_report(vc: VCluster) -> None:
+    """A forked agent (-R netns) that cannot call its parent back says why in the
+    host's result, as an ssh channel's output would (its stderr comes back through
+    the fork server): here --listen 127.0.0.1, which is every namespace's own
+    loopback, not this machine's."""
+    cp = _run("-R", f"netns:{vc.prefix}-{{host}}", "--listen", "127.0.0.1", "--leaf-agents",
+              "--connect-timeout", "5", "--json", "host[1-2]", "--", "true")  # fmt: skip
+    assert cp.returncode != 0
+    res = json.loads(cp.stdout)["results"]
+    for h in ("host1", "host2"):
+        err = str(res[h].get("error"))
+        assert err.startswith(f"launch failed: beo agent {h}: parent 127.0.0.1:"), err
+        assert "Connection refused" in err, err

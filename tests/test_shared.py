@@ -204,6 +204,30 @@ def test_fork_server_forks_a_worker_per_request(tmp_path: Path) -> None:
         server.wait()
 
 
+def test_fork_server_passes_a_workers_stderr(tmp_path: Path) -> None:
+    """request_fork(stderr=FD): the worker's fd 2 is ours (SCM_RIGHTS), not the
+    server's: a launcher reads why a forked agent failed.  200 requests in a row (a
+    zero-length send after the line once failed 1 launch in 7 of a --ring run with
+    EPIPE, when the server had answered and closed first; that race needs a loaded
+    box to show, and this loop does not reliably show it)."""
+    path = str(tmp_path / "forks")
+    server = proc.start_fork_server(path, "builtins:exec", name="bk-forked")
+    try:
+        for i in range(200):
+            r, w = os.pipe()
+            try:
+                worker = proc.request_fork(path, f"import sys; sys.stderr.write('e{i}')\n".encode(),
+                                           stderr=w)  # fmt: skip
+            finally:
+                os.close(w)
+            with os.fdopen(r, "rb") as f:
+                assert f.read() == f"e{i}".encode()
+            assert worker.wait(timeout=20) == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_shell_command_output_status_and_timeout() -> None:
     cmd = proc.ShellCommand("cat; echo err >&2; exit 3", input=b"in\n")
     assert cmd.finish(timeout=20) == proc.Finished(3, b"in\n", b"err\n", None)

@@ -401,7 +401,9 @@ class Watched:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self.stdin = self.stdout = None
+        self.stdin = None
+        self.stdout: Any = None  # a launcher may give it the read end of its stderr
+        self.status_known = False  # its exit code is the server's to read, not ours
         try:
             self._fd: int | None = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -474,14 +476,20 @@ def _preload() -> None:
     gc.freeze()
 
 
-def _read_request(conn: Any, limit: int) -> bytes:
-    line = b""
+def _read_request(conn: Any, limit: int) -> tuple[bytes, list[int]]:
+    """The request line, and the descriptors that came with its first bytes (the
+    worker's stderr, :func:`request_fork`)."""
+    import socket
+
+    line, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 1)
+    if not line:
+        return b"", fds
     while not line.endswith(b"\n") and len(line) < limit:
         data = conn.recv(1 << 16)
         if not data:
             break
         line += data
-    return line
+    return line, fds
 
 
 def serve_forks(path: str, target: str, max_request: int = 1 << 20, name: str = "",
@@ -509,13 +517,17 @@ def serve_forks(path: str, target: str, max_request: int = 1 << 20, name: str = 
         except TimeoutError:
             continue
         conn.settimeout(5)
+        fds: list[int] = []
         try:
-            line = _read_request(conn, max_request)
-            pid = fork_python(lambda line=line: entry(line), name=name)
+            line, fds = _read_request(conn, max_request)
+            pid = fork_python(lambda line=line: entry(line), name=name,
+                              stderr=fds[0] if fds else None)  # fmt: skip
             conn.sendall(b"%d\n" % pid)
         except OSError:
             pass
         finally:
+            for fd in fds:
+                os.close(fd)
             conn.close()
 
 
@@ -542,8 +554,10 @@ def start_fork_server(path: str, target: str, max_request: int = 1 << 20, name: 
     return server
 
 
-def request_fork(path: str, line: bytes, timeout: float = 10) -> Watched:
-    """Ask the fork server at ``path`` for a worker that gets ``line``."""
+def request_fork(path: str, line: bytes, timeout: float = 10,
+                 stderr: int | None = None) -> Watched:  # fmt: skip
+    """Ask the fork server at ``path`` for a worker that gets ``line``; ``stderr``: a
+    descriptor (passed with SCM_RIGHTS) for the worker's fd 2 instead of the server's."""
     import socket
 
     deadline = time.monotonic() + timeout
@@ -557,7 +571,12 @@ def request_fork(path: str, line: bytes, timeout: float = 10) -> Watched:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
-        s.sendall(line)
+        if stderr is not None:
+            sent = socket.send_fds(s, [line[:1 << 16]], [stderr])
+            if sent < len(line):  # (sendall of b"" still sends: EPIPE once the server
+                s.sendall(line[sent:])  # has answered and closed)
+        else:
+            s.sendall(line)
         reply = b""
         while not reply.endswith(b"\n"):
             data = s.recv(64)

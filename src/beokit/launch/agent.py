@@ -333,7 +333,17 @@ class Agent:
         """The process that becomes ``head``'s agent (OSError if it cannot start)."""
         forks = self.forks()
         if forks:
-            return request_fork(forks, hdr)
+            # its stderr comes to us, as an ssh channel's would: why it failed
+            r, w = os.pipe()
+            try:
+                proc = request_fork(forks, hdr, stderr=w)
+            except OSError:
+                os.close(r)
+                raise
+            finally:
+                os.close(w)
+            proc.stdout = os.fdopen(r, "rb")
+            return proc
         proc = subprocess.Popen(self.backend.argv(head, self.backend.agent_command()),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -365,7 +375,7 @@ class Agent:
             self.launches.add(proc)
         tail: collections.deque[str] = collections.deque(maxlen=3)
         reader = None
-        if proc.stdout is not None:  # not a forked agent: watch its launch channel
+        if proc.stdout is not None:  # watch its launch channel (a forked one: its stderr)
             reader = threading.Thread(target=self._read_launch_output, args=(proc, tail),
                                       daemon=True)  # fmt: skip
             reader.start()
@@ -412,7 +422,8 @@ class Agent:
             if proc.poll() is not None:
                 if reader is not None and reader.is_alive():
                     reader.join(1)
-                return plan.launch_failed(proc.returncode, " ".join(tail) or "no message")
+                rc = proc.returncode if getattr(proc, "status_known", True) else None
+                return plan.launch_failed(rc, " ".join(tail) or "no message")
             if time.monotonic() > deadline:
                 return f"no contact within {connect_timeout:g} s"
         return ""

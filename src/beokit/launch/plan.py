@@ -440,8 +440,9 @@ def gather(outputs: dict[str, str]) -> list[tuple[str, int, str]]:
 def launch_failed(returncode: int | None, why: str) -> str:
     """A launch process that ended before its host was up: "launch failed (exit 255):
     ssh: connect to host ..." (a signal in :func:`beokit.proc.describe_exit`'s words)."""
-    how = describe_exit(returncode) if returncode is not None and returncode < 0 else \
-        f"exit {returncode}"
+    if returncode is None:  # a forked worker's status is its fork server's to read
+        return f"launch failed: {why}"
+    how = describe_exit(returncode) if returncode < 0 else f"exit {returncode}"
     return f"launch failed ({how}): {why}"
 
 
