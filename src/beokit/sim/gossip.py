@@ -148,21 +148,22 @@ def _spread(p: GossipParams, horizon_periods: float = 40.0,
     news = [math.inf] * p.n  # when the first datagram with the news arrives at each member
     relays = [math.inf] * p.n  # ...when it has taken it (its next round): it passes it on
     origin = 0
-    passes: dict[int, list[int]] = {}  # member -> [a, b, t]: its pass over the others
+    passes: dict[int, list] = {}  # member -> [position, swaps]: its pass over the others
     senders: list[dict[int, float]] = [{} for _ in range(p.n)]  # member -> {sender: arrival}
     left = [m]
 
     def next_in_pass(i: int) -> int:
-        """The next member of i's pass: a fresh pseudo-shuffle (an affine permutation
-        a x t + b mod N - 1) each pass, every other member once a pass."""
+        """The next member of i's pass over the others: a shuffle drawn as it goes
+        (Fisher-Yates, one step a target, as the daemon's), every other member once
+        a pass, a new order each pass (the swaps kept sparse: O(draws), not O(N))."""
         st = passes.get(i)
-        if st is None or st[2] >= m:
-            a = rng.randrange(1, m) if m > 1 else 1
-            while math.gcd(a, m) != 1:
-                a = rng.randrange(1, m)
-            st = passes[i] = [a, rng.randrange(m), 0]
-        x = (st[0] * st[2] + st[1]) % m
-        st[2] += 1
+        if st is None or st[0] >= m:
+            st = passes[i] = [0, {}]
+        pos, swaps = st
+        j = pos + rng.randrange(m - pos)
+        x = swaps.get(j, j)
+        swaps[j] = swaps.get(pos, pos)
+        st[0] = pos + 1
         return x if x < i else x + 1
 
     def targets(i: int, now: float) -> list[int]:
