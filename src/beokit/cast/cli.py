@@ -331,8 +331,8 @@ def dry_run(job: Any, rate: int) -> str:
     if max(sizes) - min(sizes) > 1:
         lines.append("  (the model takes the chains as balanced: the longest one here has "
                      f"{max(sizes)} nodes)")  # fmt: skip
-    if job.backend.kind == "exec":
-        lines.append(f"  (-R exec: every node on this machine; the model is of a cluster "
+    if job.backend.local:
+        lines.append(f"  (-R {job.backend.kind}: every node on this machine; the model is of a cluster "
                      f"with {format_rate(rate)} ports)")  # fmt: skip
     return "\n".join(lines)
 

@@ -219,12 +219,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _auto(n: int, backend: Backend, fanout: int | None) -> tuple[str, int]:
-    """--auto: flat or tree from N and what a launch costs: -R exec, --launch-delay
+    """--auto: flat or tree from N and what a launch costs: -R exec and netns, --launch-delay
     and an agent forked here; otherwise an ssh session and a python starting, as
     measured on the test box (beokit.sim.machine)."""
     from beokit.sim.machine import BOX_PARAMS
 
-    if backend.kind == "exec":
+    if backend.local:
         launch, agent = backend.delay + BOX_PARAMS["spawn_cpu"], BOX_PARAMS["agent_cpu"]
     else:
         launch, agent = backend.delay + BOX_PARAMS["ssh_session"], BOX_PARAMS["python_start"]
@@ -361,11 +361,11 @@ def dry_run(mode: str, hosts: list[str], k: int, the_plan: plan.LaunchPlan,
         lines.append("  predicted: no model of the ring (one launch after another: "
                      f"{cliargs.plural(n, 'launch step')})")  # fmt: skip
         return "\n".join(lines)
-    if backend.kind == "exec" and n > EXEC_MODEL_MAX:
+    if backend.local and n > EXEC_MODEL_MAX:
         lines.append(f"  predicted: not here: {n} processes sharing this machine's cores take "
                      f"the model ~N^2 time (up to {EXEC_MODEL_MAX} hosts; docs/scale.md)")  # fmt: skip
         return "\n".join(lines)
-    if backend.kind == "exec":
+    if backend.local:  # exec, netns: every host's processes share this machine's cores
         pred = predict_run(n, k, backend.delay, mode=mode, steal=True,
                            shared_cores=float(os.cpu_count() or 1))  # fmt: skip
     else:
