@@ -95,7 +95,7 @@ def _tables(parser: argparse.ArgumentParser) -> dict[str, dict[str, list[str]]]:
                     tables["words"].setdefault(key, []).extend(choices)
                 continue
             metavar = str(action.metavar or "")
-            if not choices and "|" in metavar:  # -R ssh|rsh|exec|netns[:PATTERN]|TEMPLATE
+            if not choices and "|" in metavar:  # -R ssh|rsh|exec|netns|TEMPLATE
                 words = [w.partition("[")[0] for w in metavar.split("|")]
                 choices = [w for w in words if w.islower()]
             for opt in action.option_strings:

@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "FILE still works, deprecated: -f means other things elsewhere)")  # fmt: skip
     p.add_argument("--hostfile", metavar="FILE",
                    help="nodes, one a line (or NodeSets), joined to NODESET's")
-    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
+    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns|TEMPLATE",
                    help="how receivers are started: ssh (default), rsh, exec (this machine; "
                    "each receiver listens on its host's address), netns (every host a network "
                    "namespace here, e.g. a beo vcluster: netns:bk-{host}; receivers forked "

@@ -110,10 +110,7 @@ def rows(hosts: list[str], chains: list[Chain], *, launch: dict[str, dict[str, A
         if nodes and isinstance(nodes[0], dict):
             root_digest = nodes[0].get("digest")
     want_digest = root_digest or source_digest
-    missing = "not in the root's report"
-    why = collapse_reason(report)
-    if why:
-        missing = f"{missing}: {why}"
+    missing = ": ".join(w for w in ("not in the root's report", collapse_reason(report)) if w)
     out: list[Row] = []
     for h in hosts:
         row = Row(h, chain=where.get(h, "-"), attempt=attempt)

@@ -167,7 +167,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="print the chosen host on stderr")  # fmt: skip
     c.add_argument("-n", "--no-stdin", action="store_true",
                    help="do not pass stdin (like ssh -n)")  # fmt: skip
-    c.add_argument("-R", "--rcmd", default=None, metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
+    c.add_argument("-R", "--rcmd", default=None, metavar="ssh|rsh|exec|netns|TEMPLATE",
                    help="how the command reaches the node, as in beo run: ssh (default), rsh, "
                    "exec (here, for tests), netns[:PATTERN] (a network namespace here) or a template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip
     c.add_argument("--ssh", default=None, metavar="CMD",

@@ -56,7 +56,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("-k", "--fanout", type=int, metavar="K",  # beo cast's -k/--fanout too
                    help="children per node (tree, default 3) or launch window (flat, "
                    "default 32)")  # fmt: skip
-    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
+    p.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns|TEMPLATE",
                    help="remote command: ssh (default), rsh, exec (local, for tests), netns "
                    "(every host a network namespace here, e.g. a beo vcluster: "
                    "netns:bk-{host}) or a template such as 'ssh -p 2222 {host} {cmd}'")  # fmt: skip

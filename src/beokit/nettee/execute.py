@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--nodes", metavar="NODESET",
                    help="start beo exec on every node of NODESET (a chain in NodeSet order) "
                    "through the launch tree, run COMMAND on each and report")  # fmt: skip
-    g.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns[:PATTERN]|TEMPLATE",
+    g.add_argument("-R", "--rcmd", default="ssh", metavar="ssh|rsh|exec|netns|TEMPLATE",
                    help="remote command of the launch tree, as beo run's (default ssh; exec: "
                    "local, each node binds its name, e.g. 127.0.0.[2-4])")  # fmt: skip
     g.add_argument("-k", "--fanout", type=int, default=3, metavar="K",
