@@ -96,8 +96,7 @@ def _tables(parser: argparse.ArgumentParser) -> dict[str, dict[str, list[str]]]:
                 continue
             metavar = str(action.metavar or "")
             if not choices and "|" in metavar:  # -R ssh|rsh|exec|netns|TEMPLATE
-                words = [w.partition("[")[0] for w in metavar.split("|")]
-                choices = [w for w in words if w.islower()]
+                choices = [w for w in metavar.split("|") if w.islower()]
             for opt in action.option_strings:
                 if choices:
                     tables["vals"][f"{key}|{opt}"] = choices

@@ -5,6 +5,7 @@ Standard library only (the launcher ships it to nodes).
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 from typing import TYPE_CHECKING
@@ -89,3 +90,20 @@ def reachable_address(hosts: list[str], name_of: Callable[[str], str],
             return addr, tried
         tried.append(h)
     return None, tried
+
+
+def parse_hosts_file(text: str) -> dict[str, str]:
+    """hosts(5) lines ``ADDRESS NAME [ALIAS...]`` -> name -> address (first wins);
+    ValueError ("line N: bad address ...") on a line whose address is not one."""
+    names: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            ipaddress.ip_address(words[0])
+        except ValueError:
+            raise ValueError(f"line {lineno}: bad address {words[0]!r}") from None
+        for name in words[1:]:
+            names.setdefault(name, words[0])
+    return names

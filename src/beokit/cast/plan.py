@@ -27,6 +27,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from beokit import net
 from beokit.errors import UsageError
 from beokit.net import host_port
 
@@ -241,16 +242,9 @@ def is_loopback(addr: str) -> bool:
 
 
 def parse_hosts_file(text: str) -> dict[str, str]:
-    """hosts(5) lines ``ADDRESS NAME [ALIAS...]`` -> name -> address (first wins)."""
-    names: dict[str, str] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        words = raw.split("#", 1)[0].split()
-        if not words:
-            continue
-        try:
-            ipaddress.ip_address(words[0])
-        except ValueError:
-            raise UsageError(f"--resolve line {lineno}: bad address {words[0]!r}") from None
-        for name in words[1:]:
-            names.setdefault(name, words[0])
-    return names
+    """``--resolve``: hosts(5) lines -> name -> address (:func:`beokit.net.parse_hosts_file`);
+    UsageError naming the bad line."""
+    try:
+        return net.parse_hosts_file(text)
+    except ValueError as exc:
+        raise UsageError(f"--resolve {exc}") from None

@@ -21,6 +21,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from beokit.launch.plan import LEAF_MARKER, STATUS_MARKER
+from beokit.net import parse_hosts_file
 
 if TYPE_CHECKING:
     from typing import Any
@@ -167,16 +168,13 @@ class Backend:
 
 
 def hosts_file_address(path: str, name: str) -> str | None:
-    """The first address hosts file ``path`` gives ``name`` (None: no such line or file)."""
+    """The address hosts file ``path`` gives ``name`` (None: no such name, or no
+    readable, well-formed file)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                words = line.partition("#")[0].split()
-                if len(words) > 1 and name in words[1:]:
-                    return words[0]
-    except OSError:
-        pass
-    return None
+            return parse_hosts_file(f.read()).get(name)
+    except (OSError, ValueError):
+        return None
 
 
 def make_backend(name: str, *, ssh_args: list[str] | None = None, delay: float = 0.0,
