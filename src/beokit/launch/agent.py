@@ -106,6 +106,8 @@ class Agent:
         self.lock = threading.Lock()
         self.listener: HelloListener | None = None
         self.closing = False
+        # readable (at its end) once close() was called: what blocking waits watch
+        self.stop_fd, self._stop_w = os.pipe()
         self.command: ShellCommand | None = None
         # --barrier: commands wait for release() (root: all hosts up; agents: go)
         self.barrier = bool(cfg.get("barrier"))
@@ -141,6 +143,7 @@ class Agent:
                 t.join()
         finally:
             self.close()
+            os.close(self.stop_fd)
 
     def _dispatch(self, command: bool) -> list[threading.Thread]:
         """Start a thread per queued group, in order, each once a launch slot is free,
@@ -149,7 +152,7 @@ class Agent:
         while True:
             with self.queue_cond:
                 while not self.queue and self.busy_threads and not self.closing:
-                    self.queue_cond.wait(1.0)
+                    self.queue_cond.wait()  # woken by requeue, a group's end, close
                 if not self.queue or self.closing:
                     break
                 group, steps = self.queue.popleft()
@@ -208,6 +211,12 @@ class Agent:
         own command and subtree and exits; its thread here waits EXIT_GRACE for
         that, then kills its launch process)."""
         self.closing = True
+        with self.lock:
+            if self._stop_w >= 0:
+                os.close(self._stop_w)  # wakes every leaf's wait
+                self._stop_w = -1
+        with self.queue_cond:
+            self.queue_cond.notify_all()
         if self.listener is not None:
             self.listener.close()
         with self.lock:

@@ -106,6 +106,8 @@ class _Leaf:
             return plan.result(self.host, None, error=f"cannot launch: {exc}")
         self.proc = proc
         agent.track(proc)
+        if agent.closing:  # close() may have taken its list of leaves before this one
+            kill_group(proc)
         if agent.payload is not None and not agent.barrier:
             feed(proc, agent.payload)
         try:
@@ -147,11 +149,14 @@ class _Leaf:
 
     def _pump(self) -> str | None:
         """Read until both pipes end; None, or why the leaf was stopped."""
-        sel = selectors.DefaultSelector()
+        # poll(2): no epoll descriptor to make and close per leaf.  No timer either:
+        # it sleeps until output, the deadline, or the agent's close (its stop pipe)
+        sel = selectors.PollSelector()
         for fd in self.bufs:
             sel.register(fd, selectors.EVENT_READ)
+        sel.register(self.agent.stop_fd, selectors.EVENT_READ)
         try:
-            while sel.get_map():
+            while len(sel.get_map()) > 1:
                 if self.agent.closing:
                     return "cancelled" if self.up else "launch cancelled"
                 if self.agent.barrier and self.up:
@@ -163,8 +168,11 @@ class _Leaf:
                 if wait <= 0:
                     return (f"command timed out after {self.timeout:g} s" if self.up
                             else f"no contact within {self.connect_timeout:g} s")  # fmt: skip
-                for key, _ in sel.select(min(wait, 1.0)):
-                    self._take(sel, key.fd)
+                if self.agent.barrier and self.deadline == float("inf") and self.timeout:
+                    wait = 1.0  # waiting for go: look again for the deadline it sets
+                for key, _ in sel.select(None if wait == float("inf") else wait):
+                    if key.fd != self.agent.stop_fd:
+                        self._take(sel, key.fd)
             return None
         finally:
             sel.close()

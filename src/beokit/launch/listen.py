@@ -52,6 +52,9 @@ class HelloListener:
         self.slots: dict[str, Slot] = {}
         self.closing = False
         self._sel = selectors.DefaultSelector()
+        # close() wakes the loop through this pipe: the loop sleeps in the kernel
+        # until a connection, a hello's deadline or close, never on a timer
+        self._wake_r, self._wake_w = os.pipe()
         # connection -> (deadline, source address, bytes so far), oldest first
         self._waiting: dict[socket.socket, tuple[float, str, bytearray]] = {}
 
@@ -59,7 +62,15 @@ class HelloListener:
         threading.Thread(target=self._loop, name="beo-hello", daemon=True).start()
 
     def close(self) -> None:
-        self.closing = True
+        with self.lock:
+            if self.closing:
+                return
+            self.closing = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass  # the loop ended already (its end of the pipe is closed)
+            os.close(self._wake_w)
         self.sock.close()
 
     def expect(self) -> tuple[str, Slot]:
@@ -81,10 +92,16 @@ class HelloListener:
         sock = self.sock
         sock.setblocking(False)
         self._sel.register(sock, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self.closing:
-                for key, _ in self._sel.select(0.5):
+                # the oldest waiting hello's deadline first (_waiting is in order)
+                first = next(iter(self._waiting.values()), None)
+                wait = None if first is None else max(0.0, first[0] - time.monotonic())
+                for key, _ in self._sel.select(wait):
                     conn = key.fileobj
+                    if conn == self._wake_r:
+                        continue
                     assert isinstance(conn, socket.socket)
                     if conn is sock:
                         self._accept_some()
@@ -99,6 +116,7 @@ class HelloListener:
             for conn in list(self._waiting):
                 self._drop(conn)
             self._sel.close()
+            os.close(self._wake_r)
 
     def _accept_some(self) -> None:
         for _ in range(64):  # a batch, then the waiting connections get their turn

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from beokit.launch.agent import Agent
 
-HEARTBEAT_EVERY = 1.0
+# a heartbeat goes up after HEARTBEAT_EVERY seconds in which nothing else did (any
+# line up proves the agent alive): an idle agent wakes once in that time, no more
+HEARTBEAT_EVERY = 2.0
 HEARTBEAT_TIMEOUT = 10.0  # a child silent this long is lost
 
 
@@ -50,6 +52,7 @@ class ParentLink:
         self._pending: list[bytes] = []
         self._wake = threading.Condition(self.lock)
         self._writing = False
+        self._sent_at = time.monotonic()  # when a line last went up (heartbeats: after)
 
     @classmethod
     def connect(cls, parent: tuple[str, int], token: str, host: str) -> ParentLink:
@@ -86,6 +89,7 @@ class ParentLink:
         """Lines for the parent: queued, written by the writer thread."""
         with self.lock:
             self._pending.append(data)
+            self._sent_at = time.monotonic()
             self._wake.notify()
 
     def _writer(self) -> None:
@@ -125,9 +129,15 @@ class ParentLink:
         os._exit(1)
 
     def _heartbeat(self) -> None:
+        """A heartbeat once HEARTBEAT_EVERY seconds passed with nothing else sent."""
+        due = time.monotonic() + HEARTBEAT_EVERY
         while True:
-            time.sleep(HEARTBEAT_EVERY)
-            self.send(plan.HEARTBEAT)
+            time.sleep(max(0.0, due - time.monotonic()))
+            with self.lock:
+                due = self._sent_at + HEARTBEAT_EVERY
+            if time.monotonic() >= due:
+                self.send(plan.HEARTBEAT)
+                due = time.monotonic() + HEARTBEAT_EVERY
 
     def _obey(self, msgs: list[dict[str, Any]]) -> None:
         """The parent's word: ``stop`` (end quietly) or ``go`` (--barrier)."""
