@@ -1,7 +1,7 @@
 """An agent's link to its launch parent (:class:`ParentLink`) and where it listens.
 
 Hello and work come down once; then results, progress and heartbeats go up
-(one writer thread: what piled up goes in one write) and ``go``/``stop``
+(one write at a time: what piled up goes in one write) and ``go``/``stop``
 come down.  Losing the parent stops the agent.
 
 Standard library only (shipped with the agent, :mod:`beokit.launch.ship`).
@@ -47,8 +47,10 @@ class ParentLink:
         self.finished = threading.Event()
         self.agent: Agent | None = None
         self._stopping = threading.Lock()
-        # what goes up is written by one thread, whatever piled up in one write:
-        # under load, relayed results travel in batches (fewer writes, wake-ups)
+        # what goes up is written by one thread at a time, whatever piled up in one
+        # write: the thread that finds no write under way writes, the others queue
+        # for it (under load, relayed results travel in batches; no writer thread
+        # to wake for each)
         self._pending: list[bytes] = []
         self._wake = threading.Condition(self.lock)
         self._writing = False
@@ -80,32 +82,33 @@ class ParentLink:
             signal.signal(sig, lambda signum, _f: self.abort(f"stopped by {signal_name(signum)}"))
         threading.Thread(target=self._heartbeat, daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
-        threading.Thread(target=self._writer, daemon=True).start()
 
     def send(self, msg: dict[str, Any]) -> None:
         self.send_raw(framing.encode(msg))
 
     def send_raw(self, data: bytes) -> None:
-        """Lines for the parent: queued, written by the writer thread."""
+        """Lines for the parent: written now, or queued for the write under way."""
         with self.lock:
             self._pending.append(data)
             self._sent_at = time.monotonic()
-            self._wake.notify()
-
-    def _writer(self) -> None:
+            if self._writing:
+                return  # its writer takes them next
+            self._writing = True
         while True:
             with self.lock:
-                while not self._pending:
-                    self._wake.wait()
+                if not self._pending:
+                    self._writing = False
+                    self._wake.notify_all()
+                    return
                 data, self._pending = b"".join(self._pending), []
-                self._writing = True
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                self.abort(f"parent lost: {exc}")
-            with self.lock:
-                self._writing = False
-                self._wake.notify_all()
+                self.abort(f"parent lost: {exc}")  # returns only while another ends us
+                with self.lock:
+                    self._pending, self._writing = [], False
+                    self._wake.notify_all()
+                return
 
     def finish(self) -> None:
         """Our subtree is done: say so (after everything queued) and hang up."""
