@@ -57,7 +57,9 @@ class Sink:
         self.copy_mode = not zero_copy_available()
         self.pipe_r = self.pipe_w = -1
         self.capacity = 0
-        self._work = threading.Semaphore(0)
+        # the relay's word that a chunk is in the pipe: an eventfd, not a
+        # threading.Semaphore (its Condition: dozens of futex calls a chunk)
+        self._work = -1
         self._pending = 0
         self._notify = -1
         self._buf: memoryview | None = None
@@ -67,23 +69,24 @@ class Sink:
     def open(self, size: int, notify_fd: int) -> int:
         self.pipe_r, self.pipe_w, self.capacity = make_pipe(size)
         self._notify = notify_fd
+        self._work = os.eventfd(0, os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.label}", daemon=True)
         self._thread.start()
         return self.capacity
 
     def give(self, n: int) -> None:
         self._pending = n
-        self._work.release()
+        os.eventfd_write(self._work, 1)
 
     def stop(self) -> None:
         if self._thread is not None:
             self.give(-1)
             self._thread.join()
             self._thread = None
-        for fd in (self.pipe_r, self.pipe_w):
+        for fd in (self.pipe_r, self.pipe_w, self._work):
             if fd >= 0:
                 os.close(fd)
-        self.pipe_r = self.pipe_w = -1
+        self.pipe_r = self.pipe_w = self._work = -1
 
     def kill(self) -> None:
         """Stop writing to this output (used when a peer is declared dead)."""
@@ -91,7 +94,7 @@ class Sink:
 
     def _run(self) -> None:
         while True:
-            self._work.acquire()
+            os.eventfd_read(self._work)  # blocks without the GIL
             n = self._pending
             if n < 0:
                 return
