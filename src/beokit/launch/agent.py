@@ -385,13 +385,13 @@ class Agent:
         tail: collections.deque[str] = collections.deque(maxlen=3)
         reader = None
         if proc.stdout is not None:  # watch its launch channel (a forked one: its stderr)
-            reader = threading.Thread(target=self._read_launch_output, args=(proc, tail),
+            reader = threading.Thread(target=self._read_launch_output, args=(proc, tail, slot),
                                       daemon=True)  # fmt: skip
             reader.start()
         error = self._await_hello(slot, proc, reader, tail, launch)
         if error:
             self.listener.forget(token)
-            if not slot.ready.is_set():
+            if slot.conn is None:
                 kill_group(proc)
                 proc.wait()
                 with self.lock:
@@ -420,25 +420,51 @@ class Agent:
 
     def _await_hello(self, slot: Slot, proc: Any, reader: threading.Thread | None,
                      tail: collections.deque[str], launch: _Launch) -> str:  # fmt: skip
-        """Wait for the child's hello: "" once it came, else why it will not."""
+        """Wait for the child's hello: "" once it came, else why it will not.
+
+        The slot is set by the hello, by the end of the launch channel (the
+        process ended: :meth:`_read_launch_output`) and by the listener's close;
+        a launch with a share to steal looks again every STEAL_POLL seconds."""
         connect_timeout = float(self.cfg.get("connect_timeout", 10))
         deadline = time.monotonic() + connect_timeout
-        while not slot.ready.wait(0.02):
+        steal = bool(launch.rest and self.cfg.get("steal"))
+        poll = STEAL_POLL if steal else (None if reader is not None else CHANNEL_POLL)
+        while True:
+            left = deadline - time.monotonic()
+            slot.ready.wait(max(0.0, left if poll is None else min(left, poll)))
+            if slot.conn is not None:
+                return ""
             if self.closing:
                 return "launch cancelled"
-            if launch.rest and self.cfg.get("steal"):
+            if steal:
                 launch.steal_if_overdue()
+            if slot.ready.is_set():  # its launch channel ended: the process is ending
+                slot.ready.clear()  # (a hello after this is seen at the next look)
+                if slot.conn is not None:
+                    return ""
+                try:
+                    proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:  # it lives on without it: look again
+                    poll = min(poll or CHANNEL_POLL, CHANNEL_POLL)
             if proc.poll() is not None:
                 if reader is not None and reader.is_alive():
                     reader.join(1)
                 rc = proc.returncode if getattr(proc, "status_known", True) else None
                 return plan.launch_failed(rc, " ".join(tail) or "no message")
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 return f"no contact within {connect_timeout:g} s"
-        return ""
 
-    def _read_launch_output(self, proc: subprocess.Popen, tail: collections.deque[str]) -> None:
-        """Watch the launch channel: ship the zipapp on request, keep the last lines."""
+    def _read_launch_output(self, proc: subprocess.Popen, tail: collections.deque[str],
+                            slot: Slot) -> None:  # fmt: skip
+        """Watch the launch channel: ship the zipapp on request, keep the last lines;
+        at its end (the launch process ended) wake the launch waiting for the hello."""
+        assert proc.stdout is not None
+        try:
+            self._launch_lines(proc, tail)
+        finally:
+            slot.ready.set()
+
+    def _launch_lines(self, proc: subprocess.Popen, tail: collections.deque[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(plan.SHIP_MARKER):
@@ -528,6 +554,8 @@ class Agent:
 
 
 STEAL_FACTOR = 2.0  # a launch not up after this many typical launch times is overdue
+STEAL_POLL = 0.05  # how often a launch with a share looks whether it is overdue
+CHANNEL_POLL = 0.1  # how often a launch whose channel says nothing looks at its process
 
 
 class _Launch:

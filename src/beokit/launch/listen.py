@@ -31,7 +31,9 @@ HELLO_MAX = 4096  # a hello line is short
 
 
 class Slot:
-    """One launch waiting for its child's hello: ``conn`` once ``ready``."""
+    """One launch waiting for its child's hello: ``conn`` once ``ready``.  ``ready`` is
+    also set with no ``conn`` when none will come from here (the listener closed) or
+    the launch's channel ended (see ``Agent._await_hello``)."""
 
     def __init__(self) -> None:
         self.ready = threading.Event()
@@ -66,6 +68,8 @@ class HelloListener:
             if self.closing:
                 return
             self.closing = True
+            for slot in self.slots.values():  # the launches waiting for a hello: none comes
+                slot.ready.set()
             try:
                 os.write(self._wake_w, b"x")
             except OSError:
