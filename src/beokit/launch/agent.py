@@ -460,14 +460,11 @@ class Agent:
         at its end (the launch process ended) wake the launch waiting for the hello."""
         assert proc.stdout is not None
         try:
-            self._launch_lines(proc, tail)
-        finally:
-            slot.ready.set()
-
-    def _launch_lines(self, proc: subprocess.Popen, tail: collections.deque[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(plan.SHIP_MARKER):
+            for line in proc.stdout:
+                if not line.startswith(plan.SHIP_MARKER):
+                    if text := line.decode(errors="replace").strip():
+                        tail.append(text)
+                    continue
                 data = zipapp_bytes(tuple(self.cfg.get("ship") or ()))
                 try:
                     assert proc.stdin is not None
@@ -475,10 +472,8 @@ class Agent:
                     proc.stdin.flush()
                 except OSError:
                     pass
-                continue
-            text = line.decode(errors="replace").strip()
-            if text:
-                tail.append(text)
+        finally:
+            slot.ready.set()
 
     def _relay(self, conn: socket.socket, head: str, rest: list[str],
                steps: int | None = None) -> list[str]:  # fmt: skip
