@@ -6,9 +6,13 @@ printed beside the model's prediction with the error in per cent.  The
 model's machine parameters are *measured* first, by runs of their own (the
 ``params`` part), and then used to predict the other points:
 
-* launch CPU per leaf, per agent and per relayed message: ``beo run -R exec
-  --launch-delay 0`` with the whole run in a cpuacct cgroup (every process
-  of it, agents forked by the fork server too), CPU against N;
+* launch CPU per leaf and per agent: ``beo run -R exec --launch-delay 0``
+  with the whole run in a cpuacct cgroup (every process of it, agents forked
+  by the fork server too), CPU against N; an agent's own work per relayed
+  line, per leaf it runs and per agent it launches: every agent of trees of
+  1000 hosts accounts for its CPU at its exit (``AGENT_ACCT``, forked by the
+  fork server in place of the agent's entry point, which it wraps), and a
+  least-squares fit over them;
 * nettee: the CPU per byte of a chain (GNU time of every process, 1 GiB
   through chains of 2 and 6 nodes), the control plane (1 KiB through
   chains of 1..48 receivers: start + a x hops; the per-node cost of the
@@ -60,7 +64,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from beokit.sim import machine as M  # noqa: E402
 from beokit.sim.cast import CastSpec, NetteeCosts, Network, simulate_cast  # noqa: E402
-from beokit.sim.launch import LaunchCosts, plan_stats, simulate_launch  # noqa: E402
+from beokit.sim.launch import plan_stats, simulate_launch  # noqa: E402
 
 BEO = [sys.executable, "-m", "beokit.cli"]
 NCPU = os.cpu_count() or 1
@@ -193,14 +197,103 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 # beo run's own CLI, run in a wrapper that prints the root process's CPU when it exits
 # (its threads, not its children): the root's share of a run's CPU
 ROOT_WRAP = """
-import atexit, resource, runpy, sys
+import atexit, os, resource, runpy, sys
 def _root_cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     sys.stderr.write("BENCH-SIM-ROOT-CPU %f\\n" % (r.ru_utime + r.ru_stime))
 atexit.register(_root_cpu)
+if os.environ.get("BENCH_SIM_AGENTS"):  # the fork server forks AGENT_ACCT's main
+    sys.path.insert(0, os.environ["BENCH_SIM_AGENTS"])
+    from beokit import proc
+    _start = proc.start_fork_server
+    proc.start_fork_server = lambda path, target, *a, **kw: _start(
+        path, "bench_sim_agent_acct:main", *a, **kw)
 sys.argv = ["beo"] + sys.argv[1:]
 runpy.run_module("beokit.cli", run_name="__main__")
 """
+
+
+# every forked agent, at its exit: its CPU (since its fork), the leaves and agents it
+# launched, the lines it relayed, its life (one line in $BENCH_SIM_AGENTS/out/PID)
+AGENT_ACCT = """
+import os, resource, time
+from beokit.launch import agent as A
+N = {"leaves": 0, "agents": 0, "relayed": 0}
+def _count(key, fn, many=None):
+    def wrapped(*a, **kw):
+        N[key] += 1 if many is None else len(a[many])
+        return fn(*a, **kw)
+    return wrapped
+A.run_leaf = _count("leaves", A.run_leaf)
+A.Agent._launch = _count("agents", A.Agent._launch)
+A.Agent._flush = _count("relayed", A.Agent._flush, many=1)
+def main(line):
+    t0, real = time.monotonic(), os._exit
+    def exit_(rc):
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        out = os.path.join(os.environ["BENCH_SIM_AGENTS"], "out", str(os.getpid()))
+        with open(out, "w") as fh:
+            fh.write("%f %d %d %d %f\\n" % (r.ru_utime + r.ru_stime, N["leaves"],
+                     N["agents"], N["relayed"], time.monotonic() - t0))
+        real(rc)
+    os._exit = exit_
+    return A.main(line)
+"""
+
+
+def agent_fit(meter: Meter, runs: int, n: int = 1000) -> dict[str, float]:
+    """Least squares over every agent of ``runs`` trees (k=2 and k=4, ``n`` hosts,
+    --launch-delay 0.1) of its CPU = base + leaf x leaves it ran + child x agents it
+    launched + relay x lines it relayed: what an agent's parent-side work costs."""
+    rows: list[list[float]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-sim-acct-") as tmp:
+        Path(tmp, "bench_sim_agent_acct.py").write_text(AGENT_ACCT)
+        os.makedirs(Path(tmp, "out"))
+        os.environ["BENCH_SIM_AGENTS"] = tmp
+        try:
+            for _ in range(runs):
+                for k in (2, 4):
+                    beo_run(meter, ["--tree", "-k", str(k), "--launch-delay", "0.1", f"n[1-{n}]"])
+        finally:
+            del os.environ["BENCH_SIM_AGENTS"]
+        for f in Path(tmp, "out").iterdir():
+            rows.append([float(x) for x in f.read_text().split()])
+    ys = [r[0] for r in rows]
+    xs = [[1.0, r[1], r[2], r[3]] for r in rows]
+    base, leaf, child, relay = _least_squares(xs, ys)
+    return {"base": base, "leaf": leaf, "child": child, "relay": relay, "agents": len(rows)}
+
+
+def agent_costs(meter: Meter, runs: int, spawn: float, watch: float,
+                log: Callable[[str], None]) -> dict[str, float]:  # fmt: skip
+    """An agent's parent-side costs, from :func:`agent_fit`: a relayed line
+    (``relay_cpu``), a message it sends for a host it watches (``emit_cpu``: what a
+    leaf costs it beyond the root's Popen and watching, over 3 messages), an agent
+    it launches (``agent_launch_cpu``)."""
+    fit = agent_fit(meter, runs)
+    emit = max(0.0, (fit["leaf"] - spawn - watch) / 3)
+    log(f"  -> every agent of {runs} trees k=2 and k=4 of 1000 hosts ({fit['agents']:.0f} "
+        f"agents, least squares): {fit['base'] * 1e3:.2f} ms + {fit['leaf'] * 1e3:.2f} ms a "
+        f"leaf it ran + {fit['child'] * 1e3:.2f} ms an agent it launched + "
+        f"{fit['relay'] * 1e6:.0f} us a line it relayed; a message it sends for a leaf "
+        f"{emit * 1e6:.0f} us")  # fmt: skip
+    return {"relay_cpu": max(0.0, fit["relay"]), "emit_cpu": emit,
+            "agent_launch_cpu": max(0.0, fit["child"])}  # fmt: skip
+
+
+def _least_squares(xs: list[list[float]], ys: list[float]) -> list[float]:
+    """The normal equations, solved by Gaussian elimination (a few unknowns)."""
+    m = len(xs[0])
+    a = [[sum(x[i] * x[j] for x in xs) for j in range(m)]
+         + [sum(x[i] * y for x, y in zip(xs, ys, strict=True))] for i in range(m)]  # fmt: skip
+    for c in range(m):
+        p = max(range(c, m), key=lambda r: abs(a[r][c]))
+        a[c], a[p] = a[p], a[c]
+        for r in range(m):
+            if r != c and a[c][c]:
+                f = a[r][c] / a[c][c]
+                a[r] = [v - f * w for v, w in zip(a[r], a[c], strict=True)]
+    return [a[i][m] / a[i][i] if a[i][i] else 0.0 for i in range(m)]
 
 
 DISCARDED = [0]  # runs thrown away because other programs used the machine meanwhile
@@ -314,19 +407,11 @@ def launch_params(meter: Meter, runs: int, log: Callable[[str], None]) -> dict[s
     d_tree = cpu_of(tree2, f"sleep {wait:g}")["cpu"] - cpu_of(tree2, "true")["cpu"]
     d_flat = cpu_of(every, f"sleep {wait:g}")["cpu"] - cpu_of(every, "true")["cpu"]
     idle = max(0.0, (d_tree - d_flat) / (n_agents * wait))
-    # relaying: what a tree k=2 of 400 (every message relayed by up to 7 agents) costs
-    # beyond the model's CPU without relays
     base = (leaf["base"] + agent["base"]) / 2
-    deep = cpu_of(tree2, "true", 400)
-    hops = plan_stats(400, k)[2]
-    costs = LaunchCosts(delay=0.0, spawn_cpu=spawn, watch_cpu=watch, fork_cpu=fork,
-                        agent_cpu=agent_cpu, leaf_cpu=leaf_cpu, relay_cpu=0.0, root_msg_cpu=msg,
-                        agent_idle_cpu=idle)  # fmt: skip
-    without = simulate_launch(400, k, costs, shared_cores=NCPU, others=deep["others"])
-    relay = max(0.0, (deep["cpu"] - base - without.cpu_seconds) / (3 * hops))
+    fit = agent_costs(meter, runs, spawn, watch, log)
     out = {"spawn_cpu": spawn, "watch_cpu": watch, "leaf_cpu": leaf_cpu, "fork_cpu": fork,
-           "exit_cpu": exit_, "root_msg_cpu": msg, "relay_cpu": relay, "agent_cpu": agent_cpu,
-           "agent_idle_cpu": idle, "run_base_cpu": base}  # fmt: skip
+           "exit_cpu": exit_, "root_msg_cpu": msg, "agent_cpu": agent_cpu,
+           "agent_idle_cpu": idle, "run_base_cpu": base, **fit}  # fmt: skip
     log(f"launch CPU, per host (N={sizes[0]} -> {sizes[1]}, median of {runs}; 'root' is "
         f"beo run's own process): every host a leaf {leaf['cpu'] * 1e3:.2f} ms, root "
         f"{leaf['root'] * 1e3:.2f} ms; every host an agent {agent['cpu'] * 1e3:.2f} ms, root "
@@ -339,9 +424,6 @@ def launch_params(meter: Meter, runs: int, log: Callable[[str], None]) -> dict[s
     log(f"  -> live agents: waiting {wait:g} s in every command costs {d_tree:.2f} s "
         f"(tree k=2, N={n}, {n_agents} agents) against {d_flat:.2f} s (all leaves): "
         f"{idle * 1e3:.2f} ms a second per live agent")  # fmt: skip
-    log(f"  -> relaying: tree k=2 of 400 at --launch-delay 0: {deep['cpu']:.2f} s, the model "
-        f"without relays {without.cpu_seconds + base:.2f} s, {3 * hops} messages relayed: "
-        f"{relay * 1e6:.0f} us a relayed message")  # fmt: skip
     return out
 
 

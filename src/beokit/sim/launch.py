@@ -17,12 +17,15 @@ What the model follows, from ``launch/plan.py`` and ``launch/agent.py``:
 * the parent watches each host it started (``watch_cpu``: its thread, the
   command's output); every host sends ``msgs_per_host`` messages up
   (launched, running, result); every agent on the way relays them
-  (``relay_cpu`` each), the root reads them (``root_msg_cpu``), each hop
-  adds ``hop_latency``.  The run ends when the last result reaches the
-  root;
+  (``relay_cpu`` each; the agent that watched the host encodes and sends
+  them, ``emit_cpu`` each), the root reads them (``root_msg_cpu``), each hop
+  adds ``hop_latency``; an agent launching an agent spends
+  ``agent_launch_cpu`` on it (the fork request, the channel's reader, the
+  hello, the relay's thread) where a leaf costs ``spawn_cpu``.  The run
+  ends when the last result reaches the root;
 * a live agent (until its whole subtree has reported) burns
-  ``agent_idle_cpu`` of a core in threads that wake now and then
-  (heartbeats, watchers): it matters only where the hosts share cores;
+  ``agent_idle_cpu`` of a core waiting (its heartbeat; 0 on this box since
+  agents sleep in the kernel): it matters only where the hosts share cores;
 * ``flat``: every host is a leaf launched by the root, ``k`` launches in
   flight (pdsh's window); ``sequential``: the same with one in flight.
 
@@ -67,8 +70,13 @@ class LaunchCosts:
     agent_cpu: float = 0.004  # an agent from its start to its hello
     leaf_cpu: float = 0.001  # a command's own CPU (sh -c true)
     relay_cpu: float = 0.0001  # one message relayed by one agent
+    # an agent's own share of a host it launched and watches: each of its messages
+    # encoded and sent (None: relay_cpu); its Python per agent launch, from the
+    # fork to the relay set up (None: spawn_cpu).  Measured per agent, docs/scale.md
+    emit_cpu: float | None = None
+    agent_launch_cpu: float | None = None
     root_msg_cpu: float = 0.0002  # one message read by the root
-    agent_idle_cpu: float = 0.0  # cores a live agent burns waiting (threads that wake)
+    agent_idle_cpu: float = 0.0  # cores a live agent burns waiting (its heartbeat)
     hop_latency: float = 50e-6  # one way between a parent and a child
     msgs_per_host: int = 3  # launched, running, result
 
@@ -230,7 +238,10 @@ class LaunchModel:
     def _spawn(self, launch: _Launch) -> None:
         """The parent's Python, its client process (ssh), a fork server (exec agents)."""
         parent, c = launch.parent, self.c
-        steps: list[tuple[CpuPool, float, object]] = [(parent.pool, c.spawn_cpu, parent.host)]
+        spawn = c.spawn_cpu
+        if launch.agent and c.agent_launch_cpu is not None and parent.parent is not None:
+            spawn = c.agent_launch_cpu  # an agent launching an agent (the root: measured apart)
+        steps: list[tuple[CpuPool, float, object]] = [(parent.pool, spawn, parent.host)]
         if c.client_cpu:
             steps.append((parent.pool, c.client_cpu, None))
         if launch.agent and c.fork_cpu:
@@ -308,7 +319,8 @@ class LaunchModel:
             self._passed(node)
             self.sim.after(c.hop_latency, self._relay, node.parent, False)
 
-        node.pool.submit(watch + c.msgs_per_host * c.relay_cpu, passed, node.host)
+        per_msg = c.emit_cpu if first and c.emit_cpu is not None else c.relay_cpu
+        node.pool.submit(watch + c.msgs_per_host * per_msg, passed, node.host)
 
     def _passed(self, node: _Node, count: int = 1) -> None:
         """``count`` results went past ``node``: once all of its subtree's have, it ends."""

@@ -31,7 +31,10 @@ from beokit.sim.cast import NetteeCosts, Network
 from beokit.sim.launch import LaunchCosts
 
 # bench/bench_sim.py --parts params,run --runs 2 (2026-12-07, the busy launch tree; the
-# vcluster figures from the run before it; docs/scale.md, "Calibration")
+# vcluster figures from the run before it; docs/scale.md, "Calibration").  An agent's own
+# costs from per-agent accounting (18:22 and 18:29 UTC): a relayed line 56-78 us (the
+# morning's 67 us kept), emit (its 1.08 ms a leaf less the spawn and watch figures here),
+# an agent launched; idle: it sleeps
 BOX_PARAMS: dict[str, float] = {
     "hop_latency": 9.25e-06,  # loopback TCP, one way (ping-pong / 2, Python both ends)
     "vc_latency": 60e-6,  # one hop of the virtual cluster (veth, bridge, tbf), one way
@@ -43,7 +46,9 @@ BOX_PARAMS: dict[str, float] = {
     "agent_cpu": 0.00455,  # an agent from its fork to its hello
     "root_msg_cpu": 1.74e-05,  # one message at beo run's root
     "relay_cpu": 6.71e-05,  # one message relayed by one agent
-    "agent_idle_cpu": 0.000285,  # cores a live agent burns in threads that wake
+    "emit_cpu": 0.000166,  # one message an agent sends for a host it watches (encode, send)
+    "agent_launch_cpu": 0.00246,  # an agent's Python per agent it launches (fork request .. relay)
+    "agent_idle_cpu": 0.0,  # cores a live agent burns waiting (it sleeps in the kernel)
     "run_base_cpu": 0.098,  # beo run's own start (not in its elapsed time)
     "root_tip_cpu": 5.45e-10,  # CPU per byte of a 2-node chain's root and tip, loopback
     "mid_cpu": 6.3e-10,  # CPU per byte of a node between them
@@ -67,6 +72,7 @@ def box_launch(delay: float = 0.1, params: dict[str, float] | None = None) -> La
                        fork_cpu=p["fork_cpu"],
                        agent_cpu=p["agent_cpu"], leaf_cpu=p["leaf_cpu"],
                        relay_cpu=p["relay_cpu"], root_msg_cpu=p["root_msg_cpu"],
+                       emit_cpu=p.get("emit_cpu"), agent_launch_cpu=p.get("agent_launch_cpu"),
                        agent_idle_cpu=p["agent_idle_cpu"], hop_latency=p["hop_latency"])  # fmt: skip
 
 
