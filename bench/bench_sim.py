@@ -12,7 +12,8 @@ model's machine parameters are *measured* first, by runs of their own (the
   line, per leaf it runs and per agent it launches: every agent of trees of
   1000 hosts accounts for its CPU at its exit (``AGENT_ACCT``, forked by the
   fork server in place of the agent's entry point, which it wraps), and a
-  least-squares fit over them;
+  least-squares fit over them; what a live agent burns waiting, from its
+  threads' CPU in /proc while the agents of a tree wait in ``sleep``;
 * nettee: the CPU per byte of a chain (GNU time of every process, 1 GiB
   through chains of 2 and 6 nodes), the control plane (1 KiB through
   chains of 1..48 receivers: start + a x hops; the per-node cost of the
@@ -64,7 +65,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from beokit.sim import machine as M  # noqa: E402
 from beokit.sim.cast import CastSpec, NetteeCosts, Network, simulate_cast  # noqa: E402
-from beokit.sim.launch import plan_stats, simulate_launch  # noqa: E402
+from beokit.sim.launch import simulate_launch  # noqa: E402
 
 BEO = [sys.executable, "-m", "beokit.cli"]
 NCPU = os.cpu_count() or 1
@@ -264,6 +265,44 @@ def agent_fit(meter: Meter, runs: int, n: int = 1000) -> dict[str, float]:
     return {"base": base, "leaf": leaf, "child": child, "relay": relay, "agents": len(rows)}
 
 
+def live_agent_cpu() -> tuple[float, int, float]:
+    """What a live agent burns waiting: the agents of ``beo run -k 2 'n[1-200]' --
+    sleep 6`` (children of its fork server), their threads' CPU
+    (/proc/PID/task/*/schedstat) from 2 s to 5 s into the run.  (Cores a second
+    each, agents, seconds watched.)"""
+
+    def ppid(pid: str) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+
+    def agents() -> dict[str, int]:
+        got = {}
+        for pid in os.listdir("/proc"):
+            try:
+                if (not pid.isdigit() or Path(f"/proc/{pid}/comm").read_text().strip()
+                        != "beo-agent" or ppid(ppid(pid)) != str(run.pid)):
+                    continue  # fmt: skip
+                got[pid] = sum(int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+                               for t in os.listdir(f"/proc/{pid}/task"))  # fmt: skip
+            except (OSError, ValueError):
+                pass  # gone meanwhile
+        return got
+
+    cmd = [sys.executable, "-m", "beokit.cli", "run", "-R", "exec", "-k", "2",
+           "--launch-delay", "0", "n[1-200]", "--", "sleep", "6"]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(2.0)
+        a, t0 = agents(), time.monotonic()
+        time.sleep(3.0)
+        b, t1 = agents(), time.monotonic()
+    finally:
+        run.wait(timeout=60)
+    both = [p for p in a if p in b]
+    spent = sum(b[p] - a[p] for p in both) / 1e9
+    return (spent / len(both) / (t1 - t0) if both else 0.0), len(both), t1 - t0
+
+
 def agent_costs(meter: Meter, runs: int, spawn: float, watch: float,
                 log: Callable[[str], None]) -> dict[str, float]:  # fmt: skip
     """An agent's parent-side costs, from :func:`agent_fit`: a relayed line
@@ -393,20 +432,7 @@ def launch_params(meter: Meter, runs: int, log: Callable[[str], None]) -> dict[s
     watch = max(0.0, leaf["root"] - spawn - 3 * msg)  # the rest of a parent's work on a leaf
     leaf_cpu = max(0.0, leaf["cpu"] - leaf["root"])  # the leaf itself (sh, kernel)
     agent_cpu = max(0.0, agent["cpu"] - agent["root"] - fork - spawn - watch - leaf_cpu)
-    # a live agent's threads: the same tree waiting 4 s in every command, less what
-    # 4 s of waiting costs when every host is a leaf of the root
-    n, k, wait = 200, 2, 4.0
-    n_agents = plan_stats(n, k)[0]
-
-    def cpu_of(args: list[str], cmd: str, hosts: int = n) -> dict[str, float]:
-        got = [beo_run(meter, [*args, f"n[1-{hosts}]"], cmd) for _ in range(runs)]
-        return {key: statistics.median(g[key] for g in got) for key in got[0]}
-
-    tree2 = ["--tree", "-k", str(k), "--launch-delay", "0"]
-    every = ["--flat", "-k", str(n), "--launch-delay", "0"]
-    d_tree = cpu_of(tree2, f"sleep {wait:g}")["cpu"] - cpu_of(tree2, "true")["cpu"]
-    d_flat = cpu_of(every, f"sleep {wait:g}")["cpu"] - cpu_of(every, "true")["cpu"]
-    idle = max(0.0, (d_tree - d_flat) / (n_agents * wait))
+    idle, live, window = live_agent_cpu()
     base = (leaf["base"] + agent["base"]) / 2
     fit = agent_costs(meter, runs, spawn, watch, log)
     out = {"spawn_cpu": spawn, "watch_cpu": watch, "leaf_cpu": leaf_cpu, "fork_cpu": fork,
@@ -421,9 +447,9 @@ def launch_params(meter: Meter, runs: int, log: Callable[[str], None]) -> dict[s
         f"root {msg * 1e6:.0f} us; the rest of a parent's work on a leaf {watch * 1e3:.2f} ms; "
         f"the leaf itself {leaf_cpu * 1e3:.2f} ms; an agent from its fork to its hello "
         f"{agent_cpu * 1e3:.2f} ms")  # fmt: skip
-    log(f"  -> live agents: waiting {wait:g} s in every command costs {d_tree:.2f} s "
-        f"(tree k=2, N={n}, {n_agents} agents) against {d_flat:.2f} s (all leaves): "
-        f"{idle * 1e3:.2f} ms a second per live agent")  # fmt: skip
+    log(f"  -> live agents: {live} agents of a tree k=2 of 200 hosts waiting in `sleep 6`, "
+        f"their threads' CPU from /proc over {window:.1f} s: {idle * 1e3:.3f} ms a second "
+        f"each")  # fmt: skip
     return out
 
 

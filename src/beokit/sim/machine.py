@@ -34,7 +34,7 @@ from beokit.sim.launch import LaunchCosts
 # vcluster figures from the run before it; docs/scale.md, "Calibration").  An agent's own
 # costs from per-agent accounting (18:22 and 18:29 UTC): a relayed line 56-78 us (the
 # morning's 67 us kept), emit (its 1.08 ms a leaf less the spawn and watch figures here),
-# an agent launched; idle: it sleeps
+# an agent launched; idle: its threads' CPU in /proc while waiting, 0.23-0.31 ms/s
 BOX_PARAMS: dict[str, float] = {
     "hop_latency": 9.25e-06,  # loopback TCP, one way (ping-pong / 2, Python both ends)
     "vc_latency": 60e-6,  # one hop of the virtual cluster (veth, bridge, tbf), one way
@@ -48,7 +48,7 @@ BOX_PARAMS: dict[str, float] = {
     "relay_cpu": 6.71e-05,  # one message relayed by one agent
     "emit_cpu": 0.000166,  # one message an agent sends for a host it watches (encode, send)
     "agent_launch_cpu": 0.00246,  # an agent's Python per agent it launches (fork request .. relay)
-    "agent_idle_cpu": 0.0,  # cores a live agent burns waiting (it sleeps in the kernel)
+    "agent_idle_cpu": 0.00025,  # cores a live agent burns waiting (its heartbeat; /proc)
     "run_base_cpu": 0.098,  # beo run's own start (not in its elapsed time)
     "root_tip_cpu": 5.45e-10,  # CPU per byte of a 2-node chain's root and tip, loopback
     "mid_cpu": 6.3e-10,  # CPU per byte of a node between them
