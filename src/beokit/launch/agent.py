@@ -143,7 +143,8 @@ class Agent:
                 t.join()
         finally:
             self.close()
-            os.close(self.stop_fd)
+            if not any(t.is_alive() for t in threads):  # (interrupted: they may still poll it)
+                os.close(self.stop_fd)
 
     def _dispatch(self, command: bool) -> list[threading.Thread]:
         """Start a thread per queued group, in order, each once a launch slot is free,
@@ -420,11 +421,10 @@ class Agent:
 
     def _await_hello(self, slot: Slot, proc: Any, reader: threading.Thread | None,
                      tail: collections.deque[str], launch: _Launch) -> str:  # fmt: skip
-        """Wait for the child's hello: "" once it came, else why it will not.
-
-        The slot is set by the hello, by the end of the launch channel (the
-        process ended: :meth:`_read_launch_output`) and by the listener's close;
-        a launch with a share to steal looks again every STEAL_POLL seconds."""
+        """Wait for the child's hello: "" once it came, else why it will not.  The slot
+        is set by the hello, by the end of the launch channel (the process ended:
+        :meth:`_read_launch_output`) and by the listener's close; a launch with a
+        share to steal looks again every STEAL_POLL seconds."""
         connect_timeout = float(self.cfg.get("connect_timeout", 10))
         deadline = time.monotonic() + connect_timeout
         steal = bool(launch.rest and self.cfg.get("steal"))
