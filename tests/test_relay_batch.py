@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -143,3 +144,91 @@ def test_a_pause_mid_chunk_does_not_hold_the_bytes_back() -> None:
     finally:
         h.close()
     assert len(h.got) == relay.BATCH * 3 + 1000
+
+
+class ChildHarness:
+    """A relay from a TCP input to a child's data socket (a second TCP connection),
+    as a node relays to its child; the child reads at the pace the test sets."""
+
+    def __init__(self) -> None:
+        ls = socket.create_server(("127.0.0.1", 0))
+        self.tx = socket.create_connection(ls.getsockname())
+        self.rx, _ = ls.accept()
+        self.child_tx = socket.create_connection(ls.getsockname())
+        self.child_rx, _ = ls.accept()
+        ls.close()
+        self.sink = Sink("child0", self.child_tx.fileno(), "child", maxwrite=1 << 20)
+        self.relay = Counting(self.rx.fileno(), [self.sink], buf_size=1 << 20, minread=128,
+                              minwrite=1, maxread=1 << 20, maxwrite=1 << 20,
+                              batch=relay.BATCH)  # fmt: skip
+        self.result: relay.RelayResult | None = None
+        self.runner = threading.Thread(target=self._run, daemon=True)
+        self.runner.start()
+
+    def _run(self) -> None:
+        self.result = self.relay.run()
+        self.child_tx.shutdown(socket.SHUT_WR)
+
+    def sink_waiting(self) -> bool:
+        """Whether the child's writer thread waits for room (its socket is full)."""
+        frame = sys._current_frames().get(self.sink._thread.ident if self.sink._thread else 0)
+        while frame is not None:
+            if frame.f_code.co_name == "_wait_writable":
+                return True
+            frame = frame.f_back
+        return False
+
+    def read_all(self, pause: float = 0.0) -> bytes:
+        got = bytearray()
+        while chunk := self.child_rx.recv(1 << 16):
+            got += chunk
+            if pause:
+                time.sleep(pause)
+        return bytes(got)
+
+
+def test_a_child_socket_takes_chunks_inline_and_a_slow_child_gets_every_byte() -> None:
+    """A chunk the child's socket takes whole goes in from the relay's own thread
+    (no writer-thread wake-up); a slow child's full socket leaves the rest to the
+    writer thread, which waits for room: every byte arrives, in order."""
+    h = ChildHarness()
+    data = os.urandom(24 << 20)
+    feeder = threading.Thread(target=lambda: (h.tx.sendall(data), h.tx.close()), daemon=True)
+    feeder.start()
+    try:
+        got = h.read_all(pause=0.002)  # slower than the relay: its socket fills
+    finally:
+        feeder.join(10)
+        h.runner.join(10)
+    assert h.sink.inline and os.get_blocking(h.child_tx.fileno()) is False
+    assert got == data and h.sink.sent == len(data)
+    assert h.result is not None and h.result.eof
+
+
+def test_a_cut_child_ends_the_writer_thread_that_waits_for_room() -> None:
+    """A child that stops reading, then is cut (kill + shutdown, as a dead peer is):
+    the writer thread waiting for room in its socket ends within a second."""
+    h = ChildHarness()
+    h.tx.settimeout(10)
+
+    def feed() -> None:
+        try:  # far more than the child's socket holds: blocks until the cut
+            h.tx.sendall(os.urandom(16 << 20))
+        except OSError:
+            pass
+        finally:
+            h.tx.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    deadline = time.monotonic() + 5
+    while not h.sink_waiting():
+        assert time.monotonic() < deadline, "the relay never filled the child's socket"
+        time.sleep(0.05)
+    h.sink.kill()
+    h.child_tx.shutdown(socket.SHUT_RDWR)
+    t0 = time.monotonic()
+    h.runner.join(5)
+    feeder.join(10)
+    assert not h.runner.is_alive() and time.monotonic() - t0 < 2.0
+    assert not h.sink.alive and h.sink.error is not None

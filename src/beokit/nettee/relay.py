@@ -495,6 +495,10 @@ class Relay:
             for s in live:
                 s.drain(n)
             return 0
+        busy = 0
         for s in live:
-            s.give(n)
-        return len(live)
+            left = n - s.try_inline(n) if s.inline else n
+            if left:
+                s.give(left)
+                busy += 1
+        return busy

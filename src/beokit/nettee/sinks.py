@@ -3,7 +3,9 @@
 A :class:`Sink` is one output (a child's data socket, the local ``-out``, a
 discard) with its own pipe and writer thread, which drains each chunk into
 the output with ``splice(2)`` (or ``read``/``write`` where the fd refuses
-it).  A :class:`Tap` is the one output that copies the stream into Python's
+it).  A child's socket is non-blocking: the relay splices a chunk into it
+itself when it takes the chunk whole, and wakes the thread only for what
+does not fit (the thread then waits for room).  A :class:`Tap` is the one output that copies the stream into Python's
 memory: the :class:`Ring` that ``-heal`` replays from and ``-digest``
 hashes.
 """
@@ -13,10 +15,18 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import select
+import stat
 import threading
 from collections.abc import Callable
 
-from beokit.linux import SPLICE_F_MORE, SPLICE_F_MOVE, make_pipe, zero_copy_available
+from beokit.linux import (
+    SPLICE_F_MORE,
+    SPLICE_F_MOVE,
+    SPLICE_F_NONBLOCK,
+    make_pipe,
+    zero_copy_available,
+)
 
 TAP_STEP = 256 << 10  # the tap copies and hashes this much at a time (stays in L2 cache)
 
@@ -65,10 +75,19 @@ class Sink:
         self._buf: memoryview | None = None
         self._done = self._taken = 0
         self._thread: threading.Thread | None = None
+        # a socket output (a child): the relay splices each chunk into it itself
+        # when the socket takes it whole (try_inline), the thread only the rest
+        self.inline = False
+        self._writable: select.poll | None = None
 
     def open(self, size: int, notify_fd: int) -> int:
         self.pipe_r, self.pipe_w, self.capacity = make_pipe(size)
         self._notify = notify_fd
+        if self.kind == "child" and not self.copy_mode and _is_socket(self.fd):
+            os.set_blocking(self.fd, False)
+            self.inline = True
+            self._writable = select.poll()
+            self._writable.register(self.fd, select.POLLOUT)
         self._work = os.eventfd(0, os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.label}", daemon=True)
         self._thread.start()
@@ -91,6 +110,23 @@ class Sink:
     def kill(self) -> None:
         """Stop writing to this output (used when a peer is declared dead)."""
         self.alive = False
+
+    def try_inline(self, n: int) -> int:
+        """Splice what the socket takes now of a chunk of ``n`` bytes (never blocks,
+        never raises: an error is met again by the writer thread, which handles it);
+        the bytes moved.  A chunk the socket takes whole costs no thread wake-up."""
+        done = 0
+        while done < n and self.alive:
+            try:
+                k = os.splice(self.pipe_r, self.fd, min(n - done, self.maxwrite),
+                              flags=SPLICE_F_MOVE | SPLICE_F_NONBLOCK)  # fmt: skip
+            except OSError:
+                break
+            if k <= 0:
+                break
+            done += k
+            self.sent += k
+        return done
 
     def _run(self) -> None:
         while True:
@@ -127,6 +163,9 @@ class Sink:
                 flags = SPLICE_F_MOVE | (SPLICE_F_MORE if want < n - self._done else 0)
                 try:
                     k = os.splice(self.pipe_r, self.fd, want, flags=flags)
+                except BlockingIOError:
+                    self._wait_writable()  # an inline (non-blocking) socket is full
+                    continue
                 except OSError as exc:
                     if exc.errno == errno.EINVAL and self._done == 0 and self.sent == 0:
                         self.copy_mode = True  # this fd does not take splice
@@ -146,6 +185,12 @@ class Sink:
             self.sent += k
             if not self.alive:
                 raise OSError(errno.ECONNABORTED, "output abandoned")
+
+    def _wait_writable(self) -> None:
+        assert self._writable is not None
+        self._writable.poll(1000)  # a cut() (shutdown) wakes it at once
+        if not self.alive:
+            raise OSError(errno.ECONNABORTED, "output abandoned")
 
     def _discard(self, n: int) -> None:
         """Empty the rest of a chunk from the pipe (never blocks)."""
@@ -170,6 +215,13 @@ class Sink:
                     self.error = exc
                     if self.on_error is not None:
                         self.on_error(self, exc)
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def write_all(fd: int, data: memoryview) -> int:
