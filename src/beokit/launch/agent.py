@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from beokit import framing
 from beokit.errors import WireError
 from beokit.launch import plan
-from beokit.launch.backends import Backend, environ
+from beokit.launch.backends import LOCAL, Backend, environ
 from beokit.launch.leaf import EXIT_GRACE, run_leaf
 from beokit.launch.listen import HelloListener, Slot
 from beokit.launch.ship import zipapp_bytes
@@ -78,9 +78,9 @@ class Agent:
         # busy tree (plan.busy_groups): the launch steps each group's head has left,
         # passed on in its work message; None: children split their share with pack
         self.steps = steps
-        # launches in flight: at most window; over a real remote backend fewer while
-        # they come up slower than the first did (launch/window.py)
-        self.window = LaunchWindow(window, adaptive=cfg["backend"].get("kind") != "exec")
+        # launches in flight: at most window; over a real remote backend (not exec, netns)
+        # fewer while they come up slower than the first did (launch/window.py)
+        self.window = LaunchWindow(window, adaptive=cfg["backend"].get("kind") not in LOCAL)
         self.fanout = max(1, window)
         # groups waiting for a launch slot, in launch order (re-parented and stolen
         # groups go first); the dispatcher in run() starts one thread per group
