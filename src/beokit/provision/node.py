@@ -70,6 +70,7 @@ class NetteeReceiver:
         self.bytes = 0
         self.tail: list[str] = []
         self.started = time.monotonic()
+        self.changed = threading.Event()  # formed, or its event pipe closed (it exited)
         self.readers = [threading.Thread(target=self._events, args=(rfd,), daemon=True),
                         threading.Thread(target=self._log, daemon=True)]  # fmt: skip
         for t in self.readers:
@@ -86,8 +87,14 @@ class NetteeReceiver:
                     continue
                 if ev.get("event") == "formed":
                     self.formed = True
+                    self.changed.set()
                 elif ev.get("event") == "end":
                     self.end = ev
+        try:  # the pipe closes as nettee exits: its status follows at once
+            self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            pass  # a grandchild holds the pipe: the node's loop looks every POLL
+        self.changed.set()
 
     def _log(self) -> None:
         assert self.proc.stderr is not None
@@ -294,7 +301,11 @@ class NodeCommand:
             # and the round's server spun at ~20,000 datagrams/s, which at 32 nodes on
             # two cores slowed the stream itself
             if (self.stage, self.round) == sent and now - sent_at < REPORT_EVERY:
-                time.sleep(POLL)
+                if self.recv is not None and not self.recv.finished:
+                    self.recv.changed.wait(POLL)  # woken at nettee's exit, not POLL later
+                    self.recv.changed.clear()
+                else:
+                    time.sleep(POLL)
                 continue
             sent, sent_at = (self.stage, self.round), now
             ans = self.exchange()
