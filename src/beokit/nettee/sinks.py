@@ -5,9 +5,9 @@ discard) with its own pipe and writer thread, which drains each chunk into
 the output with ``splice(2)`` (or ``read``/``write`` where the fd refuses
 it).  A child's socket is non-blocking: the relay splices a chunk into it
 itself when it takes the chunk whole, and wakes the thread only for what
-does not fit (the thread then waits for room).  A :class:`Tap` is the one output that copies the stream into Python's
-memory: the :class:`Ring` that ``-heal`` replays from and ``-digest``
-hashes.
+does not fit (the thread then waits for room).  A :class:`Tap` is the one
+output that copies the stream into Python's memory: the :class:`Ring` that
+``-heal`` replays from and ``-digest`` hashes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import errno
 import mmap
 import os
 import select
-import stat
 import threading
 from collections.abc import Callable
 
@@ -83,7 +82,7 @@ class Sink:
     def open(self, size: int, notify_fd: int) -> int:
         self.pipe_r, self.pipe_w, self.capacity = make_pipe(size)
         self._notify = notify_fd
-        if self.kind == "child" and not self.copy_mode and _is_socket(self.fd):
+        if self.kind == "child" and not self.copy_mode:  # a data socket (a child; -process: the parent)
             os.set_blocking(self.fd, False)
             self.inline = True
             self._writable = select.poll()
@@ -215,13 +214,6 @@ class Sink:
                     self.error = exc
                     if self.on_error is not None:
                         self.on_error(self, exc)
-
-
-def _is_socket(fd: int) -> bool:
-    try:
-        return stat.S_ISSOCK(os.fstat(fd).st_mode)
-    except OSError:
-        return False
 
 
 def write_all(fd: int, data: memoryview) -> int:
