@@ -77,6 +77,29 @@ def test_end_says_when_the_stream_came_ended_and_was_relayed(tmp_path: Path,
         assert 0 <= end["first"] <= end["eof"] <= end["relayed"] <= end["t"]
 
 
+def test_end_carries_the_nodes_digest(tmp_path: Path, source: Path) -> None:
+    """With -digest the end event gives this node's digest of what it wrote (the
+    provisioning node compares it with the round's pinned one); without, ""."""
+    import xxhash
+
+    port = free_port(["127.0.0.2"])
+    tip, tip_r = _with_events("-bind", "127.0.0.2", "-port", str(port), "-digest", "-out",
+                              str(tmp_path / "o2"))  # fmt: skip
+    root, root_r = _with_events("-root", "-port", str(port), "-next", "127.0.0.2", "-digest",
+                                "-in", str(source))  # fmt: skip
+    assert wait_all([root, tip]) == [0, 0]
+    want = "xxh3_128:" + xxhash.xxh3_128(source.read_bytes()).hexdigest()
+    assert _events(tip_r)[-1]["digest"] == want
+    assert _events(root_r)[-1]["digest"] == want
+    port = free_port(["127.0.0.2"])
+    tip, tip_r = _with_events("-bind", "127.0.0.2", "-port", str(port), "-out",
+                              str(tmp_path / "o3"))  # fmt: skip
+    root = spawn("-root", "-port", str(port), "-next", "127.0.0.2", "-in", str(source),
+                 env=child_env())  # fmt: skip
+    assert wait_all([root, tip]) == [0, 0]
+    assert _events(tip_r)[-1]["digest"] == ""
+
+
 def test_end_names_the_code_of_a_collapse(tmp_path: Path, source: Path) -> None:
     """The tip cannot write (/dev/full): the tree collapses; the root's last event
     says LWF, exit 1."""

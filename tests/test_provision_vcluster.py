@@ -13,12 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from boot_helpers import Server
 from vcluster_fixture import needs_vcluster, vcluster  # noqa: F401
+
+from beokit.provision.node import filesystem_type
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, needs_vcluster,
               pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")]  # fmt: skip
@@ -68,11 +71,11 @@ start_wait = 90
     return cfg
 
 
-def node_shell(tmp: Path, n: int) -> str:
+def node_shell(tmp: Path, target: Path) -> str:
     lease = f"{tmp}/lease$(cat /sys/class/net/eth0/address | tr -d :).env"
     return (f"busybox udhcpc -i eth0 -q -f -t 10 -T 1 -O 224 -s {tmp}/udhcpc.sh >/dev/null 2>&1 "
             f"&& exec {sys.executable} -m beokit.cli provision node --lease {lease} "
-            f"--target {tmp}/out{n}.bin --wait 150 -v")  # fmt: skip
+            f"--target {target} --wait 150 -v")  # fmt: skip
 
 
 def test_32_namespaces_dhcp_then_chain(vcluster, tmp_path):  # noqa: F811
@@ -83,6 +86,10 @@ def test_32_namespaces_dhcp_then_chain(vcluster, tmp_path):  # noqa: F811
     cfg = write_config(tmp_path, vc, macs)
     (tmp_path / "udhcpc.sh").write_text(SCRIPT.format(tmp=tmp_path))
     (tmp_path / "udhcpc.sh").chmod(0o755)
+    # odd nodes write into a tmpfs (the diskless root: nettee's digest of the file is
+    # the check), even ones onto the disk (read back after the stream)
+    shm = Path(tempfile.mkdtemp(prefix="bkpv", dir="/dev/shm"))
+    out = {n: (shm if n % 2 else tmp_path) / f"out{n}.bin" for n in range(1, NODES + 1)}
     srv = Server(cfg, bind="0.0.0.0", ns=vc.ns(1),
                  ports={"dhcp": 67, "tftp": 69, "dns": 0, "pxe": 0})  # fmt: skip
     procs: list[subprocess.Popen] = []
@@ -92,10 +99,10 @@ def test_32_namespaces_dhcp_then_chain(vcluster, tmp_path):  # noqa: F811
                        stdout=rlog, stderr=subprocess.STDOUT)  # fmt: skip
         for n in range(1, NODES + 1):
             if n != NEVER:
-                procs.append(vc.popen(n + 1, "sh", "-c", node_shell(tmp_path, n),
+                procs.append(vc.popen(n + 1, "sh", "-c", node_shell(tmp_path, out[n]),
                                       stdout=subprocess.DEVNULL,
                                       stderr=(tmp_path / f"node{n}.log").open("wb")))  # fmt: skip
-        victim = tmp_path / f"out{KILLED}.bin"
+        victim = out[KILLED]
         deadline = time.monotonic() + 150
         while not (victim.exists() and victim.stat().st_size > SIZE // 4):
             assert time.monotonic() < deadline and rnd.poll() is None, (tmp_path / "round.log").read_text()
@@ -112,13 +119,18 @@ def test_32_namespaces_dhcp_then_chain(vcluster, tmp_path):  # noqa: F811
         want = hashlib.sha256((tmp_path / "image.bin").read_bytes()).hexdigest()
         for n in range(1, NODES + 1):
             if n not in (NEVER, KILLED):
-                got = hashlib.sha256((tmp_path / f"out{n}.bin").read_bytes()).hexdigest()
+                got = hashlib.sha256(out[n].read_bytes()).hexdigest()
                 assert got == want, f"node{n}"
         for p in procs:
             p.wait(30)
+        logs = {n: (tmp_path / f"node{n}.log").read_text() for n in (1, 2)}
+        assert "read back from" in logs[2], logs[2]
+        if filesystem_type(str(shm)) == "tmpfs":
+            assert "as nettee wrote it (tmpfs)" in logs[1], logs[1]
         print(f"32-namespace provisioning test: {time.monotonic() - t0:.1f} s")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
         srv.stop()
+        shutil.rmtree(shm, ignore_errors=True)

@@ -12,7 +12,8 @@ it at these moments:
 * ``{"event": "end", "t": S, "status": "NONE" | CODE, "bytes": N, ...}``:
   just before the process exits (``status``: the first of the codes this
   node saw, in the man page's order; ``codes``: all of them; ``exit``: the
-  exit status); where the stream ran: ``first``, ``eof`` and ``relayed``
+  exit status; ``digest``: this node's ``-digest``, "xxh3_128:<hex>", or "");
+  where the stream ran: ``first``, ``eof`` and ``relayed``
   (when its first byte came in, its input ended, and every output of this
   node had the last byte; each in seconds since the node started, like
   ``t``), and ``start``, the node's start on the machine's monotonic clock

@@ -209,7 +209,7 @@ class Node:
         codes = protocol.sort_codes(all_codes(nodes))
         self.events.emit("end", status=codes[0] if codes else protocol.Code.NONE.value,
                          codes=codes, bytes=nodes[0].bytes_in if nodes else 0, exit=status,
-                         **self._stream_times())  # fmt: skip
+                         digest=nodes[0].digest if nodes else "", **self._stream_times())  # fmt: skip
         self.log.flush()
         return status
 

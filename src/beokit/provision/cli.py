@@ -32,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         description="Learn the node's name, the server and its topology file "
                         "from the DHCP lease (udhcpc's environment: --lease FILE, or the "
                         "environment itself), report to the server's round, run the nettee "
-                        "receiver (-heal -digest -fsync) into the target, read it back and "
-                        "compare the pinned sha256. Exit 0: verified.")  # fmt: skip
+                        "receiver (-heal -digest -fsync) into the target, check it against "
+                        "the pinned digest (read back from a disk or device). Exit 0: verified.")  # fmt: skip
     n.__class__ = OneLineParser
     n.add_argument("--lease", metavar="FILE", help="udhcpc's environment as KEY=VALUE lines "
                    "(default: this process's environment)")  # fmt: skip
@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     n.add_argument("--wait", type=_seconds, default=0.0,
                    help="give up after this many seconds (default: parent_wait + 600)")
     n.add_argument("--bind", default="", help="nettee -bind (tests: one node per address)")
+    n.add_argument("--read-back", action="store_true", help="read the target back after "
+                   "the stream even on a memory filesystem (tmpfs), where nettee -digest has "
+                   "hashed the file as written (default: only a disk or device is read back)")
     n.add_argument("-v", "--verbose", action="store_true", help="say each stage on stderr")
     return p
 
@@ -75,5 +78,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     opts = node.NodeOptions(got, target=args.target, tftp_port=args.tftp_port,
                             http_base=args.http, report_port=args.report_port, wait=args.wait,
-                            bind=args.bind, verbose=args.verbose)  # fmt: skip
+                            bind=args.bind, verbose=args.verbose,
+                            read_back=args.read_back)  # fmt: skip
     return node.run_node(opts)

@@ -8,9 +8,11 @@
 3. It runs its nettee receiver with the topology's port and waits, ``-heal
    -digest -fsync``, writing to the target: a file or block device, or
    ``dir:PATH`` (a tar unpacked there); reports ready, joined, receiving (bytes).
-4. When the stream ends it reads the target back and compares its sha256 with
-   the pinned one (a file or device), and reports verified or failed with the
-   code.  A round that went on without it (it booted late): it waits for the
+4. When the stream ends it compares the target with the digest pinned at the
+   round's start: a file or device is read back, except a regular file on a
+   memory filesystem (tmpfs), which nettee -digest already hashed from the file
+   as it was written (``--read-back`` reads it again anyway); it reports
+   verified or failed with the code.  A round that went on without it (it booted late): it waits for the
    follow-up round the server gives it.  Every wait is bounded (``--wait``).
 
 Exit status: 0 verified, 1 failed or given up, 2 bad input.
@@ -23,6 +25,7 @@ import os
 import re
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -52,6 +55,7 @@ class NodeOptions:
     nettee: list[str] = field(default_factory=lambda: [sys.executable, "-m", "beokit.nettee.cli"])
     bind: str = ""
     verbose: bool = False
+    read_back: bool = False  # read the target back even where nettee's digest is that check
 
 
 class NetteeReceiver:
@@ -163,11 +167,60 @@ def _hasher(sha256: str, xxh3: str) -> tuple[object, str, str]:
     return hashlib.sha256(), sha256, "sha256"
 
 
-def verify(target: str, size: int, sha256: str, xxh3: str = "") -> tuple[bool, str]:
-    """Read the target back (its first ``size`` bytes) and compare the digest pinned
-    when the round started."""
+MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem ``path`` is on (/proc/self/mountinfo: the last
+    mount at the longest mount point above it), or "" if unknown."""
+    path = os.path.realpath(path)
+    best, kind = -1, ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if " - " not in line or len(fields) < 5:
+                    continue
+                mp = fields[4].replace("\\040", " ")
+                under = path == mp or path.startswith(mp.rstrip("/") + "/")
+                if under and len(mp) >= best:
+                    best, kind = len(mp), line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return ""
+    return kind
+
+
+def hashed_as_written(target: str, xxh3: str, stream_digest: str) -> str:
+    """Why nettee's own digest is the read-back, or "" when it is not.
+
+    nettee -digest on a regular file hashes the file itself as it grows (pread
+    behind the writer, nettee/filehash.py).  On a memory filesystem there is no
+    medium under the page cache, so reading it again after the stream would hash
+    the same pages a second time, at every node at once when the stream ends."""
+    if not (xxh3 and stream_digest == f"xxh3_128:{xxh3}"):
+        return ""
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            return ""
+    except OSError:
+        return ""
+    fs = filesystem_type(target)
+    if fs not in MEMORY_FS:
+        return ""
+    return f"xxh3_128 {xxh3[:16]}... hashed from {target} as nettee wrote it ({fs})"
+
+
+def verify(target: str, size: int, sha256: str, xxh3: str = "", stream_digest: str = "",
+           read_back: bool = False) -> tuple[bool, str]:
+    """Compare the target with the digest pinned when the round started: from
+    nettee's own hash of the file where that is the same check (a memory
+    filesystem, see hashed_as_written), else by reading the target back (its
+    first ``size`` bytes).  ``read_back``: always read it back."""
     if target.startswith("dir:") or not (sha256 or xxh3):
         return True, "nettee -digest agreed (no file to read back)"
+    why = "" if read_back else hashed_as_written(target, xxh3, stream_digest)
+    if why:
+        return True, why
     h, want, kind = _hasher(sha256, xxh3)
     left = size
     try:
@@ -280,7 +333,7 @@ class NodeCommand:
             assert self.answer is not None
             self.stage = "written"
             ok, why = verify(self.target(self.answer), self.answer.size or got, self.answer.sha256,
-                             self.answer.xxh3)
+                             self.answer.xxh3, str(end.get("digest", "")), self.opts.read_back)
             self.stage, self.code, self.detail = ("verified", "", why) if ok else ("failed", "BDG", why)
         elif not r.formed and not got:
             self.stage, self.code = "missed", status or "NRF"
