@@ -103,13 +103,22 @@ def run_dolly(dolly: str, src: Path, n: int, out: Path | None) -> Run:
             cmd = f"mount --bind {out}/host{i} {out}/d && {cmd}"
         clients.append(subprocess.Popen(ns(i) + ["sh", "-c", cmd], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-    time.sleep(0.5)  # every client listening (as a user would start them beforehand)
+    # every client listening (as a user would start them beforehand): a fixed 0.5 s
+    # was too short for 32 clients on this box, and dolly's server then hung
+    wait_listening(clients, 9997)
+    wait_listening(clients, 9998)
     t0 = time.monotonic()
     server = subprocess.Popen(ns(1) + [dolly, "-s", "-H", ",".join(hosts), "-I", str(src), "-O",
                                        dest], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)  # fmt: skip
     rc, cpu = wait_cpu(server, 1800)
     secs = time.monotonic() - t0
+    if rc != 0:  # e.g. stock dolly 0.72: "Too many clients (32), max is 16." (MAXFANOUT)
+        for c in clients:
+            c.kill()
+            c.wait()
+        err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+        raise RuntimeError(f"dolly's server failed ({rc}): {err.strip()[-300:]}")
     run = Run(secs, {"host1": cpu})
     for i, c in zip(range(2, n + 2), clients, strict=True):
         crc, run.cpu[f"host{i}"] = wait_cpu(c, 60)
