@@ -12,8 +12,9 @@
    round's start: a file or device is read back, except a regular file on a
    memory filesystem (tmpfs), which nettee -digest already hashed from the file
    as it was written (``--read-back`` reads it again anyway); it reports
-   verified or failed with the code.  A round that went on without it (it booted late): it waits for the
-   follow-up round the server gives it.  Every wait is bounded (``--wait``).
+   verified or failed with the code.  A round that went on without it (it
+   booted late): it waits for the follow-up round the server gives it.  Every
+   wait is bounded (``--wait``).
 
 Exit status: 0 verified, 1 failed or given up, 2 bad input.
 """
@@ -40,7 +41,7 @@ from beokit.provision.fetch import fetch
 
 STATUS_RE = re.compile(r"status: (\d+) bytes")
 REPORT_EVERY = 1.0  # a report at every change of stage, else once a second
-POLL = 0.05  # s between looks at the receiver (its stage, its end)
+POLL = 0.05  # s between looks where no event wakes the loop (before nettee listens)
 FINAL_TRIES = 5  # unanswered final reports before the node stops saying it
 
 
@@ -97,7 +98,7 @@ class NetteeReceiver:
         try:  # the pipe closes as nettee exits: its status follows at once
             self.proc.wait(1.0)
         except subprocess.TimeoutExpired:
-            pass  # a grandchild holds the pipe: the node's loop looks every POLL
+            pass  # a grandchild holds the pipe: the node's loop looks at its next report
         self.changed.set()
 
     def _log(self) -> None:
@@ -171,6 +172,7 @@ def _hasher(sha256: str, xxh3: str) -> tuple[object, str, str]:
 
 
 MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+_OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo's escapes: \040 a space, \011 a tab, ...
 
 
 def filesystem_type(path: str) -> str:
@@ -184,7 +186,7 @@ def filesystem_type(path: str) -> str:
                 fields = line.split()
                 if " - " not in line or len(fields) < 5:
                     continue
-                mp = fields[4].replace("\\040", " ")
+                mp = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
                 under = path == mp or path.startswith(mp.rstrip("/") + "/")
                 if under and len(mp) >= best:
                     best, kind = len(mp), line.split(" - ", 1)[1].split()[0]
