@@ -232,3 +232,39 @@ def test_a_cut_child_ends_the_writer_thread_that_waits_for_room() -> None:
     feeder.join(10)
     assert not h.runner.is_alive() and time.monotonic() - t0 < 2.0
     assert not h.sink.alive and h.sink.error is not None
+
+
+def test_the_first_chunk_to_a_child_is_held_for_a_cushion_and_a_short_stream_still_ends() -> None:
+    """Relaying to a child, the stream's first chunk waits for HOLD bytes (or
+    HOLD_WAIT): the cushion that keeps the child's link busy when the relay wakes
+    late.  Later chunks are not held; a stream shorter than HOLD comes out whole
+    at its end (or at the deadline), and a relay with no child does not hold."""
+    h = ChildHarness()
+    data = os.urandom(relay.HOLD * 4 + 777)
+    feeder = threading.Thread(target=lambda: (h.tx.sendall(data), h.tx.close()), daemon=True)
+    feeder.start()
+    try:
+        got = h.read_all()
+    finally:
+        feeder.join(10)
+        h.runner.join(10)
+    assert got == data
+    assert h.relay.chunks[0] >= relay.HOLD, h.relay.chunks  # the cushion went out at once
+
+    short = ChildHarness()  # fewer bytes than HOLD, the input left open: the deadline
+    short.tx.sendall(b"z" * 1000)
+    t0 = time.monotonic()
+    first = short.child_rx.recv(1 << 16)
+    assert first and time.monotonic() - t0 < 1.0
+    short.tx.close()
+    rest = short.read_all()
+    short.runner.join(10)
+    assert first + rest == b"z" * 1000
+
+    plain = Harness(relay.BATCH)  # a local output only: nothing to hold for
+    try:
+        plain.tx.sendall(b"q" * 1000)
+        plain.wait_for(1000, 2.0)
+    finally:
+        plain.close()
+    assert plain.relay.chunks[0] == 1000

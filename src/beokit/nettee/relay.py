@@ -45,6 +45,12 @@ INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
 BATCH_WAIT = 0.005  # ...or of what arrived within this many seconds of a chunk's first byte
 IDLE_LOOK = 0.02  # batching, nothing in hand: look for a trickle below SO_RCVLOWAT this often
+# A socket stream relayed to a child: its first chunk waits for HOLD bytes, or HOLD_WAIT seconds after
+# its first byte: a cushion that stays in this node's output queue for the whole stream,
+# so a late wake-up of this relay does not leave the link to its child idle (time such a
+# link loses is lost for every node below; docs/nettee.md, "Pipeline latency").
+HOLD = 256 << 10
+HOLD_WAIT = 0.010
 AGAIN, NEXT, STOP = "again", "next", "stop"  # what a step of the relay's loop says
 
 
@@ -94,6 +100,7 @@ class _Loop:
     filled: int = 0  # bytes in P0
     busy: int = 0  # outputs still writing the last chunk
     since: float = 0.0  # when the first byte of the chunk in P0 arrived (batching)
+    holding: bool = False  # the stream's first chunk is held back (HOLD)
     eof: bool = False
     p0_full: bool = False
     asked: bool = False  # on_input_end was asked about this input
@@ -262,7 +269,10 @@ class Relay:
         poller.register(self.in_fd, select.POLLIN)
         poller.register(self._evfd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
-        return _Loop(poller, r0, w0, cap, buf, self._batching(), RelayResult(0, False))
+        batch = self._batching()
+        return _Loop(poller, r0, w0, cap, buf, batch, RelayResult(0, False),
+                     holding=batch > 0 and self.bytes_in == 0
+                     and any(s.kind == "child" for s in self.sinks))  # fmt: skip
 
     def _close(self, loop: _Loop) -> None:
         for s in self.sinks:
@@ -338,6 +348,11 @@ class Relay:
         filled, batch = loop.filled, loop.batch
         if not filled or loop.busy:
             return NEXT
+        if loop.holding:
+            if not (filled >= HOLD or loop.eof or loop.p0_full
+                    or time.monotonic() - loop.since >= HOLD_WAIT):  # fmt: skip
+                return NEXT
+            loop.holding = False
         due = (filled >= self.minwrite or loop.eof or loop.p0_full
                or loop.cap - filled < self.minread)  # fmt: skip
         if not due or (batch and not (filled >= batch or loop.eof or loop.p0_full
@@ -410,7 +425,8 @@ class Relay:
         if batch and can_read and (loop.filled or look):
             # the chunk in P0 goes at its deadline; below SO_RCVLOWAT the kernel
             # does not wake us, so look for a trickle every IDLE_LOOK
-            due = BATCH_WAIT - (time.monotonic() - loop.since) if loop.filled else IDLE_LOOK
+            wait = HOLD_WAIT if loop.holding else BATCH_WAIT
+            due = wait - (time.monotonic() - loop.since) if loop.filled else IDLE_LOOK
             ms = max(int(due * 1000) + 1, 1)
             timeout_ms = ms if timeout_ms < 0 else min(timeout_ms, ms)
         loop.busy -= self._wait(loop.poller, timeout_ms)
