@@ -296,11 +296,14 @@ class Joiner:
             except Fatal as f:
                 errors.append(f)
 
-        threads = [threading.Thread(target=join, args=(lk,), daemon=True) for lk in node.links]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        if len(node.links) == 1:  # a chain: join the one child here, no thread to start
+            join(node.links[0])
+        else:
+            threads = [threading.Thread(target=join, args=(lk,), daemon=True) for lk in node.links]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         if errors:
             raise errors[0]
         for link in node.links:
