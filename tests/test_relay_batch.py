@@ -150,7 +150,7 @@ class ChildHarness:
     """A relay from a TCP input to a child's data socket (a second TCP connection),
     as a node relays to its child; the child reads at the pace the test sets."""
 
-    def __init__(self) -> None:
+    def __init__(self, buf_size: int = 1 << 20) -> None:
         ls = socket.create_server(("127.0.0.1", 0))
         self.tx = socket.create_connection(ls.getsockname())
         self.rx, _ = ls.accept()
@@ -158,7 +158,7 @@ class ChildHarness:
         self.child_rx, _ = ls.accept()
         ls.close()
         self.sink = Sink("child0", self.child_tx.fileno(), "child", maxwrite=1 << 20)
-        self.relay = Counting(self.rx.fileno(), [self.sink], buf_size=1 << 20, minread=128,
+        self.relay = Counting(self.rx.fileno(), [self.sink], buf_size=buf_size, minread=128,
                               minwrite=1, maxread=1 << 20, maxwrite=1 << 20,
                               batch=relay.BATCH)  # fmt: skip
         self.result: relay.RelayResult | None = None
@@ -268,3 +268,22 @@ def test_the_first_chunk_to_a_child_is_held_for_a_cushion_and_a_short_stream_sti
     finally:
         plain.close()
     assert plain.relay.chunks[0] == 1000
+
+
+def test_a_pipe_smaller_than_the_cushion_does_not_stall_the_first_chunk() -> None:
+    """-buf_size below HOLD: the staging pipe fills before the cushion is whole;
+    the chunk then goes (no wait for bytes that cannot come in)."""
+    h = ChildHarness(buf_size=64 << 10)
+    data = os.urandom(2 << 20)
+    h.tx.sendall(data[: 1 << 20])  # the input stays open: only the full pipe can release it
+    got = bytearray()
+    h.child_rx.settimeout(5.0)
+    while len(got) < 1 << 20:
+        got += h.child_rx.recv(1 << 16)  # socket.timeout here: the relay stalled
+    h.tx.sendall(data[1 << 20 :])
+    h.tx.close()
+    h.child_rx.settimeout(None)
+    got += h.read_all()
+    h.runner.join(10)
+    assert bytes(got) == data
+    assert h.relay.chunks[0] <= 64 << 10, h.relay.chunks

@@ -45,10 +45,10 @@ INLINE_MAX = 1 << 16  # low-latency mode writes chunks up to this size inline
 BATCH = 128 << 10  # a socket input is handed on in chunks of at least this much...
 BATCH_WAIT = 0.005  # ...or of what arrived within this many seconds of a chunk's first byte
 IDLE_LOOK = 0.02  # batching, nothing in hand: look for a trickle below SO_RCVLOWAT this often
-# A socket stream relayed to a child: its first chunk waits for HOLD bytes, or HOLD_WAIT seconds after
-# its first byte: a cushion that stays in this node's output queue for the whole stream,
-# so a late wake-up of this relay does not leave the link to its child idle (time such a
-# link loses is lost for every node below; docs/nettee.md, "Pipeline latency").
+# A socket stream relayed to a child: its first chunk waits for HOLD bytes, or HOLD_WAIT
+# seconds after its first byte: a cushion that stays in this node's output queue for the
+# whole stream, so a late wake-up of this relay does not leave the link to its child idle
+# (time such a link loses is lost for every node below; docs/nettee.md, "Pipeline latency").
 HOLD = 256 << 10
 HOLD_WAIT = 0.010
 AGAIN, NEXT, STOP = "again", "next", "stop"  # what a step of the relay's loop says
@@ -348,14 +348,14 @@ class Relay:
         filled, batch = loop.filled, loop.batch
         if not filled or loop.busy:
             return NEXT
-        if loop.holding:
-            if not (filled >= HOLD or loop.eof or loop.p0_full
-                    or time.monotonic() - loop.since >= HOLD_WAIT):  # fmt: skip
+        full = loop.p0_full or loop.cap - filled < self.minread  # P0 takes no more
+        if loop.holding:  # until HOLD bytes, HOLD_WAIT, a full P0 or the input's end
+            if (filled < HOLD and not (loop.eof or full)
+                    and time.monotonic() - loop.since < HOLD_WAIT):  # fmt: skip
                 return NEXT
             loop.holding = False
-        due = (filled >= self.minwrite or loop.eof or loop.p0_full
-               or loop.cap - filled < self.minread)  # fmt: skip
-        if not due or (batch and not (filled >= batch or loop.eof or loop.p0_full
+        due = filled >= self.minwrite or loop.eof or full
+        if not due or (batch and not (filled >= batch or loop.eof or full
                                       or time.monotonic() - loop.since >= BATCH_WAIT)):  # fmt: skip
             return NEXT
         if batch and self.lowat == 1 and filled >= batch // 2:
