@@ -123,6 +123,15 @@ def test_small_and_odd_buffer_settings(tmp_path: Path, source: Path) -> None:
     assert all(sha256(o) == sha256(source) for o in chain.outputs)
 
 
+def test_a_staging_pipe_smaller_than_a_chunk(tmp_path: Path, source: Path) -> None:
+    """-buf_size 64 KiB with the relay's chunking left on (no -buf_minwrite): each
+    chunk goes out when the pipe is full (this chain stalled for good before)."""
+    args = ["-buf_size", "65536"]
+    chain = start_chain(source, 2, tmp_path, root_args=args, node_args=args, env=child_env())
+    assert chain.wait(timeout=60) == [0, 0, 0]
+    assert all(sha256(o) == sha256(source) for o in chain.outputs)
+
+
 def test_existing_output_is_replaced(tmp_path: Path, source: Path) -> None:
     out = tmp_path / "node2.out"
     out.write_bytes(b"x" * (source.stat().st_size + 5000))  # longer than the stream
