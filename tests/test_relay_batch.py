@@ -32,6 +32,11 @@ class Counting(relay.Relay):
         self.chunks.append(n)
         return super()._distribute(r0, n)
 
+    def _open(self):  # noqa: ANN202
+        loop = super()._open()
+        self.held = loop.holding  # whether this relay holds its first chunk (HOLD)
+        return loop
+
 
 class Harness:
     """A TCP connection into a relay; the relay's one output is a pipe we read."""
@@ -249,6 +254,7 @@ def test_the_first_chunk_to_a_child_is_held_for_a_cushion_and_a_short_stream_sti
         feeder.join(10)
         h.runner.join(10)
     assert got == data
+    assert h.relay.held
     assert h.relay.chunks[0] >= relay.HOLD, h.relay.chunks  # the cushion went out at once
 
     short = ChildHarness()  # fewer bytes than HOLD, the input left open: the deadline
@@ -267,6 +273,7 @@ def test_the_first_chunk_to_a_child_is_held_for_a_cushion_and_a_short_stream_sti
         plain.wait_for(1000, 2.0)
     finally:
         plain.close()
+    assert not plain.relay.held
     assert plain.relay.chunks[0] == 1000
 
 
@@ -275,6 +282,7 @@ def test_a_pipe_smaller_than_the_cushion_does_not_stall_the_first_chunk() -> Non
     the chunk then goes (no wait for bytes that cannot come in)."""
     h = ChildHarness(buf_size=64 << 10)
     data = os.urandom(2 << 20)
+    h.tx.settimeout(5.0)  # a stalled relay fails the test instead of hanging it
     h.tx.sendall(data[: 1 << 20])  # the input stays open: only the full pipe can release it
     got = bytearray()
     h.child_rx.settimeout(5.0)

@@ -271,8 +271,7 @@ class Relay:
         poller.register(self._wake, select.POLLIN)
         batch = self._batching()
         return _Loop(poller, r0, w0, cap, buf, batch, RelayResult(0, False),
-                     holding=batch > 0 and self.bytes_in == 0
-                     and any(s.kind == "child" for s in self.sinks))  # fmt: skip
+                     holding=batch > 0 and any(s.kind == "child" for s in self.sinks))  # fmt: skip
 
     def _close(self, loop: _Loop) -> None:
         for s in self.sinks:
